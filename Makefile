@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUFF_OPTS := --line-length 100 --target-version py310
-RUFF_RULES := --select E,F,W,I,B,UP,SIM,RUF,S,BLE --ignore S101,S311,S603,S607,S104,RUF012
+RUFF_RULES := --select E,F,W,I,B,UP,SIM,RUF,S,BLE --ignore S101,S105,S106,S311,S603,S607,S104,RUF012
 
 .PHONY: install lint format typecheck unit test demo bench clean
 

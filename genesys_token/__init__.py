@@ -1,0 +1,48 @@
+"""genesys-token: Genesys Cloud client-credentials tokens, valid for every thread and process.
+
+::
+
+    from genesys_token import TokenManager, GenesysAuth
+
+    with TokenManager.from_env() as manager:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+"""
+
+from .auth import GenesysAuth
+from .errors import (
+    ConfigurationError,
+    DrainTimeoutError,
+    GenesysTokenError,
+    InvalidClientError,
+    InvalidTokenResponseError,
+    ManagerClosedError,
+    RateLimitedError,
+    StoreError,
+    TokenEndpointTLSError,
+    TokenRequestError,
+    TokenValidationError,
+)
+from .manager import InFlight, TokenManager
+from .token import Token
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "DrainTimeoutError",
+    "GenesysAuth",
+    "GenesysTokenError",
+    "InFlight",
+    "InvalidClientError",
+    "InvalidTokenResponseError",
+    "ManagerClosedError",
+    "RateLimitedError",
+    "StoreError",
+    "Token",
+    "TokenEndpointTLSError",
+    "TokenManager",
+    "TokenRequestError",
+    "TokenValidationError",
+    "__version__",
+]

@@ -1,0 +1,273 @@
+"""Settings: one frozen object, every value checked once, with the field named on error."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigurationError
+from .regions import DEFAULT_REGION, check_url, resolve_region
+
+ENV_CLIENT_ID = "GENESYSCLOUD_OAUTHCLIENT_ID"
+ENV_CLIENT_SECRET = "GENESYSCLOUD_OAUTHCLIENT_SECRET"
+ENV_REGION = "GENESYSCLOUD_REGION"
+ENV_TOKEN_URL = "GENESYSCLOUD_TOKEN_URL"
+ENV_API_URL = "GENESYSCLOUD_API_URL"
+
+#: Genesys lets an OAuth client's token last at most 48 h; anything claiming much longer is
+#: a broken answer, and trusting it could keep a dead token in use for days.
+MAX_TOKEN_LIFETIME = 172800.0
+
+#: Real token answers are ~200 bytes; a cap keeps a hostile or broken endpoint from filling
+#: memory before we notice.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
+
+DEFAULT_TIMEOUT = (3.05, 10.0)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A client id and secret; the secret never appears in ``repr``."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_text("client_id", self.client_id)
+        _check_text("client_secret", self.client_secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a :class:`~genesys_token.TokenManager` is configured with.
+
+    Built by :meth:`Settings.build` (which checks every value); the secret is kept out of
+    ``repr``. See :class:`~genesys_token.TokenManager` for what each setting means.
+    """
+
+    credentials: Credentials
+    token_url: str
+    api_base_url: str
+    region: str | None = None
+    scopes: tuple[str, ...] = ()
+    refresh_buffer: float = 300.0
+    refresh_jitter: float = 60.0
+    timeout: tuple[float, float] = DEFAULT_TIMEOUT
+    max_retries: int = 4
+    retry_deadline: float = 60.0
+    max_retry_after: float = 60.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    verify: bool | str = True
+    jwks_url: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    background_refresh: bool = True
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    drain_timeout: float = 30.0
+
+    @property
+    def client_id(self) -> str:
+        """The configured client id."""
+        return self.credentials.client_id
+
+    @classmethod
+    def build(
+        cls,
+        client_id: Any,
+        client_secret: Any,
+        *,
+        region: Any = None,
+        token_url: Any = None,
+        api_base_url: Any = None,
+        **options: Any,
+    ) -> Settings:
+        """Check every value and build the settings.
+
+        Args:
+            client_id: The OAuth client id.
+            client_secret: The OAuth client secret.
+            region: Any accepted spelling of a region (default ``us-east-1``).
+            token_url: A full token URL, overriding the region's.
+            api_base_url: An API base URL, overriding the region's.
+            **options: Any other :class:`Settings` field.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ConfigurationError: The first invalid value, naming the field.
+        """
+        known = {f.name for f in fields(cls)} - {"credentials", "token_url", "api_base_url"}
+        for name in options:
+            if name not in known:
+                raise ConfigurationError(f"unknown setting {name!r}", field=name)
+        credentials = Credentials(client_id, client_secret)
+        region_name = None
+        if region is not None or token_url is None or api_base_url is None:
+            resolved = resolve_region(DEFAULT_REGION if region is None else region)
+            region_name = resolved.name
+            token_url = resolved.token_url if token_url is None else token_url
+            api_base_url = resolved.api_base_url if api_base_url is None else api_base_url
+        return cls(
+            credentials=credentials,
+            region=region_name,
+            token_url=check_url(token_url, field="token_url"),
+            api_base_url=check_url(api_base_url, field="api_base_url"),
+            **_check_options(options),
+        )
+
+    def with_credentials(self, credentials: Credentials) -> Settings:
+        """Return a copy with other credentials."""
+        return replace(self, credentials=credentials)
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from the ``GENESYSCLOUD_*`` variables Genesys tooling uses.
+
+    Args:
+        environ: The environment to read (default ``os.environ``).
+        **overrides: Keyword arguments that win over the environment.
+
+    Returns:
+        The settings.
+
+    Raises:
+        ConfigurationError: A required variable is missing or a value is invalid.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {
+        "client_id": env.get(ENV_CLIENT_ID),
+        "client_secret": env.get(ENV_CLIENT_SECRET),
+        "region": env.get(ENV_REGION) or None,
+        "token_url": env.get(ENV_TOKEN_URL) or None,
+        "api_base_url": env.get(ENV_API_URL) or None,
+    }
+    values.update(overrides)
+    for key, var in (("client_id", ENV_CLIENT_ID), ("client_secret", ENV_CLIENT_SECRET)):
+        if not values.get(key):
+            raise ConfigurationError(f"{key} is not set: export {var} or pass {key}=", field=key)
+    client_id = values.pop("client_id")
+    client_secret = values.pop("client_secret")
+    return Settings.build(client_id, client_secret, **values)
+
+
+def _check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}", field=name)
+    if not value.strip():
+        raise ConfigurationError(f"{name} must not be empty", field=name)
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ConfigurationError(f"{name} must not contain control characters", field=name)
+
+
+def _number(name: str, value: Any, *, minimum: float = 0.0, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number, not {type(value).__name__}", field=name)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigurationError(f"{name} must be finite, got {value!r}", field=name)
+    if positive and number <= 0:
+        raise ConfigurationError(f"{name} must be greater than 0, got {value!r}", field=name)
+    if number < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum:g}, got {value!r}", field=name)
+    return number
+
+
+def _integer(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            f"{name} must be an integer, not {type(value).__name__}", field=name
+        )
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}", field=name)
+    return value
+
+
+def _timeout(value: Any) -> tuple[float, float]:
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise ConfigurationError(
+                "timeout must be a number or a (connect, read) pair", field="timeout"
+            )
+        return (
+            _number("timeout", value[0], positive=True),
+            _number("timeout", value[1], positive=True),
+        )
+    number = _number("timeout", value, positive=True)
+    return (number, number)
+
+
+def _scopes(value: Any) -> tuple[str, ...]:
+    items: Iterable[Any]
+    if isinstance(value, str):
+        items = value.split()
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise ConfigurationError(
+            f"scopes must be a string or a list of strings, not {type(value).__name__}",
+            field="scopes",
+        )
+    result: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip() or any(c.isspace() for c in item):
+            raise ConfigurationError(
+                f"each scope must be a non-empty string without spaces, got {item!r}",
+                field="scopes",
+            )
+        if item not in result:
+            result.append(item)
+    return tuple(result)
+
+
+def _verify(value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if not os.path.exists(path):
+            raise ConfigurationError(f"verify: CA bundle {path!r} does not exist", field="verify")
+        return str(path)
+    raise ConfigurationError(
+        f"verify must be True, False or a CA bundle path, not {type(value).__name__}",
+        field="verify",
+    )
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name == "scopes":
+            checked[name] = _scopes(value)
+        elif name == "timeout":
+            checked[name] = _timeout(value)
+        elif name in ("refresh_buffer", "refresh_jitter", "max_retry_after", "backoff_base"):
+            checked[name] = _number(name, value)
+        elif name in ("retry_deadline", "backoff_max", "drain_timeout"):
+            checked[name] = _number(name, value, positive=True)
+        elif name == "max_retries":
+            checked[name] = _integer(name, value, minimum=0)
+        elif name == "max_response_bytes":
+            checked[name] = _integer(name, value, minimum=1024)
+        elif name == "verify":
+            checked[name] = _verify(value)
+        elif name in ("jwks_url", "webhook_url"):
+            checked[name] = None if value is None else check_url(value, field=name)
+        elif name == "webhook_secret":
+            if value is not None:
+                _check_text(name, value)
+            checked[name] = value
+        elif name == "background_refresh":
+            if not isinstance(value, bool):
+                raise ConfigurationError(
+                    f"background_refresh must be True or False, not {type(value).__name__}",
+                    field=name,
+                )
+            checked[name] = value
+        else:  # pragma: no cover - build() rejects unknown names first
+            raise ConfigurationError(f"unknown setting {name!r}", field=name)
+    return checked

@@ -1,0 +1,117 @@
+"""The exception hierarchy.
+
+Every error the SDK raises is a :class:`GenesysTokenError`. None of them ever carries a client
+secret or an access token: messages are built from status codes, OAuth error codes and
+descriptions, and response excerpts pass through :func:`genesys_token._redact.redact` first.
+"""
+
+from __future__ import annotations
+
+
+class GenesysTokenError(Exception):
+    """Base class of every error raised by genesys-token."""
+
+
+class ConfigurationError(GenesysTokenError, ValueError):
+    """A setting is missing, of the wrong type or out of range.
+
+    Attributes:
+        field: The name of the offending setting, when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TokenRequestError(GenesysTokenError):
+    """The token endpoint did not give us a usable token.
+
+    Attributes:
+        status: The HTTP status, or ``None`` when no answer arrived (network error, timeout).
+        error: The OAuth ``error`` code of the answer, when it had one.
+        description: The ``error_description`` (or Genesys ``description``), when present.
+        body_excerpt: A short, redacted start of the response body, for diagnosis.
+        retryable: Whether another attempt could succeed (5xx, 429, network, rate limit).
+        attempts: How many requests this acquisition made before giving up.
+        retry_after: Seconds the service asked us to wait (``Retry-After``), when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        description: str | None = None,
+        body_excerpt: str | None = None,
+        retryable: bool = False,
+        attempts: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+        self.error = error
+        self.description = description
+        self.body_excerpt = body_excerpt
+        self.retryable = retryable
+        self.attempts = attempts
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self)!r}, status={self.status!r}, "
+            f"error={self.error!r}, attempts={self.attempts!r})"
+        )
+
+
+class InvalidClientError(TokenRequestError):
+    """Genesys rejected the client id or secret (``invalid_client``, HTTP 400 or 401).
+
+    Retrying cannot help; fix the credentials (or call ``set_credentials``).
+    """
+
+
+class RateLimitedError(TokenRequestError):
+    """Token creation stayed throttled after every retry (HTTP 429, or Genesys' 400
+    ``rate limit exceeded;`` answer).
+
+    ``retry_after`` holds the seconds the service asked us to wait, when it said.
+    """
+
+
+class InvalidTokenResponseError(TokenRequestError):
+    """The token endpoint answered 2xx with something that is not a usable token: not JSON,
+    no ``access_token``, a bad ``expires_in``, a ``token_type`` other than bearer, too large.
+    """
+
+
+class TokenEndpointTLSError(TokenRequestError):
+    """The TLS handshake with the token endpoint failed (certificate not trusted, wrong host).
+
+    Not retried: a certificate problem does not fix itself between two attempts.
+    """
+
+
+class TokenValidationError(GenesysTokenError):
+    """A token failed validation: expired, wrong client, missing scope or bad signature."""
+
+
+class DrainTimeoutError(GenesysTokenError):
+    """``rotate(strict=True)`` gave up because calls in flight did not finish in time.
+
+    Attributes:
+        in_flight: How many uses of the old token were still counted at the deadline.
+    """
+
+    def __init__(self, message: str, *, in_flight: int = 0) -> None:
+        super().__init__(message)
+        self.in_flight = in_flight
+
+
+class ManagerClosedError(GenesysTokenError):
+    """The :class:`~genesys_token.TokenManager` was closed; it hands out no more tokens."""
+
+
+class StoreError(GenesysTokenError):
+    """A token store could not be read or written (the manager falls back to the network)."""

@@ -1,0 +1,157 @@
+"""Genesys Cloud regions and how a user's way of naming one resolves to hosts.
+
+Users write a region as ``us-east-1``, ``us_east_1`` (the official SDKs' enum style), as the
+environment domain (``mypurecloud.ie``) or as a host (``login.mypurecloud.ie``,
+``api.mypurecloud.ie``). All of them resolve to the same :class:`Region`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+#: Region name -> environment domain, from Genesys' region list (see shared/GENESYS.md).
+REGION_DOMAINS: dict[str, str] = {
+    "us-east-1": "mypurecloud.com",
+    "us-east-2": "use2.us-gov-pure.cloud",
+    "us-west-2": "usw2.pure.cloud",
+    "ca-central-1": "cac1.pure.cloud",
+    "sa-east-1": "sae1.pure.cloud",
+    "mx-central-1": "mxc1.pure.cloud",
+    "eu-west-1": "mypurecloud.ie",
+    "eu-west-2": "euw2.pure.cloud",
+    "eu-central-1": "mypurecloud.de",
+    "eu-central-2": "euc2.pure.cloud",
+    "eusc-de-east-1": "edee1.eusc-pure.cloud",
+    "me-central-1": "mec1.pure.cloud",
+    "ap-south-1": "aps1.pure.cloud",
+    "ap-southeast-1": "apse1.pure.cloud",
+    "ap-southeast-2": "mypurecloud.com.au",
+    "ap-northeast-1": "mypurecloud.jp",
+    "ap-northeast-2": "apne2.pure.cloud",
+    "ap-northeast-3": "apne3.pure.cloud",
+}
+
+DEFAULT_REGION = "us-east-1"
+
+_DOMAIN_TO_REGION = {domain: name for name, domain in REGION_DOMAINS.items()}
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+@dataclass(frozen=True)
+class Region:
+    """One Genesys Cloud region.
+
+    Attributes:
+        name: The region name, e.g. ``"eu-west-1"``.
+        domain: The environment domain, e.g. ``"mypurecloud.ie"``.
+    """
+
+    name: str
+    domain: str
+
+    @property
+    def login_host(self) -> str:
+        """The OAuth host, ``login.<domain>``."""
+        return f"login.{self.domain}"
+
+    @property
+    def api_host(self) -> str:
+        """The API host, ``api.<domain>``."""
+        return f"api.{self.domain}"
+
+    @property
+    def token_url(self) -> str:
+        """The client-credentials token endpoint of this region."""
+        return f"https://{self.login_host}/oauth/token"
+
+    @property
+    def api_base_url(self) -> str:
+        """The base URL of the Platform API of this region."""
+        return f"https://{self.api_host}"
+
+
+def resolve_region(value: str) -> Region:
+    """Resolve any accepted spelling of a region.
+
+    Args:
+        value: A region name (``us-east-1``), enum style (``us_east_1``, any case), a domain
+            (``mypurecloud.ie``), or a login/API host (``login.mypurecloud.ie``), optionally
+            with a scheme.
+
+    Returns:
+        The matching :class:`Region`.
+
+    Raises:
+        ConfigurationError: The value names no known region; the message lists the valid names.
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"region must be a string, not {type(value).__name__}", field="region"
+        )
+    text = value.strip().lower()
+    if "://" in text:
+        text = urlsplit(text).hostname or ""
+    text = text.rstrip("/").rstrip(".")
+    name = text.replace("_", "-")
+    if name in REGION_DOMAINS:
+        return Region(name, REGION_DOMAINS[name])
+    for prefix in ("login.", "api.", "apps.", ""):
+        if text.startswith(prefix) and text[len(prefix) :] in _DOMAIN_TO_REGION:
+            domain = text[len(prefix) :]
+            return Region(_DOMAIN_TO_REGION[domain], domain)
+    valid = ", ".join(REGION_DOMAINS)
+    raise ConfigurationError(
+        f"unknown Genesys Cloud region {value.strip()[:64]!r}; valid regions: {valid} "
+        "(or their domains, e.g. mypurecloud.ie)",
+        field="region",
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Tell whether ``host`` is this machine: 127.0.0.0/8, ::1 or localhost."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, *, field: str) -> str:
+    """Validate an endpoint override.
+
+    ``https`` is required except for loopback hosts (the emulator), where plain ``http`` is
+    allowed: a client secret must never cross a network in clear text.
+
+    Args:
+        url: The URL to check.
+        field: The setting name, for the error message.
+
+    Returns:
+        The URL without a trailing slash.
+
+    Raises:
+        ConfigurationError: Not a string, not an absolute http(s) URL, or plain http to a
+            host that is not loopback.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{field} must be a string, not {type(url).__name__}", field=field)
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"{field} must be an absolute http(s) URL, got {url.strip()[:80]!r}", field=field
+        )
+    if parts.username or parts.password:
+        raise ConfigurationError(f"{field} must not carry credentials", field=field)
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigurationError(
+            f"{field} uses plain http to {parts.hostname!r}; http is only allowed for loopback "
+            "hosts (127.0.0.0/8, ::1, localhost); use https",
+            field=field,
+        )
+    return url.strip().rstrip("/")
