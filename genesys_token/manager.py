@@ -514,23 +514,17 @@ class TokenManager:
             )
             self._timer.start()
 
-    def _timer_step(self) -> bool:
-        """One turn of the refresh timer; returns False when the timer should end."""
-        if self._stop.is_set():
-            return False
+    def _timer_plan(self) -> float | None:
+        """Seconds the timer should sleep before its next turn, or None to refresh now."""
         current = self._current
-        now = self._clock.monotonic()
         if current is None:
-            due = None
-        elif self._retry_at is not None:
-            due = self._retry_at
-        else:
-            due = current.refresh_at
-        if due is None or now < due:
-            wait = TIMER_MAX_SLEEP if due is None else min(due - now, TIMER_MAX_SLEEP)
-            self._wake.wait(wait)
-            self._wake.clear()
-            return not self._stop.is_set()
+            return TIMER_MAX_SLEEP
+        due = self._retry_at if self._retry_at is not None else current.refresh_at
+        wait = due - self._clock.monotonic()
+        return min(wait, TIMER_MAX_SLEEP) if wait > 0 else None
+
+    def _background_refresh(self) -> bool:
+        """One background refresh; returns False when the timer should end."""
         try:
             self._obtain(reason="background", force=True)
         except ManagerClosedError:
@@ -857,18 +851,27 @@ class TokenManager:
 
 
 def _run_timer(ref: weakref.ref[TokenManager]) -> None:
-    """The refresh thread. Holds only a weak reference between turns, so an abandoned
-    manager is collected (and its thread ends) instead of living forever."""
+    """The refresh thread.
+
+    It holds the manager only while it works, never while it sleeps, so a manager that
+    was dropped without close() is collected and its thread ends at the next wake-up.
+    """
     while True:
         manager = ref()
-        if manager is None:
+        if manager is None or manager._stop.is_set():
             return
-        try:
-            if not manager._timer_step():
+        wait = manager._timer_plan()
+        if wait is None:
+            if not manager._background_refresh():
                 return
-        except Exception:  # pragma: no cover - _timer_step already survives everything
-            log.exception("refresh timer error")
+            del manager
+            continue
+        wake, stop = manager._wake, manager._stop
         del manager
+        wake.wait(wait)
+        wake.clear()
+        if stop.is_set():
+            return
 
 
 _managers: weakref.WeakSet[TokenManager] = weakref.WeakSet()

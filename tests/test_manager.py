@@ -1,0 +1,418 @@
+"""TokenManager: single flight, stale-while-refresh, background refresh, failures, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from conftest import FakeClock, MakeManager
+from genesys_token import (
+    InvalidClientError,
+    ManagerClosedError,
+    TokenManager,
+    TokenRequestError,
+)
+from genesys_token.events import TOKEN_EXPIRED, TOKEN_REFRESH_FAILURE, TOKEN_REFRESH_SUCCESS
+from genesys_token.testing import Fault, GenesysEmulator
+
+
+def _events(manager: TokenManager) -> tuple[list[dict[str, Any]], threading.Condition]:
+    records: list[dict[str, Any]] = []
+    cond = threading.Condition()
+
+    def listener(record: dict[str, Any]) -> None:
+        with cond:
+            records.append(record)
+            cond.notify_all()
+
+    manager.on("*", listener)
+    return records, cond
+
+
+def _wait_for(cond: threading.Condition, predicate: Any, timeout: float = 5.0) -> None:
+    with cond:
+        assert cond.wait_for(predicate, timeout), "timed out waiting"
+
+
+def test_one_token_request_for_500_threads(emulator: GenesysEmulator, make_manager: MakeManager):
+    manager = make_manager()
+    # A slow answer keeps every thread arriving while the one request is still out.
+    emulator.inject(Fault(delay=0.3, passthrough=True))
+    barrier = threading.Barrier(500)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        barrier.wait(10)
+        try:
+            results.append(manager.get_token())
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(500)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not errors
+    assert len(results) == 500
+    assert len(set(results)) == 1
+    assert emulator.token_requests == 1
+
+
+def test_every_waiter_gets_the_one_failure(emulator: GenesysEmulator, make_manager: MakeManager):
+    manager = make_manager(client_secret="wrong-secret")
+    emulator.inject(Fault(delay=0.3, passthrough=True))
+    barrier = threading.Barrier(50)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        barrier.wait(10)
+        try:
+            manager.get_token()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(errors) == 50
+    assert all(isinstance(e, InvalidClientError) for e in errors)
+    assert emulator.token_requests == 1
+
+
+def test_wrong_secret_raises_invalid_client_after_one_request(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(client_secret="not-the-secret")
+    with pytest.raises(InvalidClientError) as excinfo:
+        manager.get_token()
+    assert excinfo.value.status in (400, 401)
+    assert excinfo.value.error == "invalid_client"
+    assert "not-the-secret" not in repr(excinfo.value) + str(excinfo.value)
+    assert emulator.token_requests == 1
+
+
+def test_credentials_go_in_the_basic_header_only(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    make_manager().get_token()
+    (record,) = emulator.token_request_log
+    assert record.auth_method == "basic"
+    assert record.grant_type == "client_credentials"
+    assert record.scope is None
+
+
+def test_scope_is_sent_only_when_configured(emulator: GenesysEmulator, make_manager: MakeManager):
+    make_manager(scopes=["analytics:report:read", "users:read"]).get_token()
+    assert emulator.token_request_log[0].scope == "analytics:report:read users:read"
+
+
+def test_valid_token_is_served_without_network(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(background_refresh=False)
+    first = manager.get_token()
+    assert [manager.get_token() for _ in range(1000)] == [first] * 1000
+    assert emulator.token_requests == 1
+
+
+def test_hot_path_takes_no_lock_that_a_refresh_holds(make_manager: MakeManager):
+    manager = make_manager()
+    token = manager.get_token()
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_every_lock() -> None:
+        with manager._lock, manager._flight_lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_every_lock)
+    holder.start()
+    assert held.wait(5)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(manager.get_token()))
+    reader.start()
+    reader.join(2)
+    release.set()
+    holder.join(5)
+    assert got == [token], "get_token blocked on a lock held by a refresh"
+
+
+def test_stale_token_is_served_while_one_refresh_runs(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    manager = make_manager(clock=fake_clock.clock(), background_refresh=False)
+    old = manager.get_token()
+    current = manager._current
+    assert current is not None
+    fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)  # past the refresh point
+    emulator.inject(Fault(delay=0.8, passthrough=True))
+    started = threading.Event()
+    refresher = threading.Thread(target=lambda: (started.set(), manager.get_token()))
+    refresher.start()
+    assert started.wait(5)
+    deadline = time.monotonic() + 5
+    while manager._flight is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert manager._flight is not None, "the refresh never started"
+    # Another caller during the refresh gets the still-valid token at once.
+    assert manager.get_token() == old
+    assert manager._flight is not None, "the caller waited for the refresh"
+    refresher.join(5)
+    assert manager.get_token() != old
+    assert emulator.token_requests == 2
+
+
+def test_on_demand_mode_starts_no_thread(make_manager: MakeManager):
+    before = set(threading.enumerate())
+    manager = make_manager(background_refresh=False)
+    manager.get_token()
+    new = [t for t in threading.enumerate() if t not in before]
+    assert not [t for t in new if t.name.startswith("genesys-token-refresh")]
+
+
+def test_refresh_point_follows_the_timing_rule(make_manager: MakeManager, fake_clock: FakeClock):
+    fake_clock.draw = 0.5
+    manager = make_manager(clock=fake_clock.clock(), refresh_buffer=300, refresh_jitter=60)
+    manager.get_token()
+    current = manager._current
+    assert current is not None
+    lifetime = current.token.expires_in
+    lead = min(300, 0.25 * lifetime) + 0.5 * min(60, 0.10 * lifetime)
+    assert current.refresh_at == pytest.approx(current.token.monotonic_expiry - lead)
+    # Expiry counts from when the request was sent, on the monotonic clock.
+    assert current.token.monotonic_expiry == pytest.approx(fake_clock.monotonic + lifetime)
+
+
+def test_background_refresh_replaces_the_token_before_expiry(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.token_ttl = 2
+    manager = make_manager()
+    records, cond = _events(manager)
+    first = manager.get_token()
+    _wait_for(
+        cond, lambda: sum(r["event_type"] == TOKEN_REFRESH_SUCCESS for r in records) >= 2, 5
+    )
+    assert manager.get_token() != first
+    assert emulator.is_token_valid(first), "refreshed only after the old token died"
+
+
+def test_two_second_tokens_stay_valid_for_ten_seconds(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.token_ttl = 2
+    manager = make_manager()
+    callers_who_fetched: list[str] = []
+    obtain = manager._obtain
+
+    def watched_obtain(**kwargs: Any) -> Any:
+        callers_who_fetched.append(threading.current_thread().name)
+        return obtain(**kwargs)
+
+    manager._obtain = watched_obtain  # type: ignore[method-assign]
+    manager.get_token()
+    callers_who_fetched.clear()
+    stop = threading.Event()
+    invalid: list[str] = []
+    handed_out = [0]
+
+    def worker() -> None:
+        while not stop.is_set():
+            token = manager.get_token()
+            handed_out[0] += 1
+            if not emulator.is_token_valid(token):
+                invalid.append(token[:4])
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=worker, name=f"worker-{i}") for i in range(8)]
+    for thread in threads:
+        thread.start()
+    stop.wait(10)
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    assert handed_out[0] > 1000
+    assert invalid == []
+    assert emulator.token_requests >= 5
+    # Only the refresh thread ever went to the network: no caller waited on it.
+    assert callers_who_fetched
+    assert {name for name in callers_who_fetched if not name.startswith("genesys-token")} == set()
+
+
+def test_outage_past_the_refresh_point_keeps_the_old_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    manager = make_manager(clock=fake_clock.clock(), backoff_base=0.001, max_retries=1)
+    records, cond = _events(manager)
+    old = manager.get_token()
+    current = manager._current
+    assert current is not None
+    emulator.inject(Fault.server_error(503), times=1000)
+    fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
+    manager._wake.set()
+    _wait_for(cond, lambda: any(r["event_type"] == TOKEN_REFRESH_FAILURE for r in records))
+    assert manager.get_token() == old
+    failure = next(r for r in records if r["event_type"] == TOKEN_REFRESH_FAILURE)
+    assert failure["data"]["token_still_valid"] is True
+    # Still failing later on, still the old token, and the timer keeps trying.
+    failures_before = emulator.token_requests
+    fake_clock.advance((current.usable_until - fake_clock.monotonic) / 2)
+    manager._wake.set()
+    _wait_for(cond, lambda: emulator.token_requests > failures_before)
+    assert manager.get_token() == old
+    emulator.clear_faults()
+    fake_clock.advance(1)
+    manager._wake.set()
+    _wait_for(cond, lambda: manager.get_token() != old)
+    assert fake_clock.monotonic < current.usable_until
+
+
+def test_expired_token_is_never_handed_out(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    manager = make_manager(clock=fake_clock.clock(), background_refresh=False, max_retries=0)
+    records, _ = _events(manager)
+    old = manager.get_token()
+    emulator.inject(Fault.server_error(503), times=10)
+    fake_clock.advance(manager.token.expires_in)  # type: ignore[union-attr]
+    with pytest.raises(TokenRequestError):
+        manager.get_token()
+    assert TOKEN_EXPIRED in [r["event_type"] for r in records]
+    emulator.clear_faults()
+    assert manager.get_token() != old
+
+
+def test_forced_refresh_failure_raises_and_keeps_the_token(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(max_retries=0)
+    old = manager.refresh()
+    emulator.inject(Fault.server_error(500))
+    with pytest.raises(TokenRequestError) as excinfo:
+        manager.refresh(force=True)
+    assert excinfo.value.status == 500
+    assert manager.token is old
+    assert manager.refresh(force=True) is not old
+
+
+def test_timer_survives_an_unexpected_error(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    manager = make_manager(clock=fake_clock.clock())
+    manager.get_token()
+    fetch = manager._fetch
+    calls = [0]
+    recovered = threading.Event()
+
+    def flaky_fetch(**kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("boom")
+        result = fetch(**kwargs)
+        recovered.set()
+        return result
+
+    manager._fetch = flaky_fetch  # type: ignore[method-assign]
+    current = manager._current
+    assert current is not None
+    fake_clock.advance(current.refresh_at - fake_clock.monotonic + 0.1)
+    manager._wake.set()
+    deadline = time.monotonic() + 5
+    while calls[0] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fake_clock.advance(2 * 60.0 * 0.5 + 1)  # past any backoff the draw of 0.5 allows
+    manager._wake.set()
+    assert recovered.wait(5), "the timer died after an unexpected error"
+    assert manager._timer is not None and manager._timer.is_alive()
+
+
+def test_close_is_idempotent_and_ends_the_timer(make_manager: MakeManager):
+    manager = make_manager()
+    manager.get_token()
+    timer = manager._timer
+    assert timer is not None and timer.is_alive()
+    started = time.monotonic()
+    manager.close()
+    manager.close()
+    timer.join(2)
+    assert not timer.is_alive()
+    assert time.monotonic() - started < 2.5
+    with pytest.raises(ManagerClosedError):
+        manager.get_token()
+    with pytest.raises(ManagerClosedError):
+        manager.refresh(force=True)
+
+
+def test_close_wakes_callers_waiting_for_a_token(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    emulator.inject(Fault(delay=3.0, passthrough=True))
+    outcomes: list[tuple[float, BaseException | str]] = []
+    waiting = threading.Barrier(6)
+
+    def caller() -> None:
+        waiting.wait(5)
+        try:
+            token: BaseException | str = manager.get_token()
+        except BaseException as exc:  # noqa: BLE001
+            token = exc
+        outcomes.append((time.monotonic(), token))
+
+    threads = [threading.Thread(target=caller) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    waiting.wait(5)
+    deadline = time.monotonic() + 5
+    while emulator.token_requests == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # let the four waiters settle on the condition
+    closed_at = time.monotonic()
+    manager.close()
+    for thread in threads:
+        thread.join(6)
+    assert len(outcomes) == 5
+    woken = [at for at, o in outcomes if isinstance(o, ManagerClosedError)]
+    # The four waiters are woken at once; the one thread in the HTTP call ends with it.
+    assert len(woken) >= 4
+    assert sorted(woken)[3] - closed_at < 1.0
+
+
+def test_context_manager_closes(emulator: GenesysEmulator):
+    with TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+    ) as manager:
+        assert manager.get_token()
+    assert manager.closed
+
+
+def test_abandoned_manager_thread_ends(emulator: GenesysEmulator):
+    import gc
+
+    manager = TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+    )
+    manager.get_token()
+    timer, wake = manager._timer, manager._wake
+    assert timer is not None
+    del manager
+    gc.collect()
+    # The thread holds only a weak reference between turns: once woken it finds the
+    # manager gone and ends, instead of keeping a forgotten manager alive forever.
+    wake.set()
+    timer.join(2)
+    assert not timer.is_alive()
