@@ -216,7 +216,7 @@ def _scopes(value: Any) -> tuple[str, ...]:
     for item in items:
         if not isinstance(item, str) or not item.strip() or any(c.isspace() for c in item):
             raise ConfigurationError(
-                f"each scope must be a non-empty string without spaces, got {item!r}",
+                f"scopes: each scope must be a non-empty string without spaces, got {item!r}",
                 field="scopes",
             )
         if item not in result:

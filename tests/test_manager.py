@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import FakeClock, MakeManager
+
 from genesys_token import (
     InvalidClientError,
     ManagerClosedError,
@@ -198,9 +198,7 @@ def test_background_refresh_replaces_the_token_before_expiry(
     manager = make_manager()
     records, cond = _events(manager)
     first = manager.get_token()
-    _wait_for(
-        cond, lambda: sum(r["event_type"] == TOKEN_REFRESH_SUCCESS for r in records) >= 2, 5
-    )
+    _wait_for(cond, lambda: sum(r["event_type"] == TOKEN_REFRESH_SUCCESS for r in records) >= 2, 5)
     assert manager.get_token() != first
     assert emulator.is_token_valid(first), "refreshed only after the old token died"
 

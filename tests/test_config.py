@@ -1,0 +1,190 @@
+"""Regions, settings validation and from_env."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from genesys_token import ConfigurationError, TokenManager
+from genesys_token.config import Settings, settings_from_env
+from genesys_token.regions import REGION_DOMAINS, check_url, is_loopback_host, resolve_region
+
+
+@pytest.mark.parametrize(
+    ("spelling", "name", "domain"),
+    [
+        ("us-east-1", "us-east-1", "mypurecloud.com"),
+        ("us_east_1", "us-east-1", "mypurecloud.com"),
+        ("US_EAST_1", "us-east-1", "mypurecloud.com"),
+        ("mypurecloud.ie", "eu-west-1", "mypurecloud.ie"),
+        ("login.mypurecloud.ie", "eu-west-1", "mypurecloud.ie"),
+        ("api.mypurecloud.de", "eu-central-1", "mypurecloud.de"),
+        ("https://api.mypurecloud.com.au/", "ap-southeast-2", "mypurecloud.com.au"),
+        ("eusc_de_east_1", "eusc-de-east-1", "edee1.eusc-pure.cloud"),
+        (" usw2.pure.cloud ", "us-west-2", "usw2.pure.cloud"),
+    ],
+)
+def test_every_spelling_resolves(spelling: str, name: str, domain: str):
+    region = resolve_region(spelling)
+    assert (region.name, region.domain) == (name, domain)
+    assert region.token_url == f"https://login.{domain}/oauth/token"
+    assert region.api_base_url == f"https://api.{domain}"
+
+
+def test_all_eighteen_regions_are_known():
+    assert len(REGION_DOMAINS) == 18
+    for name, domain in REGION_DOMAINS.items():
+        assert resolve_region(name).domain == domain
+        assert resolve_region(domain).name == name
+
+
+def test_unknown_region_lists_the_valid_names():
+    with pytest.raises(ConfigurationError) as excinfo:
+        TokenManager("id", "secret", region="mars-north-1")
+    assert excinfo.value.field == "region"
+    assert "mars-north-1" in str(excinfo.value)
+    assert "eu-west-1" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.5.6.7", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool):
+    assert is_loopback_host(host) is loopback
+
+
+def test_plain_http_only_for_loopback():
+    assert check_url("http://127.0.0.1:8080/oauth/token/", field="token_url").endswith("/token")
+    assert check_url("http://localhost:1/x", field="token_url")
+    with pytest.raises(ConfigurationError, match="plain http"):
+        check_url("http://login.mypurecloud.com/oauth/token", field="token_url")
+    with pytest.raises(ConfigurationError, match="absolute"):
+        check_url("login.mypurecloud.com/oauth/token", field="token_url")
+    with pytest.raises(ConfigurationError, match="credentials"):
+        check_url("https://user:pw@login.mypurecloud.com/oauth/token", field="token_url")
+    with pytest.raises(ConfigurationError, match="string"):
+        check_url(42, field="token_url")  # type: ignore[arg-type]
+
+
+def test_overrides_win_over_the_region():
+    settings = Settings.build(
+        "id", "secret", token_url="http://127.0.0.1:9/oauth/token", api_base_url="http://[::1]:9"
+    )
+    assert settings.token_url == "http://127.0.0.1:9/oauth/token"
+    assert settings.api_base_url == "http://[::1]:9"
+    assert settings.region is None
+    default = Settings.build("id", "secret")
+    assert default.token_url == "https://login.mypurecloud.com/oauth/token"
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"client_id": ""}, "client_id"),
+        ({"client_id": "   "}, "client_id"),
+        ({"client_id": 5}, "client_id"),
+        ({"client_secret": None}, "client_secret"),
+        ({"client_secret": "a\nb"}, "client_secret"),
+        ({"refresh_buffer": -1}, "refresh_buffer"),
+        ({"refresh_buffer": "300"}, "refresh_buffer"),
+        ({"refresh_jitter": float("nan")}, "refresh_jitter"),
+        ({"timeout": "10"}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": (1, 2, 3)}, "timeout"),
+        ({"timeout": (1, -2)}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"max_retries": 1.5}, "max_retries"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"max_retries": True}, "max_retries"),
+        ({"scopes": 5}, "scopes"),
+        ({"scopes": ["ok", ""]}, "scopes"),
+        ({"scopes": ["two words"]}, "scopes"),
+        ({"verify": 1}, "verify"),
+        ({"verify": "/no/such/ca.pem"}, "verify"),
+        ({"jwks_url": "http://example.com/jwks"}, "jwks_url"),
+        ({"webhook_url": "ftp://example.com"}, "webhook_url"),
+        ({"webhook_secret": ""}, "webhook_secret"),
+        ({"background_refresh": "yes"}, "background_refresh"),
+        ({"retry_deadline": 0}, "retry_deadline"),
+        ({"max_response_bytes": 10}, "max_response_bytes"),
+        ({"region": 7}, "region"),
+        ({"no_such_option": 1}, "no_such_option"),
+    ],
+)
+def test_bad_values_name_their_field(options: dict[str, Any], field: str):
+    args: dict[str, Any] = {"client_id": "id", "client_secret": "secret", **options}
+    client_id = args.pop("client_id")
+    client_secret = args.pop("client_secret")
+    with pytest.raises(ConfigurationError) as excinfo:
+        TokenManager(client_id, client_secret, **args)
+    assert excinfo.value.field == field
+    assert field in str(excinfo.value)
+
+
+def test_good_values_are_normalised(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    settings = Settings.build(
+        "id",
+        "secret",
+        scopes="a:b c:d a:b",
+        timeout=5,
+        verify=ca,
+        refresh_buffer=0,
+        webhook_secret="s",
+    )
+    assert settings.scopes == ("a:b", "c:d")
+    assert settings.timeout == (5.0, 5.0)
+    assert settings.verify == str(ca)
+    assert settings.refresh_buffer == 0.0
+
+
+def test_from_env_reads_the_genesys_variables():
+    env = {
+        "GENESYSCLOUD_OAUTHCLIENT_ID": "env-id",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET": "env-secret",
+        "GENESYSCLOUD_REGION": "mypurecloud.ie",
+    }
+    settings = settings_from_env(env)
+    assert settings.client_id == "env-id"
+    assert settings.token_url == "https://login.mypurecloud.ie/oauth/token"
+    env["GENESYSCLOUD_TOKEN_URL"] = "http://127.0.0.1:1/oauth/token"
+    env["GENESYSCLOUD_API_URL"] = "http://127.0.0.1:1"
+    settings = settings_from_env(env, scopes=["x:y"])
+    assert settings.token_url == "http://127.0.0.1:1/oauth/token"
+    assert settings.scopes == ("x:y",)
+
+
+def test_from_env_names_the_missing_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_ID", raising=False)
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", "s")
+    with pytest.raises(ConfigurationError, match="GENESYSCLOUD_OAUTHCLIENT_ID"):
+        TokenManager.from_env()
+
+
+def test_from_env_builds_a_manager(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", "env-id")
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", "env-secret")
+    monkeypatch.setenv("GENESYSCLOUD_REGION", "eu_central_1")
+    with TokenManager.from_env(refresh_buffer=10) as manager:
+        assert manager.token_url == "https://login.mypurecloud.de/oauth/token"
+        assert manager.api_base_url == "https://api.mypurecloud.de"
+        assert manager.settings.refresh_buffer == 10.0
+        assert manager.client_id == "env-id"
+
+
+def test_settings_repr_hides_the_secrets():
+    settings = Settings.build("id", "very-secret-value", webhook_secret="hook-secret-value")
+    assert "very-secret-value" not in repr(settings)
+    assert "hook-secret-value" not in repr(settings)
+    assert "very-secret-value" not in repr(settings.credentials)

@@ -1,0 +1,217 @@
+"""Token value object and JWT claim checks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from genesys_token import Token, TokenValidationError
+from genesys_token.config import Settings
+from genesys_token.testing import GenesysEmulator
+from genesys_token.token import fingerprint_of, refresh_lead
+from genesys_token.transport import TokenResponse
+from genesys_token.validation import TokenValidator, looks_like_jwt
+
+NOW = 1_800_000_000.0
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _jwt(claims: dict[str, Any], key: Any = KEY, kid: str = "k1") -> str:
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def _response(token: str, expires_in: float = 3600, scope: str | None = None) -> TokenResponse:
+    return TokenResponse(token, "bearer", expires_in, scope, 500.0, NOW)
+
+
+def _validator(**options: Any) -> TokenValidator:
+    return TokenValidator(Settings.build("client-1", "secret", **options))
+
+
+def test_opaque_tokens_pass_with_expiry_from_expires_in():
+    token = _validator(scopes=["a:b"]).build(
+        _response("opaque-abc", 3600), "client-1", now_wall=NOW
+    )
+    assert token.claims is None and not token.is_jwt
+    assert token.monotonic_expiry == 500.0 + 3600
+    assert token.expires_at == NOW + 3600
+    assert token.scopes == ()
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"exp": NOW - 60, "client_id": "client-1"}, "expired"),
+        ({"exp": "soon", "client_id": "client-1"}, "not a number"),
+        ({"exp": NOW + 60, "client_id": "someone-else"}, "client_id"),
+    ],
+)
+def test_bad_jwt_claims_are_rejected(claims: dict[str, Any], message: str):
+    with pytest.raises(TokenValidationError, match=message):
+        _validator().build(_response(_jwt(claims)), "client-1", now_wall=NOW)
+
+
+def test_jwt_lifetime_is_the_shorter_of_exp_and_expires_in():
+    token = _validator().build(
+        _response(_jwt({"exp": NOW + 100, "client_id": "client-1"}), expires_in=3600),
+        "client-1",
+        now_wall=NOW,
+    )
+    assert token.is_jwt
+    assert token.expires_in == pytest.approx(100)
+    assert token.claims is not None and token.claims["client_id"] == "client-1"
+
+
+@pytest.mark.parametrize(
+    ("granted", "ok"),
+    [
+        ("analytics:report:read users:read", True),
+        ("analytics:report:read-extra users:read", False),
+        ("users:read", False),
+        (None, False),
+        (["analytics:report:read", "users:read"], True),
+    ],
+)
+def test_scopes_match_exactly(granted: Any, ok: bool):
+    claims: dict[str, Any] = {"exp": NOW + 600}
+    if granted is not None:
+        claims["scope"] = granted
+    validator = _validator(scopes=["analytics:report:read", "users:read"])
+    if ok:
+        token = validator.build(_response(_jwt(claims)), "client-1", now_wall=NOW)
+        assert "analytics:report:read" in token.scopes
+    else:
+        with pytest.raises(TokenValidationError, match="analytics:report:read"):
+            validator.build(_response(_jwt(claims)), "client-1", now_wall=NOW)
+
+
+def test_signature_verified_against_the_emulator_jwks(emulator: GenesysEmulator, make_manager):
+    emulator.token_format = "jwt"
+    manager = make_manager(jwks_url=emulator.jwks_url)
+    token = manager.refresh()
+    assert token.is_jwt
+    assert token.claims is not None and token.claims["client_id"] == emulator.client_id
+    validator = TokenValidator(manager.settings)
+    forged_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    kid = jwt.get_unverified_header(token.access_token)["kid"]
+    forged = _jwt({"exp": time.time() + 600, "client_id": emulator.client_id}, forged_key, kid)
+    with pytest.raises(TokenValidationError, match="signature"):
+        validator.build(
+            TokenResponse(forged, "bearer", 600, None, time.monotonic(), time.time()),
+            emulator.client_id,
+            now_wall=time.time(),
+        )
+
+
+def test_jwks_configured_but_token_opaque_is_rejected(emulator: GenesysEmulator):
+    validator = TokenValidator(
+        Settings.build("c", "s", token_url=emulator.token_url, jwks_url=emulator.jwks_url)
+    )
+    with pytest.raises(TokenValidationError, match="not a JWT"):
+        validator.build(_response("opaque"), "c", now_wall=NOW)
+
+
+def test_unreachable_jwks_is_a_validation_error():
+    validator = _validator(jwks_url="http://127.0.0.1:9/jwks", timeout=1)
+    token = _jwt({"exp": NOW + 600})
+    with pytest.raises(TokenValidationError, match="signing key"):
+        validator.build(_response(token), "client-1", now_wall=NOW)
+
+
+def test_garbage_with_two_dots_is_treated_as_opaque():
+    assert not looks_like_jwt("abc.def.ghi")
+    assert not looks_like_jwt("opaque")
+    assert looks_like_jwt(_jwt({"exp": 1}))
+
+
+def test_token_repr_and_str_never_show_the_token():
+    token = Token.issued(
+        "super-secret-token-value",
+        token_type="bearer",
+        lifetime=60,
+        sent_monotonic=10,
+        sent_wall=NOW,
+    )
+    for text in (repr(token), str(token), f"{token}"):
+        assert "super-secret-token-value" not in text
+        assert token.fingerprint in text
+    assert token.fingerprint == fingerprint_of("super-secret-token-value")
+    assert len(token.fingerprint) == 12
+    assert token.remaining(now=20) == 50
+    assert not token.is_expired(now=69.9)
+    assert token.is_expired(now=70)
+    assert token.expires_at_iso().endswith("+00:00")
+
+
+def test_token_round_trips_through_a_store_dict():
+    token = Token.issued(
+        "t", token_type="bearer", lifetime=60, sent_monotonic=10, sent_wall=NOW, scopes=("a",)
+    )
+    again = Token.from_dict(token.to_dict(), now_monotonic=100, now_wall=NOW + 30)
+    assert again.access_token == "t"
+    assert again.source == "store"
+    assert again.scopes == ("a",)
+    assert again.monotonic_expiry == pytest.approx(130)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        {},
+        {
+            "access_token": "t",
+            "token_type": "bearer",
+            "expires_in": "60",
+            "expires_at": 1,
+            "obtained_at": 1,
+        },
+        {
+            "access_token": "t",
+            "token_type": "bearer",
+            "expires_in": 60,
+            "expires_at": 1,
+            "obtained_at": 1,
+            "scopes": "a",
+        },
+        {
+            "access_token": "",
+            "token_type": "bearer",
+            "expires_in": 60,
+            "expires_at": 1,
+            "obtained_at": 1,
+        },
+        {
+            "access_token": "t",
+            "token_type": "bearer",
+            "expires_in": True,
+            "expires_at": 1,
+            "obtained_at": 1,
+        },
+    ],
+)
+def test_foreign_store_data_is_rejected(data: Any):
+    with pytest.raises(ValueError):
+        Token.from_dict(data, now_monotonic=0, now_wall=0)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "buffer", "jitter", "draw", "lead"),
+    [
+        (86400, 300, 60, 0.0, 300),
+        (86400, 300, 60, 1.0, 360),
+        (2, 300, 60, 0.0, 0.5),
+        (2, 300, 60, 1.0, 0.7),
+        (1000, 0, 0, 0.7, 0),
+        (-5, 300, 60, 1.0, 0),
+    ],
+)
+def test_refresh_lead_follows_the_timing_rule(
+    lifetime: float, buffer: float, jitter: float, draw: float, lead: float
+):
+    assert refresh_lead(lifetime, buffer, jitter, draw) == pytest.approx(lead)
