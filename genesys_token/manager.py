@@ -308,11 +308,14 @@ class TokenManager:
             if self._retry_at is None and not self._wake.is_set():
                 self._wake.set()  # the timer may be asleep on a stale deadline
             return
-        if self._flight is None:
+        retry_at = self._retry_at
+        if self._flight is None and (retry_at is None or self._clock.monotonic() >= retry_at):
             try:
-                self._obtain(reason="on-demand")
+                self._obtain(reason="on-demand", join=False)
             except GenesysTokenError as exc:
-                log.warning("on-demand refresh failed; the current token is still valid: %s", exc)
+                # Back off like the timer would: an outage must not turn every call into a
+                # token request.
+                self._schedule_retry(exc)
 
     def _current_slow(self) -> _Current:
         if self._closed:
@@ -363,8 +366,26 @@ class TokenManager:
             raise ManagerClosedError("the token manager is closed")
         return self._obtain(reason="rejected by the API", force=True, stale=access_token).token
 
-    def _obtain(self, *, reason: str, force: bool = False, stale: str | None = None) -> _Current:
-        """Single-flight acquisition: one caller fetches, every other caller waits for it."""
+    def _obtain(
+        self,
+        *,
+        reason: str,
+        force: bool = False,
+        stale: str | None = None,
+        join: bool = True,
+        fresh: bool = False,
+    ) -> _Current:
+        """Single-flight acquisition: one caller fetches, every other caller waits for it.
+
+        Args:
+            reason: Why, for events and logs.
+            force: Fetch even if the current token is fresh.
+            stale: A token the API rejected: done if the current token is another one.
+            join: False returns the current token at once, if valid, instead of waiting
+                for a flight in progress.
+            fresh: Never take the result of a flight that was already running (a rotation
+                wants a token fetched after its drain, with the latest credentials).
+        """
         with self._lock:
             while True:
                 if self._closed:
@@ -380,10 +401,14 @@ class TokenManager:
                 flight = self._flight
                 if flight is None:
                     break
+                if not join and current is not None and now < current.usable_until:
+                    return current
                 while not flight.done and not self._closed:
                     self._cond.wait(self._settings.retry_deadline)
                 if self._closed:
                     raise ManagerClosedError("the token manager is closed")
+                if fresh:
+                    continue
                 current = self._current
                 valid = current is not None and self._clock.monotonic() < current.usable_until
                 if flight.error is not None:
@@ -612,7 +637,7 @@ class TokenManager:
                     )
             else:
                 self._emit(TOKEN_DRAIN_COMPLETE, old, {})
-            new = self._obtain(reason="rotation", force=True).token
+            new = self._obtain(reason="rotation", force=True, fresh=True).token
             self._metrics.incr("rotations")
         finally:
             with self._flight_lock:

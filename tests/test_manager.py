@@ -414,3 +414,64 @@ def test_abandoned_manager_thread_ends(emulator: GenesysEmulator):
     wake.set()
     timer.join(2)
     assert not timer.is_alive()
+
+
+def test_on_demand_refresh_backs_off_during_an_outage(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    manager = make_manager(clock=fake_clock.clock(), background_refresh=False, max_retries=0)
+    old = manager.get_token()
+    current = manager._current
+    assert current is not None
+    emulator.inject(Fault.server_error(503), times=1000)
+    fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
+    assert [manager.get_token() for _ in range(50)] == [old] * 50
+    assert emulator.token_requests == 2, "every call in the window hit the failing endpoint"
+    retry_at = manager._retry_at
+    assert retry_at is not None
+    fake_clock.advance(retry_at - fake_clock.monotonic + 0.01)
+    assert manager.get_token() == old
+    assert emulator.token_requests == 3
+    emulator.clear_faults()
+    retry_at = manager._retry_at
+    assert retry_at is not None and retry_at < current.usable_until
+    fake_clock.advance(retry_at - fake_clock.monotonic + 0.01)
+    assert manager.get_token() != old  # the endpoint is back: the next attempt succeeds
+    assert manager._retry_at is None
+
+
+def test_a_caller_that_must_not_wait_gets_the_valid_token_during_a_flight(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(background_refresh=False)
+    old = manager.get_token()
+    emulator.inject(Fault(delay=0.8, passthrough=True))
+    forcing = threading.Thread(target=lambda: manager.refresh(force=True))
+    forcing.start()
+    deadline = time.monotonic() + 5
+    while manager._flight is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert manager._flight is not None
+    assert manager._obtain(reason="on-demand", join=False).token.access_token == old
+    assert manager._flight is not None, "join=False waited for the flight"
+    forcing.join(5)
+
+
+def test_rotation_does_not_take_a_flight_that_started_before_it(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    manager.get_token()
+    emulator.inject(Fault(delay=0.5, passthrough=True))
+    results: list[str] = []
+    forcing = threading.Thread(
+        target=lambda: results.append(manager.refresh(force=True).fingerprint)
+    )
+    forcing.start()
+    deadline = time.monotonic() + 5
+    while manager._flight is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    rotated = manager.rotate(drain_timeout=1)
+    forcing.join(5)
+    assert rotated.fingerprint != results[0]
+    assert emulator.token_requests == 3
