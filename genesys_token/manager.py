@@ -298,7 +298,7 @@ class TokenManager:
                 return current.token.access_token
             if now < current.usable_until:
                 self._refresh_soon()
-                return current.token.access_token
+                return (self._current or current).token.access_token
         return self._current_slow().token.access_token
 
     def _refresh_soon(self) -> None:
@@ -328,7 +328,7 @@ class TokenManager:
         if current is not None and now < current.usable_until:
             if now >= current.refresh_at:
                 self._refresh_soon()
-            return current
+            return self._current or current
         self._report_expired(current)
         return self._obtain(reason="no valid token")
 
@@ -570,7 +570,7 @@ class TokenManager:
             delay = max(delay, exc.retry_after)
         self._retry_at = now + delay
         log.warning(
-            "background refresh failed (%s); retrying in %.2fs",
+            "token refresh failed (%s); the current token is still used; next try in %.2fs",
             type(exc).__name__,
             delay,
             extra={"failures": self._failures, "delay": round(delay, 3)},
