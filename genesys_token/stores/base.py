@@ -1,15 +1,26 @@
-"""The TokenStore protocol and the in-process MemoryStore."""
+"""The TokenStore protocol, the in-process MemoryStore and helpers shared by the stores."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 from ..token import Token
+
+#: Marks an entry as ours, and its layout version: anything else in a shared location is
+#: foreign data and is ignored rather than trusted.
+ENTRY_FORMAT = "genesys-token/1"
+#: Lock polling starts fast (a peer usually finishes within one token request) and backs
+#: off to this ceiling, so a dozen waiting processes do not hammer a file or Redis.
+POLL_FIRST = 0.005
+POLL_MAX = 0.1
 
 
 def store_key(client_id: str, token_url: str, scopes: tuple[str, ...]) -> str:
@@ -99,3 +110,50 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"MemoryStore(keys={len(self._tokens)})"
+
+
+def encode_token(token: Token) -> bytes:
+    """Serialize ``token`` for a store shared between processes (JSON, wall-clock times)."""
+    entry = {"format": ENTRY_FORMAT, "token": token.to_dict()}
+    return json.dumps(entry, separators=(",", ":")).encode("utf-8")
+
+
+def decode_token(raw: bytes | str, *, now_monotonic: float, now_wall: float) -> Token | None:
+    """Rebuild a token written by :func:`encode_token`.
+
+    Returns:
+        The token, or ``None`` when ``raw`` is corrupt, foreign or expired: a bad entry in
+        a shared store must cost a token request, never an outage.
+    """
+    try:
+        entry = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT:
+        return None
+    try:
+        token = Token.from_dict(entry.get("token"), now_monotonic=now_monotonic, now_wall=now_wall)
+    except ValueError:
+        return None
+    return None if token.is_expired(now_monotonic) else token
+
+
+def poll_until(attempt: Callable[[], bool], timeout: float) -> bool:
+    """Call ``attempt`` until it returns True or ``timeout`` seconds have passed.
+
+    The pause between attempts doubles from :data:`POLL_FIRST` up to :data:`POLL_MAX`, with
+    jitter so that waiters started together do not retry in lockstep. ``attempt`` is always
+    called at least once, even with a zero timeout.
+
+    Returns:
+        Whether an attempt succeeded in time.
+    """
+    deadline = time.monotonic() + max(timeout, 0.0)
+    delay = POLL_FIRST
+    while not attempt():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(remaining, delay * (0.5 + random.random())))
+        delay = min(POLL_MAX, delay * 2)
+    return True

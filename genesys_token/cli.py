@@ -1,0 +1,273 @@
+"""The ``genesys-token`` command: a token for shell scripts, and quick diagnostics.
+
+Configuration comes from the environment variables Genesys tooling uses
+(``GENESYSCLOUD_OAUTHCLIENT_ID``, ``GENESYSCLOUD_OAUTHCLIENT_SECRET``,
+``GENESYSCLOUD_REGION``, ``GENESYSCLOUD_TOKEN_URL``, ``GENESYSCLOUD_API_URL``), plus
+``GENESYSCLOUD_TOKEN_CACHE``: a cache directory, or ``off``. By default tokens are cached in
+a :class:`~genesys_token.stores.FileStore`, so running ``genesys-token token`` from a cron job
+every minute makes one token request per token lifetime, not one per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ._redact import redact
+from .config import ENV_CLIENT_SECRET
+from .errors import ConfigurationError, GenesysTokenError, InvalidClientError
+from .manager import TokenManager
+from .stores.base import TokenStore
+
+if TYPE_CHECKING:
+    from .testing.emulator import GenesysEmulator
+
+#: Exit codes, for scripts that branch on why the command failed.
+EXIT_OK = 0
+EXIT_CONFIGURATION = 2
+EXIT_CREDENTIALS = 3
+EXIT_UNAVAILABLE = 4
+ENV_TOKEN_CACHE = "GENESYSCLOUD_TOKEN_CACHE"
+AUDIT_LOGGER = "genesys_token.audit"
+#: Values of GENESYSCLOUD_TOKEN_CACHE that turn the file cache off.
+CACHE_OFF = frozenset({"off", "none", "no", "false", "0"})
+
+log = logging.getLogger("genesys_token")
+
+_ENVIRONMENT_HELP = """\
+environment:
+  GENESYSCLOUD_OAUTHCLIENT_ID, GENESYSCLOUD_OAUTHCLIENT_SECRET   the OAuth client (required)
+  GENESYSCLOUD_REGION      us-east-1, eu-west-1, mypurecloud.ie, ... (default us-east-1)
+  GENESYSCLOUD_TOKEN_URL   token endpoint override; GENESYSCLOUD_API_URL: API base override
+  GENESYSCLOUD_TOKEN_CACHE cache directory, or "off" (default ~/.cache/genesys-token)
+
+exit codes: 0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable
+"""
+
+
+class UsageError(Exception):
+    """argparse found a bad command line (exit code 2, like any configuration error)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits; main() must return
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``genesys-token`` and its commands."""
+    parser = _Parser(
+        prog="genesys-token",
+        description="Get, inspect and check Genesys Cloud client-credentials tokens.",
+        epilog=_ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, handler, summary in (
+        ("token", _cmd_token, "print the access token alone (reuses the cached token)"),
+        ("inspect", _cmd_inspect, "show type, expiry, claims and source; never the token"),
+        ("check", _cmd_check, "get a token and check it with HEAD /api/v2/tokens/me"),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=_ENVIRONMENT_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+    emulator = commands.add_parser(
+        "emulator",
+        help="run a local Genesys Cloud OAuth emulator until Ctrl-C",
+        description="Run a local Genesys Cloud OAuth emulator until Ctrl-C.",
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
+    emulator.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    emulator.add_argument("--token-ttl", type=float, default=86399.0, help="token lifetime (s)")
+    emulator.add_argument("--format", choices=("opaque", "jwt"), default="opaque")
+    emulator.add_argument("--client-id", default="emulator-client")
+    emulator.add_argument("--client-secret", default="emulator-secret")
+    emulator.set_defaults(handler=run_emulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``genesys-token``; returns the exit code.
+
+    Args:
+        argv: The arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        return _fail(str(exc), EXIT_CONFIGURATION)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIGURATION
+    handler, level = _log_to_stderr(args.verbose)
+    try:
+        return int(args.handler(args))
+    except ConfigurationError as exc:
+        return _fail(_describe(exc), EXIT_CONFIGURATION)
+    except InvalidClientError as exc:
+        return _fail(_describe(exc), EXIT_CREDENTIALS)
+    except GenesysTokenError as exc:
+        return _fail(_describe(exc), EXIT_UNAVAILABLE)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    with _manager(store_from_env()) as manager:
+        token = manager.get_token()
+    sys.stdout.write(token + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    store = store_from_env()
+    with _manager(store) as manager:
+        token = manager.refresh()
+    lines = [
+        f"client_id:   {manager.client_id}",
+        f"token_url:   {manager.token_url}",
+        f"type:        {'jwt' if token.is_jwt else 'opaque'}",
+        f"token_type:  {token.token_type}",
+        f"fingerprint: {token.fingerprint}",
+        f"expires_at:  {token.expires_at_iso()}",
+        f"expires_in:  {max(0, int(token.remaining()))}s",
+        f"source:      {'network' if token.source == 'network' else 'cache'}",
+        f"cache:       {_describe_store(store)}",
+    ]
+    if token.claims is not None:
+        lines.append("claims:      " + json.dumps(token.claims, sort_keys=True, default=str))
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    with _manager(store_from_env()) as manager:
+        access_token = manager.get_token()
+        status = manager._transport.check(access_token)
+        cached = manager.token is not None and manager.token.source != "network"
+        if status == 401 and cached:
+            # A cached token can be revoked before it expires: replace it for every process
+            # sharing the cache, then judge the new one.
+            access_token = manager.replace_rejected(access_token).access_token
+            status = manager._transport.check(access_token)
+        token = manager.token
+    if status is not None and 200 <= status < 300 and token is not None:
+        print(f"ok: the token works (fingerprint {token.fingerprint}, HEAD status {status})")
+        return EXIT_OK
+    if status is None:
+        return _fail("HEAD /api/v2/tokens/me failed: no answer from the API", EXIT_UNAVAILABLE)
+    code = EXIT_CREDENTIALS if status in (401, 403) else EXIT_UNAVAILABLE
+    return _fail(f"the API rejected the token: HEAD /api/v2/tokens/me answered {status}", code)
+
+
+def run_emulator(
+    args: argparse.Namespace,
+    *,
+    ready: Callable[[GenesysEmulator], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> int:
+    """The ``emulator`` command: serve a :class:`~genesys_token.testing.GenesysEmulator`.
+
+    Args:
+        args: The parsed ``emulator`` options.
+        ready: Called with the running emulator (tests use it).
+        stop_event: Stops the emulator when set (default: runs until Ctrl-C).
+    """
+    from .testing._cli import run
+
+    argv = [
+        f"--host={args.host}",
+        f"--port={args.port}",
+        f"--token-ttl={args.token_ttl}",
+        f"--format={args.format}",
+        f"--client-id={args.client_id}",
+        f"--client-secret={args.client_secret}",
+    ]
+    return run(argv, ready=ready, stop_event=stop_event)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def store_from_env(environ: dict[str, str] | None = None) -> TokenStore | None:
+    """The store ``GENESYSCLOUD_TOKEN_CACHE`` asks for: a FileStore, or None when "off".
+
+    Raises:
+        ConfigurationError: The path names something that is not a directory.
+    """
+    from .stores.file import FileStore
+
+    value = (os.environ if environ is None else environ).get(ENV_TOKEN_CACHE, "").strip()
+    if value.lower() in CACHE_OFF:
+        return None
+    return FileStore(value or None)
+
+
+def _manager(store: TokenStore | None) -> TokenManager:
+    # No timer thread: a command lives for one token, and must exit promptly.
+    return TokenManager.from_env(store=store, background_refresh=False)
+
+
+def _describe_store(store: TokenStore | None) -> str:
+    return "off" if store is None else f"file {getattr(store, 'path', store)}"
+
+
+def _describe(exc: GenesysTokenError) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fail(message: str, code: int, stream: TextIO | None = None) -> int:
+    """Print one redacted line to stderr and return ``code``."""
+    text = redact(" ".join(message.split()))
+    secret = os.environ.get(ENV_CLIENT_SECRET, "")
+    if secret:
+        text = text.replace(secret, "[REDACTED]")
+    print(f"genesys-token: error: {text}", file=stream or sys.stderr)
+    return code
+
+
+def _log_to_stderr(verbose: bool) -> tuple[logging.Handler, int]:
+    """Send the library's log to stderr (stdout carries only the token).
+
+    Returns:
+        The handler and the logger's previous level, for main() to restore.
+    """
+    previous = log.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("genesys-token: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        # The audit records repeat the failure that main() reports in its one error line.
+        handler.addFilter(lambda record: not record.name.startswith(AUDIT_LOGGER))
+    log.addHandler(handler)
+    if verbose:
+        log.setLevel(logging.DEBUG)
+    return handler, previous
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""The genesys-token command: token, inspect, check, emulator; exit codes; no secrets out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from genesys_token import TokenManager, cli
+from genesys_token.testing import Fault, GenesysEmulator
+
+PROCESS_TIMEOUT = 30.0
+VENV_SCRIPT = Path(sys.executable).with_name("genesys-token")
+
+
+def command() -> list[str]:
+    """The installed console script when there is one, else ``python -m``."""
+    if VENV_SCRIPT.exists():
+        return [str(VENV_SCRIPT)]
+    return [sys.executable, "-m", "genesys_token.cli"]
+
+
+def emulator_env(emulator: GenesysEmulator, cache: Path | str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENESYSCLOUD_")}
+    env.update(
+        GENESYSCLOUD_OAUTHCLIENT_ID=emulator.client_id,
+        GENESYSCLOUD_OAUTHCLIENT_SECRET=emulator.client_secret,
+        GENESYSCLOUD_TOKEN_URL=emulator.token_url,
+        GENESYSCLOUD_API_URL=emulator.api_base_url,
+        GENESYSCLOUD_TOKEN_CACHE=str(cache),
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def env(
+    emulator: GenesysEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """The emulator's settings in this process's environment, with a private cache."""
+    for name in [n for n in os.environ if n.startswith("GENESYSCLOUD_")]:
+        monkeypatch.delenv(name)
+    values = emulator_env(emulator, tmp_path / "cache")
+    for name, value in values.items():
+        if name.startswith("GENESYSCLOUD_"):
+            monkeypatch.setenv(name, value)
+    yield values
+
+
+# -- acceptance, as real processes ---------------------------------------------------------
+
+
+def test_five_runs_of_token_make_one_token_request(
+    emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    outputs = []
+    for _ in range(5):
+        result = subprocess.run(
+            [*command(), "token"],
+            env=emulator_env(emulator, tmp_path / "cache"),
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        outputs.append(result.stdout)
+    assert emulator.token_requests == 1
+    assert len(set(outputs)) == 1
+    assert outputs[0] == emulator.issued_tokens[0] + "\n"  # the token and a newline, only
+
+
+def test_bad_credentials_exit_3_without_showing_the_secret(
+    emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    secret = "wrong-secret-7f3a9c"
+    result = subprocess.run(
+        [*command(), "token"],
+        env=emulator_env(emulator, tmp_path / "cache", GENESYSCLOUD_OAUTHCLIENT_SECRET=secret),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert secret not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "InvalidClientError" in result.stderr
+
+
+def test_module_entry_point_runs_the_command(emulator: GenesysEmulator, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "genesys_token.cli", "token"],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 0
+    assert result.stdout == emulator.issued_tokens[0] + "\n"
+
+
+# -- token ---------------------------------------------------------------------------------
+
+
+def test_token_with_the_cache_off_requests_a_token_every_run(
+    env: dict[str, str],
+    emulator: GenesysEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", "off")
+    assert cli.main(["token"]) == 0
+    assert cli.main(["token"]) == 0
+    assert emulator.token_requests == 2
+    assert capsys.readouterr().out.splitlines() == emulator.issued_tokens
+
+
+def test_missing_client_id_is_a_configuration_error(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_ID")
+    assert cli.main(["token"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "GENESYSCLOUD_OAUTHCLIENT_ID" in captured.err
+
+
+def test_cache_path_naming_a_file_is_a_configuration_error(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    file = tmp_path / "file"
+    file.write_text("")
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", str(file))
+    assert cli.main(["token"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_rejected_credentials_exit_3_in_process(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", "not-the-secret-91b2")
+    assert cli.main(["token"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    for text in (captured.err, caplog.text):
+        assert "not-the-secret-91b2" not in text
+
+
+def test_token_service_refusal_exits_4(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator.inject(
+        Fault(status=400, body={"error": "unauthorized_client", "description": "no grant"})
+    )
+    assert cli.main(["token"]) == 4
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("genesys-token: error: ")
+    assert emulator.client_secret not in captured.err
+
+
+def test_error_lines_redact_the_secret_and_tokens(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = env["GENESYSCLOUD_OAUTHCLIENT_SECRET"]
+    assert cli._fail(f"oops {secret}\nBearer abc.def.ghi", 4) == 4
+    err = capsys.readouterr().err
+    assert secret not in err and "abc.def.ghi" not in err
+    assert err.count("\n") == 1
+
+
+# -- inspect and check ---------------------------------------------------------------------
+
+
+def test_inspect_shows_the_source_and_never_the_token(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["inspect"]) == 0
+    first = capsys.readouterr().out
+    assert cli.main(["inspect"]) == 0
+    second = capsys.readouterr().out
+    token = emulator.issued_tokens[0]
+    assert token not in first and token not in second
+    assert "type:        opaque" in first
+    assert "source:      network" in first
+    assert "source:      cache" in second
+    assert "claims" not in first
+    assert emulator.token_requests == 1
+
+
+@pytest.mark.genesys_emulator(token_format="jwt")
+def test_inspect_shows_jwt_claims(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["inspect"]) == 0
+    out = capsys.readouterr().out
+    assert "type:        jwt" in out
+    assert "claims:" in out and emulator.client_id in out
+    assert emulator.issued_tokens[0] not in out
+
+
+def test_check_exits_0_when_the_token_works(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["check"]) == 0
+    assert capsys.readouterr().out.startswith("ok: the token works")
+    assert emulator.api_requests == 1
+
+
+def test_check_replaces_a_revoked_cached_token(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["token"]) == 0
+    emulator.revoke(emulator.issued_tokens[0])
+    assert cli.main(["check"]) == 0
+    assert emulator.token_requests == 2
+    capsys.readouterr()
+    assert cli.main(["token"]) == 0  # the repaired cache serves the new token
+    assert capsys.readouterr().out == emulator.issued_tokens[1] + "\n"
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, 3), (503, 4)])
+def test_check_exit_code_follows_the_api_answer(
+    env: dict[str, str],
+    emulator: GenesysEmulator,
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+    code: int,
+) -> None:
+    emulator.inject(Fault(status=status), times=None, path="/api/v2/tokens/me")
+    assert cli.main(["check"]) == code
+    assert f"answered {status}" in capsys.readouterr().err
+
+
+def test_check_without_an_api_answer_exits_4(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator.inject(Fault(drop=True), times=None, path="/api/v2/tokens/me")
+    assert cli.main(["check"]) == 4
+    assert "no answer" in capsys.readouterr().err
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["token", "--help"], ["inspect", "--help"],
+                                  ["check", "--help"], ["emulator", "--help"]])  # fmt: skip
+def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: genesys-token")
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_unknown_command_exits_2_with_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bogus"]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "error" in line] == [
+        line for line in err.splitlines() if line.startswith("genesys-token: error: ")
+    ]
+
+
+def test_verbose_logs_to_stderr_and_restores_the_logger(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = logging.getLogger("genesys_token")
+    handlers, level = list(logger.handlers), logger.level
+    assert cli.main(["-v", "token"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == emulator.issued_tokens[0] + "\n"
+    assert emulator.issued_tokens[0] not in captured.err
+    assert logger.handlers == handlers and logger.level == level
+
+
+# -- emulator ------------------------------------------------------------------------------
+
+
+def test_emulator_command_serves_tokens_until_stopped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = cli.build_parser().parse_args(["emulator", "--token-ttl", "600", "--format", "jwt"])
+    started, stop = threading.Event(), threading.Event()
+    running: list[GenesysEmulator] = []
+
+    def ready(emulator: GenesysEmulator) -> None:
+        running.append(emulator)
+        started.set()
+
+    thread = threading.Thread(
+        target=cli.run_emulator, args=(args,), kwargs={"ready": ready, "stop_event": stop}
+    )
+    thread.start()
+    try:
+        assert started.wait(10.0)
+        emulator = running[0]
+        with TokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            background_refresh=False,
+        ) as manager:
+            token = manager.refresh()
+        assert token.is_jwt
+        assert 590 < token.expires_in <= 600
+    finally:
+        stop.set()
+        thread.join(5.0)
+    assert not thread.is_alive()
+    assert "export GENESYSCLOUD_TOKEN_URL=" in capsys.readouterr().out

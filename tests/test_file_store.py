@@ -1,0 +1,340 @@
+"""FileStore specifics: modes, atomic writes, bad entries, unwritable disks, forks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from genesys_token import ConfigurationError, StoreError, Token, TokenManager
+from genesys_token.stores import FileStore, store_key
+from genesys_token.stores.file import MAX_ENTRY_BYTES, default_cache_dir
+from genesys_token.testing import GenesysEmulator
+
+MakeManager = Callable[..., TokenManager]
+KEY = store_key("client-a", "https://login.example/oauth/token", ())
+
+
+def make_token(value: str = "tok-one", lifetime: float = 3600.0) -> Token:
+    return Token.issued(
+        value,
+        token_type="bearer",
+        lifetime=lifetime,
+        sent_monotonic=time.monotonic(),
+        sent_wall=time.time(),
+    )
+
+
+def load(store: FileStore, key: str = KEY) -> Token | None:
+    return store.load(key, now_monotonic=time.monotonic(), now_wall=time.time())
+
+
+def entry_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.json"))
+
+
+# -- with a manager over the emulator ------------------------------------------------------
+
+
+def test_cache_file_is_0600_in_a_0700_directory(
+    make_manager: MakeManager, emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    directory = tmp_path / "nested" / "cache"
+    make_manager(store=FileStore(directory), background_refresh=False).get_token()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    (entry,) = entry_files(directory)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    for lock_file in directory.glob("*.lock"):
+        assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
+
+
+def test_secret_and_client_id_never_reach_the_cache_directory(
+    make_manager: MakeManager, emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    make_manager(store=FileStore(tmp_path), background_refresh=False).get_token()
+    for path in tmp_path.iterdir():
+        assert emulator.client_id not in path.name
+        assert emulator.client_secret.encode() not in path.read_bytes()
+
+
+def test_manager_recovers_from_a_corrupted_cache_file(
+    make_manager: MakeManager, emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    first = make_manager(store=FileStore(tmp_path), background_refresh=False)
+    first.get_token()
+    (entry,) = entry_files(tmp_path)
+    entry.write_bytes(b'{"format": "genesys-token/1", "token": {"access_tok')
+
+    second = make_manager(store=FileStore(tmp_path), background_refresh=False)
+    second.get_token()
+    assert emulator.token_requests == 2  # the corrupt entry cost one request, no error
+    third = make_manager(store=FileStore(tmp_path), background_refresh=False)
+    assert third.get_token() == second.get_token()
+    assert emulator.token_requests == 2  # and the entry was rewritten whole
+
+
+def test_two_managers_in_one_process_share_one_token_request(
+    make_manager: MakeManager, emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    managers = [make_manager(store=FileStore(tmp_path), background_refresh=False) for _ in range(6)]
+    barrier = threading.Barrier(len(managers))
+    tokens: list[str] = []
+
+    def run(manager: TokenManager) -> None:
+        barrier.wait(5.0)
+        tokens.append(manager.get_token())
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+    assert len(tokens) == 6 and len(set(tokens)) == 1
+    assert emulator.token_requests == 1
+
+
+def test_unwritable_cache_degrades_to_the_network_with_a_warning(
+    make_manager: MakeManager,
+    emulator: GenesysEmulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A regular file where a parent directory should be: no user (root included) can create
+    # the cache, like a read-only or full disk.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    caplog.set_level(logging.DEBUG)
+    manager = make_manager(store=FileStore(blocker / "cache"), background_refresh=False)
+    token = manager.get_token()
+    assert emulator.token_requests == 1
+    assert manager.metrics()["store_errors"] >= 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("could not save the token" in message for message in warnings)
+    assert token not in caplog.text
+    assert emulator.client_secret not in caplog.text
+
+
+def test_unwritable_cache_makes_save_raise_and_lock_yield_false(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = FileStore(blocker / "cache")
+    with pytest.raises(StoreError, match="cannot write the token cache"):
+        store.save(KEY, make_token())
+    with pytest.raises(StoreError, match="cannot read"):
+        load(store)  # ENOTDIR is not "missing": it is reported, then the network is used
+    with store.lock(KEY, 1.0) as held:
+        assert held is False
+    assert not list(tmp_path.glob("**/.tmp-*"))
+
+
+# -- entries -------------------------------------------------------------------------------
+
+
+def test_readers_never_see_a_half_written_entry(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.save(KEY, make_token("tok-0"))
+    stop = threading.Event()
+    misses: list[int] = []
+
+    def writer() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+            store.save(KEY, make_token(f"tok-{count}" + "x" * 2000))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for attempt in range(400):
+            if load(store) is None:
+                misses.append(attempt)
+    finally:
+        stop.set()
+        thread.join(5.0)
+    assert misses == []
+    assert not list(tmp_path.glob(".tmp-*"))  # no temp file left behind
+
+
+def test_oversized_entry_is_ignored(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    (tmp_path / f"{KEY}.json").write_bytes(b" " * (MAX_ENTRY_BYTES + 10))
+    assert load(store) is None
+
+
+def test_symlinked_entry_is_ignored_and_replaced_without_touching_its_target(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious")
+    store = FileStore(tmp_path / "cache")
+    store.save(KEY, make_token())
+    entry = tmp_path / "cache" / f"{KEY}.json"
+    entry.unlink()
+    entry.symlink_to(target)
+    assert load(store) is None
+    store.save(KEY, make_token("tok-new"))
+    assert target.read_text() == "precious"
+    loaded = load(store)
+    assert loaded is not None and loaded.access_token == "tok-new"
+
+
+def test_unreadable_entry_raises_store_error(tmp_path: Path) -> None:
+    (tmp_path / f"{KEY}.json").mkdir()  # opens, but cannot be read
+    with pytest.raises(StoreError, match="cannot read the token cache"):
+        load(FileStore(tmp_path))
+
+
+def test_keys_that_are_not_hex_are_hashed_into_safe_file_names(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "cache")
+    store.save("../../escape me", make_token("tok-odd"))
+    loaded = load(store, "../../escape me")
+    assert loaded is not None and loaded.access_token == "tok-odd"
+    assert [p.parent for p in tmp_path.glob("**/*.json")] == [tmp_path / "cache"]
+
+
+# -- the directory -------------------------------------------------------------------------
+
+
+def test_directory_open_to_others_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(0o755)
+    caplog.set_level(logging.WARNING, logger="genesys_token")
+    store = FileStore(directory)
+    store.save(KEY, make_token())
+    store.save(KEY, make_token())
+    warnings = [r for r in caplog.records if "accessible to other users" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "chmod 700" in warnings[0].getMessage()
+
+
+def test_private_existing_directory_is_not_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "private"
+    directory.mkdir(mode=0o700)
+    caplog.set_level(logging.WARNING, logger="genesys_token")
+    FileStore(directory).save(KEY, make_token())
+    assert not caplog.records
+
+
+def test_path_naming_a_file_is_a_configuration_error(tmp_path: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("")
+    with pytest.raises(ConfigurationError, match="not a directory"):
+        FileStore(file)
+    with pytest.raises(ConfigurationError, match="str or path"):
+        FileStore(42)  # type: ignore[arg-type]
+
+
+def test_default_directory_follows_xdg_cache_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert FileStore().path == tmp_path / "xdg" / "genesys-token"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "genesys-token"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert FileStore().path == tmp_path / "home" / ".cache" / "genesys-token"
+    assert "genesys-token" in repr(FileStore())
+
+
+# -- fork ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_while_a_thread_holds_the_lock_can_take_it_later(
+    emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path)
+    # The manager's fork handler resets the store in the child.
+    manager = TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        store=store,
+        background_refresh=False,
+    )
+    taken, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.lock(KEY, 1.0) as held:
+            assert held
+            taken.set()
+            release.wait(10.0)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert taken.wait(5.0)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            with store.lock(KEY, 5.0) as held:
+                os.write(write_end, b"held" if held else b"timeout")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        release.set()  # the parent's thread lets go; the child must get the lock
+        thread.join(5.0)
+        ready, _, _ = select.select([read_end], [], [], 10.0)
+        assert ready, "the child did not answer"
+        assert os.read(read_end, 16) == b"held"
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        manager.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_full_disk_makes_save_raise_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    import resource
+
+    store = FileStore(tmp_path)
+    store.save(KEY, make_token("tok-old"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Writes past 64 bytes now fail (EFBIG; Python ignores SIGXFSZ), as on a full disk.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+    try:
+        with pytest.raises(StoreError, match="cannot write the token cache"):
+            store.save(KEY, make_token("tok-new"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert not list(tmp_path.glob(".tmp-*"))
+    loaded = load(store)
+    assert loaded is not None and loaded.access_token == "tok-old"  # the old entry survives
+
+
+def test_threads_sharing_one_store_queue_on_its_thread_lock(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    taken, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.lock(KEY, 1.0) as held:
+            assert held
+            taken.set()
+            release.wait(5.0)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert taken.wait(5.0)
+        with store.lock(KEY, 0.1) as held:
+            assert held is False
+    finally:
+        release.set()
+        thread.join(5.0)

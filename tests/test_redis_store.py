@@ -1,0 +1,366 @@
+"""RedisStore specifics: TTLs, the owner-only lock, outages, forks, the optional import."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from redis_server import RedisServer, free_port, redis_server_or_skip
+
+from genesys_token import ConfigurationError, StoreError, Token, TokenManager
+from genesys_token.stores import RedisStore, store_key
+from genesys_token.testing import GenesysEmulator
+
+MakeManager = Callable[..., TokenManager]
+KEY = store_key("client-a", "https://login.example/oauth/token", ())
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server shared by this module's tests (each uses its own prefix)."""
+    with redis_server_or_skip() as server:
+        yield server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def store(redis_url: str, prefix: str) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client, to look at and tamper with what the store wrote."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    yield client
+    client.close()
+
+
+def make_token(value: str = "tok-one", lifetime: float = 3600.0) -> Token:
+    return Token.issued(
+        value,
+        token_type="bearer",
+        lifetime=lifetime,
+        sent_monotonic=time.monotonic(),
+        sent_wall=time.time(),
+    )
+
+
+def load(store: RedisStore, key: str = KEY) -> Token | None:
+    return store.load(key, now_monotonic=time.monotonic(), now_wall=time.time())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# -- entries and the lock ------------------------------------------------------------------
+
+
+def test_token_lives_in_redis_exactly_as_long_as_it_is_valid(
+    store: RedisStore, raw: redis.Redis, prefix: str
+) -> None:
+    store.save(KEY, make_token(lifetime=120.0))
+    ttl_ms = raw.pttl(f"{prefix}token:{KEY}")
+    assert 118_000 < ttl_ms <= 120_000
+
+
+def test_string_replies_from_a_decoding_client_are_understood(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
+    store = RedisStore(client=client, prefix=prefix)
+    store.save(KEY, make_token("tok-text"))
+    loaded = load(store)
+    assert loaded is not None and loaded.access_token == "tok-text"
+    store.close()
+    assert client.ping()  # a given client is the caller's to close
+    client.close()
+
+
+def test_abandoned_lock_expires_by_itself(redis_url: str, prefix: str, raw: redis.Redis) -> None:
+    raw.set(f"{prefix}lock:{KEY}", "a-process-that-died", px=200)
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    started = time.monotonic()
+    with store.lock(KEY, 3.0) as held:
+        assert held is True
+    assert 0.1 < time.monotonic() - started < 2.0
+    store.close()
+
+
+def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: redis.Redis) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.2)
+    name = f"{prefix}lock:{KEY}"
+    with store.lock(KEY, 1.0) as held:
+        assert held
+        assert wait_until(lambda: raw.get(name) is None)  # our lock expired mid-refresh...
+        raw.set(name, "peer", px=10_000)  # ...and a peer took it
+    assert raw.get(name) == b"peer"  # leaving our block must not free the peer's lock
+    with store.lock(KEY, 0.0) as again:
+        assert again is False
+    store.close()
+
+
+def test_other_redis_errors_become_store_errors(
+    store: RedisStore, raw: redis.Redis, prefix: str
+) -> None:
+    raw.hset(f"{prefix}token:{KEY}", "field", "value")  # WRONGTYPE for GET
+    with pytest.raises(StoreError, match="redis read failed: ResponseError"):
+        load(store)
+    store.save(KEY + "x", make_token())
+    assert load(store, KEY + "x") is not None  # not treated as an outage
+
+
+def test_reply_that_is_not_a_string_is_ignored(redis_url: str, prefix: str) -> None:
+    class OddClient(redis.Redis):  # a proxy or mock-alike answering with a number
+        def get(self, name: object) -> object:  # type: ignore[override]
+            return 42
+
+    client = OddClient.from_url(redis_url, socket_timeout=1)
+    assert load(RedisStore(client=client, prefix=prefix)) is None
+    client.close()
+
+
+# -- outages -------------------------------------------------------------------------------
+
+
+def test_redis_killed_get_token_still_works_quickly(
+    make_manager: MakeManager, emulator: GenesysEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with redis_server_or_skip() as server:
+        store = RedisStore.from_url(server.url)
+        first = make_manager(store=store, background_refresh=False)
+        first.get_token()
+        make_manager(store=store, background_refresh=False).get_token()
+        assert emulator.token_requests == 1
+        server.stop()
+        assert not server.running
+
+        started = time.monotonic()
+        third = make_manager(store=store, background_refresh=False)
+        token = third.get_token()
+        assert time.monotonic() - started < 3.0
+        assert emulator.token_requests == 2
+        assert first.get_token()  # a manager holding a token needs no Redis at all
+        fresh = make_manager(store=RedisStore.from_url(server.url), background_refresh=False)
+        assert fresh.get_token()
+        assert time.monotonic() - started < 5.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("token store unavailable" in message for message in warnings)
+    assert token not in caplog.text
+    assert emulator.client_secret not in caplog.text
+    store.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A port that accepts connections and never answers (a hung or firewalled Redis)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+
+
+def test_hung_redis_costs_one_timeout_then_is_skipped(
+    make_manager: MakeManager, emulator: GenesysEmulator, blackhole: str
+) -> None:
+    store = RedisStore.from_url(blackhole, socket_timeout=0.2)
+    started = time.monotonic()
+    manager = make_manager(store=store, background_refresh=False)
+    assert manager.get_token()
+    # load: one timeout and one retry; then lock, load and save skip Redis at once.
+    assert time.monotonic() - started < 1.5
+    assert emulator.token_requests == 1
+    store.close()
+
+
+def test_redis_is_tried_again_after_the_outage_backoff() -> None:
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", outage_backoff=0.2)
+    with pytest.raises(StoreError, match="redis read failed: ConnectionError"):
+        load(store)
+    with pytest.raises(StoreError, match="not retrying"):
+        load(store)
+    with store.lock(KEY, 5.0) as held:
+        assert held is False  # at once, not after the 5 s
+    time.sleep(0.25)
+    with pytest.raises(StoreError, match="redis read failed"):
+        load(store)
+    store.close()
+
+
+def test_lock_release_failure_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with redis_server_or_skip() as server:
+        store = RedisStore.from_url(server.url)
+        with store.lock(KEY, 1.0) as held:
+            assert held
+            server.stop()
+    assert any("could not release" in r.getMessage() for r in caplog.records)
+    store.close()
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def test_from_url_builds_a_client_with_short_socket_timeouts(store: RedisStore) -> None:
+    kwargs = store._client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 1.0
+    assert kwargs["socket_connect_timeout"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "field"),
+    [
+        (("redis://localhost/0",), {"client": object()}, "url"),
+        ((42,), {}, "url"),
+        (("http://:hunter2@localhost/0",), {}, "url"),
+        ((), {"prefix": 3}, "prefix"),
+        ((), {"lock_ttl": 0}, "lock_ttl"),
+        ((), {"outage_backoff": True}, "outage_backoff"),
+        ((), {"socket_timeout": -1}, "socket_timeout"),
+    ],
+)
+def test_bad_settings_are_configuration_errors(
+    args: tuple[object, ...], kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RedisStore(*args, **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert "hunter2" not in str(info.value)
+
+
+def test_url_password_stays_out_of_repr_and_errors() -> None:
+    store = RedisStore.from_url(f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    with pytest.raises(StoreError) as info:
+        load(store)
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in repr(store)
+    store.close()
+
+
+def test_given_client_without_socket_timeout_is_warned_about(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    RedisStore(client=client)
+    assert any("no socket_timeout" in r.getMessage() for r in caplog.records)
+    client.close()
+
+
+def test_stores_import_without_redis_and_building_one_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import genesys_token.stores as stores\n"
+        "stores.FileStore; stores.MemoryStore\n"
+        "try:\n"
+        "    stores.RedisStore('redis://localhost/0')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert "genesys-token[redis]" in result.stdout
+
+
+def test_unknown_attribute_of_the_stores_package_raises_attribute_error() -> None:
+    import genesys_token.stores as stores
+
+    with pytest.raises(AttributeError):
+        _ = stores.NoSuchStore  # type: ignore[attr-defined]
+
+
+# -- fork ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_its_own_connections(
+    emulator: GenesysEmulator, redis_url: str, prefix: str
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    manager = TokenManager(  # its fork handler resets the store in the child
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        store=store,
+        background_refresh=False,
+    )
+    token = manager.get_token()  # the parent's pool now holds a connection
+    key = store_key(emulator.client_id, emulator.token_url, ())
+    parent_client = store._client
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            loaded = load(store, key)
+            fresh = store._client is not parent_client
+            ok = loaded is not None and loaded.access_token == token and fresh
+            os.write(write_end, b"ok" if ok else b"bad")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 10.0)
+        assert ready, "the child did not answer"
+        assert os.read(read_end, 8) == b"ok"
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert load(store, key) is not None  # the parent's connections still work
+    manager.close()
+    store.close()
+
+
+def test_threads_of_many_managers_share_one_token_request(
+    make_manager: MakeManager, emulator: GenesysEmulator, redis_url: str, prefix: str
+) -> None:
+    managers = [
+        make_manager(store=RedisStore.from_url(redis_url, prefix=prefix), background_refresh=False)
+        for _ in range(5)
+    ]
+    barrier = threading.Barrier(len(managers))
+    tokens: list[str] = []
+
+    def run(manager: TokenManager) -> None:
+        barrier.wait(5.0)
+        tokens.append(manager.get_token())
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+    assert len(set(tokens)) == 1 and len(tokens) == 5
+    assert emulator.token_requests == 1
+
+
+def test_redis_server_helper_reports_a_server_that_cannot_start() -> None:
+    server = RedisServer(binary=sys.executable)  # "python --port ..." exits at once
+    with pytest.raises(RuntimeError, match="exited"):
+        server.start()
+    server.stop()
