@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import queue
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.cookies import extract_cookies_to_jar
@@ -15,11 +19,108 @@ from .errors import GenesysTokenError
 if TYPE_CHECKING:
     from .manager import InFlight, TokenManager
 
+    _Finalizer = weakref.finalize[[InFlight], requests.PreparedRequest]
+
 log = logging.getLogger("genesys_token")
 
-_USE_ATTR = "_genesys_token_use"
+_WATCH_ATTR = "_genesys_token_watch"
 _POS_ATTR = "_genesys_token_body_pos"
 _REPLAYED_ATTR = "_genesys_token_replayed"
+_BEARER = "Bearer "
+
+#: How long the reaper thread waits for work before it checks whether it may end; it stays
+#: while any counted request could still be collected, and costs nothing while it waits.
+REAPER_IDLE_SECONDS = 1.0
+
+
+class _Watch:
+    """The counted use of one prepared request and the finalizer that ends it if dropped."""
+
+    __slots__ = ("finalizer", "pid", "reaper", "use")
+
+    def __init__(self, use: InFlight, finalizer: _Finalizer, reaper: _Reaper) -> None:
+        self.use = use
+        self.finalizer = finalizer
+        self.reaper = reaper
+        self.pid = os.getpid()
+
+    def end(self) -> None:
+        """End the use (idempotent); a no-op in a forked child, whose manager reset its count."""
+        if self.pid != os.getpid():
+            return
+        self.use.end()
+        self.reaper.unwatch(self.finalizer)
+
+
+class _Reaper:
+    """Ends the uses of prepared requests that were garbage-collected without a response.
+
+    A request that raised lives in a reference cycle (exception, traceback, frames), so the
+    cyclic collector frees it, at any allocation of any thread, including one made while that
+    thread holds the manager's lock. Ending the use right there would take the lock again and
+    deadlock. So the finalizer only puts the use on a ``SimpleQueue`` (documented as safe to
+    call from weakref callbacks) and this thread ends it, outside the collector.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
+        self._watched = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, request: requests.PreparedRequest, use: InFlight) -> _Finalizer:
+        """End ``use`` once ``request`` is collected (unless :meth:`unwatch` comes first)."""
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="genesys-token-reaper")
+                thread.daemon = True
+                thread.start()
+                self._thread = thread
+            self._watched += 1
+        finalizer = weakref.finalize(request, self._queue.put, use)
+        finalizer.atexit = False
+        return finalizer
+
+    def unwatch(self, finalizer: _Finalizer) -> None:
+        """The use ended normally: the finalizer is not needed any more."""
+        if finalizer.detach() is not None:
+            with self._lock:
+                self._watched -= 1
+
+    @property
+    def watched(self) -> int:
+        """Finalizers alive or fired but not yet handled."""
+        return self._watched
+
+    def _run(self) -> None:
+        while True:
+            try:
+                use = self._queue.get(timeout=REAPER_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._watched == 0:
+                        self._thread = None
+                        return
+                continue
+            try:
+                use.end()
+            except Exception:  # the reaper must survive anything
+                log.exception("could not end the use of a collected request")
+            with self._lock:
+                self._watched -= 1
+
+
+_reaper = _Reaper()
+
+
+def _new_reaper_in_child() -> None:
+    """A forked child has no reaper thread and a manager that forgot the parent's uses."""
+    global _reaper
+    _reaper = _Reaper()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_reaper_in_child)
 
 
 class GenesysAuth(requests.auth.AuthBase):
@@ -34,13 +135,15 @@ class GenesysAuth(requests.auth.AuthBase):
     Each call is counted in flight from the moment it gets its token until its response
     arrives, so :meth:`TokenManager.rotate` can wait for it. A call that raises (connection
     refused, timeout, TLS error) gets no response hook from ``requests``; its count ends when
-    the prepared request is released or when the same thread makes its next call, whichever
-    comes first (``requests`` is synchronous: a thread's next call means its last one ended).
+    the prepared request is garbage-collected or when the same thread makes its next call
+    through this auth, whichever comes first (``requests`` is synchronous: a thread's next
+    call means its last one ended).
 
     On a 401 the token is replaced once (shared with every other thread that saw the same
     token rejected) and the request replayed once, as ``HTTPDigestAuth`` does; a body that
-    cannot be rewound is not replayed. A 403 is never replayed. ``requests`` itself drops
-    the ``Authorization`` header on a redirect to another host.
+    cannot be rewound (a generator) is not replayed. A 403 is never replayed. ``requests``
+    drops the ``Authorization`` header on a redirect to another host, and a 401 from any
+    origin other than the one the token was sent to is returned untouched.
 
     Args:
         manager: The token manager.
@@ -55,54 +158,60 @@ class GenesysAuth(requests.auth.AuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         self._end_previous_uses()
         use = self._manager.begin_use()
-        r.headers["Authorization"] = f"Bearer {use.token}"
-        setattr(r, _USE_ATTR, use)
-        self._uses().append(weakref.ref(use))
-        weakref.finalize(r, use.end)
-        body: Any = r.body
-        if body is not None and not isinstance(body, bytes | str) and hasattr(body, "tell"):
-            try:
-                setattr(r, _POS_ATTR, body.tell())
-            except OSError:
-                setattr(r, _POS_ATTR, None)
-        r.register_hook("response", self._on_response)  # type: ignore[no-untyped-call]
+        try:
+            watch = _Watch(use, _reaper.watch(r, use), _reaper)
+        except BaseException:
+            use.end()  # no thread for the reaper: do not leave the use counted
+            raise
+        r.headers["Authorization"] = _BEARER + use.token
+        setattr(r, _WATCH_ATTR, watch)
+        self._watches().append(watch)
+        _remember_body_position(r)
+        on_response = functools.partial(self._on_response, genesys_origin=_origin(r.url))
+        r.register_hook("response", on_response)  # type: ignore[no-untyped-call]
         return r
 
-    def _uses(self) -> list[weakref.ref[InFlight]]:
-        uses: list[weakref.ref[InFlight]] | None = getattr(self._local, "uses", None)
-        if uses is None:
-            uses = self._local.uses = []
-        return uses
+    def _watches(self) -> list[_Watch]:
+        watches: list[_Watch] | None = getattr(self._local, "watches", None)
+        if watches is None:
+            watches = self._local.watches = []
+        return watches
 
     def _end_previous_uses(self) -> None:
-        uses = self._uses()
-        for ref in uses:
-            use = ref()
-            if use is not None:
-                use.end()
-        uses.clear()
+        watches = self._watches()
+        for watch in watches:
+            watch.end()
+        watches.clear()
 
-    def _on_response(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+    def _on_response(
+        self, response: requests.Response, *, genesys_origin: str, **kwargs: Any
+    ) -> requests.Response:
         request = response.request
-        use: InFlight | None = getattr(request, _USE_ATTR, None)
-        if use is not None:
-            use.end()
-        if response.status_code == 401 and self._replay_401:
-            return self._replay(response, **kwargs)
-        return response
-
-    def _replay(self, response: requests.Response, **kwargs: Any) -> requests.Response:
-        request = response.request
+        watch: _Watch | None = getattr(request, _WATCH_ATTR, None)
+        if watch is not None:
+            watch.end()
+        if response.status_code != 401 or not self._replay_401:
+            return response
         sent = request.headers.get("Authorization", "")
-        if not sent.startswith("Bearer ") or getattr(request, _REPLAYED_ATTR, False):
+        if not sent.startswith(_BEARER) or getattr(request, _REPLAYED_ATTR, False):
             return response
-        if not _rewind(request):
-            log.info("401 not replayed: the request body cannot be replayed")
+        if _origin(request.url) != genesys_origin:
+            # A redirect took the call elsewhere; our token is not that host's business.
             return response
+        return self._replay(response, sent[len(_BEARER) :], kwargs)
+
+    def _replay(
+        self, response: requests.Response, rejected: str, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        request = response.request
         try:
-            self._manager.replace_rejected(sent[len("Bearer ") :])
+            # Replaced even when the call cannot be replayed, so the next call works.
+            self._manager.replace_rejected(rejected)
         except GenesysTokenError as exc:
             log.warning("401 not replayed: could not get a new token (%s)", type(exc).__name__)
+            return response
+        if not _rewind(request):
+            log.info("401 not replayed: the request body cannot be sent again")
             return response
         response.content  # noqa: B018 - consume the body so the connection can be reused
         response.close()
@@ -112,7 +221,7 @@ class GenesysAuth(requests.auth.AuthBase):
         prep.prepare_cookies(prep._cookies)  # type: ignore[attr-defined]
         use = self._manager.begin_use()
         try:
-            prep.headers["Authorization"] = f"Bearer {use.token}"
+            prep.headers["Authorization"] = _BEARER + use.token
             self._manager._metrics.incr("replays_401")
             replayed: requests.Response = response.connection.send(prep, **kwargs)
         finally:
@@ -123,6 +232,26 @@ class GenesysAuth(requests.auth.AuthBase):
 
     def __repr__(self) -> str:
         return f"GenesysAuth({self._manager!r})"
+
+
+def _origin(url: str | None) -> str:
+    """Scheme, host and port: where a request goes, as far as credentials are concerned."""
+    parts = urlsplit(url or "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+def _remember_body_position(request: requests.PreparedRequest) -> None:
+    body: Any = request.body
+    if body is None or isinstance(body, bytes | str) or not hasattr(body, "tell"):
+        return
+    try:
+        setattr(request, _POS_ATTR, body.tell())
+    except OSError:
+        setattr(request, _POS_ATTR, None)
 
 
 def _rewind(request: requests.PreparedRequest) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,7 +114,11 @@ class InFlight:
         return self._ended
 
     def end(self) -> None:
-        """Stop counting this use. Idempotent, and safe from any thread."""
+        """Stop counting this use. Idempotent, and safe from any thread.
+
+        Not from ``__del__`` or ``weakref.finalize``: the collector may run while this very
+        thread holds the manager's lock. Hand it to another thread, as GenesysAuth does.
+        """
         self._manager._end_use(self)
 
     def __repr__(self) -> str:
@@ -199,6 +204,7 @@ class TokenManager:
         self._current: _Current | None = None
         self._closed = False
         self._rotating = False
+        self._rotator: int | None = None
         self._in_flight = 0
         self._holders: weakref.WeakSet[InFlight] = weakref.WeakSet()
         self._owned: dict[int, int] = {}
@@ -621,6 +627,7 @@ class TokenManager:
         own = self._own_count()
         with self._flight_lock:
             self._rotating = True
+            self._rotator = threading.get_ident()
             holders = list(self._holders)
         for holder in holders:
             holder.rotation_pending.set()
@@ -642,6 +649,7 @@ class TokenManager:
         finally:
             with self._flight_lock:
                 self._rotating = False
+                self._rotator = None
                 self._flight_cond.notify_all()
         if revoke_previous and old is not None and old.access_token != new.access_token:
             self._revoke(old)
@@ -649,10 +657,11 @@ class TokenManager:
 
     def _drain(self, own: int, timeout: float) -> int:
         """Wait until only our own uses are in flight; returns how many others are left."""
-        deadline = self._clock.monotonic() + timeout
+        # Condition.wait runs on real time, so its deadline does too (not the test clock).
+        deadline = time.monotonic() + timeout
         with self._flight_lock:
             while self._in_flight - own > 0:
-                remaining = deadline - self._clock.monotonic()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._flight_cond.wait(remaining)
@@ -664,13 +673,13 @@ class TokenManager:
             self._emit(TOKEN_REVOKED, token, {})
 
     def _wait_for_rotation(self) -> None:
-        if not self._rotating or self._own_count():
+        if not self._rotating or self._passes_gate():
             return
         bound = self._settings.drain_timeout + self._settings.retry_deadline
-        deadline = self._clock.monotonic() + bound
+        deadline = time.monotonic() + bound
         with self._flight_lock:
             while self._rotating and not self._closed:
-                remaining = deadline - self._clock.monotonic()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.warning("gave up waiting for a rotation after %.1fs", bound)
                     return
@@ -678,6 +687,12 @@ class TokenManager:
 
     def _own_count(self) -> int:
         return self._owned.get(threading.get_ident(), 0)
+
+    def _passes_gate(self) -> bool:
+        """The rotating thread (its listeners) and holders of uses never wait for a rotation:
+        the rotation would be waiting for them."""
+        me = threading.get_ident()
+        return self._rotator == me or bool(self._owned.get(me))
 
     def begin_use(self) -> InFlight:
         """Count one use of the current token and return it.
@@ -696,7 +711,7 @@ class TokenManager:
             self.get_token()
             with self._flight_lock:
                 current = self._current
-                if current is not None and (not self._rotating or self._owned.get(me)):
+                if current is not None and (not self._rotating or self._passes_gate()):
                     self._in_flight += 1
                     self._owned[me] = self._owned.get(me, 0) + 1
                     use = InFlight(self, current.token.access_token, me)
@@ -705,8 +720,8 @@ class TokenManager:
 
     def _end_use(self, use: InFlight) -> None:
         with self._flight_lock:
-            if use._ended:
-                return
+            if use._ended or use not in self._holders:
+                return  # already ended, or begun before a fork in the parent process
             use._ended = True
             self._holders.discard(use)
             self._in_flight = max(0, self._in_flight - 1)
@@ -856,6 +871,7 @@ class TokenManager:
         self._holders = weakref.WeakSet()
         self._owned = {}
         self._rotating = False
+        self._rotator = None
         self._timer = None
         if self._session is None:
             self._transport = self._new_transport()

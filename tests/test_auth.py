@@ -1,0 +1,551 @@
+"""GenesysAuth over real HTTP: the bearer header, the in-flight count, 401 replay, redirects."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import io
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+import trustme
+from conftest import MakeManager
+
+from genesys_token import GenesysAuth, TokenManager
+from genesys_token import auth as auth_module
+from genesys_token.testing import Fault, GenesysEmulator
+
+ORG_PATH = "/api/v2/organizations/me"
+ECHO_PATH = "/api/v2/echo"
+MakeSession = Callable[[TokenManager], requests.Session]
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll a condition we cannot wait on directly (another process's state), bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _count_back_to_zero(manager: TokenManager) -> bool:
+    return _until(lambda: manager.in_flight_count == 0, 3.0)
+
+
+@pytest.fixture
+def make_session() -> Iterator[MakeSession]:
+    sessions: list[requests.Session] = []
+
+    def make(manager: TokenManager) -> requests.Session:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _api_calls(emulator: GenesysEmulator) -> list[tuple[str, int]]:
+    return [(r.path, r.status) for r in emulator.api_request_log]
+
+
+# -- the header and the count ------------------------------------------------------------
+
+
+def test_request_carries_the_managers_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    response = make_session(manager).get(emulator.api_base_url + "/headers", timeout=5)
+    assert response.json()["Authorization"] == f"Bearer {manager.get_token()}"
+
+
+def test_call_is_counted_until_its_response_arrives(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    session = make_session(manager)
+    emulator.inject(Fault(delay=0.3, passthrough=True), path=ORG_PATH)
+    seen_during: list[int] = []
+    worker = threading.Thread(target=lambda: session.get(emulator.api_base_url + ORG_PATH))
+    worker.start()
+    assert _until(lambda: emulator.api_requests == 1)
+    seen_during.append(manager.in_flight_count)
+    worker.join(5)
+    assert seen_during == [1]
+    assert manager.in_flight_count == 0
+    assert manager.metrics()["in_flight"] == 0
+
+
+def test_count_ends_when_a_refused_request_is_collected(
+    make_manager: MakeManager, make_session: MakeSession, closed_port: int
+):
+    manager = make_manager()
+    session = make_session(manager)
+    with pytest.raises(requests.ConnectionError) as excinfo:
+        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+    # The exception (kept by excinfo) holds the request: the call is still counted ...
+    assert manager.in_flight_count == 1
+    del excinfo
+    gc.collect()
+    # ... and once the request is collected the reaper ends its use.
+    assert _count_back_to_zero(manager)
+
+
+def test_count_ends_at_the_threads_next_call(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+    closed_port: int,
+):
+    manager = make_manager()
+    session = make_session(manager)
+    kept: list[BaseException] = []
+    try:
+        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+    except requests.ConnectionError as exc:
+        kept.append(exc)  # still referenced: the collector cannot end the use
+    assert manager.in_flight_count == 1
+    assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 200
+    assert manager.in_flight_count == 0
+    assert kept
+
+
+def test_count_ends_after_a_read_timeout(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    session = make_session(manager)
+    emulator.inject(Fault(delay=1.0, passthrough=True), path=ORG_PATH)
+    with pytest.raises(requests.ReadTimeout) as excinfo:
+        session.get(emulator.api_base_url + ORG_PATH, timeout=(3, 0.1))
+    del excinfo
+    gc.collect()
+    assert _count_back_to_zero(manager)
+
+
+def test_count_ends_after_a_tls_error(make_manager: MakeManager, make_session: MakeSession):
+    manager = make_manager()
+    session = make_session(manager)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_context)
+    with GenesysEmulator(ssl_context=server_context) as untrusted:
+        with pytest.raises(requests.exceptions.SSLError) as excinfo:
+            session.get(untrusted.api_base_url + ORG_PATH, timeout=5)
+        del excinfo
+        gc.collect()
+        assert _count_back_to_zero(manager)
+
+
+def test_response_dropped_unread_leaves_no_count(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    response = make_session(manager).get(emulator.api_base_url + ORG_PATH, stream=True)
+    assert manager.in_flight_count == 0
+    del response
+    gc.collect()
+    assert manager.in_flight_count == 0
+
+
+def test_collector_running_inside_the_managers_lock_does_not_deadlock(
+    emulator: GenesysEmulator, closed_port: int
+):
+    # A failed request is freed by the cyclic collector, which can run at any allocation,
+    # including one begin_use makes while it holds the manager's lock. Move the collector's
+    # threshold so it fires at each allocation in turn; ending the use inside the collector
+    # would take that lock again and hang.
+    manager = TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        background_refresh=False,
+    )
+    session = requests.Session()
+    session.auth = GenesysAuth(manager)
+    manager.get_token()
+    collected_under_lock: list[bool] = []
+    old_threshold = gc.get_threshold()
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and threading.current_thread().name == "gc-probe":
+            collected_under_lock.append(manager._flight_lock.locked())
+
+    def attempt(step: int) -> None:
+        gc.disable()
+        with contextlib.suppress(requests.ConnectionError):
+            session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+        gc.set_threshold(gc.get_count()[0] + step)
+        gc.enable()
+        try:
+            manager.begin_use().end()
+        finally:
+            gc.set_threshold(*old_threshold)
+
+    gc.callbacks.append(on_gc)
+    try:
+        for step in range(1, 25):
+            probe = threading.Thread(target=attempt, args=(step,), name="gc-probe", daemon=True)
+            probe.start()
+            probe.join(3)
+            assert not probe.is_alive(), f"deadlocked when the collector ran at step {step}"
+    finally:
+        gc.callbacks.remove(on_gc)
+        gc.set_threshold(*old_threshold)
+        gc.enable()
+    assert any(collected_under_lock), "the collector never ran inside the lock: test is moot"
+    gc.collect()
+    assert _count_back_to_zero(manager)
+    session.close()
+    manager.close()
+
+
+def test_reaper_thread_ends_when_nothing_is_left_to_watch(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
+    assert auth_module._reaper.watched == 0
+    assert _until(
+        lambda: not any(t.name == "genesys-token-reaper" for t in threading.enumerate()),
+        auth_module.REAPER_IDLE_SECONDS + 2,
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_does_not_end_the_parents_uses(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+    closed_port: int,
+):
+    manager = make_manager()
+    session = make_session(manager)
+    kept: list[BaseException] = []
+    try:
+        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+    except requests.ConnectionError as exc:
+        kept.append(exc)  # the parent's use stays counted across the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read_end)
+        counts = []
+        with manager.in_flight():
+            counts.append(manager.in_flight_count)
+            session.get(emulator.api_base_url + ORG_PATH, timeout=5)
+            counts.append(manager.in_flight_count)
+        os.write(write_end, json.dumps(counts).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_counts = json.loads(pipe.read() or b"null")
+    os.waitpid(pid, 0)
+    # The child's next call must not end the parent's use against the child's own count.
+    assert child_counts == [1, 1]
+    assert manager.in_flight_count == 1
+    kept.clear()
+
+
+# -- 401 replay ------------------------------------------------------------------------
+
+
+def test_revoked_token_gets_one_refresh_and_one_replay_for_get(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    old = manager.get_token()
+    emulator.revoke(old)
+    response = make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
+    assert response.status_code == 200
+    assert [r.status_code for r in response.history] == [401]
+    assert emulator.token_requests == 2
+    assert _api_calls(emulator) == [(ORG_PATH, 401), (ORG_PATH, 200)]
+    assert emulator.api_request_log[1].token_used == manager.get_token() != old
+    assert manager.metrics()["replays_401"] == 1
+    assert manager.in_flight_count == 0
+
+
+@pytest.mark.parametrize("make_body", [lambda b: b, io.BytesIO], ids=["bytes", "seekable-file"])
+def test_revoked_token_replays_a_post_with_its_body(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+    make_body: Callable[[bytes], object],
+):
+    manager = make_manager()
+    emulator.revoke(manager.get_token())
+    payload = os.urandom(70_000)
+    response = make_session(manager).post(
+        emulator.api_base_url + ECHO_PATH, data=make_body(payload), timeout=5
+    )
+    assert response.status_code == 200
+    assert response.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert response.json()["length"] == len(payload)
+    assert emulator.token_requests == 2
+    assert _api_calls(emulator) == [(ECHO_PATH, 401), (ECHO_PATH, 200)]
+
+
+def test_generator_body_is_not_replayed_but_the_token_is_replaced(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    old = manager.get_token()
+    emulator.revoke(old)
+    session = make_session(manager)
+    response = session.post(
+        emulator.api_base_url + ECHO_PATH, data=iter([b"one", b"two"]), timeout=5
+    )
+    assert response.status_code == 401
+    assert _api_calls(emulator) == [(ECHO_PATH, 401)]
+    assert manager.get_token() != old  # so the next call works at once
+    assert session.post(emulator.api_base_url + ECHO_PATH, data=b"x").status_code == 200
+    assert emulator.token_requests == 2
+
+
+def test_unseekable_stream_body_is_not_replayed(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    emulator.revoke(manager.get_token())
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"streamed")
+    os.close(write_end)
+    with open(read_end, "rb") as pipe:  # tell() raises on a pipe: it cannot be rewound
+        response = make_session(manager).post(
+            emulator.api_base_url + ECHO_PATH, data=pipe, timeout=5
+        )
+    assert response.status_code == 401
+    assert _api_calls(emulator) == [(ECHO_PATH, 401)]
+    assert emulator.token_requests == 2
+
+
+def test_second_401_is_returned_as_is(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    emulator.inject(Fault(status=401), times=3, path=ORG_PATH)
+    response = make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
+    assert response.status_code == 401
+    assert len(response.history) == 1
+    assert _api_calls(emulator) == [(ORG_PATH, 401), (ORG_PATH, 401)]
+    assert emulator.token_requests == 2
+
+
+def test_403_is_never_replayed(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    emulator.inject(Fault(status=403), path=ORG_PATH)
+    response = make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
+    assert response.status_code == 403
+    assert _api_calls(emulator) == [(ORG_PATH, 403)]
+    assert emulator.token_requests == 1
+
+
+def test_replay_can_be_turned_off(emulator: GenesysEmulator, make_manager: MakeManager):
+    manager = make_manager()
+    emulator.revoke(manager.get_token())
+    with requests.Session() as session:
+        session.auth = GenesysAuth(manager, replay_401=False)
+        assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 401
+    assert emulator.token_requests == 1
+
+
+def test_401_is_returned_when_no_new_token_can_be_had(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+    caplog: pytest.LogCaptureFixture,
+):
+    manager = make_manager(max_retries=0)
+    emulator.revoke(manager.get_token())
+    emulator.set_secret(emulator.client_id, "the-new-secret")
+    with caplog.at_level(logging.WARNING, logger="genesys_token"):
+        response = make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
+    assert response.status_code == 401
+    assert "401 not replayed: could not get a new token (InvalidClientError)" in caplog.text
+    assert _api_calls(emulator) == [(ORG_PATH, 401)]
+
+
+def test_50_threads_hitting_the_same_401_make_one_token_request(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    emulator.revoke(manager.get_token())
+    sessions = [make_session(manager) for _ in range(50)]
+    barrier = threading.Barrier(50)
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(session: requests.Session) -> None:
+        barrier.wait(10)
+        try:
+            statuses.append(session.get(emulator.api_base_url + ORG_PATH, timeout=10).status_code)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not errors
+    assert statuses == [200] * 50
+    assert emulator.token_requests == 2  # the first token and one replacement
+    assert manager.in_flight_count == 0
+
+
+# -- redirects ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_host() -> Iterator[GenesysEmulator]:
+    """A second server under another host name (``localhost`` vs ``127.0.0.1``)."""
+    with GenesysEmulator(host="localhost") as emulator:
+        yield emulator
+
+
+def test_same_host_redirect_keeps_the_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    target = emulator.api_base_url + "/headers"
+    response = make_session(manager).get(
+        emulator.api_base_url + "/redirect", params={"to": target}, timeout=5
+    )
+    assert response.history and response.json()["Authorization"].startswith("Bearer ")
+
+
+def test_cross_host_redirect_carries_no_authorization(
+    emulator: GenesysEmulator,
+    other_host: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+):
+    manager = make_manager()
+    response = make_session(manager).get(
+        emulator.api_base_url + "/redirect",
+        params={"to": other_host.api_base_url + "/headers"},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert response.history
+    assert "Authorization" not in response.json()
+    assert manager.in_flight_count == 0
+
+
+def test_401_from_a_foreign_host_is_not_answered_with_our_token(
+    emulator: GenesysEmulator,
+    other_host: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+):
+    manager = make_manager()
+    response = make_session(manager).get(
+        emulator.api_base_url + "/redirect",
+        params={"to": other_host.api_base_url + ORG_PATH},
+        timeout=5,
+    )
+    assert response.status_code == 401
+    assert [r.token_used for r in other_host.api_request_log] == [None]
+    assert emulator.token_requests == 1
+
+
+def test_401_from_another_origin_is_not_replayed_even_with_a_bearer_header(
+    other_host: GenesysEmulator, make_manager: MakeManager
+):
+    # requests strips the header on such redirects; this is the second line of defence.
+    manager = make_manager()
+    auth = GenesysAuth(manager)
+    answer = requests.get(
+        other_host.api_base_url + ORG_PATH, headers={"Authorization": "Bearer x"}, timeout=5
+    )
+    assert answer.status_code == 401
+    returned = auth._on_response(answer, genesys_origin="http://127.0.0.1:1")
+    assert returned is answer
+    assert len(other_host.api_request_log) == 1
+    assert manager.token is None  # no token was even fetched
+
+
+# -- secrets, load -------------------------------------------------------------------------
+
+
+def test_tokens_and_secret_stay_out_of_logs_and_reprs(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+    caplog: pytest.LogCaptureFixture,
+):
+    caplog.set_level(logging.DEBUG)
+    manager = make_manager()
+    session = make_session(manager)
+    old = manager.get_token()
+    emulator.revoke(old)
+    session.get(emulator.api_base_url + ORG_PATH, timeout=5)
+    session.post(emulator.api_base_url + ECHO_PATH, data=iter([b"x"]), timeout=5)
+    emulator.revoke(manager.get_token())
+    session.post(emulator.api_base_url + ECHO_PATH, data=iter([b"x"]), timeout=5)
+    shown = caplog.text + repr(session.auth) + repr(manager)
+    for secret in [emulator.client_secret, *emulator.issued_tokens]:
+        assert secret not in shown
+    assert "401 not replayed" in caplog.text
+
+
+def test_64_threads_for_10_seconds_with_2_second_tokens_get_no_error(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    emulator.token_ttl = 2
+    manager = make_manager()
+    sessions = [make_session(manager) for _ in range(64)]
+    statuses: Counter[int] = Counter()
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(session: requests.Session) -> None:
+        while not stop.is_set():
+            try:
+                status = session.get(emulator.api_base_url + ORG_PATH, timeout=(3.05, 10))
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                statuses[status.status_code] += 1
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in sessions]
+    for thread in threads:
+        thread.start()
+    stop.wait(10.0)
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    assert not errors
+    assert set(statuses) == {200}, statuses
+    assert sum(statuses.values()) > 640
+    assert emulator.token_requests >= 5  # tokens really did come and go
+    assert manager.in_flight_count == 0

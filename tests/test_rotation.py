@@ -1,0 +1,477 @@
+"""rotate(): the rotation gate, draining, timeouts, revocation, secret rotation, in_flight()."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from conftest import MakeManager
+
+from genesys_token import (
+    ConfigurationError,
+    DrainTimeoutError,
+    GenesysAuth,
+    InvalidClientError,
+    TokenManager,
+)
+from genesys_token.events import (
+    TOKEN_DRAIN_COMPLETE,
+    TOKEN_DRAIN_TIMEOUT,
+    TOKEN_REVOKED,
+    TOKEN_ROTATION_STARTED,
+)
+from genesys_token.testing import Fault, GenesysEmulator
+
+ORG_PATH = "/api/v2/organizations/me"
+ROTATION_EVENTS = (TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT)
+
+
+class Events:
+    """Every event of a manager, with a condition to wait for one."""
+
+    def __init__(self, manager: TokenManager) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        manager.on("*", self._add)
+
+    def _add(self, record: dict[str, Any]) -> None:
+        with self._cond:
+            self.records.append(record)
+            self._cond.notify_all()
+
+    def types(self, wanted: tuple[str, ...] = ROTATION_EVENTS) -> list[str]:
+        with self._cond:
+            return [r["event_type"] for r in self.records if r["event_type"] in wanted]
+
+    def wait_for(self, event_type: str, timeout: float = 5.0) -> dict[str, Any]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._find(event_type), timeout), event_type
+            found = self._find(event_type)
+            assert found is not None
+            return found
+
+    def _find(self, event_type: str) -> dict[str, Any] | None:
+        return next((r for r in self.records if r["event_type"] == event_type), None)
+
+
+class Holder:
+    """A thread inside ``manager.in_flight()`` (a WebSocket, say) until told to leave."""
+
+    def __init__(self, manager: TokenManager) -> None:
+        self.entered = threading.Event()
+        self.leave = threading.Event()
+        self.token: str | None = None
+        self.pending: threading.Event | None = None
+        self._thread = threading.Thread(target=self._run, args=(manager,))
+        self._thread.start()
+        assert self.entered.wait(5)
+
+    def _run(self, manager: TokenManager) -> None:
+        with manager.in_flight() as use:
+            self.token = use.token
+            self.pending = use.rotation_pending
+            self.entered.set()
+            self.leave.wait(10)
+
+    def release(self) -> None:
+        self.leave.set()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def holders() -> Iterator[Callable[[TokenManager], Holder]]:
+    made: list[Holder] = []
+
+    def make(manager: TokenManager) -> Holder:
+        holder = Holder(manager)
+        made.append(holder)
+        return holder
+
+    yield make
+    for holder in made:
+        holder.release()
+
+
+def _session(manager: TokenManager) -> requests.Session:
+    session = requests.Session()
+    session.auth = GenesysAuth(manager)
+    return session
+
+
+def _in_background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``target`` in a thread; the list receives its result or its exception."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(target())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _token_sent_to(emulator: GenesysEmulator, path: str) -> list[str | None]:
+    return [r.token_used for r in emulator.api_request_log if r.path == path]
+
+
+# -- draining and the gate -----------------------------------------------------------------
+
+
+def test_rotate_waits_for_a_slow_call_before_fetching_the_new_token(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    emulator.api_delay = 0.4
+    session = _session(manager)
+    started = time.monotonic()
+    slow, result = _in_background(lambda: session.get(emulator.api_base_url + ORG_PATH))
+    while manager.in_flight_count != 1:
+        assert time.monotonic() - started < 5
+        time.sleep(0.005)
+    new = manager.rotate(drain_timeout=5)
+    slow.join(5)
+    assert result[0].status_code == 200
+    assert _token_sent_to(emulator, ORG_PATH) == [old]
+    rotation_request = emulator.token_request_log[-1]
+    assert rotation_request.time >= started + 0.4  # only once the slow call was answered
+    assert new.access_token != old
+    assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE]
+    assert events.wait_for(TOKEN_ROTATION_STARTED)["data"] == {"in_flight": 1}
+    session.close()
+
+
+def test_caller_arriving_during_the_drain_gets_the_new_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, holders: Callable[..., Holder]
+):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    holder = holders(manager)
+    rotation, rotated = _in_background(lambda: manager.rotate(drain_timeout=5))
+    events.wait_for(TOKEN_ROTATION_STARTED)
+    session = _session(manager)
+    late, answer = _in_background(lambda: session.get(emulator.api_base_url + "/api/v2/echo/b"))
+    late.join(0.3)
+    assert late.is_alive(), "the late caller went ahead during the drain"
+    assert emulator.api_requests == 0
+    holder.release()
+    rotation.join(5)
+    late.join(5)
+    assert answer[0].status_code == 200
+    assert _token_sent_to(emulator, "/api/v2/echo/b") == [rotated[0].access_token]
+    assert rotated[0].access_token != old
+    assert holder.token == old
+    session.close()
+
+
+def test_call_that_never_ends_times_the_drain_out(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    emulator.inject(Fault(delay=30, passthrough=True), path=ORG_PATH)
+    session = _session(manager)
+    stuck, _ = _in_background(lambda: session.get(emulator.api_base_url + ORG_PATH))
+    while manager.in_flight_count != 1:
+        time.sleep(0.005)
+    started = time.monotonic()
+    new = manager.rotate(drain_timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 1.5
+    assert new.access_token != old
+    assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_TIMEOUT]
+    assert events.wait_for(TOKEN_DRAIN_TIMEOUT)["data"] == {"in_flight": 1, "timeout": 0.5}
+    assert manager.metrics()["rotations"] == 1
+    emulator.stop()  # ends the stuck call
+    stuck.join(5)
+    session.close()
+
+
+def test_strict_rotation_raises_and_keeps_the_old_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, holders: Callable[..., Holder]
+):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    holder = holders(manager)
+    waiter, got = _in_background(
+        lambda: (events.wait_for(TOKEN_ROTATION_STARTED), manager.get_token())[1]
+    )
+    started = time.monotonic()
+    with pytest.raises(DrainTimeoutError) as excinfo:
+        manager.rotate(drain_timeout=0.3, strict=True)
+    assert time.monotonic() - started < 1.3
+    assert excinfo.value.in_flight == 1
+    waiter.join(5)
+    assert got == [old]  # a caller held at the gate is released with the old token
+    assert manager.token is not None and manager.token.access_token == old
+    assert emulator.token_requests == 1
+    assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_TIMEOUT]
+    holder.release()
+    assert manager.in_flight_count == 0
+
+
+def test_concurrent_rotations_run_one_after_the_other(
+    make_manager: MakeManager, holders: Callable[..., Holder]
+):
+    manager = make_manager()
+    events = Events(manager)
+    manager.get_token()
+    holder = holders(manager)
+    first, first_out = _in_background(lambda: manager.rotate(drain_timeout=5))
+    events.wait_for(TOKEN_ROTATION_STARTED)
+    second, second_out = _in_background(lambda: manager.rotate(drain_timeout=5))
+    second.join(0.3)
+    assert events.types() == [TOKEN_ROTATION_STARTED]  # the second waits its turn
+    holder.release()
+    first.join(5)
+    second.join(5)
+    assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE] * 2
+    assert first_out[0].access_token != second_out[0].access_token
+
+
+# -- revocation -------------------------------------------------------------------------------
+
+
+def test_rotate_revokes_exactly_the_old_token(emulator: GenesysEmulator, make_manager: MakeManager):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    new = manager.rotate(drain_timeout=1, revoke_previous=True)
+    assert emulator.revoked_tokens == {old}
+    assert events.wait_for(TOKEN_REVOKED)["token_fingerprint"] != new.fingerprint
+    with _session(manager) as session:
+        assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 200
+    assert emulator.token_requests == 2
+
+
+def test_refused_revocation_is_logged_not_raised(
+    emulator: GenesysEmulator, make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    emulator.inject(Fault(status=403), path="/api/v2/tokens/me")
+    with caplog.at_level(logging.WARNING, logger="genesys_token"):
+        new = manager.rotate(drain_timeout=1, revoke_previous=True)
+    assert new.access_token != old
+    assert "token revocation was not accepted (status 403)" in caplog.text
+    assert emulator.revoked_tokens == set()
+    assert TOKEN_REVOKED not in events.types((TOKEN_REVOKED,))
+
+
+# -- rotating from inside a counted use ---------------------------------------------------
+
+
+def test_rotate_inside_in_flight_block_does_not_wait_for_itself(make_manager: MakeManager):
+    manager = make_manager()
+    events = Events(manager)
+    manager.get_token()
+    started = time.monotonic()
+    with manager.in_flight():
+        manager.rotate(drain_timeout=5)
+    assert time.monotonic() - started < 1
+    assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE]
+
+
+def test_rotate_from_a_response_hook_does_not_deadlock(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    old = manager.get_token()
+    session = _session(manager)
+    rotated: list[str] = []
+    session.hooks["response"].append(
+        lambda r, **kw: rotated.append(manager.rotate(drain_timeout=5).access_token)
+    )
+    started = time.monotonic()
+    assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 200
+    assert time.monotonic() - started < 1
+    assert rotated and rotated[0] != old
+    session.close()
+
+
+def test_rotate_while_the_call_is_being_sent_does_not_wait_for_it(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    session = _session(manager)
+
+    def body() -> Iterator[bytes]:
+        yield b"first"
+        manager.rotate(drain_timeout=5)  # this very call is counted: it must not be waited for
+        yield b"second"
+
+    started = time.monotonic()
+    response = session.post(emulator.api_base_url + "/api/v2/echo", data=body(), timeout=5)
+    assert time.monotonic() - started < 1
+    assert response.status_code == 200
+    assert response.json()["length"] == len(b"firstsecond")
+    assert _token_sent_to(emulator, "/api/v2/echo") == [old]
+    assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE]
+    assert manager.in_flight_count == 0
+    session.close()
+
+
+def _get_token(manager: TokenManager) -> None:
+    manager.get_token()
+
+
+def _count_a_use(manager: TokenManager) -> None:
+    with manager.in_flight():  # what a GenesysAuth call from the listener does
+        pass
+
+
+@pytest.mark.parametrize("use_manager", [_get_token, _count_a_use])
+def test_listener_of_rotation_started_can_use_the_manager(
+    make_manager: MakeManager, use_manager: Callable[[TokenManager], None]
+):
+    manager = make_manager(drain_timeout=1.0, retry_deadline=1.0)
+    manager.get_token()
+    manager.on(TOKEN_ROTATION_STARTED, lambda record: use_manager(manager))
+    rotation, _ = _in_background(lambda: manager.rotate(drain_timeout=5))
+    rotation.join(1.5)
+    finished = not rotation.is_alive()
+    manager.close()  # frees a rotation stuck on itself (with _count_a_use: for ever)
+    rotation.join(5)
+    assert finished
+
+
+# -- proactive refresh, in_flight() -----------------------------------------------------------
+
+
+def test_proactive_refresh_does_not_drain(
+    make_manager: MakeManager, holders: Callable[..., Holder]
+):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    holder = holders(manager)
+    started = time.monotonic()
+    new = manager.refresh(force=True)
+    assert time.monotonic() - started < 0.5
+    assert new.access_token != old
+    assert events.types() == []
+    assert holder.pending is not None and not holder.pending.is_set()
+
+
+def test_rotation_pending_tells_a_long_lived_holder_to_reconnect(make_manager: MakeManager):
+    manager = make_manager()
+    events = Events(manager)
+    old = manager.get_token()
+    tokens: list[str] = []
+    connected = threading.Event()
+
+    def websocket_loop() -> None:
+        with manager.in_flight() as use:
+            tokens.append(use.token)
+            connected.set()
+            use.rotation_pending.wait(5)
+        with manager.in_flight() as use:  # reconnect: waits for the rotation to finish
+            tokens.append(use.token)
+
+    loop = threading.Thread(target=websocket_loop)
+    loop.start()
+    assert connected.wait(5)
+    started = time.monotonic()
+    new = manager.rotate(drain_timeout=10)
+    assert time.monotonic() - started < 1  # the holder left when asked, long before 10 s
+    loop.join(5)
+    assert tokens == [old, new.access_token]
+    assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE]
+
+
+def test_in_flight_block_that_raises_still_ends(make_manager: MakeManager):
+    manager = make_manager()
+    with pytest.raises(RuntimeError), manager.in_flight():
+        assert manager.in_flight_count == 1
+        raise RuntimeError("boom")
+    assert manager.in_flight_count == 0
+
+
+# -- secret rotation -----------------------------------------------------------------------
+
+
+def test_new_secret_with_rotate_keeps_every_call_working(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    manager.get_token()
+    stop = threading.Event()
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+    calls = threading.Semaphore(0)
+
+    def worker() -> None:
+        with _session(manager) as session:
+            while not stop.is_set():
+                try:
+                    statuses.append(session.get(emulator.api_base_url + ORG_PATH).status_code)
+                except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                    errors.append(exc)
+                    return
+                calls.release()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for _ in range(50):
+        assert calls.acquire(timeout=5)
+    emulator.set_secret(emulator.client_id, "the-new-secret")  # the old one stops working
+    manager.set_credentials("the-new-secret")
+    new = manager.rotate(drain_timeout=5, revoke_previous=True)
+    for _ in range(50):
+        assert calls.acquire(timeout=5)
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    assert not errors
+    assert set(statuses) == {200}
+    assert emulator.token_request_log[-1].status == 200
+    assert manager.get_token() == new.access_token
+
+
+def test_rotate_without_the_new_secret_fails_and_keeps_the_token(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(max_retries=0)
+    old = manager.get_token()
+    emulator.set_secret(emulator.client_id, "the-new-secret")
+    with pytest.raises(InvalidClientError):
+        manager.rotate(drain_timeout=1)
+    assert manager.get_token() == old
+
+
+def test_set_credentials_can_switch_the_client(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.add_client("other-client", "other-secret")
+    manager = make_manager()
+    manager.get_token()
+    manager.set_credentials("other-secret", client_id="other-client")
+    assert manager.client_id == "other-client"
+    manager.rotate(drain_timeout=1)
+    assert emulator.token_request_log[-1].client_id == "other-client"
+    assert emulator.token_request_log[-1].status == 200
+
+
+@pytest.mark.parametrize("secret", ["", "  ", "a\nb", None])
+def test_set_credentials_rejects_bad_values(make_manager: MakeManager, secret: Any):
+    manager = make_manager()
+    with pytest.raises(ConfigurationError) as excinfo:
+        manager.set_credentials(secret)
+    assert excinfo.value.field == "client_secret"
+    manager.get_token()  # the old credentials still work
