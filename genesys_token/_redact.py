@@ -1,10 +1,22 @@
-"""Redaction of anything that looks like a credential, for excerpts, logs and events."""
+"""Redaction of anything that looks like a credential, for excerpts, logs and events.
+
+Two layers: patterns catch what *looks* like a credential (header values, ``key=value``
+pairs, JWTs, long base64 runs), and ``known`` values catch what the caller *knows* is one
+(the client secret, its Basic encoding, a token just received) however short or plain it is:
+a hostile endpoint may echo the secret back in an error body.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
+
+#: A UUID is an identifier Genesys support asks for (``contextId``), never a credential, yet
+#: at 36 characters of ``[0-9a-f-]`` it would match the long-run pattern below.
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+_RUN_CHARS = r"A-Za-z0-9_\-+/"
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization header values.
@@ -12,28 +24,76 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # key=value / "key": "value" pairs naming a credential.
     (
         re.compile(
-            r"(?i)(\"?(?:access_token|refresh_token|id_token|client_secret|secret|password)\"?"
-            r"\s*[:=]\s*\"?)[^\"&,\s}]+"
+            r"(?i)(\"?(?:access_token|refresh_token|id_token|client_secret|secret|password"
+            r"|token)\"?\s*[:=]\s*\"?)[^\"&,\s}]+"
         ),
         rf"\1{REDACTED}",
     ),
     # JWTs.
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
-    # Long base64url runs: Genesys' opaque tokens are ~100 such characters.
-    (re.compile(r"[A-Za-z0-9_\-+/]{32,}={0,2}"), REDACTED),
+    # Long base64url runs: Genesys' opaque tokens are ~100 such characters. UUIDs stay.
+    (
+        re.compile(
+            rf"(?<![{_RUN_CHARS}])(?!{_UUID}(?![{_RUN_CHARS}]))[{_RUN_CHARS}]{{32,}}={{0,2}}"
+        ),
+        REDACTED,
+    ),
 )
 
 
-def redact(text: str) -> str:
-    """Replace credentials and token-like strings in ``text`` with ``[REDACTED]``."""
+def redact(text: str, known: Iterable[str] = ()) -> str:
+    """Replace credentials and token-like strings in ``text`` with ``[REDACTED]``.
+
+    Args:
+        text: Any text that may carry a credential.
+        known: Exact values to remove wherever they appear (secrets, tokens), longest first
+            so that a value containing another is removed whole.
+
+    Returns:
+        The text with every match replaced.
+    """
+    for value in sorted({v for v in known if v}, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
 
 
-def excerpt(value: bytes | str, limit: int = 200) -> str:
-    """A short, redacted, printable start of a body or string."""
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    text = redact(text[: limit * 4])
+def excerpt(value: bytes | str, limit: int = 200, known: Iterable[str] = ()) -> str:
+    """A short, redacted, printable start of a body or string.
+
+    Args:
+        value: A response body or any text.
+        limit: The most characters kept (``...`` marks a cut).
+        known: Exact values to redact besides the patterns (see :func:`redact`).
+
+    Returns:
+        At most ``limit`` printable characters (plus ``...``), credentials replaced.
+    """
+    known = tuple(k for k in known if k)
+    # Only a margin past the limit is redacted (bodies can be large), and redaction may
+    # shrink the text, so what sat at the cut can move into view: a credential cut there
+    # is no longer whole, and no pattern recognises half of one. Drop the cut-off tail.
+    margin = limit * 4 + max((len(k.encode()) for k in known), default=0)
+    head = value[:margin]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    text = redact(text, known)
+    if len(value) > margin:
+        text = _TRAILING_WORD.sub("", text)
+        for secret in known:
+            text = _strip_prefix_tail(text, secret)
+        text += " ..."
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text[:limit] + ("..." if len(text) > limit else "")
+
+
+#: The unfinished word at the end of a cut text (may be the start of a token).
+_TRAILING_WORD = re.compile(r"[^\s\"',;{}\[\]<>()]*$")
+
+
+def _strip_prefix_tail(text: str, secret: str) -> str:
+    """Remove an ending of ``text`` that is the start of ``secret``."""
+    for size in range(min(len(secret), len(text)), 0, -1):
+        if text.endswith(secret[:size]):
+            return text[:-size]
+    return text

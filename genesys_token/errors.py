@@ -30,7 +30,8 @@ class TokenRequestError(GenesysTokenError):
     Attributes:
         status: The HTTP status, or ``None`` when no answer arrived (network error, timeout).
         error: The OAuth ``error`` code of the answer, when it had one.
-        description: The ``error_description`` (or Genesys ``description``), when present.
+        description: The ``error_description`` (or Genesys ``description``/``message``),
+            redacted and cut to 120 characters, when present.
         body_excerpt: A short, redacted start of the response body, for diagnosis.
         retryable: Whether another attempt could succeed (5xx, 429, network, rate limit).
         attempts: How many requests this acquisition made before giving up.
@@ -66,7 +67,8 @@ class TokenRequestError(GenesysTokenError):
 
 
 class InvalidClientError(TokenRequestError):
-    """Genesys rejected the client id or secret (``invalid_client``, HTTP 400 or 401).
+    """Genesys rejected the client id or secret (``invalid_client``, HTTP 400 or 401, or a
+    401 without an OAuth error code).
 
     Retrying cannot help; fix the credentials (or call ``set_credentials``).
     """
@@ -76,7 +78,9 @@ class RateLimitedError(TokenRequestError):
     """Token creation stayed throttled after every retry (HTTP 429, or Genesys' 400
     ``rate limit exceeded;`` answer).
 
-    ``retry_after`` holds the seconds the service asked us to wait, when it said.
+    ``retry_after`` holds the seconds the service asked us to wait (``Retry-After``, or the
+    "[N] seconds" of a Genesys 429 body), capped at ``max_retry_after``; ``None`` when it
+    did not say.
     """
 
 

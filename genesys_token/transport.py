@@ -2,77 +2,83 @@
 
 Why not ``urllib3.util.Retry`` mounted on the session: it retries below ``requests`` on status
 codes only, and the answer Genesys gives when token creation is throttled is an HTTP 400 whose
-*body* says ``rate limit exceeded;``; it also cannot enforce one deadline for a whole
-acquisition or report each retry to the manager's metrics. So the loop is here; the
-``Retry-After`` parsing (seconds and HTTP-date) is urllib3's own.
+*body* says ``rate limit exceeded;``; it cannot enforce one deadline for a whole acquisition,
+cannot wait on the manager's stop event (``close()`` must interrupt a long ``Retry-After``),
+and does not report each retry to the manager's metrics. Its API also differs between
+urllib3 1.26 and 2.x, both of which this SDK supports. So the loop is here, and so is the
+``Retry-After`` parser: it reads HTTP-dates against the injected clock, which keeps tests
+deterministic.
+
+Time bounds of one :meth:`TokenEndpoint.fetch`: no new attempt starts, and no retry wait is
+begun, that would end past ``retry_deadline``; each attempt is bounded by the connect timeout,
+the read timeout for the headers, and the read timeout again for the whole body (a server
+dripping its body one byte at a time is cut off; see ``_read_capped``).
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import dataclasses
+import http.client
 import logging
-import math
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import requests
-from urllib3.util.retry import Retry
+import urllib3.exceptions
 
+from ._answers import (
+    RATE_LIMIT_PREFIX,
+    RETRY_STATUSES,
+    TokenResponse,
+    error_for,
+    parse_retry_after,
+    parse_success,
+)
 from ._redact import excerpt
-from .config import MAX_TOKEN_LIFETIME, Credentials, Settings
+from .config import Credentials, Settings
 from .errors import (
-    InvalidClientError,
     InvalidTokenResponseError,
     ManagerClosedError,
-    RateLimitedError,
     TokenEndpointTLSError,
     TokenRequestError,
 )
 
+__all__ = [
+    "RATE_LIMIT_PREFIX",
+    "RETRY_STATUSES",
+    "SYSTEM_CLOCK",
+    "Clock",
+    "RetryNotice",
+    "TokenEndpoint",
+    "TokenResponse",
+    "basic_auth_header",
+    "parse_retry_after",
+]
+
 log = logging.getLogger("genesys_token")
 
-#: Statuses worth another attempt: throttling and the transient server errors.
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-#: The description prefix of Genesys' token-creation throttle, answered as HTTP 400.
-RATE_LIMIT_PREFIX = "rate limit exceeded"
 _READ_CHUNK = 8192
-_RETRY_AFTER_PARSER = Retry(total=0)
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    """A parsed, well-formed token answer (not yet claim-checked).
-
-    Attributes:
-        access_token: The token.
-        token_type: As sent (``bearer`` in any case).
-        expires_in: Lifetime in seconds, capped at ``MAX_TOKEN_LIFETIME``.
-        scope: The ``scope`` field of the answer, if any.
-        sent_monotonic: ``time.monotonic()`` when the successful request was sent.
-        sent_wall: ``time.time()`` at the same moment.
-        attempts: Requests made for this acquisition, retries included.
-    """
-
-    access_token: str
-    token_type: str
-    expires_in: float
-    scope: str | None
-    sent_monotonic: float
-    sent_wall: float
-    attempts: int = 1
-
-    def __repr__(self) -> str:
-        return f"TokenResponse(expires_in={self.expires_in!r}, attempts={self.attempts!r})"
+#: 2**60 times any sane ``backoff_base`` is far past ``backoff_max``; a larger exponent only
+#: risks an OverflowError when ``max_retries`` is huge.
+_MAX_BACKOFF_EXPONENT = 60
+_READ_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
 
 
 @dataclass(frozen=True)
 class RetryNotice:
-    """What the transport tells its owner before each retry."""
+    """What the transport tells its owner before each retry.
+
+    Attributes:
+        attempt: The attempt that just failed (1 for the first request).
+        delay: Seconds the transport waits before the next attempt.
+        error: Why the attempt failed (redacted, like every error of this SDK).
+    """
 
     attempt: int
     delay: float
@@ -81,7 +87,7 @@ class RetryNotice:
 
 @dataclass(frozen=True)
 class Clock:
-    """The clocks and the sleep the SDK uses; tests pass their own to be deterministic."""
+    """The clocks and the randomness the SDK uses; tests pass their own to be deterministic."""
 
     monotonic: Callable[[], float] = time.monotonic
     time: Callable[[], float] = time.time
@@ -92,26 +98,19 @@ SYSTEM_CLOCK = Clock()
 
 
 def basic_auth_header(credentials: Credentials) -> str:
-    """The ``Authorization: Basic`` value for a client id and secret (UTF-8)."""
+    """The ``Authorization: Basic`` value for a client id and secret (UTF-8).
+
+    Like every official Genesys SDK, the id and secret are not form-encoded first.
+    """
     raw = f"{credentials.client_id}:{credentials.client_secret}".encode()
     return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or ``None``."""
-    if not value:
-        return None
-    try:
-        seconds = float(_RETRY_AFTER_PARSER.parse_retry_after(value.strip()))  # Any in 1.26
-    except Exception:  # noqa: BLE001 - urllib3 raises its own InvalidHeader, or ValueError
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class TokenEndpoint:
     """Requests client-credentials tokens from one token URL, with retries.
 
-    Thread-safe: a ``requests.Session`` is shared; all per-call state is local.
+    Thread-safe: a ``requests.Session`` is shared; all per-call state is local. Proxies and
+    CA bundles from the environment apply as in ``requests`` (``trust_env``).
     """
 
     def __init__(
@@ -129,7 +128,7 @@ class TokenEndpoint:
             settings: The manager's settings.
             clock: Clocks and randomness (tests inject their own).
             wait: Sleeps up to the given seconds; returns True when interrupted (closing).
-            on_retry: Called before each retry sleep, for logs and metrics.
+            on_retry: Called before each retry wait, for metrics.
             session: A ``requests.Session`` to use instead of a new one.
         """
         self._settings = settings
@@ -140,7 +139,7 @@ class TokenEndpoint:
         self._owns_session = session is None
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections (only of a session this object created)."""
         if self._owns_session:
             self._session.close()
 
@@ -148,6 +147,11 @@ class TokenEndpoint:
 
     def fetch(self, credentials: Credentials) -> TokenResponse:
         """Run the client-credentials grant, retrying what is worth retrying.
+
+        Retried: 429, 500, 502, 503, 504, Genesys' 400 ``rate limit exceeded;`` answer,
+        connection errors and timeouts. ``Retry-After`` is honoured up to
+        ``max_retry_after``; without it the wait is exponential backoff with full jitter.
+        At most ``max_retries`` retries, and none that would end past ``retry_deadline``.
 
         Args:
             credentials: The client id and secret to authenticate with.
@@ -157,9 +161,10 @@ class TokenEndpoint:
 
         Raises:
             InvalidClientError: The credentials were rejected (never retried).
-            RateLimitedError: Still throttled after the retries.
-            TokenEndpointTLSError: The TLS handshake failed.
-            InvalidTokenResponseError: A 2xx answer without a usable token.
+            RateLimitedError: Still throttled after the retries; ``retry_after`` is what the
+                service asked for, capped at ``max_retry_after``.
+            TokenEndpointTLSError: The TLS handshake failed (never retried).
+            InvalidTokenResponseError: A 2xx answer without a usable token (never retried).
             TokenRequestError: Any other failure, after the retries.
             ManagerClosedError: The owner closed while we waited to retry.
         """
@@ -192,15 +197,7 @@ class TokenEndpoint:
                     raise ManagerClosedError("closed while waiting to retry") from None
                 attempt += 1
                 continue
-            return TokenResponse(
-                response.access_token,
-                response.token_type,
-                response.expires_in,
-                response.scope,
-                response.sent_monotonic,
-                response.sent_wall,
-                attempts=attempt,
-            )
+            return dataclasses.replace(response, attempts=attempt)
 
     def _retry_delay(self, exc: TokenRequestError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when not retryable."""
@@ -208,11 +205,41 @@ class TokenEndpoint:
             return None
         settings = self._settings
         if exc.retry_after is not None:
-            return min(exc.retry_after, settings.max_retry_after)
-        ceiling = min(settings.backoff_max, settings.backoff_base * 2.0 ** (attempt - 1))
+            return exc.retry_after  # already capped at max_retry_after
+        exponent = min(attempt - 1, _MAX_BACKOFF_EXPONENT)
+        ceiling = min(settings.backoff_max, settings.backoff_base * 2.0**exponent)
         return ceiling * self._clock.random()  # "full jitter": spreads a herd of retries
 
     def _attempt(self, credentials: Credentials) -> TokenResponse:
+        """One token request: the parsed token, or the typed error its answer means."""
+        known = _known_secrets(credentials)
+        sent_monotonic = self._clock.monotonic()
+        sent_wall = self._clock.time()
+        status, retry_after, body, problem = self._post(credentials)
+        if 200 <= status < 300:
+            if problem is not None:
+                raise InvalidTokenResponseError(
+                    f"unusable token answer: {problem}",
+                    status=status,
+                    body_excerpt=excerpt(body, known=known),
+                )
+            return parse_success(body, status, sent_monotonic, sent_wall, known)
+        error = error_for(status, body, retry_after, known)
+        cap = self._settings.max_retry_after
+        if error.retry_after is not None and error.retry_after > cap:
+            # A hostile or broken server must not park the refresher for days.
+            log.warning(
+                "token endpoint asked to wait %.0fs; waiting at most %.0fs", error.retry_after, cap
+            )
+            error.retry_after = cap
+        raise error
+
+    def _post(self, credentials: Credentials) -> tuple[int, float | None, bytes, str | None]:
+        """POST the grant; returns status, ``Retry-After`` seconds, body and a read problem.
+
+        Raises:
+            TokenRequestError: No answer: network error, timeout, TLS failure.
+        """
         settings = self._settings
         data = {"grant_type": "client_credentials"}
         if settings.scopes:
@@ -220,11 +247,10 @@ class TokenEndpoint:
         headers = {
             "Authorization": basic_auth_header(credentials),
             "Accept": "application/json",
-            # Token bodies are tiny; plain bytes keep the capped reader exact on every urllib3.
+            # Token bodies are tiny; plain bytes keep the capped reader exact on every urllib3
+            # and leave no room for a decompression bomb.
             "Accept-Encoding": "identity",
         }
-        sent_monotonic = self._clock.monotonic()
-        sent_wall = self._clock.time()
         try:
             with self._session.post(
                 settings.token_url,
@@ -235,9 +261,11 @@ class TokenEndpoint:
                 allow_redirects=False,
                 stream=True,
             ) as response:
-                body = self._read_capped(response)
-                status = response.status_code
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), self._clock.time()
+                )
+                body, problem = self._read_capped(response)
+                return response.status_code, retry_after, body, problem
         except requests.exceptions.SSLError as exc:
             raise TokenEndpointTLSError(
                 f"TLS handshake with the token endpoint failed: {_tls_reason(exc)}"
@@ -252,43 +280,54 @@ class TokenEndpoint:
             ) from None
         except requests.exceptions.RequestException as exc:
             raise TokenRequestError(f"token request failed ({type(exc).__name__})") from None
-        if 200 <= status < 300:
-            return _parse_success(body, status, sent_monotonic, sent_wall)
-        raise _error_for(status, body, retry_after)
 
-    def _read_capped(self, response: requests.Response) -> bytes:
-        """Read the body, stopping past the size cap and past the read deadline.
+    def _read_capped(self, response: requests.Response) -> tuple[bytes, str | None]:
+        """Read the body; returns it and, when it was not read whole, why not.
 
         ``requests``' read timeout bounds each socket read, not the whole body: a server
         dripping a byte a second would never trip it. ``read1`` returns what one socket read
-        brings, so the deadline is checked between reads.
+        brings, so the deadline is checked between reads. Reading stops at the size cap, so
+        memory stays flat whatever the server sends.
         """
+        status = response.status_code
         cap = self._settings.max_response_bytes
-        length = response.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > cap:
-            raise _too_large(response.status_code, cap)
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        declared = _content_length(response)
+        too_large = f"larger than max_response_bytes ({cap} bytes); not read further"
+        if encoding not in ("", "identity"):
+            return b"", f"{excerpt(encoding, 20)}-encoded although identity was asked for"
+        if declared is not None and declared > cap:
+            return b"", too_large
         deadline = self._clock.monotonic() + self._settings.timeout[1]
-        raw: Any = response.raw
-        read1 = getattr(raw, "read1", None)
-        if read1 is None:  # urllib3 1.26: http.client's response under it has read1
-            read1 = raw._fp.read1
+        read = _raw_reader(response)
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = read1(_READ_CHUNK)
+            try:
+                chunk = read(_READ_CHUNK)
+            except _READ_ERRORS as exc:
+                raise _broken_read(exc, status) from None
             if not chunk:
-                return b"".join(chunks)
+                break
             size += len(chunk)
             if size > cap:
-                raise _too_large(response.status_code, cap)
+                return b"".join(chunks), too_large
             chunks.append(chunk)
             if self._clock.monotonic() > deadline:
                 raise TokenRequestError(
                     f"token endpoint sent its answer too slowly "
                     f"(over {self._settings.timeout[1]:g}s)",
-                    status=response.status_code,
+                    status=status,
                     retryable=True,
                 )
+        if declared is not None and size < declared:
+            # http.client (urllib3 1.26) reports a body cut short as a plain end of data.
+            raise TokenRequestError(
+                f"token endpoint closed the connection mid-answer ({size} of {declared} bytes)",
+                status=status,
+                retryable=True,
+            )
+        return b"".join(chunks), None
 
     # -- calls with a token ------------------------------------------------------------
 
@@ -314,131 +353,68 @@ class TokenEndpoint:
     def _call_with_token(self, method: str, access_token: str) -> int | None:
         url = f"{self._settings.api_base_url}/api/v2/tokens/me"
         try:
-            response = self._session.request(
+            # stream=True: only the status matters; a large body is never read.
+            with self._session.request(
                 method,
                 url,
                 headers={"Authorization": f"Bearer {access_token}"},
                 timeout=self._settings.timeout,
                 verify=self._settings.verify,
                 allow_redirects=False,
-            )
+                stream=True,
+            ) as response:
+                return response.status_code
         except requests.exceptions.RequestException as exc:
             log.warning("%s /api/v2/tokens/me failed: %s", method, type(exc).__name__)
             return None
-        response.close()
-        return response.status_code
 
 
-def _parse_success(
-    body: bytes, status: int, sent_monotonic: float, sent_wall: float
-) -> TokenResponse:
-    payload = _json_object(body)
-    if payload is None:
-        raise InvalidTokenResponseError(
-            "token endpoint answered without a JSON object",
-            status=status,
-            body_excerpt=excerpt(body),
-        )
-    access_token = payload.get("access_token")
-    if not isinstance(access_token, str) or not access_token.strip():
-        raise _bad_field(status, body, "access_token is missing or empty")
-    if any(ch.isspace() for ch in access_token) or not access_token.isprintable():
-        raise _bad_field(status, body, "access_token contains whitespace or control characters")
-    token_type = payload.get("token_type")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise _bad_field(status, body, f"token_type is not bearer ({excerpt(str(token_type))})")
-    expires_in = _expires_in(payload.get("expires_in"), status, body)
-    scope = payload.get("scope")
-    return TokenResponse(
-        access_token=access_token,
-        token_type=token_type,
-        expires_in=expires_in,
-        scope=scope if isinstance(scope, str) else None,
-        sent_monotonic=sent_monotonic,
-        sent_wall=sent_wall,
-    )
+def _known_secrets(credentials: Credentials) -> tuple[str, ...]:
+    """The secret in every form a hostile answer could echo it back in."""
+    secret = credentials.client_secret
+    header = basic_auth_header(credentials)
+    return (secret, quote_plus(secret), quote(secret, safe=""), header, header[6:])
 
 
-def _expires_in(value: Any, status: int, body: bytes) -> float:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad_field(status, body, "expires_in is missing or not a number")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise _bad_field(status, body, "expires_in is not a positive number")
-    if number > MAX_TOKEN_LIFETIME:
-        log.warning(
-            "token endpoint granted %.0fs; capping the lifetime at %.0fs",
-            number,
-            MAX_TOKEN_LIFETIME,
-        )
-        number = MAX_TOKEN_LIFETIME
-    return number
+def _content_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length", "").strip()
+    return int(value) if value.isdigit() else None
 
 
-def _error_for(status: int, body: bytes, retry_after: float | None) -> TokenRequestError:
-    payload = _json_object(body) or {}
-    code = payload.get("error") if isinstance(payload.get("error"), str) else None
-    description = next(
-        (
-            payload[key]
-            for key in ("error_description", "description", "message")
-            if isinstance(payload.get(key), str)
-        ),
-        None,
-    )
-    fields: dict[str, Any] = {
-        "status": status,
-        "error": code,
-        "description": excerpt(description) if description else None,
-        "body_excerpt": excerpt(body),
-        "retry_after": retry_after,
-    }
-    summary = f"HTTP {status}" + (f" {code}" if code else "")
-    if description:
-        summary += f": {excerpt(description, 120)}"
-    if code == "invalid_client":
-        return InvalidClientError(f"credentials rejected by Genesys ({summary})", **fields)
-    throttled_400 = (
-        status == 400
-        and code == "invalid_request"
-        and (description or "").lower().startswith(RATE_LIMIT_PREFIX)
-    )
-    if status == 429 or throttled_400:
-        return RateLimitedError(f"token creation rate-limited ({summary})", **fields)
-    retryable = status in RETRY_STATUSES
-    return TokenRequestError(f"token request failed ({summary})", retryable=retryable, **fields)
+def _raw_reader(response: requests.Response) -> Callable[[int], bytes | None]:
+    """``read1`` of the raw body: urllib3 2.x has one (undecoded); 1.26 has http.client's."""
+    raw: Any = response.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is not None:
+        return lambda size: read1(size, decode_content=False)
+    fp_read1: Callable[[int], bytes | None] = raw._fp.read1
+    return fp_read1
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _bad_field(status: int, body: bytes, what: str) -> InvalidTokenResponseError:
-    return InvalidTokenResponseError(
-        f"unusable token answer: {what}", status=status, body_excerpt=excerpt(body)
-    )
-
-
-def _too_large(status: int, cap: int) -> InvalidTokenResponseError:
-    return InvalidTokenResponseError(
-        f"token answer larger than max_response_bytes ({cap} bytes); not read further",
+def _broken_read(exc: BaseException, status: int) -> TokenRequestError:
+    timed_out = isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError)
+    what = "stalled" if timed_out else "broke off"
+    return TokenRequestError(
+        f"token endpoint {what} while sending its answer ({type(exc).__name__})",
         status=status,
+        retryable=True,
     )
 
 
 def _describe(exc: TokenRequestError) -> str:
-    return f"HTTP {exc.status}" if exc.status is not None else str(exc)
+    if exc.status is None:
+        return str(exc)
+    return f"HTTP {exc.status}" + (f" {exc.error}" if exc.error else "")
 
 
 def _tls_reason(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "hostname mismatch", "WRONG_VERSION_NUMBER"):
-        if marker.lower() in text.lower():
+    text = str(exc).lower()
+    for marker in (
+        "CERTIFICATE_VERIFY_FAILED",
+        "hostname mismatch",
+        "doesn't match",
+        "WRONG_VERSION_NUMBER",
+    ):
+        if marker.lower() in text:
             return marker
     return type(exc).__name__

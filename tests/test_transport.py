@@ -1,0 +1,468 @@
+"""The token-endpoint client: request shape, hostile answers, size cap, slow bodies, proxies."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import http.client
+import importlib.util
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from genesys_token import InvalidTokenResponseError, TokenRequestError
+from genesys_token.config import MAX_TOKEN_LIFETIME, Credentials, Settings
+from genesys_token.testing import Fault, GenesysEmulator
+from genesys_token.transport import (
+    TokenEndpoint,
+    TokenResponse,
+    basic_auth_header,
+    parse_retry_after,
+)
+
+pytestmark = pytest.mark.legacy
+
+MB = 1024 * 1024
+Build = Callable[..., tuple[TokenEndpoint, Credentials]]
+
+
+@pytest.fixture
+def build(emulator: GenesysEmulator) -> Iterator[Build]:
+    """Build a TokenEndpoint against the emulator (no retries unless asked); closed after."""
+    endpoints: list[TokenEndpoint] = []
+
+    def make(**options: Any) -> tuple[TokenEndpoint, Credentials]:
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", (2.0, 2.0))
+        settings = Settings.build(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            **options,
+        )
+        endpoint = TokenEndpoint(settings)
+        endpoints.append(endpoint)
+        return endpoint, settings.credentials
+
+    yield make
+    for endpoint in endpoints:
+        endpoint.close()
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")  # pragma: no cover
+
+
+# -- the request ---------------------------------------------------------------------------
+
+
+def test_request_is_a_basic_authenticated_client_credentials_grant(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build()
+    response = endpoint.fetch(credentials)
+    (record,) = emulator.token_request_log
+    assert (record.auth_method, record.grant_type, record.scope) == (
+        "basic",
+        "client_credentials",
+        None,
+    )
+    assert (response.token_type, response.expires_in, response.attempts) == ("bearer", 86399, 1)
+    assert response.access_token in emulator.issued_tokens
+
+
+def test_scope_is_sent_only_when_configured(emulator: GenesysEmulator, build: Build) -> None:
+    endpoint, credentials = build(scopes=["users:read", "analytics"])
+    endpoint.fetch(credentials)
+    assert emulator.token_request_log[0].scope == "users:read analytics"
+
+
+def test_basic_auth_header_encodes_id_colon_secret_as_utf8() -> None:
+    header = basic_auth_header(Credentials("client", "sé:cret"))
+    assert header == "Basic " + base64.b64encode("client:sé:cret".encode()).decode()
+
+
+def test_token_response_repr_hides_the_token() -> None:
+    response = TokenResponse("secret-token-value", "bearer", 60.0, None, 1.0, 2.0)
+    assert "secret-token-value" not in repr(response)
+
+
+# -- Retry-After parsing -------------------------------------------------------------------
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("5", 5.0),
+        (" 7 ", 7.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
+        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-3", None),
+        ("1e400", None),
+        ("9" * 400, None),
+        ("Fri, 99 Foo 2024 25:61:00 GMT", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value, now=NOW) == seconds
+
+
+def test_parse_retry_after_defaults_to_the_system_clock() -> None:
+    value = email.utils.formatdate(time.time() + 100, usegmt=True)
+    parsed = parse_retry_after(value)
+    assert parsed is not None
+    assert 98 <= parsed <= 100
+
+
+# -- hostile and broken answers ------------------------------------------------------------
+
+
+def _token(**fields: Any) -> Fault:
+    body = {"access_token": "tok-" + "a" * 40, "token_type": "bearer", "expires_in": 3600}
+    body.update(fields)
+    return Fault.json({k: v for k, v in body.items() if v is not _DROP})
+
+
+_DROP = object()
+
+HOSTILE = [
+    pytest.param(Fault(status=200, body='{"access_token": "x",'), "JSON object", id="bad-json"),
+    pytest.param(Fault.html(200), "JSON object", id="html-200"),
+    pytest.param(Fault.json(["access_token"]), "JSON object", id="json-array"),
+    pytest.param(Fault(status=200, body=b"\xff\xfe{}"), "JSON object", id="not-utf8"),
+    pytest.param(Fault(status=200, body="[" * 60_000), "JSON object", id="deep-nesting"),
+    pytest.param(Fault(status=200, body=""), "JSON object", id="empty-body"),
+    pytest.param(_token(access_token=_DROP), "access_token is missing", id="no-token"),
+    pytest.param(_token(access_token=""), "access_token is missing", id="empty-token"),
+    pytest.param(_token(access_token="   "), "access_token is missing", id="blank-token"),
+    pytest.param(_token(access_token=42), "access_token is missing", id="numeric-token"),
+    pytest.param(_token(access_token="a b"), "whitespace", id="token-with-space"),
+    pytest.param(_token(access_token="ab\u0007"), "control", id="token-with-bell"),
+    pytest.param(_token(token_type="mac"), "token_type is not bearer", id="mac"),
+    pytest.param(_token(token_type=_DROP), "token_type is not bearer", id="no-token-type"),
+    pytest.param(_token(expires_in=_DROP), "expires_in is missing", id="no-expiry"),
+    pytest.param(_token(expires_in="soon"), "expires_in is missing", id="expiry-text"),
+    pytest.param(_token(expires_in=True), "expires_in is missing", id="expiry-bool"),
+    pytest.param(_token(expires_in=None), "expires_in is missing", id="expiry-null"),
+    pytest.param(_token(expires_in=0), "not a positive", id="expiry-zero"),
+    pytest.param(_token(expires_in=-60), "not a positive", id="expiry-negative"),
+    pytest.param(_token(expires_in=float("nan")), "not a positive", id="expiry-nan"),
+    pytest.param(
+        Fault(status=200, body="{}", headers={"Content-Encoding": "gzip"}),
+        "gzip-encoded",
+        id="gzip-though-identity-asked",
+    ),
+    pytest.param(Fault(status=200, body_size=20 * MB), "max_response_bytes", id="20MB"),
+]
+
+
+@pytest.mark.parametrize(("fault", "reason"), HOSTILE)
+def test_unusable_2xx_answer_is_a_typed_error_after_one_request(
+    emulator: GenesysEmulator, build: Build, fault: Fault, reason: str
+) -> None:
+    endpoint, credentials = build(max_retries=4)
+    emulator.inject(fault)
+    with pytest.raises(InvalidTokenResponseError, match=reason) as caught:
+        endpoint.fetch(credentials)
+    error = caught.value
+    assert (error.status, error.retryable, error.attempts) == (200, False, 1)
+    assert error.body_excerpt is not None
+    assert len(error.body_excerpt) <= 203
+    assert emulator.token_requests == 1
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [("3600", 3600.0), ("90.5", 90.5), (7200.25, 7200.25), (10**12, MAX_TOKEN_LIFETIME)],
+)
+def test_expires_in_numeric_strings_pass_and_absurd_lifetimes_are_capped(
+    emulator: GenesysEmulator, build: Build, expires_in: Any, lifetime: float
+) -> None:
+    endpoint, credentials = build()
+    emulator.inject(_token(expires_in=expires_in))
+    assert endpoint.fetch(credentials).expires_in == lifetime
+
+
+def test_token_type_is_compared_case_insensitively(emulator: GenesysEmulator, build: Build) -> None:
+    endpoint, credentials = build()
+    emulator.inject(_token(token_type="Bearer", scope="a b"))
+    response = endpoint.fetch(credentials)
+    assert (response.token_type, response.scope) == ("Bearer", "a b")
+
+
+def test_error_answer_carries_code_description_and_a_short_excerpt(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build()
+    description = "grant_type is required " + "x" * 500
+    emulator.inject(Fault.json({"error": "invalid_request", "description": description}, 400))
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(credentials)
+    error = caught.value
+    assert (error.status, error.error) == (400, "invalid_request")
+    assert error.description is not None
+    assert error.description.startswith("grant_type is required")
+    assert len(error.description) <= 123
+    assert error.body_excerpt is not None
+    assert len(error.body_excerpt) <= 203
+    assert len(str(error)) < 200
+
+
+# -- size cap: memory stays flat -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Content-Length": "unknown"}],
+    ids=["declared-length", "read-until-close"],
+)
+def test_20mb_answer_is_refused_and_memory_stays_flat(
+    emulator: GenesysEmulator, build: Build, headers: dict[str, str]
+) -> None:
+    endpoint, credentials = build()
+    endpoint.fetch(credentials)  # warm up: connection pool, imports, buffers
+    before = _rss_kib()
+    started = time.monotonic()
+    emulator.inject(Fault(status=200, body_size=20 * MB, headers=headers))
+    with pytest.raises(InvalidTokenResponseError, match="max_response_bytes"):
+        endpoint.fetch(credentials)
+    assert _rss_kib() - before < 10 * 1024
+    assert time.monotonic() - started < 2.0  # stopped at the cap, not after 20 MB
+
+
+def test_oversized_error_answer_is_still_judged_by_its_status(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build()
+    emulator.inject(Fault(status=503, body_size=20 * MB, headers={"Content-Length": "x"}))
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(credentials)
+    assert type(caught.value) is TokenRequestError
+    assert (caught.value.status, caught.value.retryable) == (503, True)
+
+
+# -- slow and broken bodies ----------------------------------------------------------------
+
+TOKEN_BODY = {"access_token": "tok-" + "d" * 60, "token_type": "bearer", "expires_in": 600}
+
+
+def test_slow_drip_body_is_cut_off_by_the_read_timeout(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    # Every 16-byte piece comes well within the 0.3 s socket timeout; the whole body (seven
+    # pieces, 0.7 s) does not.
+    endpoint, credentials = build(timeout=(2.0, 0.3))
+    emulator.inject(Fault(status=200, body=TOKEN_BODY, drip=0.1))
+    started = time.monotonic()
+    with pytest.raises(TokenRequestError, match="too slowly") as caught:
+        endpoint.fetch(credentials)
+    assert time.monotonic() - started < 0.65
+    assert caught.value.retryable
+
+
+def test_drip_within_the_read_timeout_is_read_whole(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build(timeout=(2.0, 2.0))
+    emulator.inject(Fault(status=200, body=TOKEN_BODY, drip=0.01))
+    assert endpoint.fetch(credentials).access_token == TOKEN_BODY["access_token"]
+
+
+def test_body_stalling_past_the_read_timeout_is_a_retryable_error(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build(timeout=(2.0, 0.2))
+    emulator.inject(Fault(status=200, body=TOKEN_BODY, drip=0.5))
+    with pytest.raises(TokenRequestError, match="stalled") as caught:
+        endpoint.fetch(credentials)
+    assert caught.value.retryable
+
+
+def test_body_cut_short_is_a_retryable_error(emulator: GenesysEmulator, build: Build) -> None:
+    endpoint, credentials = build()
+    emulator.inject(Fault(status=200, body='{"access_token":', headers={"Content-Length": "400"}))
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(credentials)
+    assert type(caught.value) is TokenRequestError
+    assert caught.value.retryable
+
+
+def test_headers_never_arriving_is_a_retryable_timeout(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build(timeout=(2.0, 0.2))
+    emulator.inject(Fault(delay=0.5, passthrough=True))
+    with pytest.raises(TokenRequestError, match="timed out") as caught:
+        endpoint.fetch(credentials)
+    assert (caught.value.status, caught.value.retryable) == (None, True)
+
+
+# -- calls with a token --------------------------------------------------------------------
+
+
+def test_check_and_revoke_use_the_api_host(emulator: GenesysEmulator, build: Build) -> None:
+    endpoint, credentials = build()
+    token = endpoint.fetch(credentials).access_token
+    assert endpoint.check(token) == 200
+    assert endpoint.revoke(token) is True
+    assert endpoint.check(token) == 401
+    assert endpoint.revoke(token) is False
+
+
+def test_check_and_revoke_on_an_unreachable_host_report_instead_of_raising() -> None:
+    settings = Settings.build(
+        "id", "pw", token_url="http://127.0.0.1:9/t", api_base_url="http://127.0.0.1:9"
+    )
+    endpoint = TokenEndpoint(settings)
+    assert endpoint.check("tok") is None
+    assert endpoint.revoke("tok") is False
+    endpoint.close()
+
+
+def test_a_session_passed_in_is_used_and_left_open(emulator: GenesysEmulator) -> None:
+    import requests
+
+    settings = Settings.build(
+        emulator.client_id, emulator.client_secret, token_url=emulator.token_url
+    )
+    with requests.Session() as session:
+        endpoint = TokenEndpoint(settings, session=session)
+        endpoint.fetch(settings.credentials)
+        endpoint.close()
+        assert session.adapters  # not closed by the endpoint: still usable
+        endpoint.fetch(settings.credentials)
+    assert emulator.token_requests == 2
+
+
+# -- proxies from the environment ----------------------------------------------------------
+
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+}
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    seen: list[tuple[str, str]]
+
+
+class _ForwardingProxy(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy (absolute-form request lines, no CONNECT)."""
+
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def _forward(self) -> None:
+        self.server.seen.append((self.command, self.path))
+        target = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=5)
+        try:
+            upstream.request(self.command, target.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_HEAD = do_DELETE = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logging.getLogger("test.proxy").debug(format, *args)
+
+
+@pytest.fixture
+def proxy() -> Iterator[_ProxyServer]:
+    server = _ProxyServer(("127.0.0.1", 0), _ForwardingProxy)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(2)
+
+
+def test_proxy_from_the_environment_carries_the_token_request(
+    emulator: GenesysEmulator,
+    build: Build,
+    proxy: _ProxyServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy_url)
+    for name in ("NO_PROXY", "no_proxy"):  # requests bypasses localhost only when told to
+        monkeypatch.setenv(name, "")
+    endpoint, credentials = build()
+    response = endpoint.fetch(credentials)
+    assert response.access_token == emulator.issued_tokens[-1]
+    assert proxy.seen == [("POST", emulator.token_url)]
+
+
+def test_no_proxy_bypasses_the_environment_proxy(
+    emulator: GenesysEmulator,
+    build: Build,
+    proxy: _ProxyServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy_url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1")
+    endpoint, credentials = build()
+    endpoint.fetch(credentials)
+    assert proxy.seen == []
+    assert emulator.token_requests == 1
+
+
+def test_unusable_proxy_setting_fails_fast_without_retries(
+    emulator: GenesysEmulator, build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A SOCKS proxy needs PySocks; without it requests raises InvalidSchema, a configuration
+    # problem that no retry can fix.
+    if importlib.util.find_spec("socks") is not None:
+        pytest.skip("PySocks is installed: SOCKS proxies are usable here")
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "socks5://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")
+    endpoint, credentials = build(max_retries=3)
+    with pytest.raises(TokenRequestError, match="InvalidSchema") as caught:
+        endpoint.fetch(credentials)
+    assert (caught.value.retryable, caught.value.attempts) == (False, 1)
+    assert emulator.token_requests == 0
