@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import requests
 
-from genesys_token import GenesysAuth, TokenManager
+from genesys_token import GenesysAuth, GenesysTokenError, TokenManager
 from genesys_token.events import TOKEN_REFRESH_FAILURE, TOKEN_REFRESH_SUCCESS
 from genesys_token.testing import Fault, GenesysEmulator
 
@@ -121,6 +121,7 @@ class _Script:
         self.outage_at = 0.0
         self.rotation: threading.Thread | None = None
         self.revoked = ""
+        self.rotation_error = ""
 
     def step(self, elapsed: float) -> None:
         token = self.manager.token
@@ -139,10 +140,14 @@ class _Script:
             old = self.manager.token
             self.revoked = old.fingerprint if old else ""
             print(f"\n-- rotate(revoke_previous=True) retires {self.revoked}", file=self.out)
-            self.rotation = threading.Thread(
-                target=self.manager.rotate, kwargs={"drain_timeout": 5, "revoke_previous": True}
-            )
+            self.rotation = threading.Thread(target=self._rotate)
             self.rotation.start()
+
+    def _rotate(self) -> None:
+        try:
+            self.manager.rotate(drain_timeout=5, revoke_previous=True)
+        except GenesysTokenError as exc:
+            self.rotation_error = f"{type(exc).__name__}: {exc}"
 
 
 def _status(elapsed: float, tally: Tally, emulator: GenesysEmulator, manager: TokenManager) -> str:
@@ -183,7 +188,14 @@ def _summary(
         ("token request latency p95 (ms)", metrics["latency_ms"]["p95"]),
     ):
         print(f"  {name:<52} {value}", file=out)
-    ok = failed == 0 and dead_token_calls == 0 and tally.get("calls") > 0
+    if script.rotation_error:
+        print(f"  rotation failed: {script.rotation_error}", file=out)
+    ok = (
+        failed == 0
+        and dead_token_calls == 0
+        and tally.get("calls") > 0
+        and not script.rotation_error
+    )
     print("result: OK" if ok else "result: FAILED", file=out)
     return 0 if ok else 1
 
