@@ -107,7 +107,8 @@ def run(duration: float = 20.0, workers: int = 8, out: TextIO = sys.stdout) -> i
 
 
 class _Script:
-    """The scripted incidents: an outage after 30% of the run, a rotation at 65%."""
+    """The scripted incidents: an outage after 30% of the run, then a rotation (after 65% of
+    the run, once the outage is over)."""
 
     def __init__(
         self, duration: float, emulator: GenesysEmulator, manager: TokenManager, out: TextIO
@@ -136,7 +137,8 @@ class _Script:
             self.outage_ended = True
             self.emulator.clear_faults()
             print("\n-- token endpoint recovers", file=self.out)
-        if self.rotation is None and elapsed >= 0.65 * self.duration:
+        after_outage = self.outage_ended and elapsed >= self.outage_at + 1.7
+        if self.rotation is None and elapsed >= 0.65 * self.duration and after_outage:
             old = self.manager.token
             self.revoked = old.fingerprint if old else ""
             print(f"\n-- rotate(revoke_previous=True) retires {self.revoked}", file=self.out)

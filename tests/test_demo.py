@@ -12,7 +12,7 @@ DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 def test_demo_survives_outage_and_rotation_with_no_failed_call():
     namespace = runpy.run_path(str(DEMO), run_name="demo")
     out = io.StringIO()
-    status = namespace["run"](duration=6.0, workers=4, out=out)
+    status = namespace["run"](duration=8.0, workers=4, out=out)
     text = out.getvalue()
     assert status == 0, text
     assert "result: OK" in text
