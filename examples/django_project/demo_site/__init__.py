@@ -1,0 +1,1 @@
+"""A minimal Django project calling Genesys Cloud with genesys-token."""

@@ -1,0 +1,172 @@
+"""A long-lived WebSocket authenticated with the manager's token, surviving rotations.
+
+The connection is held inside ``manager.in_flight()``: a :meth:`TokenManager.rotate` marks
+it ``rotation_pending`` and waits (up to its ``drain_timeout``) for it to end. The listener
+sees the flag, closes the socket, leaves the block (so the drain completes at once instead of
+timing out) and reconnects with the new token. A 401 at connect replaces the rejected token
+once; other failures reconnect with capped exponential backoff.
+
+Messages sent while no connection is open cannot arrive on it: pass ``url`` as a callable
+to resume where you left off when the service supports it (``?since=<last id>``).
+
+::
+
+    export GENESYSCLOUD_OAUTHCLIENT_ID=... GENESYSCLOUD_OAUTHCLIENT_SECRET=...
+    python examples/websocket_notifications.py wss://streaming.example/notifications
+
+``websockets`` logs handshake headers at DEBUG level, ``Authorization`` included; the
+listener gives it a logger that masks the token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import threading
+from collections.abc import Callable
+
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from genesys_token import GenesysTokenError, InFlight, ManagerClosedError, TokenManager
+
+log = logging.getLogger("genesys_token.examples.websocket")
+
+Message = str | bytes
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",]+")
+
+
+class RedactBearer(logging.Filter):
+    """Mask bearer tokens in a logger's records (``websockets`` logs the handshake)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message with every bearer token masked; keep the record."""
+        if "bearer" in str(record.msg).lower() or any(
+            "bearer" in str(arg).lower() for arg in (record.args or ())
+        ):
+            record.msg = _BEARER.sub(r"\1[redacted]", record.getMessage())
+            record.args = None
+        return True
+
+
+def redacted_logger(name: str) -> logging.Logger:
+    """A logger (for ``websockets``' ``logger=``) whose records never show a bearer token."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactBearer) for f in logger.filters):
+        logger.addFilter(RedactBearer())
+    return logger
+
+
+class NotificationListener:
+    """Keep a WebSocket open with a valid token and hand each message to ``on_message``.
+
+    Args:
+        manager: The token manager.
+        url: The WebSocket URL, or a callable returning it at each connect (to resume).
+        on_message: Called with each message, on the thread that runs :meth:`run`.
+        poll_interval: How often (seconds) the flags are checked while no message arrives.
+        open_timeout: Seconds allowed for the connect and handshake.
+        reconnect_delay: First backoff after a failed connection; doubles up to
+            ``reconnect_max``.
+        reconnect_max: Longest backoff.
+    """
+
+    def __init__(
+        self,
+        manager: TokenManager,
+        url: str | Callable[[], str],
+        on_message: Callable[[Message], None],
+        *,
+        poll_interval: float = 0.25,
+        open_timeout: float = 10.0,
+        reconnect_delay: float = 0.5,
+        reconnect_max: float = 30.0,
+    ) -> None:
+        self._manager = manager
+        self._url = url
+        self._on_message = on_message
+        self._poll_interval = poll_interval
+        self._open_timeout = open_timeout
+        self._reconnect_delay = reconnect_delay
+        self._reconnect_max = reconnect_max
+        self._failures = 0
+        self._logger = redacted_logger("websockets.client.genesys_token")
+        #: Connections opened so far.
+        self.connections = 0
+        #: Whether a connection is open right now.
+        self.connected = False
+
+    def run(self, stop: threading.Event) -> None:
+        """Listen until ``stop`` is set or the manager is closed; reconnect as needed."""
+        delay = 0.0
+        while not stop.wait(delay):
+            try:
+                delay = self._connect_once(stop)
+            except ManagerClosedError:
+                return
+
+    def _connect_once(self, stop: threading.Event) -> float:
+        """Hold one connection until ``stop`` or a rotation; returns the wait before the next."""
+        try:
+            with self._manager.in_flight() as use:
+                try:
+                    self._hold(use, stop)
+                    self._failures = 0
+                    return 0.0
+                except InvalidStatus as exc:
+                    if exc.response.status_code != 401:
+                        raise
+                    log.info("WebSocket refused the token (401): replacing it")
+                    self._manager.replace_rejected(use.token)
+        except ManagerClosedError:
+            raise
+        except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, GenesysTokenError) as exc:
+            log.warning("WebSocket connection failed: %s", type(exc).__name__)
+        self._failures += 1
+        return min(self._reconnect_max, self._reconnect_delay * 2.0 ** (self._failures - 1))
+
+    def _hold(self, use: InFlight, stop: threading.Event) -> None:
+        url = self._url() if callable(self._url) else self._url
+        headers = {"Authorization": f"Bearer {use.token}"}
+        try:
+            with connect(
+                url,
+                additional_headers=headers,
+                open_timeout=self._open_timeout,
+                close_timeout=2.0,
+                logger=self._logger,
+            ) as ws:
+                self.connected = True
+                self.connections += 1
+                self._pump(ws, use, stop)
+        finally:
+            self.connected = False
+
+    def _pump(self, ws: ClientConnection, use: InFlight, stop: threading.Event) -> None:
+        while not (stop.is_set() or use.rotation_pending.is_set() or self._manager.closed):
+            try:
+                message = ws.recv(timeout=self._poll_interval)
+            except TimeoutError:
+                continue
+            self._on_message(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print every message of ``url`` until Ctrl-C (credentials from ``GENESYSCLOUD_*``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("url", help="the WebSocket URL (ws:// or wss://)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    with TokenManager.from_env() as manager:
+        listener = NotificationListener(manager, args.url, lambda m: print(m, flush=True))
+        try:
+            listener.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

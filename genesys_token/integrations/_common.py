@@ -1,0 +1,82 @@
+"""What the web framework integrations share: building a manager from settings, sessions."""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+
+from ..auth import GenesysAuth
+from ..config import ENV_CLIENT_ID, ENV_CLIENT_SECRET
+from ..errors import ConfigurationError
+from ..manager import TokenManager
+
+#: Setting name -> TokenManager argument. Unset (or empty) settings fall back to the
+#: ``GENESYSCLOUD_*`` environment variables, as :meth:`TokenManager.from_env` reads them.
+SETTING_ARGS: dict[str, str] = {
+    "GENESYS_CLIENT_ID": "client_id",
+    "GENESYS_CLIENT_SECRET": "client_secret",
+    "GENESYS_REGION": "region",
+    "GENESYS_TOKEN_URL": "token_url",
+    "GENESYS_API_URL": "api_base_url",
+}
+#: A dict of further TokenManager arguments (``store``, ``refresh_buffer``, ...).
+OPTIONS_SETTING = "GENESYS_TOKEN_OPTIONS"
+_ENV_OF = {"client_id": ENV_CLIENT_ID, "client_secret": ENV_CLIENT_SECRET}
+_SETTING_OF = {arg: name for name, arg in SETTING_ARGS.items()}
+
+
+def manager_from_settings(lookup: Callable[[str], Any], where: str) -> TokenManager:
+    """Build a manager from ``GENESYS_*`` settings, the environment filling the gaps.
+
+    Args:
+        lookup: Returns a setting's value, or ``None`` when it is not set.
+        where: Where the settings live, for error messages (``"app.config"``).
+
+    Raises:
+        ConfigurationError: A setting is missing or invalid; the message names the setting.
+    """
+    options = lookup(OPTIONS_SETTING)
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"{OPTIONS_SETTING} in {where} must be a dict, not {type(options).__name__}",
+            field=OPTIONS_SETTING,
+        )
+    arguments: dict[str, Any] = dict(options)
+    for name, arg in SETTING_ARGS.items():
+        value = lookup(name)
+        if value is not None and value != "":
+            arguments[arg] = value
+    try:
+        return TokenManager.from_env(**arguments)
+    except ConfigurationError as exc:
+        if exc.field in _ENV_OF:
+            setting = _SETTING_OF[exc.field]
+            raise ConfigurationError(
+                f"{exc.field} is not set: set {setting} in {where} or export {_ENV_OF[exc.field]}",
+                field=setting,
+            ) from None
+        raise
+
+
+def authorized_session(manager: TokenManager) -> requests.Session:
+    """A ``requests.Session`` that sends the manager's token on every call."""
+    session = requests.Session()
+    session.auth = GenesysAuth(manager)
+    return session
+
+
+def close_at_exit(manager: TokenManager) -> None:
+    """Close ``manager`` when the interpreter exits, without keeping it alive until then."""
+    atexit.register(_close_if_alive, weakref.ref(manager))
+
+
+def _close_if_alive(ref: weakref.ref[TokenManager]) -> None:
+    manager = ref()
+    if manager is not None:
+        manager.close()
