@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -53,6 +53,9 @@ from .stores.base import MemoryStore, TokenStore, store_key
 from .token import Token, refresh_lead
 from .transport import SYSTEM_CLOCK, Clock, RetryNotice, TokenEndpoint
 from .validation import TokenValidator
+
+if TYPE_CHECKING:
+    from .webhook import WebhookSender
 
 log = logging.getLogger("genesys_token")
 
@@ -212,7 +215,7 @@ class TokenManager:
         self._retry_at: float | None = None
         self._expired_reported: str | None = None
         self._timer: threading.Thread | None = None
-        self._webhook: Any = None
+        self._webhook: WebhookSender | None = None
         self._new_sync_objects()
         self._transport = self._new_transport()
         if settings.webhook_url:
@@ -782,7 +785,11 @@ class TokenManager:
         """A snapshot of the counters (bounded memory however long the process runs)."""
         current = self._current
         expires_in = None if current is None else round(current.token.remaining(), 3)
-        return self._metrics.snapshot(in_flight=self._in_flight, expires_in=expires_in)
+        snap = self._metrics.snapshot(in_flight=self._in_flight, expires_in=expires_in)
+        if self._webhook is not None:
+            snap["webhook_deliveries"] = self._webhook.delivered
+            snap["webhook_dropped"] = self._webhook.dropped
+        return snap
 
     def _emit(self, event_type: str, token: Token | None, data: dict[str, Any]) -> None:
         record = make_record(

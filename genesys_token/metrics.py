@@ -1,7 +1,12 @@
-"""Bounded, thread-safe counters and a latency window for ``TokenManager.metrics()``."""
+"""Bounded, thread-safe counters and a latency window for ``TokenManager.metrics()``.
+
+Memory is constant however long the process runs: a fixed set of integer counters, the
+last error as one short redacted line, and at most :data:`LATENCY_WINDOW` latency samples.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from typing import Any
@@ -12,82 +17,122 @@ from ._redact import excerpt
 #: cost however long the process runs (the original design kept every sample forever).
 LATENCY_WINDOW = 512
 
+#: Monotonic counters of a manager, as named in ``metrics()``; exporters treat them as
+#: Prometheus counters.
+COUNTERS = (
+    "successes",
+    "errors",
+    "token_requests",
+    "retries",
+    "rotations",
+    "replays_401",
+    "drain_timeouts",
+    "revocations",
+    "store_hits",
+    "store_errors",
+    "listener_errors",
+    "webhook_deliveries",
+    "webhook_failures",
+    "webhook_dropped",
+)
+
+#: The statistics of ``metrics()["latency_ms"]``.
+LATENCY_STATS = ("avg", "p50", "p95", "max", "last")
+
+#: ``last_error`` is cut to this many characters: enough to diagnose, bounded to store.
+LAST_ERROR_CHARS = 160
+
 
 class Metrics:
     """Counters of one manager. Every method is O(1) except :meth:`snapshot`."""
 
     def __init__(self) -> None:
+        # One lock for all counters: `d[k] += 1` is a read-modify-write that threads
+        # would otherwise interleave and lose updates in.
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._counts: dict[str, int] = dict.fromkeys(
-            (
-                "successes",
-                "errors",
-                "token_requests",
-                "retries",
-                "rotations",
-                "replays_401",
-                "drain_timeouts",
-                "revocations",
-                "store_hits",
-                "store_errors",
-                "listener_errors",
-                "webhook_deliveries",
-                "webhook_failures",
-                "webhook_dropped",
-            ),
-            0,
-        )
+        self._counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._last_error: str | None = None
 
     def incr(self, name: str, amount: int = 1) -> None:
-        """Add to a counter."""
+        """Add ``amount`` to the counter ``name`` (one of :data:`COUNTERS`)."""
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
 
     def record_success(self, latency_s: float, requests: int) -> None:
-        """Count a successful acquisition and its latency (all attempts included)."""
+        """Count a successful acquisition and its latency (all attempts included).
+
+        Args:
+            latency_s: Seconds from the first request to the validated token.
+            requests: Token requests the acquisition made.
+        """
         with self._lock:
             self._counts["successes"] += 1
             self._counts["token_requests"] += requests
             self._latencies.append(latency_s * 1000.0)
 
     def record_error(self, error: BaseException, requests: int) -> None:
-        """Count a failed acquisition; keep a redacted one-line description of it."""
+        """Count a failed acquisition; keep a redacted one-line description of it.
+
+        Args:
+            error: What the acquisition raised.
+            requests: Token requests the acquisition made.
+        """
+        description = f"{type(error).__name__}: {excerpt(str(error), LAST_ERROR_CHARS)}"
         with self._lock:
             self._counts["errors"] += 1
             self._counts["token_requests"] += requests
-            self._last_error = f"{type(error).__name__}: {excerpt(str(error), 160)}"
+            self._last_error = description
 
     def snapshot(self, *, in_flight: int, expires_in: float | None) -> dict[str, Any]:
-        """A copy of every counter plus derived figures."""
+        """A copy of every counter plus derived figures.
+
+        Args:
+            in_flight: Counted uses of the token in progress.
+            expires_in: Seconds until the current token expires, or ``None``.
+
+        Returns:
+            Every counter of :data:`COUNTERS`, ``error_rate`` (errors per acquisition),
+            ``in_flight``, ``latency_ms`` (``avg``, ``p50``, ``p95``, ``max``, ``last`` over
+            the last :data:`LATENCY_WINDOW` acquisitions, ``None`` before the first),
+            ``expires_in`` and ``last_error``.
+        """
         with self._lock:
             counts = dict(self._counts)
-            samples = sorted(self._latencies)
-            last = self._latencies[-1] if self._latencies else None
+            samples = list(self._latencies)
             last_error = self._last_error
         attempts = counts["successes"] + counts["errors"]
         return {
             **counts,
-            "error_rate": counts["errors"] / attempts if attempts else 0.0,
+            "error_rate": round(counts["errors"] / attempts, 6) if attempts else 0.0,
             "in_flight": in_flight,
-            "latency_ms": _summary(samples, last),
+            "latency_ms": latency_summary(samples),
             "expires_in": expires_in,
             "last_error": last_error,
         }
 
 
-def _summary(samples: list[float], last: float | None) -> dict[str, float | None]:
-    if not samples:
-        return {"avg": None, "p50": None, "p95": None, "max": None, "last": None}
+def latency_summary(samples: list[float]) -> dict[str, float | None]:
+    """Average, nearest-rank p50/p95, maximum and last of ``samples`` (in arrival order).
 
-    def pick(share: float) -> float:
-        return round(samples[min(len(samples) - 1, int(share * len(samples)))], 3)
+    Args:
+        samples: Latencies in milliseconds, oldest first.
+
+    Returns:
+        A dict keyed by :data:`LATENCY_STATS`; every value ``None`` when there are no samples.
+    """
+    if not samples:
+        return dict.fromkeys(LATENCY_STATS)
+    ordered = sorted(samples)
+
+    def rank(share: float) -> float:
+        # Nearest rank: the smallest sample with at least `share` of the samples at or below.
+        return round(ordered[max(0, math.ceil(share * len(ordered)) - 1)], 3)
 
     return {
-        "avg": round(sum(samples) / len(samples), 3),
-        "p50": pick(0.50),
-        "p95": pick(0.95),
-        "max": round(samples[-1], 3),
-        "last": None if last is None else round(last, 3),
+        "avg": round(sum(ordered) / len(ordered), 3),
+        "p50": rank(0.50),
+        "p95": rank(0.95),
+        "max": round(ordered[-1], 3),
+        "last": round(samples[-1], 3),
     }

@@ -1,25 +1,410 @@
-"""Background webhook delivery (placeholder until the observability work lands)."""
+"""Background webhook delivery of event records, signed when a secret is set.
+
+The manager hands every event to :meth:`WebhookSender.submit`, which only queues it: one
+daemon worker thread POSTs the records, so a slow or broken receiver never delays a token
+refresh. The queue is bounded (the oldest record is dropped when it is full); each record
+is tried a few times with capped backoff; ``close()`` flushes for at most ~2 seconds.
+
+What is sent
+    ``POST webhook_url`` with ``Content-Type: application/json``, the body being the event
+    record (``timestamp``, ``event_id``, ``event_type``, ``client_id``,
+    ``token_fingerprint``, ``metrics``, ``data``) as compact JSON with sorted keys. Records
+    carry a token's fingerprint, never the token; strings in ``data`` are redacted.
+    ``X-Event-Id`` repeats the record's ``event_id``: the same id may arrive twice (a
+    retry after a lost answer), so receivers should deduplicate on it.
+
+What is signed (only when ``webhook_secret`` is set)
+    ``X-Genesys-Token-Timestamp: <unix seconds>`` (an integer, the time of this attempt)
+    and ``X-Genesys-Token-Signature: sha256=<hex>`` where ``<hex>`` is the lower-case hex
+    HMAC-SHA256, keyed with the UTF-8 bytes of the secret, over the bytes::
+
+        <timestamp> + b"." + <raw request body>
+
+    i.e. ``hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256)``. Verify
+    against the raw body bytes as received (not re-serialized JSON), and reject stale
+    timestamps so a captured request cannot be replayed later. :func:`verify_signature`
+    does both::
+
+        from genesys_token.webhook import verify_signature
+
+        def handle(request):
+            if not verify_signature(
+                SECRET,
+                request.headers.get("X-Genesys-Token-Timestamp"),
+                request.body,  # raw bytes
+                request.headers.get("X-Genesys-Token-Signature"),
+            ):
+                return 401
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import hmac
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import requests
+
 from .config import Settings
+from .errors import ConfigurationError
+from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
+
+log = logging.getLogger("genesys_token.webhook")
+
+SIGNATURE_HEADER = "X-Genesys-Token-Signature"
+TIMESTAMP_HEADER = "X-Genesys-Token-Timestamp"
+EVENT_ID_HEADER = "X-Event-Id"
+
+#: Records waiting for delivery; beyond this the oldest is dropped (and counted): a dead
+#: receiver must not grow memory without bound.
+DEFAULT_QUEUE_SIZE = 1000
+#: Attempts per record (the first try plus retries).
+DEFAULT_MAX_ATTEMPTS = 3
+#: Backoff between attempts: base * 2**n with jitter, capped; bounded so a dead receiver
+#: costs a record at most a few seconds of the worker's time.
+DEFAULT_BACKOFF_BASE = 0.5
+BACKOFF_MAX = 5.0
+#: close() lets the worker flush the queue this long before stopping it.
+CLOSE_FLUSH_TIMEOUT = 2.0
+#: How long close() waits for the stopped worker (it may be inside one HTTP call).
+CLOSE_JOIN_GRACE = 0.5
+#: The idle worker re-checks its stop flag at least this often.
+IDLE_WAIT = 5.0
+#: Statuses worth another attempt; other 4xx answers mean the receiver refuses the record.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Default receiver-side tolerance for the signature timestamp (seconds, either way).
+DEFAULT_TOLERANCE = 300
+
+
+def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``.
+
+    Args:
+        secret: The shared webhook secret.
+        timestamp: Unix seconds, as sent in ``X-Genesys-Token-Timestamp``.
+        body: The raw request body.
+
+    Returns:
+        ``"sha256=<hex HMAC-SHA256 of f'{timestamp}.' + body>"``.
+    """
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    digest = hmac.new(key, f"{timestamp}.".encode("ascii") + body, hashlib.sha256)
+    return f"sha256={digest.hexdigest()}"
+
+
+def verify_signature(
+    secret: str | bytes,
+    timestamp: str | int | None,
+    body: bytes | str,
+    signature: str | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    now: float | None = None,
+) -> bool:
+    """Check a webhook request's signature and freshness (for receivers).
+
+    Args:
+        secret: The shared webhook secret.
+        timestamp: The ``X-Genesys-Token-Timestamp`` header value.
+        body: The raw request body, exactly as received.
+        signature: The ``X-Genesys-Token-Signature`` header value (``sha256=<hex>``).
+        tolerance: Largest accepted difference, in seconds, between ``timestamp`` and now.
+        now: The current Unix time (default: ``time.time()``).
+
+    Returns:
+        True only if the signature matches and the timestamp is within ``tolerance``;
+        False for a missing or malformed header, never an exception.
+    """
+    if timestamp is None or signature is None:
+        return False
+    try:
+        stamp = int(str(timestamp).strip())
+    except ValueError:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - stamp) > tolerance:
+        return False
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+    expected = sign(secret, stamp, raw)
+    return hmac.compare_digest(expected.encode("ascii"), signature.strip().encode("utf-8"))
+
+
+def webhook_body(record: Mapping[str, Any]) -> bytes:
+    """The JSON body for ``record``: its known fields only, strings in ``data`` redacted.
+
+    Args:
+        record: An event record.
+
+    Returns:
+        Compact UTF-8 JSON with sorted keys.
+    """
+    payload = {name: record.get(name) for name in RECORD_FIELDS}
+    payload["data"] = redact_value(payload["data"] or {})
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
 class WebhookSender:
-    """Delivers event records to ``webhook_url`` from a background worker."""
+    """Delivers event records to ``settings.webhook_url`` from one background worker.
 
-    def __init__(self, settings: Settings, *, on_failure: Callable[[dict[str, Any]], None]) -> None:
-        self._settings = settings
+    Args:
+        settings: ``webhook_url``, ``webhook_secret``, ``timeout`` and ``verify`` are used.
+        on_failure: Called from the worker with ``{"event_id", "event_type", "attempts",
+            "status", "error"}`` when a record could not be delivered; the manager emits
+            ``WEBHOOK_DELIVERY_FAILED`` with it.
+        queue_size: Records kept waiting at most (the oldest is dropped beyond it).
+        max_attempts: Tries per record.
+        backoff_base: First backoff in seconds (doubles per retry, capped, jittered).
+
+    Raises:
+        ConfigurationError: ``settings`` has no ``webhook_url``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_failure: Callable[[dict[str, Any]], None],
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_base: float = DEFAULT_BACKOFF_BASE,
+    ) -> None:
+        if not settings.webhook_url:
+            raise ConfigurationError("WebhookSender needs a webhook_url", field="webhook_url")
+        self._url = settings.webhook_url
+        self._secret = settings.webhook_secret
+        self._timeout = settings.timeout
+        self._verify = settings.verify
         self._on_failure = on_failure
+        self._queue_size = max(1, queue_size)
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_base = backoff_base
+        self._closed = False
+        self._delivered = 0
+        self._failed = 0
+        self._dropped = 0
+        self._new_state()
+
+    def _new_state(self) -> None:
+        """Locks, queue and worker of this process (fresh again in a forked child)."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: deque[tuple[str, str, bytes]] = deque()
+        # Closing ends retries (backoff waits on it) but not the flush of what is queued;
+        # stop, set once the flush budget is spent, ends the worker.
+        self._closing = threading.Event()
+        self._stop = threading.Event()
+        self._flush_deadline: float | None = None
+        self._worker: threading.Thread | None = None
+        self._session: requests.Session | None = None
+
+    # -- counters -------------------------------------------------------------------------
+
+    @property
+    def delivered(self) -> int:
+        """Records the receiver accepted (2xx)."""
+        return self._delivered
+
+    @property
+    def failed(self) -> int:
+        """Records given up on after every attempt (or that could not be serialized)."""
+        return self._failed
+
+    @property
+    def dropped(self) -> int:
+        """Records discarded unsent: the queue was full, or the sender was closed."""
+        return self._dropped
+
+    @property
+    def pending(self) -> int:
+        """Records waiting in the queue."""
+        return len(self._queue)
+
+    # -- the manager's side -----------------------------------------------------------------
 
     def submit(self, record: dict[str, Any]) -> None:
-        """Queue ``record`` for delivery."""
+        """Queue ``record`` for delivery; returns at once and never raises.
+
+        ``WEBHOOK_DELIVERY_FAILED`` records are not sent: a failing receiver would
+        otherwise be sent news of its own failure, forever.
+
+        Args:
+            record: An event record.
+        """
+        event_type = str(record.get("event_type"))
+        if event_type == WEBHOOK_DELIVERY_FAILED:
+            return
+        try:
+            body = webhook_body(record)
+        except (TypeError, ValueError) as exc:
+            with self._lock:
+                self._failed += 1
+            log.warning("webhook record %s not serializable: %s", event_type, type(exc).__name__)
+            return
+        item = (str(record.get("event_id")), event_type, body)
+        with self._cond:
+            if self._closed:
+                self._dropped += 1
+                return
+            if len(self._queue) >= self._queue_size:
+                self._queue.popleft()
+                self._dropped += 1
+            self._queue.append(item)
+            self._cond.notify()
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._run, name="genesys-token-webhook", daemon=True
+                )
+                self._worker.start()
 
     def close(self) -> None:
-        """Flush for at most a couple of seconds and stop."""
+        """Deliver what is queued for at most ~2 seconds, then stop the worker. Idempotent.
+
+        Queued records get one more attempt each, without retries or backoff; what is left
+        after ~2 seconds is dropped (and counted). A request still in progress then ends
+        within its HTTP timeout, in the (daemon) worker, which tries nothing after it.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._flush_deadline = time.monotonic() + CLOSE_FLUSH_TIMEOUT
+            worker = self._worker
+            self._closing.set()
+            self._cond.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(CLOSE_FLUSH_TIMEOUT)
+        self._stop.set()
+        with self._cond:
+            self._dropped += len(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(CLOSE_JOIN_GRACE)
+        session = self._session
+        if session is not None and (worker is None or not worker.is_alive()):
+            session.close()
 
     def after_fork(self) -> None:
-        """Start afresh in a forked child."""
+        """In a forked child: forget the parent's worker, queue and connections.
+
+        The parent delivers what it queued; the child starts its own worker on its next
+        event. A sender closed before the fork stays closed.
+        """
+        self._new_state()
+
+    # -- the worker -------------------------------------------------------------------------
+
+    def _next(self) -> tuple[str, str, bytes] | None:
+        """The next record to send, or None when the worker should end."""
+        with self._cond:
+            while not self._queue:
+                if self._closed or self._stop.is_set():
+                    return None
+                self._cond.wait(IDLE_WAIT)
+            if self._stop.is_set():
+                return None
+            return self._queue.popleft()
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            try:
+                self._deliver(*item)
+            except Exception:  # one bad record must not end deliveries for good
+                log.exception("webhook worker error")
+        with self._cond:
+            if self._closed and self._session is not None:
+                self._session.close()
+
+    def _deliver(self, event_id: str, event_type: str, body: bytes) -> None:
+        status: int | None = None
+        error: str | None = None
+        attempt = 0
+        while attempt < self._max_attempts:
+            attempt += 1
+            if attempt > 1 and self._closing.wait(self._backoff(attempt)):
+                break  # closing: flush the rest of the queue instead of retrying this one
+            status, error = self._post(event_id, body)
+            if status is not None and 200 <= status < 300:
+                with self._lock:
+                    self._delivered += 1
+                return
+            if status is not None and status not in RETRY_STATUSES:
+                break
+        with self._lock:
+            self._failed += 1
+        log.warning(
+            "webhook delivery of %s failed after %d attempt(s): %s",
+            event_type,
+            attempt,
+            error or f"HTTP {status}",
+            extra={"event_id": event_id, "status": status, "attempts": attempt},
+        )
+        self._report_failure(
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "attempts": attempt,
+                "status": status,
+                "error": error,
+            }
+        )
+
+    def _post(self, event_id: str, body: bytes) -> tuple[int | None, str | None]:
+        """One attempt; returns (status, None) for an answer, (None, error name) otherwise."""
+        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id}
+        if self._secret is not None:
+            stamp = int(time.time())
+            headers[TIMESTAMP_HEADER] = str(stamp)
+            headers[SIGNATURE_HEADER] = sign(self._secret, stamp, body)
+        try:
+            response = self._get_session().post(
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout_now(),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            # The type only: messages of connection errors repeat the URL, and webhook URLs
+            # often carry a secret in their path.
+            return None, type(exc).__name__
+        response.close()
+        return response.status_code, None
+
+    def _timeout_now(self) -> tuple[float, float]:
+        """The configured timeout, shortened to what is left of close()'s flush budget."""
+        deadline = self._flush_deadline
+        if deadline is None:
+            return self._timeout
+        left = max(0.05, deadline - time.monotonic())
+        return (min(self._timeout[0], left), min(self._timeout[1], left))
+
+    def _get_session(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            session.verify = self._verify
+            self._session = session
+        return self._session
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(BACKOFF_MAX, self._backoff_base * 2.0 ** (attempt - 2))
+        return ceiling * (0.5 + random.random() / 2)
+
+    def _report_failure(self, data: dict[str, Any]) -> None:
+        try:
+            self._on_failure(data)
+        except Exception:  # the worker must outlive a broken failure hook
+            log.exception("webhook failure handler raised")
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookSender(delivered={self._delivered}, failed={self._failed}, "
+            f"dropped={self._dropped}, pending={len(self._queue)}, closed={self._closed})"
+        )

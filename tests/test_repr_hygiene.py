@@ -19,7 +19,7 @@ def test_lifecycle_leaks_no_secret_or_token(
 ):
     caplog.set_level(logging.DEBUG)
     for name in ("urllib3", "requests", "genesys_token"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger=name)
     records: list[dict[str, Any]] = []
     manager = make_manager(max_retries=1, backoff_base=0.001)
     manager.on("*", records.append)

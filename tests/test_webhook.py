@@ -1,0 +1,545 @@
+"""Webhooks: background delivery that never delays a refresh, signatures, bounds, close."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from conftest import MakeManager
+
+from genesys_token import InvalidClientError, TokenRequestError
+from genesys_token.config import Settings
+from genesys_token.errors import ConfigurationError
+from genesys_token.events import (
+    TOKEN_REFRESH_SUCCESS,
+    WEBHOOK_DELIVERY_FAILED,
+    make_record,
+)
+from genesys_token.testing import Fault, GenesysEmulator
+from genesys_token.webhook import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookSender,
+    sign,
+    verify_signature,
+    webhook_body,
+)
+
+HOOK_SECRET = "hook-secret-0123456789"
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records every POST and answers as scripted."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []  # answers to give, in order; then 200
+        self.hang = threading.Event()  # set: requests wait on `release` (at most 5 s)
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.cond:
+                    receiver.requests.append((dict(self.headers.items()), body))
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                    receiver.cond.notify_all()
+                if receiver.hang.is_set():
+                    receiver.release.wait(5)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[tuple[dict[str, str], bytes]]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.requests) >= count, timeout), (
+                f"{len(self.requests)} of {count} webhook requests arrived"
+            )
+            return list(self.requests)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        with self.cond:
+            return [json.loads(body) for _, body in self.requests]
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(2)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+def _settings(url: str, **options: Any) -> Settings:
+    return Settings.build("client-id", "client-secret-value", webhook_url=url, **options)
+
+
+def _record(n: int = 0, **data: Any) -> dict[str, Any]:
+    return make_record(
+        TOKEN_REFRESH_SUCCESS,
+        client_id="client-id",
+        token_fingerprint=f"fp{n}",
+        metrics={"error_rate": 0.0},
+        data={"n": n, **data},
+    )
+
+
+@pytest.fixture
+def senders() -> Iterator[list[WebhookSender]]:
+    made: list[WebhookSender] = []
+    yield made
+    for sender in made:
+        sender.close()
+
+
+def _sender(senders: list[WebhookSender], url: str, **kwargs: Any) -> WebhookSender:
+    failures: list[dict[str, Any]] = kwargs.pop("failures", [])
+    options = kwargs.pop("options", {})
+    sender = WebhookSender(_settings(url, **options), on_failure=failures.append, **kwargs)
+    senders.append(sender)
+    return sender
+
+
+def _workers(before: set[int | None]) -> list[threading.Thread]:
+    """Webhook worker threads started since ``before`` (earlier tests may leave some)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name == "genesys-token-webhook" and t.ident not in before and t.is_alive()
+    ]
+
+
+def _threads() -> set[int | None]:
+    return {t.ident for t in threading.enumerate()}
+
+
+def _eventually(predicate: Any, timeout: float = 5.0) -> None:
+    """Poll a counter the worker updates (it signals nothing else we could wait on)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+# -- the token path is never delayed --------------------------------------------------------
+
+
+def test_hanging_receiver_does_not_delay_a_forced_refresh(
+    receiver: Receiver, make_manager: MakeManager
+):
+    receiver.hang.set()
+    manager = make_manager(
+        webhook_url=receiver.url, webhook_secret=HOOK_SECRET, background_refresh=False
+    )
+    manager.get_token()
+    receiver.wait_for(1)  # the worker is now stuck inside the 5-second request
+    started = time.monotonic()
+    for _ in range(3):
+        manager.refresh(force=True)
+    assert time.monotonic() - started < 1.0
+    receiver.release.set()
+    requests = receiver.wait_for(4)
+    for headers, body in requests:
+        assert verify_signature(
+            HOOK_SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER]
+        )
+        assert headers[EVENT_ID_HEADER] == json.loads(body)["event_id"]
+
+
+def test_records_arrive_in_order_as_json_with_event_id_and_no_signature_without_secret(
+    receiver: Receiver, senders: list[WebhookSender]
+):
+    sender = _sender(senders, receiver.url)
+    records = [_record(n) for n in range(5)]
+    for record in records:
+        sender.submit(record)
+    requests = receiver.wait_for(5)
+    assert [json.loads(body) for _, body in requests] == records
+    for (headers, _), record in zip(requests, records, strict=True):
+        assert headers[EVENT_ID_HEADER] == record["event_id"]
+        assert headers["Content-Type"] == "application/json"
+        assert SIGNATURE_HEADER not in headers
+        assert TIMESTAMP_HEADER not in headers
+    _eventually(lambda: sender.delivered == 5)
+    assert (sender.failed, sender.dropped, sender.pending) == (0, 0, 0)
+
+
+# -- signatures -------------------------------------------------------------------------------
+
+
+def test_signature_is_hmac_sha256_over_timestamp_dot_body():
+    import hashlib
+    import hmac
+
+    body = b'{"a":1}'
+    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign("s3cret", 1700000000, body) == f"sha256={expected}"
+    assert sign(b"s3cret", "1700000000", body) == f"sha256={expected}"
+
+
+@pytest.mark.parametrize(
+    ("secret", "timestamp", "body", "signature", "ok"),
+    [
+        ("k", "1000", b"{}", sign("k", 1000, b"{}"), True),
+        ("k", 1000, "{}", sign("k", 1000, b"{}"), True),  # str body, int timestamp
+        ("k", " 1000 ", b"{}", f" {sign('k', 1000, b'{}')} ", True),  # header whitespace
+        ("other", "1000", b"{}", sign("k", 1000, b"{}"), False),  # wrong secret
+        ("k", "1000", b"{ }", sign("k", 1000, b"{}"), False),  # body changed
+        ("k", "1001", b"{}", sign("k", 1000, b"{}"), False),  # timestamp changed
+        ("k", "1000", b"{}", sign("k", 1000, b"{}")[7:], False),  # no sha256= prefix
+        ("k", None, b"{}", sign("k", 1000, b"{}"), False),
+        ("k", "1000", b"{}", None, False),
+        ("k", "soon", b"{}", sign("k", 1000, b"{}"), False),
+        ("k", "1000", b"{}", "sha256=\u00e9", False),  # non-ASCII garbage
+    ],
+)
+def test_verify_signature(secret: str, timestamp: Any, body: Any, signature: Any, ok: bool):
+    assert verify_signature(secret, timestamp, body, signature, now=1100) is ok
+
+
+def test_verify_signature_rejects_replays_outside_the_tolerance():
+    signature = sign("k", 1000, b"{}")
+    assert verify_signature("k", "1000", b"{}", signature, now=1300)
+    assert not verify_signature("k", "1000", b"{}", signature, now=1301)
+    assert not verify_signature("k", "1000", b"{}", signature, now=699)
+    assert verify_signature("k", "1000", b"{}", signature, tolerance=1000, now=1900)
+    fresh = int(time.time())
+    assert verify_signature("k", str(fresh), b"x", sign("k", fresh, b"x"))
+
+
+# -- retries, failures, no loops --------------------------------------------------------------
+
+
+def test_5xx_is_retried_with_the_same_event_id_until_delivered(
+    receiver: Receiver, senders: list[WebhookSender]
+):
+    receiver.statuses = [503, 500]
+    failures: list[dict[str, Any]] = []
+    sender = _sender(senders, receiver.url, backoff_base=0.01, failures=failures)
+    record = _record()
+    sender.submit(record)
+    requests = receiver.wait_for(3)
+    assert {headers[EVENT_ID_HEADER] for headers, _ in requests} == {record["event_id"]}
+    _eventually(lambda: sender.delivered == 1)
+    assert sender.failed == 0
+    assert failures == []
+
+
+def test_4xx_is_not_retried_and_is_reported(receiver: Receiver, senders: list[WebhookSender]):
+    receiver.statuses = [400]
+    failures: list[dict[str, Any]] = []
+    sender = _sender(senders, receiver.url, backoff_base=0.01, failures=failures)
+    record = _record()
+    sender.submit(record)
+    _eventually(lambda: sender.failed == 1)
+    assert len(receiver.requests) == 1
+    assert failures == [
+        {
+            "event_id": record["event_id"],
+            "event_type": TOKEN_REFRESH_SUCCESS,
+            "attempts": 1,
+            "status": 400,
+            "error": None,
+        }
+    ]
+
+
+def test_unreachable_receiver_is_reported_without_its_url(senders: list[WebhookSender]):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/hook/path-secret-abcdef"
+    failures: list[dict[str, Any]] = []
+    sender = _sender(senders, url, max_attempts=2, backoff_base=0.01, failures=failures)
+    sender.submit(_record())
+    _eventually(lambda: sender.failed == 1)
+    assert failures[0]["error"] == "ConnectionError"
+    assert failures[0]["status"] is None
+    assert failures[0]["attempts"] == 2
+    assert "path-secret" not in repr(failures) + repr(sender)
+
+
+def test_a_failure_hook_that_raises_does_not_stop_the_worker(
+    receiver: Receiver, senders: list[WebhookSender]
+):
+    def broken(data: dict[str, Any]) -> None:
+        raise RuntimeError("hook broke")
+
+    receiver.statuses = [400]
+    sender = WebhookSender(_settings(receiver.url), on_failure=broken)
+    senders.append(sender)
+    sender.submit(_record(0))
+    sender.submit(_record(1))
+    _eventually(lambda: sender.failed == 1 and sender.delivered == 1)
+
+
+def test_manager_emits_delivery_failed_once_and_never_posts_it(
+    receiver: Receiver, make_manager: MakeManager
+):
+    receiver.statuses = [400]
+    manager = make_manager(webhook_url=receiver.url, background_refresh=False)
+    failed = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def on_failed(record: dict[str, Any]) -> None:
+        seen.append(record)
+        failed.set()
+
+    manager.on(WEBHOOK_DELIVERY_FAILED, on_failed)
+    manager.get_token()
+    assert failed.wait(5)
+    manager.refresh(force=True)  # a later event is still delivered
+    bodies = [json.loads(body) for _, body in receiver.wait_for(2)]
+    assert [b["event_type"] for b in bodies] == [TOKEN_REFRESH_SUCCESS] * 2
+    assert seen[0]["data"]["status"] == 400
+    assert seen[0]["data"]["event_id"] == bodies[0]["event_id"]
+    assert manager.metrics()["webhook_failures"] == 1
+    assert len(seen) == 1
+
+
+def test_a_record_that_cannot_be_serialized_counts_as_failed(senders: list[WebhookSender]):
+    sender = _sender(senders, "http://127.0.0.1:9/hook")
+    record = _record()
+    record["metrics"] = {(1, 2): "tuple keys are not JSON"}
+    sender.submit(record)
+    assert sender.failed == 1
+    assert sender.pending == 0
+
+
+# -- what is sent ------------------------------------------------------------------------------
+
+
+def test_body_has_only_record_fields_and_redacted_data():
+    record = _record(note="Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123456789")
+    record["access_token"] = "not-a-record-field-value"
+    body = json.loads(webhook_body(record))
+    assert set(body) == {
+        "timestamp",
+        "event_id",
+        "event_type",
+        "client_id",
+        "token_fingerprint",
+        "metrics",
+        "data",
+    }
+    assert "abcdefghijklmnopqrstuvwxyz" not in json.dumps(body)
+    assert "not-a-record-field-value" not in json.dumps(body)
+
+
+def test_no_token_or_secret_reaches_a_webhook(
+    emulator: GenesysEmulator, receiver: Receiver, make_manager: MakeManager
+):
+    manager = make_manager(
+        webhook_url=receiver.url,
+        webhook_secret=HOOK_SECRET,
+        background_refresh=False,
+        max_retries=0,
+    )
+    manager.get_token()
+    manager.refresh(force=True)
+    manager.rotate(drain_timeout=0.5, revoke_previous=True)
+    emulator.inject(Fault.server_error(503))
+    with pytest.raises(TokenRequestError, match="503"):
+        manager.refresh(force=True)
+    manager.set_credentials("a-wrong-secret-value")
+    with pytest.raises(InvalidClientError):
+        manager.refresh(force=True)
+    requests = receiver.wait_for(8)
+    texts = [json.dumps(headers) + body.decode() for headers, body in requests]
+    joined = "\n".join(texts)
+    basic = f"{emulator.client_id}:{emulator.client_secret}".encode()
+    secrets = [
+        emulator.client_secret,
+        "a-wrong-secret-value",
+        HOOK_SECRET,
+        base64.b64encode(basic).decode(),
+        *emulator.issued_tokens,
+    ]
+    assert len(emulator.issued_tokens) >= 3
+    for secret in secrets:
+        assert secret not in joined
+    types = [b["event_type"] for b in receiver.bodies()]
+    assert "TOKEN_REVOKED" in types
+    assert types.count("TOKEN_REFRESH_FAILURE") == 2
+
+
+# -- bounds, worker, close, fork ----------------------------------------------------------------
+
+
+def test_full_queue_drops_the_oldest_and_counts_it(
+    receiver: Receiver, senders: list[WebhookSender]
+):
+    receiver.hang.set()
+    sender = _sender(senders, receiver.url, queue_size=3)
+    records = [_record(n) for n in range(10)]
+    sender.submit(records[0])
+    receiver.wait_for(1)  # the worker holds record 0 inside the hanging request
+    for record in records[1:]:
+        sender.submit(record)
+    assert sender.dropped == 6
+    assert sender.pending == 3
+    receiver.release.set()
+    receiver.wait_for(4)
+    _eventually(lambda: sender.delivered == 4)
+    kept = [b["data"]["n"] for b in receiver.bodies()]
+    assert kept == [0, 7, 8, 9]
+
+
+def test_one_worker_however_many_threads_submit_at_once(
+    receiver: Receiver, senders: list[WebhookSender]
+):
+    before = _threads()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # interleave the submitters as much as possible
+    try:
+        sender = _sender(senders, receiver.url, queue_size=1000)
+        barrier = threading.Barrier(40)
+
+        def submit(n: int) -> None:
+            barrier.wait(5)
+            for i in range(10):
+                sender.submit(_record(n * 10 + i))
+
+        threads = [threading.Thread(target=submit, args=(n,)) for n in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        sys.setswitchinterval(switch)
+    assert len(_workers(before)) == 1
+    _eventually(lambda: sender.delivered + sender.dropped == 400)
+    assert sender.dropped == 0
+    assert sorted(b["data"]["n"] for b in receiver.bodies()) == list(range(400))
+
+
+def test_no_worker_thread_until_the_first_record(receiver: Receiver, make_manager: MakeManager):
+    before = _threads()
+    manager = make_manager(webhook_url=receiver.url, background_refresh=False)
+    assert _workers(before) == []
+    manager.get_token()
+    receiver.wait_for(1)
+    assert len(_workers(before)) == 1
+
+
+def test_close_flushes_the_queue(receiver: Receiver):
+    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    for n in range(20):
+        sender.submit(_record(n))
+    sender.close()
+    assert sender.delivered == 20
+    assert sender.pending == 0
+    sender.close()  # idempotent
+    sender.submit(_record(99))
+    assert sender.dropped == 1
+
+
+def test_close_interrupts_a_retry_backoff_at_once(receiver: Receiver):
+    before = _threads()
+    receiver.statuses = [503]
+    failures: list[dict[str, Any]] = []
+    # A backoff of several seconds: close() must not wait it out.
+    sender = WebhookSender(_settings(receiver.url), on_failure=failures.append, backoff_base=30.0)
+    sender.submit(_record())
+    receiver.wait_for(1)
+    [worker] = _workers(before)
+    started = time.monotonic()
+    sender.close()
+    assert time.monotonic() - started < 1.0
+    assert not worker.is_alive()
+    assert sender.failed == 1
+    assert failures[0]["status"] == 503
+
+
+def test_close_gives_up_on_a_hanging_receiver_after_about_two_seconds(receiver: Receiver):
+    receiver.hang.set()
+    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    for n in range(3):
+        sender.submit(_record(n))
+    receiver.wait_for(1)
+    started = time.monotonic()
+    sender.close()
+    assert time.monotonic() - started < 3.0
+    assert sender.dropped == 2
+    assert sender.delivered == 0
+
+
+def test_after_fork_forgets_the_parents_queue_and_starts_its_own_worker(
+    receiver: Receiver, senders: list[WebhookSender]
+):
+    before = _threads()
+    receiver.hang.set()
+    sender = _sender(senders, receiver.url)
+    sender.submit(_record(0))
+    receiver.wait_for(1)
+    sender.submit(_record(1))
+    assert sender.pending == 1
+    sender.after_fork()  # what the manager calls in a forked child
+    assert sender.pending == 0
+    receiver.hang.clear()
+    sender.submit(_record(2))
+    receiver.wait_for(2)
+    assert len(_workers(before)) == 2  # the "parent's" (still hanging) and the new one
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_delivers_through_its_own_worker(
+    receiver: Receiver, make_manager: MakeManager
+):
+    manager = make_manager(webhook_url=receiver.url, background_refresh=False)
+    manager.get_token()
+    receiver.wait_for(1)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            manager.refresh(force=True)
+            manager.close()  # flushes the child's queue before the child exits
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 10
+    while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.monotonic() < deadline, "child did not finish"
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status[1]) == 0
+    assert len(receiver.wait_for(2)) == 2
+
+
+def test_sender_needs_a_url_and_keeps_it_out_of_its_repr():
+    with pytest.raises(ConfigurationError):
+        WebhookSender(Settings.build("id", "secret"), on_failure=lambda data: None)
+    sender = WebhookSender(
+        _settings("http://127.0.0.1:9/hook-secret-path"), on_failure=lambda data: None
+    )
+    assert "hook-secret-path" not in repr(sender)
+    assert "delivered=0" in repr(sender)
+    sender.close()
