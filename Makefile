@@ -14,7 +14,7 @@ LEGACY_PINS := 'urllib3>=1.26.5,<2' 'requests>=2.31,<2.32'
 LEGACY_TESTS := tests/test_transport.py tests/test_retry.py tests/test_tls.py \
 	tests/test_secret_hygiene.py tests/test_redact.py tests/test_auth.py tests/test_manager.py
 
-.PHONY: install lint format typecheck unit test test-legacy demo bench clean
+.PHONY: install lint format typecheck unit soak test test-legacy demo bench clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,12 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) genesys_token tests examples
-	$(BIN)/ruff format $(RUFF_OPTS) --check genesys_token tests examples
+	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) genesys_token tests examples benchmarks
+	$(BIN)/ruff format $(RUFF_OPTS) --check genesys_token tests examples benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) --fix genesys_token tests examples
-	$(BIN)/ruff format $(RUFF_OPTS) genesys_token tests examples
+	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) --fix genesys_token tests examples benchmarks
+	$(BIN)/ruff format $(RUFF_OPTS) genesys_token tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict genesys_token
@@ -39,11 +39,16 @@ typecheck: $(STAMP)
 # measured too; subprocesses and forked children report through coverage's patches.
 unit: $(STAMP)
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage run -m pytest -m "not slow"
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --fail-under=90
 
-test: lint typecheck unit test-legacy
+test: lint typecheck unit soak test-legacy
+
+# Long soak tests (20,000 refreshes under tracemalloc), run without coverage's tracer, which
+# would double their time.
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 
 $(LEGACY_STAMP): setup.cfg setup.py pyproject.toml
 	rm -rf $(LEGACY_VENV)
