@@ -9,6 +9,7 @@
         session.auth = GenesysAuth(manager)
 """
 
+from ._gate import InFlight
 from .auth import GenesysAuth
 from .errors import (
     ConfigurationError,
@@ -23,7 +24,7 @@ from .errors import (
     TokenRequestError,
     TokenValidationError,
 )
-from .manager import InFlight, TokenManager
+from .manager import TokenManager
 from .token import Token
 
 __version__ = "0.1.0"

@@ -17,7 +17,8 @@ from requests.cookies import extract_cookies_to_jar
 from .errors import GenesysTokenError
 
 if TYPE_CHECKING:
-    from .manager import InFlight, TokenManager
+    from ._gate import InFlight
+    from .manager import TokenManager
 
     _Finalizer = weakref.finalize[[InFlight], requests.PreparedRequest]
 

@@ -5,7 +5,7 @@ Locks, from outermost to innermost (never taken in the other order):
 * ``_rotate_lock`` serializes rotations.
 * ``_lock`` (an RLock, with ``_cond``) guards the refresh flight: who is fetching and what
   came of it. It is never held during network I/O.
-* ``_flight_lock`` (with ``_flight_cond``) guards the in-flight count and the rotation gate.
+* ``_gate.lock`` (see ``_gate.py``) guards the in-flight count and the rotation gate.
 
 The hot path, :meth:`TokenManager.get_token` with a valid token, reads ``_current`` (one
 immutable object, replaced atomically) and a flag, and takes none of them.
@@ -14,9 +14,7 @@ immutable object, replaced atomically) and a flag, and takes none of them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from ._gate import InFlight, UseGate
+from ._lifecycle import register_fork_handler, run_timer
 from ._redact import excerpt
 from .config import Credentials, Settings, settings_from_env
 from .errors import (
@@ -91,41 +91,6 @@ class _Flight:
 
     done: bool = False
     error: BaseException | None = None
-
-
-class InFlight:
-    """One counted use of a token (see :meth:`TokenManager.in_flight`).
-
-    Attributes:
-        token: The access token this use holds.
-        rotation_pending: Set when a rotation starts: reconnect with a fresh token soon; the
-            rotation waits (up to its ``drain_timeout``) for this use to end.
-    """
-
-    __slots__ = ("__weakref__", "_ended", "_manager", "owner", "rotation_pending", "token")
-
-    def __init__(self, manager: TokenManager, token: str, owner: int) -> None:
-        self._manager = manager
-        self._ended = False
-        self.token = token
-        self.owner = owner
-        self.rotation_pending = threading.Event()
-
-    @property
-    def ended(self) -> bool:
-        """Whether :meth:`end` ran."""
-        return self._ended
-
-    def end(self) -> None:
-        """Stop counting this use. Idempotent, and safe from any thread.
-
-        Not from ``__del__`` or ``weakref.finalize``: the collector may run while this very
-        thread holds the manager's lock. Hand it to another thread, as GenesysAuth does.
-        """
-        self._manager._end_use(self)
-
-    def __repr__(self) -> str:
-        return f"InFlight(ended={self._ended}, rotation_pending={self.rotation_pending.is_set()})"
 
 
 class TokenManager:
@@ -206,11 +171,6 @@ class TokenManager:
         self._session = session
         self._current: _Current | None = None
         self._closed = False
-        self._rotating = False
-        self._rotator: int | None = None
-        self._in_flight = 0
-        self._holders: weakref.WeakSet[InFlight] = weakref.WeakSet()
-        self._owned: dict[int, int] = {}
         self._failures = 0
         self._retry_at: float | None = None
         self._expired_reported: str | None = None
@@ -224,14 +184,13 @@ class TokenManager:
             self._webhook = WebhookSender(settings, on_failure=self._webhook_failed)
             self._events.on("*", self._webhook.submit)
         self._timer_wanted = settings.background_refresh
-        _register_fork_handler(self)
+        register_fork_handler(self)
 
     def _new_sync_objects(self) -> None:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._flight: _Flight | None = None
-        self._flight_lock = threading.Lock()
-        self._flight_cond = threading.Condition(self._flight_lock)
+        self._gate = UseGate()
         self._rotate_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -281,7 +240,7 @@ class TokenManager:
     @property
     def in_flight_count(self) -> int:
         """Counted uses of the token in progress (requests and :meth:`in_flight` blocks)."""
-        return self._in_flight
+        return self._gate.count
 
     # -- getting a token ---------------------------------------------------------------
 
@@ -301,7 +260,7 @@ class TokenManager:
             GenesysTokenError: No valid token exists and acquiring one failed.
         """
         current = self._current
-        if current is not None and not self._rotating and not self._closed:
+        if current is not None and not self._gate.rotating and not self._closed:
             now = self._clock.monotonic()
             if now < current.refresh_at:
                 return current.token.access_token
@@ -541,7 +500,7 @@ class TokenManager:
             if self._closed or self._timer is not None:
                 return
             self._timer = threading.Thread(
-                target=_run_timer,
+                target=run_timer,
                 args=(weakref.ref(self),),
                 name=f"genesys-token-refresh-{self._credentials.client_id[:16]}",
                 daemon=True,
@@ -627,16 +586,13 @@ class TokenManager:
 
     def _rotate(self, timeout: float, revoke_previous: bool, strict: bool) -> Token:
         old = self.token
-        own = self._own_count()
-        with self._flight_lock:
-            self._rotating = True
-            self._rotator = threading.get_ident()
-            holders = list(self._holders)
-        for holder in holders:
+        gate = self._gate
+        own = gate.own_count()
+        for holder in gate.close_gate():
             holder.rotation_pending.set()
         try:
-            self._emit(TOKEN_ROTATION_STARTED, old, {"in_flight": self._in_flight - own})
-            left = self._drain(own, timeout)
+            self._emit(TOKEN_ROTATION_STARTED, old, {"in_flight": gate.count - own})
+            left = gate.drain(own, timeout)
             if left:
                 self._metrics.incr("drain_timeouts")
                 self._emit(TOKEN_DRAIN_TIMEOUT, old, {"in_flight": left, "timeout": timeout})
@@ -650,25 +606,10 @@ class TokenManager:
             new = self._obtain(reason="rotation", force=True, fresh=True).token
             self._metrics.incr("rotations")
         finally:
-            with self._flight_lock:
-                self._rotating = False
-                self._rotator = None
-                self._flight_cond.notify_all()
+            gate.open_gate()
         if revoke_previous and old is not None and old.access_token != new.access_token:
             self._revoke(old)
         return new
-
-    def _drain(self, own: int, timeout: float) -> int:
-        """Wait until only our own uses are in flight; returns how many others are left."""
-        # Condition.wait runs on real time, so its deadline does too (not the test clock).
-        deadline = time.monotonic() + timeout
-        with self._flight_lock:
-            while self._in_flight - own > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._flight_cond.wait(remaining)
-            return self._in_flight - own
 
     def _revoke(self, token: Token) -> None:
         if self._transport.revoke(token.access_token):
@@ -676,26 +617,9 @@ class TokenManager:
             self._emit(TOKEN_REVOKED, token, {})
 
     def _wait_for_rotation(self) -> None:
-        if not self._rotating or self._passes_gate():
-            return
         bound = self._settings.drain_timeout + self._settings.retry_deadline
-        deadline = time.monotonic() + bound
-        with self._flight_lock:
-            while self._rotating and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning("gave up waiting for a rotation after %.1fs", bound)
-                    return
-                self._flight_cond.wait(remaining)
-
-    def _own_count(self) -> int:
-        return self._owned.get(threading.get_ident(), 0)
-
-    def _passes_gate(self) -> bool:
-        """The rotating thread (its listeners) and holders of uses never wait for a rotation:
-        the rotation would be waiting for them."""
-        me = threading.get_ident()
-        return self._rotator == me or bool(self._owned.get(me))
+        if not self._gate.wait_while_rotating(bound, lambda: self._closed):
+            log.warning("gave up waiting for a rotation after %.1fs", bound)
 
     def begin_use(self) -> InFlight:
         """Count one use of the current token and return it.
@@ -708,32 +632,16 @@ class TokenManager:
             ManagerClosedError: The manager was closed.
             GenesysTokenError: No valid token exists and acquiring one failed.
         """
-        me = threading.get_ident()
         while True:
             self._wait_for_rotation()
             self.get_token()
-            with self._flight_lock:
-                current = self._current
-                if current is not None and (not self._rotating or self._passes_gate()):
-                    self._in_flight += 1
-                    self._owned[me] = self._owned.get(me, 0) + 1
-                    use = InFlight(self, current.token.access_token, me)
-                    self._holders.add(use)
-                    return use
+            use = self._gate.try_begin(self._current_access_token)
+            if use is not None:
+                return use
 
-    def _end_use(self, use: InFlight) -> None:
-        with self._flight_lock:
-            if use._ended or use not in self._holders:
-                return  # already ended, or begun before a fork in the parent process
-            use._ended = True
-            self._holders.discard(use)
-            self._in_flight = max(0, self._in_flight - 1)
-            owned = self._owned.get(use.owner, 0) - 1
-            if owned > 0:
-                self._owned[use.owner] = owned
-            else:
-                self._owned.pop(use.owner, None)
-            self._flight_cond.notify_all()
+    def _current_access_token(self) -> str | None:
+        current = self._current
+        return current.token.access_token if current is not None else None
 
     @contextmanager
     def in_flight(self) -> Iterator[InFlight]:
@@ -785,7 +693,7 @@ class TokenManager:
         """A snapshot of the counters (bounded memory however long the process runs)."""
         current = self._current
         expires_in = None if current is None else round(current.token.remaining(), 3)
-        snap = self._metrics.snapshot(in_flight=self._in_flight, expires_in=expires_in)
+        snap = self._metrics.snapshot(in_flight=self._gate.count, expires_in=expires_in)
         if self._webhook is not None:
             snap["webhook_deliveries"] = self._webhook.delivered
             snap["webhook_dropped"] = self._webhook.dropped
@@ -856,8 +764,7 @@ class TokenManager:
             self._stop.set()
             self._wake.set()
             self._cond.notify_all()
-        with self._flight_lock:
-            self._flight_cond.notify_all()
+        self._gate.wake_all()
         timer = self._timer
         if timer is not None and timer is not threading.current_thread():
             timer.join(CLOSE_JOIN_TIMEOUT)
@@ -874,11 +781,6 @@ class TokenManager:
     def _after_fork_in_child(self) -> None:
         """Fresh locks, no counted uses, a new connection pool; the timer restarts on use."""
         self._new_sync_objects()
-        self._in_flight = 0
-        self._holders = weakref.WeakSet()
-        self._owned = {}
-        self._rotating = False
-        self._rotator = None
         self._timer = None
         if self._session is None:
             self._transport = self._new_transport()
@@ -896,48 +798,3 @@ class TokenManager:
             f"token_url={self._settings.token_url!r}, state={state!r}, "
             f"token={token.fingerprint if token else None!r})"
         )
-
-
-def _run_timer(ref: weakref.ref[TokenManager]) -> None:
-    """The refresh thread.
-
-    It holds the manager only while it works, never while it sleeps, so a manager that
-    was dropped without close() is collected and its thread ends at the next wake-up.
-    """
-    while True:
-        manager = ref()
-        if manager is None or manager._stop.is_set():
-            return
-        wait = manager._timer_plan()
-        if wait is None:
-            if not manager._background_refresh():
-                return
-            del manager
-            continue
-        wake, stop = manager._wake, manager._stop
-        del manager
-        wake.wait(wait)
-        wake.clear()
-        if stop.is_set():
-            return
-
-
-_managers: weakref.WeakSet[TokenManager] = weakref.WeakSet()
-_fork_hook_installed = False
-_fork_hook_lock = threading.Lock()
-
-
-def _register_fork_handler(manager: TokenManager) -> None:
-    global _fork_hook_installed
-    with _fork_hook_lock:
-        _managers.add(manager)
-        if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _fork_hook_installed = True
-
-
-def _after_fork_in_child() -> None:
-    global _fork_hook_lock
-    _fork_hook_lock = threading.Lock()
-    for manager in list(_managers):
-        manager._after_fork_in_child()

@@ -192,7 +192,7 @@ def test_collector_running_inside_the_managers_lock_does_not_deadlock(
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start" and threading.current_thread().name == "gc-probe":
-            collected_under_lock.append(manager._flight_lock.locked())
+            collected_under_lock.append(manager._gate.lock.locked())
 
     def attempt(step: int) -> None:
         gc.disable()

@@ -1,6 +1,6 @@
 """The Genesys emulator over real HTTP (requests): grant, errors, API host, faults, lifecycle."""
 
-# ruff: noqa: S105, S106  (dummy credentials and token types everywhere)
+
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def test_hot_path_takes_no_lock_that_a_refresh_holds(make_manager: MakeManager):
     release = threading.Event()
 
     def hold_every_lock() -> None:
-        with manager._lock, manager._flight_lock:
+        with manager._lock, manager._gate.lock:
             held.set()
             release.wait(5)
 

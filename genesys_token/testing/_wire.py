@@ -19,12 +19,12 @@ from genesys_token.testing._handler import Reply, Request
 TokenFormat = Literal["opaque", "jwt"]
 AuthMethod = Literal["basic", "body"]
 
-TOKEN_PATH = "/oauth/token"  # noqa: S105
+TOKEN_PATH = "/oauth/token"
 JWKS_PATH = "/jwks"
 API_PREFIX = "/api/v2"
 ORG_NAME = "Emulated Org"
 RATE_LIMIT_DESCRIPTION = "rate limit exceeded; too many token requests for this client, retry later"
-MISSING_TOKEN_MESSAGE = "No authentication bearer token specified in authorization header."  # noqa: S105
+MISSING_TOKEN_MESSAGE = "No authentication bearer token specified in authorization header."
 _IDLE_SECONDS = 1800
 _JSON = "application/json"
 _HTML_PAGE = (

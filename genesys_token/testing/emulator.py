@@ -510,7 +510,7 @@ class GenesysEmulator:
     def _mint(
         self, token_format: TokenFormat, client_id: str, ttl: float, scopes: tuple[str, ...]
     ) -> str:
-        if token_format == "opaque":  # noqa: S105
+        if token_format == "opaque":
             return secrets.token_urlsafe(96)
         now = time.time()
         claims: dict[str, Any] = {
