@@ -1,7 +1,5 @@
 """The Genesys emulator over real HTTP (requests): grant, errors, API host, faults, lifecycle."""
 
-
-
 from __future__ import annotations
 
 import base64
