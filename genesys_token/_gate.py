@@ -61,6 +61,10 @@ class UseGate:
         self._owned: dict[int, int] = {}
         self._holders: weakref.WeakSet[InFlight] = weakref.WeakSet()
 
+    def reset_after_fork(self) -> None:
+        """Forget the parent's uses and locks (called in a forked child)."""
+        self.__init__()  # type: ignore[misc]
+
     def own_count(self) -> int:
         """Uses held by the calling thread."""
         return self._owned.get(threading.get_ident(), 0)
@@ -100,6 +104,8 @@ class UseGate:
 
     def end(self, use: InFlight) -> None:
         """End a use; idempotent, and ignores uses begun in a parent before a fork."""
+        if use._ended:  # only ever goes False -> True: safe to read without the lock
+            return
         with self.lock:
             if use._ended or use not in self._holders:
                 return
@@ -120,11 +126,11 @@ class UseGate:
             self._rotator = threading.get_ident()
             return list(self._holders)
 
-    def drain(self, own: int, timeout: float) -> int:
+    def drain(self, own: int, timeout: float, closed: Callable[[], bool]) -> int:
         """Wait until only ``own`` uses are left; returns how many others still are."""
         deadline = time.monotonic() + timeout
         with self.lock:
-            while self.count - own > 0:
+            while self.count - own > 0 and not closed():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

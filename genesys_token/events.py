@@ -160,6 +160,10 @@ class EventBus:
         self._subscriptions: tuple[_Subscription, ...] = ()
         self._on_listener_error = on_listener_error
 
+    def after_fork(self) -> None:
+        """Replace the lock in a forked child: a parent thread may have held it at fork."""
+        self._lock = threading.Lock()
+
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
         """Subscribe ``callback`` to ``event_type`` (or ``"*"`` for every event).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +33,8 @@ from .errors import (
     GenesysTokenError,
     ManagerClosedError,
     RateLimitedError,
-    StoreError,
     TokenRequestError,
+    TokenValidationError,
 )
 from .events import (
     TOKEN_DRAIN_COMPLETE,
@@ -72,8 +73,8 @@ FAILURE_BACKOFF_MIN = 0.05
 TIMER_MAX_SLEEP = 30.0
 #: How long close() waits for the timer thread.
 CLOSE_JOIN_TIMEOUT = 2.0
-#: How long a cross-process store lock is waited for before fetching anyway.
-STORE_LOCK_TIMEOUT = 15.0
+#: The store lock is waited for in slices this long, re-checking for close() between them.
+STORE_LOCK_SLICE = 0.25
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,23 @@ class TokenManager:
         self._expired_reported: str | None = None
         self._timer: threading.Thread | None = None
         self._webhook: WebhookSender | None = None
+        self._gate = UseGate()
         self._new_sync_objects()
         self._transport = self._new_transport()
         if settings.webhook_url:
             from .webhook import WebhookSender
 
-            self._webhook = WebhookSender(settings, on_failure=self._webhook_failed)
+            # Weakly: a strong reference from the worker thread would keep a manager that
+            # was dropped without close() (and its timer) alive forever.
+            failed = weakref.WeakMethod(self._webhook_failed)
+
+            def on_failure(data: dict[str, Any]) -> None:
+                method = failed()
+                if method is not None:
+                    method(data)
+
+            self._webhook = WebhookSender(settings, on_failure=on_failure)
+            weakref.finalize(self, self._webhook.close)
             self._events.on("*", self._webhook.submit)
         self._timer_wanted = settings.background_refresh
         register_fork_handler(self)
@@ -190,7 +202,6 @@ class TokenManager:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._flight: _Flight | None = None
-        self._gate = UseGate()
         self._rotate_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -280,6 +291,8 @@ class TokenManager:
         if self._flight is None and (retry_at is None or self._clock.monotonic() >= retry_at):
             try:
                 self._obtain(reason="on-demand", join=False)
+            except ManagerClosedError:
+                return
             except GenesysTokenError as exc:
                 # Back off like the timer would: an outage must not turn every call into a
                 # token request.
@@ -289,6 +302,8 @@ class TokenManager:
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
         self._wait_for_rotation()
+        if self._closed:
+            raise ManagerClosedError("the token manager is closed")
         if self._timer_wanted:
             self._ensure_timer()
         current = self._current
@@ -390,14 +405,15 @@ class TokenManager:
             flight = self._flight = _Flight()
         started = self._clock.monotonic()
         try:
-            token, requests_made = self._fetch(force=force or stale is not None, reason=reason)
+            fetched, requests_made = self._fetch(force=force or stale is not None, reason=reason)
         except BaseException as exc:
             self._finish_flight(flight, error=exc)
             if isinstance(exc, GenesysTokenError) and not isinstance(exc, ManagerClosedError):
                 self._on_failure(exc, reason)
             raise
         latency = self._clock.monotonic() - started
-        current = self._install(token)
+        current = self._install(fetched)
+        token = current.token
         self._finish_flight(flight)
         if requests_made:
             self._metrics.record_success(latency, requests_made)
@@ -418,7 +434,7 @@ class TokenManager:
                 self._flight = None
             self._cond.notify_all()
 
-    def _fetch(self, *, force: bool, reason: str) -> tuple[Token, int]:
+    def _fetch(self, *, force: bool, reason: str) -> tuple[_Current, int]:
         """Get a token from the store or the network; returns it and the requests made."""
         key = self._store_key()
         replaced = self.token
@@ -426,12 +442,12 @@ class TokenManager:
             stored = self._load(key)
             if stored is not None:
                 return stored, 0
-        with self._store.lock(key, STORE_LOCK_TIMEOUT) as held:
+        with self._store_lock(key) as held:
             if not held:
                 log.warning("token store lock not acquired in time; fetching without it")
             stored = self._load(key)
             newer = stored is not None and (
-                replaced is None or stored.fingerprint != replaced.fingerprint
+                replaced is None or stored.token.fingerprint != replaced.fingerprint
             )
             if stored is not None and newer and reason != "rotation":
                 return stored, 0  # another process refreshed while we waited for the lock
@@ -442,25 +458,54 @@ class TokenManager:
             )
             try:
                 self._store.save(key, token)
-            except (StoreError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
                 self._metrics.incr("store_errors")
-                log.warning("could not save the token to the store: %s", excerpt(str(exc)))
-            return token, response.attempts
+                log.warning("could not save the token to the store: %s", _describe(exc))
+            return self._schedule(token), response.attempts
 
-    def _load(self, key: str) -> Token | None:
+    @contextmanager
+    def _store_lock(self, key: str) -> Iterator[bool]:
+        """The store's cross-process lock, waited for in short slices so close() is prompt.
+
+        The bound covers one whole acquisition by a peer (its retries and timeouts): giving
+        up sooner would add token requests exactly when the endpoint is throttling.
+        """
+        settings = self._settings
+        bound = settings.retry_deadline + sum(settings.timeout)
+        deadline = time.monotonic() + bound
+        while True:
+            started = time.monotonic()
+            remaining = deadline - started
+            with self._store.lock(key, max(0.0, min(STORE_LOCK_SLICE, remaining))) as held:
+                if self._stop.is_set():
+                    raise ManagerClosedError("closed while waiting for the token store lock")
+                # A refusal well before the slice ran out means the store cannot lock (down):
+                # go ahead without it rather than spin.
+                refused = time.monotonic() - started < STORE_LOCK_SLICE / 2
+                if held or refused or remaining <= STORE_LOCK_SLICE:
+                    yield held
+                    return
+
+    def _load(self, key: str) -> _Current | None:
+        """A usable token from the store, scheduled, or None (missing, bad, or due)."""
+        now_wall = self._clock.time()
         try:
-            token = self._store.load(
-                key, now_monotonic=self._clock.monotonic(), now_wall=self._clock.time()
-            )
-        except (StoreError, OSError) as exc:
+            token = self._store.load(key, now_monotonic=self._clock.monotonic(), now_wall=now_wall)
+            if token is not None:
+                self._validator.check_claims(token, self._credentials.client_id, now_wall=now_wall)
+        except TokenValidationError as exc:
+            log.warning("ignoring a stored token that fails validation: %s", exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
             self._metrics.incr("store_errors")
-            log.warning("token store unavailable, using the network: %s", excerpt(str(exc)))
+            log.warning("token store unavailable, using the network: %s", _describe(exc))
             return None
         if token is None:
             return None
-        if self._schedule(token).refresh_at <= self._clock.monotonic():
+        current = self._schedule(token)
+        if current.refresh_at <= self._clock.monotonic():
             return None  # due for refresh already: using it would refresh again at once
-        return token
+        return current
 
     def _schedule(self, token: Token) -> _Current:
         lifetime = token.expires_in
@@ -471,14 +516,15 @@ class TokenManager:
             self._clock.random(),
         )
         margin = min(HANDOUT_MARGIN_MAX, HANDOUT_MARGIN_SHARE * lifetime)
+        usable_until = token.monotonic_expiry - margin
         return _Current(
             token=token,
-            refresh_at=token.monotonic_expiry - lead,
-            usable_until=token.monotonic_expiry - margin,
+            # A buffer smaller than the margin must not leave a token no one refreshes.
+            refresh_at=min(token.monotonic_expiry - lead, usable_until),
+            usable_until=usable_until,
         )
 
-    def _install(self, token: Token) -> _Current:
-        current = self._schedule(token)
+    def _install(self, current: _Current) -> _Current:
         with self._lock:
             self._current = current
             self._failures = 0
@@ -592,7 +638,9 @@ class TokenManager:
             holder.rotation_pending.set()
         try:
             self._emit(TOKEN_ROTATION_STARTED, old, {"in_flight": gate.count - own})
-            left = gate.drain(own, timeout)
+            left = gate.drain(own, timeout, lambda: self._closed)
+            if self._closed:
+                raise ManagerClosedError("closed during the rotation")
             if left:
                 self._metrics.incr("drain_timeouts")
                 self._emit(TOKEN_DRAIN_TIMEOUT, old, {"in_flight": left, "timeout": timeout})
@@ -678,6 +726,7 @@ class TokenManager:
         new = Credentials(client_id or self._credentials.client_id, client_secret)
         with self._lock:
             self._credentials = new
+            self._settings = self._settings.with_credentials(new)
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
         """Call ``callback(record)`` for each event of ``event_type`` (``"*"``: all).
@@ -781,6 +830,11 @@ class TokenManager:
     def _after_fork_in_child(self) -> None:
         """Fresh locks, no counted uses, a new connection pool; the timer restarts on use."""
         self._new_sync_objects()
+        # Reset in place: an InFlight begun in the parent still points at this gate, and
+        # must find itself unknown (ignored) rather than take a lock copied mid-use.
+        self._gate.reset_after_fork()
+        self._metrics.after_fork()
+        self._events.after_fork()
         self._timer = None
         if self._session is None:
             self._transport = self._new_transport()
@@ -798,3 +852,8 @@ class TokenManager:
             f"token_url={self._settings.token_url!r}, state={state!r}, "
             f"token={token.fingerprint if token else None!r})"
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line, redacted description of an exception for a log line."""
+    return f"{type(exc).__name__}: {excerpt(str(exc), 160)}"

@@ -54,6 +54,10 @@ class Metrics:
         self._counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._last_error: str | None = None
 
+    def after_fork(self) -> None:
+        """Replace the lock in a forked child: a parent thread may have held it at fork."""
+        self._lock = threading.Lock()
+
     def incr(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to the counter ``name`` (one of :data:`COUNTERS`)."""
         with self._lock:

@@ -144,7 +144,9 @@ def check_url(url: str, *, field: str) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
-            f"{field} must be an absolute http(s) URL, got {url.strip()[:80]!r}", field=field
+            # Never echo the URL: webhook URLs often carry a secret in their path.
+            f"{field} must be an absolute http(s) URL (got scheme {parts.scheme or 'none'!r})",
+            field=field,
         )
     if parts.username or parts.password:
         raise ConfigurationError(f"{field} must not carry credentials", field=field)

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from .config import MAX_TOKEN_LIFETIME
 
 #: Share of a token's lifetime kept in reserve however large ``refresh_buffer`` is: a
 #: 5-minute buffer on a 5-minute token would otherwise refresh continuously.
 MAX_BUFFER_SHARE = 0.25
 #: Share of a lifetime that jitter may take, for the same reason.
 MAX_JITTER_SHARE = 0.10
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float (not a bool, not NaN or infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def fingerprint_of(access_token: str) -> str:
@@ -134,13 +142,15 @@ class Token:
             not isinstance(access_token, str)
             or not access_token
             or not isinstance(token_type, str)
-            or not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers)
+            or not all(_is_real(n) for n in numbers)
             or not isinstance(scopes, list)
             or not all(isinstance(item, str) for item in scopes)
             or not (claims is None or isinstance(claims, dict))
         ):
             raise ValueError("stored token has missing or mistyped fields")
         expires_in, expires_at, obtained_at = (float(n) for n in numbers)  # type: ignore[arg-type]
+        if expires_at - now_wall > MAX_TOKEN_LIFETIME:  # beyond Genesys' 48 h: not genuine
+            raise ValueError("stored token claims an impossible lifetime")
         return cls(
             access_token=access_token,
             token_type=token_type,

@@ -76,6 +76,8 @@ class TokenValidator:
             scopes = _claim_scopes(claims)
             if "exp" in claims:
                 lifetime = min(lifetime, float(claims["exp"]) - response.sent_wall)
+            if lifetime <= 0:
+                raise TokenValidationError("JWT has expired (exp is not after the request)")
         elif self._jwks is not None:
             raise TokenValidationError(
                 "jwks_url is set but the token is not a JWT, so its signature cannot be verified"

@@ -127,7 +127,7 @@ def decode_token(raw: bytes | str, *, now_monotonic: float, now_wall: float) -> 
     """
     try:
         entry = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT:
         return None
