@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +44,42 @@ def make_manager(emulator: GenesysEmulator) -> Iterator[MakeManager]:
         manager.close()
 
 
+def read_child(pid: int, read_end: int, timeout: float = 15.0) -> bytes:
+    """Collect what a forked child wrote to ``read_end`` and reap it, within ``timeout``.
+
+    The pipe is read with ``select`` and the child reaped by polling ``waitpid(WNOHANG)``, so
+    a child that hangs (a lock copied held across the fork, say) fails the test instead of
+    hanging it: it is killed and reaped first. ``read_end`` is closed.
+
+    Returns:
+        Everything the child wrote before closing its end or exiting with status 0.
+    """
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([read_end], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+    while True:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+        if reaped:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child did not finish within {timeout:g}s")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the child exited with status {status}"
+    return b"".join(chunks)
+
+
 class FakeClock:
     """Monotonic and wall clocks that move only when told, and a fixed random draw."""
 
@@ -67,17 +107,27 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
+# Ends by itself once nothing is left to watch (REAPER_IDLE_SECONDS), shared by every test.
+_SELF_ENDING_THREADS = frozenset({"genesys-token-reaper"})
+
+
 @pytest.fixture(autouse=True)
-def _no_leaked_refresh_threads() -> Iterator[None]:
-    """Every refresh thread a test started must be gone once its managers are closed."""
-    before = {t.ident for t in threading.enumerate()}
+def _no_leaked_library_threads() -> Iterator[None]:
+    """Every ``genesys-token-*`` thread a test started must be gone once the test ends.
+
+    Thread objects, not idents, are compared: a new thread may reuse an ended one's ident.
+    """
+    before = set(threading.enumerate())
     yield
     leaked = [
         t
         for t in threading.enumerate()
-        if t.ident not in before and t.name.startswith("genesys-token-refresh") and t.is_alive()
+        if t not in before
+        and t.name.startswith("genesys-token-")
+        and t.name not in _SELF_ENDING_THREADS
+        and t.is_alive()
     ]
     for thread in leaked:
         thread.join(2.5)
     still = [t.name for t in leaked if t.is_alive()]
-    assert not still, f"refresh threads still running after the test: {still}"
+    assert not still, f"library threads still running after the test: {still}"

@@ -113,6 +113,16 @@ class RedisServer:
             self._workdir.cleanup()
             self._workdir = None
 
+    def kill(self) -> None:
+        """Kill the server with SIGKILL (a crash: no clean shutdown) and wait for it to go.
+
+        The directory stays until ``stop()``, which the context manager still calls.
+        """
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+
     def __enter__(self) -> RedisServer:
         return self.start()
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 import trustme
-from conftest import MakeManager
+from conftest import MakeManager, read_child
 
 from genesys_token import GenesysAuth, TokenManager
 from genesys_token import auth as auth_module
@@ -89,7 +89,9 @@ def test_call_is_counted_until_its_response_arrives(
     session = make_session(manager)
     emulator.inject(Fault(delay=0.3, passthrough=True), path=ORG_PATH)
     seen_during: list[int] = []
-    worker = threading.Thread(target=lambda: session.get(emulator.api_base_url + ORG_PATH))
+    worker = threading.Thread(
+        target=lambda: session.get(emulator.api_base_url + ORG_PATH, timeout=5)
+    )
     worker.start()
     assert _until(lambda: emulator.api_requests == 1)
     seen_during.append(manager.in_flight_count)
@@ -261,9 +263,7 @@ def test_forked_child_does_not_end_the_parents_uses(
         os.write(write_end, json.dumps(counts).encode())
         os._exit(0)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        child_counts = json.loads(pipe.read() or b"null")
-    os.waitpid(pid, 0)
+    child_counts = json.loads(read_child(pid, read_end) or b"null")
     # The child's next call must not end the parent's use against the child's own count.
     assert child_counts == [1, 1]
     assert manager.in_flight_count == 1
@@ -396,6 +396,8 @@ def test_50_threads_hitting_the_same_401_make_one_token_request(
 ):
     manager = make_manager()
     emulator.revoke(manager.get_token())
+    # The replacement takes 0.5 s: every thread sends its first call before it exists.
+    emulator.inject(Fault(delay=0.5, passthrough=True))
     sessions = [make_session(manager) for _ in range(50)]
     barrier = threading.Barrier(50)
     statuses: list[int] = []
@@ -416,6 +418,9 @@ def test_50_threads_hitting_the_same_401_make_one_token_request(
     assert not errors
     assert statuses == [200] * 50
     assert emulator.token_requests == 2  # the first token and one replacement
+    # All 50 really met the 401 at once: one refresh served 50 replays.
+    assert _api_calls(emulator).count((ORG_PATH, 401)) == 50
+    assert _api_calls(emulator).count((ORG_PATH, 200)) == 50
     assert manager.in_flight_count == 0
 
 

@@ -273,9 +273,11 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
 def test_unknown_command_exits_2_with_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bogus"]) == 2
     err = capsys.readouterr().err
-    assert [line for line in err.splitlines() if "error" in line] == [
-        line for line in err.splitlines() if line.startswith("genesys-token: error: ")
-    ]
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("genesys-token: error: ")
+    assert "bogus" in errors[0]
+    assert "Traceback" not in err
 
 
 def test_verbose_logs_to_stderr_and_restores_the_logger(
@@ -286,6 +288,13 @@ def test_verbose_logs_to_stderr_and_restores_the_logger(
     assert cli.main(["-v", "token"]) == 0
     captured = capsys.readouterr()
     assert captured.out == emulator.issued_tokens[0] + "\n"
+    # -v shows the records below WARNING that a plain run keeps quiet.
+    verbose_lines = [
+        line
+        for line in captured.err.splitlines()
+        if line.startswith(("genesys-token: DEBUG: ", "genesys-token: INFO: "))
+    ]
+    assert verbose_lines, f"-v logged nothing: {captured.err!r}"
     assert emulator.issued_tokens[0] not in captured.err
     assert logger.handlers == handlers and logger.level == level
 

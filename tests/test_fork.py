@@ -9,7 +9,7 @@ import time
 
 import pytest
 import requests
-from conftest import MakeManager
+from conftest import MakeManager, read_child
 
 from genesys_token.testing import Fault, GenesysEmulator
 
@@ -39,17 +39,7 @@ def _in_child(body, timeout: float = 15.0) -> dict:  # type: ignore[no-untyped-d
         os.write(write_end, json.dumps(result).encode())
         os._exit(0)
     os.close(write_end)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    with os.fdopen(read_end, "rb") as pipe:
-        while time.monotonic() < deadline:
-            chunk = pipe.read()
-            if not chunk:
-                break
-            chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0
-    return json.loads(b"".join(chunks) or b"{}")
+    return json.loads(read_child(pid, read_end, timeout) or b"{}")
 
 
 def test_child_gets_tokens_and_refreshes_in_the_background(
@@ -60,9 +50,13 @@ def test_child_gets_tokens_and_refreshes_in_the_background(
     parent_token = manager.get_token()
     # Fork while another thread is inside a token request, as a preloading server might.
     emulator.inject(Fault(delay=0.5, passthrough=True))
+    requested = emulator.token_requests + 1
     busy = threading.Thread(target=lambda: manager.refresh(force=True))
     busy.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while emulator.token_requests < requested:  # counted on arrival, before the delay
+        assert time.monotonic() < deadline, "the delayed token request never arrived"
+        time.sleep(0.005)
 
     def child() -> dict:
         first = manager.get_token()

@@ -26,11 +26,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
+def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"gunicorn exited early: {process.communicate()[1][-2000:]}")
+            pytest.fail(f"gunicorn exited early: {log.read_text(errors='replace')[-2000:]}")
         try:
             if requests.get(f"{base}/healthz", timeout=0.5).status_code == 200:
                 return
@@ -40,14 +40,16 @@ def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
     pytest.fail("gunicorn did not answer /healthz in time")
 
 
-def _stop(process: subprocess.Popen[str]) -> str:
+def _stop(process: subprocess.Popen[bytes], log: Path) -> str:
+    """Stop gunicorn (SIGTERM, then SIGKILL) and return what it wrote to stderr."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        return process.communicate(timeout=10)[1]
+        process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-        return process.communicate(timeout=5)[1]
+        process.wait(timeout=5)
+    return log.read_text(errors="replace")
 
 
 def test_preforked_workers_share_one_token(emulator: GenesysEmulator, tmp_path: Path):
@@ -66,12 +68,16 @@ def test_preforked_workers_share_one_token(emulator: GenesysEmulator, tmp_path: 
         "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2",
         "--chdir", str(EXAMPLES), "gunicorn_preload:app",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    # A file, not a pipe: nobody reads stderr while gunicorn runs, and a full pipe would
+    # block its logging (and so the workers).
+    log = tmp_path / "gunicorn.stderr"
+    with log.open("wb") as stderr_file:
+        process = subprocess.Popen(command, env=env, stderr=stderr_file)
     base = f"http://127.0.0.1:{port}"
     results: list[tuple[int, dict[str, object]]] = []
     lock = threading.Lock()
     try:
-        _wait_ready(base, process)
+        _wait_ready(base, process, log)
         assert emulator.token_requests == 0  # nothing fetched at import, before the fork
 
         def client() -> None:
@@ -86,7 +92,7 @@ def test_preforked_workers_share_one_token(emulator: GenesysEmulator, tmp_path: 
         for thread in threads:
             thread.join(30)
     finally:
-        stderr = _stop(process)
+        stderr = _stop(process, log)
     assert len(results) == 30, stderr[-2000:]
     assert {status for status, _ in results} == {200}
     pids = {body["pid"] for _, body in results}

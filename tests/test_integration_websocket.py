@@ -160,7 +160,7 @@ def test_rotation_waits_for_the_socket_then_it_reconnects_with_the_new_token(
     make_manager: MakeManager, server: NotificationServer, caplog: pytest.LogCaptureFixture
 ):
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("websockets").setLevel(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="websockets")  # restored after the test
     manager = make_manager()
     inbox = Inbox()
     listener = _listener(manager, server, inbox)

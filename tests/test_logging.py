@@ -49,7 +49,7 @@ def test_json_audit_lines_parse_carry_the_fields_and_no_credential(
 ):
     caplog.set_level(logging.DEBUG)  # the root logger too: capture everything
     for name in ("urllib3", "requests"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger=name)  # restored after the test
     manager = make_manager(
         max_retries=0, webhook_url="http://127.0.0.1:9/hook", webhook_secret=HOOK_SECRET
     )
@@ -239,6 +239,7 @@ def test_filter_is_safe_across_threads():
     handler.addFilter(RedactingFilter())
     logger = logging.getLogger("genesys_token.threads")
     logger.addHandler(handler)
+    level = logger.level
     logger.setLevel(logging.INFO)
     logger.propagate = False
     barrier = threading.Barrier(8)
@@ -257,6 +258,7 @@ def test_filter_is_safe_across_threads():
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
+        logger.setLevel(level)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 400
     assert all(line.endswith("Bearer [REDACTED]") for line in lines)

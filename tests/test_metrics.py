@@ -181,7 +181,7 @@ def emulator_process() -> Iterator[dict[str, str]]:
 @pytest.fixture
 def quiet_logs() -> Iterator[None]:
     """Production-like log levels: pytest keeps every captured log record until the test
-    ends, so INFO audit lines (enabled by an earlier test's setLevel) would count as growth.
+    ends, so INFO audit lines (enabled by a ``--log-level`` option, say) would count as growth.
     """
     loggers = [logging.getLogger(name) for name in ("genesys_token", "urllib3", "requests")]
     levels = [logger.level for logger in loggers]

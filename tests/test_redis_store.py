@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from conftest import read_child
 from redis_server import RedisServer, free_port, redis_server_or_skip
 
 from genesys_token import ConfigurationError, StoreError, Token, TokenManager
@@ -153,7 +153,7 @@ def test_redis_killed_get_token_still_works_quickly(
         first.get_token()
         make_manager(store=store, background_refresh=False).get_token()
         assert emulator.token_requests == 1
-        server.stop()
+        server.kill()
         assert not server.running
 
         started = time.monotonic()
@@ -162,9 +162,13 @@ def test_redis_killed_get_token_still_works_quickly(
         assert time.monotonic() - started < 3.0
         assert emulator.token_requests == 2
         assert first.get_token()  # a manager holding a token needs no Redis at all
-        fresh = make_manager(store=RedisStore.from_url(server.url), background_refresh=False)
-        assert fresh.get_token()
-        assert time.monotonic() - started < 5.0
+        fresh_store = RedisStore.from_url(server.url)
+        try:
+            fresh = make_manager(store=fresh_store, background_refresh=False)
+            assert fresh.get_token()
+            assert time.monotonic() - started < 5.0
+        finally:
+            fresh_store.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("token store unavailable" in message for message in warnings)
     assert token not in caplog.text
@@ -324,13 +328,7 @@ def test_forked_child_gets_its_own_connections(
         finally:
             os._exit(code)
     os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 10.0)
-        assert ready, "the child did not answer"
-        assert os.read(read_end, 8) == b"ok"
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    assert read_child(pid, read_end, 10.0) == b"ok"
     assert load(store, key) is not None  # the parent's connections still work
     manager.close()
     store.close()
@@ -339,10 +337,8 @@ def test_forked_child_gets_its_own_connections(
 def test_threads_of_many_managers_share_one_token_request(
     make_manager: MakeManager, emulator: GenesysEmulator, redis_url: str, prefix: str
 ) -> None:
-    managers = [
-        make_manager(store=RedisStore.from_url(redis_url, prefix=prefix), background_refresh=False)
-        for _ in range(5)
-    ]
+    stores = [RedisStore.from_url(redis_url, prefix=prefix) for _ in range(5)]
+    managers = [make_manager(store=store, background_refresh=False) for store in stores]
     barrier = threading.Barrier(len(managers))
     tokens: list[str] = []
 
@@ -355,6 +351,8 @@ def test_threads_of_many_managers_share_one_token_request(
         thread.start()
     for thread in threads:
         thread.join(10.0)
+    for store in stores:
+        store.close()
     assert len(set(tokens)) == 1 and len(tokens) == 5
     assert emulator.token_requests == 1
 

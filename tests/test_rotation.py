@@ -26,6 +26,7 @@ from genesys_token.events import (
     TOKEN_ROTATION_STARTED,
 )
 from genesys_token.testing import Fault, GenesysEmulator
+from genesys_token.token import fingerprint_of
 
 ORG_PATH = "/api/v2/organizations/me"
 ROTATION_EVENTS = (TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT)
@@ -134,7 +135,7 @@ def test_rotate_waits_for_a_slow_call_before_fetching_the_new_token(
     emulator.api_delay = 0.4
     session = _session(manager)
     started = time.monotonic()
-    slow, result = _in_background(lambda: session.get(emulator.api_base_url + ORG_PATH))
+    slow, result = _in_background(lambda: session.get(emulator.api_base_url + ORG_PATH, timeout=5))
     while manager.in_flight_count != 1:
         assert time.monotonic() - started < 5
         time.sleep(0.005)
@@ -160,7 +161,9 @@ def test_caller_arriving_during_the_drain_gets_the_new_token(
     rotation, rotated = _in_background(lambda: manager.rotate(drain_timeout=5))
     events.wait_for(TOKEN_ROTATION_STARTED)
     session = _session(manager)
-    late, answer = _in_background(lambda: session.get(emulator.api_base_url + "/api/v2/echo/b"))
+    late, answer = _in_background(
+        lambda: session.get(emulator.api_base_url + "/api/v2/echo/b", timeout=5)
+    )
     late.join(0.3)
     assert late.is_alive(), "the late caller went ahead during the drain"
     assert emulator.api_requests == 0
@@ -182,13 +185,16 @@ def test_call_that_never_ends_times_the_drain_out(
     old = manager.get_token()
     emulator.inject(Fault(delay=30, passthrough=True), path=ORG_PATH)
     session = _session(manager)
-    stuck, _ = _in_background(lambda: session.get(emulator.api_base_url + ORG_PATH))
+    # The read timeout outlasts the 3 s this test may take; emulator.stop() ends the call.
+    stuck, _ = _in_background(lambda: session.get(emulator.api_base_url + ORG_PATH, timeout=5))
+    deadline = time.monotonic() + 5
     while manager.in_flight_count != 1:
+        assert time.monotonic() < deadline, "the stuck call never started"
         time.sleep(0.005)
     started = time.monotonic()
     new = manager.rotate(drain_timeout=0.5)
     elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed < 1.5
+    assert 0.5 <= elapsed < 3
     assert new.access_token != old
     assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_TIMEOUT]
     assert events.wait_for(TOKEN_DRAIN_TIMEOUT)["data"] == {"in_flight": 1, "timeout": 0.5}
@@ -250,7 +256,8 @@ def test_rotate_revokes_exactly_the_old_token(emulator: GenesysEmulator, make_ma
     old = manager.get_token()
     new = manager.rotate(drain_timeout=1, revoke_previous=True)
     assert emulator.revoked_tokens == {old}
-    assert events.wait_for(TOKEN_REVOKED)["token_fingerprint"] != new.fingerprint
+    assert events.wait_for(TOKEN_REVOKED)["token_fingerprint"] == fingerprint_of(old)
+    assert fingerprint_of(old) != new.fingerprint
     with _session(manager) as session:
         assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 200
     assert emulator.token_requests == 2
@@ -281,7 +288,7 @@ def test_rotate_inside_in_flight_block_does_not_wait_for_itself(make_manager: Ma
     started = time.monotonic()
     with manager.in_flight():
         manager.rotate(drain_timeout=5)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 3
     assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE]
 
 
@@ -297,7 +304,7 @@ def test_rotate_from_a_response_hook_does_not_deadlock(
     )
     started = time.monotonic()
     assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 200
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 3
     assert rotated and rotated[0] != old
     session.close()
 
@@ -317,7 +324,7 @@ def test_rotate_while_the_call_is_being_sent_does_not_wait_for_it(
 
     started = time.monotonic()
     response = session.post(emulator.api_base_url + "/api/v2/echo", data=body(), timeout=5)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 3
     assert response.status_code == 200
     assert response.json()["length"] == len(b"firstsecond")
     assert _token_sent_to(emulator, "/api/v2/echo") == [old]
@@ -362,7 +369,7 @@ def test_proactive_refresh_does_not_drain(
     holder = holders(manager)
     started = time.monotonic()
     new = manager.refresh(force=True)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5
     assert new.access_token != old
     assert events.types() == []
     assert holder.pending is not None and not holder.pending.is_set()
@@ -388,7 +395,7 @@ def test_rotation_pending_tells_a_long_lived_holder_to_reconnect(make_manager: M
     assert connected.wait(5)
     started = time.monotonic()
     new = manager.rotate(drain_timeout=10)
-    assert time.monotonic() - started < 1  # the holder left when asked, long before 10 s
+    assert time.monotonic() - started < 5  # the holder left when asked, long before 10 s
     loop.join(5)
     assert tokens == [old, new.access_token]
     assert events.types() == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_COMPLETE]
@@ -419,7 +426,8 @@ def test_new_secret_with_rotate_keeps_every_call_working(
         with _session(manager) as session:
             while not stop.is_set():
                 try:
-                    statuses.append(session.get(emulator.api_base_url + ORG_PATH).status_code)
+                    answer = session.get(emulator.api_base_url + ORG_PATH, timeout=5)
+                    statuses.append(answer.status_code)
                 except BaseException as exc:  # noqa: BLE001 - collected for the assertion
                     errors.append(exc)
                     return
