@@ -7,33 +7,18 @@ import os
 import select
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from store_helpers import KEY, load, make_token
 
-from genesys_token import ConfigurationError, StoreError, Token, TokenManager
-from genesys_token.stores import FileStore, store_key
+from genesys_token import ConfigurationError, StoreError, TokenManager
+from genesys_token.stores import FileStore
 from genesys_token.stores.file import MAX_ENTRY_BYTES, default_cache_dir
 from genesys_token.testing import GenesysEmulator
 
 MakeManager = Callable[..., TokenManager]
-KEY = store_key("client-a", "https://login.example/oauth/token", ())
-
-
-def make_token(value: str = "tok-one", lifetime: float = 3600.0) -> Token:
-    return Token.issued(
-        value,
-        token_type="bearer",
-        lifetime=lifetime,
-        sent_monotonic=time.monotonic(),
-        sent_wall=time.time(),
-    )
-
-
-def load(store: FileStore, key: str = KEY) -> Token | None:
-    return store.load(key, now_monotonic=time.monotonic(), now_wall=time.time())
 
 
 def entry_files(directory: Path) -> list[Path]:

@@ -16,13 +16,13 @@ import pytest
 import redis
 from conftest import read_child
 from redis_server import RedisServer, free_port, redis_server_or_skip
+from store_helpers import KEY, load, make_token
 
-from genesys_token import ConfigurationError, StoreError, Token, TokenManager
+from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import RedisStore, store_key
 from genesys_token.testing import GenesysEmulator
 
 MakeManager = Callable[..., TokenManager]
-KEY = store_key("client-a", "https://login.example/oauth/token", ())
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +50,6 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
     yield client
     client.close()
-
-
-def make_token(value: str = "tok-one", lifetime: float = 3600.0) -> Token:
-    return Token.issued(
-        value,
-        token_type="bearer",
-        lifetime=lifetime,
-        sent_monotonic=time.monotonic(),
-        sent_wall=time.time(),
-    )
-
-
-def load(store: RedisStore, key: str = KEY) -> Token | None:
-    return store.load(key, now_monotonic=time.monotonic(), now_wall=time.time())
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
