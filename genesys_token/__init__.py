@@ -23,6 +23,7 @@ from .errors import (
     TokenEndpointTLSError,
     TokenRequestError,
     TokenValidationError,
+    UnauthorizedClientError,
 )
 from .manager import TokenManager
 from .token import Token
@@ -45,5 +46,6 @@ __all__ = [
     "TokenManager",
     "TokenRequestError",
     "TokenValidationError",
+    "UnauthorizedClientError",
     "__version__",
 ]

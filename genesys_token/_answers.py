@@ -21,6 +21,7 @@ from .errors import (
     InvalidTokenResponseError,
     RateLimitedError,
     TokenRequestError,
+    UnauthorizedClientError,
 )
 
 log = logging.getLogger("genesys_token")
@@ -191,6 +192,8 @@ def error_for(
     summary = (
         f"HTTP {status}" + (f" {fields['error']}" if code else "") + (f": {shown}" if shown else "")
     )
+    if code == "unauthorized_client":
+        return UnauthorizedClientError(f"client not allowed this grant ({summary})", **fields)
     if code == "invalid_client" or (status == 401 and code is None):
         return InvalidClientError(f"credentials rejected by Genesys ({summary})", **fields)
     throttled_400 = (

@@ -74,6 +74,12 @@ class InvalidClientError(TokenRequestError):
     """
 
 
+class UnauthorizedClientError(InvalidClientError):
+    """The client exists but may not use the client-credentials grant (HTTP 400
+    ``unauthorized_client``). Never retried: change the OAuth client's grant type in Genesys.
+    """
+
+
 class RateLimitedError(TokenRequestError):
     """Token creation stayed throttled after every retry (HTTP 429, or Genesys' 400
     ``rate limit exceeded;`` answer).

@@ -160,13 +160,13 @@ def test_rejected_credentials_exit_3_in_process(
         assert "not-the-secret-91b2" not in text
 
 
-def test_token_service_refusal_exits_4(
+def test_client_without_the_grant_exits_3(
     env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     emulator.inject(
         Fault(status=400, body={"error": "unauthorized_client", "description": "no grant"})
     )
-    assert cli.main(["token"]) == 4
+    assert cli.main(["token"]) == 3
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("genesys-token: error: ")

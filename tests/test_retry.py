@@ -17,7 +17,7 @@ import pytest
 
 from genesys_token import InvalidClientError, RateLimitedError, TokenManager, TokenRequestError
 from genesys_token.config import Credentials, Settings
-from genesys_token.errors import ManagerClosedError
+from genesys_token.errors import ManagerClosedError, UnauthorizedClientError
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.transport import Clock, RetryNotice, TokenEndpoint, TokenResponse
 
@@ -179,7 +179,7 @@ NON_RETRYABLE = [
     pytest.param(Fault(status=401, body=""), InvalidClientError, None, id="401-no-body"),
     pytest.param(
         Fault.json({"error": "unauthorized_client", "description": "no"}, status=400),
-        TokenRequestError,
+        UnauthorizedClientError,
         "unauthorized_client",
         id="400-unauthorized-client",
     ),
@@ -247,9 +247,10 @@ def test_client_without_the_grant_is_unauthorized_client(
 ) -> None:
     emulator.add_client("no-grant", "pw-no-grant", grant_allowed=False)
     endpoint, credentials = build(client_id="no-grant", client_secret="pw-no-grant")
-    with pytest.raises(TokenRequestError) as caught:
+    with pytest.raises(UnauthorizedClientError) as caught:
         endpoint.fetch(credentials)
     assert (caught.value.status, caught.value.error) == (400, "unauthorized_client")
+    assert isinstance(caught.value, InvalidClientError)  # callers catching that see it too
     assert emulator.token_requests == 1
 
 
