@@ -164,6 +164,7 @@ def error_for(
         known: Secrets to redact from the description and excerpt.
 
     Returns:
+        :class:`UnauthorizedClientError` for ``unauthorized_client``,
         :class:`InvalidClientError` for ``invalid_client`` (or a bare 401),
         :class:`RateLimitedError` for 429 and Genesys' 400 ``rate limit exceeded;``,
         else :class:`TokenRequestError`, retryable for 500, 502, 503 and 504.

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +74,7 @@ TIMER_MAX_SLEEP = 30.0
 #: How long close() waits for the timer thread.
 CLOSE_JOIN_TIMEOUT = 2.0
 #: The store lock is waited for in slices this long, re-checking for close() between them.
-STORE_LOCK_SLICE = 0.25
+STORE_LOCK_SLICE = 1.0
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,9 @@ class TokenManager:
                     method(data)
 
             self._webhook = WebhookSender(settings, on_failure=on_failure)
-            weakref.finalize(self, self._webhook.close)
+            # Not close(): a finalizer must take no lock and join nothing (see abandon()).
+            self._webhook_finalizer = weakref.finalize(self, self._webhook.abandon)
+            self._webhook_finalizer.atexit = False
             self._events.on("*", self._webhook.submit)
         self._timer_wanted = settings.background_refresh
         register_fork_handler(self)
@@ -476,7 +478,17 @@ class TokenManager:
         while True:
             started = time.monotonic()
             remaining = deadline - started
-            with self._store.lock(key, max(0.0, min(STORE_LOCK_SLICE, remaining))) as held:
+            with ExitStack() as stack:
+                try:
+                    lock = self._store.lock(key, max(0.0, min(STORE_LOCK_SLICE, remaining)))
+                    held: bool | None = stack.enter_context(lock)
+                except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
+                    self._metrics.incr("store_errors")
+                    log.warning("token store lock failed, going without it: %s", _describe(exc))
+                    held = None
+                if held is None:
+                    yield False
+                    return
                 if self._stop.is_set():
                     raise ManagerClosedError("closed while waiting for the token store lock")
                 # A refusal well before the slice ran out means the store cannot lock (down):
@@ -818,6 +830,7 @@ class TokenManager:
         if timer is not None and timer is not threading.current_thread():
             timer.join(CLOSE_JOIN_TIMEOUT)
         if self._webhook is not None:
+            self._webhook_finalizer.detach()
             self._webhook.close()
         self._transport.close()
 
@@ -836,8 +849,8 @@ class TokenManager:
         self._metrics.after_fork()
         self._events.after_fork()
         self._timer = None
-        if self._session is None:
-            self._transport = self._new_transport()
+        # Always: its retry backoff must wait on this process's stop event (close()).
+        self._transport = self._new_transport()
         after_fork = getattr(self._store, "_after_fork", None)
         if callable(after_fork):
             after_fork()

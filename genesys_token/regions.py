@@ -145,7 +145,7 @@ def check_url(url: str, *, field: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             # Never echo the URL: webhook URLs often carry a secret in their path.
-            f"{field} must be an absolute http(s) URL (got scheme {parts.scheme or 'none'!r})",
+            f"{field} must be an absolute http(s) URL",
             field=field,
         )
     if parts.username or parts.password:

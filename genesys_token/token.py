@@ -18,6 +18,10 @@ MAX_BUFFER_SHARE = 0.25
 MAX_JITTER_SHARE = 0.10
 
 
+#: Wall clocks of machines sharing a store differ; this much is tolerated.
+STORE_CLOCK_SKEW = 300.0
+
+
 def _is_real(value: Any) -> bool:
     """A finite int or float (not a bool, not NaN or infinity)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -149,7 +153,8 @@ class Token:
         ):
             raise ValueError("stored token has missing or mistyped fields")
         expires_in, expires_at, obtained_at = (float(n) for n in numbers)  # type: ignore[arg-type]
-        if expires_at - now_wall > MAX_TOKEN_LIFETIME:  # beyond Genesys' 48 h: not genuine
+        # Beyond Genesys' 48 h (plus clock skew between machines): not a genuine token.
+        if expires_at - now_wall > MAX_TOKEN_LIFETIME + STORE_CLOCK_SKEW:
             raise ValueError("stored token claims an impossible lifetime")
         return cls(
             access_token=access_token,

@@ -291,6 +291,16 @@ class WebhookSender:
         if session is not None and (worker is None or not worker.is_alive()):
             session.close()
 
+    def abandon(self) -> None:
+        """Stop without flushing, taking no lock and joining nothing.
+
+        For a finalizer of a manager that was dropped without ``close()``: the collector may
+        run in any thread, this worker included, at any moment, even while it holds a lock.
+        The worker ends at its next idle wake-up.
+        """
+        self._closed = True
+        self._stop.set()
+
     def after_fork(self) -> None:
         """In a forked child: forget the parent's worker, queue and connections.
 

@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import socket
 import threading
 import time
 import weakref
@@ -117,6 +118,38 @@ def test_a_poisoned_store_entry_reads_as_missing(raw: str):
     assert decode_token(raw, now_monotonic=100.0, now_wall=1_800_000_000.0) is None
 
 
+def test_a_stored_token_from_a_machine_with_a_faster_clock_is_accepted():
+    now = 1_800_000_000.0
+    token = Token.issued(
+        "t", token_type="bearer", lifetime=172800, sent_monotonic=5, sent_wall=now + 60
+    )
+    again = decode_token(encode_token(token), now_monotonic=10.0, now_wall=now)
+    assert again is not None  # 60 s of skew on a 48 h token is not a forgery
+
+
+def test_dropping_a_manager_does_not_wait_for_its_hanging_webhook(emulator: GenesysEmulator):
+    with socket.socket() as hanging:  # accepts connections (backlog), never answers
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(8)
+        port = hanging.getsockname()[1]
+        manager = TokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            webhook_url=f"http://127.0.0.1:{port}/hook",
+            background_refresh=False,
+            timeout=(1, 5),
+        )
+        manager.get_token()  # queues an event; the worker's POST now hangs
+        ref = weakref.ref(manager)
+        del manager
+        started = time.monotonic()
+        gc.collect()
+        assert time.monotonic() - started < 1.0, "the collector waited on the webhook"
+        assert ref() is None
+
+
 def test_a_genuine_store_entry_round_trips():
     token = Token.issued(
         "t", token_type="bearer", lifetime=60, sent_monotonic=50, sent_wall=1_800_000_000.0
@@ -133,9 +166,13 @@ def test_a_store_that_raises_anything_degrades_to_the_network(make_manager: Make
         def save(self, key: str, token: Token) -> None:
             raise RuntimeError("disk on fire")
 
+        def lock(self, key: str, timeout: float) -> Any:
+            raise RuntimeError("no locks today")
+
     manager = make_manager(store=BrokenStore())
     assert manager.get_token()
-    assert manager.metrics()["store_errors"] >= 2
+    assert manager.metrics()["store_errors"] >= 3
+    assert manager.refresh(force=True)
 
 
 def test_a_jwt_expired_within_the_leeway_is_rejected():

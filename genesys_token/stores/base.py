@@ -55,6 +55,9 @@ class TokenStore(Protocol):
 
         Yields True when the lock is held, False when ``timeout`` passed first (the caller
         then goes ahead without it: a stuck peer must not block token acquisition).
+        ``timeout`` is fractional and must be waited out while another holder has the lock:
+        the manager asks in slices of about a second, and reads a False that comes back much
+        sooner as "this store cannot lock right now" (down), not as contention.
         """
         ...
 
