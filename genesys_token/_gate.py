@@ -22,14 +22,27 @@ class InFlight:
             rotation waits (up to its ``drain_timeout``) for this use to end.
     """
 
-    __slots__ = ("__weakref__", "_ended", "_gate", "owner", "rotation_pending", "token")
+    __slots__ = ("__weakref__", "_ended", "_gate", "_pending", "_signalled", "owner", "token")
 
     def __init__(self, gate: UseGate, token: str, owner: int) -> None:
         self._gate = gate
         self._ended = False
+        self._signalled = False
+        # Made on first read: most uses are HTTP calls that never look at it, and an Event
+        # (a Condition and a lock) per request is most of what counting a call costs.
+        self._pending: threading.Event | None = None
         self.token = token
         self.owner = owner
-        self.rotation_pending = threading.Event()
+
+    @property
+    def rotation_pending(self) -> threading.Event:
+        """Set when a rotation starts (see the class docstring)."""
+        with self._gate.lock:
+            if self._pending is None:
+                self._pending = threading.Event()
+                if self._signalled:
+                    self._pending.set()
+            return self._pending
 
     @property
     def ended(self) -> bool:
@@ -45,7 +58,7 @@ class InFlight:
         self._gate.end(self)
 
     def __repr__(self) -> str:
-        return f"InFlight(ended={self._ended}, rotation_pending={self.rotation_pending.is_set()})"
+        return f"InFlight(ended={self._ended}, rotation_pending={self._signalled})"
 
 
 class UseGate:
@@ -117,14 +130,18 @@ class UseGate:
                 self._owned[use.owner] = owned
             else:
                 self._owned.pop(use.owner, None)
-            self._cond.notify_all()
+            if self.rotating:  # only a rotation's drain waits for the count to fall
+                self._cond.notify_all()
 
-    def close_gate(self) -> list[InFlight]:
-        """Start a rotation: hold new uses; returns the uses in flight to signal."""
+    def close_gate(self) -> None:
+        """Start a rotation: hold new uses and tell the uses in flight it is pending."""
         with self.lock:
             self.rotating = True
             self._rotator = threading.get_ident()
-            return list(self._holders)
+            for use in self._holders:
+                use._signalled = True
+                if use._pending is not None:
+                    use._pending.set()
 
     def drain(self, own: int, timeout: float, closed: Callable[[], bool]) -> int:
         """Wait until only ``own`` uses are left; returns how many others still are."""

@@ -168,7 +168,8 @@ class GenesysAuth(requests.auth.AuthBase):
         setattr(r, _WATCH_ATTR, watch)
         self._watches().append(watch)
         _remember_body_position(r)
-        on_response = functools.partial(self._on_response, genesys_origin=_origin(r.url))
+        # The URL the token goes to; parsed into an origin only if a 401 comes back.
+        on_response = functools.partial(self._on_response, sent_to=r.url)
         r.register_hook("response", on_response)  # type: ignore[no-untyped-call]
         return r
 
@@ -185,7 +186,7 @@ class GenesysAuth(requests.auth.AuthBase):
         watches.clear()
 
     def _on_response(
-        self, response: requests.Response, *, genesys_origin: str, **kwargs: Any
+        self, response: requests.Response, *, sent_to: str | None, **kwargs: Any
     ) -> requests.Response:
         request = response.request
         watch: _Watch | None = getattr(request, _WATCH_ATTR, None)
@@ -196,7 +197,7 @@ class GenesysAuth(requests.auth.AuthBase):
         sent = request.headers.get("Authorization", "")
         if not sent.startswith(_BEARER) or getattr(request, _REPLAYED_ATTR, False):
             return response
-        if _origin(request.url) != genesys_origin:
+        if _origin(request.url) != _origin(sent_to):
             # A redirect took the call elsewhere; our token is not that host's business.
             return response
         return self._replay(response, sent[len(_BEARER) :], kwargs)

@@ -646,8 +646,7 @@ class TokenManager:
         old = self.token
         gate = self._gate
         own = gate.own_count()
-        for holder in gate.close_gate():
-            holder.rotation_pending.set()
+        gate.close_gate()
         try:
             self._emit(TOKEN_ROTATION_STARTED, old, {"in_flight": gate.count - own})
             left = gate.drain(own, timeout, lambda: self._closed)
@@ -677,6 +676,8 @@ class TokenManager:
             self._emit(TOKEN_REVOKED, token, {})
 
     def _wait_for_rotation(self) -> None:
+        if not self._gate.rotating:  # the common case: no closure, no sums, per call
+            return
         bound = self._settings.drain_timeout + self._settings.retry_deadline
         if not self._gate.wait_while_rotating(bound, lambda: self._closed):
             log.warning("gave up waiting for a rotation after %.1fs", bound)

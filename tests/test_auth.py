@@ -116,6 +116,13 @@ def test_count_ends_when_a_refused_request_is_collected(
     assert _count_back_to_zero(manager)
 
 
+def _refused_call_kept(session: requests.Session, closed_port: int) -> list[BaseException]:
+    """Make a call that is refused, and keep its exception (and so its request) alive."""
+    with pytest.raises(requests.ConnectionError) as caught:
+        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+    return [caught.value]
+
+
 def test_count_ends_at_the_threads_next_call(
     emulator: GenesysEmulator,
     make_manager: MakeManager,
@@ -124,11 +131,9 @@ def test_count_ends_at_the_threads_next_call(
 ):
     manager = make_manager()
     session = make_session(manager)
-    kept: list[BaseException] = []
-    try:
-        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
-    except requests.ConnectionError as exc:
-        kept.append(exc)  # still referenced: the collector cannot end the use
+    kept = _refused_call_kept(
+        session, closed_port
+    )  # still referenced: the collector cannot end the use
     assert manager.in_flight_count == 1
     assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 200
     assert manager.in_flight_count == 0
@@ -246,11 +251,9 @@ def test_forked_child_does_not_end_the_parents_uses(
 ):
     manager = make_manager()
     session = make_session(manager)
-    kept: list[BaseException] = []
-    try:
-        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
-    except requests.ConnectionError as exc:
-        kept.append(exc)  # the parent's use stays counted across the fork
+    kept = _refused_call_kept(
+        session, closed_port
+    )  # the parent's use stays counted across the fork
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
@@ -490,7 +493,7 @@ def test_401_from_another_origin_is_not_replayed_even_with_a_bearer_header(
         other_host.api_base_url + ORG_PATH, headers={"Authorization": "Bearer x"}, timeout=5
     )
     assert answer.status_code == 401
-    returned = auth._on_response(answer, genesys_origin="http://127.0.0.1:1")
+    returned = auth._on_response(answer, sent_to="http://127.0.0.1:1/api/v2/organizations/me")
     assert returned is answer
     assert len(other_host.api_request_log) == 1
     assert manager.token is None  # no token was even fetched

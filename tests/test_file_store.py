@@ -65,26 +65,6 @@ def test_manager_recovers_from_a_corrupted_cache_file(
     assert emulator.token_requests == 2  # and the entry was rewritten whole
 
 
-def test_two_managers_in_one_process_share_one_token_request(
-    make_manager: MakeManager, emulator: GenesysEmulator, tmp_path: Path
-) -> None:
-    managers = [make_manager(store=FileStore(tmp_path), background_refresh=False) for _ in range(6)]
-    barrier = threading.Barrier(len(managers))
-    tokens: list[str] = []
-
-    def run(manager: TokenManager) -> None:
-        barrier.wait(5.0)
-        tokens.append(manager.get_token())
-
-    threads = [threading.Thread(target=run, args=(m,)) for m in managers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10.0)
-    assert len(tokens) == 6 and len(set(tokens)) == 1
-    assert emulator.token_requests == 1
-
-
 def test_unwritable_cache_degrades_to_the_network_with_a_warning(
     make_manager: MakeManager,
     emulator: GenesysEmulator,

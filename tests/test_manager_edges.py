@@ -286,3 +286,20 @@ def test_child_survives_locks_held_by_parent_threads_at_fork(make_manager: MakeM
     assert os.waitstatus_to_exitcode(done[1]) == 0
     use.end()
     assert manager.in_flight_count == 0
+
+
+def test_rotation_pending_reaches_holders_that_look_before_or_after_it_starts(
+    make_manager: MakeManager,
+):
+    manager = make_manager()
+    with manager.in_flight() as early, manager.in_flight() as late:
+        early_event = early.rotation_pending  # read before the rotation
+        assert not early_event.is_set()
+        rotation = threading.Thread(target=lambda: manager.rotate(drain_timeout=0.2))
+        rotation.start()
+        assert early_event.wait(5), "a holder that was already watching was not told"
+        assert late.rotation_pending.is_set(), "a holder looking later was not told"
+        rotation.join(5)
+    assert "rotation_pending=True" in repr(late)
+    with manager.in_flight() as fresh:
+        assert not fresh.rotation_pending.is_set()

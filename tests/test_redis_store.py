@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -318,29 +317,6 @@ def test_forked_child_gets_its_own_connections(
     assert load(store, key) is not None  # the parent's connections still work
     manager.close()
     store.close()
-
-
-def test_threads_of_many_managers_share_one_token_request(
-    make_manager: MakeManager, emulator: GenesysEmulator, redis_url: str, prefix: str
-) -> None:
-    stores = [RedisStore.from_url(redis_url, prefix=prefix) for _ in range(5)]
-    managers = [make_manager(store=store, background_refresh=False) for store in stores]
-    barrier = threading.Barrier(len(managers))
-    tokens: list[str] = []
-
-    def run(manager: TokenManager) -> None:
-        barrier.wait(5.0)
-        tokens.append(manager.get_token())
-
-    threads = [threading.Thread(target=run, args=(m,)) for m in managers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10.0)
-    for store in stores:
-        store.close()
-    assert len(set(tokens)) == 1 and len(tokens) == 5
-    assert emulator.token_requests == 1
 
 
 def test_redis_server_helper_reports_a_server_that_cannot_start() -> None:

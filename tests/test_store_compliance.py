@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from redis_server import redis_server_or_skip
 
-from genesys_token import Token
+from genesys_token import Token, TokenManager
 from genesys_token.stores import FileStore, MemoryStore, RedisStore, TokenStore, store_key
 from genesys_token.testing import GenesysEmulator
 
@@ -374,3 +374,37 @@ def test_one_token_request_for_processes_started_together(
     assert emulator.token_requests == 1  # a later process reuses the shared token
     assert later[0]["source"] == "store"
     assert later[0]["fingerprint"] == results[0]["fingerprint"]
+
+
+def test_threads_of_many_managers_share_one_token_request(
+    harness: Harness, emulator: GenesysEmulator
+) -> None:
+    managers = [
+        TokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            store=harness.make(),
+            background_refresh=False,
+        )
+        for _ in range(6)
+    ]
+    barrier = threading.Barrier(len(managers))
+    tokens: list[str] = []
+
+    def run(manager: TokenManager) -> None:
+        barrier.wait(5.0)
+        tokens.append(manager.get_token())
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in managers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10.0)
+    finally:
+        for manager in managers:
+            manager.close()
+    assert len(tokens) == 6 and len(set(tokens)) == 1
+    assert emulator.token_requests == 1
