@@ -9,7 +9,10 @@
         session.auth = GenesysAuth(manager)
 """
 
+import logging as _logging
+
 from ._gate import InFlight
+from ._secrets import SecretFile
 from .auth import GenesysAuth
 from .errors import (
     ConfigurationError,
@@ -19,16 +22,23 @@ from .errors import (
     InvalidTokenResponseError,
     ManagerClosedError,
     RateLimitedError,
+    SecretSourceError,
     StoreError,
     TokenEndpointTLSError,
+    TokenRejectedError,
     TokenRequestError,
+    TokenTimeoutError,
     TokenValidationError,
     UnauthorizedClientError,
 )
 from .manager import TokenManager
 from .token import Token
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# The library configures no logging; without a handler of the application's, Python's
+# last-resort handler would print every warning to stderr.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
     "ConfigurationError",
@@ -40,11 +50,15 @@ __all__ = [
     "InvalidTokenResponseError",
     "ManagerClosedError",
     "RateLimitedError",
+    "SecretFile",
+    "SecretSourceError",
     "StoreError",
     "Token",
     "TokenEndpointTLSError",
     "TokenManager",
+    "TokenRejectedError",
     "TokenRequestError",
+    "TokenTimeoutError",
     "TokenValidationError",
     "UnauthorizedClientError",
     "__version__",

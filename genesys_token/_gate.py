@@ -1,15 +1,14 @@
-"""The in-flight count and the rotation gate of a manager.
+"""Counted uses of tokens, per token, so a rotation can retire the old one after its last use.
 
-Counted uses of the token (requests through ``GenesysAuth``, ``in_flight()`` blocks) are what
-a rotation drains; the gate holds new callers while it does. One plain lock guards both, and
-it is never held during I/O.
+A use counts against the token it carries. Nothing here ever holds a caller back: a rotation
+swaps the token first (new uses get the new one at once), then waits for the old token's
+uses. One plain lock guards the counts; it is never held during I/O.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable
 
 
@@ -18,11 +17,10 @@ class InFlight:
 
     Attributes:
         token: The access token this use holds.
-        rotation_pending: Set when a rotation starts: reconnect with a fresh token soon; the
-            rotation waits (up to its ``drain_timeout``) for this use to end.
+        owner: The ident of the thread that began it.
     """
 
-    __slots__ = ("__weakref__", "_ended", "_gate", "_pending", "_signalled", "owner", "token")
+    __slots__ = ("_ended", "_gate", "_pending", "_signalled", "owner", "token")
 
     def __init__(self, gate: UseGate, token: str, owner: int) -> None:
         self._gate = gate
@@ -36,7 +34,8 @@ class InFlight:
 
     @property
     def rotation_pending(self) -> threading.Event:
-        """Set when a rotation starts (see the class docstring)."""
+        """Set once a rotation has swapped in a new token: reconnect with it soon; the
+        rotation waits (up to its ``drain_timeout``) for this use to end."""
         with self._gate.lock:
             if self._pending is None:
                 self._pending = threading.Event()
@@ -62,57 +61,45 @@ class InFlight:
 
 
 class UseGate:
-    """Counts uses in flight, per thread too, and gates new uses during a rotation."""
+    """Uses in flight, by token."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._cond = threading.Condition(self.lock)
-        self.count = 0
-        #: Set while a rotation drains and swaps; read without the lock on the hot path.
-        self.rotating = False
-        self._rotator: int | None = None
-        self._owned: dict[int, int] = {}
-        self._holders: weakref.WeakSet[InFlight] = weakref.WeakSet()
+        self._uses: dict[str, set[InFlight]] = {}
+        self._count = 0
+        #: Tokens a rotation is draining: only then does ending a use notify.
+        self._draining: set[str] = set()
 
     def reset_after_fork(self) -> None:
         """Forget the parent's uses and locks (called in a forked child)."""
         self.__init__()  # type: ignore[misc]
 
-    def own_count(self) -> int:
-        """Uses held by the calling thread."""
-        return self._owned.get(threading.get_ident(), 0)
+    @property
+    def count(self) -> int:
+        """Uses in flight, every token together."""
+        return self._count
 
-    def passes(self) -> bool:
-        """The rotating thread (its listeners) and holders of uses never wait for a rotation:
-        the rotation would be waiting for them."""
-        me = threading.get_ident()
-        return self._rotator == me or bool(self._owned.get(me))
-
-    def wait_while_rotating(self, bound: float, closed: Callable[[], bool]) -> bool:
-        """Wait until no rotation runs, at most ``bound`` seconds; False if the bound hit."""
-        if not self.rotating or self.passes():
-            return True
-        # Condition.wait runs on real time, so its deadline does too (not a test clock).
-        deadline = time.monotonic() + bound
+    def count_of(self, token: str) -> int:
+        """Uses in flight of ``token``."""
         with self.lock:
-            while self.rotating and not closed():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
+            return len(self._uses.get(token, ()))
 
-    def try_begin(self, token: Callable[[], str | None]) -> InFlight | None:
-        """Count a use of ``token()`` unless a rotation holds the gate; None means retry."""
-        me = threading.get_ident()
+    def begin(self, token: str, still_current: Callable[[str], bool]) -> InFlight | None:
+        """Count a use of ``token``; None when it stopped being current (retry with the new).
+
+        The check runs under the lock a drain takes after the swap, so a use either counts
+        before the drain looks, or sees the new token: none slips past a drain.
+        """
         with self.lock:
-            current = token()
-            if current is None or (self.rotating and not self.passes()):
+            if not still_current(token):
                 return None
-            self.count += 1
-            self._owned[me] = self._owned.get(me, 0) + 1
-            use = InFlight(self, current, me)
-            self._holders.add(use)
+            use = InFlight(self, token, threading.get_ident())
+            uses = self._uses.get(token)
+            if uses is None:
+                uses = self._uses[token] = set()
+            uses.add(use)
+            self._count += 1
             return use
 
     def end(self, use: InFlight) -> None:
@@ -120,48 +107,52 @@ class UseGate:
         if use._ended:  # only ever goes False -> True: safe to read without the lock
             return
         with self.lock:
-            if use._ended or use not in self._holders:
+            uses = self._uses.get(use.token)
+            if use._ended or uses is None or use not in uses:
                 return
             use._ended = True
-            self._holders.discard(use)
-            self.count = max(0, self.count - 1)
-            owned = self._owned.get(use.owner, 0) - 1
-            if owned > 0:
-                self._owned[use.owner] = owned
-            else:
-                self._owned.pop(use.owner, None)
-            if self.rotating:  # only a rotation's drain waits for the count to fall
+            uses.discard(use)
+            self._count -= 1
+            if not uses:
+                del self._uses[use.token]
+            if use.token in self._draining:
                 self._cond.notify_all()
 
-    def close_gate(self) -> None:
-        """Start a rotation: hold new uses and tell the uses in flight it is pending."""
+    def retire(self, token: str, exclude_owner: int) -> int:
+        """Tell the uses of ``token`` that a newer token is in place; returns how many
+        there are, those of ``exclude_owner`` left out."""
         with self.lock:
-            self.rotating = True
-            self._rotator = threading.get_ident()
-            for use in self._holders:
+            uses = self._uses.get(token, set())
+            for use in uses:
                 use._signalled = True
                 if use._pending is not None:
                     use._pending.set()
+            return self._others(token, exclude_owner)
 
-    def drain(self, own: int, timeout: float, closed: Callable[[], bool]) -> int:
-        """Wait until only ``own`` uses are left; returns how many others still are."""
+    def drain(
+        self, token: str, timeout: float, closed: Callable[[], bool], exclude_owner: int
+    ) -> int:
+        """Wait until no use of ``token`` is left but those of ``exclude_owner`` (a rotation
+        called from inside a use does not wait for itself); returns how many others remain.
+        """
+        # Condition.wait runs on real time, so its deadline does too (not a test clock).
         deadline = time.monotonic() + timeout
         with self.lock:
-            while self.count - own > 0 and not closed():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return self.count - own
+            self._draining.add(token)
+            try:
+                while (left := self._others(token, exclude_owner)) and not closed():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                return left
+            finally:
+                self._draining.discard(token)
 
-    def open_gate(self) -> None:
-        """End a rotation: release the callers held at the gate."""
-        with self.lock:
-            self.rotating = False
-            self._rotator = None
-            self._cond.notify_all()
+    def _others(self, token: str, exclude_owner: int) -> int:
+        return sum(1 for use in self._uses.get(token, ()) if use.owner != exclude_owner)
 
     def wake_all(self) -> None:
-        """Wake every waiter (the manager is closing)."""
+        """Wake every drain (the manager is closing)."""
         with self.lock:
             self._cond.notify_all()

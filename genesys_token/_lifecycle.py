@@ -1,4 +1,4 @@
-"""The refresh thread's loop and the fork hook: the parts of a manager's life outside it."""
+"""The fork hook: every manager of the process is told, in a forked child, to renew itself."""
 
 from __future__ import annotations
 
@@ -8,41 +8,8 @@ import weakref
 from typing import Protocol
 
 
-class _Timed(Protocol):
-    _stop: threading.Event
-    _wake: threading.Event
-
-    def _timer_plan(self) -> float | None: ...
-
-    def _background_refresh(self) -> bool: ...
-
-
 class _ForkAware(Protocol):
     def _after_fork_in_child(self) -> None: ...
-
-
-def run_timer(ref: weakref.ref[_Timed]) -> None:
-    """The refresh thread.
-
-    It holds the manager only while it works, never while it sleeps, so a manager that
-    was dropped without close() is collected and its thread ends at the next wake-up.
-    """
-    while True:
-        manager = ref()
-        if manager is None or manager._stop.is_set():
-            return
-        wait = manager._timer_plan()
-        if wait is None:
-            if not manager._background_refresh():
-                return
-            del manager
-            continue
-        wake, stop = manager._wake, manager._stop
-        del manager
-        wake.wait(wait)
-        wake.clear()
-        if stop.is_set():
-            return
 
 
 _managers: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
@@ -51,6 +18,7 @@ _fork_hook_lock = threading.Lock()
 
 
 def register_fork_handler(manager: _ForkAware) -> None:
+    """Call ``manager._after_fork_in_child()`` in every forked child (held weakly)."""
     global _fork_hook_installed
     with _fork_hook_lock:
         _managers.add(manager)

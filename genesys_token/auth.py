@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     _Finalizer = weakref.finalize[[InFlight], requests.PreparedRequest]
 
-log = logging.getLogger("genesys_token")
+log = logging.getLogger(__name__)
 
 _WATCH_ATTR = "_genesys_token_watch"
 _POS_ATTR = "_genesys_token_body_pos"
@@ -210,7 +210,8 @@ class GenesysAuth(requests.auth.AuthBase):
             # Replaced even when the call cannot be replayed, so the next call works.
             self._manager.replace_rejected(rejected)
         except GenesysTokenError as exc:
-            log.warning("401 not replayed: could not get a new token (%s)", type(exc).__name__)
+            # The manager logged why (once); a line per call would flood the log.
+            log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
             return response
         if not _rewind(request):
             log.info("401 not replayed: the request body cannot be sent again")
@@ -224,7 +225,7 @@ class GenesysAuth(requests.auth.AuthBase):
         use = self._manager.begin_use()
         try:
             prep.headers["Authorization"] = _BEARER + use.token
-            self._manager._metrics.incr("replays_401")
+            self._manager.note_replay()
             replayed: requests.Response = response.connection.send(prep, **kwargs)
         finally:
             use.end()

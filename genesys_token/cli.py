@@ -262,7 +262,10 @@ def _log_to_stderr(verbose: bool) -> tuple[logging.Handler, int]:
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:
         # The audit records repeat the failure that main() reports in its one error line.
-        handler.addFilter(lambda record: not record.name.startswith(AUDIT_LOGGER))
+        # So does the rejection warning of a refused secret.
+        handler.addFilter(
+            lambda record: not record.name.startswith((AUDIT_LOGGER, "genesys_token._rejections"))
+        )
     log.addHandler(handler)
     if verbose:
         log.setLevel(logging.DEBUG)

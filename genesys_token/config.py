@@ -8,11 +8,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ._secrets import Secret, SecretFile, check_secret, read_secret
 from .errors import ConfigurationError
 from .regions import DEFAULT_REGION, check_url, resolve_region
 
 ENV_CLIENT_ID = "GENESYSCLOUD_OAUTHCLIENT_ID"
 ENV_CLIENT_SECRET = "GENESYSCLOUD_OAUTHCLIENT_SECRET"
+ENV_CLIENT_SECRET_FILE = "GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE"
 ENV_REGION = "GENESYSCLOUD_REGION"
 ENV_TOKEN_URL = "GENESYSCLOUD_TOKEN_URL"
 ENV_API_URL = "GENESYSCLOUD_API_URL"
@@ -30,14 +32,25 @@ DEFAULT_TIMEOUT = (3.05, 10.0)
 
 @dataclass(frozen=True)
 class Credentials:
-    """A client id and secret; the secret never appears in ``repr``."""
+    """A client id and a secret, or a secret source (a zero-argument callable such as
+    :class:`~genesys_token.SecretFile`); the secret never appears in ``repr``."""
 
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: Secret = field(repr=False)
 
     def __post_init__(self) -> None:
         _check_text("client_id", self.client_id)
-        _check_text("client_secret", self.client_secret)
+        check_secret(self.client_secret)
+
+    def resolve(self) -> Credentials:
+        """These credentials with the secret their source gives now.
+
+        Raises:
+            SecretSourceError: The source gave no usable secret.
+        """
+        if isinstance(self.client_secret, str):
+            return self
+        return Credentials(self.client_id, read_secret(self.client_secret))
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,8 @@ class Settings:
     backoff_max: float = 30.0
     verify: bool | str = True
     jwks_url: str | None = None
-    webhook_url: str | None = None
+    #: Kept out of repr: a webhook URL's path often is a credential itself.
+    webhook_url: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
     background_refresh: bool = True
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
@@ -89,7 +103,7 @@ class Settings:
 
         Args:
             client_id: The OAuth client id.
-            client_secret: The OAuth client secret.
+            client_secret: The OAuth client secret, or a zero-argument callable giving it.
             region: Any accepted spelling of a region (default ``us-east-1``).
             token_url: A full token URL, overriding the region's.
             api_base_url: An API base URL, overriding the region's.
@@ -128,6 +142,10 @@ class Settings:
 def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from the ``GENESYSCLOUD_*`` variables Genesys tooling uses.
 
+    The secret comes from ``GENESYSCLOUD_OAUTHCLIENT_SECRET``, or else from the file named by
+    ``GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE`` (read again for each token request, so a
+    rotated mounted secret is picked up without a restart).
+
     Args:
         environ: The environment to read (default ``os.environ``).
         **overrides: Keyword arguments that win over the environment.
@@ -147,9 +165,21 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any
         "api_base_url": env.get(ENV_API_URL) or None,
     }
     values.update(overrides)
-    for key, var in (("client_id", ENV_CLIENT_ID), ("client_secret", ENV_CLIENT_SECRET)):
-        if not values.get(key):
-            raise ConfigurationError(f"{key} is not set: export {var} or pass {key}=", field=key)
+    secret_file = env.get(ENV_CLIENT_SECRET_FILE)
+    if not values.get("client_secret") and secret_file:
+        source = SecretFile(secret_file)
+        source()  # unreadable now: say so at start-up, not at the first token request
+        values["client_secret"] = source
+    if not values.get("client_id"):
+        raise ConfigurationError(
+            f"client_id is not set: export {ENV_CLIENT_ID} or pass client_id=", field="client_id"
+        )
+    if not values.get("client_secret"):
+        raise ConfigurationError(
+            f"client_secret is not set: export {ENV_CLIENT_SECRET} or "
+            f"{ENV_CLIENT_SECRET_FILE}, or pass client_secret=",
+            field="client_secret",
+        )
     client_id = values.pop("client_id")
     client_secret = values.pop("client_secret")
     return Settings.build(client_id, client_secret, **values)

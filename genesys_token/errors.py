@@ -103,6 +103,29 @@ class TokenEndpointTLSError(TokenRequestError):
     """
 
 
+class SecretSourceError(ConfigurationError):
+    """The configured secret source gave no usable secret: a callable raised or returned
+    something other than a non-empty string, or a secret file could not be read. Its message
+    names the source, never the secret."""
+
+
+class TokenTimeoutError(GenesysTokenError):
+    """``get_token(timeout=...)`` (or an internal bound) passed while no valid token existed.
+
+    Only this caller gave up: the token request goes on, and later callers get its token.
+    """
+
+
+class TokenRejectedError(GenesysTokenError):
+    """The API rejected (401) a token fetched moments ago, and another replacement was
+    already made within the cool-down: no further token request is made for now.
+
+    Usual causes: the API host is in another region than the token endpoint, or the OAuth
+    client lacks the permission (role) the call needs. ``GenesysAuth`` answers such a call
+    with its 401 instead of raising.
+    """
+
+
 class TokenValidationError(GenesysTokenError):
     """A token failed validation: expired, wrong client, missing scope or bad signature."""
 

@@ -77,7 +77,7 @@ _MAX_DATA_DEPTH = 6
 Record = dict[str, Any]
 Listener = Callable[[Record], None]
 
-log = logging.getLogger("genesys_token")
+log = logging.getLogger(__name__)
 audit_log = logging.getLogger("genesys_token.audit")
 
 
@@ -214,7 +214,7 @@ class EventBus:
                 continue
             try:
                 subscription.callback(record)
-            except Exception:
+            except BaseException:
                 log.exception(
                     "event listener %s failed on %s", _name_of(subscription.callback), event_type
                 )

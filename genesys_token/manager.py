@@ -1,14 +1,11 @@
-"""TokenManager: token state, single-flight refresh, the refresh timer, rotation and forks.
+"""TokenManager: the facade that wires the parts of the core together.
 
-Locks, from outermost to innermost (never taken in the other order):
-
-* ``_rotate_lock`` serializes rotations.
-* ``_lock`` (an RLock, with ``_cond``) guards the refresh flight: who is fetching and what
-  came of it. It is never held during network I/O.
-* ``_gate.lock`` (see ``_gate.py``) guards the in-flight count and the rotation gate.
-
-The hot path, :meth:`TokenManager.get_token` with a valid token, reads ``_current`` (one
-immutable object, replaced atomically) and a flag, and takes none of them.
+The hot path, :meth:`TokenManager.get_token` with a valid token, reads ``_cell`` (one
+immutable value, replaced whole) and the clock, and takes no lock. Everything else lives in
+a module named after it: the schedule (``_cell``), single flight (``_flight``), one
+acquisition (``_acquire``), the process-wide scheduler (``_scheduler``), counted uses
+(``_gate``), rotation (``_rotation``), rejections (``_rejections``), events and metrics
+(``_reporter``). The refresh state is guarded by the single flight's RLock.
 """
 
 from __future__ import annotations
@@ -18,80 +15,56 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 import requests
 
+from . import _http
+from ._acquire import Acquirer, lock_bound
+from ._cell import Cell, plan
+from ._clock import SYSTEM_CLOCK, Clock
+from ._flight import AnyValid, FetchedAfter, NotDue, Replacing, SingleFlight
 from ._gate import InFlight, UseGate
-from ._lifecycle import register_fork_handler, run_timer
-from ._redact import excerpt
-from .config import Credentials, Settings, settings_from_env
+from ._lifecycle import register_fork_handler
+from ._rejections import RejectedCredentials, RejectedTokens
+from ._reporter import Reporter
+from ._rotation import rotate
+from ._scheduler import Job, scheduler
+from ._secrets import Secret
+from .config import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT,
+    Credentials,
+    Settings,
+    settings_from_env,
+)
 from .errors import (
+    ConfigurationError,
     DrainTimeoutError,
     GenesysTokenError,
+    InvalidClientError,
     ManagerClosedError,
     RateLimitedError,
-    TokenRequestError,
-    TokenValidationError,
+    TokenRejectedError,
 )
-from .events import (
-    TOKEN_DRAIN_COMPLETE,
-    TOKEN_DRAIN_TIMEOUT,
-    TOKEN_EXPIRED,
-    TOKEN_REFRESH_FAILURE,
-    TOKEN_REFRESH_SUCCESS,
-    TOKEN_REVOKED,
-    TOKEN_ROTATION_STARTED,
-    WEBHOOK_DELIVERY_FAILED,
-    EventBus,
-    Listener,
-    make_record,
-)
-from .metrics import Metrics
-from .stores.base import MemoryStore, TokenStore, store_key
-from .token import Token, refresh_lead
-from .transport import SYSTEM_CLOCK, Clock, RetryNotice, TokenEndpoint
+from .events import Listener
+from .regions import region_of_url
+from .stores.base import MemoryStore, TokenStore
+from .token import Token
+from .transport import RetryNotice, TokenEndpoint
 from .validation import TokenValidator
 
-if TYPE_CHECKING:
-    from .webhook import WebhookSender
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("genesys_token")
-
-#: A token is not handed out in its last moments: a call made with it must still arrive in
-#: time. 5% of the lifetime, at most 10 s (2-second test tokens keep 0.1 s).
-HANDOUT_MARGIN_SHARE = 0.05
-HANDOUT_MARGIN_MAX = 10.0
-#: Backoff after a failed background refresh: capped exponential with full jitter, and never
-#: longer than a quarter of what is left of the current token, so retries come before expiry.
+#: Backoff after a failed refresh: capped exponential with full jitter, and never longer than
+#: a quarter of what is left of the current token, so retries come before expiry.
 FAILURE_BACKOFF_BASE = 1.0
 FAILURE_BACKOFF_MAX = 60.0
 FAILURE_BACKOFF_MIN = 0.05
-#: The timer re-reads its deadline at least this often (clock injections, missed wakes).
-TIMER_MAX_SLEEP = 30.0
-#: How long close() waits for the timer thread.
-CLOSE_JOIN_TIMEOUT = 2.0
-#: The store lock is waited for in slices this long, re-checking for close() between them.
-STORE_LOCK_SLICE = 1.0
-
-
-@dataclass(frozen=True)
-class _Current:
-    """The token in use and when to refresh it; replaced whole, never mutated."""
-
-    token: Token
-    refresh_at: float
-    usable_until: float
-
-
-@dataclass
-class _Flight:
-    """One token acquisition that any number of callers wait on."""
-
-    done: bool = False
-    error: BaseException | None = None
+#: During a credentials cool-down, a secret source (callable, file) is re-read at most this
+#: often by callers; a plain string changes only through set_credentials().
+SECRET_RECHECK = 1.0
 
 
 class TokenManager:
@@ -99,8 +72,9 @@ class TokenManager:
 
     Args:
         client_id: The OAuth client id.
-        client_secret: The OAuth client secret (never logged or shown in a repr).
-        region: ``"us-east-1"``, ``"us_east_1"``, ``"mypurecloud.ie"`` or a login/API host.
+        client_secret: The secret, or a zero-argument callable returning it (read for each
+            token request and again after a rejection; see :class:`~genesys_token.SecretFile`).
+        region: ``"us-east-1"`` (default), ``"us_east_1"``, ``"mypurecloud.ie"`` or a host.
         token_url: Full token URL, overriding the region's (plain http: loopback only).
         api_base_url: API base URL, overriding the region's.
         scopes: Sent as ``scope`` only when non-empty; checked against JWT claims.
@@ -108,18 +82,22 @@ class TokenManager:
         refresh_jitter: ...minus a uniform random 0..jitter (at most 10% of the life).
         timeout: ``(connect, read)`` seconds, or one number for both.
         max_retries: Token request retries (429, 5xx, network, Genesys rate-limit 400).
+        retry_deadline: Overall bound of one acquisition's retries (seconds).
+        max_retry_after: Cap on a ``Retry-After`` the service asks for.
+        backoff_base: First retry backoff ceiling (doubling, full jitter).
+        backoff_max: Largest retry backoff ceiling.
+        max_response_bytes: Largest token answer read.
         verify: TLS verification: True, False or a CA bundle path.
         jwks_url: When set, JWT signatures are verified against it.
         store: Where tokens are shared (default: a :class:`MemoryStore` of this process).
         webhook_url: Events are POSTed there as JSON by a background worker.
         webhook_secret: Signs webhook bodies (``X-Genesys-Token-Signature``).
-        background_refresh: Refresh ahead of expiry from a daemon thread; False refreshes
-            on demand only.
+        background_refresh: Refresh ahead of expiry on the process-wide scheduler; False
+            refreshes on demand only (cron scripts).
+        drain_timeout: Default bound of :meth:`rotate`'s wait for the old token's uses.
         clock: Clocks and randomness, for deterministic tests.
-        session: A ``requests.Session`` for the token endpoint (default: a new one).
-        **options: Further :class:`~genesys_token.config.Settings` fields
-            (``retry_deadline``, ``max_retry_after``, ``backoff_base``, ``backoff_max``,
-            ``max_response_bytes``, ``drain_timeout``).
+        session: A ``requests.Session`` for the token endpoint (default: the process-wide
+            pool; a given session cannot have a request cut by :meth:`close`).
 
     Raises:
         ConfigurationError: A setting is invalid; the message names it.
@@ -128,19 +106,38 @@ class TokenManager:
     def __init__(
         self,
         client_id: str,
-        client_secret: str,
+        client_secret: Secret,
         *,
+        region: str | None = None,
+        token_url: str | None = None,
+        api_base_url: str | None = None,
+        scopes: str | tuple[str, ...] | list[str] = (),
+        refresh_buffer: float = 300.0,
+        refresh_jitter: float = 60.0,
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        max_retries: int = 4,
+        retry_deadline: float = 60.0,
+        max_retry_after: float = 60.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify: bool | str = True,
+        jwks_url: str | None = None,
         store: TokenStore | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        background_refresh: bool = True,
+        drain_timeout: float = 30.0,
         clock: Clock | None = None,
         session: requests.Session | None = None,
-        **options: Any,
     ) -> None:
+        options = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
         self._init(Settings.build(client_id, client_secret, **options), store, clock, session)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> TokenManager:
-        """Build a manager from ``GENESYSCLOUD_OAUTHCLIENT_ID``/``_SECRET``,
-        ``GENESYSCLOUD_REGION``, ``GENESYSCLOUD_TOKEN_URL`` and ``GENESYSCLOUD_API_URL``.
+        """Build a manager from ``GENESYSCLOUD_OAUTHCLIENT_ID``, ``_SECRET`` (or
+        ``_SECRET_FILE``), ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``.
 
         Args:
             **overrides: Any constructor argument; wins over the environment.
@@ -148,11 +145,9 @@ class TokenManager:
         Raises:
             ConfigurationError: A variable is missing or invalid.
         """
-        store = overrides.pop("store", None)
-        clock = overrides.pop("clock", None)
-        session = overrides.pop("session", None)
+        extras = {k: overrides.pop(k, None) for k in ("store", "clock", "session")}
         manager = cls.__new__(cls)
-        manager._init(settings_from_env(**overrides), store, clock, session)
+        manager._init(settings_from_env(**overrides), **extras)
         return manager
 
     def _init(
@@ -163,71 +158,61 @@ class TokenManager:
         session: requests.Session | None,
     ) -> None:
         self._settings = settings
-        self._credentials: Credentials = settings.credentials
-        self._clock = clock or SYSTEM_CLOCK
+        self._clock = clock = clock or SYSTEM_CLOCK
+        self._now = clock.monotonic
         self._store: TokenStore = store if store is not None else MemoryStore()
-        self._metrics = Metrics()
-        self._events = EventBus(on_listener_error=lambda: self._metrics.incr("listener_errors"))
-        self._validator = TokenValidator(settings)
         self._session = session
-        self._current: _Current | None = None
+        self._cell: Cell | None = None
         self._closed = False
+        self._credentials_generation = 0
         self._failures = 0
         self._retry_at: float | None = None
-        self._expired_reported: str | None = None
-        self._timer: threading.Thread | None = None
-        self._webhook: WebhookSender | None = None
+        self._nudged: Cell | None = None
+        self._parked: tuple[Cell, Cell] | None = None
+        self._recheck_at = float("-inf")
+        self._wait_bound = 2 * lock_bound(settings) + 30.0
+        self._reporter = Reporter(settings, lambda: self._settings.client_id)
         self._gate = UseGate()
-        self._new_sync_objects()
-        self._transport = self._new_transport()
-        if settings.webhook_url:
-            from .webhook import WebhookSender
-
-            # Weakly: a strong reference from the worker thread would keep a manager that
-            # was dropped without close() (and its timer) alive forever.
-            failed = weakref.WeakMethod(self._webhook_failed)
-
-            def on_failure(data: dict[str, Any]) -> None:
-                method = failed()
-                if method is not None:
-                    method(data)
-
-            self._webhook = WebhookSender(settings, on_failure=on_failure)
-            # Not close(): a finalizer must take no lock and join nothing (see abandon()).
-            self._webhook_finalizer = weakref.finalize(self, self._webhook.abandon)
-            self._webhook_finalizer.atexit = False
-            self._events.on("*", self._webhook.submit)
-        self._timer_wanted = settings.background_refresh
-        register_fork_handler(self)
-
-    def _new_sync_objects(self) -> None:
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._flight: _Flight | None = None
+        self._rejected = RejectedCredentials(self._now, clock.random)
+        self._fresh_401 = RejectedTokens()
         self._rotate_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-
-    def _new_transport(self) -> TokenEndpoint:
-        return TokenEndpoint(
-            self._settings,
-            clock=self._clock,
-            wait=self._stop.wait,
-            on_retry=self._on_retry,
-            session=self._session,
+        self._transport = TokenEndpoint(
+            settings, clock=clock, on_retry=self._on_retry, session=session
         )
+        self._acquirer = Acquirer(
+            settings=lambda: self._settings,
+            store=self._store,
+            transport=self._transport,
+            validator=TokenValidator(settings),
+            clock=clock,
+            plan=self._plan,
+            rejections=self._rejected,
+            metrics=self._reporter.metrics,
+        )
+        self._flight = SingleFlight(
+            cell=lambda: self._cell,
+            install=self._install,
+            acquire=self._acquirer.acquire,
+            finished=self._finished,
+            now=self._now,
+            credentials=lambda: self._credentials_generation,
+            name=f"genesys-token-fetch-{settings.client_id[:16]}",
+        )
+        self._job = _job_for(self)
+        _warn_region_mismatch(settings)
+        register_fork_handler(self)
 
     # -- public properties -------------------------------------------------------------
 
     @property
     def settings(self) -> Settings:
-        """The validated settings (the secret is kept out of their repr)."""
+        """The validated settings (secret and webhook URL kept out of their repr)."""
         return self._settings
 
     @property
     def client_id(self) -> str:
         """The client id the next token request uses."""
-        return self._credentials.client_id
+        return self._settings.client_id
 
     @property
     def token_url(self) -> str:
@@ -242,8 +227,8 @@ class TokenManager:
     @property
     def token(self) -> Token | None:
         """The current token, without any network call (``None`` before the first one)."""
-        current = self._current
-        return current.token if current is not None else None
+        cell = self._cell
+        return cell.token if cell is not None else None
 
     @property
     def closed(self) -> bool:
@@ -252,357 +237,135 @@ class TokenManager:
 
     @property
     def in_flight_count(self) -> int:
-        """Counted uses of the token in progress (requests and :meth:`in_flight` blocks)."""
+        """Counted uses in progress, every token together."""
         return self._gate.count
 
     # -- getting a token ---------------------------------------------------------------
 
-    def get_token(self) -> str:
+    def get_token(self, timeout: float | None = None) -> str:
         """Return a valid access token, fetching one only when none is valid.
 
-        The common case reads the current token without a lock or I/O. Near expiry the
-        still-valid token is returned while one refresh runs in the background (or in this
-        call, with ``background_refresh=False``); callers block only when no valid token
-        exists, and then all of them share one token request.
+        With a valid token this takes no lock and does no I/O. Near expiry the still-valid
+        token is returned while a refresh runs on the scheduler (or in this call, with
+        ``background_refresh=False``). Callers block only when no valid token exists; then
+        they all share one acquisition, each for at most ``timeout`` seconds.
 
-        Returns:
-            The access token.
+        Args:
+            timeout: Seconds this caller waits at most when no valid token exists (default:
+                the longest one acquisition may take). Giving up does not stop the token
+                request: later callers get its token.
 
         Raises:
             ManagerClosedError: The manager was closed.
+            TokenTimeoutError: ``timeout`` passed first.
+            InvalidClientError: The credentials are rejected (at once during a cool-down).
             GenesysTokenError: No valid token exists and acquiring one failed.
         """
-        current = self._current
-        if current is not None and not self._gate.rotating and not self._closed:
-            now = self._clock.monotonic()
-            if now < current.refresh_at:
-                return current.token.access_token
-            if now < current.usable_until:
-                self._refresh_soon()
-                return (self._current or current).token.access_token
-        return self._current_slow().token.access_token
+        cell = self._cell
+        if cell is not None and self._now() < cell.refresh_at:
+            return cell.access_token
+        return self._slow(timeout).access_token
 
-    def _refresh_soon(self) -> None:
-        """A valid token is past its refresh point: get the refresh going, do not wait."""
-        if self._timer_wanted:
-            self._ensure_timer()
-            if self._retry_at is None and not self._wake.is_set():
-                self._wake.set()  # the timer may be asleep on a stale deadline
+    def _slow(self, timeout: float | None) -> Cell:
+        if self._closed:
+            raise ManagerClosedError("the token manager is closed")
+        if self._parked is not None:
+            self._unpark()
+        cell = self._cell
+        now = self._now()
+        if cell is not None and cell.usable(now):
+            if now >= cell.refresh_at:
+                self._due(cell, timeout)
+            return self._cell or cell
+        self._reporter.expired(cell)
+        self._raise_if_rejected()
+        want = AnyValid(self._credentials_generation)
+        return self._flight.obtain(want, deadline=self._deadline(timeout), reason="no valid token")
+
+    def _due(self, cell: Cell, timeout: float | None) -> None:
+        """A valid token is past its refresh point: get the refresh going."""
+        if self._settings.background_refresh:
+            if self._nudged is not cell and self._retry_at is None:
+                self._nudged = cell  # once per token: the scheduler may be on a stale plan
+                scheduler().schedule(self._job, 0.0)
             return
         retry_at = self._retry_at
-        if self._flight is None and (retry_at is None or self._clock.monotonic() >= retry_at):
-            try:
-                self._obtain(reason="on-demand", join=False)
-            except ManagerClosedError:
-                return
-            except GenesysTokenError as exc:
-                # Back off like the timer would: an outage must not turn every call into a
-                # token request.
-                self._schedule_retry(exc)
+        if self._flight.running or (retry_at is not None and self._now() < retry_at):
+            return  # one caller refreshes; the others keep the valid token
+        try:
+            want = NotDue(self._credentials_generation)
+            self._flight.obtain(want, deadline=self._deadline(timeout), reason="on-demand")
+        except ManagerClosedError:
+            raise
+        except GenesysTokenError:
+            pass  # backed off in _finished; the token in hand is still valid
 
-    def _current_slow(self) -> _Current:
-        if self._closed:
-            raise ManagerClosedError("the token manager is closed")
-        self._wait_for_rotation()
-        if self._closed:
-            raise ManagerClosedError("the token manager is closed")
-        if self._timer_wanted:
-            self._ensure_timer()
-        current = self._current
-        now = self._clock.monotonic()
-        if current is not None and now < current.usable_until:
-            if now >= current.refresh_at:
-                self._refresh_soon()
-            return self._current or current
-        self._report_expired(current)
-        return self._obtain(reason="no valid token")
+    def try_begin_use(self) -> InFlight | None:
+        """Count a use of a token that is usable now, without blocking or I/O.
+
+        For event loops: ``None`` means no token is usable now (or it was swapped this
+        instant); then call :meth:`begin_use` in a worker thread.
+        """
+        cell = self._cell
+        if cell is None or self._closed:
+            return None
+        now = self._now()
+        if not cell.usable(now) or self._parked is not None:
+            return None
+        if now >= cell.refresh_at:
+            if self._settings.background_refresh:
+                self._due(cell, None)
+            elif self._retry_at is None or now >= self._retry_at:
+                self._flight.start(NotDue(self._credentials_generation), "on-demand")
+        return self._gate.begin(cell.access_token, self._is_current)
 
     def refresh(self, force: bool = False) -> Token:
-        """Refresh now if needed (or always, with ``force``) and return the current token.
+        """Return the current token, refreshing it when due (or always, with ``force``).
 
-        A forced refresh that fails raises, and the current token stays in place.
-
-        Args:
-            force: Fetch a new token even if the current one is valid.
+        A forced refresh makes a token request (it never takes the shared store's token),
+        with the credentials in place when it is called; it raises when that fails, and
+        the current token stays.
 
         Raises:
             ManagerClosedError: The manager was closed.
             GenesysTokenError: Acquiring a token failed.
         """
+        if not force:
+            return self._slow(None).token
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
-        if not force:
-            return self._current_slow().token
-        return self._obtain(reason="forced", force=True).token
+        want = FetchedAfter(self._flight.generation)
+        return self._flight.obtain(want, deadline=self._deadline(None), reason="forced").token
 
     def replace_rejected(self, access_token: str) -> Token:
         """Replace a token the API rejected (a 401), unless that already happened.
 
-        If another thread already replaced ``access_token``, the newer token is returned
-        without a token request; otherwise one forced refresh runs, shared by every caller.
-
-        Args:
-            access_token: The token that was rejected.
+        If ``access_token`` is no longer the current token, the current one is returned
+        without a request; otherwise one replacement runs, shared by every caller. A token
+        fetched moments ago is replaced at most once per cool-down (an API that rejects
+        every token must not turn each call into a token request).
 
         Raises:
+            TokenRejectedError: The API keeps rejecting fresh tokens (no request made).
             GenesysTokenError: Acquiring a token failed.
         """
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
-        return self._obtain(reason="rejected by the API", force=True, stale=access_token).token
-
-    def _obtain(
-        self,
-        *,
-        reason: str,
-        force: bool = False,
-        stale: str | None = None,
-        join: bool = True,
-        fresh: bool = False,
-    ) -> _Current:
-        """Single-flight acquisition: one caller fetches, every other caller waits for it.
-
-        Args:
-            reason: Why, for events and logs.
-            force: Fetch even if the current token is fresh.
-            stale: A token the API rejected: done if the current token is another one.
-            join: False returns the current token at once, if valid, instead of waiting
-                for a flight in progress.
-            fresh: Never take the result of a flight that was already running (a rotation
-                wants a token fetched after its drain, with the latest credentials).
-        """
-        with self._lock:
-            while True:
-                if self._closed:
-                    raise ManagerClosedError("the token manager is closed")
-                current = self._current
-                now = self._clock.monotonic()
-                if current is not None and now < current.usable_until:
-                    fresh_enough = now < current.refresh_at
-                    if stale is not None and current.token.access_token != stale:
-                        return current
-                    if not force and stale is None and fresh_enough:
-                        return current
-                flight = self._flight
-                if flight is None:
-                    break
-                if not join and current is not None and now < current.usable_until:
-                    return current
-                while not flight.done and not self._closed:
-                    self._cond.wait(self._settings.retry_deadline)
-                if self._closed:
-                    raise ManagerClosedError("the token manager is closed")
-                if fresh:
-                    continue
-                current = self._current
-                valid = current is not None and self._clock.monotonic() < current.usable_until
-                if flight.error is not None:
-                    # Everyone who waited on a failed flight shares its error, unless they
-                    # only needed any valid token and one still exists.
-                    if valid and not force and stale is None:
-                        return current  # type: ignore[return-value]
-                    raise flight.error
-                if force and stale is None and current is not None:
-                    return current  # a forced refresh that joined a flight takes its result
-            flight = self._flight = _Flight()
-        started = self._clock.monotonic()
-        try:
-            fetched, requests_made = self._fetch(force=force or stale is not None, reason=reason)
-        except BaseException as exc:
-            self._finish_flight(flight, error=exc)
-            if isinstance(exc, GenesysTokenError) and not isinstance(exc, ManagerClosedError):
-                self._on_failure(exc, reason)
-            raise
-        latency = self._clock.monotonic() - started
-        current = self._install(fetched)
-        token = current.token
-        self._finish_flight(flight)
-        if requests_made:
-            self._metrics.record_success(latency, requests_made)
-        else:
-            self._metrics.incr("store_hits")
-        self._emit(
-            TOKEN_REFRESH_SUCCESS,
-            token,
-            {"reason": reason, "source": token.source, "expires_in": round(token.remaining(), 3)},
-        )
-        return current
-
-    def _finish_flight(self, flight: _Flight, error: BaseException | None = None) -> None:
-        with self._lock:
-            flight.done = True
-            flight.error = error
-            if self._flight is flight:
-                self._flight = None
-            self._cond.notify_all()
-
-    def _fetch(self, *, force: bool, reason: str) -> tuple[_Current, int]:
-        """Get a token from the store or the network; returns it and the requests made."""
-        key = self._store_key()
-        replaced = self.token
-        if not force:
-            stored = self._load(key)
-            if stored is not None:
-                return stored, 0
-        with self._store_lock(key) as held:
-            if not held:
-                log.warning("token store lock not acquired in time; fetching without it")
-            stored = self._load(key)
-            newer = stored is not None and (
-                replaced is None or stored.token.fingerprint != replaced.fingerprint
-            )
-            if stored is not None and newer and reason != "rotation":
-                return stored, 0  # another process refreshed while we waited for the lock
-            credentials = self._credentials
-            response = self._transport.fetch(credentials)
-            token = self._validator.build(
-                response, credentials.client_id, now_wall=self._clock.time()
-            )
-            try:
-                self._store.save(key, token)
-            except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
-                self._metrics.incr("store_errors")
-                log.warning("could not save the token to the store: %s", _describe(exc))
-            return self._schedule(token), response.attempts
-
-    @contextmanager
-    def _store_lock(self, key: str) -> Iterator[bool]:
-        """The store's cross-process lock, waited for in short slices so close() is prompt.
-
-        The bound covers one whole acquisition by a peer (its retries and timeouts): giving
-        up sooner would add token requests exactly when the endpoint is throttling.
-        """
-        settings = self._settings
-        bound = settings.retry_deadline + sum(settings.timeout)
-        deadline = time.monotonic() + bound
-        while True:
-            started = time.monotonic()
-            remaining = deadline - started
-            with ExitStack() as stack:
+        with self._flight.lock:
+            cell = self._cell
+            now = self._now()
+            if cell is not None and cell.access_token == access_token:
                 try:
-                    lock = self._store.lock(key, max(0.0, min(STORE_LOCK_SLICE, remaining)))
-                    held: bool | None = stack.enter_context(lock)
-                except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
-                    self._metrics.incr("store_errors")
-                    log.warning("token store lock failed, going without it: %s", _describe(exc))
-                    held = None
-                if held is None:
-                    yield False
-                    return
-                if self._stop.is_set():
-                    raise ManagerClosedError("closed while waiting for the token store lock")
-                # A refusal well before the slice ran out means the store cannot lock (down):
-                # go ahead without it rather than spin.
-                refused = time.monotonic() - started < STORE_LOCK_SLICE / 2
-                if held or refused or remaining <= STORE_LOCK_SLICE:
-                    yield held
-                    return
+                    self._fresh_401.allow(access_token, now - cell.installed_at, now)
+                except TokenRejectedError:
+                    self._reporter.metrics.incr("api_rejections")
+                    raise
+        self._raise_if_rejected()
+        want = Replacing(access_token, self._credentials_generation)
+        reason = "rejected by the API"
+        return self._flight.obtain(want, deadline=self._deadline(None), reason=reason).token
 
-    def _load(self, key: str) -> _Current | None:
-        """A usable token from the store, scheduled, or None (missing, bad, or due)."""
-        now_wall = self._clock.time()
-        try:
-            token = self._store.load(key, now_monotonic=self._clock.monotonic(), now_wall=now_wall)
-            if token is not None:
-                self._validator.check_claims(token, self._credentials.client_id, now_wall=now_wall)
-        except TokenValidationError as exc:
-            log.warning("ignoring a stored token that fails validation: %s", exc)
-            return None
-        except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
-            self._metrics.incr("store_errors")
-            log.warning("token store unavailable, using the network: %s", _describe(exc))
-            return None
-        if token is None:
-            return None
-        current = self._schedule(token)
-        if current.refresh_at <= self._clock.monotonic():
-            return None  # due for refresh already: using it would refresh again at once
-        return current
-
-    def _schedule(self, token: Token) -> _Current:
-        lifetime = token.expires_in
-        lead = refresh_lead(
-            lifetime,
-            self._settings.refresh_buffer,
-            self._settings.refresh_jitter,
-            self._clock.random(),
-        )
-        margin = min(HANDOUT_MARGIN_MAX, HANDOUT_MARGIN_SHARE * lifetime)
-        usable_until = token.monotonic_expiry - margin
-        return _Current(
-            token=token,
-            # A buffer smaller than the margin must not leave a token no one refreshes.
-            refresh_at=min(token.monotonic_expiry - lead, usable_until),
-            usable_until=usable_until,
-        )
-
-    def _install(self, current: _Current) -> _Current:
-        with self._lock:
-            self._current = current
-            self._failures = 0
-            self._retry_at = None
-        self._wake.set()
-        return current
-
-    def _store_key(self) -> str:
-        return store_key(
-            self._credentials.client_id, self._settings.token_url, self._settings.scopes
-        )
-
-    # -- background refresh ------------------------------------------------------------
-
-    def _ensure_timer(self) -> None:
-        if self._timer is not None:
-            return
-        with self._lock:
-            if self._closed or self._timer is not None:
-                return
-            self._timer = threading.Thread(
-                target=run_timer,
-                args=(weakref.ref(self),),
-                name=f"genesys-token-refresh-{self._credentials.client_id[:16]}",
-                daemon=True,
-            )
-            self._timer.start()
-
-    def _timer_plan(self) -> float | None:
-        """Seconds the timer should sleep before its next turn, or None to refresh now."""
-        current = self._current
-        if current is None:
-            return TIMER_MAX_SLEEP
-        due = self._retry_at if self._retry_at is not None else current.refresh_at
-        wait = due - self._clock.monotonic()
-        return min(wait, TIMER_MAX_SLEEP) if wait > 0 else None
-
-    def _background_refresh(self) -> bool:
-        """One background refresh; returns False when the timer should end."""
-        try:
-            self._obtain(reason="background", force=True)
-        except ManagerClosedError:
-            return False
-        except Exception as exc:  # noqa: BLE001 - the timer must survive anything
-            self._schedule_retry(exc)
-        return not self._stop.is_set()
-
-    def _schedule_retry(self, exc: BaseException) -> None:
-        self._failures += 1
-        ceiling = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_BASE * 2.0 ** (self._failures - 1))
-        current = self._current
-        now = self._clock.monotonic()
-        if current is not None and current.usable_until > now:
-            ceiling = min(ceiling, max(FAILURE_BACKOFF_MIN, (current.usable_until - now) / 4))
-        delay = max(FAILURE_BACKOFF_MIN, ceiling * self._clock.random())
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
-        self._retry_at = now + delay
-        log.warning(
-            "token refresh failed (%s); the current token is still used; next try in %.2fs",
-            type(exc).__name__,
-            delay,
-            extra={"failures": self._failures, "delay": round(delay, 3)},
-        )
-
-    # -- rotation and in-flight accounting ---------------------------------------------
+    # -- rotation and counted uses -------------------------------------------------------
 
     def rotate(
         self,
@@ -611,114 +374,78 @@ class TokenManager:
         *,
         strict: bool = False,
     ) -> Token:
-        """Replace the token, waiting first for the calls that use it to finish.
+        """Replace the token make-before-break, then retire the old one.
 
-        New callers wait until the new token is in place; counted uses (requests through
-        :class:`~genesys_token.GenesysAuth`, :meth:`in_flight` blocks) are waited for up to
-        ``drain_timeout``. A rotate called from inside a counted use does not wait for that
-        use. Use it after :meth:`set_credentials`, or to retire a token you suspect leaked.
+        Fetches a new token while calls go on with the old one, swaps it in (every new call
+        gets it at once: no caller is held), sets ``rotation_pending`` on the old token's
+        counted uses, waits up to ``drain_timeout`` for them to end, then revokes the old
+        token if asked. Returns after the drain and the revoke. A use held by the calling
+        thread is not waited for.
 
         Args:
-            drain_timeout: Seconds to wait for uses in flight (default: the setting, 30).
-            revoke_previous: Revoke the old token (``DELETE /api/v2/tokens/me``) after the
-                swap; a refusal is logged, not raised.
-            strict: Raise :class:`DrainTimeoutError` instead of swapping when the drain
-                times out.
-
-        Returns:
-            The new token.
+            drain_timeout: Seconds to wait for the old token's uses (default: the setting).
+            revoke_previous: Revoke the old token (``DELETE /api/v2/tokens/me``); a refusal
+                is logged, not raised.
+            strict: A drain that times out raises :class:`DrainTimeoutError`, and the old
+                token is then not revoked (the new one is in place already).
 
         Raises:
-            DrainTimeoutError: ``strict`` and the drain timed out (the old token stays).
+            DrainTimeoutError: ``strict`` and the drain timed out.
             GenesysTokenError: Fetching the new token failed (the old token stays).
         """
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
         timeout = self._settings.drain_timeout if drain_timeout is None else float(drain_timeout)
-        if not self._rotate_lock.acquire(timeout=timeout + self._settings.retry_deadline):
+        if not self._rotate_lock.acquire(timeout=timeout + self._wait_bound):
             raise DrainTimeoutError("another rotation is still running")
         try:
-            return self._rotate(timeout, revoke_previous, strict)
+            return rotate(
+                current=lambda: self._cell,
+                fetch_new=self._fetch_for_rotation,
+                gate=self._gate,
+                reporter=self._reporter,
+                revoke=lambda old: self._transport.revoke(old.access_token),
+                closed=lambda: self._closed,
+                drain_timeout=timeout,
+                revoke_previous=revoke_previous,
+                strict=strict,
+            )
         finally:
             self._rotate_lock.release()
 
-    def _rotate(self, timeout: float, revoke_previous: bool, strict: bool) -> Token:
-        old = self.token
-        gate = self._gate
-        own = gate.own_count()
-        gate.close_gate()
-        try:
-            self._emit(TOKEN_ROTATION_STARTED, old, {"in_flight": gate.count - own})
-            left = gate.drain(own, timeout, lambda: self._closed)
-            if self._closed:
-                raise ManagerClosedError("closed during the rotation")
-            if left:
-                self._metrics.incr("drain_timeouts")
-                self._emit(TOKEN_DRAIN_TIMEOUT, old, {"in_flight": left, "timeout": timeout})
-                if strict:
-                    raise DrainTimeoutError(
-                        f"{left} use(s) of the token still in flight after {timeout:g}s",
-                        in_flight=left,
-                    )
-            else:
-                self._emit(TOKEN_DRAIN_COMPLETE, old, {})
-            new = self._obtain(reason="rotation", force=True, fresh=True).token
-            self._metrics.incr("rotations")
-        finally:
-            gate.open_gate()
-        if revoke_previous and old is not None and old.access_token != new.access_token:
-            self._revoke(old)
-        return new
+    def _fetch_for_rotation(self) -> Cell:
+        want = FetchedAfter(self._flight.generation)
+        return self._flight.obtain(want, deadline=self._deadline(None), reason="rotation")
 
-    def _revoke(self, token: Token) -> None:
-        if self._transport.revoke(token.access_token):
-            self._metrics.incr("revocations")
-            self._emit(TOKEN_REVOKED, token, {})
-
-    def _wait_for_rotation(self) -> None:
-        if not self._gate.rotating:  # the common case: no closure, no sums, per call
-            return
-        bound = self._settings.drain_timeout + self._settings.retry_deadline
-        if not self._gate.wait_while_rotating(bound, lambda: self._closed):
-            log.warning("gave up waiting for a rotation after %.1fs", bound)
-
-    def begin_use(self) -> InFlight:
-        """Count one use of the current token and return it.
-
-        The count and the token are taken together, so a rotation never swaps the token
-        between them. End it with :meth:`InFlight.end` (any thread, idempotent).
-        :class:`~genesys_token.GenesysAuth` and :meth:`in_flight` do this for you.
+    def begin_use(self, timeout: float | None = None) -> InFlight:
+        """Count one use of the current token and return it (end it with
+        :meth:`InFlight.end`, from any thread). :class:`~genesys_token.GenesysAuth` and
+        :meth:`in_flight` do this for you.
 
         Raises:
             ManagerClosedError: The manager was closed.
             GenesysTokenError: No valid token exists and acquiring one failed.
         """
         while True:
-            self._wait_for_rotation()
-            self.get_token()
-            use = self._gate.try_begin(self._current_access_token)
+            use = self._gate.begin(self.get_token(timeout), self._is_current)
             if use is not None:
                 return use
 
-    def _current_access_token(self) -> str | None:
-        current = self._current
-        return current.token.access_token if current is not None else None
+    def _is_current(self, access_token: str) -> bool:
+        cell = self._cell
+        return cell is not None and cell.access_token == access_token
 
     @contextmanager
     def in_flight(self) -> Iterator[InFlight]:
-        """Count a long-lived use of the token, such as a WebSocket, for draining.
+        """Count a long-lived use of the token, such as a WebSocket, for rotations.
 
-        A :meth:`rotate` waits (up to its ``drain_timeout``) for the block to end, and sets
-        ``rotation_pending`` on the yielded handle so the holder can reconnect::
+        :meth:`rotate` swaps the token, sets ``rotation_pending`` on the yielded handle and
+        waits (up to its ``drain_timeout``) for the block to end::
 
             with manager.in_flight() as use:
                 ws = connect(url, token=use.token)
                 while not use.rotation_pending.is_set():
                     handle(ws.recv(timeout=1))
-
-        Raises:
-            ManagerClosedError: The manager was closed.
-            GenesysTokenError: No valid token exists and acquiring one failed.
         """
         use = self.begin_use()
         try:
@@ -728,111 +455,173 @@ class TokenManager:
 
     # -- credentials, events, metrics --------------------------------------------------
 
-    def set_credentials(self, client_secret: str, client_id: str | None = None) -> None:
-        """Use new credentials for the next token request (the current token stays).
-
-        Follow with :meth:`rotate` to switch a running application to the new secret.
+    def set_credentials(self, client_secret: Secret, client_id: str | None = None) -> None:
+        """Use new credentials for the next token request (the current token stays), and
+        end a cool-down of rejected credentials. Follow with :meth:`rotate` to switch now.
 
         Raises:
             ConfigurationError: An empty or mistyped value.
         """
-        new = Credentials(client_id or self._credentials.client_id, client_secret)
-        with self._lock:
-            self._credentials = new
+        new = Credentials(client_id or self._settings.client_id, client_secret)
+        with self._flight.lock:
             self._settings = self._settings.with_credentials(new)
+            self._credentials_generation += 1
+        self._rejected.clear()
+        self._recheck_at = float("-inf")
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
         """Call ``callback(record)`` for each event of ``event_type`` (``"*"``: all).
 
-        Listeners run outside the manager's locks; one that raises is logged and skipped.
+        Listeners run with no lock of the manager held; one that raises is logged and skipped.
 
         Returns:
             A callable that unsubscribes.
         """
-        return self._events.on(event_type, callback)
+        return self._reporter.on(event_type, callback)
+
+    def note_replay(self) -> None:
+        """Count a call replayed after a 401 (for adapters such as GenesysAuth)."""
+        self._reporter.metrics.incr("replays_401")
 
     def metrics(self) -> dict[str, Any]:
         """A snapshot of the counters (bounded memory however long the process runs)."""
-        current = self._current
-        expires_in = None if current is None else round(current.token.remaining(), 3)
-        snap = self._metrics.snapshot(in_flight=self._gate.count, expires_in=expires_in)
-        if self._webhook is not None:
-            snap["webhook_deliveries"] = self._webhook.delivered
-            snap["webhook_dropped"] = self._webhook.dropped
+        snap = self._reporter.snapshot(in_flight=self._gate.count, cell=self._cell, now=self._now())
+        snap["credentials_cooldown"] = round(self._rejected.remaining, 3)
         return snap
 
-    def _emit(self, event_type: str, token: Token | None, data: dict[str, Any]) -> None:
-        record = make_record(
-            event_type,
-            client_id=self._credentials.client_id,
-            token_fingerprint=token.fingerprint if token is not None else None,
-            metrics=self._metrics_summary(),
-            data=data,
-        )
-        self._events.emit(record)
+    # -- what the flights report (no lock held) ------------------------------------------
 
-    def _metrics_summary(self) -> dict[str, Any]:
-        snap = self.metrics()
-        return {
-            "error_rate": snap["error_rate"],
-            "latency_ms": snap["latency_ms"],
-            "token_requests": snap["token_requests"],
-        }
+    def _plan(self, token: Token, generation: int) -> Cell:
+        s = self._settings
+        return plan(
+            token,
+            refresh_buffer=s.refresh_buffer,
+            refresh_jitter=s.refresh_jitter,
+            draw=self._clock.random(),
+            generation=generation,
+            now=self._now(),
+        )
+
+    def _install(self, cell: Cell) -> None:
+        self._cell = cell
+        self._parked = None
+
+    def _finished(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
+        now = self._now()
+        if cell is not None:
+            self._failures, self._retry_at = 0, None
+            self._arm(cell.refresh_at - now)
+            self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
+        elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
+            self._reporter.failed(error, flight.reason, flight.requests, self._cell, now)
+            self._back_off(error, now)
+
+    def _back_off(self, error: GenesysTokenError, now: float) -> None:
+        self._failures += 1
+        ceiling = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_BASE * 2.0 ** (self._failures - 1))
+        cell = self._cell
+        if cell is not None and cell.usable(now):
+            ceiling = min(ceiling, max(FAILURE_BACKOFF_MIN, (cell.usable_until - now) / 4))
+        delay = max(FAILURE_BACKOFF_MIN, ceiling * self._clock.random())
+        if isinstance(error, RateLimitedError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        if isinstance(error, InvalidClientError):
+            delay = max(delay, self._rejected.remaining)
+        self._retry_at = now + delay
+        if cell is not None:
+            self._arm(delay)
+        if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
+            log.warning(
+                "token refresh failed (%s); next try in %.2fs",
+                type(error).__name__,
+                delay,
+                extra={"failures": self._failures, "delay": round(delay, 3)},
+            )
+
+    def _scheduled_refresh(self) -> None:
+        """Run by a scheduler worker at the planned refresh point."""
+        if self._closed:
+            return
+        now = self._now()
+        if self._retry_at is not None and now < self._retry_at:
+            self._arm(self._retry_at - now)
+            return
+        cell = self._cell
+        if cell is None:
+            return
+        if cell.fresh(now):
+            self._arm(cell.refresh_at - now)  # planned on stale state: refreshed meanwhile
+            return
+        try:
+            want = NotDue(self._credentials_generation)
+            self._flight.obtain(
+                want, deadline=self._deadline(None), reason="background", inline=True
+            )
+        except GenesysTokenError:
+            pass  # reported and backed off in _finished
+
+    def _arm(self, delay: float) -> None:
+        if self._settings.background_refresh and not self._closed:
+            scheduler().schedule(self._job, delay)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float:
+        if timeout is None:
+            return time.monotonic() + self._wait_bound
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            raise ConfigurationError("timeout must be a number >= 0 or None", field="timeout")
+        return time.monotonic() + float(timeout)
+
+    def _raise_if_rejected(self) -> None:
+        """During a credentials cool-down, fail at once (no flight, no request); a secret
+        source gets re-read once a second in case it now gives another secret."""
+        error = self._rejected.check()
+        if error is None:
+            return
+        if not isinstance(self._settings.credentials.client_secret, str):
+            now = self._now()
+            if now >= self._recheck_at:
+                self._recheck_at = now + SECRET_RECHECK
+                return  # let this caller's acquisition read the source again
+        self._reporter.metrics.incr("rejected_calls")
+        raise error
 
     def _on_retry(self, notice: RetryNotice) -> None:
-        self._metrics.incr("retries")
+        self._reporter.metrics.incr("retries")
 
-    def _on_failure(self, exc: GenesysTokenError, reason: str) -> None:
-        attempts = exc.attempts if isinstance(exc, TokenRequestError) else 1
-        self._metrics.record_error(exc, attempts)
-        current = self._current
-        self._emit(
-            TOKEN_REFRESH_FAILURE,
-            current.token if current is not None else None,
-            {
-                "reason": reason,
-                "error": type(exc).__name__,
-                "message": excerpt(str(exc), 160),
-                "status": getattr(exc, "status", None),
-                "attempts": attempts,
-                "token_still_valid": current is not None
-                and self._clock.monotonic() < current.usable_until,
-            },
-        )
-
-    def _report_expired(self, current: _Current | None) -> None:
-        if current is None or self._expired_reported == current.token.fingerprint:
-            return
-        self._expired_reported = current.token.fingerprint
-        self._emit(TOKEN_EXPIRED, current.token, {})
-
-    def _webhook_failed(self, data: dict[str, Any]) -> None:
-        """Called by the webhook worker when a delivery failed for good."""
-        self._metrics.incr("webhook_failures")
-        self._emit(WEBHOOK_DELIVERY_FAILED, self.token, data)
+    def _unpark(self) -> None:
+        """First use after a fork: bring back the refresh (the hot path sent us here)."""
+        with self._flight.lock:
+            parked = self._parked
+            if parked is None:
+                return
+            self._parked = None
+            real, shown = parked
+            if self._cell is shown:
+                self._cell = real
+        self._arm(real.refresh_at - self._now())
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the refresh thread and release connections. Idempotent.
+        """Stop this manager's refresh at once and release its callers. Idempotent.
 
-        Later :meth:`get_token` calls raise :class:`ManagerClosedError`; callers blocked
-        waiting for a token are woken and raise it too.
+        A token request in progress is abandoned (its connection cut); nothing is installed
+        afterwards. Later calls raise :class:`ManagerClosedError`; so do callers waiting for
+        a token, at once.
         """
-        with self._lock:
+        with self._flight.lock:
             if self._closed:
                 return
             self._closed = True
-            self._stop.set()
-            self._wake.set()
-            self._cond.notify_all()
+            cell = self._cell
+            if cell is not None:
+                self._cell = cell.parked()  # the hot path now takes the slow path: closed
+        self._flight.close()
+        scheduler().cancel(self._job)
         self._gate.wake_all()
-        timer = self._timer
-        if timer is not None and timer is not threading.current_thread():
-            timer.join(CLOSE_JOIN_TIMEOUT)
-        if self._webhook is not None:
-            self._webhook_finalizer.detach()
-            self._webhook.close()
+        self._reporter.close()
         self._transport.close()
 
     def __enter__(self) -> TokenManager:
@@ -842,32 +631,71 @@ class TokenManager:
         self.close()
 
     def _after_fork_in_child(self) -> None:
-        """Fresh locks, no counted uses, a new connection pool; the timer restarts on use."""
-        self._new_sync_objects()
-        # Reset in place: an InFlight begun in the parent still points at this gate, and
-        # must find itself unknown (ignored) rather than take a lock copied mid-use.
+        """Fresh locks and no counted uses; the refresh comes back on first use."""
+        self._flight.reset_after_fork()
         self._gate.reset_after_fork()
-        self._metrics.after_fork()
-        self._events.after_fork()
-        self._timer = None
-        # Always: its retry backoff must wait on this process's stop event (close()).
-        self._transport = self._new_transport()
+        self._reporter.after_fork()
+        self._rotate_lock = threading.Lock()
+        self._job = _job_for(self)
+        self._nudged = None
+        if self._session is not None:
+            _http.renew_adapters(self._session)  # the parent's keep-alive sockets stay its own
         after_fork = getattr(self._store, "_after_fork", None)
         if callable(after_fork):
             after_fork()
-        if self._webhook is not None:
-            self._webhook.after_fork()
+        cell = self._cell
+        if cell is not None and not self._closed and self._settings.background_refresh:
+            shown = cell.parked()
+            self._parked = (cell, shown)
+            self._cell = shown
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "a TokenManager cannot be pickled or sent to a spawned process (multiprocessing "
+            "'spawn'/'forkserver'): create one in the child process instead. Servers that "
+            "fork (gunicorn --preload) may create it before the fork."
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         token = self.token
         return (
-            f"TokenManager(client_id={self._credentials.client_id!r}, "
+            f"TokenManager(client_id={self._settings.client_id!r}, "
             f"token_url={self._settings.token_url!r}, state={state!r}, "
             f"token={token.fingerprint if token else None!r})"
         )
 
 
-def _describe(exc: BaseException) -> str:
-    """A one-line, redacted description of an exception for a log line."""
-    return f"{type(exc).__name__}: {excerpt(str(exc), 160)}"
+_NOT_SETTINGS = frozenset({"self", "client_id", "client_secret", "store", "clock", "session"})
+
+
+def _job_for(manager: TokenManager) -> Job:
+    """The manager's scheduler job; it holds the manager weakly, so a manager dropped
+    without close() is collected and its refresh stops."""
+    ref = weakref.ref(manager)
+
+    def run() -> None:
+        target = ref()
+        if target is not None:
+            target._scheduled_refresh()
+
+    job = Job(run, manager.client_id[:16])
+    # Dropped without close(): the job goes too (forget() never blocks in a finalizer).
+    finalizer = weakref.finalize(manager, _forget_job, job)
+    finalizer.atexit = False
+    return job
+
+
+def _forget_job(job: Job) -> None:
+    scheduler().forget(job)
+
+
+def _warn_region_mismatch(settings: Settings) -> None:
+    login, api = region_of_url(settings.token_url), region_of_url(settings.api_base_url)
+    if login is not None and api is not None and login != api:
+        log.warning(
+            "token_url is in region %s but api_base_url is in %s: the API will reject the "
+            "tokens (401). Set region= alone, or both URLs of one region.",
+            login,
+            api,
+        )

@@ -26,6 +26,8 @@ COUNTERS = (
     "retries",
     "rotations",
     "replays_401",
+    "api_rejections",
+    "rejected_calls",
     "drain_timeouts",
     "revocations",
     "store_hits",

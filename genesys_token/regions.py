@@ -157,3 +157,12 @@ def check_url(url: str, *, field: str) -> str:
             field=field,
         )
     return url.strip().rstrip("/")
+
+
+def region_of_url(url: str) -> str | None:
+    """The region whose login or API host ``url`` names, or None (loopback, proxies, ...)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    for prefix in ("login.", "api.", "apps."):
+        if host.startswith(prefix) and host[len(prefix) :] in _DOMAIN_TO_REGION:
+            return _DOMAIN_TO_REGION[host[len(prefix) :]]
+    return None

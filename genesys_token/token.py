@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ._clock import elapsed
 from .config import MAX_TOKEN_LIFETIME
 
 #: Share of a token's lifetime kept in reserve however large ``refresh_buffer`` is: a
@@ -18,8 +18,11 @@ MAX_BUFFER_SHARE = 0.25
 MAX_JITTER_SHARE = 0.10
 
 
-#: Wall clocks of machines sharing a store differ; this much is tolerated.
+#: Wall clocks of machines sharing a store differ; this much is tolerated on a lifetime.
 STORE_CLOCK_SKEW = 300.0
+#: A stored token issued further in the future than this was written by a clock that has
+#: since stepped back (or by a liar): its wall-clock expiry cannot be trusted.
+FUTURE_ISSUE_SKEW = 120.0
 
 
 def _is_real(value: Any) -> bool:
@@ -57,8 +60,9 @@ class Token:
     claims: dict[str, Any] | None = None
     obtained_at: float = 0.0
     source: str = "network"
-    #: Expiry on ``time.monotonic()``; this, not ``expires_at``, decides validity in-process,
-    #: so a wall-clock jump cannot make a dead token look alive or a live one dead.
+    #: Expiry on the manager's clock (:data:`genesys_token._clock.elapsed`, which counts
+    #: suspend); this, not ``expires_at``, decides validity in-process, so a wall-clock jump
+    #: cannot make a dead token look alive or a live one dead.
     monotonic_expiry: float = field(default=0.0)
     fingerprint: str = field(default="", init=False)
 
@@ -100,11 +104,11 @@ class Token:
         return self.claims is not None
 
     def remaining(self, now: float | None = None) -> float:
-        """Seconds until expiry on the monotonic clock (negative once expired)."""
-        return self.monotonic_expiry - (time.monotonic() if now is None else now)
+        """Seconds until expiry on the SDK's clock (negative once expired)."""
+        return self.monotonic_expiry - (elapsed() if now is None else now)
 
     def is_expired(self, now: float | None = None) -> bool:
-        """Whether the token has expired (monotonic clock)."""
+        """Whether the token has expired (the SDK's clock)."""
         return self.remaining(now) <= 0
 
     def expires_at_iso(self) -> str:
@@ -129,8 +133,11 @@ class Token:
     ) -> Token:
         """Rebuild a token saved by :meth:`to_dict`, possibly by another process.
 
-        The monotonic expiry is derived from the wall-clock expiry *now*: monotonic clocks
-        are not comparable between processes or machines.
+        The in-process expiry is derived from the wall-clock expiry *now* (monotonic clocks
+        are not comparable between processes or machines), and never trusted further than
+        the entry itself allows: the remaining life is capped by ``expires_in``, and an entry
+        issued in the future (beyond :data:`FUTURE_ISSUE_SKEW`) is refused, so a wall clock
+        that steps back cannot revive an expired token.
 
         Raises:
             ValueError: The data is not a token saved by :meth:`to_dict`.
@@ -156,6 +163,9 @@ class Token:
         # Beyond Genesys' 48 h (plus clock skew between machines): not a genuine token.
         if expires_at - now_wall > MAX_TOKEN_LIFETIME + STORE_CLOCK_SKEW:
             raise ValueError("stored token claims an impossible lifetime")
+        if obtained_at - now_wall > FUTURE_ISSUE_SKEW:
+            raise ValueError("stored token was issued in the future (a clock stepped back)")
+        remaining = min(expires_at - now_wall, expires_in)
         return cls(
             access_token=access_token,
             token_type=token_type,
@@ -165,7 +175,7 @@ class Token:
             claims=claims,
             obtained_at=obtained_at,
             source=source,
-            monotonic_expiry=now_monotonic + (expires_at - now_wall),
+            monotonic_expiry=now_monotonic + remaining,
         )
 
     def __repr__(self) -> str:

@@ -21,9 +21,7 @@ import base64
 import dataclasses
 import http.client
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +38,8 @@ from ._answers import (
     parse_retry_after,
     parse_success,
 )
+from ._clock import SYSTEM_CLOCK, Clock
+from ._http import Cancel, attached, shared_session
 from ._redact import excerpt
 from .config import Credentials, Settings
 from .errors import (
@@ -61,7 +61,7 @@ __all__ = [
     "parse_retry_after",
 ]
 
-log = logging.getLogger("genesys_token")
+log = logging.getLogger(__name__)
 
 _READ_CHUNK = 8192
 #: 2**60 times any sane ``backoff_base`` is far past ``backoff_max``; a larger exponent only
@@ -85,18 +85,6 @@ class RetryNotice:
     error: TokenRequestError
 
 
-@dataclass(frozen=True)
-class Clock:
-    """The clocks and the randomness the SDK uses; tests pass their own to be deterministic."""
-
-    monotonic: Callable[[], float] = time.monotonic
-    time: Callable[[], float] = time.time
-    random: Callable[[], float] = random.random
-
-
-SYSTEM_CLOCK = Clock()
-
-
 def basic_auth_header(credentials: Credentials) -> str:
     """The ``Authorization: Basic`` value for a client id and secret (UTF-8).
 
@@ -109,8 +97,9 @@ def basic_auth_header(credentials: Credentials) -> str:
 class TokenEndpoint:
     """Requests client-credentials tokens from one token URL, with retries.
 
-    Thread-safe: a ``requests.Session`` is shared; all per-call state is local. Proxies and
-    CA bundles from the environment apply as in ``requests`` (``trust_env``).
+    Thread-safe: all per-call state is local. By default every endpoint of the process shares
+    one connection pool (``_http.shared_session``). Proxies and CA bundles from the
+    environment apply as in ``requests`` (``trust_env``).
     """
 
     def __init__(
@@ -129,23 +118,25 @@ class TokenEndpoint:
             clock: Clocks and randomness (tests inject their own).
             wait: Sleeps up to the given seconds; returns True when interrupted (closing).
             on_retry: Called before each retry wait, for metrics.
-            session: A ``requests.Session`` to use instead of a new one.
+            session: A ``requests.Session`` to use instead of the shared one.
         """
         self._settings = settings
         self._clock = clock
         self._wait = wait or threading.Event().wait
         self._on_retry = on_retry
-        self._session = session or requests.Session()
-        self._owns_session = session is None
+        self._own_session = session
+
+    @property
+    def _session(self) -> requests.Session:
+        return self._own_session if self._own_session is not None else shared_session()
 
     def close(self) -> None:
-        """Close the pooled connections (only of a session this object created)."""
-        if self._owns_session:
-            self._session.close()
+        """Nothing to release: the shared pool outlives a manager, a given session is the
+        caller's."""
 
     # -- token acquisition -------------------------------------------------------------
 
-    def fetch(self, credentials: Credentials) -> TokenResponse:
+    def fetch(self, credentials: Credentials, *, cancel: Cancel | None = None) -> TokenResponse:
         """Run the client-credentials grant, retrying what is worth retrying.
 
         Retried: 429, 500, 502, 503, 504, Genesys' 400 ``rate limit exceeded;`` answer,
@@ -155,6 +146,8 @@ class TokenEndpoint:
 
         Args:
             credentials: The client id and secret to authenticate with.
+            cancel: Abandons the request: interrupts the retry waits and cuts the connection
+                (``close()`` of the manager).
 
         Returns:
             The parsed token answer.
@@ -169,11 +162,16 @@ class TokenEndpoint:
             ManagerClosedError: The owner closed while we waited to retry.
         """
         settings = self._settings
+        credentials = credentials.resolve()
+        wait = cancel.wait if cancel is not None else self._wait
         deadline = self._clock.monotonic() + settings.retry_deadline
         attempt = 1
         while True:
+            if cancel is not None and cancel.cancelled:
+                raise ManagerClosedError("token request abandoned: the manager was closed")
             try:
-                response = self._attempt(credentials)
+                with attached(cancel):
+                    response = self._attempt(credentials)
             except TokenRequestError as exc:
                 exc.attempts = attempt
                 delay = self._retry_delay(exc, attempt)
@@ -193,7 +191,7 @@ class TokenEndpoint:
                 )
                 if self._on_retry is not None:
                     self._on_retry(RetryNotice(attempt, delay, exc))
-                if self._wait(delay):
+                if wait(delay):
                     raise ManagerClosedError("closed while waiting to retry") from None
                 attempt += 1
                 continue
@@ -372,6 +370,7 @@ class TokenEndpoint:
 def _known_secrets(credentials: Credentials) -> tuple[str, ...]:
     """The secret in every form a hostile answer could echo it back in."""
     secret = credentials.client_secret
+    assert isinstance(secret, str)  # fetch() resolved the source
     header = basic_auth_header(credentials)
     return (secret, quote_plus(secret), quote(secret, safe=""), header, header[6:])
 

@@ -113,7 +113,7 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
             raise rejected from None
         use = self.manager.begin_use()
         try:
-            self.manager._metrics.incr("replays_401")
+            self.manager.note_replay()
             return self.inner.request(_with_token(options, use.token))
         finally:
             use.end()

@@ -1,0 +1,266 @@
+"""One acquisition, on ONE frozen snapshot of credentials and store key.
+
+store lock -> load -> token request -> validate -> save. The snapshot (settings, the secret
+its source gives now, the store key derived from that client id) is taken once at the start,
+so ``set_credentials()`` during a long wait for the store lock cannot make one client's token
+land under another client's key. Every store call goes through one error policy: a store that
+raises (``unlock`` included) costs neither the token nor a foreign exception; it is counted
+and logged once per outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import _http
+from ._cell import Cell
+from ._flight import Flight, Spec
+from ._redact import excerpt
+from ._rejections import RejectedCredentials
+from ._secrets import digest
+from .config import Credentials, Settings
+from .errors import (
+    InvalidClientError,
+    ManagerClosedError,
+    TokenRequestError,
+    TokenValidationError,
+)
+from .metrics import Metrics
+from .stores.base import TokenStore, store_key
+from .token import Token
+from .transport import Clock, TokenEndpoint
+from .validation import TokenValidator
+
+log = logging.getLogger(__name__)
+
+#: The store lock is waited for in slices this long, re-checking for close() between them.
+STORE_LOCK_SLICE = 1.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one acquisition uses, fixed at its start."""
+
+    settings: Settings
+    credentials: Credentials  # resolved: the secret is a string
+    key: str
+
+
+def lock_bound(settings: Settings) -> float:
+    """How long one acquisition may take: a peer waits this long for the store lock.
+
+    Giving up sooner would add token requests exactly when the endpoint is throttling.
+    """
+    return settings.retry_deadline + sum(settings.timeout)
+
+
+class StoreHealth:
+    """Counts store failures and logs them once per outage, not once per call."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._down = False
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        self._metrics.incr("store_errors")
+        detail = f"{type(exc).__name__}: {excerpt(str(exc), 160)}"
+        if self._down:
+            log.debug("token store still unavailable (%s: %s)", what, detail)
+            return
+        self._down = True
+        log.warning(
+            "token store unavailable (%s: %s); using the network until it answers again",
+            what,
+            detail,
+        )
+
+    def ok(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("token store answers again")
+
+
+class Acquirer:
+    """Runs acquisitions for one manager (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Callable[[], Settings],
+        store: TokenStore,
+        transport: TokenEndpoint,
+        validator: TokenValidator,
+        clock: Clock,
+        plan: Callable[[Token, int], Cell],
+        rejections: RejectedCredentials,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._transport = transport
+        self._validator = validator
+        self._clock = clock
+        self._plan = plan
+        self._rejections = rejections
+        self._metrics = metrics
+        self._health = StoreHealth(metrics)
+
+    def snapshot(self) -> Snapshot:
+        """Freeze the settings and read the secret source once.
+
+        Raises:
+            SecretSourceError: The source gave no usable secret.
+        """
+        settings = self._settings()
+        credentials = settings.credentials.resolve()
+        key = store_key(credentials.client_id, settings.token_url, settings.scopes)
+        return Snapshot(settings, credentials, key)
+
+    def acquire(self, flight: Flight, held: Cell | None) -> Cell:
+        """One acquisition for ``flight``; ``held`` is the cell in use when it began.
+
+        Raises:
+            GenesysTokenError: No token (the typed error of the request, or of the source).
+        """
+        snap = self.snapshot()
+        rejected = self._rejections.check(_digest(snap.credentials))
+        if rejected is not None:
+            raise rejected  # the cool-down of these very credentials: no request
+        spec = flight.spec
+        if spec.use_store and (cell := self._load(snap, spec, held, flight)) is not None:
+            return cell
+        with self._store_lock(snap, flight):
+            if spec.use_store and (cell := self._load(snap, spec, held, flight)) is not None:
+                return cell  # another process refreshed while we waited for the lock
+            token = self._request(snap, flight)
+            cell = self._plan(token, flight.generation)
+            if not cell.usable(self._clock.monotonic()):
+                # Slow answer, short token: handing it out would send calls that fail.
+                raise TokenRequestError(
+                    f"the token arrived too late to be used ({token.expires_in:g}s lifetime)",
+                    attempts=flight.requests,
+                )
+            self._save(snap, token)
+            return cell
+
+    # -- the network ---------------------------------------------------------------------
+
+    def _request(self, snap: Snapshot, flight: Flight) -> Token:
+        try:
+            return self._fetch(snap, snap.credentials, flight)
+        except InvalidClientError as exc:
+            # The source may have been rotated since the snapshot: read it again at once.
+            fresh = self._settings().credentials.resolve()
+            same_client = fresh.client_id == snap.credentials.client_id
+            if same_client and _digest(fresh) != _digest(snap.credentials):
+                log.info("the secret source gives a new secret; retrying the token request")
+                try:
+                    return self._fetch(snap, fresh, flight)
+                except InvalidClientError as again:
+                    self._rejections.record(_digest(fresh), again)
+                    raise
+            self._rejections.record(_digest(snap.credentials), exc)
+            raise
+
+    def _fetch(self, snap: Snapshot, credentials: Credentials, flight: Flight) -> Token:
+        settings = snap.settings
+        host = urlsplit(settings.token_url).netloc
+        with _http.LIMITER.slot(host, flight.cancel, settings.retry_deadline):
+            try:
+                response = self._transport.fetch(credentials, cancel=flight.cancel)
+            except TokenRequestError as exc:
+                flight.requests += exc.attempts
+                raise
+        flight.requests += response.attempts
+        return self._validator.build(response, credentials.client_id, now_wall=self._clock.time())
+
+    # -- the store: one error policy for every call ------------------------------------
+
+    def _load(self, snap: Snapshot, spec: Spec, held: Cell | None, flight: Flight) -> Cell | None:
+        clock = self._clock
+        try:
+            token = self._store.load(
+                snap.key, now_monotonic=clock.monotonic(), now_wall=clock.time()
+            )
+            if token is not None:
+                self._validator.check_claims(
+                    token, snap.credentials.client_id, now_wall=clock.time()
+                )
+        except TokenValidationError as exc:
+            log.debug("ignoring a stored token that fails validation: %s", exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
+            self._health.failed("read", exc)
+            return None
+        self._health.ok()
+        if token is None or token.access_token in spec.reject:
+            return None
+        if held is not None and token.access_token == held.access_token:
+            token = held.token  # ours already: our own clock knows its expiry best
+        cell = self._plan(token, flight.generation)
+        if not cell.fresh(clock.monotonic()):
+            return None  # due already: using it would refresh again at once
+        return cell
+
+    def _save(self, snap: Snapshot, token: Token) -> None:
+        try:
+            self._store.save(snap.key, token)
+        except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
+            self._health.failed("write", exc)
+        else:
+            self._health.ok()
+
+    @contextlib.contextmanager
+    def _store_lock(self, snap: Snapshot, flight: Flight) -> Iterator[bool]:
+        """The store's cross-process lock, waited for in slices so close() is prompt.
+
+        Yields whether it is held; any store failure (lock or unlock) is logged and the
+        acquisition goes on without it.
+        """
+        context: Any = None
+        held = False
+        deadline = time.monotonic() + lock_bound(snap.settings)
+        while True:
+            started = time.monotonic()
+            remaining = deadline - started
+            try:
+                context = self._store.lock(snap.key, max(0.0, min(STORE_LOCK_SLICE, remaining)))
+                held = bool(context.__enter__())
+            except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
+                self._health.failed("lock", exc)
+                context, held = None, False
+                break
+            if flight.cancel.cancelled:
+                self._unlock(context)
+                raise ManagerClosedError("closed while waiting for the token store lock")
+            # A refusal well before the slice ran out means the store cannot lock (down).
+            refused = time.monotonic() - started < STORE_LOCK_SLICE / 2
+            if held or refused or remaining <= STORE_LOCK_SLICE:
+                break
+            self._unlock(context)
+            context = None
+        if not held and context is not None:
+            log.debug("token store lock not acquired in time; fetching without it")
+        try:
+            yield held
+        finally:
+            if context is not None:
+                self._unlock(context)
+
+    def _unlock(self, context: Any) -> None:
+        try:
+            context.__exit__(None, None, None)
+        except Exception as exc:  # noqa: BLE001 - the token is already saved; keep it
+            self._health.failed("unlock", exc)
+
+
+def _digest(credentials: Credentials) -> bytes:
+    secret = credentials.client_secret
+    assert isinstance(secret, str)  # resolved
+    return digest(credentials.client_id, secret)

@@ -1,0 +1,247 @@
+"""Connections to token endpoints: one shared pool per process, requests that close() can cut.
+
+Every manager of a process talks through :func:`shared_session` (unless given its own
+``session=``): one ``requests.Session`` whose pools are keyed by host and TLS settings and
+hold at most :data:`POOL_MAXSIZE` connections per host, so a thousand managers of one login
+host do not own a thousand sockets. It keeps no cookies (managers of different orgs share
+it). :class:`Cancel` lets ``close()`` abandon a token request in progress: the connections
+that request uses are registered with it, and cancelling shuts their sockets down, which
+wakes the blocked read at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookiejar
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
+
+__all__ = [
+    "MAX_REQUESTS_PER_HOST",
+    "POOL_MAXSIZE",
+    "Cancel",
+    "HostLimiter",
+    "attached",
+    "renew_adapters",
+    "shared_session",
+]
+
+#: Connections kept per host in the shared pool; more concurrent requests still run, on
+#: connections that are closed afterwards.
+POOL_MAXSIZE = 8
+#: Hosts whose pools are kept (login hosts of every region, plus tests' loopback ports).
+POOL_HOSTS = 32
+#: Concurrent token requests per login host from this process: a cold start of thousands
+#: of orgs queues here instead of becoming a burst at the token endpoint.
+MAX_REQUESTS_PER_HOST = 8
+
+_local = threading.local()
+_attach_lock = threading.Lock()
+
+
+class Cancel:
+    """Abandons one acquisition: interrupts its waits and cuts its connections."""
+
+    __slots__ = ("__weakref__", "_conns", "_event")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._conns: list[weakref.ref[Any]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` ran."""
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when cancelled meanwhile (stop waiting)."""
+        return self._event.wait(max(0.0, seconds))
+
+    def cancel(self) -> None:
+        """Cancel: wake the waits and shut down the sockets of requests in progress."""
+        self._event.set()
+        with _attach_lock:
+            conns = [ref() for ref in self._conns]
+            self._conns.clear()
+            for conn in conns:
+                if conn is not None and getattr(conn, "_genesys_cancel", None) is self:
+                    _shut(getattr(conn, "sock", None))
+
+    def _attach(self, conn: Any) -> None:
+        with _attach_lock:
+            conn._genesys_cancel = self
+            self._conns.append(weakref.ref(conn))
+        if self.cancelled:
+            raise ConnectionAbortedError("token request abandoned: the manager was closed")
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def attached(cancel: Cancel | None) -> Iterator[None]:
+    """Register the connections this thread uses meanwhile with ``cancel``."""
+    previous = getattr(_local, "cancel", None)
+    _local.cancel = cancel
+    try:
+        yield
+    finally:
+        _local.cancel = previous
+
+
+class _Attaching:
+    """Mixed into urllib3's connection classes: a connection in use joins the caller's
+    :class:`Cancel` (connect and request: a handshake can hang too)."""
+
+    def connect(self) -> None:
+        self._join()
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self._join()
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def _join(self) -> None:
+        cancel: Cancel | None = getattr(_local, "cancel", None)
+        if cancel is not None:
+            cancel._attach(self)
+        else:
+            self._genesys_cancel = None
+
+
+class _HTTPConnection(_Attaching, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Attaching, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose connections can be cut by a :class:`Cancel`."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Managers of different orgs share the session: nobody's cookie reaches another."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+_session_lock = threading.Lock()
+_session: requests.Session | None = None
+
+
+def shared_session() -> requests.Session:
+    """The process-wide session for token endpoints (a new one in a forked child)."""
+    global _session
+    session = _session
+    if session is not None:
+        return session
+    with _session_lock:
+        if _session is None:
+            new = requests.Session()
+            new.cookies.set_policy(_NoCookies())
+            adapter = _Adapter(pool_connections=POOL_HOSTS, pool_maxsize=POOL_MAXSIZE)
+            new.mount("https://", adapter)
+            new.mount("http://", adapter)
+            _session = new
+        return _session
+
+
+def renew_adapters(session: requests.Session) -> None:
+    """Give ``session`` fresh connection pools with the same settings (in a forked child:
+    the inherited pools hold the parent's sockets). Adapters that are not ``HTTPAdapter``s
+    are left alone."""
+    for prefix, adapter in list(session.adapters.items()):
+        if isinstance(adapter, requests.adapters.HTTPAdapter):
+            fresh: Any = type(adapter).__new__(type(adapter))
+            fresh.__setstate__(adapter.__getstate__())  # type: ignore[attr-defined]
+            session.adapters[prefix] = fresh
+
+
+class HostLimiter:
+    """At most :data:`MAX_REQUESTS_PER_HOST` token requests at once per host, process-wide."""
+
+    def __init__(self, limit: int = MAX_REQUESTS_PER_HOST) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+
+    @contextlib.contextmanager
+    def slot(self, host: str, cancel: Cancel | None, bound: float) -> Iterator[bool]:
+        """Hold a slot for ``host``; waits at most ``bound`` seconds (then goes ahead: the
+        bound protects the endpoint, it must not stop a refresh), and stops on ``cancel``.
+
+        Yields:
+            Whether a slot is held.
+        """
+        with self._lock:
+            semaphore = self._slots.get(host)
+            if semaphore is None:
+                semaphore = self._slots[host] = threading.BoundedSemaphore(self._limit)
+        deadline = time.monotonic() + bound
+        held = semaphore.acquire(blocking=False)
+        while not held and (left := deadline - time.monotonic()) > 0:
+            if cancel is not None and cancel.cancelled:
+                break
+            held = semaphore.acquire(timeout=min(left, 0.25))
+        try:
+            yield held
+        finally:
+            if held:
+                semaphore.release()
+
+
+LIMITER = HostLimiter()
+
+
+def _after_fork_in_child() -> None:
+    global _session, _session_lock, _attach_lock, LIMITER
+    # Abandoned, not closed: closing takes locks a parent thread may have held at the fork.
+    _session = None
+    _session_lock = threading.Lock()
+    _attach_lock = threading.Lock()
+    LIMITER = HostLimiter()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

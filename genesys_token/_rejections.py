@@ -1,0 +1,141 @@
+"""Remembering rejections, so that callers cannot turn them into token-request storms.
+
+* :class:`RejectedCredentials` — after Genesys answers ``invalid_client`` or
+  ``unauthorized_client``, callers get the same typed error at once, without a token request,
+  for a cool-down that doubles from about 1 s to about 60 s (with jitter). A new secret
+  (``set_credentials`` or a source that now gives another one) ends it at once.
+* :class:`RejectedTokens` — after the API answers 401 to a token fetched moments ago,
+  at most one such fresh token is replaced per cool-down: an API that rejects every token
+  (another region's API host, a client without the role) gets its 401 back, not a new token
+  per call.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable
+
+from .errors import InvalidClientError, TokenRejectedError
+
+log = logging.getLogger(__name__)
+
+#: Cool-down after a rejected secret: doubling from the first to the cap, +-25% jitter.
+CREDENTIALS_COOLDOWN_FIRST = 1.0
+CREDENTIALS_COOLDOWN_MAX = 60.0
+#: A token younger than this that the API rejects is "fresh"; at most one fresh token is
+#: replaced per this many seconds.
+FRESH_TOKEN_COOLDOWN = 60.0
+
+
+class RejectedCredentials:
+    """The negative cache of rejected credentials (thread-safe)."""
+
+    def __init__(self, now: Callable[[], float], draw: Callable[[], float]) -> None:
+        self._now = now
+        self._draw = draw
+        self._lock = threading.Lock()
+        self._digest: bytes | None = None
+        self._error: InvalidClientError | None = None
+        self._until = float("-inf")
+        self._strikes = 0
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left of the cool-down (0 when none)."""
+        return max(0.0, self._until - self._now())
+
+    @property
+    def active(self) -> bool:
+        """Whether a cool-down runs (read without the lock: it is advisory)."""
+        return self._now() < self._until
+
+    def record(self, digest: bytes, error: InvalidClientError) -> float:
+        """Genesys rejected the credentials named by ``digest``; returns the cool-down."""
+        with self._lock:
+            self._strikes = self._strikes + 1 if self._digest == digest else 1
+            self._digest = digest
+            self._error = error
+            ceiling = min(
+                CREDENTIALS_COOLDOWN_MAX, CREDENTIALS_COOLDOWN_FIRST * 2.0 ** (self._strikes - 1)
+            )
+            cooldown = ceiling * (0.75 + 0.5 * self._draw())
+            self._until = self._now() + cooldown
+        # Once per cool-down: the only token request of the cool-down was just rejected.
+        log.warning(
+            "Genesys rejected the client credentials (%s); no token request for %.1fs. "
+            "set_credentials(), or a secret source that now gives another secret, ends this.",
+            error.error or f"HTTP {error.status}",
+            cooldown,
+            extra={"cooldown": round(cooldown, 3), "strikes": self._strikes},
+        )
+        return cooldown
+
+    def check(self, digest: bytes | None = None) -> InvalidClientError | None:
+        """The error to raise now without a request, or None.
+
+        Args:
+            digest: The credentials about to be used; others than the rejected ones end the
+                cool-down. None: whichever credentials (the caller cannot tell yet).
+        """
+        with self._lock:
+            if self._error is None or self._now() >= self._until:
+                return None
+            if digest is not None and digest != self._digest:
+                self._clear()
+                return None
+            return _copy(self._error)
+
+    def clear(self) -> None:
+        """End the cool-down (new credentials)."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._digest = None
+        self._error = None
+        self._until = float("-inf")
+        self._strikes = 0
+
+
+class RejectedTokens:
+    """Which fresh token the API rejected last, and when (guarded by the manager's lock)."""
+
+    def __init__(self) -> None:
+        self._token: str | None = None
+        self._at = float("-inf")
+        self._reported_at = float("-inf")
+
+    def allow(self, rejected: str, age: float, now: float) -> None:
+        """Allow replacing ``rejected`` (``age`` seconds old), or raise.
+
+        Raises:
+            TokenRejectedError: A fresh token other than ``rejected`` was already replaced
+                within the cool-down.
+        """
+        if age >= FRESH_TOKEN_COOLDOWN:
+            return  # a token that lived a while and is now refused was revoked: replace it
+        if self._token == rejected:
+            return  # the replacement of this very token: join it
+        if now - self._at < FRESH_TOKEN_COOLDOWN:
+            if now - self._reported_at >= FRESH_TOKEN_COOLDOWN:
+                self._reported_at = now
+                log.warning(
+                    "the API rejected (401) a token fetched %.1fs ago, after a first fresh "
+                    "token was rejected too; not requesting another for %.0fs. Usually the "
+                    "API host (api_base_url) is in another region than the token endpoint, or "
+                    "the OAuth client lacks the permission (role) the call needs.",
+                    age,
+                    FRESH_TOKEN_COOLDOWN - (now - self._at),
+                )
+            raise TokenRejectedError(
+                "the API keeps rejecting freshly fetched tokens (401); not replacing this one"
+            )
+        self._token = rejected
+        self._at = now
+
+
+def _copy(error: InvalidClientError) -> InvalidClientError:
+    duplicate = copy.copy(error)
+    return duplicate.with_traceback(None)

@@ -1,0 +1,151 @@
+"""What a manager tells the world: events (listeners, audit log, webhook) and metrics.
+
+Everything here runs with no manager lock held. A listener that raises anything is logged
+and skipped (see :class:`~genesys_token.events.EventBus`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._cell import Cell
+from ._redact import excerpt
+from .config import Settings
+from .errors import GenesysTokenError, TokenRequestError
+from .events import (
+    TOKEN_EXPIRED,
+    TOKEN_REFRESH_FAILURE,
+    TOKEN_REFRESH_SUCCESS,
+    WEBHOOK_DELIVERY_FAILED,
+    EventBus,
+    Listener,
+    make_record,
+)
+from .metrics import Metrics
+from .token import Token
+
+if TYPE_CHECKING:
+    from .webhook import WebhookSender
+
+
+class Reporter:
+    """Events and metrics of one manager.
+
+    Args:
+        settings: The manager's settings (webhook configuration).
+        client_id: Reads the client id in use (it changes with ``set_credentials``).
+    """
+
+    def __init__(self, settings: Settings, client_id: Callable[[], str]) -> None:
+        self._client_id = client_id
+        self.metrics = Metrics()
+        self.events = EventBus(on_listener_error=lambda: self.metrics.incr("listener_errors"))
+        self._expired_reported: str | None = None
+        self.webhook: WebhookSender | None = None
+        if settings.webhook_url:
+            from .webhook import WebhookSender
+
+            # Weakly: a strong reference from the worker thread would keep this reporter
+            # (and through listeners, its manager) alive forever.
+            failed = weakref.WeakMethod(self._webhook_failed)
+
+            def on_failure(data: dict[str, Any]) -> None:
+                method = failed()
+                if method is not None:
+                    method(data)
+
+            self.webhook = WebhookSender(settings, on_failure=on_failure)
+            # Not close(): a finalizer must take no lock and join nothing (see abandon()).
+            self._finalizer = weakref.finalize(self, self.webhook.abandon)
+            self._finalizer.atexit = False
+            self.events.on("*", self.webhook.submit)
+
+    def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
+        """Subscribe (see :meth:`TokenManager.on`)."""
+        return self.events.on(event_type, callback)
+
+    def emit(self, event_type: str, token: Token | None, data: dict[str, Any]) -> None:
+        """Emit one event record."""
+        record = make_record(
+            event_type,
+            client_id=self._client_id(),
+            token_fingerprint=token.fingerprint if token is not None else None,
+            metrics=self._summary(),
+            data=data,
+        )
+        self.events.emit(record)
+
+    def succeeded(self, cell: Cell, reason: str, requests: int, latency: float) -> None:
+        """An acquisition installed ``cell``."""
+        if requests:
+            self.metrics.record_success(latency, requests)
+        else:
+            self.metrics.incr("store_hits")
+        token = cell.token
+        self.emit(
+            TOKEN_REFRESH_SUCCESS,
+            token,
+            {"reason": reason, "source": token.source, "expires_in": round(token.expires_in, 3)},
+        )
+
+    def failed(
+        self, error: GenesysTokenError, reason: str, requests: int, current: Cell | None, now: float
+    ) -> None:
+        """An acquisition failed; ``current`` is the cell still in use."""
+        attempts = error.attempts if isinstance(error, TokenRequestError) else requests
+        self.metrics.record_error(error, requests)
+        self.emit(
+            TOKEN_REFRESH_FAILURE,
+            current.token if current is not None else None,
+            {
+                "reason": reason,
+                "error": type(error).__name__,
+                "message": excerpt(str(error), 160),
+                "status": getattr(error, "status", None),
+                "attempts": attempts,
+                "token_still_valid": current is not None and current.usable(now),
+            },
+        )
+
+    def expired(self, cell: Cell | None) -> None:
+        """The token in use expired with no replacement (reported once per token)."""
+        if cell is None or self._expired_reported == cell.token.fingerprint:
+            return
+        self._expired_reported = cell.token.fingerprint
+        self.emit(TOKEN_EXPIRED, cell.token, {})
+
+    def snapshot(self, *, in_flight: int, cell: Cell | None, now: float) -> dict[str, Any]:
+        """The metrics of ``TokenManager.metrics()``."""
+        expires_in = None if cell is None else round(cell.token.monotonic_expiry - now, 3)
+        snap = self.metrics.snapshot(in_flight=in_flight, expires_in=expires_in)
+        if self.webhook is not None:
+            snap["webhook_deliveries"] = self.webhook.delivered
+            snap["webhook_dropped"] = self.webhook.dropped
+        return snap
+
+    def _summary(self) -> dict[str, Any]:
+        snap = self.metrics.snapshot(in_flight=0, expires_in=None)
+        return {
+            "error_rate": snap["error_rate"],
+            "latency_ms": snap["latency_ms"],
+            "token_requests": snap["token_requests"],
+        }
+
+    def _webhook_failed(self, data: dict[str, Any]) -> None:
+        self.metrics.incr("webhook_failures")
+        self.emit(WEBHOOK_DELIVERY_FAILED, None, data)
+
+    def close(self) -> None:
+        """Flush and stop the webhook worker (bounded)."""
+        if self.webhook is not None:
+            self._finalizer.detach()
+            self.webhook.close()
+
+    def after_fork(self) -> None:
+        """Fresh locks (a forked child)."""
+        self.metrics.after_fork()
+        self.events.after_fork()
+        if self.webhook is not None:
+            self.webhook.after_fork()
