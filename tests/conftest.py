@@ -80,6 +80,13 @@ def read_child(pid: int, read_end: int, timeout: float = 15.0) -> bytes:
     return b"".join(chunks)
 
 
+def join_fetch_threads(timeout: float = 5.0) -> None:
+    """Wait for token acquisitions' threads to end (they hold their manager while they run)."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("genesys-token-fetch"):
+            thread.join(timeout)
+
+
 class FakeClock:
     """Monotonic and wall clocks that move only when told, and a fixed random draw."""
 

@@ -181,9 +181,9 @@ def test_collector_running_inside_the_managers_lock_does_not_deadlock(
     emulator: GenesysEmulator, closed_port: int
 ):
     # A failed request is freed by the cyclic collector, which can run at any allocation,
-    # including one begin_use makes while it holds the manager's lock. Move the collector's
-    # threshold so it fires at each allocation in turn; ending the use inside the collector
-    # would take that lock again and hang.
+    # including one begin_use makes while it holds the gate's lock. Run the collector right
+    # there (a hook inside the lock); ending the use inside the collector would take that
+    # lock again and hang.
     manager = TokenManager(
         emulator.client_id,
         emulator.client_secret,
@@ -193,37 +193,31 @@ def test_collector_running_inside_the_managers_lock_does_not_deadlock(
     )
     session = requests.Session()
     session.auth = GenesysAuth(manager)
-    manager.get_token()
+    token = manager.get_token()
     collected_under_lock: list[bool] = []
-    old_threshold = gc.get_threshold()
 
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and threading.current_thread().name == "gc-probe":
-            collected_under_lock.append(manager._gate.lock.locked())
+    def collect_inside_the_lock(access_token: str) -> bool:
+        collected_under_lock.append(manager._gate.lock.locked())
+        gc.collect()  # finalizes the failed request dropped below
+        return True
 
-    def attempt(step: int) -> None:
+    def attempt() -> None:
         gc.disable()
-        with contextlib.suppress(requests.ConnectionError):
-            session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
-        gc.set_threshold(gc.get_count()[0] + step)
-        gc.enable()
         try:
-            manager.begin_use().end()
+            with contextlib.suppress(requests.ConnectionError):
+                session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+            use = manager._gate.begin(token, collect_inside_the_lock)
+            assert use is not None
+            use.end()
         finally:
-            gc.set_threshold(*old_threshold)
+            gc.enable()
 
-    gc.callbacks.append(on_gc)
-    try:
-        for step in range(1, 25):
-            probe = threading.Thread(target=attempt, args=(step,), name="gc-probe", daemon=True)
-            probe.start()
-            probe.join(3)
-            assert not probe.is_alive(), f"deadlocked when the collector ran at step {step}"
-    finally:
-        gc.callbacks.remove(on_gc)
-        gc.set_threshold(*old_threshold)
-        gc.enable()
-    assert any(collected_under_lock), "the collector never ran inside the lock: test is moot"
+    for _ in range(3):
+        probe = threading.Thread(target=attempt, name="gc-probe", daemon=True)
+        probe.start()
+        probe.join(5)
+        assert not probe.is_alive(), "deadlocked when the collector ran inside the lock"
+    assert collected_under_lock == [True, True, True]
     gc.collect()
     assert _count_back_to_zero(manager)
     session.close()
@@ -390,7 +384,8 @@ def test_401_is_returned_when_no_new_token_can_be_had(
     with caplog.at_level(logging.WARNING, logger="genesys_token"):
         response = make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
     assert response.status_code == 401
-    assert "401 not replayed: could not get a new token (InvalidClientError)" in caplog.text
+    # Logged once, by the manager: why no token could be had.
+    assert "Genesys rejected the client credentials (invalid_client)" in caplog.text
     assert _api_calls(emulator) == [(ORG_PATH, 401)]
 
 

@@ -118,7 +118,6 @@ def test_overrides_win_over_the_region():
         ({"retry_deadline": 0}, "retry_deadline"),
         ({"max_response_bytes": 10}, "max_response_bytes"),
         ({"region": 7}, "region"),
-        ({"no_such_option": 1}, "no_such_option"),
     ],
 )
 def test_bad_values_name_their_field(options: dict[str, Any], field: str):
@@ -188,3 +187,9 @@ def test_settings_repr_hides_the_secrets():
     assert "very-secret-value" not in repr(settings)
     assert "hook-secret-value" not in repr(settings)
     assert "very-secret-value" not in repr(settings.credentials)
+
+
+def test_unknown_settings_are_rejected_by_the_signature():
+    # Named keyword-only parameters: IDEs, mypy and help() see them; a typo fails at once.
+    with pytest.raises(TypeError, match="no_such_option"):
+        TokenManager("id", "secret", no_such_option=1)  # type: ignore[call-arg]

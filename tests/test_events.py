@@ -86,27 +86,30 @@ def test_listeners_see_failure_then_success_in_order(
     assert records[1]["metrics"]["error_rate"] == 0.5
 
 
-def test_rotation_emits_started_drain_complete_then_success(make_manager: MakeManager):
+def test_rotation_emits_started_success_drain_complete_then_revoked(make_manager: MakeManager):
+    # Make-before-break: the new token is fetched and swapped in, then the old one drains.
     manager = make_manager(background_refresh=False)
     old = manager.refresh()
     records = _recorder(manager)
     new = manager.rotate(drain_timeout=1, revoke_previous=True)
     assert _types(records) == [
         TOKEN_ROTATION_STARTED,
-        TOKEN_DRAIN_COMPLETE,
         TOKEN_REFRESH_SUCCESS,
+        TOKEN_DRAIN_COMPLETE,
         TOKEN_REVOKED,
     ]
     assert [r["token_fingerprint"] for r in records] == [
         old.fingerprint,
-        old.fingerprint,
         new.fingerprint,
         old.fingerprint,
+        old.fingerprint,
     ]
-    assert records[2]["data"]["reason"] == "rotation"
+    assert records[1]["data"]["reason"] == "rotation"
+    assert records[2]["data"]["in_flight"] == 0
+    assert records[2]["data"]["drained"] == 0
 
 
-def test_drain_timeout_emits_started_timeout_then_success(make_manager: MakeManager):
+def test_drain_timeout_emits_started_success_then_timeout(make_manager: MakeManager):
     manager = make_manager(background_refresh=False)
     manager.get_token()
     holding, release = threading.Event(), threading.Event()
@@ -125,9 +128,14 @@ def test_drain_timeout_emits_started_timeout_then_success(make_manager: MakeMana
     finally:
         release.set()
         holder.join(5)
-    assert _types(records) == [TOKEN_ROTATION_STARTED, TOKEN_DRAIN_TIMEOUT, TOKEN_REFRESH_SUCCESS]
+    assert _types(records) == [TOKEN_ROTATION_STARTED, TOKEN_REFRESH_SUCCESS, TOKEN_DRAIN_TIMEOUT]
     assert records[0]["data"] == {"in_flight": 1}
-    assert records[1]["data"] == {"in_flight": 1, "timeout": 0.2}
+    timeout_data = records[2]["data"]
+    assert timeout_data["in_flight"] == 1
+    assert timeout_data["left"] == 1
+    assert timeout_data["drained"] == 0
+    assert timeout_data["timeout"] == 0.2
+    assert timeout_data["drain_seconds"] >= 0.2
 
 
 def test_specific_and_wildcard_listeners_run_in_subscription_order(make_manager: MakeManager):

@@ -71,10 +71,11 @@ def test_json_audit_lines_parse_carry_the_fields_and_no_credential(
 
     lines = _lines(json_stream)
     audit = [line for line in lines if line["logger"] == "genesys_token.audit"]
-    assert [a["event_type"] for a in audit][:4] == [
+    assert [a["event_type"] for a in audit][:5] == [
         "TOKEN_REFRESH_SUCCESS",
         "TOKEN_REFRESH_SUCCESS",
         "TOKEN_ROTATION_STARTED",
+        "TOKEN_REFRESH_SUCCESS",
         "TOKEN_DRAIN_COMPLETE",
     ]
     for line in audit:
@@ -264,13 +265,14 @@ def test_filter_is_safe_across_threads():
     assert all(line.endswith("Bearer [REDACTED]") for line in lines)
 
 
-def test_importing_the_library_configures_no_logging():
+def test_importing_the_library_configures_no_logging_but_a_null_handler():
     code = (
         "import logging, genesys_token, genesys_token.logging, genesys_token.webhook;"
         "import genesys_token.events, genesys_token.metrics;"
         "names = ['genesys_token', 'genesys_token.audit', 'genesys_token.webhook', ''];"
         "loggers = [logging.getLogger(n) for n in names];"
-        "assert all(not l.handlers for l in loggers), [l.handlers for l in loggers];"
+        "assert [type(h).__name__ for h in loggers[0].handlers] == ['NullHandler'];"
+        "assert all(not l.handlers for l in loggers[1:]), [l.handlers for l in loggers];"
         "assert all(l.level == logging.NOTSET for l in loggers[:3]);"
         "assert logging.getLogger().level == logging.WARNING"
     )

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager
+from conftest import FakeClock, MakeManager, join_fetch_threads
 
 from genesys_token import (
     InvalidClientError,
@@ -130,7 +130,7 @@ def test_hot_path_takes_no_lock_that_a_refresh_holds(make_manager: MakeManager):
     release = threading.Event()
 
     def hold_every_lock() -> None:
-        with manager._lock, manager._gate.lock:
+        with manager._flight.lock, manager._gate.lock:
             held.set()
             release.wait(5)
 
@@ -151,7 +151,7 @@ def test_stale_token_is_served_while_one_refresh_runs(
 ):
     manager = make_manager(clock=fake_clock.clock(), background_refresh=False)
     old = manager.get_token()
-    current = manager._current
+    current = manager._cell
     assert current is not None
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)  # past the refresh point
     emulator.inject(Fault(delay=0.8, passthrough=True))
@@ -160,12 +160,12 @@ def test_stale_token_is_served_while_one_refresh_runs(
     refresher.start()
     assert started.wait(5)
     deadline = time.monotonic() + 5
-    while manager._flight is None and time.monotonic() < deadline:
+    while not manager._flight.running and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert manager._flight is not None, "the refresh never started"
+    assert manager._flight.running, "the refresh never started"
     # Another caller during the refresh gets the still-valid token at once.
     assert manager.get_token() == old
-    assert manager._flight is not None, "the caller waited for the refresh"
+    assert manager._flight.running, "the caller waited for the refresh"
     refresher.join(5)
     assert manager.get_token() != old
     assert emulator.token_requests == 2
@@ -176,14 +176,14 @@ def test_on_demand_mode_starts_no_thread(make_manager: MakeManager):
     manager = make_manager(background_refresh=False)
     manager.get_token()
     new = [t for t in threading.enumerate() if t not in before]
-    assert not [t for t in new if t.name.startswith("genesys-token-refresh")]
+    assert not [t for t in new if t.name.startswith(("genesys-token-sched", "genesys-token-work"))]
 
 
 def test_refresh_point_follows_the_timing_rule(make_manager: MakeManager, fake_clock: FakeClock):
     fake_clock.draw = 0.5
     manager = make_manager(clock=fake_clock.clock(), refresh_buffer=300, refresh_jitter=60)
     manager.get_token()
-    current = manager._current
+    current = manager._cell
     assert current is not None
     lifetime = current.token.expires_in
     lead = min(300, 0.25 * lifetime) + 0.5 * min(60, 0.10 * lifetime)
@@ -209,16 +209,16 @@ def test_two_second_tokens_stay_valid_for_ten_seconds(
 ):
     emulator.token_ttl = 2
     manager = make_manager()
-    callers_who_fetched: list[str] = []
-    obtain = manager._obtain
+    fetched_by: list[str] = []
+    acquire = manager._flight._acquire
 
-    def watched_obtain(**kwargs: Any) -> Any:
-        callers_who_fetched.append(threading.current_thread().name)
-        return obtain(**kwargs)
+    def watched_acquire(flight: Any, held: Any) -> Any:
+        fetched_by.append(flight.reason)
+        return acquire(flight, held)
 
-    manager._obtain = watched_obtain  # type: ignore[method-assign]
+    manager._flight._acquire = watched_acquire
     manager.get_token()
-    callers_who_fetched.clear()
+    fetched_by.clear()
     stop = threading.Event()
     invalid: list[str] = []
     handed_out = itertools.count()  # next() is atomic: eight threads count without a lock
@@ -241,9 +241,9 @@ def test_two_second_tokens_stay_valid_for_ten_seconds(
     assert next(handed_out) > 1000
     assert invalid == []
     assert emulator.token_requests >= 5
-    # Only the refresh thread ever went to the network: no caller waited on it.
-    assert callers_who_fetched
-    assert {name for name in callers_who_fetched if not name.startswith("genesys-token")} == set()
+    # Only the scheduler ever went to the network: no caller waited on a token request.
+    assert fetched_by
+    assert set(fetched_by) == {"background"}
 
 
 def test_outage_past_the_refresh_point_keeps_the_old_token(
@@ -252,11 +252,11 @@ def test_outage_past_the_refresh_point_keeps_the_old_token(
     manager = make_manager(clock=fake_clock.clock(), backoff_base=0.001, max_retries=1)
     records, cond = _events(manager)
     old = manager.get_token()
-    current = manager._current
+    current = manager._cell
     assert current is not None
     emulator.inject(Fault.server_error(503), times=1000)
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
-    manager._wake.set()
+    manager._scheduled_refresh()  # what the scheduler runs at the refresh point
     _wait_for(cond, lambda: any(r["event_type"] == TOKEN_REFRESH_FAILURE for r in records))
     assert manager.get_token() == old
     failure = next(r for r in records if r["event_type"] == TOKEN_REFRESH_FAILURE)
@@ -264,12 +264,12 @@ def test_outage_past_the_refresh_point_keeps_the_old_token(
     # Still failing later on, still the old token, and the timer keeps trying.
     failures_before = emulator.token_requests
     fake_clock.advance((current.usable_until - fake_clock.monotonic) / 2)
-    manager._wake.set()
+    manager._scheduled_refresh()
     _wait_for(cond, lambda: emulator.token_requests > failures_before)
     assert manager.get_token() == old
     emulator.clear_faults()
     fake_clock.advance(1)
-    manager._wake.set()
+    manager._scheduled_refresh()
     _wait_for(cond, lambda: manager.get_token() != old)
     assert emulator.is_token_valid(manager.get_token())
 
@@ -302,48 +302,52 @@ def test_forced_refresh_failure_raises_and_keeps_the_token(
     assert manager.refresh(force=True) is not old
 
 
-def test_timer_survives_an_unexpected_error(
-    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+def test_scheduler_survives_a_refresh_that_raises_anything(
+    emulator: GenesysEmulator, make_manager: MakeManager
 ):
-    manager = make_manager(clock=fake_clock.clock())
-    manager.get_token()
-    fetch = manager._fetch
-    calls = [0]
-    recovered = threading.Event()
-
-    def flaky_fetch(**kwargs: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 1:
-            raise RuntimeError("boom")
-        result = fetch(**kwargs)
-        recovered.set()
-        return result
-
-    manager._fetch = flaky_fetch  # type: ignore[method-assign]
-    current = manager._current
-    assert current is not None
-    fake_clock.advance(current.refresh_at - fake_clock.monotonic + 0.1)
-    manager._wake.set()
-    deadline = time.monotonic() + 5
-    while calls[0] < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    fake_clock.advance(2 * 60.0 * 0.5 + 1)  # past any backoff the draw of 0.5 allows
-    manager._wake.set()
-    assert recovered.wait(5), "the timer died after an unexpected error"
-    assert manager._timer is not None and manager._timer.is_alive()
-
-
-def test_close_is_idempotent_and_ends_the_timer(make_manager: MakeManager):
+    # A refresh raising SystemExit, and a listener raising it too, must not take the
+    # scheduler down (#4): the next planned refresh still runs.
+    emulator.token_ttl = 2
     manager = make_manager()
     manager.get_token()
-    timer = manager._timer
-    assert timer is not None and timer.is_alive()
+    calls = [0]
+    recovered = threading.Event()
+    acquire = manager._flight._acquire
+
+    def flaky(flight: Any, held: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise SystemExit("boom")
+        cell = acquire(flight, held)
+        recovered.set()
+        return cell
+
+    def raising_listener(record: dict[str, Any]) -> None:
+        raise SystemExit("listener")
+
+    manager._flight._acquire = flaky
+    manager.on(TOKEN_REFRESH_SUCCESS, raising_listener)
+    assert recovered.wait(6), "the refresh never came back after raising SystemExit"
+    assert calls[0] >= 2
+    deadline = time.monotonic() + 5  # the success event follows the acquisition
+    while manager.metrics()["listener_errors"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.metrics()["listener_errors"] >= 1
+
+
+def test_close_is_idempotent_and_stops_the_refresh(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.token_ttl = 2
+    manager = make_manager()
+    manager.get_token()
     started = time.monotonic()
     manager.close()
     manager.close()
-    timer.join(2)
-    assert not timer.is_alive()
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 0.5
+    requests_at_close = emulator.token_requests
+    time.sleep(2.2)  # past the token's refresh point: nothing refreshes a closed manager
+    assert emulator.token_requests == requests_at_close
     with pytest.raises(ManagerClosedError):
         manager.get_token()
     with pytest.raises(ManagerClosedError):
@@ -374,8 +378,8 @@ def test_close_wakes_callers_waiting_for_a_token(
     def settled() -> bool:
         # The four callers not fetching sit in the flight condition; CPython keeps one lock
         # per waiter in ``_waiters``, the one observable sign that they all got that far.
-        waiters = len(manager._cond._waiters)  # type: ignore[attr-defined]
-        return emulator.token_requests > 0 and waiters >= 4
+        waiters = len(manager._flight._cond._waiters)
+        return emulator.token_requests > 0 and waiters >= 5
 
     deadline = time.monotonic() + 5
     while not settled():
@@ -387,9 +391,9 @@ def test_close_wakes_callers_waiting_for_a_token(
         thread.join(6)
     assert len(outcomes) == 5
     woken = [at for at, o in outcomes if isinstance(o, ManagerClosedError)]
-    # The four waiters are woken at once; the one thread in the HTTP call ends with it.
-    assert len(woken) >= 4
-    assert sorted(woken)[3] - closed_at < 1.0
+    # Every caller waits (the fetch runs on a thread of its own), and all are woken at once.
+    assert len(woken) == 5
+    assert max(woken) - closed_at < 1.0
 
 
 def test_context_manager_closes(emulator: GenesysEmulator):
@@ -403,8 +407,9 @@ def test_context_manager_closes(emulator: GenesysEmulator):
     assert manager.closed
 
 
-def test_abandoned_manager_thread_ends(emulator: GenesysEmulator):
+def test_abandoned_manager_is_collected_and_its_refresh_stops(emulator: GenesysEmulator):
     import gc
+    import weakref
 
     manager = TokenManager(
         emulator.client_id,
@@ -413,15 +418,12 @@ def test_abandoned_manager_thread_ends(emulator: GenesysEmulator):
         api_base_url=emulator.api_base_url,
     )
     manager.get_token()
-    timer, wake = manager._timer, manager._wake
-    assert timer is not None
+    join_fetch_threads()
+    ref = weakref.ref(manager)
     del manager
     gc.collect()
-    # The thread holds only a weak reference between turns: once woken it finds the
-    # manager gone and ends, instead of keeping a forgotten manager alive forever.
-    wake.set()
-    timer.join(2)
-    assert not timer.is_alive()
+    # The scheduler's job holds the manager weakly: a forgotten manager is not kept alive.
+    assert ref() is None
 
 
 def test_on_demand_refresh_backs_off_during_an_outage(
@@ -429,7 +431,7 @@ def test_on_demand_refresh_backs_off_during_an_outage(
 ):
     manager = make_manager(clock=fake_clock.clock(), background_refresh=False, max_retries=0)
     old = manager.get_token()
-    current = manager._current
+    current = manager._cell
     assert current is not None
     emulator.inject(Fault.server_error(503), times=1000)
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
@@ -457,11 +459,11 @@ def test_a_caller_that_must_not_wait_gets_the_valid_token_during_a_flight(
     forcing = threading.Thread(target=lambda: manager.refresh(force=True))
     forcing.start()
     deadline = time.monotonic() + 5
-    while manager._flight is None and time.monotonic() < deadline:
+    while not manager._flight.running and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert manager._flight is not None
-    assert manager._obtain(reason="on-demand", join=False).token.access_token == old
-    assert manager._flight is not None, "join=False waited for the flight"
+    assert manager._flight.running
+    assert manager.get_token() == old  # a valid token: no waiting for the forced refresh
+    assert manager._flight.running, "get_token waited for the flight"
     forcing.join(5)
 
 
@@ -477,7 +479,7 @@ def test_rotation_does_not_take_a_flight_that_started_before_it(
     )
     forcing.start()
     deadline = time.monotonic() + 5
-    while manager._flight is None and time.monotonic() < deadline:
+    while not manager._flight.running and time.monotonic() < deadline:
         time.sleep(0.005)
     rotated = manager.rotate(drain_timeout=1)
     forcing.join(5)

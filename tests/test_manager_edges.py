@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import FakeClock, MakeManager
+from conftest import FakeClock, MakeManager, join_fetch_threads
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from genesys_token import ConfigurationError, ManagerClosedError, TokenManager, TokenValidationError
@@ -85,6 +85,7 @@ def test_a_manager_with_a_webhook_is_collected_when_dropped(emulator: GenesysEmu
         background_refresh=False,
     )
     manager.get_token()  # an event is queued: the webhook worker is running
+    join_fetch_threads()
     ref = weakref.ref(manager)
     del manager
     gc.collect()
@@ -184,11 +185,11 @@ def test_a_jwt_expired_within_the_leeway_is_rejected():
         validator.build(TokenResponse(token, "bearer", 3600, None, 10.0, now), "c", now_wall=now)
 
 
-def test_close_during_a_rotation_wakes_the_gate_and_ends_the_rotation(
+def test_close_during_a_rotations_drain_ends_the_rotation_and_holds_nobody(
     make_manager: MakeManager,
 ):
     manager = make_manager()
-    manager.get_token()
+    old = manager.get_token()
     use = manager.begin_use()  # a call that never ends
     outcomes: dict[str, BaseException | str] = {}
 
@@ -200,17 +201,15 @@ def test_close_during_a_rotation_wakes_the_gate_and_ends_the_rotation(
 
     rotation = threading.Thread(target=run, args=("rotate", lambda: manager.rotate(10)))
     rotation.start()
-    _until(lambda: manager._gate.rotating)
-    waiter = threading.Thread(target=run, args=("get_token", manager.get_token))
-    waiter.start()
-    time.sleep(0.05)  # the waiter reaches the gate; a missed wait only makes this test weaker
+    _until(lambda: use.rotation_pending.is_set())  # swapped: the drain is waiting for `use`
+    assert manager.get_token() != old  # nobody is held by the rotation
     started = time.monotonic()
     manager.close()
     rotation.join(3)
-    waiter.join(3)
     assert time.monotonic() - started < 2.5
     assert isinstance(outcomes["rotate"], ManagerClosedError)
-    assert isinstance(outcomes["get_token"], ManagerClosedError)
+    with pytest.raises(ManagerClosedError):
+        manager.get_token()
     use.end()
 
 
@@ -219,7 +218,7 @@ def test_a_small_refresh_buffer_never_leaves_a_token_unrefreshed(
 ):
     manager = make_manager(clock=fake_clock.clock(), refresh_buffer=0, refresh_jitter=0)
     manager.get_token()
-    current = manager._current
+    current = manager._cell
     assert current is not None
     assert current.refresh_at <= current.usable_until
 
@@ -255,7 +254,7 @@ def test_child_survives_locks_held_by_parent_threads_at_fork(make_manager: MakeM
     holding, release = threading.Event(), threading.Event()
 
     def hold_locks() -> None:
-        with manager._gate.lock, manager._metrics._lock, manager._events._lock:
+        with manager._gate.lock, manager._reporter.metrics._lock, manager._reporter.events._lock:
             holding.set()
             release.wait(10)
 

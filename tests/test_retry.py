@@ -426,15 +426,17 @@ def test_background_refresh_waits_at_least_retry_after(
 ) -> None:
     manager = make_manager(clock=fake_clock.clock(), background_refresh=False, max_retries=0)
     manager.get_token()
+    fake_clock.advance(86399 - 330)  # past the refresh point, still usable
     emulator.inject(Fault.too_many_requests(7))
-    assert manager._background_refresh()  # fails: rate-limited, the timer lives on
+    manager._scheduled_refresh()  # what a scheduler worker runs: fails, rate-limited
     assert emulator.token_requests == 2
     # Its own backoff would be 0.5 s here (first failure: 1 s ceiling x draw 0.5).
-    assert manager._timer_plan() == pytest.approx(7.0)
     fake_clock.advance(6.9)
-    assert manager._timer_plan() == pytest.approx(0.1)
+    manager._scheduled_refresh()
+    assert emulator.token_requests == 2  # still inside Retry-After: no request
     fake_clock.advance(0.2)
-    assert manager._timer_plan() is None  # due now
+    manager._scheduled_refresh()
+    assert emulator.token_requests == 3
 
 
 def test_background_refresher_gap_after_rate_limit_honours_retry_after(

@@ -101,6 +101,8 @@ def _run_matrix(emulator: GenesysEmulator, manager: TokenManager) -> list[BaseEx
             manager.refresh(force=True)
         except GenesysTokenError as exc:
             errors.append(exc)
+        emulator.clear_faults()
+        manager.set_credentials(SECRET)  # ends a cool-down a rejection fault started
     manager.set_credentials(WRONG_SECRET)
     with pytest.raises(GenesysTokenError) as caught:
         manager.refresh(force=True)

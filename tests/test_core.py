@@ -1,0 +1,305 @@
+"""The acquisition core at its edges: one test per defect of issue 11, and its guards.
+
+Each test forces its interleaving (events, a store lock held by the test, an injected clock,
+a hook in the fetch path) instead of hoping a stress loop hits it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import FakeClock, MakeManager, read_child
+
+from genesys_token import (
+    InvalidClientError,
+    ManagerClosedError,
+    TokenManager,
+    TokenRequestError,
+    TokenTimeoutError,
+)
+from genesys_token._clock import SYSTEM_CLOCK
+from genesys_token.stores import FileStore, MemoryStore, store_key
+from genesys_token.testing import Fault, GenesysEmulator
+
+
+def _background(target: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(target())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+# 1. Cross-client token ------------------------------------------------------------------
+
+
+def test_set_credentials_while_waiting_for_the_store_lock_saves_no_foreign_token(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.add_client("client-b", "secret-b")
+    store = MemoryStore()
+    manager = make_manager(store=store, background_refresh=False)
+    key_a = store_key(emulator.client_id, manager.token_url, ())
+    with store.lock(key_a, 1) as held:  # a peer holds A's lock: the acquisition waits
+        assert held
+        waiter, got = _background(manager.get_token)
+        time.sleep(0.2)  # the acquisition is parked on the lock (a shorter wait only weakens)
+        manager.set_credentials("secret-b", client_id="client-b")
+    waiter.join(10)
+    assert isinstance(got[0], str)
+    # The acquisition ran on ONE snapshot: A's credentials, saved under A's key.
+    assert [r.client_id for r in emulator.token_request_log] == [emulator.client_id]
+    stored = store.load(key_a, now_monotonic=SYSTEM_CLOCK.monotonic(), now_wall=time.time())
+    assert stored is not None and stored.access_token == got[0]
+
+
+# 2. A wall clock stepping back does not revive a stored token ----------------------------
+
+
+def test_a_wall_clock_step_back_does_not_revive_an_expired_stored_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock, tmp_path: Path
+):
+    emulator.token_ttl = 60
+    first = make_manager(store=FileStore(tmp_path), clock=fake_clock.clock())
+    old = first.get_token()
+    fake_clock.advance(120)  # the token is dead (in real life too: the emulator agrees soon)
+    fake_clock.wall -= 3600  # NTP, a VM restore: the wall clock steps back an hour
+    second = make_manager(store=FileStore(tmp_path), clock=fake_clock.clock())
+    assert second.get_token() != old
+    assert emulator.token_requests == 2
+
+
+# 3. A store whose unlock raises --------------------------------------------------------
+
+
+class _UnlockRaises(MemoryStore):
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float) -> Iterator[bool]:
+        yield True
+        raise ConnectionError("the store went away during unlock")
+
+
+def test_a_store_whose_unlock_raises_costs_neither_the_token_nor_a_foreign_error(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(store=_UnlockRaises(), background_refresh=False)
+    token = manager.get_token()
+    assert emulator.is_token_valid(token)
+    assert manager.metrics()["store_errors"] == 1
+
+
+# 5. close() during a token request -----------------------------------------------------
+
+
+def test_close_during_a_token_request_returns_at_once_and_installs_nothing(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    emulator.inject(Fault(delay=3.0, passthrough=True))
+    caller, got = _background(manager.get_token)
+    _until(lambda: emulator.token_requests == 1)
+    started = time.monotonic()
+    manager.close()
+    assert time.monotonic() - started < 0.5
+    caller.join(2)
+    assert isinstance(got[0], ManagerClosedError)
+    # The request's connection was cut: its thread ends now, not after the 3 s answer.
+    for thread in threading.enumerate():
+        if thread.name.startswith("genesys-token-fetch"):
+            thread.join(1.0)
+            assert not thread.is_alive(), "the abandoned token request still runs"
+    assert manager.token is None
+
+
+# 6. A token that arrives past its usable-until -----------------------------------------
+
+
+def test_a_token_arriving_past_its_usable_until_is_a_failure_not_a_hand_out(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.token_ttl = 1
+    manager = make_manager(background_refresh=False, max_retries=0)
+    emulator.inject(Fault(delay=1.0, passthrough=True))
+    with pytest.raises(TokenRequestError, match="too late"):
+        manager.get_token()
+    assert manager.token is None
+
+
+# 7. Fork: the refresh comes back on the hot path; a given session is not shared ---------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_that_only_uses_the_hot_path_still_gets_its_refresh(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.token_ttl = 2
+    manager = make_manager()
+    first = manager.get_token()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read_end)
+        assert manager.get_token() == first  # one hot-path call
+        time.sleep(2.5)  # past the refresh point with no call at all
+        refreshed = manager.token is not None and manager.token.access_token != first
+        os.write(write_end, b"refreshed" if refreshed else b"stale")
+        os._exit(0)
+    os.close(write_end)
+    assert read_child(pid, read_end) == b"refreshed"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_does_not_reuse_the_parents_connections_of_a_given_session(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    session = requests.Session()
+    manager = make_manager(session=session)
+    manager.get_token()
+    parent_adapter = id(session.adapters["http://"])
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read_end)
+        fresh = id(session.adapters["http://"]) != parent_adapter
+        token = manager.refresh(force=True).access_token
+        os.write(write_end, b"ok" if fresh and token else b"reused")
+        os._exit(0)
+    os.close(write_end)
+    assert read_child(pid, read_end) == b"ok"
+    assert id(session.adapters["http://"]) == parent_adapter
+
+
+# 8. A forced refresh after set_credentials does not join a fetch with the old secret ----
+
+
+def test_forced_refresh_after_set_credentials_does_not_take_the_old_secrets_result(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(client_secret="the-old-secret", max_retries=0)
+    emulator.inject(Fault(delay=0.5, passthrough=True))
+    old_fetch, old_result = _background(manager.get_token)
+    _until(lambda: emulator.token_requests == 1)
+    manager.set_credentials(emulator.client_secret)
+    token = manager.refresh(force=True)
+    assert emulator.is_token_valid(token.access_token)
+    old_fetch.join(5)
+    # The old fetch was rejected; reading the credentials again right after the
+    # rejection, it may retry at once with the new secret (one request more, no error).
+    assert isinstance(old_result[0], str | InvalidClientError)
+
+
+# 9. A refresh planned on stale state costs no request -----------------------------------
+
+
+def test_a_scheduled_refresh_planned_on_stale_state_sends_no_request(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    manager = make_manager(clock=fake_clock.clock(), background_refresh=False)
+    manager.get_token()
+    cell = manager._cell
+    assert cell is not None
+    fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 1)  # due
+    manager.refresh(force=True)  # someone else refreshed in between
+    before = emulator.token_requests
+    manager._scheduled_refresh()  # the job planned for the old token's refresh point
+    assert emulator.token_requests == before
+
+
+# 10. Each waiter has its own bound; giving up does not cancel the fetch -----------------
+
+
+def test_a_caller_gives_up_at_its_timeout_and_the_fetch_goes_on_for_the_others(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    emulator.inject(Fault(delay=1.0, passthrough=True))
+    started = time.monotonic()
+    with pytest.raises(TokenTimeoutError):
+        manager.get_token(timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 0.8
+    token = manager.get_token(timeout=5)  # joins the same request
+    assert emulator.is_token_valid(token)
+    assert emulator.token_requests == 1
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "1"])
+def test_a_bad_timeout_is_a_configuration_error(make_manager: MakeManager, timeout: Any):
+    manager = make_manager()
+    with pytest.raises(ValueError, match="timeout"):
+        manager.get_token(timeout=timeout)
+
+
+# 11. Expiry on a clock that counts suspend ----------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="Linux only")
+def test_expiry_runs_on_a_clock_that_counts_suspend():
+    boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert SYSTEM_CLOCK.monotonic() == pytest.approx(boottime, abs=0.5)
+
+
+# 12. The guards ---------------------------------------------------------------------------
+
+
+def test_a_use_that_read_the_old_token_before_a_swap_is_not_counted_against_it(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # The check in UseGate.begin ("is this token still current", under the drain's lock):
+    # a caller that read the old token, then lost the CPU while a rotation swapped and
+    # drained, must not count a use of the old token after the drain (it would be revoked
+    # under it). Forced: begin_use pauses between reading the token and counting it.
+    manager = make_manager()
+    old = manager.get_token()
+    gate = manager._gate
+    original = gate.begin
+    read_token, go_on = threading.Event(), threading.Event()
+
+    def paused_begin(token: str, still_current: Any) -> Any:
+        if token == old and not go_on.is_set():
+            read_token.set()
+            go_on.wait(5)
+        return original(token, still_current)
+
+    gate.begin = paused_begin  # type: ignore[method-assign]
+    user, use = _background(manager.begin_use)
+    assert read_token.wait(5)
+    new = manager.rotate(drain_timeout=1, revoke_previous=True)  # swaps, drains (0), revokes
+    go_on.set()
+    user.join(5)
+    assert use[0].token == new.access_token
+    assert emulator.is_token_valid(use[0].token)
+    use[0].end()
+
+
+def test_one_replacement_for_many_callers_that_saw_the_same_token_rejected(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # The "is the rejected token still current" check: the second caller must get the
+    # first caller's replacement, not make a replacement of the replacement.
+    manager = make_manager()
+    rejected = manager.get_token()
+    first = manager.replace_rejected(rejected)
+    second = manager.replace_rejected(rejected)
+    assert first.access_token == second.access_token != rejected
+    assert emulator.token_requests == 2
