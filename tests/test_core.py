@@ -21,7 +21,6 @@ from conftest import FakeClock, MakeManager, read_child
 from genesys_token import (
     InvalidClientError,
     ManagerClosedError,
-    TokenManager,
     TokenRequestError,
     TokenTimeoutError,
 )
