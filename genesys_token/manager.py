@@ -700,6 +700,26 @@ class TokenManager:
             if use is not None:
                 return use
 
+    def try_begin_use(self) -> InFlight | None:
+        """Count a use of the current token if it is usable right now, without blocking.
+
+        No wait, no I/O: for an event loop's hot path. ``None`` when no token is usable
+        now (none yet, past its usable-until, due for a refresh this call would have to
+        run, or a rotation holds the gate); then call :meth:`get_token` off the loop and try
+        again.
+        """
+        current = self._current
+        if current is None or self._closed or self._gate.rotating:
+            return None
+        now = self._clock.monotonic()
+        if now >= current.usable_until:
+            return None
+        if now >= current.refresh_at:
+            if not self._timer_wanted:
+                return None  # the refresh would run in this call: let the caller do it
+            self._refresh_soon()
+        return self._gate.try_begin(self._current_access_token)
+
     def _current_access_token(self) -> str | None:
         current = self._current
         return current.token.access_token if current is not None else None
