@@ -26,6 +26,7 @@ from .errors import (
     UnauthorizedClientError,
 )
 from .manager import TokenManager
+from .session import api_session
 from .token import Token
 
 __version__ = "0.1.0"
@@ -48,4 +49,5 @@ __all__ = [
     "TokenValidationError",
     "UnauthorizedClientError",
     "__version__",
+    "api_session",
 ]
