@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -263,3 +263,78 @@ def test_rotation_drains_async_calls_and_the_loop_keeps_ticking(
     assert during[0].token_used == manager.get_token() != old
     assert ticker.max_gap < MAX_GAP
     assert manager.in_flight_count == 0
+
+
+class _NoHotPathManager(TokenManager):
+    """A manager whose non-blocking path always declines, and whose blocking one can be held:
+    the adapter's last resort (``begin_use`` off the loop) made to run, deterministically."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.returned = threading.Event()
+
+    def try_begin_use(self) -> None:  # type: ignore[override]
+        return None
+
+    def begin_use(self) -> Any:
+        self.entered.set()
+        if not self.release.wait(5):
+            raise TimeoutError("the test never released begin_use")
+        use = super().begin_use()
+        self.returned.set()
+        return use
+
+
+@pytest.fixture
+def declining_manager(emulator: GenesysEmulator) -> Iterator[_NoHotPathManager]:
+    manager = _NoHotPathManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+    )
+    yield manager
+    manager.close()
+
+
+def test_begin_use_runs_off_the_loop_when_the_hot_path_declines(
+    emulator: GenesysEmulator, declining_manager: _NoHotPathManager
+):
+    async def main() -> list[int]:
+        async with _client(declining_manager) as client:
+            responses = await asyncio.gather(*(client.get(ORG_PATH) for _ in range(3)))
+        return [r.status_code for r in responses]
+
+    assert _run(main) == [200] * 3
+    assert emulator.token_requests == 1
+    assert declining_manager.in_flight_count == 0
+
+
+def test_a_use_begun_for_a_cancelled_caller_is_ended(
+    emulator: GenesysEmulator, declining_manager: _NoHotPathManager
+):
+    declining_manager.release.clear()
+
+    async def main() -> None:
+        async with _client(declining_manager) as client:
+            call = asyncio.create_task(client.get(ORG_PATH))
+            while not declining_manager.entered.is_set():
+                await asyncio.sleep(TICK)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            declining_manager.release.set()  # begin_use now returns a use nobody awaits
+            while not declining_manager.returned.is_set():
+                await asyncio.sleep(TICK)
+            for _ in range(100):  # the executor's result reaches the loop a moment later
+                await asyncio.sleep(TICK)
+                if declining_manager.in_flight_count == 0:
+                    break
+
+    _run(main)
+    assert declining_manager.returned.is_set()  # begin_use did count a use...
+    assert declining_manager.in_flight_count == 0  # ...which was ended for the cancelled caller
+    assert emulator.api_requests == 0
