@@ -338,3 +338,16 @@ def test_a_use_begun_for_a_cancelled_caller_is_ended(
     assert declining_manager.returned.is_set()  # begin_use did count a use...
     assert declining_manager.in_flight_count == 0  # ...which was ended for the cancelled caller
     assert emulator.api_requests == 0
+
+
+def test_no_token_to_another_origin(emulator: GenesysEmulator, manager: TokenManager):
+    with GenesysEmulator() as other:
+
+        async def main() -> dict[str, str]:
+            async with _client(manager) as client:
+                return (await client.get(other.url + "/headers")).json()
+
+        seen = _run(main)
+    assert "Authorization" not in seen
+    assert emulator.token_requests == 0
+    assert manager.in_flight_count == 0
