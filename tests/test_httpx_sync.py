@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import MakeManager
 
-from genesys_token import TokenManager
+from genesys_token import InvalidClientError, TokenManager
 from genesys_token.integrations.httpx import GenesysHTTPXAuth
 from genesys_token.testing import Fault, GenesysEmulator
 
@@ -138,6 +138,17 @@ def test_streamed_response_is_counted_until_its_headers(
         assert response.status_code == 200
         assert manager.in_flight_count == 0
         response.read()
+
+
+def test_token_errors_reach_the_caller_before_anything_is_sent(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(client_secret="wrong-secret")
+    with httpx.Client(base_url=manager.api_base_url, auth=GenesysHTTPXAuth(manager)) as c:
+        with pytest.raises(InvalidClientError):
+            c.get(ORG_PATH)
+    assert emulator.api_requests == 0
+    assert manager.in_flight_count == 0
 
 
 # -- 401 --------------------------------------------------------------------------------------
