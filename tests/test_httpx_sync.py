@@ -144,9 +144,12 @@ def test_token_errors_reach_the_caller_before_anything_is_sent(
     emulator: GenesysEmulator, make_manager: MakeManager
 ):
     manager = make_manager(client_secret="wrong-secret")
-    with httpx.Client(base_url=manager.api_base_url, auth=GenesysHTTPXAuth(manager)) as c:
-        with pytest.raises(InvalidClientError):
-            c.get(ORG_PATH)
+    auth = GenesysHTTPXAuth(manager)
+    with (
+        httpx.Client(base_url=manager.api_base_url, auth=auth) as c,
+        pytest.raises(InvalidClientError),
+    ):
+        c.get(ORG_PATH)
     assert emulator.api_requests == 0
     assert manager.in_flight_count == 0
 
