@@ -12,7 +12,8 @@ LEGACY_BIN := $(LEGACY_VENV)/bin
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
 LEGACY_PINS := 'urllib3>=1.26.5,<2' 'requests>=2.31,<2.32'
 LEGACY_TESTS := tests/test_transport.py tests/test_retry.py tests/test_tls.py \
-	tests/test_secret_hygiene.py tests/test_redact.py tests/test_auth.py tests/test_manager.py
+	tests/test_secret_hygiene.py tests/test_redact.py tests/test_auth.py tests/test_manager.py \
+	tests/test_api_session.py
 
 .PHONY: install lint format typecheck unit soak test test-legacy demo bench clean
 

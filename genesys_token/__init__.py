@@ -32,6 +32,7 @@ from .errors import (
     UnauthorizedClientError,
 )
 from .manager import TokenManager
+from .session import api_session
 from .token import Token
 
 __version__ = "0.2.0"
@@ -62,4 +63,5 @@ __all__ = [
     "TokenValidationError",
     "UnauthorizedClientError",
     "__version__",
+    "api_session",
 ]

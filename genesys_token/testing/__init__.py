@@ -24,6 +24,12 @@ did::
             assert emulator.token_requests == 2  # one rate-limited, one granted
             assert emulator.api_requests == 2
 
+API faults: ``emulator.throttle_api(times=2, retry_after=1)`` answers the next two API calls
+with Genesys' 429 (``Retry-After: 1``, code ``too.many.requests.retry.after``);
+``emulator.inject(Fault.server_error(503), path="/api/v2/users")`` any other fault on one
+path; ``emulator.reject_all_tokens = True`` makes the API answer every token with 401
+``bad.credentials`` (a storm of 401s, as from a wrong region).
+
 With pytest, the ``genesys_emulator`` fixture (installed with the package) gives a started
 emulator per test and stops it afterwards; configure it with a marker::
 

@@ -4,7 +4,9 @@ It follows the real service (see the package docstring): Basic-authenticated
 ``client_credentials`` grant, lower-case ``bearer``, both ``description`` and
 ``error_description`` on errors, the rate-limit answer being an HTTP 400, Genesys-style API
 error bodies. Faults (status codes, delays, dropped connections, huge or slow bodies) can be
-injected for the next requests to a path.
+injected for the next requests to a path, token endpoint or API alike: :meth:`throttle_api`
+answers API calls with Genesys' 429 and ``Retry-After``; ``reject_all_tokens`` makes the API
+refuse every bearer token with 401 ``bad.credentials``.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class GenesysEmulator:
         self._api_requests = 0
         self._token_ttl = 0.0
         self._api_delay = 0.0
+        self._reject_all_tokens = False
         self._token_rate_limit: int | None = None
         self.token_ttl = token_ttl
         self.token_rate_limit = token_rate_limit
@@ -283,6 +286,21 @@ class GenesysEmulator:
             raise ValueError("api_delay must be >= 0")
         self._api_delay = float(value)
 
+    @property
+    def reject_all_tokens(self) -> bool:
+        """When True, the API answers every bearer token with 401 ``bad.credentials``.
+
+        Tokens are still issued and stay valid for :meth:`is_token_valid`: this plays an API
+        that keeps rejecting fresh tokens (a wrong region, a client deleted in another org),
+        the case where a 401 must not turn every call into a token request. Calls without
+        a token still get 401 ``authentication.required``.
+        """
+        return self._reject_all_tokens
+
+    @reject_all_tokens.setter
+    def reject_all_tokens(self, value: bool) -> None:
+        self._reject_all_tokens = bool(value)
+
     def add_client(
         self,
         client_id: str,
@@ -404,6 +422,20 @@ class GenesysEmulator:
         with self._lock:
             self._faults.append(_FaultSlot(path, fault, times))
         return fault
+
+    def throttle_api(
+        self, times: int | None = 1, *, retry_after: int | str = 1, path: str = API_PREFIX
+    ) -> Fault:
+        """Answer the next ``times`` API requests under ``path`` with Genesys' 429.
+
+        The answer is ``429`` with ``Retry-After: <retry_after>`` and the normalised body
+        (``code`` ``too.many.requests.retry.after``, message "Retry the request in [n]
+        seconds"), given before the token is checked, as a rate limiter in front of the API
+        would. ``times=None`` throttles until :meth:`clear_faults`. A shortcut for
+        ``inject(Fault.too_many_requests(retry_after), times=times, path=path)``; any other
+        :class:`Fault` can be injected on an API path the same way.
+        """
+        return self.inject(Fault.too_many_requests(retry_after), times=times, path=path)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -540,7 +572,7 @@ class GenesysEmulator:
         if bearer is None:
             return api_error(401, "authentication.required", MISSING_TOKEN_MESSAGE)
         with self._lock:
-            info = self._valid_token(bearer)
+            info = None if self._reject_all_tokens else self._valid_token(bearer)
         if info is None:
             return api_error(401, "bad.credentials", "Invalid login credentials.")
         if path == API_PREFIX + "/echo" or path.startswith(API_PREFIX + "/echo/"):

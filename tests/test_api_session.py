@@ -1,0 +1,277 @@
+"""api_session() over the emulator: base URL, token scope, default timeout, retries on 429/5xx."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from conftest import MakeManager
+from urllib3.util.retry import RequestHistory
+
+from genesys_token import TokenManager, api_session
+from genesys_token import session as session_module
+from genesys_token.session import ApiSession, GenesysRetry, genesys_retry
+from genesys_token.testing import Fault, GenesysEmulator
+
+ORG_PATH = "/api/v2/organizations/me"
+ECHO_PATH = "/api/v2/echo"
+
+pytestmark = pytest.mark.legacy
+
+
+@pytest.fixture
+def manager(make_manager: MakeManager) -> TokenManager:
+    return make_manager()
+
+
+@pytest.fixture
+def session(manager: TokenManager) -> Iterator[ApiSession]:
+    with api_session(manager) as s:
+        yield s
+
+
+@pytest.fixture
+def other_host() -> Iterator[GenesysEmulator]:
+    """A second server: another origin (another port) that must never see the token."""
+    with GenesysEmulator() as other:
+        yield other
+
+
+def _calls(emulator: GenesysEmulator) -> list[tuple[str, str, int]]:
+    return [(r.method, r.path, r.status) for r in emulator.api_request_log]
+
+
+# -- base URL and token scope --------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_api_base_url(
+    emulator: GenesysEmulator, manager: TokenManager, session: ApiSession
+):
+    assert session.get(ORG_PATH).json()["id"] == emulator.org_id
+    assert session.get(ORG_PATH.lstrip("/")).status_code == 200
+
+    assert _calls(emulator) == [("GET", ORG_PATH, 200)] * 2
+    assert {r.token_used for r in emulator.api_request_log} == {manager.token.access_token}
+    assert manager.in_flight_count == 0
+
+
+@pytest.mark.parametrize(
+    ("base", "url", "expected"),
+    [
+        ("https://api.example.test", "/api/v2/users", "https://api.example.test/api/v2/users"),
+        ("https://api.example.test/", "api/v2/users", "https://api.example.test/api/v2/users"),
+        (
+            "https://gw.example.test/genesys",
+            "/api/v2/x",
+            "https://gw.example.test/genesys/api/v2/x",
+        ),
+        ("https://api.example.test", "https://other.test/a", "https://other.test/a"),
+        ("https://api.example.test", "//other.test/a", "https://other.test/a"),
+        ("https://api.example.test", b"/api/v2/users", "https://api.example.test/api/v2/users"),
+    ],
+)
+def test_resolve_keeps_absolute_urls_and_the_base_path(base: str, url: str, expected: str):
+    assert ApiSession(base, 1.0).resolve(url) == expected
+
+
+def test_absolute_url_to_the_api_origin_carries_the_token(
+    emulator: GenesysEmulator, manager: TokenManager, session: ApiSession
+):
+    assert session.get(emulator.api_base_url + ORG_PATH).status_code == 200
+    assert emulator.api_request_log[0].token_used == manager.token.access_token
+
+
+def test_absolute_url_to_another_origin_gets_no_token(
+    emulator: GenesysEmulator, manager: TokenManager, session: ApiSession, other_host
+):
+    seen = session.get(other_host.url + "/headers").json()
+
+    assert "Authorization" not in seen
+    assert emulator.token_requests == 0  # not even fetched: nothing needed it
+    assert manager.in_flight_count == 0
+
+
+def test_redirect_to_another_origin_drops_the_token(
+    emulator: GenesysEmulator, manager: TokenManager, session: ApiSession, other_host
+):
+    response = session.get("/redirect", params={"to": other_host.url + "/headers"})
+
+    assert response.status_code == 200
+    assert "Authorization" not in response.json()
+    assert emulator.api_request_log[0].token_used == manager.token.access_token
+    assert manager.in_flight_count == 0
+
+
+def test_401_is_replayed_with_a_new_token(
+    emulator: GenesysEmulator, manager: TokenManager, session: ApiSession
+):
+    first = manager.get_token()
+    emulator.revoke(first)
+
+    response = session.get(ORG_PATH)
+
+    assert response.status_code == 200
+    assert [r.status for r in emulator.api_request_log] == [401, 200]
+    assert manager.get_token() != first
+    assert emulator.token_requests == 2
+
+
+# -- timeout ----------------------------------------------------------------------------------
+
+
+def test_every_call_gets_the_default_timeout(emulator: GenesysEmulator, manager: TokenManager):
+    emulator.inject(Fault(delay=1.0, passthrough=True), path=ORG_PATH)
+    with api_session(manager, timeout=(3.05, 0.2)) as session:
+        started = time.monotonic()
+        with pytest.raises(requests.ReadTimeout):  # not retried: it may be in progress
+            session.get(ORG_PATH)
+        assert time.monotonic() - started < 0.9
+    assert emulator.api_requests == 1
+
+
+def test_a_call_can_pass_its_own_timeout(emulator: GenesysEmulator, manager: TokenManager):
+    emulator.inject(Fault(delay=0.3, passthrough=True), path=ORG_PATH)
+    with api_session(manager, timeout=(3.05, 0.05), max_retries=0) as session:
+        assert session.get(ORG_PATH, timeout=5).status_code == 200
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+def test_429_with_retry_after_is_retried_after_the_pause(
+    emulator: GenesysEmulator, manager: TokenManager, session: ApiSession
+):
+    manager.get_token()
+    emulator.throttle_api(times=1, retry_after=1)
+
+    started = time.monotonic()
+    response = session.get(ORG_PATH)
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert _calls(emulator) == [("GET", ORG_PATH, 429), ("GET", ORG_PATH, 200)]
+    assert 0.95 <= elapsed < 3.0  # the one-second pause Genesys asked for, no more
+    assert manager.in_flight_count == 0
+
+
+def test_no_retry_beyond_max_retries(emulator: GenesysEmulator, manager: TokenManager):
+    emulator.throttle_api(times=None, retry_after=0)
+    with api_session(manager, max_retries=2, backoff_factor=0) as session:
+        response = session.get(ORG_PATH)
+
+    assert response.status_code == 429  # the last answer comes back, nothing raises
+    assert response.json()["code"] == "too.many.requests.retry.after"
+    assert _calls(emulator) == [("GET", ORG_PATH, 429)] * 3
+
+
+def test_max_retries_zero_sends_once(emulator: GenesysEmulator, manager: TokenManager):
+    emulator.throttle_api(times=None, retry_after=0)
+    with api_session(manager, max_retries=0) as session:
+        assert session.get(ORG_PATH).status_code == 429
+    assert emulator.api_requests == 1
+
+
+def test_post_is_retried_on_429_with_its_body(
+    emulator: GenesysEmulator, manager: TokenManager, session: ApiSession
+):
+    emulator.throttle_api(times=2, retry_after=0)
+
+    response = session.post(ECHO_PATH, data=b"x" * 1000)
+
+    assert response.status_code == 200
+    assert response.json()["length"] == 1000
+    assert [(r.method, r.status) for r in emulator.api_request_log] == [
+        ("POST", 429),
+        ("POST", 429),
+        ("POST", 200),
+    ]
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_post_is_not_retried_on_a_gateway_error(
+    emulator: GenesysEmulator, manager: TokenManager, status: int
+):
+    emulator.inject(Fault.server_error(status), path=ECHO_PATH)
+    with api_session(manager, backoff_factor=0) as session:
+        assert session.post(ECHO_PATH, data=b"{}").status_code == status
+    assert emulator.api_requests == 1
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_get_is_retried_on_a_gateway_error(
+    emulator: GenesysEmulator, manager: TokenManager, status: int
+):
+    emulator.inject(Fault.server_error(status), times=2, path=ORG_PATH)
+    with api_session(manager, backoff_factor=0) as session:
+        assert session.get(ORG_PATH).status_code == 200
+    assert [r.status for r in emulator.api_request_log] == [status, status, 200]
+
+
+def test_retry_methods_widens_the_gateway_retries(emulator: GenesysEmulator, manager):
+    emulator.inject(Fault.server_error(503), path=ECHO_PATH)
+    with api_session(manager, backoff_factor=0, retry_methods=["post"]) as session:
+        assert session.post(ECHO_PATH, data=b"{}").status_code == 200
+    assert emulator.api_requests == 2
+
+
+def test_a_long_retry_after_is_capped(emulator: GenesysEmulator, manager: TokenManager):
+    emulator.throttle_api(times=1, retry_after=3600)
+    with api_session(manager, max_retry_after=0.05) as session:
+        started = time.monotonic()
+        assert session.get(ORG_PATH).status_code == 200
+        assert time.monotonic() - started < 1.0
+
+
+def test_an_unparseable_retry_after_falls_back_to_the_backoff(
+    emulator: GenesysEmulator, manager: TokenManager
+):
+    emulator.inject(Fault.too_many_requests(retry_after="soon"), path=ORG_PATH)
+    with api_session(manager, backoff_factor=0) as session:
+        assert session.get(ORG_PATH).status_code == 200
+    assert emulator.api_requests == 2
+
+
+# -- the policy itself ------------------------------------------------------------------------
+
+
+def _after_errors(retry: GenesysRetry, errors: int) -> GenesysRetry:
+    return retry.new(history=(RequestHistory("GET", "/x", None, 503, None),) * errors)
+
+
+def test_backoff_is_exponential_with_full_jitter(monkeypatch: pytest.MonkeyPatch):
+    bounds: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        bounds.append((low, high))
+        return high / 2
+
+    monkeypatch.setattr(session_module.random, "uniform", uniform)
+    retry = genesys_retry(10, backoff_factor=0.5)
+
+    waits = [_after_errors(retry, n).get_backoff_time() for n in (0, 1, 2, 3, 10)]
+
+    assert waits == [0.0, 0.25, 0.5, 1.0, session_module.BACKOFF_MAX / 2]
+    assert bounds == [(0.0, 0.5), (0.0, 1.0), (0.0, 2.0), (0.0, session_module.BACKOFF_MAX)]
+
+
+def test_retry_after_parsing_is_capped_and_survives_garbage():
+    retry = genesys_retry(max_retry_after=60.0)
+    assert retry.parse_retry_after("5") == 5.0
+    assert retry.parse_retry_after("3600") == 60.0
+    assert retry.parse_retry_after("soon") == 0.0
+    # the cap survives the copies urllib3 makes on every retry
+    assert retry.increment("GET", "/x").max_retry_after == 60.0
+
+
+def test_negative_max_retries_is_refused(manager: TokenManager):
+    with pytest.raises(ValueError, match="max_retries"):
+        api_session(manager, max_retries=-1)
+
+
+def test_repr_shows_the_base_url_not_the_token(manager: TokenManager, session: ApiSession):
+    session.get(ORG_PATH)
+    token = manager.get_token()
+    assert manager.api_base_url in repr(session)
+    assert token not in repr(session) + repr(session.auth)
