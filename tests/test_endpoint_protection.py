@@ -1,0 +1,201 @@
+"""Issue 13: our own callers cannot hammer the token endpoint; secrets change under a
+running process (set_credentials, callables, mounted files)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import MakeManager
+
+from genesys_token import (
+    ConfigurationError,
+    GenesysAuth,
+    InvalidClientError,
+    SecretFile,
+    SecretSourceError,
+    TokenManager,
+)
+from genesys_token.testing import GenesysEmulator
+
+ORG_PATH = "/api/v2/organizations/me"
+
+
+def test_a_rejected_secret_costs_at_most_five_requests_from_8_threads_in_3_s(
+    emulator: GenesysEmulator, make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    manager = make_manager(client_secret="a-wrong-secret", max_retries=0)
+    stop = threading.Event()
+    durations: list[float] = []
+    other: list[BaseException] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                manager.get_token()
+            except InvalidClientError:
+                with lock:
+                    durations.append(time.monotonic() - started)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                other.append(exc)
+            time.sleep(0.001)
+
+    with caplog.at_level(logging.WARNING, logger="genesys_token"):
+        threads = [threading.Thread(target=caller) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        stop.wait(3)
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+    assert other == []
+    assert len(durations) > 100
+    assert emulator.token_requests <= 5  # was 684
+    # Most calls answer at once from the negative cache: far below a token round trip.
+    round_trip = max(durations)
+    assert statistics.median(durations) < round_trip / 10
+    rejections = [r for r in caplog.records if "rejected the client credentials" in r.message]
+    assert len(rejections) == emulator.token_requests  # once per cool-down, not per call
+    assert manager.metrics()["rejected_calls"] > 100
+
+
+def test_set_credentials_ends_the_cool_down_at_once(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(client_secret="a-wrong-secret", max_retries=0)
+    with pytest.raises(InvalidClientError):
+        manager.get_token()
+    with pytest.raises(InvalidClientError):
+        manager.get_token()  # inside the cool-down: no request
+    assert emulator.token_requests == 1
+    assert manager.metrics()["credentials_cooldown"] > 0
+    manager.set_credentials(emulator.client_secret)
+    assert emulator.is_token_valid(manager.get_token())
+    assert emulator.token_requests == 2
+
+
+def test_a_callable_secret_is_read_again_after_a_rejection(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # A secrets manager whose cached answer lags the console by one read.
+    answers = [emulator.client_secret, emulator.client_secret]
+    reads: list[int] = []
+
+    def source() -> str:
+        reads.append(1)
+        return answers[len(reads) - 1] if len(reads) <= len(answers) else "rotated-in-console"
+
+    manager = make_manager(client_secret=source)
+    first = manager.get_token()
+    emulator.set_secret(emulator.client_id, "rotated-in-console")
+    # The next refresh is rejected, the source read again, the request retried at once.
+    token = manager.refresh(force=True)
+    assert token.access_token != first
+    assert emulator.is_token_valid(token.access_token)
+    assert emulator.token_requests == 3
+
+
+def test_a_mounted_secret_file_is_read_again_after_a_rejection(
+    emulator: GenesysEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(emulator.client_secret + "\n")
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", emulator.client_id)
+    monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", raising=False)
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE", str(secret_file))
+    with TokenManager.from_env(
+        token_url=emulator.token_url, api_base_url=emulator.api_base_url
+    ) as manager:
+        manager.get_token()
+        emulator.set_secret(emulator.client_id, "the-new-mounted-secret")
+        secret_file.write_text("  the-new-mounted-secret  \n")  # Kubernetes updates it
+        token = manager.refresh(force=True)
+        assert emulator.is_token_valid(token.access_token)
+        assert "the-new-mounted-secret" not in repr(manager) + repr(manager.settings)
+
+
+def test_a_secret_file_that_cannot_be_read_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", "id")
+    monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", raising=False)
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigurationError, match="secret file"):
+        TokenManager.from_env()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (lambda: 42, "returned int"),
+        (lambda: "", "bad value"),
+        (lambda: (_ for _ in ()).throw(OSError("vault is down: secret=hunter2")), "raised"),
+    ],
+)
+def test_a_secret_source_that_gives_nothing_usable_is_a_typed_error(
+    make_manager: MakeManager, source: object, message: str
+):
+    manager = make_manager(client_secret=source)
+    with pytest.raises(SecretSourceError, match=message) as caught:
+        manager.get_token()
+    assert "hunter2" not in str(caught.value) + repr(caught.value)
+    assert SecretFile("/x").__class__.__name__ in repr(SecretFile("/x"))
+
+
+def test_30_calls_against_an_api_that_rejects_every_token_make_at_most_3_requests(
+    emulator: GenesysEmulator, make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    manager = make_manager()
+    emulator.reject_all_tokens = True
+    session = requests.Session()
+    session.auth = GenesysAuth(manager)
+    with caplog.at_level(logging.WARNING, logger="genesys_token"):
+        statuses = [
+            session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code for _ in range(30)
+        ]
+    assert statuses == [401] * 30  # each call answered with its 401, not an exception
+    assert emulator.token_requests <= 3  # was 31
+    explained = [r for r in caplog.records if "another region" in r.message]
+    assert len(explained) == 1
+    assert manager.metrics()["api_rejections"] >= 1
+    session.close()
+
+
+def test_a_token_that_lived_a_while_is_replaced_on_a_401(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: object
+):
+    # A revoked token (not a fresh one) is always replaced: the cool-down is for fresh ones.
+    manager = make_manager()
+    first = manager.get_token()
+    second = manager.replace_rejected(first).access_token
+    assert second != first
+    cell = manager._cell
+    assert cell is not None
+    manager._cell = type(cell)(**{**_fields(cell), "installed_at": cell.installed_at - 3600})
+    third = manager.replace_rejected(second).access_token
+    assert third != second
+    assert emulator.token_requests == 3
+
+
+def _fields(cell: object) -> dict[str, object]:
+    return {name: getattr(cell, name) for name in cell.__slots__}  # type: ignore[attr-defined]
+
+
+def test_a_region_mismatch_is_warned_about_once_at_construction(caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING, logger="genesys_token"):
+        TokenManager(
+            "id",
+            "secret",
+            token_url="https://login.mypurecloud.ie/oauth/token",
+            api_base_url="https://api.mypurecloud.de",
+        ).close()
+    warnings = [r.message for r in caplog.records if "region" in r.message]
+    assert len(warnings) == 1
+    assert "eu-west-1" in warnings[0] and "eu-central-1" in warnings[0]
