@@ -98,7 +98,7 @@ class Acquirer:
         validator: TokenValidator,
         clock: Clock,
         plan: Callable[[Token, int], Cell],
-        rejections: RejectedCredentials,
+        rejections: Callable[[], RejectedCredentials],
         metrics: Metrics,
     ) -> None:
         self._settings = settings
@@ -129,7 +129,7 @@ class Acquirer:
             GenesysTokenError: No token (the typed error of the request, or of the source).
         """
         snap = self.snapshot()
-        rejected = self._rejections.check(_digest(snap.credentials))
+        rejected = self._rejections().check(_digest(snap.credentials))
         if rejected is not None:
             raise rejected  # the cool-down of these very credentials: no request
         spec = flight.spec
@@ -163,9 +163,9 @@ class Acquirer:
                 try:
                     return self._fetch(snap, fresh, flight)
                 except InvalidClientError as again:
-                    self._rejections.record(_digest(fresh), again)
+                    self._rejections().record(_digest(fresh), again)
                     raise
-            self._rejections.record(_digest(snap.credentials), exc)
+            self._rejections().record(_digest(snap.credentials), exc)
             raise
 
     def _fetch(self, snap: Snapshot, credentials: Credentials, flight: Flight) -> Token:

@@ -3,16 +3,14 @@
 The hot path, :meth:`TokenManager.get_token` with a valid token, reads ``_cell`` (one
 immutable value, replaced whole) and the clock, and takes no lock. Everything else lives in
 a module named after it: the schedule (``_cell``), single flight (``_flight``), one
-acquisition (``_acquire``), the process-wide scheduler (``_scheduler``), counted uses
-(``_gate``), rotation (``_rotation``), rejections (``_rejections``), events and metrics
-(``_reporter``). The refresh state is guarded by the single flight's RLock.
+acquisition (``_acquire``), when to refresh (``_refresher``), the process-wide scheduler
+(``_scheduler``), counted uses (``_gate``), rotation (``_rotation``), rejections
+(``_rejections``), events and metrics (``_reporter``).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,10 +22,10 @@ from . import _http
 from ._acquire import Acquirer, lock_bound
 from ._cell import Cell, plan
 from ._clock import SYSTEM_CLOCK, Clock
-from ._flight import AnyValid, FetchedAfter, NotDue, Replacing, SingleFlight
+from ._flight import FetchedAfter, Replacing, SingleFlight
 from ._gate import InFlight, UseGate
 from ._lifecycle import register_fork_handler
-from ._rejections import RejectedCredentials, RejectedTokens
+from ._refresher import Refresher
 from ._reporter import Reporter
 from ._rotation import rotate
 from ._scheduler import Job, scheduler
@@ -39,32 +37,13 @@ from .config import (
     Settings,
     settings_from_env,
 )
-from .errors import (
-    ConfigurationError,
-    DrainTimeoutError,
-    GenesysTokenError,
-    InvalidClientError,
-    ManagerClosedError,
-    RateLimitedError,
-    TokenRejectedError,
-)
+from .errors import DrainTimeoutError, ManagerClosedError
 from .events import Listener
-from .regions import region_of_url
+from .regions import warn_region_mismatch
 from .stores.base import MemoryStore, TokenStore
 from .token import Token
 from .transport import RetryNotice, TokenEndpoint
 from .validation import TokenValidator
-
-log = logging.getLogger(__name__)
-
-#: Backoff after a failed refresh: capped exponential with full jitter, and never longer than
-#: a quarter of what is left of the current token, so retries come before expiry.
-FAILURE_BACKOFF_BASE = 1.0
-FAILURE_BACKOFF_MAX = 60.0
-FAILURE_BACKOFF_MIN = 0.05
-#: During a credentials cool-down, a secret source (callable, file) is re-read at most this
-#: often by callers; a plain string changes only through set_credentials().
-SECRET_RECHECK = 1.0
 
 
 class TokenManager:
@@ -165,16 +144,8 @@ class TokenManager:
         self._cell: Cell | None = None
         self._closed = False
         self._credentials_generation = 0
-        self._failures = 0
-        self._retry_at: float | None = None
-        self._nudged: Cell | None = None
-        self._parked: tuple[Cell, Cell] | None = None
-        self._recheck_at = float("-inf")
-        self._wait_bound = 2 * lock_bound(settings) + 30.0
         self._reporter = Reporter(settings, lambda: self._settings.client_id)
         self._gate = UseGate()
-        self._rejected = RejectedCredentials(self._now, clock.random)
-        self._fresh_401 = RejectedTokens()
         self._rotate_lock = threading.Lock()
         self._transport = TokenEndpoint(
             settings, clock=clock, on_retry=self._on_retry, session=session
@@ -186,20 +157,31 @@ class TokenManager:
             validator=TokenValidator(settings),
             clock=clock,
             plan=self._plan,
-            rejections=self._rejected,
+            rejections=lambda: self._refresher.rejected,
             metrics=self._reporter.metrics,
         )
         self._flight = SingleFlight(
             cell=lambda: self._cell,
             install=self._install,
             acquire=self._acquirer.acquire,
-            finished=self._finished,
+            finished=lambda *outcome: self._refresher.finished(*outcome),
             now=self._now,
             credentials=lambda: self._credentials_generation,
             name=f"genesys-token-fetch-{settings.client_id[:16]}",
         )
-        self._job = _job_for(self)
-        _warn_region_mismatch(settings)
+        self._refresher = Refresher(
+            flight=self._flight,
+            reporter=self._reporter,
+            clock=clock,
+            settings=lambda: self._settings,
+            cell=lambda: self._cell,
+            put_cell=self._install,
+            closed=lambda: self._closed,
+            credentials=lambda: self._credentials_generation,
+            wait_bound=2 * lock_bound(settings) + 30.0,
+        )
+        self._refresher.job = _job_for(self)
+        warn_region_mismatch(settings.token_url, settings.api_base_url)
         register_fork_handler(self)
 
     # -- public properties -------------------------------------------------------------
@@ -264,41 +246,7 @@ class TokenManager:
         cell = self._cell
         if cell is not None and self._now() < cell.refresh_at:
             return cell.access_token
-        return self._slow(timeout).access_token
-
-    def _slow(self, timeout: float | None) -> Cell:
-        if self._closed:
-            raise ManagerClosedError("the token manager is closed")
-        if self._parked is not None:
-            self._unpark()
-        cell = self._cell
-        now = self._now()
-        if cell is not None and cell.usable(now):
-            if now >= cell.refresh_at:
-                self._due(cell, timeout)
-            return self._cell or cell
-        self._reporter.expired(cell)
-        self._raise_if_rejected()
-        want = AnyValid(self._credentials_generation)
-        return self._flight.obtain(want, deadline=self._deadline(timeout), reason="no valid token")
-
-    def _due(self, cell: Cell, timeout: float | None) -> None:
-        """A valid token is past its refresh point: get the refresh going."""
-        if self._settings.background_refresh:
-            if self._nudged is not cell and self._retry_at is None:
-                self._nudged = cell  # once per token: the scheduler may be on a stale plan
-                scheduler().schedule(self._job, 0.0)
-            return
-        retry_at = self._retry_at
-        if self._flight.running or (retry_at is not None and self._now() < retry_at):
-            return  # one caller refreshes; the others keep the valid token
-        try:
-            want = NotDue(self._credentials_generation)
-            self._flight.obtain(want, deadline=self._deadline(timeout), reason="on-demand")
-        except ManagerClosedError:
-            raise
-        except GenesysTokenError:
-            pass  # backed off in _finished; the token in hand is still valid
+        return self._refresher.slow(timeout).access_token
 
     def try_begin_use(self) -> InFlight | None:
         """Count a use of a token that is usable now, without blocking or I/O.
@@ -310,13 +258,8 @@ class TokenManager:
         if cell is None or self._closed:
             return None
         now = self._now()
-        if not cell.usable(now) or self._parked is not None:
+        if not cell.usable(now) or not self._refresher.due_nowait(cell, now):
             return None
-        if now >= cell.refresh_at:
-            if self._settings.background_refresh:
-                self._due(cell, None)
-            elif self._retry_at is None or now >= self._retry_at:
-                self._flight.start(NotDue(self._credentials_generation), "on-demand")
         return self._gate.begin(cell.access_token, self._is_current)
 
     def refresh(self, force: bool = False) -> Token:
@@ -331,11 +274,10 @@ class TokenManager:
             GenesysTokenError: Acquiring a token failed.
         """
         if not force:
-            return self._slow(None).token
+            return self._refresher.slow(None).token
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
-        want = FetchedAfter(self._flight.generation)
-        return self._flight.obtain(want, deadline=self._deadline(None), reason="forced").token
+        return self._fetch_new("forced").token
 
     def replace_rejected(self, access_token: str) -> Token:
         """Replace a token the API rejected (a 401), unless that already happened.
@@ -351,19 +293,10 @@ class TokenManager:
         """
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
-        with self._flight.lock:
-            cell = self._cell
-            now = self._now()
-            if cell is not None and cell.access_token == access_token:
-                try:
-                    self._fresh_401.allow(access_token, now - cell.installed_at, now)
-                except TokenRejectedError:
-                    self._reporter.metrics.incr("api_rejections")
-                    raise
-        self._raise_if_rejected()
+        self._refresher.allow_replacement(access_token)
         want = Replacing(access_token, self._credentials_generation)
-        reason = "rejected by the API"
-        return self._flight.obtain(want, deadline=self._deadline(None), reason=reason).token
+        deadline = self._refresher.deadline(None)
+        return self._flight.obtain(want, deadline=deadline, reason="rejected by the API").token
 
     # -- rotation and counted uses -------------------------------------------------------
 
@@ -396,12 +329,12 @@ class TokenManager:
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
         timeout = self._settings.drain_timeout if drain_timeout is None else float(drain_timeout)
-        if not self._rotate_lock.acquire(timeout=timeout + self._wait_bound):
+        if not self._rotate_lock.acquire(timeout=timeout + 2 * lock_bound(self._settings)):
             raise DrainTimeoutError("another rotation is still running")
         try:
             return rotate(
                 current=lambda: self._cell,
-                fetch_new=self._fetch_for_rotation,
+                fetch_new=lambda: self._fetch_new("rotation"),
                 gate=self._gate,
                 reporter=self._reporter,
                 revoke=lambda old: self._transport.revoke(old.access_token),
@@ -413,9 +346,9 @@ class TokenManager:
         finally:
             self._rotate_lock.release()
 
-    def _fetch_for_rotation(self) -> Cell:
+    def _fetch_new(self, reason: str) -> Cell:
         want = FetchedAfter(self._flight.generation)
-        return self._flight.obtain(want, deadline=self._deadline(None), reason="rotation")
+        return self._flight.obtain(want, deadline=self._refresher.deadline(None), reason=reason)
 
     def begin_use(self, timeout: float | None = None) -> InFlight:
         """Count one use of the current token and return it (end it with
@@ -466,8 +399,7 @@ class TokenManager:
         with self._flight.lock:
             self._settings = self._settings.with_credentials(new)
             self._credentials_generation += 1
-        self._rejected.clear()
-        self._recheck_at = float("-inf")
+        self._refresher.credentials_changed()
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
         """Call ``callback(record)`` for each event of ``event_type`` (``"*"``: all).
@@ -486,7 +418,7 @@ class TokenManager:
     def metrics(self) -> dict[str, Any]:
         """A snapshot of the counters (bounded memory however long the process runs)."""
         snap = self._reporter.snapshot(in_flight=self._gate.count, cell=self._cell, now=self._now())
-        snap["credentials_cooldown"] = round(self._rejected.remaining, 3)
+        snap["credentials_cooldown"] = round(self._refresher.rejected.remaining, 3)
         return snap
 
     # -- what the flights report (no lock held) ------------------------------------------
@@ -504,103 +436,14 @@ class TokenManager:
 
     def _install(self, cell: Cell) -> None:
         self._cell = cell
-        self._parked = None
-
-    def _finished(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
-        now = self._now()
-        if cell is not None:
-            self._failures, self._retry_at = 0, None
-            self._arm(cell.refresh_at - now)
-            self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
-        elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
-            self._reporter.failed(error, flight.reason, flight.requests, self._cell, now)
-            self._back_off(error, now)
-
-    def _back_off(self, error: GenesysTokenError, now: float) -> None:
-        self._failures += 1
-        ceiling = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_BASE * 2.0 ** (self._failures - 1))
-        cell = self._cell
-        if cell is not None and cell.usable(now):
-            ceiling = min(ceiling, max(FAILURE_BACKOFF_MIN, (cell.usable_until - now) / 4))
-        delay = max(FAILURE_BACKOFF_MIN, ceiling * self._clock.random())
-        if isinstance(error, RateLimitedError) and error.retry_after is not None:
-            delay = max(delay, error.retry_after)
-        if isinstance(error, InvalidClientError):
-            delay = max(delay, self._rejected.remaining)
-        self._retry_at = now + delay
-        if cell is not None:
-            self._arm(delay)
-        if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
-            log.warning(
-                "token refresh failed (%s); next try in %.2fs",
-                type(error).__name__,
-                delay,
-                extra={"failures": self._failures, "delay": round(delay, 3)},
-            )
+        self._refresher.installed()
 
     def _scheduled_refresh(self) -> None:
         """Run by a scheduler worker at the planned refresh point."""
-        if self._closed:
-            return
-        now = self._now()
-        if self._retry_at is not None and now < self._retry_at:
-            self._arm(self._retry_at - now)
-            return
-        cell = self._cell
-        if cell is None:
-            return
-        if cell.fresh(now):
-            self._arm(cell.refresh_at - now)  # planned on stale state: refreshed meanwhile
-            return
-        try:
-            want = NotDue(self._credentials_generation)
-            self._flight.obtain(
-                want, deadline=self._deadline(None), reason="background", inline=True
-            )
-        except GenesysTokenError:
-            pass  # reported and backed off in _finished
-
-    def _arm(self, delay: float) -> None:
-        if self._settings.background_refresh and not self._closed:
-            scheduler().schedule(self._job, delay)
-
-    # -- helpers -------------------------------------------------------------------------
-
-    def _deadline(self, timeout: float | None) -> float:
-        if timeout is None:
-            return time.monotonic() + self._wait_bound
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-            raise ConfigurationError("timeout must be a number >= 0 or None", field="timeout")
-        return time.monotonic() + float(timeout)
-
-    def _raise_if_rejected(self) -> None:
-        """During a credentials cool-down, fail at once (no flight, no request); a secret
-        source gets re-read once a second in case it now gives another secret."""
-        error = self._rejected.check()
-        if error is None:
-            return
-        if not isinstance(self._settings.credentials.client_secret, str):
-            now = self._now()
-            if now >= self._recheck_at:
-                self._recheck_at = now + SECRET_RECHECK
-                return  # let this caller's acquisition read the source again
-        self._reporter.metrics.incr("rejected_calls")
-        raise error
+        self._refresher.scheduled()
 
     def _on_retry(self, notice: RetryNotice) -> None:
         self._reporter.metrics.incr("retries")
-
-    def _unpark(self) -> None:
-        """First use after a fork: bring back the refresh (the hot path sent us here)."""
-        with self._flight.lock:
-            parked = self._parked
-            if parked is None:
-                return
-            self._parked = None
-            real, shown = parked
-            if self._cell is shown:
-                self._cell = real
-        self._arm(real.refresh_at - self._now())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -619,7 +462,8 @@ class TokenManager:
             if cell is not None:
                 self._cell = cell.parked()  # the hot path now takes the slow path: closed
         self._flight.close()
-        scheduler().cancel(self._job)
+        if self._refresher.job is not None:
+            scheduler().cancel(self._refresher.job)
         self._gate.wake_all()
         self._reporter.close()
         self._transport.close()
@@ -636,18 +480,12 @@ class TokenManager:
         self._gate.reset_after_fork()
         self._reporter.after_fork()
         self._rotate_lock = threading.Lock()
-        self._job = _job_for(self)
-        self._nudged = None
         if self._session is not None:
             _http.renew_adapters(self._session)  # the parent's keep-alive sockets stay its own
         after_fork = getattr(self._store, "_after_fork", None)
         if callable(after_fork):
             after_fork()
-        cell = self._cell
-        if cell is not None and not self._closed and self._settings.background_refresh:
-            shown = cell.parked()
-            self._parked = (cell, shown)
-            self._cell = shown
+        self._cell = self._refresher.after_fork(_job_for(self))
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(
@@ -688,14 +526,3 @@ def _job_for(manager: TokenManager) -> Job:
 
 def _forget_job(job: Job) -> None:
     scheduler().forget(job)
-
-
-def _warn_region_mismatch(settings: Settings) -> None:
-    login, api = region_of_url(settings.token_url), region_of_url(settings.api_base_url)
-    if login is not None and api is not None and login != api:
-        log.warning(
-            "token_url is in region %s but api_base_url is in %s: the API will reject the "
-            "tokens (401). Set region= alone, or both URLs of one region.",
-            login,
-            api,
-        )

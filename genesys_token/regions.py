@@ -8,6 +8,7 @@ environment domain (``mypurecloud.ie``) or as a host (``login.mypurecloud.ie``,
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -166,3 +167,16 @@ def region_of_url(url: str) -> str | None:
         if host.startswith(prefix) and host[len(prefix) :] in _DOMAIN_TO_REGION:
             return _DOMAIN_TO_REGION[host[len(prefix) :]]
     return None
+
+
+def warn_region_mismatch(token_url: str, api_base_url: str) -> None:
+    """Log one warning when the token URL and the API URL belong to two regions: the API
+    would reject every token (401)."""
+    login, api = region_of_url(token_url), region_of_url(api_base_url)
+    if login is not None and api is not None and login != api:
+        logging.getLogger(__name__).warning(
+            "token_url is in region %s but api_base_url is in %s: the API will reject the "
+            "tokens (401). Set region= alone, or both URLs of one region.",
+            login,
+            api,
+        )

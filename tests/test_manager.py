@@ -437,17 +437,17 @@ def test_on_demand_refresh_backs_off_during_an_outage(
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
     assert [manager.get_token() for _ in range(50)] == [old] * 50
     assert emulator.token_requests == 2, "every call in the window hit the failing endpoint"
-    retry_at = manager._retry_at
+    retry_at = manager._refresher._retry_at
     assert retry_at is not None
     fake_clock.advance(retry_at - fake_clock.monotonic + 0.01)
     assert manager.get_token() == old
     assert emulator.token_requests == 3
     emulator.clear_faults()
-    retry_at = manager._retry_at
+    retry_at = manager._refresher._retry_at
     assert retry_at is not None and retry_at < current.usable_until
     fake_clock.advance(retry_at - fake_clock.monotonic + 0.01)
     assert manager.get_token() != old  # the endpoint is back: the next attempt succeeds
-    assert manager._retry_at is None
+    assert manager._refresher._retry_at is None
 
 
 def test_a_caller_that_must_not_wait_gets_the_valid_token_during_a_flight(

@@ -1,0 +1,276 @@
+"""When a manager goes to the network: the slow path of ``get_token``, the scheduled
+refresh, on-demand refreshes, backoff after failures, the credentials cool-down at the
+callers' door, the bound on 401 replacements, and bringing the refresh back after a fork.
+
+Everything here runs with no lock held except the single flight's, briefly; network work is
+the single flight's (``_flight``), which runs one acquisition at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._cell import Cell
+from ._clock import Clock
+from ._flight import AnyValid, NotDue, SingleFlight
+from ._rejections import RejectedCredentials, RejectedTokens
+from ._reporter import Reporter
+from ._scheduler import Job, scheduler
+from .config import Settings
+from .errors import (
+    ConfigurationError,
+    GenesysTokenError,
+    InvalidClientError,
+    ManagerClosedError,
+    RateLimitedError,
+    TokenRejectedError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Backoff after a failed refresh: capped exponential with full jitter, and never longer than
+#: a quarter of what is left of the current token, so retries come before expiry.
+FAILURE_BACKOFF_BASE = 1.0
+FAILURE_BACKOFF_MAX = 60.0
+FAILURE_BACKOFF_MIN = 0.05
+#: During a credentials cool-down, a secret source (callable, file) is re-read at most this
+#: often by callers; a plain string changes only through set_credentials().
+SECRET_RECHECK = 1.0
+
+
+class Refresher:
+    """The refresh policy of one manager.
+
+    Args:
+        flight: The manager's single flight.
+        reporter: Its events and metrics.
+        clock: Its clock.
+        settings: Reads its current settings.
+        cell: Reads its current cell; ``put_cell`` replaces it (with the flight's lock held).
+        closed: Whether it is closed.
+        credentials: Reads its credentials generation.
+        wait_bound: The longest a caller waits when it gave no timeout.
+    """
+
+    def __init__(
+        self,
+        *,
+        flight: SingleFlight,
+        reporter: Reporter,
+        clock: Clock,
+        settings: Callable[[], Settings],
+        cell: Callable[[], Cell | None],
+        put_cell: Callable[[Cell], None],
+        closed: Callable[[], bool],
+        credentials: Callable[[], int],
+        wait_bound: float,
+    ) -> None:
+        self._flight = flight
+        self._reporter = reporter
+        self._clock = clock
+        self._now = clock.monotonic
+        self._settings = settings
+        self._cell = cell
+        self._put_cell = put_cell
+        self._closed = closed
+        self._credentials = credentials
+        self._wait_bound = wait_bound
+        self.rejected = RejectedCredentials(clock.monotonic, clock.random)
+        self._fresh_401 = RejectedTokens()
+        self.job: Job | None = None
+        self._failures = 0
+        self._retry_at: float | None = None
+        self._nudged: Cell | None = None
+        self._parked: tuple[Cell, Cell] | None = None
+        self._recheck_at = float("-inf")
+
+    # -- callers -------------------------------------------------------------------------
+
+    def slow(self, timeout: float | None) -> Cell:
+        """``get_token`` without a fresh token: refresh if due, fetch if none is valid."""
+        if self._closed():
+            raise ManagerClosedError("the token manager is closed")
+        if self._parked is not None:
+            self._unpark()
+        cell = self._cell()
+        now = self._now()
+        if cell is not None and cell.usable(now):
+            if now >= cell.refresh_at:
+                self._due(cell, timeout)
+            return self._cell() or cell
+        self._reporter.expired(cell)
+        self.raise_if_rejected()
+        want = AnyValid(self._credentials())
+        return self._flight.obtain(want, deadline=self.deadline(timeout), reason="no valid token")
+
+    def due_nowait(self, cell: Cell, now: float) -> bool:
+        """For a caller that must not block: get a due refresh going. False when the token
+        may not be handed out without the slow path (parked after a fork)."""
+        if self._parked is not None:
+            return False
+        if now >= cell.refresh_at:
+            if self._settings().background_refresh:
+                self._due(cell, None)
+            elif self._retry_at is None or now >= self._retry_at:
+                self._flight.start(NotDue(self._credentials()), "on-demand")
+        return True
+
+    def _due(self, cell: Cell, timeout: float | None) -> None:
+        if self._settings().background_refresh:
+            if self._nudged is not cell and self._retry_at is None and self.job is not None:
+                self._nudged = cell  # once per token: the scheduler may be on a stale plan
+                scheduler().schedule(self.job, 0.0)
+            return
+        retry_at = self._retry_at
+        if self._flight.running or (retry_at is not None and self._now() < retry_at):
+            return  # one caller refreshes; the others keep the valid token
+        try:
+            want = NotDue(self._credentials())
+            self._flight.obtain(want, deadline=self.deadline(timeout), reason="on-demand")
+        except ManagerClosedError:
+            raise
+        except GenesysTokenError:
+            pass  # backed off in finished(); the token in hand is still valid
+
+    def allow_replacement(self, access_token: str) -> None:
+        """Before replacing a token the API rejected: at most one fresh token per cool-down.
+
+        Raises:
+            TokenRejectedError: The API keeps rejecting freshly fetched tokens.
+            InvalidClientError: The credentials are in their cool-down.
+        """
+        with self._flight.lock:
+            cell = self._cell()
+            now = self._now()
+            if cell is not None and cell.access_token == access_token:
+                try:
+                    self._fresh_401.allow(access_token, now - cell.installed_at, now)
+                except TokenRejectedError:
+                    self._reporter.metrics.incr("api_rejections")
+                    raise
+        self.raise_if_rejected()
+
+    def raise_if_rejected(self) -> None:
+        """During a credentials cool-down, fail at once (no flight, no request); a secret
+        source gets re-read once a second in case it now gives another secret."""
+        error = self.rejected.check()
+        if error is None:
+            return
+        if not isinstance(self._settings().credentials.client_secret, str):
+            now = self._now()
+            if now >= self._recheck_at:
+                self._recheck_at = now + SECRET_RECHECK
+                return  # let this caller's acquisition read the source again
+        self._reporter.metrics.incr("rejected_calls")
+        raise error
+
+    def credentials_changed(self) -> None:
+        """``set_credentials`` ran: the cool-down ends at once."""
+        self.rejected.clear()
+        self._recheck_at = float("-inf")
+
+    def deadline(self, timeout: float | None) -> float:
+        """The ``time.monotonic()`` at which a caller with ``timeout`` gives up.
+
+        Raises:
+            ConfigurationError: ``timeout`` is not a number >= 0 or None.
+        """
+        if timeout is None:
+            return time.monotonic() + self._wait_bound
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            raise ConfigurationError("timeout must be a number >= 0 or None", field="timeout")
+        return time.monotonic() + float(timeout)
+
+    # -- the scheduler -------------------------------------------------------------------
+
+    def scheduled(self) -> None:
+        """Run by a scheduler worker at the planned refresh point."""
+        if self._closed():
+            return
+        now = self._now()
+        if self._retry_at is not None and now < self._retry_at:
+            self.arm(self._retry_at - now)
+            return
+        cell = self._cell()
+        if cell is None:
+            return
+        if cell.fresh(now):
+            self.arm(cell.refresh_at - now)  # planned on stale state: refreshed meanwhile
+            return
+        try:
+            want = NotDue(self._credentials())
+            self._flight.obtain(
+                want, deadline=self.deadline(None), reason="background", inline=True
+            )
+        except GenesysTokenError:
+            pass  # reported and backed off in finished()
+
+    def arm(self, delay: float) -> None:
+        """Plan the next scheduled refresh in ``delay`` seconds (background mode only)."""
+        if self.job is not None and self._settings().background_refresh and not self._closed():
+            scheduler().schedule(self.job, delay)
+
+    def finished(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
+        """After each acquisition (no lock held): plan, report, back off."""
+        now = self._now()
+        if cell is not None:
+            self._failures, self._retry_at = 0, None
+            self.arm(cell.refresh_at - now)
+            self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
+        elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
+            self._reporter.failed(error, flight.reason, flight.requests, self._cell(), now)
+            self._back_off(error, now)
+
+    def _back_off(self, error: GenesysTokenError, now: float) -> None:
+        self._failures += 1
+        ceiling = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_BASE * 2.0 ** (self._failures - 1))
+        cell = self._cell()
+        if cell is not None and cell.usable(now):
+            ceiling = min(ceiling, max(FAILURE_BACKOFF_MIN, (cell.usable_until - now) / 4))
+        delay = max(FAILURE_BACKOFF_MIN, ceiling * self._clock.random())
+        if isinstance(error, RateLimitedError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        if isinstance(error, InvalidClientError):
+            delay = max(delay, self.rejected.remaining)
+        self._retry_at = now + delay
+        if cell is not None:
+            self.arm(delay)
+        if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
+            log.warning(
+                "token refresh failed (%s); next try in %.2fs",
+                type(error).__name__,
+                delay,
+                extra={"failures": self._failures, "delay": round(delay, 3)},
+            )
+
+    # -- fork ------------------------------------------------------------------------------
+
+    def installed(self) -> None:
+        """A new cell was installed (flight lock held): nothing is parked any more."""
+        self._parked = None
+
+    def after_fork(self, job: Job) -> Cell | None:
+        """In a forked child: a new job; returns the cell to show until the first use, which
+        brings the refresh back (the hot path takes the slow path once: see Cell.parked)."""
+        self.job = job
+        self._nudged = None
+        cell = self._cell()
+        if cell is None or self._closed() or not self._settings().background_refresh:
+            return cell
+        shown = cell.parked()
+        self._parked = (cell, shown)
+        return shown
+
+    def _unpark(self) -> None:
+        with self._flight.lock:
+            parked = self._parked
+            if parked is None:
+                return
+            self._parked = None
+            real, shown = parked
+            if self._cell() is shown:
+                self._put_cell(real)
+        self.arm(real.refresh_at - self._now())
