@@ -302,3 +302,35 @@ def test_one_replacement_for_many_callers_that_saw_the_same_token_rejected(
     second = manager.replace_rejected(rejected)
     assert first.access_token == second.access_token != rejected
     assert emulator.token_requests == 2
+
+
+def test_one_acquisition_not_only_one_request_for_500_threads(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # The single flight itself (joining the flight in progress), not the store lock behind
+    # it: 500 callers share ONE acquisition, counted where it starts.
+    manager = make_manager()
+    acquisitions = [0]
+    acquire = manager._flight._acquire
+
+    def counted(flight: Any, held: Any) -> Any:
+        acquisitions[0] += 1
+        return acquire(flight, held)
+
+    manager._flight._acquire = counted
+    emulator.inject(Fault(delay=0.3, passthrough=True))
+    barrier = threading.Barrier(500)
+    results: list[str] = []
+
+    def worker() -> None:
+        barrier.wait(10)
+        results.append(manager.get_token())
+
+    threads = [threading.Thread(target=worker) for _ in range(500)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(results) == 500 and len(set(results)) == 1
+    assert acquisitions == [1]
+    assert emulator.token_requests == 1
