@@ -226,9 +226,7 @@ class SingleFlight:
                         finally:
                             self._cond.acquire()
                     else:
-                        threading.Thread(
-                            target=self._run, args=(flight, cell), name=self._name, daemon=True
-                        ).start()
+                        self._spawn(flight, cell)
                 self._wait(flight, deadline)
                 if self.closed:
                     raise ManagerClosedError("the token manager is closed")
@@ -247,9 +245,20 @@ class SingleFlight:
             if self.closed or self._flight is not None or want.satisfied(cell, self._now()):
                 return
             flight = self._begin(want, cell, reason)
+            self._spawn(flight, cell)
+
+    def _spawn(self, flight: Flight, cell: Cell | None) -> None:
+        """Run ``flight`` on a thread of its own (lock held). A thread that cannot start
+        must not leave a flight that never ends: every later caller would wait on it."""
+        try:
             threading.Thread(
                 target=self._run, args=(flight, cell), name=self._name, daemon=True
             ).start()
+        except BaseException as exc:
+            flight.error = TokenRequestError(f"could not start a token request ({exc})")
+            flight.done = True
+            self._flight = None
+            raise flight.error from None
 
     def _begin(self, want: Want, cell: Cell | None, reason: str) -> Flight:
         self.generation = next(self._generations)

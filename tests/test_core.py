@@ -334,3 +334,21 @@ def test_one_acquisition_not_only_one_request_for_500_threads(
     assert len(results) == 500 and len(set(results)) == 1
     assert acquisitions == [1]
     assert emulator.token_requests == 1
+
+
+def test_a_flight_whose_thread_cannot_start_does_not_strand_later_callers(
+    emulator: GenesysEmulator, make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+):
+    manager = make_manager()
+    real_start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name.startswith("genesys-token-fetch"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(TokenRequestError, match="could not start"):
+        manager.get_token(timeout=2)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert emulator.is_token_valid(manager.get_token(timeout=2))  # not waiting on a ghost
