@@ -254,7 +254,7 @@ class SingleFlight:
             threading.Thread(
                 target=self._run, args=(flight, cell), name=self._name, daemon=True
             ).start()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - re-raised, typed, below
             flight.error = TokenRequestError(f"could not start a token request ({exc})")
             flight.done = True
             self._flight = None
