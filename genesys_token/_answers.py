@@ -24,7 +24,7 @@ from .errors import (
     UnauthorizedClientError,
 )
 
-log = logging.getLogger("genesys_token")
+log = logging.getLogger(__name__)
 
 #: Statuses worth another attempt: throttling and the transient server errors.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

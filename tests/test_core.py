@@ -352,3 +352,19 @@ def test_a_flight_whose_thread_cannot_start_does_not_strand_later_callers(
         manager.get_token(timeout=2)
     monkeypatch.setattr(threading.Thread, "start", real_start)
     assert emulator.is_token_valid(manager.get_token(timeout=2))  # not waiting on a ghost
+
+
+def test_a_manager_handed_to_a_spawned_process_fails_with_a_clear_message(
+    make_manager: MakeManager,
+):
+    import pickle
+
+    manager = make_manager()
+    with pytest.raises(TypeError, match="create one in the child"):
+        pickle.dumps(manager)
+
+
+def test_the_settings_repr_shows_no_webhook_url(make_manager: MakeManager):
+    manager = make_manager(webhook_url="https://hooks.example.com/services/T0/B0/SECRETPATH")
+    assert "SECRETPATH" not in repr(manager.settings)
+    assert "SECRETPATH" not in repr(manager)

@@ -45,7 +45,7 @@ from ..manager import TokenManager
 
 __all__ = ["DEFAULT_API_TIMEOUT", "GenesysHttpClient", "bind_api_client"]
 
-log = logging.getLogger("genesys_token")
+log = logging.getLogger(__name__)
 
 #: (connect, read) seconds for API calls. The SDK's own client sets no timeout at all, so a
 #: stalled Genesys endpoint would hang a worker thread forever.
