@@ -206,7 +206,7 @@ class Acquirer:
         cell = self._plan(token, flight.generation)
         if not cell.fresh(clock.monotonic()):
             return None  # due already: using it would refresh again at once
-        return cell
+        return cell.from_store()
 
     def _save(self, snap: Snapshot, token: Token) -> None:
         try:

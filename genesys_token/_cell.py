@@ -31,6 +31,9 @@ class Cell:
         usable_until: From then on the token is not handed out.
         generation: The acquisition that installed it (see ``_flight.FetchedAfter``).
         installed_at: When it was installed (manager clock).
+        replaced: The token this cell replaced when it was installed (a rotation retires
+            exactly that one).
+        network: Whether its acquisition got it from the token endpoint (not a store).
     """
 
     token: Token
@@ -39,6 +42,8 @@ class Cell:
     usable_until: float
     generation: int
     installed_at: float
+    replaced: Token | None = None
+    network: bool = True
 
     def usable(self, now: float) -> bool:
         """Whether the token may be handed out at ``now``."""
@@ -47,6 +52,14 @@ class Cell:
     def fresh(self, now: float) -> bool:
         """Whether the token is usable and not yet due for refresh at ``now``."""
         return now < self.refresh_at and now < self.usable_until
+
+    def replacing(self, previous: Cell | None) -> Cell:
+        """This cell as installed over ``previous``."""
+        return replace(self, replaced=previous.token if previous is not None else None)
+
+    def from_store(self) -> Cell:
+        """This cell, marked as taken from a store."""
+        return replace(self, network=False)
 
     def parked(self) -> Cell:
         """A copy whose refresh is due at once: the hot path then takes the slow path once

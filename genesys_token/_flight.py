@@ -102,7 +102,12 @@ class FetchedAfter:
     generation: int
 
     def satisfied(self, cell: Cell | None, now: float) -> bool:
-        return cell is not None and cell.usable(now) and cell.generation > self.generation
+        return (
+            cell is not None
+            and cell.usable(now)
+            and cell.generation > self.generation
+            and cell.network
+        )
 
     def accepts(self, flight: Flight) -> bool:
         return flight.generation > self.generation and not flight.spec.use_store
@@ -155,7 +160,10 @@ class SingleFlight:
         cell: Reads the current cell (the manager's hot-path attribute).
         install: Sets the current cell; called with the lock held.
         acquire: Runs one acquisition (no lock held): returns the new cell or raises.
-        finished: Called after each flight, with no lock held (events, scheduling).
+        settle: Called after each flight with the lock held, before the waiters wake
+            (backoff and the next refresh: quick, no I/O, no listener).
+        finished: Called after each flight, with no lock held, after the waiters woke
+            (events: a slow listener holds nobody).
         now: The manager's clock.
         credentials: Reads the credentials generation (bumped by ``set_credentials``).
     """
@@ -166,6 +174,7 @@ class SingleFlight:
         cell: Callable[[], Cell | None],
         install: Callable[[Cell], None],
         acquire: Acquire,
+        settle: Finished,
         finished: Finished,
         now: Callable[[], float],
         credentials: Callable[[], int],
@@ -174,6 +183,7 @@ class SingleFlight:
         self._cell = cell
         self._install = install
         self._acquire = acquire
+        self._settle = settle
         self._finished = finished
         self._now = now
         self._credentials = credentials
@@ -297,13 +307,12 @@ class SingleFlight:
             flight.done = True
             if self._flight is flight:
                 self._flight = None
-        try:
-            # Before the waiters wake (they see what listeners saw), with no lock held
-            # (a listener may call back into the manager; the next flight may start).
-            self._finished(flight, cell, error)
-        finally:
-            with self._cond:
-                self._cond.notify_all()
+            # Before the waiters wake: a waiter must find the backoff of a failure in place.
+            self._settle(flight, cell, error)
+            self._cond.notify_all()
+        # After the waiters woke (a slow listener must not hold them), with no lock held (a
+        # listener may call back into the manager; the next flight may start).
+        self._finished(flight, cell, error)
 
     def close(self) -> None:
         """Refuse every later call, abandon the flight in progress, release the waiters."""

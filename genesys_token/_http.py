@@ -27,6 +27,7 @@ import urllib3.connection
 import urllib3.connectionpool
 
 __all__ = [
+    "ATTEMPT_SLACK",
     "MAX_REQUESTS_PER_HOST",
     "POOL_MAXSIZE",
     "Cancel",
@@ -45,18 +46,26 @@ POOL_HOSTS = 32
 #: of orgs queues here instead of becoming a burst at the token endpoint.
 MAX_REQUESTS_PER_HOST = 8
 
+#: Added to connect + 2 x read timeout for one attempt's watchdog (headers, then body).
+ATTEMPT_SLACK = 1.0
+
 _local = threading.local()
 _attach_lock = threading.Lock()
 
 
 class Cancel:
-    """Abandons one acquisition: interrupts its waits and cuts its connections."""
+    """Abandons one acquisition: interrupts its waits and cuts its connections.
 
-    __slots__ = ("__weakref__", "_conns", "_event")
+    Each attempt (one HTTP request) runs under a child made by :meth:`attempt`, whose
+    connections a watchdog can cut (:meth:`cut`) without abandoning the acquisition.
+    """
+
+    __slots__ = ("__weakref__", "_child", "_conns", "_event")
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._conns: list[weakref.ref[Any]] = []
+        self._child: Cancel | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -67,9 +76,24 @@ class Cancel:
         """Sleep up to ``seconds``; True when cancelled meanwhile (stop waiting)."""
         return self._event.wait(max(0.0, seconds))
 
+    def attempt(self) -> Cancel:
+        """A child for one attempt: cancelling this cancels it too."""
+        child = Cancel()
+        self._child = child
+        if self.cancelled:
+            child.cancel()
+        return child
+
     def cancel(self) -> None:
         """Cancel: wake the waits and shut down the sockets of requests in progress."""
         self._event.set()
+        self.cut()
+        child = self._child
+        if child is not None:
+            child.cancel()
+
+    def cut(self) -> None:
+        """Shut down the sockets of this scope's requests in progress (and only theirs)."""
         with _attach_lock:
             conns = [ref() for ref in self._conns]
             self._conns.clear()
@@ -77,12 +101,21 @@ class Cancel:
                 if conn is not None and getattr(conn, "_genesys_cancel", None) is self:
                     _shut(getattr(conn, "sock", None))
 
+    def release(self) -> None:
+        """The attempt is over: its connections, back in the pool, are nobody's to cut."""
+        with _attach_lock:
+            for ref in self._conns:
+                conn = ref()
+                if conn is not None and getattr(conn, "_genesys_cancel", None) is self:
+                    conn._genesys_cancel = None
+            self._conns.clear()
+
     def _attach(self, conn: Any) -> None:
         with _attach_lock:
             conn._genesys_cancel = self
             self._conns.append(weakref.ref(conn))
         if self.cancelled:
-            raise ConnectionAbortedError("token request abandoned: the manager was closed")
+            raise ConnectionAbortedError("token request abandoned")
 
 
 def _shut(sock: socket.socket | None) -> None:
@@ -93,14 +126,24 @@ def _shut(sock: socket.socket | None) -> None:
 
 
 @contextlib.contextmanager
-def attached(cancel: Cancel | None) -> Iterator[None]:
-    """Register the connections this thread uses meanwhile with ``cancel``."""
+def attached(cancel: Cancel | None, bound: float) -> Iterator[None]:
+    """Run one attempt: its connections join a child of ``cancel``, and a watchdog cuts
+    them after ``bound`` seconds. requests' read timeout bounds each socket read, not the
+    whole answer: a server trickling its status line and headers a byte at a time would
+    otherwise hold the acquisition (and every caller waiting on it) forever."""
+    scope = cancel.attempt() if cancel is not None else Cancel()
+    watchdog = threading.Timer(bound, scope.cut)
+    watchdog.name = "genesys-token-watchdog"
+    watchdog.daemon = True
+    watchdog.start()
     previous = getattr(_local, "cancel", None)
-    _local.cancel = cancel
+    _local.cancel = scope
     try:
         yield
     finally:
         _local.cancel = previous
+        watchdog.cancel()
+        scope.release()
 
 
 class _Attaching:
@@ -131,12 +174,27 @@ class _HTTPSConnection(_Attaching, urllib3.connection.HTTPSConnection):
     pass
 
 
+def _untagged(conn: Any) -> Any:
+    """A connection just taken from the pool belongs to no scope until it is used: a close()
+    elsewhere must not cut it (its last user's tag may still be on it)."""
+    with _attach_lock:
+        if conn is not None:
+            conn._genesys_cancel = None
+    return conn
+
+
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        return _untagged(super()._get_conn(timeout))
 
 
 class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        return _untagged(super()._get_conn(timeout))
 
 
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}

@@ -8,6 +8,7 @@ the single flight's (``_flight``), which runs one acquisition at a time.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ._flight import AnyValid, NotDue, SingleFlight
 from ._rejections import RejectedCredentials, RejectedTokens
 from ._reporter import Reporter
 from ._scheduler import Job, scheduler
+from ._secrets import digest
 from .config import Settings
 from .errors import (
     ConfigurationError,
@@ -39,6 +41,15 @@ FAILURE_BACKOFF_MIN = 0.05
 #: During a credentials cool-down, a secret source (callable, file) is re-read at most this
 #: often by callers; a plain string changes only through set_credentials().
 SECRET_RECHECK = 1.0
+
+
+def _copy(error: GenesysTokenError) -> GenesysTokenError:
+    """A copy per caller: one exception object raised in many threads shares a traceback."""
+    try:
+        duplicate = copy.copy(error)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is raised as is
+        return error
+    return duplicate.with_traceback(None)
 
 
 class Refresher:
@@ -83,6 +94,7 @@ class Refresher:
         self.job: Job | None = None
         self._failures = 0
         self._retry_at: float | None = None
+        self._last_error: GenesysTokenError | None = None
         self._nudged: Cell | None = None
         self._parked: tuple[Cell, Cell] | None = None
         self._recheck_at = float("-inf")
@@ -100,11 +112,25 @@ class Refresher:
         if cell is not None and cell.usable(now):
             if now >= cell.refresh_at:
                 self._due(cell, timeout)
-            return self._cell() or cell
+                cell, now = self._cell(), self._now()  # the refresh may have taken a while
+            if cell is not None and cell.usable(now):
+                return cell
         self._reporter.expired(cell)
         self.raise_if_rejected()
+        self._raise_if_backing_off(now)
         want = AnyValid(self._credentials())
         return self._flight.obtain(want, deadline=self.deadline(timeout), reason="no valid token")
+
+    def _raise_if_backing_off(self, now: float) -> None:
+        """After a failed acquisition, callers with no valid token get its error until the
+        backoff (Retry-After included) has passed: an outage must not turn every call into
+        token requests."""
+        error, retry_at = self._last_error, self._retry_at
+        if isinstance(error, InvalidClientError):
+            return  # the credentials cool-down decides (it knows when the secret changes)
+        if error is not None and retry_at is not None and now < retry_at:
+            self._reporter.metrics.incr("rejected_calls")
+            raise _copy(error)
 
     def due_nowait(self, cell: Cell, now: float) -> bool:
         """For a caller that must not block: get a due refresh going. False when the token
@@ -142,6 +168,8 @@ class Refresher:
             TokenRejectedError: The API keeps rejecting freshly fetched tokens.
             InvalidClientError: The credentials are in their cool-down.
         """
+        if self._parked is not None:
+            self._unpark()
         with self._flight.lock:
             cell = self._cell()
             now = self._now()
@@ -156,10 +184,14 @@ class Refresher:
     def raise_if_rejected(self) -> None:
         """During a credentials cool-down, fail at once (no flight, no request); a secret
         source gets re-read once a second in case it now gives another secret."""
-        error = self.rejected.check()
+        credentials = self._settings().credentials
+        secret = credentials.client_secret
+        # A string secret is known now: a cool-down of other credentials does not apply.
+        named = digest(credentials.client_id, secret) if isinstance(secret, str) else None
+        error = self.rejected.check(named)
         if error is None:
             return
-        if not isinstance(self._settings().credentials.client_secret, str):
+        if not isinstance(secret, str):
             now = self._now()
             if now >= self._recheck_at:
                 self._recheck_at = now + SECRET_RECHECK
@@ -168,8 +200,9 @@ class Refresher:
         raise error
 
     def credentials_changed(self) -> None:
-        """``set_credentials`` ran: the cool-down ends at once."""
+        """``set_credentials`` ran: the cool-down and the backoff end at once."""
         self.rejected.clear()
+        self._failures, self._retry_at, self._last_error = 0, None, None
         self._recheck_at = float("-inf")
 
     def deadline(self, timeout: float | None) -> float:
@@ -209,20 +242,40 @@ class Refresher:
             pass  # reported and backed off in finished()
 
     def arm(self, delay: float) -> None:
-        """Plan the next scheduled refresh in ``delay`` seconds (background mode only)."""
-        if self.job is not None and self._settings().background_refresh and not self._closed():
-            scheduler().schedule(self.job, delay)
+        """Plan the next scheduled refresh in ``delay`` seconds (background mode only).
 
-    def finished(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
-        """After each acquisition (no lock held): plan, report, back off."""
+        Under the flight's lock, which ``close()`` takes to set ``closed``: a refresh that
+        finishes as the manager closes cannot plan another after close() cancelled it.
+        """
+        if self.job is None or not self._settings().background_refresh:
+            return
+        with self._flight.lock:
+            if not self._closed():
+                scheduler().schedule(self.job, delay)
+
+    def settle(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
+        """After each acquisition, before its waiters wake: the backoff, the next refresh."""
         now = self._now()
         if cell is not None:
-            self._failures, self._retry_at = 0, None
+            self._failures, self._retry_at, self._last_error = 0, None, None
             self.arm(cell.refresh_at - now)
+        elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
+            self._back_off(error, now)
+
+    def finished(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
+        """After each acquisition, once its waiters woke (no lock held): report it."""
+        now = self._now()
+        if cell is not None:
             self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
             self._reporter.failed(error, flight.reason, flight.requests, self._cell(), now)
-            self._back_off(error, now)
+            if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
+                log.warning(
+                    "token refresh failed (%s); next try in %.2fs",
+                    type(error).__name__,
+                    max(0.0, (self._retry_at or now) - now),
+                    extra={"failures": self._failures},
+                )
 
     def _back_off(self, error: GenesysTokenError, now: float) -> None:
         self._failures += 1
@@ -236,15 +289,9 @@ class Refresher:
         if isinstance(error, InvalidClientError):
             delay = max(delay, self.rejected.remaining)
         self._retry_at = now + delay
+        self._last_error = error
         if cell is not None:
             self.arm(delay)
-        if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
-            log.warning(
-                "token refresh failed (%s); next try in %.2fs",
-                type(error).__name__,
-                delay,
-                extra={"failures": self._failures, "delay": round(delay, 3)},
-            )
 
     # -- fork ------------------------------------------------------------------------------
 
@@ -257,6 +304,7 @@ class Refresher:
         brings the refresh back (the hot path takes the slow path once: see Cell.parked)."""
         self.job = job
         self._nudged = None
+        self.rejected.after_fork()
         cell = self._cell()
         if cell is None or self._closed() or not self._settings().background_refresh:
             return cell

@@ -87,6 +87,10 @@ class RejectedCredentials:
                 return None
             return _copy(self._error)
 
+    def after_fork(self) -> None:
+        """A fresh lock in a forked child: a parent thread may have held this one."""
+        self._lock = threading.Lock()
+
     def clear(self) -> None:
         """End the cool-down (new credentials)."""
         with self._lock:

@@ -42,6 +42,9 @@ def rotate(
     reporter.emit(TOKEN_ROTATION_STARTED, old, {"in_flight": uses})
     new = fetch_new()  # raises on failure: the old token stays in place
     reporter.metrics.incr("rotations")
+    # Retire what the new token replaced: a refresh that landed since `before` was read
+    # installed a token newer than `old`, and that one is the token to drain and revoke.
+    old = new.replaced
     if old is None or old.access_token == new.access_token:
         return new.token
     started = time.monotonic()

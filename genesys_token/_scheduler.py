@@ -41,13 +41,16 @@ class Job:
     holds it weakly).
     """
 
-    __slots__ = ("__weakref__", "dead", "deadline", "name", "run", "ticket")
+    __slots__ = ("__weakref__", "dead", "deadline", "name", "owner", "run", "ticket")
 
     def __init__(self, run: Callable[[], None], name: str) -> None:
         self.run = run
         self.name = name
         #: Set by :meth:`Scheduler.forget` when it could not take the lock.
         self.dead = False
+        #: The scheduler that counts this job (a forked child's scheduler does not count
+        #: the parent's jobs, whose tickets it never issued).
+        self.owner: Scheduler | None = None
         #: The heap entry that is this job's live one; others are stale and skipped.
         self.ticket: int | None = None
         self.deadline = 0.0
@@ -79,12 +82,15 @@ class Scheduler:
         """Run ``job`` in ``delay`` seconds (replacing its previous deadline)."""
         deadline = elapsed() + max(0.0, delay)
         with self._lock:
+            if job.owner is not self:
+                job.owner, job.ticket = self, None
             if job.ticket is None:
                 self._live += 1
             ticket = next(self._tickets)
             job.ticket = ticket
             job.deadline = deadline
             heapq.heappush(self._heap, (deadline, ticket, job))
+            self._compact()
             self._ensure_thread()
             if self._heap[0][1] == ticket:
                 self._cond.notify_all()  # an earlier deadline than the thread sleeps for
@@ -92,17 +98,26 @@ class Scheduler:
     def cancel(self, job: Job) -> None:
         """Forget ``job`` (its heap entry is skipped when reached)."""
         with self._lock:
-            if job.ticket is not None:
+            if job.owner is self and job.ticket is not None:
                 job.ticket = None
                 self._live -= 1
+                self._compact()
                 self._cond.notify_all()
+
+    def _compact(self) -> None:
+        """Drop stale entries once they outnumber the live ones: a refresh re-arms every
+        token life and a closed manager leaves its entry, which would otherwise wait for its
+        deadline (up to a day) at the bottom of the heap."""
+        if len(self._heap) > 2 * self._live + 64:
+            self._heap = [e for e in self._heap if e[2].ticket == e[1] and not e[2].dead]
+            heapq.heapify(self._heap)
 
     def forget(self, job: Job) -> None:
         """Cancel ``job`` from a finalizer: never blocks (the collector may run while this
         very thread holds the lock); when the lock is busy the job is only marked dead and
         dropped at the scheduler's next turn."""
         job.dead = True
-        if self._lock.acquire(blocking=False):
+        if job.owner is self and self._lock.acquire(blocking=False):
             try:
                 if job.ticket is not None:
                     job.ticket = None
@@ -143,33 +158,38 @@ class Scheduler:
 
     def _is_live(self, entry: tuple[float, int, Job]) -> bool:
         job = entry[2]
+        if job.owner is not self:
+            return False
         if job.dead and job.ticket is not None:
             job.ticket = None
             self._live -= 1
         return job.ticket == entry[1]
 
     def _ensure_worker(self) -> None:
-        if self._idle_workers > 0:
-            self._cond.notify_all()
-        elif self._workers < self._max_workers:
+        # One more worker while due jobs outnumber idle workers: two jobs due together must
+        # not queue behind one (a hanging endpoint would hold the other).
+        if len(self._ready) > self._idle_workers and self._workers < self._max_workers:
             self._workers += 1
             name = f"genesys-token-worker-{self._workers}"
             threading.Thread(target=self._work, name=name, daemon=True).start()
+        self._cond.notify_all()
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                if not self._ready:
-                    self._idle_workers += 1
-                    self._cond.wait(WORKER_IDLE)
-                    self._idle_workers -= 1
-                    if not self._ready:
+                idle_until = elapsed() + WORKER_IDLE
+                while not self._ready:
+                    left = idle_until - elapsed()
+                    if left <= 0:
                         self._workers -= 1
                         return
+                    self._idle_workers += 1
+                    self._cond.wait(left)
+                    self._idle_workers -= 1
                 _, _, job = heapq.heappop(self._ready)
             try:
                 job.run()
-            except BaseException:
+            except BaseException:  # a job must never take a worker down (logged)
                 log.exception("a scheduled token refresh raised; the scheduler goes on")
 
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_WATCH_ATTR = "_genesys_token_watch"
 _POS_ATTR = "_genesys_token_body_pos"
 _REPLAYED_ATTR = "_genesys_token_replayed"
 _BEARER = "Bearer "
@@ -133,8 +132,9 @@ class GenesysAuth(requests.auth.AuthBase):
         session.auth = GenesysAuth(manager)
         session.get(f"{manager.api_base_url}/api/v2/organizations/me", timeout=10)
 
-    Each call is counted in flight from the moment it gets its token until its response
-    arrives, so :meth:`TokenManager.rotate` can wait for it. A call that raises (connection
+    Each call is counted in flight from the moment it gets its token until its final
+    response arrives (same-origin redirect legs included), so :meth:`TokenManager.rotate`
+    can wait for it before revoking the old token. A call that raises (connection
     refused, timeout, TLS error) gets no response hook from ``requests``; its count ends when
     the prepared request is garbage-collected or when the same thread makes its next call
     through this auth, whichever comes first (``requests`` is synchronous: a thread's next
@@ -165,11 +165,12 @@ class GenesysAuth(requests.auth.AuthBase):
             use.end()  # no thread for the reaper: do not leave the use counted
             raise
         r.headers["Authorization"] = _BEARER + use.token
-        setattr(r, _WATCH_ATTR, watch)
         self._watches().append(watch)
         _remember_body_position(r)
         # The URL the token goes to; parsed into an origin only if a 401 comes back.
-        on_response = functools.partial(self._on_response, sent_to=r.url)
+        # The watch rides on the hook, which requests copies onto every redirect leg (the
+        # prepared request itself is copied without our attributes).
+        on_response = functools.partial(self._on_response, sent_to=r.url, watch=watch)
         r.register_hook("response", on_response)  # type: ignore[no-untyped-call]
         return r
 
@@ -186,11 +187,17 @@ class GenesysAuth(requests.auth.AuthBase):
         watches.clear()
 
     def _on_response(
-        self, response: requests.Response, *, sent_to: str | None, **kwargs: Any
+        self,
+        response: requests.Response,
+        *,
+        sent_to: str | None,
+        watch: _Watch | None = None,
+        **kwargs: Any,
     ) -> requests.Response:
         request = response.request
-        watch: _Watch | None = getattr(request, _WATCH_ATTR, None)
-        if watch is not None:
+        if watch is not None and not response.is_redirect:
+            # Counted until the FINAL response: a redirect leg still carries the token. (With
+            # allow_redirects=False the count ends at the thread's next call or at GC.)
             watch.end()
         if response.status_code != 401 or not self._replay_401:
             return response

@@ -164,6 +164,7 @@ class TokenManager:
             cell=lambda: self._cell,
             install=self._install,
             acquire=self._acquirer.acquire,
+            settle=lambda *outcome: self._refresher.settle(*outcome),
             finished=lambda *outcome: self._refresher.finished(*outcome),
             now=self._now,
             credentials=lambda: self._credentials_generation,
@@ -347,8 +348,10 @@ class TokenManager:
             self._rotate_lock.release()
 
     def _fetch_new(self, reason: str) -> Cell:
+        # In this thread: its events are delivered before it returns, in order.
         want = FetchedAfter(self._flight.generation)
-        return self._flight.obtain(want, deadline=self._refresher.deadline(None), reason=reason)
+        deadline = self._refresher.deadline(None)
+        return self._flight.obtain(want, deadline=deadline, reason=reason, inline=True)
 
     def begin_use(self, timeout: float | None = None) -> InFlight:
         """Count one use of the current token and return it (end it with
@@ -435,7 +438,7 @@ class TokenManager:
         )
 
     def _install(self, cell: Cell) -> None:
-        self._cell = cell
+        self._cell = cell.replacing(self._cell)
         self._refresher.installed()
 
     def _scheduled_refresh(self) -> None:

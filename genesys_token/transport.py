@@ -39,7 +39,7 @@ from ._answers import (
     parse_success,
 )
 from ._clock import SYSTEM_CLOCK, Clock
-from ._http import Cancel, attached, shared_session
+from ._http import ATTEMPT_SLACK, Cancel, attached, shared_session
 from ._redact import excerpt
 from .config import Credentials, Settings
 from .errors import (
@@ -170,7 +170,7 @@ class TokenEndpoint:
             if cancel is not None and cancel.cancelled:
                 raise ManagerClosedError("token request abandoned: the manager was closed")
             try:
-                with attached(cancel):
+                with attached(cancel, self._attempt_bound()):
                     response = self._attempt(credentials)
             except TokenRequestError as exc:
                 exc.attempts = attempt
@@ -196,6 +196,11 @@ class TokenEndpoint:
                 attempt += 1
                 continue
             return dataclasses.replace(response, attempts=attempt)
+
+    def _attempt_bound(self) -> float:
+        """The most one attempt may take: connect, the headers, then the body."""
+        connect, read = self._settings.timeout
+        return connect + 2 * read + ATTEMPT_SLACK
 
     def _retry_delay(self, exc: TokenRequestError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when not retryable."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,14 +70,19 @@ def test_success_record_carries_every_field(emulator: GenesysEmulator, make_mana
 
 
 def test_listeners_see_failure_then_success_in_order(
-    emulator: GenesysEmulator, make_manager: MakeManager
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any
 ):
-    manager = make_manager(background_refresh=False, max_retries=0)
+    manager = make_manager(background_refresh=False, max_retries=0, clock=fake_clock.clock())
     records = _recorder(manager)
     emulator.inject(Fault.server_error(503))
     with pytest.raises(TokenRequestError, match="503"):
         manager.get_token()
+    fake_clock.advance(1.0)  # past the backoff
     manager.get_token()
+    # Listeners run once the waiting callers are released: wait for the second record.
+    deadline = time.monotonic() + 5
+    while len(records) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert _types(records) == [TOKEN_REFRESH_FAILURE, TOKEN_REFRESH_SUCCESS]
     failure = records[0]
     assert failure["token_fingerprint"] is None
@@ -89,7 +95,7 @@ def test_listeners_see_failure_then_success_in_order(
 def test_rotation_emits_started_success_drain_complete_then_revoked(make_manager: MakeManager):
     # Make-before-break: the new token is fetched and swapped in, then the old one drains.
     manager = make_manager(background_refresh=False)
-    old = manager.refresh()
+    old = manager.refresh(force=True)  # in this thread: its event is delivered on return
     records = _recorder(manager)
     new = manager.rotate(drain_timeout=1, revoke_previous=True)
     assert _types(records) == [

@@ -286,6 +286,10 @@ def test_expired_token_is_never_handed_out(
         manager.get_token()
     assert TOKEN_EXPIRED in [r["event_type"] for r in records]
     emulator.clear_faults()
+    with pytest.raises(TokenRequestError):
+        manager.get_token()  # inside the backoff: the failure again, no token request
+    assert emulator.token_requests == 2
+    fake_clock.advance(1.0)  # past the backoff (first failure: 1 s ceiling x draw 0.5)
     assert manager.get_token() != old
 
 

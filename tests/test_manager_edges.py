@@ -143,6 +143,7 @@ def test_dropping_a_manager_does_not_wait_for_its_hanging_webhook(emulator: Gene
             timeout=(1, 5),
         )
         manager.get_token()  # queues an event; the worker's POST now hangs
+        join_fetch_threads()
         ref = weakref.ref(manager)
         del manager
         started = time.monotonic()

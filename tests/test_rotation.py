@@ -531,3 +531,32 @@ def test_set_credentials_rejects_bad_values(make_manager: MakeManager, secret: A
         manager.set_credentials(secret)
     assert excinfo.value.field == "client_secret"
     manager.get_token()  # the old credentials still work
+
+
+def test_a_redirected_call_stays_counted_through_its_second_leg(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # Issue 12: a same-origin redirect to a slow endpoint is counted in flight while its
+    # second leg runs, and rotate(revoke_previous=True) waits for it.
+    manager = make_manager()
+    old = manager.get_token()
+    emulator.inject(Fault(delay=1.0, passthrough=True), path="/api/v2/echo/slow")
+    session = _session(manager)
+    target = f"{emulator.api_base_url}/api/v2/echo/slow"
+    call, answer = _in_background(
+        lambda: session.get(f"{emulator.api_base_url}/redirect?to={target}", timeout=10)
+    )
+    deadline = time.monotonic() + 5
+    while emulator.api_requests < 2:  # counted on arrival: the second leg is being served
+        assert time.monotonic() < deadline, "the second leg never started"
+        time.sleep(0.005)
+    assert manager.in_flight_count == 1  # the redirect leg is still counted
+    started = time.monotonic()
+    manager.rotate(drain_timeout=5, revoke_previous=True)
+    assert time.monotonic() - started >= 0.5  # waited for the leg's slow answer
+    call.join(5)
+    assert answer[0].status_code == 200
+    assert answer[0].request.headers["Authorization"] == f"Bearer {old}"
+    assert emulator.revoked_tokens == {old}
+    assert manager.in_flight_count == 0
+    session.close()
