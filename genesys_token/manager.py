@@ -50,6 +50,7 @@ from .events import (
     make_record,
 )
 from .metrics import Metrics
+from .stores._seal import Sealer
 from .stores.base import MemoryStore, TokenStore, store_key
 from .token import Token, refresh_lead
 from .transport import SYSTEM_CLOCK, Clock, RetryNotice, TokenEndpoint
@@ -439,27 +440,28 @@ class TokenManager:
     def _fetch(self, *, force: bool, reason: str) -> tuple[_Current, int]:
         """Get a token from the store or the network; returns it and the requests made."""
         key = self._store_key()
+        credentials = self._credentials
+        sealer = Sealer(credentials.client_secret, key)
         replaced = self.token
         if not force:
-            stored = self._load(key)
+            stored = self._load(key, sealer)
             if stored is not None:
                 return stored, 0
         with self._store_lock(key) as held:
             if not held:
                 log.warning("token store lock not acquired in time; fetching without it")
-            stored = self._load(key)
+            stored = self._load(key, sealer)
             newer = stored is not None and (
                 replaced is None or stored.token.fingerprint != replaced.fingerprint
             )
             if stored is not None and newer and reason != "rotation":
                 return stored, 0  # another process refreshed while we waited for the lock
-            credentials = self._credentials
             response = self._transport.fetch(credentials)
             token = self._validator.build(
                 response, credentials.client_id, now_wall=self._clock.time()
             )
             try:
-                self._store.save(key, token)
+                self._store.save(key, token, sealer=sealer)
             except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
                 self._metrics.incr("store_errors")
                 log.warning("could not save the token to the store: %s", _describe(exc))
@@ -474,13 +476,16 @@ class TokenManager:
         """
         settings = self._settings
         bound = settings.retry_deadline + sum(settings.timeout)
+        lease = bound + 60.0
         deadline = time.monotonic() + bound
         while True:
             started = time.monotonic()
             remaining = deadline - started
             with ExitStack() as stack:
                 try:
-                    lock = self._store.lock(key, max(0.0, min(STORE_LOCK_SLICE, remaining)))
+                    lock = self._store.lock(
+                        key, max(0.0, min(STORE_LOCK_SLICE, remaining)), lease=lease
+                    )
                     held: bool | None = stack.enter_context(lock)
                 except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
                     self._metrics.incr("store_errors")
@@ -495,14 +500,23 @@ class TokenManager:
                 # go ahead without it rather than spin.
                 refused = time.monotonic() - started < STORE_LOCK_SLICE / 2
                 if held or refused or remaining <= STORE_LOCK_SLICE:
-                    yield held
+                    try:
+                        yield held
+                    finally:
+                        try:
+                            stack.close()
+                        except Exception as exc:  # noqa: BLE001 - the token is what matters
+                            self._metrics.incr("store_errors")
+                            log.warning("token store unlock failed: %s", _describe(exc))
                     return
 
-    def _load(self, key: str) -> _Current | None:
+    def _load(self, key: str, sealer: Sealer) -> _Current | None:
         """A usable token from the store, scheduled, or None (missing, bad, or due)."""
         now_wall = self._clock.time()
         try:
-            token = self._store.load(key, now_monotonic=self._clock.monotonic(), now_wall=now_wall)
+            token = self._store.load(
+                key, now_monotonic=self._clock.monotonic(), now_wall=now_wall, sealer=sealer
+            )
             if token is not None:
                 self._validator.check_claims(token, self._credentials.client_id, now_wall=now_wall)
         except TokenValidationError as exc:
