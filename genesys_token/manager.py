@@ -866,9 +866,7 @@ class TokenManager:
         self._timer = None
         # Always: its retry backoff must wait on this process's stop event (close()).
         self._transport = self._new_transport()
-        after_fork = getattr(self._store, "_after_fork", None)
-        if callable(after_fork):
-            after_fork()
+        # The stores reset themselves in a child (their own os.register_at_fork hook).
         if self._webhook is not None:
             self._webhook.after_fork()
 
