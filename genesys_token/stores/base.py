@@ -18,8 +18,9 @@ from ..errors import StoreError
 from ..token import Token
 from ._seal import Sealer
 
-#: The layout of a sealed entry's plaintext. Version 1 was clear JSON; it no longer opens.
-ENTRY_FORMAT = "genesys-token/2"
+#: The layout of an entry's plaintext. Shared stores keep it sealed (``_seal.MAGIC`` marks
+#: and versions the sealed form), so the clear entries of older releases do not open.
+ENTRY_FORMAT = "genesys-token/1"
 #: How long a lock holder may keep a lock when the caller names no ``lease``: about what the
 #: manager needs with default settings (retry deadline, timeouts and a margin).
 DEFAULT_LEASE = 120.0
@@ -144,23 +145,28 @@ def require_sealer(sealer: Sealer | None, store: str) -> Sealer:
     return sealer
 
 
-def encode_token(token: Token, sealer: Sealer) -> bytes:
-    """Seal ``token`` for a store shared between processes (JSON inside, wall-clock times)."""
+def encode_token(token: Token, sealer: Sealer | None = None) -> bytes:
+    """Serialize ``token`` (JSON, wall-clock times), sealed by ``sealer`` when given.
+
+    Shared stores always pass a sealer (see :func:`require_sealer`); without one this is
+    the plaintext layer alone.
+    """
     entry = {"format": ENTRY_FORMAT, "token": token.to_dict()}
-    return sealer.seal(json.dumps(entry, separators=(",", ":")).encode("utf-8"))
+    plaintext = json.dumps(entry, separators=(",", ":")).encode("utf-8")
+    return plaintext if sealer is None else sealer.seal(plaintext)
 
 
 def decode_token(
-    raw: bytes | str, sealer: Sealer, *, now_monotonic: float, now_wall: float
+    raw: bytes | str, sealer: Sealer | None = None, *, now_monotonic: float, now_wall: float
 ) -> Token | None:
-    """Rebuild a token written by :func:`encode_token`.
+    """Rebuild a token written by :func:`encode_token` (opened by ``sealer`` when given).
 
     Returns:
         The token, or ``None`` when ``raw`` does not open (another secret, altered, old
-        format), is corrupt or foreign, or has expired: a bad entry in a shared store must
-        cost a token request, never an outage.
+        clear format), is corrupt or foreign, or has expired: a bad entry in a shared store
+        must cost a token request, never an outage.
     """
-    plaintext = sealer.open(raw)
+    plaintext = raw if sealer is None else sealer.open(raw)
     if plaintext is None:
         return None
     try:
