@@ -7,11 +7,12 @@ import os
 import select
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from store_helpers import KEY, load, make_token
+from store_helpers import KEY, load, make_token, save
 
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import FileStore
@@ -86,17 +87,25 @@ def test_unwritable_cache_degrades_to_the_network_with_a_warning(
     assert emulator.client_secret not in caplog.text
 
 
-def test_unwritable_cache_makes_save_raise_and_lock_yield_false(tmp_path: Path) -> None:
+def test_unusable_cache_raises_store_errors_and_logs_nothing_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One error policy: the store raises, the manager reports once. The store itself must
+    # not add warning lines (an unusable cache used to log five per acquisition).
     blocker = tmp_path / "file"
     blocker.write_text("")
+    caplog.set_level(logging.DEBUG, logger="genesys_token")
     store = FileStore(blocker / "cache")
     with pytest.raises(StoreError, match="cannot write the token cache"):
-        store.save(KEY, make_token())
+        save(store, make_token())
     with pytest.raises(StoreError, match="cannot read"):
         load(store)  # ENOTDIR is not "missing": it is reported, then the network is used
-    with store.lock(KEY, 1.0) as held:
-        assert held is False
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot lock the token cache"), store.lock(KEY, 5.0):
+        pytest.fail("the block must not run without the lock")
+    assert time.monotonic() - started < 1.0  # at once, not after the 5 s
     assert not list(tmp_path.glob("**/.tmp-*"))
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
 
 
 # -- entries -------------------------------------------------------------------------------
@@ -104,7 +113,7 @@ def test_unwritable_cache_makes_save_raise_and_lock_yield_false(tmp_path: Path) 
 
 def test_readers_never_see_a_half_written_entry(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    store.save(KEY, make_token("tok-0"))
+    save(store, make_token("tok-0"))
     stop = threading.Event()
     misses: list[int] = []
 
@@ -112,7 +121,7 @@ def test_readers_never_see_a_half_written_entry(tmp_path: Path) -> None:
         count = 0
         while not stop.is_set():
             count += 1
-            store.save(KEY, make_token(f"tok-{count}" + "x" * 2000))
+            save(store, make_token(f"tok-{count}" + "x" * 2000))
 
     thread = threading.Thread(target=writer)
     thread.start()
@@ -139,12 +148,12 @@ def test_symlinked_entry_is_ignored_and_replaced_without_touching_its_target(
     target = tmp_path / "elsewhere.txt"
     target.write_text("precious")
     store = FileStore(tmp_path / "cache")
-    store.save(KEY, make_token())
+    save(store, make_token())
     entry = tmp_path / "cache" / f"{KEY}.json"
     entry.unlink()
     entry.symlink_to(target)
     assert load(store) is None
-    store.save(KEY, make_token("tok-new"))
+    save(store, make_token("tok-new"))
     assert target.read_text() == "precious"
     loaded = load(store)
     assert loaded is not None and loaded.access_token == "tok-new"
@@ -158,7 +167,7 @@ def test_unreadable_entry_raises_store_error(tmp_path: Path) -> None:
 
 def test_keys_that_are_not_hex_are_hashed_into_safe_file_names(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "cache")
-    store.save("../../escape me", make_token("tok-odd"))
+    save(store, make_token("tok-odd"), "../../escape me")
     loaded = load(store, "../../escape me")
     assert loaded is not None and loaded.access_token == "tok-odd"
     assert [p.parent for p in tmp_path.glob("**/*.json")] == [tmp_path / "cache"]
@@ -175,8 +184,8 @@ def test_directory_open_to_others_is_warned_about_once(
     directory.chmod(0o755)
     caplog.set_level(logging.WARNING, logger="genesys_token")
     store = FileStore(directory)
-    store.save(KEY, make_token())
-    store.save(KEY, make_token())
+    save(store, make_token())
+    save(store, make_token())
     warnings = [r for r in caplog.records if "accessible to other users" in r.getMessage()]
     assert len(warnings) == 1
     assert "chmod 700" in warnings[0].getMessage()
@@ -188,7 +197,7 @@ def test_private_existing_directory_is_not_warned_about(
     directory = tmp_path / "private"
     directory.mkdir(mode=0o700)
     caplog.set_level(logging.WARNING, logger="genesys_token")
-    FileStore(directory).save(KEY, make_token())
+    save(FileStore(directory), make_token())
     assert not caplog.records
 
 
@@ -270,13 +279,13 @@ def test_full_disk_makes_save_raise_and_leaves_no_temp_file(tmp_path: Path) -> N
     import resource
 
     store = FileStore(tmp_path)
-    store.save(KEY, make_token("tok-old"))
+    save(store, make_token("tok-old"))
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     # Writes past 64 bytes now fail (EFBIG; Python ignores SIGXFSZ), as on a full disk.
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
     try:
         with pytest.raises(StoreError, match="cannot write the token cache"):
-            store.save(KEY, make_token("tok-new"))
+            save(store, make_token("tok-new"))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert not list(tmp_path.glob(".tmp-*"))

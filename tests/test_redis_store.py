@@ -15,7 +15,7 @@ import pytest
 import redis
 from conftest import read_child
 from redis_server import RedisServer, free_port, redis_server_or_skip
-from store_helpers import KEY, load, make_token
+from store_helpers import KEY, load, make_token, save
 
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import RedisStore, store_key
@@ -66,15 +66,15 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 def test_token_lives_in_redis_exactly_as_long_as_it_is_valid(
     store: RedisStore, raw: redis.Redis, prefix: str
 ) -> None:
-    store.save(KEY, make_token(lifetime=120.0))
-    ttl_ms = raw.pttl(f"{prefix}token:{KEY}")
+    save(store, make_token(lifetime=120.0))
+    ttl_ms = raw.pttl(f"{prefix}{{{KEY}}}:token")
     assert 118_000 < ttl_ms <= 120_000
 
 
 def test_string_replies_from_a_decoding_client_are_understood(redis_url: str, prefix: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
     store = RedisStore(client=client, prefix=prefix)
-    store.save(KEY, make_token("tok-text"))
+    save(store, make_token("tok-text"))
     loaded = load(store)
     assert loaded is not None and loaded.access_token == "tok-text"
     store.close()
@@ -83,7 +83,7 @@ def test_string_replies_from_a_decoding_client_are_understood(redis_url: str, pr
 
 
 def test_abandoned_lock_expires_by_itself(redis_url: str, prefix: str, raw: redis.Redis) -> None:
-    raw.set(f"{prefix}lock:{KEY}", "a-process-that-died", px=200)
+    raw.set(f"{prefix}{{{KEY}}}:lock", "a-process-that-died", px=200)
     store = RedisStore.from_url(redis_url, prefix=prefix)
     started = time.monotonic()
     with store.lock(KEY, 3.0) as held:
@@ -94,10 +94,10 @@ def test_abandoned_lock_expires_by_itself(redis_url: str, prefix: str, raw: redi
 
 def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: redis.Redis) -> None:
     store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.2)
-    name = f"{prefix}lock:{KEY}"
-    with store.lock(KEY, 1.0) as held:
+    name = f"{prefix}{{{KEY}}}:lock"
+    with store.lock(KEY, 1.0, lease=0.3) as held:
         assert held
-        assert wait_until(lambda: raw.get(name) is None)  # our lock expired mid-refresh...
+        assert wait_until(lambda: raw.get(name) is None)  # our lease ran out mid-refresh...
         raw.set(name, "peer", px=10_000)  # ...and a peer took it
     assert raw.get(name) == b"peer"  # leaving our block must not free the peer's lock
     with store.lock(KEY, 0.0) as again:
@@ -108,10 +108,10 @@ def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: re
 def test_other_redis_errors_become_store_errors(
     store: RedisStore, raw: redis.Redis, prefix: str
 ) -> None:
-    raw.hset(f"{prefix}token:{KEY}", "field", "value")  # WRONGTYPE for GET
+    raw.hset(f"{prefix}{{{KEY}}}:token", "field", "value")  # WRONGTYPE for GET
     with pytest.raises(StoreError, match="redis read failed: ResponseError"):
         load(store)
-    store.save(KEY + "x", make_token())
+    save(store, make_token(), KEY + "x")
     assert load(store, KEY + "x") is not None  # not treated as an outage
 
 
@@ -190,23 +190,35 @@ def test_redis_is_tried_again_after_the_outage_backoff() -> None:
         load(store)
     with pytest.raises(StoreError, match="not retrying"):
         load(store)
-    with store.lock(KEY, 5.0) as held:
-        assert held is False  # at once, not after the 5 s
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="not retrying"), store.lock(KEY, 5.0):
+        pytest.fail("the block must not run without the lock")
+    assert time.monotonic() - started < 1.0  # at once, not after the 5 s
     time.sleep(0.25)
     with pytest.raises(StoreError, match="redis read failed"):
         load(store)
     store.close()
 
 
-def test_lock_release_failure_is_logged_not_raised(
+def test_lock_release_failure_raises_a_store_error_and_logs_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="genesys_token")
     with redis_server_or_skip() as server:
         store = RedisStore.from_url(server.url)
-        with store.lock(KEY, 1.0) as held:
+        with pytest.raises(StoreError, match="redis unlock failed"), store.lock(KEY, 1.0) as held:
             assert held
             server.stop()
-    assert any("could not release" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+    store.close()
+
+
+def test_lock_release_failure_does_not_hide_the_error_of_the_block() -> None:
+    with redis_server_or_skip() as server:
+        store = RedisStore.from_url(server.url)
+        with pytest.raises(RuntimeError, match="the block's own"), store.lock(KEY, 1.0):
+            server.stop()
+            raise RuntimeError("the block's own error")
     store.close()
 
 
@@ -305,7 +317,7 @@ def test_forked_child_gets_its_own_connections(
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         code = 1
         try:
-            loaded = load(store, key)
+            loaded = load(store, key, secret=emulator.client_secret)
             fresh = store._client is not parent_client
             ok = loaded is not None and loaded.access_token == token and fresh
             os.write(write_end, b"ok" if ok else b"bad")
@@ -314,7 +326,7 @@ def test_forked_child_gets_its_own_connections(
             os._exit(code)
     os.close(write_end)
     assert read_child(pid, read_end, 10.0) == b"ok"
-    assert load(store, key) is not None  # the parent's connections still work
+    assert load(store, key, secret=emulator.client_secret) is not None  # parent's still work
     manager.close()
     store.close()
 
