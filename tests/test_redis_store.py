@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ from store_helpers import KEY, load, make_token, save
 
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import RedisStore, store_key
-from genesys_token.testing import GenesysEmulator
+from genesys_token.testing import Fault, GenesysEmulator
 
 MakeManager = Callable[..., TokenManager]
 
@@ -336,3 +338,170 @@ def test_redis_server_helper_reports_a_server_that_cannot_start() -> None:
     with pytest.raises(RuntimeError, match="exited"):
         server.start()
     server.stop()
+
+
+# -- the lock as a lease -------------------------------------------------------------------
+
+
+def _renewal_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "genesys-token-lock-renewal"]
+
+
+def test_lock_is_renewed_while_its_holder_is_inside(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.3)
+    peer = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.3)
+    name = f"{prefix}{{{KEY}}}:lock"
+    with store.lock(KEY, 1.0, lease=30.0) as held:
+        assert held
+        assert len(_renewal_threads()) == 1
+        deadline = time.monotonic() + 1.5  # five lock TTLs
+        while time.monotonic() < deadline:
+            with peer.lock(KEY, 0.0) as stolen:
+                assert stolen is False
+            assert 0 < raw.pttl(name) <= 300
+            time.sleep(0.05)
+    assert raw.get(name) is None  # released at once on exit...
+    assert _renewal_threads() == []  # ...and its renewal thread is gone with it
+    store.close()
+    peer.close()
+
+
+def test_lock_is_never_renewed_past_its_lease(redis_url: str, prefix: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.3)
+    peer = RedisStore.from_url(redis_url, prefix=prefix)
+    with store.lock(KEY, 1.0, lease=0.6) as held:
+        assert held
+        taken = time.monotonic()
+        with peer.lock(KEY, 3.0) as peer_held:  # the holder is still inside, but overdue
+            assert peer_held
+            waited = time.monotonic() - taken
+    assert 0.5 <= waited < 1.2
+    store.close()
+    peer.close()
+
+
+def test_a_short_lease_caps_the_first_ttl_too(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=30.0)
+    with store.lock(KEY, 1.0, lease=0.5) as held:
+        assert held
+        assert 0 < raw.pttl(f"{prefix}{{{KEY}}}:lock") <= 500
+    with pytest.raises(ConfigurationError, match="lease"), store.lock(KEY, 1.0, lease=0):
+        pass
+    store.close()
+
+
+def test_renewal_that_finds_the_lock_taken_stops_and_leaves_it_alone(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.15)
+    name = f"{prefix}{{{KEY}}}:lock"
+    with store.lock(KEY, 1.0) as held:
+        assert held
+        raw.set(name, "peer", px=5_000)  # e.g. an operator's manual takeover
+        assert wait_until(lambda: not _renewal_threads(), 2.0)  # it noticed and ended
+        assert 4_000 < raw.pttl(name) <= 5_000  # not extended by us
+    assert raw.get(name) == b"peer"
+    store.close()
+
+
+def test_renewal_survives_a_failing_redis_and_ends_with_the_block(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="genesys_token")
+    with redis_server_or_skip() as server:
+        store = RedisStore.from_url(server.url, lock_ttl=0.15, outage_backoff=0.05)
+        with pytest.raises(StoreError), store.lock(KEY, 1.0) as held:
+            assert held
+            server.stop()
+            time.sleep(0.4)  # several renewals fail meanwhile
+            assert len(_renewal_threads()) == 1  # still trying: Redis may come back
+        assert _renewal_threads() == []
+    assert any("could not renew" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+    store.close()
+
+
+_HOLDER = """
+import sys, time
+from genesys_token.stores import RedisStore
+url, prefix, key = sys.argv[1:4]
+store = RedisStore.from_url(url, prefix=prefix, lock_ttl=0.5)
+with store.lock(key, 5.0, lease=60.0) as held:
+    print("held" if held else "not held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holder_frees_the_lock_within_lock_ttl(redis_url: str, prefix: str) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, redis_url, prefix, KEY],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        store = RedisStore.from_url(redis_url, prefix=prefix)
+        with store.lock(KEY, 0.6) as held:
+            assert held is False  # renewed: alive past its 0.5 s TTL
+        holder.kill()
+        holder.wait(5.0)
+        killed = time.monotonic()
+        with store.lock(KEY, 3.0) as held:
+            assert held
+            assert time.monotonic() - killed < 0.5 + 0.3
+        store.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5.0)
+
+
+_SLOW_FLEET_WORKER = """
+import json, os, sys
+from genesys_token import TokenManager
+from genesys_token.stores import RedisStore
+url, prefix, token_url, api_url, lock_ttl = sys.argv[1:6]
+store = RedisStore.from_url(url, prefix=prefix, lock_ttl=float(lock_ttl))
+manager = TokenManager(
+    os.environ["TEST_CLIENT_ID"], os.environ["TEST_CLIENT_SECRET"],
+    token_url=token_url, api_base_url=api_url, store=store, background_refresh=False,
+)
+manager.get_token()
+print(json.dumps({"fingerprint": manager.token.fingerprint, "source": manager.token.source}))
+manager.close()
+store.close()
+"""
+
+
+def test_peer_waits_for_a_holder_throttled_longer_than_the_lock_ttl(
+    emulator: GenesysEmulator, redis_url: str, prefix: str
+) -> None:
+    # Issue 15's acceptance, scaled: TTL 0.4 s, the first token request held 2 s (5 TTLs).
+    emulator.inject(Fault(delay=2.0, passthrough=True))
+    env = dict(
+        os.environ, TEST_CLIENT_ID=emulator.client_id, TEST_CLIENT_SECRET=emulator.client_secret
+    )
+    argv = [
+        sys.executable, "-c", _SLOW_FLEET_WORKER,
+        redis_url, prefix, emulator.token_url, emulator.api_base_url, "0.4",
+    ]  # fmt: skip
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert wait_until(lambda: emulator.token_requests == 1, 15.0)
+        second = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+        outputs = [p.communicate(timeout=30.0)[0] for p in (first, second)]
+        assert first.returncode == 0 and second.returncode == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(5.0)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    assert emulator.token_requests == 1
+    assert results[0]["fingerprint"] == results[1]["fingerprint"]
+    assert [r["source"] for r in results] == ["network", "store"]
