@@ -209,10 +209,17 @@ class RedisCluster3:
         require_redis_server()
         if find_redis_cli() is None:
             pytest.fail(f"redis-cli is not installed ({INSTALL_HINT})")
+        # The bus port is given, not left to port + 10000 (which may be taken, or > 65535).
         self.nodes = [
-            RedisServer(extra=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000"))
+            RedisServer(
+                extra=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-node-timeout", "2000",
+                    "--cluster-port", str(free_port()),
+                )
+            )
             for _ in range(3)
-        ]
+        ]  # fmt: skip
 
     @property
     def url(self) -> str:

@@ -204,14 +204,20 @@ class RedisStore:
         if time.monotonic() < self._down_until:
             raise StoreError(f"redis unavailable; not retrying for up to {self._outage_backoff:g}s")
         errors = self._redis.exceptions
+        # RedisClusterException ("no reachable node", "slot not covered") is no RedisError.
+        unreachable = (
+            errors.ConnectionError,
+            errors.TimeoutError,
+            errors.ClusterDownError,
+            errors.RedisClusterException,
+            OSError,
+        )
         try:
             return run(self._ready_client())
-        except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+        except unreachable as exc:
             self._down_until = time.monotonic() + self._outage_backoff
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
         except errors.RedisError as exc:
-            if _is_cluster_down(self._redis, exc):
-                self._down_until = time.monotonic() + self._outage_backoff
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
 
     def _ready_client(self) -> Any:
@@ -381,16 +387,6 @@ class _Renewal:
 
 def _positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
-
-
-def _is_cluster_down(redis: Any, exc: Exception) -> bool:
-    """Cluster errors that mean "unreachable", to be backed off like a connection error."""
-    cluster_errors = tuple(
-        getattr(redis.exceptions, name)
-        for name in ("ClusterDownError", "RedisClusterException", "MasterDownError")
-        if hasattr(redis.exceptions, name)
-    )
-    return isinstance(exc, cluster_errors)
 
 
 def _warn_without_timeouts(client: Any) -> None:
