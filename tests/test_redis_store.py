@@ -505,3 +505,26 @@ def test_peer_waits_for_a_holder_throttled_longer_than_the_lock_ttl(
     assert emulator.token_requests == 1
     assert results[0]["fingerprint"] == results[1]["fingerprint"]
     assert [r["source"] for r in results] == ["network", "store"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_inside_a_lock_block_neither_releases_nor_renews_it(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.3)
+    name = f"{prefix}{{{KEY}}}:lock"
+    read_end, write_end = os.pipe()
+    with store.lock(KEY, 1.0) as held:
+        assert held
+        pid = os.fork()
+        if pid != 0:
+            os.close(write_end)
+            assert read_child(pid, read_end, 10.0) == b"left"
+            assert raw.get(name) is not None  # the child's exit left the parent's lock
+            time.sleep(0.5)  # longer than lock_ttl: the parent's renewal still runs
+            assert raw.get(name) is not None
+    if pid == 0:  # pragma: no cover - the child left the block above
+        os.write(write_end, b"left")
+        os._exit(0)
+    assert raw.get(name) is None
+    store.close()
