@@ -37,7 +37,7 @@ def prefix() -> str:
 
 @pytest.fixture
 def store(cluster: RedisCluster3, prefix: str) -> Iterator[RedisStore]:
-    built = RedisStore.from_url(cluster.url, cluster=True, prefix=prefix, lock_ttl=0.3)
+    built = RedisStore.from_url(cluster.url, cluster=True, prefix=prefix, lock_ttl=0.6)
     yield built
     built.close()
 
@@ -89,9 +89,9 @@ def test_lock_renewal_script_runs_on_the_cluster(
 ) -> None:
     peer = RedisStore.from_url(cluster.url, cluster=True, prefix=prefix)
     try:
-        with store.lock(KEY, 1.0) as held:  # lock_ttl 0.3 s, held for 1 s
+        with store.lock(KEY, 1.0) as held:  # lock_ttl 0.6 s, held for 1.5 s
             assert held
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 1.5
             while time.monotonic() < deadline:
                 with peer.lock(KEY, 0.0) as stolen:
                     assert stolen is False
