@@ -32,6 +32,7 @@ from .errors import (
     TokenValidationError,
 )
 from .metrics import Metrics
+from .stores._seal import Sealer
 from .stores.base import TokenStore, store_key
 from .token import Token
 from .transport import Clock, TokenEndpoint
@@ -50,6 +51,8 @@ class Snapshot:
     settings: Settings
     credentials: Credentials  # resolved: the secret is a string
     key: str
+    #: Seals and opens shared-store entries with a key derived from THIS secret.
+    sealer: Sealer
 
 
 def lock_bound(settings: Settings) -> float:
@@ -58,6 +61,13 @@ def lock_bound(settings: Settings) -> float:
     Giving up sooner would add token requests exactly when the endpoint is throttling.
     """
     return settings.retry_deadline + sum(settings.timeout)
+
+
+def lease(settings: Settings) -> float:
+    """How long a holder may keep the store lock: its own acquisition (the request's
+    retries, the validation, the save), with room to spare. A lease shorter than that would
+    let a peer take the lock and send its own request during throttling."""
+    return lock_bound(settings) + sum(settings.timeout) + 30.0
 
 
 class StoreHealth:
@@ -120,7 +130,9 @@ class Acquirer:
         settings = self._settings()
         credentials = settings.credentials.resolve()
         key = store_key(credentials.client_id, settings.token_url, settings.scopes)
-        return Snapshot(settings, credentials, key)
+        secret = credentials.client_secret
+        assert isinstance(secret, str)  # resolved
+        return Snapshot(settings, credentials, key, Sealer(secret, key))
 
     def acquire(self, flight: Flight, held: Cell | None) -> Cell:
         """One acquisition for ``flight``; ``held`` is the cell in use when it began.
@@ -138,7 +150,7 @@ class Acquirer:
         with self._store_lock(snap, flight):
             if spec.use_store and (cell := self._load(snap, spec, held, flight)) is not None:
                 return cell  # another process refreshed while we waited for the lock
-            token = self._request(snap, flight)
+            token, credentials = self._request(snap, flight)
             cell = self._plan(token, flight.generation)
             if not cell.usable(self._clock.monotonic()):
                 # Slow answer, short token: handing it out would send calls that fail.
@@ -146,14 +158,15 @@ class Acquirer:
                     f"the token arrived too late to be used ({token.expires_in:g}s lifetime)",
                     attempts=flight.requests,
                 )
-            self._save(snap, token)
+            self._save(snap, token, credentials)
             return cell
 
     # -- the network ---------------------------------------------------------------------
 
-    def _request(self, snap: Snapshot, flight: Flight) -> Token:
+    def _request(self, snap: Snapshot, flight: Flight) -> tuple[Token, Credentials]:
+        """The token, and the credentials it was fetched with."""
         try:
-            return self._fetch(snap, snap.credentials, flight)
+            return self._fetch(snap, snap.credentials, flight), snap.credentials
         except InvalidClientError as exc:
             # The source may have been rotated since the snapshot: read it again at once.
             fresh = self._settings().credentials.resolve()
@@ -161,7 +174,7 @@ class Acquirer:
             if same_client and _digest(fresh) != _digest(snap.credentials):
                 log.info("the secret source gives a new secret; retrying the token request")
                 try:
-                    return self._fetch(snap, fresh, flight)
+                    return self._fetch(snap, fresh, flight), fresh
                 except InvalidClientError as again:
                     self._rejections().record(_digest(fresh), again)
                     raise
@@ -186,7 +199,7 @@ class Acquirer:
         clock = self._clock
         try:
             token = self._store.load(
-                snap.key, now_monotonic=clock.monotonic(), now_wall=clock.time()
+                snap.key, now_monotonic=clock.monotonic(), now_wall=clock.time(), sealer=snap.sealer
             )
             if token is not None:
                 self._validator.check_claims(
@@ -208,9 +221,13 @@ class Acquirer:
             return None  # due already: using it would refresh again at once
         return cell.from_store()
 
-    def _save(self, snap: Snapshot, token: Token) -> None:
+    def _save(self, snap: Snapshot, token: Token, credentials: Credentials) -> None:
+        # Sealed with the secret the token was fetched with (a rotated source's, maybe).
+        secret = credentials.client_secret
+        assert isinstance(secret, str)  # resolved
+        sealer = snap.sealer if credentials is snap.credentials else Sealer(secret, snap.key)
         try:
-            self._store.save(snap.key, token)
+            self._store.save(snap.key, token, sealer=sealer)
         except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
             self._health.failed("write", exc)
         else:
@@ -230,7 +247,8 @@ class Acquirer:
             started = time.monotonic()
             remaining = deadline - started
             try:
-                context = self._store.lock(snap.key, max(0.0, min(STORE_LOCK_SLICE, remaining)))
+                wait = max(0.0, min(STORE_LOCK_SLICE, remaining))
+                context = self._store.lock(snap.key, wait, lease=lease(snap.settings))
                 held = bool(context.__enter__())
             except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
                 self._health.failed("lock", exc)

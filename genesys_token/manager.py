@@ -485,9 +485,6 @@ class TokenManager:
         self._rotate_lock = threading.Lock()
         if self._session is not None:
             _http.renew_adapters(self._session)  # the parent's keep-alive sockets stay its own
-        after_fork = getattr(self._store, "_after_fork", None)
-        if callable(after_fork):
-            after_fork()
         self._cell = self._refresher.after_fork(_job_for(self))
 
     def __reduce__(self) -> NoReturn:

@@ -94,7 +94,7 @@ def test_a_wall_clock_step_back_does_not_revive_an_expired_stored_token(
 
 class _UnlockRaises(MemoryStore):
     @contextlib.contextmanager
-    def lock(self, key: str, timeout: float) -> Iterator[bool]:
+    def lock(self, key: str, timeout: float, *, lease: float | None = None) -> Iterator[bool]:
         yield True
         raise ConnectionError("the store went away during unlock")
 

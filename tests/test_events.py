@@ -151,7 +151,7 @@ def test_specific_and_wildcard_listeners_run_in_subscription_order(make_manager:
     manager.on(TOKEN_REFRESH_SUCCESS, lambda r: calls.append("success"))
     manager.on(TOKEN_REFRESH_FAILURE, lambda r: calls.append("failure"))
     manager.on("*", lambda r: calls.append("all-2"))
-    manager.get_token()
+    manager.refresh(force=True)  # in this thread: its listeners ran when it returns
     assert calls == ["all-1", "success", "all-2"]
 
 
@@ -159,7 +159,7 @@ def test_unsubscribe_stops_delivery_and_is_idempotent(make_manager: MakeManager)
     manager = make_manager(background_refresh=False)
     records: list[Record] = []
     unsubscribe = manager.on(TOKEN_REFRESH_SUCCESS, records.append)
-    manager.get_token()
+    manager.refresh(force=True)
     unsubscribe()
     unsubscribe()
     manager.refresh(force=True)
@@ -321,7 +321,7 @@ def test_events_are_audit_logged_with_their_fields(
         caplog.at_level(logging.INFO, logger="genesys_token.audit"),
         pytest.raises(InvalidClientError),
     ):
-        manager.get_token()
+        manager.refresh(force=True)  # in this thread: audited when it returns
     [line] = [r for r in caplog.records if r.name == "genesys_token.audit"]
     assert line.levelno == logging.WARNING
     assert line.event_type == TOKEN_REFRESH_FAILURE  # type: ignore[attr-defined]
@@ -344,7 +344,7 @@ def test_nothing_is_formatted_when_the_audit_log_is_off(make_manager: MakeManage
     level = audit.level
     audit.setLevel(logging.ERROR)
     try:
-        manager.get_token()
+        manager.refresh(force=True)
     finally:
         audit.setLevel(level)
         audit.removeHandler(handler)

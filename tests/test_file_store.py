@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 import stat
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from store_helpers import KEY, load, make_token
+from conftest import read_child
+from store_helpers import KEY, load, make_token, save
 
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import FileStore
@@ -92,17 +97,25 @@ def test_unwritable_cache_degrades_to_the_network_with_a_warning(
     assert emulator.client_secret not in caplog.text
 
 
-def test_unwritable_cache_makes_save_raise_and_lock_yield_false(tmp_path: Path) -> None:
+def test_unusable_cache_raises_store_errors_and_logs_nothing_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One error policy: the store raises, the manager reports once. The store itself must
+    # not add warning lines (an unusable cache used to log five per acquisition).
     blocker = tmp_path / "file"
     blocker.write_text("")
+    caplog.set_level(logging.DEBUG, logger="genesys_token")
     store = FileStore(blocker / "cache")
     with pytest.raises(StoreError, match="cannot write the token cache"):
-        store.save(KEY, make_token())
+        save(store, make_token())
     with pytest.raises(StoreError, match="cannot read"):
         load(store)  # ENOTDIR is not "missing": it is reported, then the network is used
-    with store.lock(KEY, 1.0) as held:
-        assert held is False
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot lock the token cache"), store.lock(KEY, 5.0):
+        pytest.fail("the block must not run without the lock")
+    assert time.monotonic() - started < 1.0  # at once, not after the 5 s
     assert not list(tmp_path.glob("**/.tmp-*"))
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
 
 
 # -- entries -------------------------------------------------------------------------------
@@ -110,7 +123,7 @@ def test_unwritable_cache_makes_save_raise_and_lock_yield_false(tmp_path: Path) 
 
 def test_readers_never_see_a_half_written_entry(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    store.save(KEY, make_token("tok-0"))
+    save(store, make_token("tok-0"))
     stop = threading.Event()
     misses: list[int] = []
 
@@ -118,7 +131,7 @@ def test_readers_never_see_a_half_written_entry(tmp_path: Path) -> None:
         count = 0
         while not stop.is_set():
             count += 1
-            store.save(KEY, make_token(f"tok-{count}" + "x" * 2000))
+            save(store, make_token(f"tok-{count}" + "x" * 2000))
 
     thread = threading.Thread(target=writer)
     thread.start()
@@ -145,12 +158,12 @@ def test_symlinked_entry_is_ignored_and_replaced_without_touching_its_target(
     target = tmp_path / "elsewhere.txt"
     target.write_text("precious")
     store = FileStore(tmp_path / "cache")
-    store.save(KEY, make_token())
+    save(store, make_token())
     entry = tmp_path / "cache" / f"{KEY}.json"
     entry.unlink()
     entry.symlink_to(target)
     assert load(store) is None
-    store.save(KEY, make_token("tok-new"))
+    save(store, make_token("tok-new"))
     assert target.read_text() == "precious"
     loaded = load(store)
     assert loaded is not None and loaded.access_token == "tok-new"
@@ -164,7 +177,7 @@ def test_unreadable_entry_raises_store_error(tmp_path: Path) -> None:
 
 def test_keys_that_are_not_hex_are_hashed_into_safe_file_names(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "cache")
-    store.save("../../escape me", make_token("tok-odd"))
+    save(store, make_token("tok-odd"), "../../escape me")
     loaded = load(store, "../../escape me")
     assert loaded is not None and loaded.access_token == "tok-odd"
     assert [p.parent for p in tmp_path.glob("**/*.json")] == [tmp_path / "cache"]
@@ -181,8 +194,8 @@ def test_directory_open_to_others_is_warned_about_once(
     directory.chmod(0o755)
     caplog.set_level(logging.WARNING, logger="genesys_token")
     store = FileStore(directory)
-    store.save(KEY, make_token())
-    store.save(KEY, make_token())
+    save(store, make_token())
+    save(store, make_token())
     warnings = [r for r in caplog.records if "accessible to other users" in r.getMessage()]
     assert len(warnings) == 1
     assert "chmod 700" in warnings[0].getMessage()
@@ -194,7 +207,7 @@ def test_private_existing_directory_is_not_warned_about(
     directory = tmp_path / "private"
     directory.mkdir(mode=0o700)
     caplog.set_level(logging.WARNING, logger="genesys_token")
-    FileStore(directory).save(KEY, make_token())
+    save(FileStore(directory), make_token())
     assert not caplog.records
 
 
@@ -210,6 +223,7 @@ def test_path_naming_a_file_is_a_configuration_error(tmp_path: Path) -> None:
 def test_default_directory_follows_xdg_cache_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("GENESYSCLOUD_TOKEN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert FileStore().path == tmp_path / "xdg" / "genesys-token"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
@@ -276,13 +290,13 @@ def test_full_disk_makes_save_raise_and_leaves_no_temp_file(tmp_path: Path) -> N
     import resource
 
     store = FileStore(tmp_path)
-    store.save(KEY, make_token("tok-old"))
+    save(store, make_token("tok-old"))
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     # Writes past 64 bytes now fail (EFBIG; Python ignores SIGXFSZ), as on a full disk.
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
     try:
         with pytest.raises(StoreError, match="cannot write the token cache"):
-            store.save(KEY, make_token("tok-new"))
+            save(store, make_token("tok-new"))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert not list(tmp_path.glob(".tmp-*"))
@@ -309,3 +323,155 @@ def test_threads_sharing_one_store_queue_on_its_thread_lock(tmp_path: Path) -> N
     finally:
         release.set()
         thread.join(5.0)
+
+
+# -- GENESYSCLOUD_TOKEN_CACHE and platforms without fcntl (issue 16) -----------------------
+
+
+def test_file_store_without_a_path_honours_genesyscloud_token_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", str(tmp_path / "from-env"))
+    store = FileStore()
+    assert store.path == tmp_path / "from-env" and store.enabled
+    save(store, make_token("tok-env"))
+    assert list((tmp_path / "from-env").glob("*.json"))
+    assert FileStore(tmp_path / "explicit").path == tmp_path / "explicit"  # a path wins
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", "  ")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert FileStore().path == tmp_path / "xdg" / "genesys-token"  # blank: the default
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", " none ", "0", "false", "no"])
+def test_genesyscloud_token_cache_off_gives_a_store_that_keeps_nothing(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    caplog.set_level(logging.DEBUG, logger="genesys_token")
+    store = FileStore()
+    assert store.path is None and not store.enabled
+    save(store, make_token())
+    assert load(store) is None
+    with store.lock(KEY, 0.0) as held:
+        assert held is True
+    assert not list(tmp_path.rglob("*.json"))
+    assert "off" in repr(store)
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "keeps no token" in lines[0].getMessage()
+
+
+def test_off_store_costs_each_manager_its_own_request(
+    make_manager: MakeManager, emulator: GenesysEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", "off")
+    for _ in range(2):
+        make_manager(store=FileStore(), background_refresh=False).get_token()
+    assert emulator.token_requests == 2
+
+
+_WITHOUT_FCNTL = """
+import os, sys
+sys.modules["fcntl"] = None  # as on Windows
+import genesys_token, genesys_token.cli
+from genesys_token.stores import FileStore
+from genesys_token.errors import ConfigurationError
+try:
+    FileStore(sys.argv[1])
+except ConfigurationError as exc:
+    print("refused:", exc)
+os.environ["GENESYSCLOUD_TOKEN_CACHE"] = "off"
+print("off works:", FileStore().enabled is False)
+print("cli store:", genesys_token.cli.store_from_env())
+"""
+
+
+def test_without_fcntl_the_package_imports_and_file_store_says_why(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FCNTL, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "refused: FileStore needs fcntl" in result.stdout
+    assert "GENESYSCLOUD_TOKEN_CACHE=off" in result.stdout
+    assert "off works: True" in result.stdout
+    assert "cli store: None" in result.stdout
+    assert result.stderr == ""
+
+
+# -- fork and the flock ------------------------------------------------------------------
+
+_FORKING_HOLDER = """
+import os, sys, threading, time
+from genesys_token.stores import FileStore
+directory, key = sys.argv[1:3]
+store = FileStore(directory)
+taken = threading.Event()
+def hold():
+    with store.lock(key, 5.0) as held:
+        assert held
+        taken.set()
+        time.sleep(60)
+threading.Thread(target=hold, daemon=True).start()
+taken.wait(5.0)
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)  # let the test see the parent's output end
+    os.dup2(null, 2)
+    time.sleep(60)  # a long-lived worker the parent left behind
+    os._exit(0)
+print(pid, flush=True)
+os._exit(0)  # the parent dies holding the lock
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_lock_frees_when_its_holder_dies_though_a_child_forked_meanwhile_lives(
+    tmp_path: Path,
+) -> None:
+    parent = subprocess.run(
+        [sys.executable, "-c", _FORKING_HOLDER, str(tmp_path), KEY],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    child = int(parent.stdout.strip())
+    try:
+        os.kill(child, 0)  # the child still lives...
+        with FileStore(tmp_path).lock(KEY, 1.0) as held:
+            assert held is True  # ...yet its copy of the descriptor no longer holds the lock
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_inside_a_lock_block_leaves_the_parents_lock_alone(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    read_end, write_end = os.pipe()
+    with store.lock(KEY, 1.0) as held:
+        assert held
+        (lock_fd,) = store._open_fds
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child leaves the block, then reports
+            # The fork hook closed the child's copy; the number now names another file.
+            os.dup2(os.open(os.devnull, os.O_RDONLY), lock_fd)
+        else:
+            os.close(write_end)
+            assert read_child(pid, read_end, 10.0) == b"left"
+            with FileStore(tmp_path).lock(KEY, 0.0) as stolen:
+                assert stolen is False  # the parent still holds its lock
+    if pid == 0:  # pragma: no cover
+        try:
+            untouched = os.fstat(lock_fd).st_rdev == os.stat(os.devnull).st_rdev
+        except OSError:
+            untouched = False
+        os.write(write_end, b"left" if untouched else b"closed another file")
+        os._exit(0)
+    with FileStore(tmp_path).lock(KEY, 0.0) as free:
+        assert free is True

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,11 +17,11 @@ import pytest
 import redis
 from conftest import read_child
 from redis_server import RedisServer, free_port, redis_server_or_skip
-from store_helpers import KEY, load, make_token
+from store_helpers import KEY, load, make_token, save
 
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import RedisStore, store_key
-from genesys_token.testing import GenesysEmulator
+from genesys_token.testing import Fault, GenesysEmulator
 
 MakeManager = Callable[..., TokenManager]
 
@@ -66,15 +68,15 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 def test_token_lives_in_redis_exactly_as_long_as_it_is_valid(
     store: RedisStore, raw: redis.Redis, prefix: str
 ) -> None:
-    store.save(KEY, make_token(lifetime=120.0))
-    ttl_ms = raw.pttl(f"{prefix}token:{KEY}")
+    save(store, make_token(lifetime=120.0))
+    ttl_ms = raw.pttl(f"{prefix}{{{KEY}}}:token")
     assert 118_000 < ttl_ms <= 120_000
 
 
 def test_string_replies_from_a_decoding_client_are_understood(redis_url: str, prefix: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
     store = RedisStore(client=client, prefix=prefix)
-    store.save(KEY, make_token("tok-text"))
+    save(store, make_token("tok-text"))
     loaded = load(store)
     assert loaded is not None and loaded.access_token == "tok-text"
     store.close()
@@ -83,7 +85,7 @@ def test_string_replies_from_a_decoding_client_are_understood(redis_url: str, pr
 
 
 def test_abandoned_lock_expires_by_itself(redis_url: str, prefix: str, raw: redis.Redis) -> None:
-    raw.set(f"{prefix}lock:{KEY}", "a-process-that-died", px=200)
+    raw.set(f"{prefix}{{{KEY}}}:lock", "a-process-that-died", px=200)
     store = RedisStore.from_url(redis_url, prefix=prefix)
     started = time.monotonic()
     with store.lock(KEY, 3.0) as held:
@@ -94,10 +96,10 @@ def test_abandoned_lock_expires_by_itself(redis_url: str, prefix: str, raw: redi
 
 def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: redis.Redis) -> None:
     store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.2)
-    name = f"{prefix}lock:{KEY}"
-    with store.lock(KEY, 1.0) as held:
+    name = f"{prefix}{{{KEY}}}:lock"
+    with store.lock(KEY, 1.0, lease=0.3) as held:
         assert held
-        assert wait_until(lambda: raw.get(name) is None)  # our lock expired mid-refresh...
+        assert wait_until(lambda: raw.get(name) is None)  # our lease ran out mid-refresh...
         raw.set(name, "peer", px=10_000)  # ...and a peer took it
     assert raw.get(name) == b"peer"  # leaving our block must not free the peer's lock
     with store.lock(KEY, 0.0) as again:
@@ -108,10 +110,10 @@ def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: re
 def test_other_redis_errors_become_store_errors(
     store: RedisStore, raw: redis.Redis, prefix: str
 ) -> None:
-    raw.hset(f"{prefix}token:{KEY}", "field", "value")  # WRONGTYPE for GET
+    raw.hset(f"{prefix}{{{KEY}}}:token", "field", "value")  # WRONGTYPE for GET
     with pytest.raises(StoreError, match="redis read failed: ResponseError"):
         load(store)
-    store.save(KEY + "x", make_token())
+    save(store, make_token(), KEY + "x")
     assert load(store, KEY + "x") is not None  # not treated as an outage
 
 
@@ -190,23 +192,35 @@ def test_redis_is_tried_again_after_the_outage_backoff() -> None:
         load(store)
     with pytest.raises(StoreError, match="not retrying"):
         load(store)
-    with store.lock(KEY, 5.0) as held:
-        assert held is False  # at once, not after the 5 s
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="not retrying"), store.lock(KEY, 5.0):
+        pytest.fail("the block must not run without the lock")
+    assert time.monotonic() - started < 1.0  # at once, not after the 5 s
     time.sleep(0.25)
     with pytest.raises(StoreError, match="redis read failed"):
         load(store)
     store.close()
 
 
-def test_lock_release_failure_is_logged_not_raised(
+def test_lock_release_failure_raises_a_store_error_and_logs_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="genesys_token")
     with redis_server_or_skip() as server:
         store = RedisStore.from_url(server.url)
-        with store.lock(KEY, 1.0) as held:
+        with pytest.raises(StoreError, match="redis unlock failed"), store.lock(KEY, 1.0) as held:
             assert held
             server.stop()
-    assert any("could not release" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+    store.close()
+
+
+def test_lock_release_failure_does_not_hide_the_error_of_the_block() -> None:
+    with redis_server_or_skip() as server:
+        store = RedisStore.from_url(server.url)
+        with pytest.raises(RuntimeError, match="the block's own"), store.lock(KEY, 1.0):
+            server.stop()
+            raise RuntimeError("the block's own error")
     store.close()
 
 
@@ -305,7 +319,7 @@ def test_forked_child_gets_its_own_connections(
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         code = 1
         try:
-            loaded = load(store, key)
+            loaded = load(store, key, secret=emulator.client_secret)
             fresh = store._client is not parent_client
             ok = loaded is not None and loaded.access_token == token and fresh
             os.write(write_end, b"ok" if ok else b"bad")
@@ -314,7 +328,7 @@ def test_forked_child_gets_its_own_connections(
             os._exit(code)
     os.close(write_end)
     assert read_child(pid, read_end, 10.0) == b"ok"
-    assert load(store, key) is not None  # the parent's connections still work
+    assert load(store, key, secret=emulator.client_secret) is not None  # parent's still work
     manager.close()
     store.close()
 
@@ -324,3 +338,195 @@ def test_redis_server_helper_reports_a_server_that_cannot_start() -> None:
     with pytest.raises(RuntimeError, match="exited"):
         server.start()
     server.stop()
+
+
+# -- the lock as a lease -------------------------------------------------------------------
+
+
+def _renewal_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "genesys-token-lock-renewal"]
+
+
+def test_lock_is_renewed_while_its_holder_is_inside(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    # TTLs in tests are scaled down from 30 s, not so far that a loaded machine's scheduling
+    # delays (a renewal every TTL / 3) would look like an expiry.
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.6)
+    peer = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.6)
+    name = f"{prefix}{{{KEY}}}:lock"
+    with store.lock(KEY, 1.0, lease=30.0) as held:
+        assert held
+        assert len(_renewal_threads()) == 1
+        deadline = time.monotonic() + 1.8  # three lock TTLs
+        while time.monotonic() < deadline:
+            with peer.lock(KEY, 0.0) as stolen:
+                assert stolen is False
+            assert 0 < raw.pttl(name) <= 600
+            time.sleep(0.05)
+    assert raw.get(name) is None  # released at once on exit...
+    assert _renewal_threads() == []  # ...and its renewal thread is gone with it
+    store.close()
+    peer.close()
+
+
+def test_lock_is_never_renewed_past_its_lease(redis_url: str, prefix: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.3)
+    peer = RedisStore.from_url(redis_url, prefix=prefix)
+    with store.lock(KEY, 1.0, lease=0.6) as held:
+        assert held
+        taken = time.monotonic()
+        with peer.lock(KEY, 5.0) as peer_held:  # the holder is still inside, but overdue
+            assert peer_held
+            waited = time.monotonic() - taken
+    assert 0.5 <= waited < 3.0  # renewed without end, the peer would time out at 5 s
+    store.close()
+    peer.close()
+
+
+def test_a_short_lease_caps_the_first_ttl_too(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=30.0)
+    with store.lock(KEY, 1.0, lease=0.5) as held:
+        assert held
+        assert 0 < raw.pttl(f"{prefix}{{{KEY}}}:lock") <= 500
+    with pytest.raises(ConfigurationError, match="lease"), store.lock(KEY, 1.0, lease=0):
+        pass
+    store.close()
+
+
+def test_renewal_that_finds_the_lock_taken_stops_and_leaves_it_alone(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.15)
+    name = f"{prefix}{{{KEY}}}:lock"
+    with store.lock(KEY, 1.0) as held:
+        assert held
+        raw.set(name, "peer", px=5_000)  # e.g. an operator's manual takeover
+        assert wait_until(lambda: not _renewal_threads(), 2.0)  # it noticed and ended
+        assert 4_000 < raw.pttl(name) <= 5_000  # not extended by us
+    assert raw.get(name) == b"peer"
+    store.close()
+
+
+def test_renewal_survives_a_failing_redis_and_ends_with_the_block(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="genesys_token")
+    with redis_server_or_skip() as server:
+        store = RedisStore.from_url(server.url, lock_ttl=0.15, outage_backoff=0.05)
+        with pytest.raises(StoreError), store.lock(KEY, 1.0) as held:
+            assert held
+            server.stop()
+            time.sleep(0.4)  # several renewals fail meanwhile
+            assert len(_renewal_threads()) == 1  # still trying: Redis may come back
+        assert _renewal_threads() == []
+    assert any("could not renew" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+    store.close()
+
+
+_HOLDER = """
+import sys, time
+from genesys_token.stores import RedisStore
+url, prefix, key = sys.argv[1:4]
+store = RedisStore.from_url(url, prefix=prefix, lock_ttl=0.5)
+with store.lock(key, 5.0, lease=60.0) as held:
+    print("held" if held else "not held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holder_frees_the_lock_within_lock_ttl(redis_url: str, prefix: str) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, redis_url, prefix, KEY],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        store = RedisStore.from_url(redis_url, prefix=prefix)
+        with store.lock(KEY, 0.6) as held:
+            assert held is False  # renewed: alive past its 0.5 s TTL
+        holder.kill()
+        holder.wait(5.0)
+        killed = time.monotonic()
+        with store.lock(KEY, 3.0) as held:
+            assert held
+            assert time.monotonic() - killed < 2.0  # its lease was 60 s: the TTL freed it
+        store.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5.0)
+
+
+_SLOW_FLEET_WORKER = """
+import json, os, sys
+from genesys_token import TokenManager
+from genesys_token.stores import RedisStore
+url, prefix, token_url, api_url, lock_ttl = sys.argv[1:6]
+store = RedisStore.from_url(url, prefix=prefix, lock_ttl=float(lock_ttl))
+manager = TokenManager(
+    os.environ["TEST_CLIENT_ID"], os.environ["TEST_CLIENT_SECRET"],
+    token_url=token_url, api_base_url=api_url, store=store, background_refresh=False,
+)
+manager.get_token()
+print(json.dumps({"fingerprint": manager.token.fingerprint, "source": manager.token.source}))
+manager.close()
+store.close()
+"""
+
+
+def test_peer_waits_for_a_holder_throttled_longer_than_the_lock_ttl(
+    emulator: GenesysEmulator, redis_url: str, prefix: str
+) -> None:
+    # Issue 15's acceptance, scaled: TTL 0.6 s, the first token request held 3 s (5 TTLs).
+    emulator.inject(Fault(delay=3.0, passthrough=True))
+    env = dict(
+        os.environ, TEST_CLIENT_ID=emulator.client_id, TEST_CLIENT_SECRET=emulator.client_secret
+    )
+    argv = [
+        sys.executable, "-c", _SLOW_FLEET_WORKER,
+        redis_url, prefix, emulator.token_url, emulator.api_base_url, "0.6",
+    ]  # fmt: skip
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert wait_until(lambda: emulator.token_requests == 1, 15.0)
+        second = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+        outputs = [p.communicate(timeout=30.0)[0] for p in (first, second)]
+        assert first.returncode == 0 and second.returncode == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(5.0)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    assert emulator.token_requests == 1
+    assert results[0]["fingerprint"] == results[1]["fingerprint"]
+    assert [r["source"] for r in results] == ["network", "store"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_inside_a_lock_block_neither_releases_nor_renews_it(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.6)
+    name = f"{prefix}{{{KEY}}}:lock"
+    read_end, write_end = os.pipe()
+    with store.lock(KEY, 1.0) as held:
+        assert held
+        pid = os.fork()
+        if pid != 0:
+            os.close(write_end)
+            assert read_child(pid, read_end, 10.0) == b"left"
+            assert raw.get(name) is not None  # the child's exit left the parent's lock
+            time.sleep(0.9)  # longer than lock_ttl: the parent's renewal still runs
+            assert raw.get(name) is not None
+    if pid == 0:  # pragma: no cover - the child left the block above
+        os.write(write_end, b"left")
+        os._exit(0)
+    assert raw.get(name) is None
+    store.close()

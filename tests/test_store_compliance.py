@@ -7,6 +7,7 @@ real processes talking to the emulator over HTTP.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -20,9 +21,16 @@ from pathlib import Path
 
 import pytest
 from redis_server import redis_server_or_skip
+from store_helpers import SECRET, sealer
 
-from genesys_token import Token, TokenManager
-from genesys_token.stores import FileStore, MemoryStore, RedisStore, TokenStore, store_key
+from genesys_token import StoreError, Token, TokenManager
+from genesys_token.stores import (
+    FileStore,
+    MemoryStore,
+    RedisStore,
+    TokenStore,
+    store_key,
+)
 from genesys_token.testing import GenesysEmulator
 
 KEY = store_key("client-a", "https://login.example/oauth/token", ())
@@ -57,7 +65,36 @@ class Harness:
             import redis
 
             with redis.Redis.from_url(self.location, socket_timeout=2) as client:
-                client.set(f"{self.prefix}token:{key}", raw)
+                client.set(f"{self.prefix}{{{key}}}:token", raw)
+
+    def raw_entry(self, key: str) -> bytes:
+        """The bytes the store keeps for ``key``'s entry."""
+        if self.kind == "file":
+            return (Path(self.location) / f"{key}.json").read_bytes()
+        import redis
+
+        with redis.Redis.from_url(self.location, socket_timeout=2) as client:
+            value = client.get(f"{self.prefix}{{{key}}}:token")
+        assert isinstance(value, bytes)
+        return value
+
+    def everything_stored(self) -> bytes:
+        """Every byte of every file, or every key and value under the prefix, joined."""
+        if self.kind == "file":
+            return b"".join(
+                p.name.encode() + p.read_bytes()
+                for p in Path(self.location).rglob("*")
+                if p.is_file()
+            )
+        import redis
+
+        chunks: list[bytes] = []
+        with redis.Redis.from_url(self.location, socket_timeout=2) as client:
+            for name in client.scan_iter(match=f"{self.prefix}*"):
+                chunks.append(name)
+                if client.type(name) == b"string":
+                    chunks.append(client.get(name) or b"")
+        return b"".join(chunks)
 
 
 def _harness(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
@@ -106,9 +143,16 @@ def make_token(value: str = "tok-one", *, lifetime: float = 3600.0, age: float =
     )
 
 
-def load(store: TokenStore, key: str = KEY, *, later: float = 0.0) -> Token | None:
-    """Load as if ``later`` seconds had passed on both clocks."""
-    return store.load(key, now_monotonic=time.monotonic() + later, now_wall=time.time() + later)
+def load(
+    store: TokenStore, key: str = KEY, *, later: float = 0.0, secret: str = SECRET
+) -> Token | None:
+    """Load as if ``later`` seconds had passed on both clocks, as a holder of ``secret``."""
+    return store.load(
+        key,
+        now_monotonic=time.monotonic() + later,
+        now_wall=time.time() + later,
+        sealer=sealer(key, secret),
+    )
 
 
 # -- entries -------------------------------------------------------------------------------
@@ -121,7 +165,7 @@ def test_every_store_implements_the_protocol(harness: Harness) -> None:
 def test_saved_token_loads_back_with_its_fields(harness: Harness) -> None:
     store = harness.make()
     token = make_token()
-    store.save(KEY, token)
+    store.save(KEY, token, sealer=sealer(KEY))
     loaded = load(store)
     assert loaded is not None
     assert loaded.access_token == token.access_token
@@ -139,37 +183,37 @@ def test_missing_key_loads_as_none(harness: Harness) -> None:
 
 def test_token_loads_as_none_once_expired(harness: Harness) -> None:
     store = harness.make()
-    store.save(KEY, make_token(lifetime=60.0))
+    store.save(KEY, make_token(lifetime=60.0), sealer=sealer(KEY))
     assert load(store, later=59.0) is not None
     assert load(store, later=61.0) is None
 
 
 def test_token_saved_after_its_expiry_loads_as_none(harness: Harness) -> None:
     store = harness.make()
-    store.save(KEY, make_token(lifetime=60.0, age=120.0))
+    store.save(KEY, make_token(lifetime=60.0, age=120.0), sealer=sealer(KEY))
     assert load(store) is None
 
 
 def test_save_overwrites_the_previous_token(harness: Harness) -> None:
     store = harness.make()
-    store.save(KEY, make_token("tok-old"))
-    store.save(KEY, make_token("tok-new"))
+    store.save(KEY, make_token("tok-old"), sealer=sealer(KEY))
+    store.save(KEY, make_token("tok-new"), sealer=sealer(KEY))
     loaded = load(store)
     assert loaded is not None and loaded.access_token == "tok-new"
 
 
 def test_keys_are_independent(harness: Harness) -> None:
     store = harness.make()
-    store.save(KEY, make_token("tok-a"))
+    store.save(KEY, make_token("tok-a"), sealer=sealer(KEY))
     assert load(store, OTHER_KEY) is None
-    store.save(OTHER_KEY, make_token("tok-b"))
+    store.save(OTHER_KEY, make_token("tok-b"), sealer=sealer(OTHER_KEY))
     first, second = load(store, KEY), load(store, OTHER_KEY)
     assert first is not None and first.access_token == "tok-a"
     assert second is not None and second.access_token == "tok-b"
 
 
 def test_a_second_store_on_the_same_backend_sees_the_token(harness: Harness) -> None:
-    harness.make().save(KEY, make_token("tok-shared"))
+    harness.make().save(KEY, make_token("tok-shared"), sealer=sealer(KEY))
     loaded = load(harness.make())
     assert loaded is not None and loaded.access_token == "tok-shared"
 
@@ -184,8 +228,22 @@ def test_a_second_store_on_the_same_backend_sees_the_token(harness: Harness) -> 
         b'{"format": "genesys-token/1", "token": {"access_token": 5}}',
         b'{"format": "someone-else/9", "token": {}}',
         json.dumps(make_token("tok-foreign").to_dict()).encode(),  # no envelope: foreign
+        json.dumps(
+            {"format": "genesys-token/1", "token": make_token("tok-foreign").to_dict()}
+        ).encode(),  # the old clear format, which was valid: no longer read
+        b"gt2:" + b"A" * 64,  # looks sealed, is not
     ],
-    ids=["text", "binary", "list", "empty", "mistyped", "foreign-format", "no-envelope"],
+    ids=[
+        "text",
+        "binary",
+        "list",
+        "empty",
+        "mistyped",
+        "foreign-format",
+        "no-envelope",
+        "old-clear-format",
+        "fake-sealed",
+    ],
 )
 def test_corrupt_entry_loads_as_none_and_is_replaced_by_the_next_save(
     shared_harness: Harness, raw: bytes, caplog: pytest.LogCaptureFixture
@@ -194,10 +252,118 @@ def test_corrupt_entry_loads_as_none_and_is_replaced_by_the_next_save(
     store = shared_harness.make()
     shared_harness.corrupt(KEY, raw)
     assert load(store) is None
-    store.save(KEY, make_token("tok-good"))
+    store.save(KEY, make_token("tok-good"), sealer=sealer(KEY))
     loaded = load(store)
     assert loaded is not None and loaded.access_token == "tok-good"
     assert "tok-foreign" not in caplog.text
+
+
+# -- sealed entries ------------------------------------------------------------------------
+
+#: A token value whose every encoding is easy to look for.
+VISIBLE = "tok-VISIBLE-0123456789abcdef-VISIBLE"
+
+
+def _encodings(value: str) -> list[bytes]:
+    raw = value.encode()
+    return [
+        raw,
+        base64.b64encode(raw),
+        base64.urlsafe_b64encode(raw),
+        base64.b64encode(raw).rstrip(b"="),
+        raw.hex().encode(),
+        raw.hex().upper().encode(),
+        raw[4:-4],  # a fragment of the value is a leak too
+    ]
+
+
+def test_no_stored_byte_contains_the_token_or_the_secret(shared_harness: Harness) -> None:
+    store = shared_harness.make()
+    store.save(KEY, make_token(VISIBLE), sealer=sealer(KEY))
+    with store.lock(KEY, 1.0) as held:  # whatever the lock leaves behind counts too
+        assert held
+        stored = shared_harness.everything_stored()
+    stored += shared_harness.everything_stored()
+    assert stored
+    for form in [*_encodings(VISIBLE), *_encodings(SECRET)]:
+        assert form not in stored, form
+    loaded = load(store)
+    assert loaded is not None and loaded.access_token == VISIBLE
+
+
+def test_entry_sealed_with_another_secret_is_not_used_and_is_replaced(
+    shared_harness: Harness,
+) -> None:
+    store = shared_harness.make()
+    store.save(KEY, make_token("tok-planted"), sealer=sealer(KEY, "a-secret-we-do-not-hold"))
+    assert load(store) is None
+    store.save(KEY, make_token("tok-ours"), sealer=sealer(KEY))
+    loaded = load(store)
+    assert loaded is not None and loaded.access_token == "tok-ours"
+    assert load(store, secret="a-secret-we-do-not-hold") is None  # and the other way round
+
+
+def test_entry_moved_to_another_key_does_not_open(shared_harness: Harness) -> None:
+    store = shared_harness.make()
+    store.save(OTHER_KEY, make_token("tok-b"), sealer=sealer(OTHER_KEY))
+    shared_harness.corrupt(KEY, shared_harness.raw_entry(OTHER_KEY))
+    assert load(store, KEY) is None
+
+
+def test_a_flipped_byte_makes_the_entry_missing_not_an_error(shared_harness: Harness) -> None:
+    store = shared_harness.make()
+    store.save(KEY, make_token("tok-good"), sealer=sealer(KEY))
+    original = shared_harness.raw_entry(KEY)
+    for index in (0, 5, len(original) // 2, len(original) - 1):
+        altered = bytearray(original)
+        altered[index] ^= 0x04
+        shared_harness.corrupt(KEY, bytes(altered))
+        assert load(store) is None, index
+    store.save(KEY, make_token("tok-again"), sealer=sealer(KEY))
+    loaded = load(store)
+    assert loaded is not None and loaded.access_token == "tok-again"
+
+
+def test_shared_store_without_a_sealer_raises_a_clear_store_error(shared_harness: Harness) -> None:
+    store = shared_harness.make()
+    with pytest.raises(StoreError, match="sealed entries only"):
+        store.save(KEY, make_token())
+    with pytest.raises(StoreError, match="sealed entries only"):
+        store.load(KEY, now_monotonic=time.monotonic(), now_wall=time.time())
+    assert shared_harness.everything_stored() == b""
+
+
+def test_memory_store_keeps_tokens_in_process_without_a_sealer() -> None:
+    store = MemoryStore()
+    token = make_token("tok-memory")
+    store.save(KEY, token)
+    assert store.load(KEY, now_monotonic=time.monotonic(), now_wall=time.time()) is token
+    assert load(store) is token  # a sealer given is ignored
+
+
+def test_manager_ignores_a_token_planted_without_the_secret(
+    shared_harness: Harness, emulator: GenesysEmulator
+) -> None:
+    key = store_key(emulator.client_id, emulator.token_url, ())
+    planted = shared_harness.make()
+    planted.save(key, make_token("tok-planted"), sealer=sealer(key, "attacker-guess"))
+    manager = TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        store=shared_harness.make(),
+        background_refresh=False,
+    )
+    try:
+        token = manager.get_token()
+    finally:
+        manager.close()
+    assert token != "tok-planted"
+    assert emulator.token_requests == 1
+    for form in _encodings(token):  # the entry it wrote instead is sealed too
+        assert form not in shared_harness.everything_stored()
+    assert load(planted, key, secret=emulator.client_secret) is not None
 
 
 # -- the lock ------------------------------------------------------------------------------

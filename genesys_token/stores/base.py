@@ -5,18 +5,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from ..errors import StoreError
 from ..token import Token
+from ._seal import Sealer
 
-#: Marks an entry as ours, and its layout version: anything else in a shared location is
-#: foreign data and is ignored rather than trusted.
+#: The layout of an entry's plaintext. Shared stores keep it sealed (``_seal.MAGIC`` marks
+#: and versions the sealed form), so the clear entries of older releases do not open.
 ENTRY_FORMAT = "genesys-token/1"
+#: How long a lock holder may keep a lock when the caller names no ``lease``: about what the
+#: manager needs with default settings (retry deadline, timeouts and a margin).
+DEFAULT_LEASE = 120.0
 #: Lock polling starts fast (a peer usually finishes within one token request) and backs
 #: off to this ceiling, so a dozen waiting processes do not hammer a file or Redis.
 POLL_FIRST = 0.005
@@ -37,27 +44,38 @@ def store_key(client_id: str, token_url: str, scopes: tuple[str, ...]) -> str:
 class TokenStore(Protocol):
     """Where tokens are shared, and the lock that makes one token request serve everyone.
 
-    Implementations must be thread-safe. ``load`` returns ``None`` for a missing, expired or
-    unreadable entry (a corrupt entry is never fatal); ``save`` may raise
-    :class:`~genesys_token.errors.StoreError`, which the manager logs and survives.
+    Implementations must be thread-safe and fork-safe by themselves. ``load`` returns
+    ``None`` for a missing, expired or unreadable entry (a corrupt, foreign or tampered entry
+    is never fatal); every method may raise :class:`~genesys_token.errors.StoreError` when
+    the store itself fails (down, unwritable), which the caller logs and survives. Stores
+    log nothing above DEBUG: the caller reports an outage once.
+
+    Shared stores (between processes or machines) keep entries sealed with a
+    :class:`~genesys_token.stores._seal.Sealer` the caller passes; an in-process store may
+    ignore it.
     """
 
-    def load(self, key: str, *, now_monotonic: float, now_wall: float) -> Token | None:
+    def load(
+        self, key: str, *, now_monotonic: float, now_wall: float, sealer: Sealer | None = None
+    ) -> Token | None:
         """Return the stored token for ``key``, or ``None``."""
         ...
 
-    def save(self, key: str, token: Token) -> None:
+    def save(self, key: str, token: Token, *, sealer: Sealer | None = None) -> None:
         """Store ``token`` under ``key`` for the rest of its life."""
         ...
 
-    def lock(self, key: str, timeout: float) -> AbstractContextManager[bool]:
+    def lock(
+        self, key: str, timeout: float, *, lease: float | None = None
+    ) -> AbstractContextManager[bool]:
         """Hold the refresh lock of ``key`` across processes/machines.
 
-        Yields True when the lock is held, False when ``timeout`` passed first (the caller
-        then goes ahead without it: a stuck peer must not block token acquisition).
-        ``timeout`` is fractional and must be waited out while another holder has the lock:
-        the manager asks in slices of about a second, and reads a False that comes back much
-        sooner as "this store cannot lock right now" (down), not as contention.
+        Yields True when the lock is held, and False only when ``timeout`` (fractional)
+        passed while another holder had it. A store that cannot lock at all (down,
+        unusable) raises :class:`~genesys_token.errors.StoreError` instead; leaving the
+        block may raise it too when the release fails. ``lease`` is how long the holder may
+        keep the lock (default :data:`DEFAULT_LEASE`): the lock must not pass to anyone else
+        before that while its holder lives.
         """
         ...
 
@@ -77,23 +95,28 @@ class MemoryStore:
         self._guard = threading.Lock()
         self._tokens: dict[str, Token] = {}
         self._locks: dict[str, threading.Lock] = {}
+        track_fork(self)
 
-    def load(self, key: str, *, now_monotonic: float, now_wall: float) -> Token | None:
-        """Return the token for ``key`` unless it is missing or expired."""
+    def load(
+        self, key: str, *, now_monotonic: float, now_wall: float, sealer: Sealer | None = None
+    ) -> Token | None:
+        """Return the token for ``key`` unless it is missing or expired (``sealer`` unused:
+        nothing leaves the process)."""
         with self._guard:
             token = self._tokens.get(key)
         if token is None or token.is_expired(now_monotonic):
             return None
         return token
 
-    def save(self, key: str, token: Token) -> None:
-        """Keep ``token`` under ``key``."""
+    def save(self, key: str, token: Token, *, sealer: Sealer | None = None) -> None:
+        """Keep ``token`` under ``key`` (in memory, unsealed)."""
         with self._guard:
             self._tokens[key] = token
 
     @contextlib.contextmanager
-    def lock(self, key: str, timeout: float) -> Iterator[bool]:
-        """A per-key thread lock, waited for at most ``timeout`` seconds."""
+    def lock(self, key: str, timeout: float, *, lease: float | None = None) -> Iterator[bool]:
+        """A per-key thread lock, waited for at most ``timeout`` seconds (no lease: its
+        holder is a thread of this process, which cannot die alone)."""
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         acquired = lock.acquire(timeout=timeout)
@@ -115,21 +138,39 @@ class MemoryStore:
         return f"MemoryStore(keys={len(self._tokens)})"
 
 
-def encode_token(token: Token) -> bytes:
-    """Serialize ``token`` for a store shared between processes (JSON, wall-clock times)."""
+def require_sealer(sealer: Sealer | None, store: str) -> Sealer:
+    """``sealer``, or a StoreError: a shared store never keeps a token in clear."""
+    if not isinstance(sealer, Sealer):
+        raise StoreError(f"{store} keeps sealed entries only: pass sealer=Sealer(secret, key)")
+    return sealer
+
+
+def encode_token(token: Token, sealer: Sealer | None = None) -> bytes:
+    """Serialize ``token`` (JSON, wall-clock times), sealed by ``sealer`` when given.
+
+    Shared stores always pass a sealer (see :func:`require_sealer`); without one this is
+    the plaintext layer alone.
+    """
     entry = {"format": ENTRY_FORMAT, "token": token.to_dict()}
-    return json.dumps(entry, separators=(",", ":")).encode("utf-8")
+    plaintext = json.dumps(entry, separators=(",", ":")).encode("utf-8")
+    return plaintext if sealer is None else sealer.seal(plaintext)
 
 
-def decode_token(raw: bytes | str, *, now_monotonic: float, now_wall: float) -> Token | None:
-    """Rebuild a token written by :func:`encode_token`.
+def decode_token(
+    raw: bytes | str, sealer: Sealer | None = None, *, now_monotonic: float, now_wall: float
+) -> Token | None:
+    """Rebuild a token written by :func:`encode_token` (opened by ``sealer`` when given).
 
     Returns:
-        The token, or ``None`` when ``raw`` is corrupt, foreign or expired: a bad entry in
-        a shared store must cost a token request, never an outage.
+        The token, or ``None`` when ``raw`` does not open (another secret, altered, old
+        clear format), is corrupt or foreign, or has expired: a bad entry in a shared store
+        must cost a token request, never an outage.
     """
+    plaintext = raw if sealer is None else sealer.open(raw)
+    if plaintext is None:
+        return None
     try:
-        entry = json.loads(raw)
+        entry = json.loads(plaintext)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT:
@@ -160,3 +201,51 @@ def poll_until(attempt: Callable[[], bool], timeout: float) -> bool:
         time.sleep(min(remaining, delay * (0.5 + random.random())))
         delay = min(POLL_MAX, delay * 2)
     return True
+
+
+# -- fork ----------------------------------------------------------------------------------
+
+#: Every store alive in this process; each resets itself in a forked child (its thread
+#: locks, connections, descriptors), so whoever forks need not know which stores exist.
+_FORK_AWARE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+#: The stores whose ``_before_fork`` ran, so that exactly those are resumed.
+_PAUSED: list[Any] = []
+
+
+def track_fork(store: Any) -> None:
+    """Call ``store._after_fork()`` in every child forked from now on.
+
+    A store may also define ``_before_fork`` / ``_after_fork_in_parent`` (to hold a guard
+    across the fork, so no child copies it mid-update).
+    """
+    _FORK_AWARE.add(store)
+
+
+def _before_fork() -> None:
+    for store in list(_FORK_AWARE):
+        hook = getattr(store, "_before_fork", None)
+        if hook is not None:
+            hook()
+            _PAUSED.append(store)
+
+
+def _after_fork_in_parent() -> None:
+    while _PAUSED:
+        _PAUSED.pop()._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    _PAUSED.clear()
+    for store in list(_FORK_AWARE):
+        with contextlib.suppress(Exception):  # one broken store must not break the others
+            store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -1,38 +1,61 @@
 """RedisStore: one token per client shared by a fleet of machines through Redis.
 
-Keys: ``<prefix>token:<key>`` holds the token as JSON and expires with it (``PX``);
-``<prefix>lock:<key>`` is the refresh lock (``SET NX PX`` with a random owner value,
-released by a compare-and-delete script, and expiring by itself if its owner dies).
+Keys (``{...}`` is a Redis Cluster hash tag: every key of one entry lives in one slot, so
+the scripts that touch them run on a Cluster): ``<prefix>{<key>}:token`` holds the sealed
+token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock.
+
+The lock is a lease: ``SET NX PX lock_ttl`` with a random owner value, renewed every third
+of ``lock_ttl`` by a small ``genesys-token-lock-renewal`` thread (compare-and-``PEXPIRE``)
+for as long as its holder is inside the block, but never past the holder's ``lease``; it is
+released by a compare-and-delete script, so only its owner frees it. A holder that dies
+stops renewing, and its lock frees within ``lock_ttl``.
 
 A Redis outage must never become an authentication outage: every call has short socket
 timeouts and no retry backoff, every Redis error becomes a
-:class:`~genesys_token.errors.StoreError` (which the manager logs before using the network),
-``lock`` yields False instead of raising, and after a connection failure Redis is left
-alone for ``outage_backoff`` seconds so that each refresh pays the timeout once at most.
+:class:`~genesys_token.errors.StoreError` (which the manager reports before using the
+network), and after a connection failure Redis is left alone for ``outage_backoff`` seconds
+so that each refresh pays the timeout once at most. The store logs nothing above DEBUG.
+
+Sentinel and Cluster: pass ``client=Sentinel(...).master_for(name, socket_timeout=1.0)`` or
+``client=RedisCluster(...)``, or let :meth:`RedisStore.from_url` build a Cluster client with
+``cluster=True``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..token import Token
-from .base import decode_token, encode_token, poll_until
+from ._seal import Sealer
+from .base import (
+    DEFAULT_LEASE,
+    decode_token,
+    encode_token,
+    poll_until,
+    require_sealer,
+    track_fork,
+)
 
-log = logging.getLogger("genesys_token")
+log = logging.getLogger("genesys_token.stores")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 #: Socket timeouts for clients built from a URL: Redis answers in microseconds, so a
 #: second means it is down or unreachable, and the manager should use the network instead.
 SOCKET_TIMEOUT = 1.0
-#: A refresh lock expires by itself after this long, so a process that died holding it
-#: delays its peers by at most this much (a token request takes well under it).
+#: The lock key's time to live, renewed while its holder lives: a holder that died delays
+#: its peers by at most this much.
 LOCK_TTL = 30.0
+#: The lock is renewed this many times per ``lock_ttl``: two renewals may fail (a slow
+#: Redis) before the lock could lapse under a live holder.
+RENEWALS_PER_TTL = 3
 #: After a connection failure, Redis is not tried again for this long.
 OUTAGE_BACKOFF = 5.0
 
@@ -41,6 +64,13 @@ OUTAGE_BACKOFF = 5.0
 _RELEASE_SCRIPT = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
     return redis.call("del", KEYS[1])
+end
+return 0
+"""
+#: Extend the lock only if we still own it (ARGV[2]: milliseconds).
+_RENEW_SCRIPT = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("pexpire", KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -59,15 +89,21 @@ def _redis_module() -> Any:
 class RedisStore:
     """Tokens shared by every process of every machine that can reach one Redis.
 
+    Entries are sealed (see :class:`~genesys_token.stores._seal.Sealer`): a reader of the
+    database learns no token, and an entry planted without the client secret is ignored.
+
     Args:
-        url: A ``redis://`` or ``rediss://`` URL (default ``redis://localhost:6379/0``).
-            The client built from it has 1-second socket timeouts and no retry backoff.
-        client: A ready ``redis.Redis`` instead of ``url`` (give it socket timeouts: without
-            them a hung Redis hangs token acquisition). Not closed by :meth:`close`.
+        url: A ``redis://``, ``rediss://`` or ``unix://`` URL (default
+            ``redis://localhost:6379/0``). The client built from it has 1-second socket
+            timeouts and no retry backoff.
+        client: A ready client instead of ``url``: ``redis.Redis``, a Sentinel's
+            ``master_for(...)``, or ``redis.cluster.RedisCluster`` (give it socket timeouts:
+            without them a hung Redis hangs token acquisition). Not closed by :meth:`close`.
         prefix: Prepended to every key, to share one Redis between applications.
-        lock_ttl: Seconds after which an abandoned refresh lock expires.
+        lock_ttl: Seconds a lock outlives a holder that died (it is renewed while held).
         outage_backoff: Seconds Redis is skipped after a connection failure.
         socket_timeout: Connect and read timeout of a client built from ``url``.
+        cluster: Build a ``RedisCluster`` client from ``url`` (any node of the cluster).
 
     Raises:
         ImportError: The ``redis`` package is missing (install the ``[redis]`` extra).
@@ -83,6 +119,7 @@ class RedisStore:
         lock_ttl: float = LOCK_TTL,
         outage_backoff: float = OUTAGE_BACKOFF,
         socket_timeout: float = SOCKET_TIMEOUT,
+        cluster: bool = False,
     ) -> None:
         self._redis = _redis_module()
         if url is not None and client is not None:
@@ -91,148 +128,265 @@ class RedisStore:
             raise ConfigurationError("RedisStore url must be a string", field="url")
         if not isinstance(prefix, str):
             raise ConfigurationError("RedisStore prefix must be a string", field="prefix")
+        if not isinstance(cluster, bool) or (cluster and client is not None):
+            raise ConfigurationError("cluster=True builds its own client from url", field="cluster")
         for name, value in (
             ("lock_ttl", lock_ttl),
             ("outage_backoff", outage_backoff),
             ("socket_timeout", socket_timeout),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if not _positive(value):
                 raise ConfigurationError(f"{name} must be a positive number", field=name)
         self._url = url or DEFAULT_URL
         self._prefix = prefix
-        self._lock_ttl_ms = max(1, int(lock_ttl * 1000))
+        self._cluster = cluster
+        self._lock_ttl = float(lock_ttl)
         self._outage_backoff = float(outage_backoff)
         self._socket_timeout = float(socket_timeout)
         self._owns_client = client is None
-        self._client: Any = self._build_client() if client is None else client
-        self._release: Any = self._client.register_script(_RELEASE_SCRIPT)
         self._down_until = 0.0
-        if not self._owns_client:
-            _warn_without_timeouts(self._client)
+        self._guard = threading.Lock()
+        self._client: Any = None
+        self._release: Any = None
+        self._renew: Any = None
+        if client is not None:
+            self._bind(client)
+            _warn_without_timeouts(client)
+        elif not cluster:
+            self._bind(self._build_client())  # a plain client connects lazily by itself
+        self._pid = os.getpid()
+        track_fork(self)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisStore:
+    def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisStore:
         """Build a store with its own client for ``url`` (1-second socket timeouts).
 
         Args:
-            url: A ``redis://`` or ``rediss://`` URL.
+            url: A ``redis://``, ``rediss://`` or ``unix://`` URL, as redis-py reads it
+                (``redis://:password@host:6379/0``, ``rediss://...?ssl_cert_reqs=required``).
+            cluster: ``url`` names a node of a Redis Cluster: build a ``RedisCluster``
+                client (connected on first use, so a cluster that is down at start-up is
+                an outage to survive, not a crash).
             **options: Other keyword arguments of :class:`RedisStore`.
         """
-        return cls(url, **options)
+        return cls(url, cluster=cluster, **options)
 
     def _build_client(self) -> Any:
         redis = self._redis
+        # redis-py retries 3-10 times with backoff by default: seconds of waiting while
+        # Redis is down. One immediate retry still heals a stale pooled connection after a
+        # Redis restart.
+        options = {
+            "socket_timeout": self._socket_timeout,
+            "socket_connect_timeout": self._socket_timeout,
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 1),
+        }
         try:
-            return redis.Redis.from_url(
-                self._url,
-                socket_timeout=self._socket_timeout,
-                socket_connect_timeout=self._socket_timeout,
-                # redis-py retries 3-10 times with backoff by default: seconds of waiting
-                # while Redis is down. One immediate retry still heals a stale pooled
-                # connection after a Redis restart.
-                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1),
-            )
+            if self._cluster:
+                return redis.cluster.RedisCluster.from_url(self._url, **options)
+            return redis.Redis.from_url(self._url, **options)
         except ValueError:
             # Not the parser's message: it may quote the URL, and a URL may hold a password.
             raise ConfigurationError(
                 "invalid Redis URL (expected redis://, rediss:// or unix://)", field="url"
             ) from None
 
-    def _key(self, kind: str, key: str) -> str:
-        return f"{self._prefix}{kind}:{key}"
+    def _bind(self, client: Any) -> None:
+        self._client = client
+        self._release = client.register_script(_RELEASE_SCRIPT)
+        self._renew = client.register_script(_RENEW_SCRIPT)
 
-    def _call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one Redis command, turning every Redis failure into a StoreError."""
+    def _key(self, kind: str, key: str) -> str:
+        return f"{self._prefix}{{{key}}}:{kind}"
+
+    def _call(self, what: str, run: Callable[[Any], Any]) -> Any:
+        """Run ``run(client)``, turning every Redis failure into a StoreError."""
         if time.monotonic() < self._down_until:
             raise StoreError(f"redis unavailable; not retrying for up to {self._outage_backoff:g}s")
         errors = self._redis.exceptions
+        # RedisClusterException ("no reachable node", "slot not covered") is no RedisError.
+        unreachable = (
+            errors.ConnectionError,
+            errors.TimeoutError,
+            errors.ClusterDownError,
+            errors.RedisClusterException,
+            OSError,
+        )
         try:
-            return method(*args, **kwargs)
-        except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+            return run(self._ready_client())
+        except unreachable as exc:
             self._down_until = time.monotonic() + self._outage_backoff
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
         except errors.RedisError as exc:
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
 
+    def _ready_client(self) -> Any:
+        client = self._client
+        if client is None:  # a Cluster client, built (and connected) on first use
+            with self._guard:
+                if self._client is None:
+                    self._bind(self._build_client())
+                client = self._client
+        return client
+
     # -- the protocol ----------------------------------------------------------------
 
-    def load(self, key: str, *, now_monotonic: float, now_wall: float) -> Token | None:
-        """Return the token for ``key``, or ``None`` if missing, expired, corrupt or foreign.
+    def load(
+        self, key: str, *, now_monotonic: float, now_wall: float, sealer: Sealer | None = None
+    ) -> Token | None:
+        """Return the token for ``key``, or ``None`` if missing, expired or unusable.
+
+        Unusable: sealed with another secret, altered, in the old clear format, corrupt.
 
         Raises:
-            StoreError: Redis is unreachable, slow or failing.
+            StoreError: No ``sealer``, or Redis is unreachable, slow or failing.
         """
-        raw = self._call("read", self._client.get, self._key("token", key))
-        if raw is None:
+        sealer = require_sealer(sealer, "RedisStore")
+        name = self._key("token", key)
+        raw = self._call("read", lambda client: client.get(name))
+        if raw is None or not isinstance(raw, bytes | str):
             return None
-        if not isinstance(raw, bytes | str):
-            return None
-        token = decode_token(raw, now_monotonic=now_monotonic, now_wall=now_wall)
+        token = decode_token(raw, sealer, now_monotonic=now_monotonic, now_wall=now_wall)
         if token is None:
-            log.debug("ignoring an unusable Redis token entry (corrupt, foreign or expired)")
+            log.debug("ignoring an unusable Redis token entry (unsealed, foreign or expired)")
         return token
 
-    def save(self, key: str, token: Token) -> None:
-        """Store ``token`` with a time to live equal to what is left of its life.
+    def save(self, key: str, token: Token, *, sealer: Sealer | None = None) -> None:
+        """Store ``token`` sealed, with a time to live equal to what is left of its life.
 
         Raises:
-            StoreError: Redis is unreachable, slow or failing.
+            StoreError: No ``sealer``, or Redis is unreachable, slow or failing.
         """
+        blob = encode_token(token, require_sealer(sealer, "RedisStore"))
         ttl_ms = int((token.expires_at - time.time()) * 1000)
         if ttl_ms <= 0:
             return  # already dead by the shared (wall) clock: nobody could use it
-        self._call(
-            "write", self._client.set, self._key("token", key), encode_token(token), px=ttl_ms
-        )
+        name = self._key("token", key)
+        self._call("write", lambda client: client.set(name, blob, px=ttl_ms))
 
     @contextlib.contextmanager
-    def lock(self, key: str, timeout: float) -> Iterator[bool]:
-        """Hold the refresh lock of ``key`` across the fleet.
+    def lock(self, key: str, timeout: float, *, lease: float | None = None) -> Iterator[bool]:
+        """Hold the refresh lock of ``key`` across the fleet, renewed for up to ``lease``.
 
         Yields:
-            True when held; False when ``timeout`` passed first or Redis failed (the caller
-            then fetches without it: an outage must not block token acquisition).
+            True when held; False when ``timeout`` passed while another holder had it.
+
+        Raises:
+            StoreError: Redis failed while taking the lock, or while releasing it after a
+                block that ended normally (it then lapses within ``lock_ttl`` anyway).
+            ConfigurationError: ``lease`` is not a positive number.
         """
+        lease = DEFAULT_LEASE if lease is None else lease
+        if not _positive(lease):
+            raise ConfigurationError("lease must be a positive number", field="lease")
         name = self._key("lock", key)
         owner = secrets.token_hex(16)
+        ttl_ms = max(1, int(min(self._lock_ttl, lease) * 1000))
+        started = time.monotonic()
 
         def attempt() -> bool:
+            nonlocal started
+            started = time.monotonic()
             return bool(
-                self._call("lock", self._client.set, name, owner, nx=True, px=self._lock_ttl_ms)
+                self._call("lock", lambda client: client.set(name, owner, nx=True, px=ttl_ms))
             )
 
+        if not poll_until(attempt, timeout):
+            yield False
+            return
+        pid = os.getpid()
+        renewal = _Renewal(self, name, owner, lease_end=started + float(lease))
         try:
-            held = poll_until(attempt, timeout)
-        except StoreError as exc:
-            log.warning("token store lock unavailable: %s", exc)
-            held = False
-        try:
-            yield held
-        finally:
-            if held:
-                try:
-                    self._call("unlock", self._release, keys=[name], args=[owner])
-                except StoreError as exc:  # it expires by itself after lock_ttl
-                    log.warning("could not release the token store lock: %s", exc)
+            yield True
+        except BaseException:
+            if os.getpid() == pid:
+                renewal.stop()
+                with contextlib.suppress(StoreError):  # the block's error matters more
+                    self._unlock(name, owner)
+            raise
+        # A child forked inside the block must not release (or renew) its parent's lock.
+        if os.getpid() == pid:
+            renewal.stop()
+            self._unlock(name, owner)
+
+    def _unlock(self, name: str, owner: str) -> None:
+        self._call("unlock", lambda client: self._release(keys=[name], args=[owner], client=client))
+
+    def _extend(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Extend our lock to ``ttl_ms`` from now; False when it is no longer ours."""
+        return bool(
+            self._call(
+                "renew",
+                lambda client: self._renew(keys=[name], args=[owner, ttl_ms], client=client),
+            )
+        )
 
     def close(self) -> None:
         """Close the connection pool of a client this store built (not a given one)."""
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             self._client.close()
 
     def _after_fork(self) -> None:
-        """Give the child its own connections.
+        """In a forked child: its own connections, no outage remembered.
 
         redis-py notices a fork by pid, but resetting its pool takes a lock that a parent
         thread may have held at fork time, so a client we own is simply rebuilt.
         """
+        if self._pid == os.getpid():
+            return  # already done for this child
+        self._pid = os.getpid()
+        self._guard = threading.Lock()
         if self._owns_client:
-            self._client = self._build_client()
-            self._release = self._client.register_script(_RELEASE_SCRIPT)
+            self._client = None
+            if not self._cluster:
+                self._bind(self._build_client())
         self._down_until = 0.0
 
     def __repr__(self) -> str:
-        return f"RedisStore(prefix={self._prefix!r}, owns_client={self._owns_client})"
+        return (
+            f"RedisStore(prefix={self._prefix!r}, cluster={self._cluster}, "
+            f"owns_client={self._owns_client})"
+        )
+
+
+class _Renewal:
+    """Keeps one held lock alive: a thread that extends it until stopped or out of lease."""
+
+    def __init__(self, store: RedisStore, name: str, owner: str, *, lease_end: float) -> None:
+        self._store = store
+        self._name = name
+        self._owner = owner
+        self._lease_end = lease_end
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="genesys-token-lock-renewal", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        store = self._store
+        interval = store._lock_ttl / RENEWALS_PER_TTL
+        while not self._stop.wait(interval):
+            left = self._lease_end - time.monotonic()
+            if left <= 0:
+                log.debug("token store lock lease ran out; no longer renewed")
+                return
+            ttl_ms = max(1, int(min(store._lock_ttl, left) * 1000))
+            try:
+                if not store._extend(self._name, self._owner, ttl_ms):
+                    log.debug("token store lock lost before its lease ended")
+                    return
+            except StoreError as exc:  # the next renewal may succeed; the lock is not gone
+                log.debug("could not renew the token store lock: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
 
 
 def _warn_without_timeouts(client: Any) -> None:
