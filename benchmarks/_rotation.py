@@ -13,7 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import _rotation_latency as latency_part
-from _common import PEERS, THREAD_ERRORS, Chart, Row, Section, join_all, print_header
+from _common import (
+    PEERS,
+    THREAD_ERRORS,
+    Chart,
+    Row,
+    Section,
+    join_all,
+    median,
+    print_header,
+)
 from _peers import Target, make_peer
 from _rotation_latency import LatencyRun, percentile
 from _servers import EmulatorProcess
@@ -201,27 +210,38 @@ def _ms(seconds: float) -> str:
     return f"{ms:,.1f}" if ms < 100 else f"{ms:,.0f}"
 
 
-def _report_latency(section: Section, runs: dict[str, LatencyRun], long_call: float) -> None:
+def _figures(run: LatencyRun) -> tuple[float, float, float]:
+    """p99 before, p99 during and worst during, in seconds (NaN for an empty window)."""
+    worst = max(run.during, default=float("nan"))
+    return percentile(run.before, 0.99), percentile(run.during, 0.99), worst
+
+
+def _report_latency(section: Section, runs: dict[str, list[LatencyRun]], long_call: float) -> None:
     """Worst and p99 of the calls started during the rotation vs the p99 before it."""
     print(f"\n   calls started during a rotation, one {long_call:g} s call in flight (ms)")
     print(
         f"   {'':<16}{'p99 before':>11}{'p99 during':>11}{'worst during':>13}"
         f"{'worst/p99':>10}{'calls before/during':>21}{'failed':>7}  rotation"
     )
-    figures: dict[str, tuple[float, float, float]] = {}
-    for name, r in runs.items():
-        p99_before, p99_during = percentile(r.before, 0.99), percentile(r.during, 0.99)
-        worst = max(r.during, default=float("nan"))
-        figures[name] = (p99_before, p99_during, worst)
-        calls = f"{len(r.before):,} / {len(r.during):,}"
-        print(
-            f"   {name:<16}{_ms(p99_before):>11}{_ms(p99_during):>11}{_ms(worst):>13}"
-            f"{worst / p99_before:>9.1f}x{calls:>21}{r.failed:>7}  {r.rotation}"
+    medians: dict[str, tuple[float, float, float]] = {}
+    for name, peer_runs in runs.items():
+        per_run = [_figures(r) for r in peer_runs]
+        for r, (p99_before, p99_during, worst) in zip(peer_runs, per_run, strict=True):
+            calls = f"{len(r.before):,} / {len(r.during):,}"
+            print(
+                f"   {name:<16}{_ms(p99_before):>11}{_ms(p99_during):>11}{_ms(worst):>13}"
+                f"{worst / p99_before:>9.1f}x{calls:>21}{r.failed:>7}  {r.rotation}"
+            )
+        medians[name] = (
+            median(f[0] for f in per_run),
+            median(f[1] for f in per_run),
+            median(f[2] for f in per_run),
         )
+        worsts = ", ".join(_ms(f[2]) for f in per_run)
         section.notes.append(
-            f"{name}, rotation with a {long_call:g} s call in flight: {r.rotation}; the long "
-            f"call answered {r.long_call}; {r.failed} failed call(s)"
-            + (f"; drain data {r.drain}" if r.drain else "")
+            f"{name}, rotation with a {long_call:g} s call in flight ({len(peer_runs)} run(s)): "
+            f"worst call started during it per run {worsts} ms; "
+            + "; ".join(_run_note(r) for r in peer_runs)
         )
     label = f"calls during rotation, {long_call:g} s call in flight"
     rows: list[tuple[str, int, str]] = [
@@ -231,14 +251,14 @@ def _report_latency(section: Section, runs: dict[str, LatencyRun], long_call: fl
     ]
     for measure, index, reference in rows:
         cells = {name: "no rotation API" if index == 2 else "" for name in PEERS}
-        for name, values in figures.items():
+        for name, values in medians.items():
             cells[name] = _ms(values[index])
             if index == 2:
                 cells[name] += f" ({values[2] / values[0]:.1f}x p99 before)"
         cells["reference"] = reference
         section.rows.append(Row(section.title, measure, cells))
     bars = [(f"{name}\n{what}", values[i] * 1000)
-            for name, values in figures.items()
+            for name, values in medians.items()
             for what, i in (("p99 before", 0), ("worst during", 2))]  # fmt: skip
     section.charts.append(
         Chart(
@@ -249,3 +269,14 @@ def _report_latency(section: Section, runs: dict[str, LatencyRun], long_call: fl
             ylabel="ms (lower is better)",
         )
     )
+
+
+def _run_note(run: LatencyRun) -> str:
+    note = f"{run.rotation}, the long call answered {run.long_call}, {run.failed} failed"
+    if run.drain:
+        drain = run.drain
+        note += (
+            f", drained {drain.get('drained')} of {drain.get('in_flight')} use(s) of the old "
+            f"token in {drain.get('drain_seconds')} s"
+        )
+    return note
