@@ -34,8 +34,9 @@ LONG_PATH = "/api/v2/echo/report-download"
 #: The long call's length in a full run (issue 12: 3 s).
 LONG_CALL_SECONDS = 3.0
 #: Calls measured before the rotation, after the first calls of each thread (new
-#: connections) have been left out.
-BEFORE_SECONDS = 1.0
+#: connections) have been left out: as long as the rotation, so that the worst call before
+#: (the machine's own hiccups) compares with the worst call during it.
+BEFORE_SECONDS = 3.0
 SETTLE_SECONDS = 0.25
 #: Time for the long call to be sent and counted before the rotation starts (loopback:
 #: milliseconds; generous so the rotation always finds it in flight).
@@ -199,7 +200,7 @@ def params(seconds: float, latency: float) -> dict[str, str]:
         f"{LONG_CALL_LEAD * 1000:.0f} ms later the peer rotates ({rotations}); token "
         f"endpoint latency {latency * 1000:.0f} ms; {repeats} run(s) per peer, interleaved, "
         "median of each figure reported",
-        "latency windows": "'before': calls started in the last "
+        "latency windows": "'before': calls started in the "
         f"{before:g} s before the long call (each thread's first calls, which open "
         "connections, left out); 'during': calls started between the start and the "
         "return of the rotation; latency = the whole call as its caller sees it, getting "
