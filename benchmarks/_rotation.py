@@ -1,4 +1,8 @@
-"""Scenario 4: rotation under load; threads keep calling the API while 2 s tokens expire."""
+"""Scenario 4: rotation under load; threads keep calling the API while 2 s tokens expire.
+
+Then, for the peers that can rotate, the latency of calls started during a rotation with one
+long call in flight (``_rotation_latency``), next to the p99 before it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from _common import PEERS, THREAD_ERRORS, Chart, Row, Section, join_all, print_header
+import _rotation_latency as latency_part
+from _common import (
+    PEERS,
+    THREAD_ERRORS,
+    Chart,
+    Row,
+    Section,
+    join_all,
+    median,
+    print_header,
+)
 from _peers import Target, make_peer
+from _rotation_latency import LatencyRun, percentile
 from _servers import EmulatorProcess
 
 PATH = "/api/v2/organizations/me"
@@ -128,6 +143,7 @@ def run(
         "authlib and requests-auth have none (their normal refresh is the rotation)",
         "call": f"GET {PATH}; failed = exception or non-200 answer to the caller",
         "repeats": "1 (a long run; counts, not timings)",
+        **latency_part.params(seconds, latency),
     }
     section = Section("4. Rotation under load", params)
     print_header(section.title, params)
@@ -137,10 +153,12 @@ def run(
     try:
         for name in PEERS:
             results[name] = one_run(emulator, target, name, threads, seconds)
+        latencies = latency_part.run_all(emulator, target, seconds=seconds)
     finally:
-        emulator.token_latency(0.0)
+        emulator.token_latency(0.0)  # also ends the long call's slow path
         emulator.set("token_ttl", 86399)
     _report(section, results, seconds)
+    _report_latency(section, latencies, latency_part.lengths(seconds)[0])
     return section
 
 
@@ -183,3 +201,90 @@ def _report(section: Section, results: dict[str, LoadRun], seconds: float) -> No
             ylabel="token requests",
         )
     )
+
+
+def _ms(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no call in the window
+        return "n/a"
+    ms = seconds * 1000
+    return f"{ms:,.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def _figures(run: LatencyRun) -> tuple[float, float, float, float]:
+    """p99 before, p99 during, worst during and worst before, in seconds (NaN: no call)."""
+    nan = float("nan")
+    return (
+        percentile(run.before, 0.99),
+        percentile(run.during, 0.99),
+        max(run.during, default=nan),
+        max(run.before, default=nan),
+    )
+
+
+def _report_latency(section: Section, runs: dict[str, list[LatencyRun]], long_call: float) -> None:
+    """Worst and p99 of the calls started during the rotation vs the p99 before it."""
+    print(f"\n   calls started during a rotation, one {long_call:g} s call in flight (ms)")
+    print(
+        f"   {'':<16}{'p99 before':>11}{'p99 during':>11}{'worst during':>13}"
+        f"{'worst/p99':>10}{'worst before':>13}{'calls before/during':>21}{'failed':>7}"
+        "  rotation"
+    )
+    medians: dict[str, tuple[float, ...]] = {}
+    for name, peer_runs in runs.items():
+        per_run = [_figures(r) for r in peer_runs]
+        for r, (p99_before, p99_during, worst, worst_before) in zip(
+            peer_runs, per_run, strict=True
+        ):
+            calls = f"{len(r.before):,} / {len(r.during):,}"
+            print(
+                f"   {name:<16}{_ms(p99_before):>11}{_ms(p99_during):>11}{_ms(worst):>13}"
+                f"{worst / p99_before:>9.1f}x{_ms(worst_before):>13}{calls:>21}{r.failed:>7}"
+                f"  {r.rotation}"
+            )
+        medians[name] = tuple(median(f[i] for f in per_run) for i in range(4))
+        worsts = ", ".join(_ms(f[2]) for f in per_run)
+        section.notes.append(
+            f"{name}, rotation with a {long_call:g} s call in flight ({len(peer_runs)} run(s)): "
+            f"worst call started during it per run {worsts} ms; "
+            + "; ".join(_run_note(r) for r in peer_runs)
+        )
+    label = f"calls during rotation, {long_call:g} s call in flight"
+    gate_p99 = latency_part.GATE_P99_BEFORE_MS
+    gate_worst = f"{latency_part.GATE_WORST_MS:,.0f} ({latency_part.GATE_WORST_MS / gate_p99:.0f}x)"
+    rows: list[tuple[str, int, str]] = [
+        (f"{label}: worst ms", 2, f"gate design: {gate_worst} (issue 12)"),
+        (f"{label}: p99 ms", 1, ""),
+        ("calls before that rotation: p99 ms", 0, f"gate design: {gate_p99:,.0f} (issue 12)"),
+        ("calls before that rotation: worst ms", 3, "the machine's own tail, same length"),
+    ]
+    for measure, index, reference in rows:
+        cells = {name: "no rotation API" if index == 2 else "" for name in PEERS}
+        for name, values in medians.items():
+            cells[name] = _ms(values[index])
+            if index == 2:
+                cells[name] += f" ({values[2] / values[0]:.1f}x p99 before)"
+        cells["reference"] = reference
+        section.rows.append(Row(section.title, measure, cells))
+    bars = [(f"{name}\n{what}", values[i] * 1000)
+            for name, values in medians.items()
+            for what, i in (("p99 before", 0), ("worst during", 2))]  # fmt: skip
+    section.charts.append(
+        Chart(
+            f"Calls started during a rotation, {long_call:g} s call in flight: ms",
+            [label for label, _ in bars],
+            [value if value == value else 0.0 for _, value in bars],
+            log=True,
+            ylabel="ms (lower is better)",
+        )
+    )
+
+
+def _run_note(run: LatencyRun) -> str:
+    note = f"{run.rotation}, the long call answered {run.long_call}, {run.failed} failed"
+    if run.drain:
+        drain = run.drain
+        note += (
+            f", drained {drain.get('drained')} of {drain.get('in_flight')} use(s) of the old "
+            f"token in {drain.get('drain_seconds')} s"
+        )
+    return note

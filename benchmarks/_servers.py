@@ -53,6 +53,10 @@ def _emulator_child(conn: Connection, options: dict[str, Any]) -> None:
                 fault = Fault(delay=args[0], passthrough=True)
                 emulator.inject(fault, times=None, path="/oauth/token")
             conn.send(None)
+        elif op == "slow_path":
+            path, seconds = args
+            emulator.inject(Fault(delay=seconds, passthrough=True), times=None, path=path)
+            conn.send(None)
         elif op == "api_statuses":
             conn.send(dict(Counter(record.status for record in emulator.api_request_log)))
         elif op == "set":
@@ -132,6 +136,11 @@ class EmulatorProcess(ChildServer):
     def token_latency(self, seconds: float) -> None:
         """Answer every token request ``seconds`` late (0: at once)."""
         self.call("token_latency", seconds)
+
+    def slow_path(self, path: str, seconds: float) -> None:
+        """Answer every API call under ``path`` ``seconds`` late, until the next
+        :meth:`token_latency` (which clears every fault)."""
+        self.call("slow_path", path, seconds)
 
     def api_statuses(self) -> dict[int, int]:
         """How many API answers had each status since the last reset (0: no answer)."""

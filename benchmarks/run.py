@@ -98,7 +98,9 @@ def _rotation_seconds(plan: Plan, elapsed: float, override: float | None) -> tup
         return override, " (set by --rotation-seconds)"
     # What is left after scenarios 5 and 6 (measured: ~25 s and ~45 s on 2 cores).
     later = 3 * (plan.fleet_lifetimes * 2.0 + 2.0) + 4 * (plan.memory_budget + 3.0)
-    available = (TOTAL_BUDGET - elapsed - later) / 4 - 2.0  # 4 peers, ~2 s set-up each
+    from _rotation_latency import COST_SECONDS  # scenario 4's latency-during-rotation part
+
+    available = (TOTAL_BUDGET - elapsed - later - COST_SECONDS) / 4 - 2.0  # 4 peers, ~2 s each
     seconds = plan.rotation_seconds
     if available < seconds and plan is not QUICK:
         seconds = max(5.0, round(available))

@@ -1,9 +1,13 @@
 """The main job, on the embedded emulator: short-lived tokens under real API traffic.
 
 Worker threads call ``GET /api/v2/organizations/me`` through a ``GenesysAuth`` session while
-tokens expire every few seconds. Midway the token endpoint has an outage, and later a forced
-``rotate(revoke_previous=True)`` retires the token in use. A live line shows what happens;
-the summary at the end must show no failed call and no call made with a dead token.
+tokens expire every few seconds. Midway the token endpoint has an outage. Later a 3-second
+report download starts, and while it runs ``rotate(revoke_previous=True)`` retires the token
+it carries, make-before-break: the new token is in place at once, so calls started during the
+rotation are not held; the rotation waits for the download (the old token's last use), then
+revokes the old token. A live line shows what happens, the rotation's events print their
+data (how many uses of the old token were drained, in how long); the summary at the end must
+show no failed call and no call made with a dead token.
 
 Run it with ``make demo`` (or ``python examples/demo.py --duration 20``). Exit status 0 when
 every call succeeded, 1 otherwise.
@@ -12,6 +16,7 @@ every call succeeded, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 import time
@@ -21,16 +26,30 @@ from typing import Any, TextIO
 import requests
 
 from genesys_token import GenesysAuth, GenesysTokenError, TokenManager
-from genesys_token.events import TOKEN_REFRESH_FAILURE, TOKEN_REFRESH_SUCCESS
+from genesys_token.events import (
+    TOKEN_DRAIN_COMPLETE,
+    TOKEN_DRAIN_TIMEOUT,
+    TOKEN_REFRESH_FAILURE,
+    TOKEN_REFRESH_SUCCESS,
+    TOKEN_REVOKED,
+)
 from genesys_token.testing import Fault, GenesysEmulator
+from genesys_token.token import fingerprint_of
+
+#: The report download in flight during the rotation (a 20 s demo; shorter runs scale it
+#: down to 15% of their length so that it ends before they do).
+LONG_CALL_SECONDS = 3.0
+LONG_CALL_PATH = "/api/v2/echo/report-download"
 
 
 class Tally:
-    """Thread-safe counters of the demo."""
+    """Thread-safe counters of the demo, and call latencies (seconds) by when calls began."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.during_rotation: list[float] = []
+        self.outside_rotation: list[float] = []
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -40,17 +59,30 @@ class Tally:
         with self._lock:
             return self.counts[name]
 
+    def took(self, seconds: float, during_rotation: bool) -> None:
+        with self._lock:
+            (self.during_rotation if during_rotation else self.outside_rotation).append(seconds)
 
-def worker(manager: TokenManager, url: str, stop: threading.Event, tally: Tally) -> None:
-    """Call the API until told to stop, counting outcomes."""
+
+def worker(
+    manager: TokenManager,
+    url: str,
+    stop: threading.Event,
+    tally: Tally,
+    rotating: threading.Event,
+) -> None:
+    """Call the API until told to stop, counting outcomes and timing each call."""
     with requests.Session() as session:
         session.auth = GenesysAuth(manager)
         while not stop.is_set():
+            during = rotating.is_set()
+            started = time.monotonic()
             try:
                 response = session.get(url, timeout=(3.05, 10))
             except (requests.RequestException, OSError):
                 tally.add("errors")
                 continue
+            tally.took(time.monotonic() - started, during)
             tally.add("calls")
             if response.history and response.history[0].status_code == 401:
                 tally.add("replays")
@@ -76,8 +108,11 @@ def run(duration: float = 20.0, workers: int = 8, out: TextIO = sys.stdout) -> i
         manager.on(TOKEN_REFRESH_FAILURE, lambda record: tally.add("failed_refreshes"))
         url = f"{emulator.api_base_url}/api/v2/organizations/me"
         stop = threading.Event()
+        script = _Script(duration, emulator, manager, tally, out)
         threads = [
-            threading.Thread(target=worker, args=(manager, url, stop, tally), daemon=True)
+            threading.Thread(
+                target=worker, args=(manager, url, stop, tally, script.rotating), daemon=True
+            )
             for _ in range(workers)
         ]
         print(
@@ -88,7 +123,6 @@ def run(duration: float = 20.0, workers: int = 8, out: TextIO = sys.stdout) -> i
         started = time.monotonic()
         for thread in threads:
             thread.start()
-        script = _Script(duration, emulator, manager, out)
         live = out.isatty()
         next_line = 0.0
         while (elapsed := time.monotonic() - started) < duration:
@@ -107,22 +141,39 @@ def run(duration: float = 20.0, workers: int = 8, out: TextIO = sys.stdout) -> i
 
 
 class _Script:
-    """The scripted incidents: an outage after 30% of the run, then a rotation (after 65% of
-    the run, once the outage is over)."""
+    """The scripted incidents: an outage after 30% of the run; after 65% of the run (once the
+    outage is over) a report download starts, and while it runs a revoking rotation."""
 
     def __init__(
-        self, duration: float, emulator: GenesysEmulator, manager: TokenManager, out: TextIO
+        self,
+        duration: float,
+        emulator: GenesysEmulator,
+        manager: TokenManager,
+        tally: Tally,
+        out: TextIO,
     ) -> None:
         self.duration = duration
         self.emulator = emulator
         self.manager = manager
+        self.tally = tally
         self.out = out
         self.outage_started = False
         self.outage_ended = False
         self.outage_at = 0.0
+        self.long_seconds = min(LONG_CALL_SECONDS, 0.15 * duration)
+        self.long_call: threading.Thread | None = None
+        self.long_started_at = 0.0
+        self.long_outcome = ""
+        self.long_token = ""
+        #: Set while rotate() runs: the workers time the calls they start meanwhile.
+        self.rotating = threading.Event()
         self.rotation: threading.Thread | None = None
         self.revoked = ""
         self.rotation_error = ""
+        self.drain: dict[str, Any] = {}
+        for event in (TOKEN_REFRESH_SUCCESS, TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT):
+            manager.on(event, self._on_rotation_event)
+        manager.on(TOKEN_REVOKED, self._on_revoked)
 
     def step(self, elapsed: float) -> None:
         token = self.manager.token
@@ -138,18 +189,98 @@ class _Script:
             self.emulator.clear_faults()
             print("\n-- token endpoint recovers", file=self.out)
         after_outage = self.outage_ended and elapsed >= self.outage_at + 1.7
-        if self.rotation is None and elapsed >= 0.65 * self.duration and after_outage:
-            old = self.manager.token
-            self.revoked = old.fingerprint if old else ""
-            print(f"\n-- rotate(revoke_previous=True) retires {self.revoked}", file=self.out)
-            self.rotation = threading.Thread(target=self._rotate)
-            self.rotation.start()
+        # The emulator checks a token when it answers: start the download on a token that
+        # outlives it, so only a revocation could make it fail.
+        fresh = token is not None and token.remaining() > self.long_seconds + 1.0
+        if self.long_call is None and elapsed >= 0.65 * self.duration and after_outage and fresh:
+            self._start_long_call(elapsed)
+        under_way = self.long_call is not None and elapsed >= self.long_started_at + 0.2
+        if self.rotation is None and under_way:
+            self._start_rotation()
+
+    def _start_long_call(self, elapsed: float) -> None:
+        self.long_started_at = elapsed
+        self.emulator.inject(Fault(delay=self.long_seconds, passthrough=True), path=LONG_CALL_PATH)
+        print(f"\n-- a {self.long_seconds:g}s report download starts", file=self.out)
+        self.long_call = threading.Thread(target=self._download)
+        self.long_call.start()
+
+    def _download(self) -> None:
+        url = self.emulator.api_base_url + LONG_CALL_PATH
+        started = time.monotonic()
+        with requests.Session() as session:
+            session.auth = GenesysAuth(self.manager)
+            try:
+                response = session.get(url, timeout=(3.05, self.long_seconds + 10))
+            except (requests.RequestException, OSError) as exc:
+                self.tally.add("errors")
+                self.long_outcome = f"failed: {type(exc).__name__}"
+                return
+        took = time.monotonic() - started
+        self.tally.add("calls")
+        self.tally.add("ok" if response.ok else f"status_{response.status_code}")
+        sent = response.request.headers["Authorization"].removeprefix("Bearer ")
+        if response.ok:
+            self.long_token = fingerprint_of(sent)
+        self.long_outcome = (
+            f"{response.status_code} after {took:.1f}s, with token {fingerprint_of(sent)}"
+        )
+
+    def _start_rotation(self) -> None:
+        old = self.manager.token
+        self.revoked = old.fingerprint if old else ""
+        print(f"\n-- rotate(revoke_previous=True) retires {self.revoked}", file=self.out)
+        self.rotating.set()
+        self.rotation = threading.Thread(target=self._rotate)
+        self.rotation.start()
 
     def _rotate(self) -> None:
         try:
-            self.manager.rotate(drain_timeout=5, revoke_previous=True)
+            self.manager.rotate(drain_timeout=self.long_seconds + 5, revoke_previous=True)
         except GenesysTokenError as exc:
             self.rotation_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.rotating.clear()
+
+    def _on_rotation_event(self, record: dict[str, Any]) -> None:
+        data = record["data"]
+        if record["event_type"] == TOKEN_REFRESH_SUCCESS:
+            if data.get("reason") == "rotation":
+                print(
+                    f"\n-- {record['token_fingerprint']} in place: new calls use it at once, "
+                    "none is held",
+                    file=self.out,
+                )
+            return
+        self.drain = {"event": record["event_type"], **data}
+        print(f"\n-- {record['event_type']}: {_drained(self.drain)}", file=self.out)
+
+    def _on_revoked(self, record: dict[str, Any]) -> None:
+        print(f"\n-- TOKEN_REVOKED {record['token_fingerprint']}", file=self.out)
+
+
+def _drained(drain: dict[str, Any]) -> str:
+    """The rotation's drain figures (TOKEN_DRAIN_* data) in a sentence."""
+    if not drain:
+        return "no drain"
+    text = (
+        f"drained {drain['drained']} of {drain['in_flight']} use(s) of the old token in "
+        f"{drain['drain_seconds']:g}s (timeout {drain['timeout']:g}s)"
+    )
+    if drain.get("left"):
+        text += f", {drain['left']} still in flight"
+    return text
+
+
+def _slowest_ms(values: list[float]) -> str:
+    return f"{max(values) * 1000:.1f}" if values else "n/a"
+
+
+def _p99_ms(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    ordered = sorted(values)
+    return f"{ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] * 1000:.1f}"
 
 
 def _status(elapsed: float, tally: Tally, emulator: GenesysEmulator, manager: TokenManager) -> str:
@@ -171,10 +302,16 @@ def _summary(
     tally: Tally, emulator: GenesysEmulator, manager: TokenManager, script: _Script, out: TextIO
 ) -> int:
     if script.rotation is not None:
-        script.rotation.join(15)
+        script.rotation.join(script.long_seconds + 15)
+    if script.long_call is not None:
+        script.long_call.join(script.long_seconds + 15)
     failed = tally.get("calls") - tally.get("ok") + tally.get("errors")
     dead_token_calls = _api_401s(emulator)
     metrics: dict[str, Any] = manager.metrics()
+    # The emulator checks a token when it answers: a 200 with the token the rotation
+    # revoked means the revocation came after the download's answer.
+    revoked = {fingerprint_of(token) for token in emulator.revoked_tokens}
+    revoked_after_download = bool(script.long_token) and script.long_token in revoked
     print("summary:", file=out)
     for name, value in (
         ("API calls", tally.get("calls")),
@@ -186,6 +323,18 @@ def _summary(
         ("refreshes", tally.get("refreshes")),
         ("failed refreshes (during the outage)", tally.get("failed_refreshes")),
         ("rotations", metrics["rotations"]),
+        ("rotation's drain", _drained(script.drain)),
+        ("report download during the rotation", script.long_outcome or "not run"),
+        (
+            "old token revoked after the download's answer",
+            "yes" if revoked_after_download else "no",
+        ),
+        ("calls started during the rotation", len(tally.during_rotation)),
+        ("  slowest of them (ms)", _slowest_ms(tally.during_rotation)),
+        (
+            "  the other calls: p99 / slowest (ms)",
+            f"{_p99_ms(tally.outside_rotation)} / {_slowest_ms(tally.outside_rotation)}",
+        ),
         ("tokens revoked", len(emulator.revoked_tokens)),
         ("token request latency p95 (ms)", metrics["latency_ms"]["p95"]),
     ):

@@ -1,10 +1,17 @@
 """A long-lived WebSocket authenticated with the manager's token, surviving rotations.
 
-The connection is held inside ``manager.in_flight()``: a :meth:`TokenManager.rotate` marks
-it ``rotation_pending`` and waits (up to its ``drain_timeout``) for it to end. The listener
-sees the flag, closes the socket, leaves the block (so the drain completes at once instead of
-timing out) and reconnects with the new token. A 401 at connect replaces the rejected token
-once; other failures reconnect with capped exponential backoff.
+The connection is held inside ``manager.in_flight()``, so it counts as a use of the token it
+was opened with. :meth:`TokenManager.rotate` is make-before-break: it fetches the new token
+while the socket goes on with the old one, swaps it in, and only then sets
+``rotation_pending`` on the old token's uses; it then waits (up to its ``drain_timeout``) for
+them to end and revokes the old token if asked. The listener sees the flag, closes the
+socket, leaves the block (so the drain completes at once instead of timing out) and
+reconnects at once: the new token is already in place, so the new ``in_flight()`` block gets
+it without waiting for the rotation to return. Keep ``poll_interval`` well below the
+rotation's ``drain_timeout``: a socket still open when the drain times out may be cut by the
+revocation of its token (unless the rotation was ``strict``, which then does not revoke).
+A 401 at connect replaces the rejected token once; other failures reconnect with capped
+exponential backoff.
 
 Messages sent while no connection is open cannot arrive on it: pass ``url`` as a callable
 to resume where you left off when the service supports it (``?since=<last id>``).
@@ -108,7 +115,8 @@ class NotificationListener:
                 return
 
     def _connect_once(self, stop: threading.Event) -> float:
-        """Hold one connection until ``stop`` or a rotation; returns the wait before the next."""
+        """Hold one connection until ``stop`` or a rotation; returns the wait before the next
+        (none after a rotation: the new token is in place when ``rotation_pending`` is set)."""
         try:
             with self._manager.in_flight() as use:
                 try:
@@ -145,6 +153,8 @@ class NotificationListener:
             self.connected = False
 
     def _pump(self, ws: ClientConnection, use: InFlight, stop: threading.Event) -> None:
+        # Leaving on rotation_pending ends this use of the old token, which is what the
+        # rotation's drain waits for; the flag is checked at least every poll_interval.
         while not (stop.is_set() or use.rotation_pending.is_set() or self._manager.closed):
             try:
                 message = ws.recv(timeout=self._poll_interval)

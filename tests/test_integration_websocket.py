@@ -192,6 +192,40 @@ def test_rotation_waits_for_the_socket_then_it_reconnects_with_the_new_token(
     assert old not in logged and new not in logged  # ...with the token masked
 
 
+def test_socket_reconnects_with_the_new_token_before_rotate_returns(
+    emulator: GenesysEmulator, make_manager: MakeManager, server: NotificationServer
+):
+    # Make-before-break: rotation_pending is set once the new token is in place, so the
+    # reconnect gets it at once; the rotation is still running (inside its drain event)
+    # when the new socket is accepted, and revokes the old token only after the old socket
+    # closed.
+    manager = make_manager()
+    inbox = Inbox()
+    listener = _listener(manager, server, inbox)
+    reconnected_while_rotating: list[bool] = []
+
+    def on_drained(record: dict[str, Any]) -> None:
+        deadline = time.monotonic() + 5
+        while len(server.accepted) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reconnected_while_rotating.append(len(server.accepted) == 2)
+
+    manager.on(TOKEN_DRAIN_COMPLETE, on_drained)
+    thread, stop = _start(listener)
+    try:
+        assert inbox.wait_for(3)
+        old = manager.get_token()
+        new = manager.rotate(drain_timeout=5, revoke_previous=True).access_token
+        assert inbox.wait_for(len(inbox.seqs) + 3)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert reconnected_while_rotating == [True]
+    assert server.accepted == [old, new]
+    assert emulator.revoked_tokens == {old}
+    assert inbox.seqs == list(range(1, len(inbox.seqs) + 1))
+
+
 def test_rejected_token_is_replaced_once_at_connect(
     emulator: GenesysEmulator, make_manager: MakeManager, server: NotificationServer
 ):

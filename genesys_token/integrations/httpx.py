@@ -159,8 +159,9 @@ class GenesysHTTPXAuth(httpx.Auth):
         use = self._manager.try_begin_use()
         if use is not None:
             return use
-        # Usable a moment ago but not now (a rotation began, or the token is in its last
-        # moments): the blocking call, off the loop, for this coroutine alone.
+        # Usable a moment ago but not now (a refresh or a rotation swapped it this instant,
+        # or it is in its last moments): the blocking call, off the loop, for this
+        # coroutine alone.
         return await _owned_in_thread(self._manager.begin_use)
 
     # -- shared ------------------------------------------------------------------------
