@@ -46,6 +46,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,7 +57,7 @@ from .config import Settings
 from .errors import ConfigurationError
 from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
 
-log = logging.getLogger("genesys_token.webhook")
+log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Genesys-Token-Signature"
 TIMESTAMP_HEADER = "X-Genesys-Token-Timestamp"
@@ -81,6 +82,38 @@ IDLE_WAIT = 5.0
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: Default receiver-side tolerance for the signature timestamp (seconds, either way).
 DEFAULT_TOLERANCE = 300
+
+
+class UnsignedWebhookWarning(UserWarning):
+    """A webhook URL is set without ``webhook_secret``: deliveries go out unsigned.
+
+    Issued once per process (like urllib3's ``InsecureRequestWarning``, a warning and not a
+    log line, so that it shows while logging is unconfigured). Silence it with
+    ``warnings.simplefilter("ignore", UnsignedWebhookWarning)``.
+    """
+
+
+#: Set once the unsigned-webhook warning was issued: once per process, not per manager (a
+#: pool of a hundred managers must not print it a hundred times).
+_unsigned_warned = threading.Event()
+_unsigned_lock = threading.Lock()
+#: warnings.warn's stacklevel that points at the caller of TokenManager(...): this
+#: function, WebhookSender.__init__, TokenManager._init, TokenManager.__init__.
+_USER_FRAME = 5
+
+
+def _warn_unsigned_once() -> None:
+    with _unsigned_lock:
+        if _unsigned_warned.is_set():
+            return
+        _unsigned_warned.set()
+    # Never the URL: its path is often a credential.
+    warnings.warn(
+        "webhook_url is set without webhook_secret: webhook deliveries are not signed, so "
+        "the receiver cannot tell them from forged ones; set webhook_secret",
+        UnsignedWebhookWarning,
+        stacklevel=_USER_FRAME,
+    )
 
 
 def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
@@ -179,6 +212,8 @@ class WebhookSender:
             raise ConfigurationError("WebhookSender needs a webhook_url", field="webhook_url")
         self._url = settings.webhook_url
         self._secret = settings.webhook_secret
+        if self._secret is None:
+            _warn_unsigned_once()
         self._timeout = settings.timeout
         self._verify = settings.verify
         self._on_failure = on_failure
