@@ -9,8 +9,10 @@ import shlex
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from genesys_token.testing.emulator import GenesysEmulator
+if TYPE_CHECKING:
+    from genesys_token.testing.emulator import GenesysEmulator
 
 __all__ = ["EXIT_USAGE", "add_arguments", "build_parser", "run", "run_parsed"]
 
@@ -108,6 +110,10 @@ def run_parsed(
     Returns:
         0 after a clean stop; 2 with one line on stderr when the emulator cannot start.
     """
+    # Imported here: `genesys-token` builds this parser on every run, and only `emulator`
+    # needs the server (and its RSA key code).
+    from genesys_token.testing.emulator import GenesysEmulator
+
     try:
         emulator = GenesysEmulator(
             host=args.host,
