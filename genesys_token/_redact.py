@@ -21,14 +21,6 @@ _RUN_CHARS = r"A-Za-z0-9_\-+/"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization header values.
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
-    # key=value / "key": "value" pairs naming a credential.
-    (
-        re.compile(
-            r"(?i)(\"?(?:access_token|refresh_token|id_token|client_secret|secret|password"
-            r"|token)\"?\s*[:=]\s*\"?)[^\"&,\s}]+"
-        ),
-        rf"\1{REDACTED}",
-    ),
     # JWTs.
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
     # Long base64url runs: Genesys' opaque tokens are ~100 such characters. UUIDs stay.
@@ -39,6 +31,27 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         REDACTED,
     ),
 )
+
+
+#: ``key=value``, ``"key": "value"`` and ``key: value`` naming a credential. The key stands
+#: alone: ``genesys-token`` (a directory name in OS errors) is not the key ``token``.
+_KEY_VALUE = re.compile(
+    r"(?i)(?<![A-Za-z0-9-])(?P<key>\"?(?:access_token|refresh_token|id_token|client_secret"
+    r"|secret|password|token)\"?)(?P<sep>\s*[:=]\s*)(?P<quote>\"?)(?P<value>[^\"&,\s}]+)"
+    r"(?=(?P<next>\s+[A-Za-z])?)"
+)
+#: An unquoted ``key: value`` whose value is a word followed by more words is prose, such as
+#: an OS error (``token: Permission denied``, ``token: Not a directory``, ``[Errno 13] ...``).
+_PROSE_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+
+def _redact_value(match: re.Match[str]) -> str:
+    quoted = match["quote"] or match["key"].endswith('"')
+    if not quoted and ":" in match["sep"] and "=" not in match["sep"]:
+        value = match["value"]
+        if value.startswith("[Errno") or (match["next"] and _PROSE_WORD.fullmatch(value)):
+            return match[0]
+    return f"{match['key']}{match['sep']}{match['quote']}{REDACTED}"
 
 
 def redact(text: str, known: Iterable[str] = ()) -> str:
@@ -54,6 +67,7 @@ def redact(text: str, known: Iterable[str] = ()) -> str:
     """
     for value in sorted({v for v in known if v}, key=len, reverse=True):
         text = text.replace(value, REDACTED)
+    text = _KEY_VALUE.sub(_redact_value, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

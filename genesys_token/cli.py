@@ -11,6 +11,7 @@ every minute makes one token request per token lifetime, not one per run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -19,11 +20,17 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+import requests
+
+from . import __version__
 from ._redact import redact
 from .config import ENV_CLIENT_SECRET
 from .errors import ConfigurationError, GenesysTokenError, InvalidClientError
 from .manager import TokenManager
 from .stores.base import TokenStore
+from .testing._cli import add_arguments as add_emulator_arguments
+from .testing._cli import run_parsed as run_emulator_args
+from .token import Token
 
 if TYPE_CHECKING:
     from .testing.emulator import GenesysEmulator
@@ -38,7 +45,8 @@ AUDIT_LOGGER = "genesys_token.audit"
 #: Values of GENESYSCLOUD_TOKEN_CACHE that turn the file cache off.
 CACHE_OFF = frozenset({"off", "none", "no", "false", "0"})
 
-log = logging.getLogger("genesys_token")
+#: The library's logger, which ``main()`` sends to stderr while a command runs.
+library_log = logging.getLogger("genesys_token")
 
 _ENVIRONMENT_HELP = """\
 environment:
@@ -69,11 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, handler, summary in (
         ("token", _cmd_token, "print the access token alone (reuses the cached token)"),
         ("inspect", _cmd_inspect, "show type, expiry, claims and source; never the token"),
-        ("check", _cmd_check, "get a token and check it with HEAD /api/v2/tokens/me"),
+        (
+            "check",
+            _cmd_check,
+            "request a new token with the configured credentials (even when one is cached),"
+            " then check it with HEAD /api/v2/tokens/me",
+        ),
     ):
         sub = commands.add_parser(
             name,
@@ -88,12 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a local Genesys Cloud OAuth emulator until Ctrl-C",
         description="Run a local Genesys Cloud OAuth emulator until Ctrl-C.",
     )
-    emulator.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
-    emulator.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    emulator.add_argument("--token-ttl", type=float, default=86399.0, help="token lifetime (s)")
-    emulator.add_argument("--format", choices=("opaque", "jwt"), default="opaque")
-    emulator.add_argument("--client-id", default="emulator-client")
-    emulator.add_argument("--client-secret", default="emulator-secret")
+    add_emulator_arguments(emulator)
     emulator.set_defaults(handler=run_emulator)
     return parser
 
@@ -120,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIGURATION
     handler, level = _log_to_stderr(args.verbose)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # here, where a closed pipe can still be handled quietly
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except ConfigurationError as exc:
         return _fail(_describe(exc), EXIT_CONFIGURATION)
     except InvalidClientError as exc:
@@ -128,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except GenesysTokenError as exc:
         return _fail(_describe(exc), EXIT_UNAVAILABLE)
     finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
+        library_log.removeHandler(handler)
+        library_log.setLevel(level)
 
 
 # -- the commands ----------------------------------------------------------------------
@@ -165,23 +178,48 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    with _manager(store_from_env()) as manager:
-        access_token = manager.get_token()
-        status = manager._transport.check(access_token)
-        cached = manager.token is not None and manager.token.source != "network"
-        if status == 401 and cached:
-            # A cached token can be revoked before it expires: replace it for every process
-            # sharing the cache, then judge the new one.
-            access_token = manager.replace_rejected(access_token).access_token
-            status = manager._transport.check(access_token)
-        token = manager.token
-    if status is not None and 200 <= status < 300 and token is not None:
-        print(f"ok: the token works (fingerprint {token.fingerprint}, HEAD status {status})")
+    store = store_from_env()
+    with _manager(store) as manager:
+        token = manager.refresh()
+        cached = token.source != "network"
+        if cached:
+            # A cached token proves nothing about the configured secret, which is what people
+            # run `check` to validate: ask the token endpoint again (the cache gets the result).
+            token = manager.refresh(force=True)
+        settings = manager.settings
+    print(f"credentials: accepted by {manager.token_url} (token request made just now)")
+    life = max(0, int(token.remaining()))
+    origin = "that request; the cached token was not used" if cached else "that request"
+    print(f"token:       fingerprint {token.fingerprint}, expires in {life}s (from {origin})")
+    print(f"cache:       {_describe_store(store)}")
+    url = f"{manager.api_base_url}/api/v2/tokens/me"
+    try:
+        status = _head(url, token, settings.timeout, settings.verify)
+    except requests.RequestException as exc:
+        message = f"HEAD {url} failed: no answer from the API ({type(exc).__name__})"
+        return _fail(message, EXIT_UNAVAILABLE)
+    print(f"api:         HEAD {url} answered {status}")
+    if 200 <= status < 300:
+        print("ok: the credentials work and the API accepts their token")
         return EXIT_OK
-    if status is None:
-        return _fail("HEAD /api/v2/tokens/me failed: no answer from the API", EXIT_UNAVAILABLE)
     code = EXIT_CREDENTIALS if status in (401, 403) else EXIT_UNAVAILABLE
-    return _fail(f"the API rejected the token: HEAD /api/v2/tokens/me answered {status}", code)
+    return _fail(f"the API rejected a token just issued: HEAD {url} answered {status}", code)
+
+
+def _head(url: str, token: Token, timeout: tuple[float, float], verify: bool | str) -> int:
+    """``HEAD url`` with the token; returns the status.
+
+    Raises:
+        requests.RequestException: No answer came.
+    """
+    with requests.head(
+        url,
+        headers={"Authorization": f"Bearer {token.access_token}"},
+        timeout=timeout,
+        verify=verify,
+        allow_redirects=False,  # the bearer token must not follow a redirect
+    ) as response:
+        return response.status_code
 
 
 def run_emulator(
@@ -197,17 +235,9 @@ def run_emulator(
         ready: Called with the running emulator (tests use it).
         stop_event: Stops the emulator when set (default: runs until Ctrl-C).
     """
-    from .testing._cli import run
-
-    argv = [
-        f"--host={args.host}",
-        f"--port={args.port}",
-        f"--token-ttl={args.token_ttl}",
-        f"--format={args.format}",
-        f"--client-id={args.client_id}",
-        f"--client-secret={args.client_secret}",
-    ]
-    return run(argv, ready=ready, stop_event=stop_event)
+    return run_emulator_args(
+        args, prog="genesys-token emulator", ready=ready, stop_event=stop_event
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -219,11 +249,13 @@ def store_from_env(environ: dict[str, str] | None = None) -> TokenStore | None:
     Raises:
         ConfigurationError: The path names something that is not a directory.
     """
-    from .stores.file import FileStore
-
     value = (os.environ if environ is None else environ).get(ENV_TOKEN_CACHE, "").strip()
     if value.lower() in CACHE_OFF:
         return None
+    # Imported only now: the file store needs fcntl, which Windows lacks, and "off" must work
+    # everywhere.
+    from .stores.file import FileStore
+
     return FileStore(value or None)
 
 
@@ -238,6 +270,19 @@ def _describe_store(store: TokenStore | None) -> str:
 
 def _describe(exc: GenesysTokenError) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``genesys-token inspect | head -1``): not an error.
+
+    Python would report the failed flush of the closed pipe at exit; stdout is pointed at
+    the null device so that the exit is quiet.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_OK
 
 
 def _fail(message: str, code: int, stream: TextIO | None = None) -> int:
@@ -256,7 +301,7 @@ def _log_to_stderr(verbose: bool) -> tuple[logging.Handler, int]:
     Returns:
         The handler and the logger's previous level, for main() to restore.
     """
-    previous = log.level
+    previous = library_log.level
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("genesys-token: %(levelname)s: %(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -266,9 +311,9 @@ def _log_to_stderr(verbose: bool) -> tuple[logging.Handler, int]:
         handler.addFilter(
             lambda record: not record.name.startswith((AUDIT_LOGGER, "genesys_token._rejections"))
         )
-    log.addHandler(handler)
+    library_log.addHandler(handler)
     if verbose:
-        log.setLevel(logging.DEBUG)
+        library_log.setLevel(logging.DEBUG)
     return handler, previous
 
 

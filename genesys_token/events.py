@@ -14,10 +14,17 @@ is a plain dict::
     }
 
 Every event is also logged on the ``genesys_token.audit`` logger (INFO; failures and
-timeouts at WARNING) with the record's fields as ``extra`` attributes: ``event_id``,
-``event_type``, ``client_id``, ``token_fingerprint``, ``event_timestamp``, ``event_data``
-and ``event_metrics``. :func:`genesys_token.logging.configure_json_logging` turns those
-lines into JSON.
+timeouts at WARNING) with the record's fields as ``extra`` attributes under the same names
+(``event_id``, ``event_type``, ``client_id``, ``token_fingerprint``, ``metrics``, ``data``),
+except one: the record's ``timestamp`` is ``event_timestamp`` there, because ``timestamp``
+is the log line's own time. :func:`genesys_token.logging.configure_json_logging` turns
+those lines into JSON::
+
+    {"level": "INFO", "logger": "genesys_token.audit", "message": "TOKEN_REFRESH_SUCCESS ...",
+     "timestamp": "2024-05-01T12:00:00.125000+00:00",
+     "event_timestamp": "2024-05-01T12:00:00.123+00:00", "event_id": "5f0c...",
+     "event_type": "TOKEN_REFRESH_SUCCESS", "client_id": "...",
+     "token_fingerprint": "3fa2c1d9e0b4", "metrics": {...}, "data": {...}}
 """
 
 from __future__ import annotations
@@ -239,8 +246,8 @@ def _audit(record: Record) -> None:
             "event_timestamp": record["timestamp"],
             "client_id": record["client_id"],
             "token_fingerprint": record["token_fingerprint"],
-            "event_data": record["data"],
-            "event_metrics": record["metrics"],
+            "metrics": record["metrics"],
+            "data": record["data"],
         },
     )
 

@@ -8,10 +8,11 @@ attributes). For JSON lines out of the box::
 
     configure_json_logging()                    # INFO and up, JSON lines on stderr
 
-Each line is one JSON object: ``timestamp`` (ISO 8601 UTC), ``level``, ``logger``,
-``message`` and the extra fields (``event_id``, ``event_type``, ``client_id``,
-``token_fingerprint``, ``event_timestamp``, ``event_data``, ``event_metrics`` on audit
-lines).
+Each line is one JSON object: ``timestamp`` (ISO 8601 UTC, ``2024-05-01T12:00:00.125000+00:00``),
+``level``, ``logger``, ``message`` and the extra fields. Audit lines carry the event record's
+fields under its own names (``event_id``, ``event_type``, ``client_id``,
+``token_fingerprint``, ``metrics``, ``data``) and its ``timestamp`` as ``event_timestamp``
+(see :mod:`genesys_token.events`).
 
 The library never puts a token or a secret in a log record; :class:`RedactingFilter` is a
 second line of defence against anything that slips through (a listener's exception, a
@@ -33,6 +34,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
+from datetime import date, datetime, time
 from typing import IO, Any
 
 from ._redact import redact
@@ -124,9 +126,16 @@ def json_formatter() -> logging.Formatter:
         "%(levelname)s %(name)s %(message)s",
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp=True,
-        json_default=str,
+        json_default=_json_default,
     )
     return formatter
+
+
+def _json_default(value: Any) -> Any:
+    """ISO 8601 for times (``T``, not ``str()``'s space), ``str()`` for anything else."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    return str(value)
 
 
 def configure_json_logging(

@@ -1,11 +1,14 @@
 """Bounded, thread-safe counters and a latency window for ``TokenManager.metrics()``.
 
 Memory is constant however long the process runs: a fixed set of integer counters, the
-last error as one short redacted line, and at most :data:`LATENCY_WINDOW` latency samples.
+last error as one short redacted line, at most :data:`LATENCY_WINDOW` latency samples, and
+a latency histogram of fixed buckets (:data:`LATENCY_BUCKETS`) counted since the start:
+percentiles of one host cannot be combined with another's, bucket counts can.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections import deque
@@ -41,6 +44,11 @@ COUNTERS = (
 #: The statistics of ``metrics()["latency_ms"]``.
 LATENCY_STATS = ("avg", "p50", "p95", "max", "last")
 
+#: Upper bounds (seconds) of the latency histogram's buckets. A token request usually takes
+#: 50 ms to 1 s; with retries and backoff an acquisition may last up to the retry deadline
+#: (60 s by default). The last bucket, +Inf, is implied.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
 #: ``last_error`` is cut to this many characters: enough to diagnose, bounded to store.
 LAST_ERROR_CHARS = 160
 
@@ -55,6 +63,9 @@ class Metrics:
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._last_error: str | None = None
+        # One count per bucket of LATENCY_BUCKETS plus +Inf (not cumulative), and the sum.
+        self._bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
 
     def after_fork(self) -> None:
         """Replace the lock in a forked child: a parent thread may have held it at fork."""
@@ -76,6 +87,8 @@ class Metrics:
             self._counts["successes"] += 1
             self._counts["token_requests"] += requests
             self._latencies.append(latency_s * 1000.0)
+            self._bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+            self._latency_sum += latency_s
 
     def record_error(self, error: BaseException, requests: int) -> None:
         """Count a failed acquisition; keep a redacted one-line description of it.
@@ -101,21 +114,35 @@ class Metrics:
             Every counter of :data:`COUNTERS`, ``error_rate`` (errors per acquisition),
             ``in_flight``, ``latency_ms`` (``avg``, ``p50``, ``p95``, ``max``, ``last`` over
             the last :data:`LATENCY_WINDOW` acquisitions, ``None`` before the first),
-            ``expires_in`` and ``last_error``.
+            ``latency_histogram`` (every successful acquisition since the start:
+            ``buckets``, cumulative ``(upper bound in seconds, count)`` pairs ending with
+            ``inf``; ``sum`` in seconds; ``count``), ``expires_in`` and ``last_error``.
         """
         with self._lock:
             counts = dict(self._counts)
             samples = list(self._latencies)
             last_error = self._last_error
+            bucket_counts = list(self._bucket_counts)
+            latency_sum = self._latency_sum
         attempts = counts["successes"] + counts["errors"]
         return {
             **counts,
             "error_rate": round(counts["errors"] / attempts, 6) if attempts else 0.0,
             "in_flight": in_flight,
             "latency_ms": latency_summary(samples),
+            "latency_histogram": _histogram(bucket_counts, latency_sum),
             "expires_in": expires_in,
             "last_error": last_error,
         }
+
+
+def _histogram(bucket_counts: list[int], total: float) -> dict[str, Any]:
+    cumulative = 0
+    buckets = []
+    for bound, count in zip((*LATENCY_BUCKETS, math.inf), bucket_counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    return {"buckets": buckets, "sum": total, "count": cumulative}
 
 
 def latency_summary(samples: list[float]) -> dict[str, float | None]:

@@ -15,7 +15,10 @@ yields, labelled with ``client_id``:
   :data:`genesys_token.metrics.COUNTERS` (``successes``, ``errors``, ``token_requests``, ...);
 * gauges ``genesys_token_error_rate``, ``genesys_token_in_flight``,
   ``genesys_token_expires_in_seconds`` (absent before the first token);
-* gauge ``genesys_token_latency_seconds{stat="avg|p50|p95|max|last"}`` over the recent window.
+* histogram ``genesys_token_latency_seconds`` (``_bucket{le=...}``, ``_sum``, ``_count``):
+  how long successful token acquisitions took, since the manager started. A histogram, not
+  quantile gauges, so that a fleet's latency can be aggregated across hosts
+  (``histogram_quantile(0.95, sum by (le) (rate(genesys_token_latency_seconds_bucket[5m])))``).
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ try:
     from prometheus_client.core import (  # type: ignore[import-not-found,unused-ignore]
         CounterMetricFamily,
         GaugeMetricFamily,
+        HistogramMetricFamily,
     )
 except ImportError as exc:
     raise ImportError(
         "genesys_token.prometheus needs prometheus_client: pip install 'genesys-token[prometheus]'"
     ) from exc
 
-from .metrics import COUNTERS, LATENCY_STATS
+from .metrics import COUNTERS
 
 if TYPE_CHECKING:
     from .manager import TokenManager
@@ -101,14 +105,18 @@ class GenesysTokenCollector:
                 if snap.get(key) is not None:
                     gauge.add_metric([client_id], float(snap[key]))
             yield gauge
-        latency = GaugeMetricFamily(
+        latency = HistogramMetricFamily(
             f"{PREFIX}_latency_seconds",
-            "Token acquisition latency over the recent window.",
-            labels=[*labels, "stat"],
+            "Time successful token acquisitions took (retries included).",
+            labels=labels,
         )
         for client_id, snap in snapshots:
-            for stat in LATENCY_STATS:
-                value = snap["latency_ms"].get(stat)
-                if value is not None:
-                    latency.add_metric([client_id, stat], value / 1000.0)
+            histogram = snap["latency_histogram"]
+            buckets = [(_bound(le), float(count)) for le, count in histogram["buckets"]]
+            latency.add_metric([client_id], buckets, sum_value=histogram["sum"])
         yield latency
+
+
+def _bound(value: float) -> str:
+    """A bucket bound as Prometheus writes it (``+Inf`` for the last)."""
+    return "+Inf" if value == float("inf") else repr(float(value))

@@ -43,9 +43,12 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
+import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,7 +59,7 @@ from .config import Settings
 from .errors import ConfigurationError
 from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
 
-log = logging.getLogger("genesys_token.webhook")
+log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Genesys-Token-Signature"
 TIMESTAMP_HEADER = "X-Genesys-Token-Timestamp"
@@ -81,6 +84,48 @@ IDLE_WAIT = 5.0
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: Default receiver-side tolerance for the signature timestamp (seconds, either way).
 DEFAULT_TOLERANCE = 300
+
+
+class UnsignedWebhookWarning(UserWarning):
+    """A webhook URL is set without ``webhook_secret``: deliveries go out unsigned.
+
+    Issued once per process (like urllib3's ``InsecureRequestWarning``, a warning and not a
+    log line, so that it shows while logging is unconfigured). Silence it with
+    ``warnings.simplefilter("ignore", UnsignedWebhookWarning)``.
+    """
+
+
+#: Set once the unsigned-webhook warning was issued: once per process, not per manager (a
+#: pool of a hundred managers must not print it a hundred times).
+_unsigned_warned = threading.Event()
+_unsigned_lock = threading.Lock()
+#: This package's directory: the warning points at the first frame outside it.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """warnings.warn's stacklevel of the first caller outside this package (the line that
+    made the TokenManager), however deep the package's own frames are."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def _warn_unsigned_once() -> None:
+    with _unsigned_lock:
+        if _unsigned_warned.is_set():
+            return
+        _unsigned_warned.set()
+    # Never the URL: its path is often a credential.
+    warnings.warn(
+        "webhook_url is set without webhook_secret: webhook deliveries are not signed, so "
+        "the receiver cannot tell them from forged ones; set webhook_secret",
+        UnsignedWebhookWarning,
+        stacklevel=_user_stacklevel(),
+    )
 
 
 def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
@@ -179,6 +224,8 @@ class WebhookSender:
             raise ConfigurationError("WebhookSender needs a webhook_url", field="webhook_url")
         self._url = settings.webhook_url
         self._secret = settings.webhook_secret
+        if self._secret is None:
+            _warn_unsigned_once()
         self._timeout = settings.timeout
         self._verify = settings.verify
         self._on_failure = on_failure

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -12,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+import genesys_token
 from genesys_token import TokenManager, cli
 from genesys_token.testing import Fault, GenesysEmulator
+from genesys_token.testing import _cli as emulator_cli
+from genesys_token.token import fingerprint_of
 
 PROCESS_TIMEOUT = 30.0
 VENV_SCRIPT = Path(sys.executable).with_name("genesys-token")
@@ -103,6 +109,79 @@ def test_module_entry_point_runs_the_command(emulator: GenesysEmulator, tmp_path
         timeout=PROCESS_TIMEOUT,
     )
     assert result.returncode == 0
+    assert result.stdout == emulator.issued_tokens[0] + "\n"
+
+
+def test_python_m_genesys_token_runs_the_command(emulator: GenesysEmulator) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "genesys_token", "token"],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == emulator.issued_tokens[0] + "\n"
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"genesys-token {genesys_token.__version__}\n"
+
+
+def test_inspect_into_a_closed_pipe_ends_without_a_traceback(
+    emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    # `genesys-token inspect | head -1`, with the reader gone before the first write: a real
+    # pipe whose read end is closed, so every write fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [*command(), "inspect"],
+            env=emulator_env(emulator, tmp_path / "cache"),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 0
+
+
+def test_inspect_piped_into_head_prints_one_line_and_no_traceback(
+    emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    script = " ".join(shlex.quote(part) for part in command()) + " inspect | head -1"
+    result = subprocess.run(
+        ["sh", "-c", script],
+        env=emulator_env(emulator, tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.stdout == f"client_id:   {emulator.client_id}\n"
+    assert result.stderr == ""
+
+
+def test_cache_off_works_where_fcntl_is_missing(emulator: GenesysEmulator) -> None:
+    # Windows has no fcntl: the file store cannot load there, and must not be imported when
+    # GENESYSCLOUD_TOKEN_CACHE=off.
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "from genesys_token.cli import main\n"
+        "raise SystemExit(main(['token']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
     assert result.stdout == emulator.issued_tokens[0] + "\n"
 
 
@@ -217,8 +296,45 @@ def test_check_exits_0_when_the_token_works(
     env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["check"]) == 0
-    assert capsys.readouterr().out.startswith("ok: the token works")
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "ok: the credentials work and the API accepts their token"
+    assert emulator.token_requests == 1  # nothing was cached: one request, not two
     assert emulator.api_requests == 1
+    assert emulator.issued_tokens[0] not in out
+
+
+def test_check_with_a_wrong_secret_fails_although_a_token_is_cached(
+    env: dict[str, str],
+    emulator: GenesysEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["token"]) == 0  # the right secret caches a token
+    capsys.readouterr()
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", "the-new-secret-is-wrong")
+    assert cli.main(["check"]) == 3
+    captured = capsys.readouterr()
+    assert "InvalidClientError" in captured.err
+    assert captured.out == ""  # nothing claims the credentials work
+    assert emulator.token_requests == 2
+    assert emulator.api_requests == 0
+
+
+def test_check_with_a_cached_token_asks_for_a_new_one_and_says_so(
+    env: dict[str, str], emulator: GenesysEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["token"]) == 0
+    capsys.readouterr()
+    assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert emulator.token_requests == 2
+    assert f"credentials: accepted by {emulator.token_url} (token request made just now)" in out
+    assert "the cached token was not used" in out
+    assert f"fingerprint {fingerprint_of(emulator.issued_tokens[1])}" in out
+    assert f"HEAD {emulator.api_base_url}/api/v2/tokens/me answered 200" in out
+    assert "cache:       file " in out
+    assert cli.main(["token"]) == 0  # the cache now holds the token `check` obtained
+    assert capsys.readouterr().out == emulator.issued_tokens[1] + "\n"
 
 
 def test_check_replaces_a_revoked_cached_token(
@@ -335,3 +451,56 @@ def test_emulator_command_serves_tokens_until_stopped(
         thread.join(5.0)
     assert not thread.is_alive()
     assert "export GENESYSCLOUD_TOKEN_URL=" in capsys.readouterr().out
+
+
+def test_emulator_on_a_busy_port_prints_one_error_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["emulator", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"genesys-token emulator: error: cannot start on 127.0.0.1:{port}: ")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--token-ttl", "-5"], ["--token-ttl", "nan"], ["--port", "70000"],
+     ["--token-rate-limit", "0"]],
+)  # fmt: skip
+def test_emulator_with_bad_options_prints_usage_and_one_error_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["emulator", *argv]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("genesys-token: error: "), err
+    assert "Traceback" not in err
+
+
+def test_emulator_command_as_a_process_with_a_negative_ttl_prints_no_traceback() -> None:
+    for argv in ([*command(), "emulator"], [sys.executable, "-m", "genesys_token.testing"]):
+        result = subprocess.run(
+            [*argv, "--token-ttl", "-5"],
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+        )
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert "--token-ttl: -5 must be a number >= 0" in result.stderr
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings}
+
+
+def test_both_emulator_command_lines_share_one_parser() -> None:
+    commands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    standalone = emulator_cli.build_parser()
+    assert _options(commands["emulator"]) == _options(standalone)
+    assert "--token-rate-limit" in _options(standalone)

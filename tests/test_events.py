@@ -325,9 +325,9 @@ def test_events_are_audit_logged_with_their_fields(
     [line] = [r for r in caplog.records if r.name == "genesys_token.audit"]
     assert line.levelno == logging.WARNING
     assert line.event_type == TOKEN_REFRESH_FAILURE  # type: ignore[attr-defined]
-    assert line.event_data["error"] == "InvalidClientError"  # type: ignore[attr-defined]
+    assert line.data["error"] == "InvalidClientError"  # type: ignore[attr-defined]
     assert uuid.UUID(line.event_id)  # type: ignore[attr-defined]
-    assert line.event_metrics["error_rate"] == 1.0  # type: ignore[attr-defined]
+    assert line.metrics["error_rate"] == 1.0  # type: ignore[attr-defined]
 
 
 def test_nothing_is_formatted_when_the_audit_log_is_off(make_manager: MakeManager):

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import logging.config
+import re
 import subprocess
 import sys
 import threading
@@ -18,10 +19,12 @@ import requests
 from conftest import MakeManager
 
 from genesys_token import GenesysAuth, GenesysTokenError
+from genesys_token.events import RECORD_FIELDS
 from genesys_token.logging import RedactingFilter, configure_json_logging, json_formatter
 from genesys_token.testing import Fault, GenesysEmulator
 
 TOKEN = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"
+ISO_8601_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
 HOOK_SECRET = "hook-secret-0123456789"
 
 
@@ -82,12 +85,15 @@ def test_json_audit_lines_parse_carry_the_fields_and_no_credential(
         for field in ("timestamp", "level", "message", "event_id", "event_timestamp"):
             assert line[field]
         assert line["client_id"] == emulator.client_id
-        assert isinstance(line["event_data"], dict)
-        assert "error_rate" in line["event_metrics"]
-        assert line["timestamp"].endswith("+00:00")
+        assert isinstance(line["data"], dict)
+        assert "error_rate" in line["metrics"]
+        for stamp in (line["timestamp"], line["event_timestamp"]):  # ISO 8601, UTC
+            assert ISO_8601_UTC.fullmatch(stamp), stamp
+        # The event record's own vocabulary (its timestamp as event_timestamp).
+        assert set(RECORD_FIELDS) - {"timestamp"} <= set(line)
     failures = [a for a in audit if a["event_type"] == "TOKEN_REFRESH_FAILURE"]
     assert [f["level"] for f in failures] == ["WARNING", "WARNING"]
-    assert failures[0]["event_data"]["status"] == 503
+    assert failures[0]["data"]["status"] == 503
 
     basic = f"{emulator.client_id}:{emulator.client_secret}".encode()
     secrets = [
@@ -120,6 +126,12 @@ def test_configure_twice_keeps_one_handler_and_applies_the_new_settings(
     assert [line["message"] for line in _lines(other)] == ["kept"]
     assert json_stream.getvalue() == ""
     assert configure_json_logging(logging.WARNING, stream=other) is handler
+
+
+def test_json_timestamps_are_iso_8601_with_a_t(json_stream: io.StringIO) -> None:
+    logging.getLogger("genesys_token.x").warning("when %s", "now")
+    (line,) = _lines(json_stream)
+    assert ISO_8601_UTC.fullmatch(line["timestamp"]), line["timestamp"]
 
 
 def test_configure_defaults_to_stderr(capsys: pytest.CaptureFixture[str]):

@@ -21,7 +21,13 @@ import requests
 from conftest import MakeManager
 
 from genesys_token import GenesysAuth, TokenManager, TokenRequestError
-from genesys_token.metrics import COUNTERS, LATENCY_WINDOW, Metrics, latency_summary
+from genesys_token.metrics import (
+    COUNTERS,
+    LATENCY_BUCKETS,
+    LATENCY_WINDOW,
+    Metrics,
+    latency_summary,
+)
 from genesys_token.testing import Fault, GenesysEmulator
 
 # -- the counters and the window ------------------------------------------------------------
@@ -44,6 +50,19 @@ def test_latency_summary_uses_nearest_rank_percentiles(
     samples: list[float], expected: dict[str, Any]
 ):
     assert latency_summary(samples) == expected
+
+
+def test_latency_histogram_counts_every_acquisition_in_cumulative_buckets():
+    metrics = Metrics()
+    for seconds in (0.01, 0.025, 0.3, 0.3, 75.0):  # 0.025 sits on a bound: le is inclusive
+        metrics.record_success(latency_s=seconds, requests=1)
+    histogram = metrics.snapshot(in_flight=0, expires_in=None)["latency_histogram"]
+    buckets = dict(histogram["buckets"])
+    assert list(buckets) == [*LATENCY_BUCKETS, float("inf")]
+    assert buckets[0.025] == 2
+    assert buckets[0.25] == 2 and buckets[0.5] == 4
+    assert buckets[60.0] == 4 and buckets[float("inf")] == 5 == histogram["count"]
+    assert histogram["sum"] == pytest.approx(75.635)
 
 
 def test_latency_window_is_bounded_and_recent():
@@ -286,11 +305,19 @@ def test_prometheus_collector_exports_the_snapshot(
     assert sample("genesys_token_error_rate") == 0
     assert sample("genesys_token_in_flight") == 0
     assert 86000 < (sample("genesys_token_expires_in_seconds") or 0) <= 86399
-    assert 0 < (sample("genesys_token_latency_seconds", stat="p95") or 0) < 5
+    # Latency is a histogram: bucket counts add up across hosts, quantile gauges do not.
+    assert sample("genesys_token_latency_seconds_count") == 2
+    assert sample("genesys_token_latency_seconds_bucket", le="+Inf") == 2
+    assert 0 < (sample("genesys_token_latency_seconds_sum") or 0) < 10
+    bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
+    counts = [sample("genesys_token_latency_seconds_bucket", le=le) or 0 for le in bounds]
+    assert counts == sorted(counts)
+    assert sample("genesys_token_latency_seconds", stat="p95") is None
     assert (
         registry.get_sample_value("genesys_token_successes_total", {"client_id": "second-client"})
         == 1
     )
     text = generate_latest(registry).decode()
     assert "# TYPE genesys_token_successes_total counter" in text
+    assert "# TYPE genesys_token_latency_seconds histogram" in text
     assert manager.get_token() not in text

@@ -85,3 +85,46 @@ def test_excerpt_redacts_a_basic_header_echo() -> None:
     encoded = base64.b64encode(b"client:pw").decode()
     out = excerpt(f'{{"echo": "{encoded}"}}', known=[encoded])
     assert encoded not in out
+
+
+# -- values, not prose ---------------------------------------------------------------------
+
+CACHE = "/home/ana/.cache/genesys-token"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"cannot lock the token cache in {CACHE}: Permission denied",
+        f"cannot open the token cache lock in {CACHE}: Not a directory",
+        f"[Errno 20] Not a directory: '{CACHE}/entry'",
+        f"genesys-token: Read-only file system: '{CACHE}'",
+        "could not save the token: No space left on device",
+        "token: [Errno 13] Permission denied",
+        "genesys-token: error: InvalidClientError: authentication failed",
+    ],
+)
+def test_os_errors_and_prose_survive(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("token=abc123def", "abc123def"),
+        ("https://x.test/cb?token=abc&next=1", "abc"),
+        ('{"access_token": "opaque-value-1"}', "opaque-value-1"),
+        ('{"access_token":"v"}', '"v"'),
+        ("Authorization: Bearer x", "Bearer x"),
+        ("client_secret=s3&grant_type=client_credentials", "s3"),
+        ("GENESYSCLOUD_OAUTHCLIENT_SECRET=plainword", "plainword"),
+        ("token: abc", "abc"),
+        ("the token: hunter2 was refused", "hunter2"),
+        ("secret: Sesame", "Sesame"),
+        (f"genesys-token: token={OPAQUE}", OPAQUE),
+    ],
+)
+def test_credential_values_next_to_prose_are_redacted(text: str, leak: str) -> None:
+    out = redact(text)
+    assert leak not in out, out
+    assert REDACTED in out

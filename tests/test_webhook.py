@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import MakeManager
 
-from genesys_token import InvalidClientError, TokenRequestError
+from genesys_token import InvalidClientError, TokenRequestError, webhook
 from genesys_token.config import Settings
 from genesys_token.errors import ConfigurationError
 from genesys_token.events import (
@@ -581,3 +582,20 @@ def test_sender_needs_a_url_and_keeps_it_out_of_its_repr():
     assert "hook-secret-path" not in repr(sender)
     assert "delivered=0" in repr(sender)
     sender.close()
+
+
+def test_webhook_without_a_secret_warns_once_per_process_without_the_url(
+    receiver: Receiver, make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook, "_unsigned_warned", threading.Event())  # a fresh process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_manager(webhook_url=receiver.url, webhook_secret="s3cr3t", background_refresh=False)
+        assert caught == []  # signed: nothing to warn about
+        for _ in range(3):
+            make_manager(webhook_url=receiver.url, background_refresh=False)
+    unsigned = [w for w in caught if issubclass(w.category, webhook.UnsignedWebhookWarning)]
+    assert len(unsigned) == 1, [str(w.message) for w in caught]
+    assert "webhook_secret" in str(unsigned[0].message)
+    assert receiver.url.split("//")[1] not in str(unsigned[0].message)
+    assert unsigned[0].filename.endswith("conftest.py")  # points at the TokenManager(...) call
