@@ -151,7 +151,9 @@ class Scheduler:
     def _ensure_worker(self) -> None:
         if self._idle_workers > 0:
             self._cond.notify_all()
-        elif self._workers < self._max_workers:
+        # Idle workers are counted until they wake: a burst of due jobs may outnumber them,
+        # and one that hangs must not hold the rest of the burst in the queue behind it.
+        if len(self._ready) > self._idle_workers and self._workers < self._max_workers:
             self._workers += 1
             name = f"genesys-token-worker-{self._workers}"
             threading.Thread(target=self._work, name=name, daemon=True).start()
