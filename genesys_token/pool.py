@@ -148,8 +148,7 @@ class TokenManagerPool:
             ConfigurationError: An invalid value, or this client is in the pool already
                 with another ``api_base_url``.
         """
-        scope_tuple = (scopes,) if isinstance(scopes, str) else tuple(scopes)
-        alias: _Alias = (client_id, region, token_url, api_base_url, scope_tuple)
+        alias = _alias(client_id, region, token_url, api_base_url, scopes)
         with self._lock:
             if self._closed:
                 raise ManagerClosedError("the token manager pool is closed")
@@ -335,6 +334,26 @@ class TokenManagerPool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"TokenManagerPool(managers={len(self._entries)}, state={state!r})"
+
+
+def _alias(client_id: Any, region: Any, token_url: Any, api_base_url: Any, scopes: Any) -> _Alias:
+    """The arguments of a get() as a dict key; a value of the wrong type (which could not
+    be a key) is refused here, with the field named, as the manager would refuse it."""
+    for name, value in (("region", region), ("token_url", token_url)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"{name} must be a string", field=name)
+    if api_base_url is not None and not isinstance(api_base_url, str):
+        raise ConfigurationError("api_base_url must be a string", field="api_base_url")
+    if not isinstance(client_id, str):
+        raise ConfigurationError("client_id must be a string", field="client_id")
+    scope_tuple: tuple[Any, ...] = ()
+    if isinstance(scopes, str):
+        scope_tuple = tuple(scopes.split())
+    elif isinstance(scopes, Iterable):
+        scope_tuple = tuple(scopes)
+    if not isinstance(scopes, Iterable) or not all(isinstance(s, str) for s in scope_tuple):
+        raise ConfigurationError("scopes must be a string or a list of strings", field="scopes")
+    return (client_id, region, token_url, api_base_url, scope_tuple)
 
 
 def _max_idle(value: Any) -> float | None:
