@@ -56,12 +56,13 @@ _Key = tuple[str, str, tuple[str, ...]]
 _Alias = tuple[str, str | None, str | None, str | None, tuple[str, ...]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
     manager: TokenManager
     secret: Secret
     last_used: float
-    aliases: set[_Alias] = field(default_factory=set)
+    #: The get() spellings that lead here (usually one: a list is smaller than a set).
+    aliases: list[_Alias] = field(default_factory=list)
 
 
 class TokenManagerPool:
@@ -191,7 +192,8 @@ class TokenManagerPool:
         elif not _same_secret(entry.secret, client_secret):
             entry.manager.set_credentials(client_secret)
             entry.secret = client_secret
-        entry.aliases.add(alias)
+        if alias not in entry.aliases:
+            entry.aliases.append(alias)
         self._aliases[alias] = entry
         return entry
 
