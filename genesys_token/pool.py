@@ -149,18 +149,25 @@ class TokenManagerPool:
             ConfigurationError: An invalid value, or this client is in the pool already
                 with another ``api_base_url``.
         """
-        alias = _alias(client_id, region, token_url, api_base_url, scopes)
+        # Unchecked: only a key made of checked values is in the dict, and nothing else can
+        # equal one. Checking every value on every call would cost more than the lookup.
+        quick = (client_id, region, token_url, api_base_url, _quick_scopes(scopes))
         with self._lock:
             if self._closed:
                 raise ManagerClosedError("the token manager pool is closed")
-            entry = self._aliases.get(alias)
+            try:
+                entry = self._aliases.get(quick)  # type: ignore[arg-type]
+            except TypeError:  # unhashable: a wrong type, refused by _alias() below
+                entry = None
             if entry is None or entry.manager.closed:
+                alias = _alias(client_id, region, token_url, api_base_url, scopes)
                 entry = self._find_or_make(alias, client_secret)
             elif not _same_secret(entry.secret, client_secret):
                 entry.manager.set_credentials(client_secret)
                 entry.secret = client_secret
             entry.last_used = self._now()
-            self._arm_sweep()
+            if not self._sweep_armed and self._max_idle is not None:
+                self._arm_sweep()
             return entry.manager
 
     def _find_or_make(self, alias: _Alias, client_secret: Secret) -> _Entry:
@@ -336,6 +343,17 @@ class TokenManagerPool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"TokenManagerPool(managers={len(self._entries)}, state={state!r})"
+
+
+def _quick_scopes(scopes: Any) -> tuple[Any, ...] | None:
+    kind = type(scopes)
+    if kind is tuple:
+        return scopes  # type: ignore[no-any-return]
+    if kind is str:
+        return tuple(scopes.split())
+    if kind is list:
+        return tuple(scopes)
+    return None
 
 
 def _alias(client_id: Any, region: Any, token_url: Any, api_base_url: Any, scopes: Any) -> _Alias:
