@@ -348,6 +348,14 @@ class GenesysEmulator:
         with self._lock:
             self._tokens[token].expires = time.monotonic()
 
+    def token_expiry(self, token: str) -> float | None:
+        """When an issued token expires, on ``time.monotonic()`` of the emulator's process
+        (one clock for every process of a Linux machine); None for a token not issued here.
+        """
+        with self._lock:
+            info = self._tokens.get(token)
+            return None if info is None else info.expires
+
     def is_token_valid(self, token: str) -> bool:
         with self._lock:
             return self._valid_token(token) is not None
