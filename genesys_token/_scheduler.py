@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from ._clock import elapsed
@@ -162,8 +163,12 @@ class Scheduler:
         while True:
             with self._cond:
                 if not self._ready:
+                    # The condition is shared with the scheduler thread: a wake-up is not a
+                    # job, so wait out the idle time instead of ending at the first one.
                     self._idle_workers += 1
-                    self._cond.wait(WORKER_IDLE)
+                    idle_until = time.monotonic() + WORKER_IDLE
+                    while not self._ready and (left := idle_until - time.monotonic()) > 0:
+                        self._cond.wait(left)
                     self._idle_workers -= 1
                     if not self._ready:
                         self._workers -= 1

@@ -155,6 +155,21 @@ def test_a_cancelled_job_never_runs_and_lets_the_scheduler_end() -> None:
     assert not ran.wait(0.3)
 
 
+def test_an_idle_worker_outlives_a_wake_up_and_ends_after_worker_idle() -> None:
+    # A new earliest deadline wakes every waiter of the condition, idle workers included:
+    # one must go back to waiting out its idle time, not end (a thread made per refresh).
+    sched = Scheduler(max_workers=1)
+    first, later = threading.Event(), threading.Event()
+    sched.schedule(Job(first.set, "first"), 0.0)
+    assert first.wait(2)
+    assert _wait_until(lambda: sched._idle_workers == 1)
+    sched.schedule(Job(later.set, "later"), 0.3)  # the new earliest deadline: notify_all
+    time.sleep(0.1)
+    assert sched._workers == 1
+    assert later.wait(2)
+    assert _wait_until(lambda: sched.threads == 0, timeout=2.5)
+
+
 # -- real managers on the process-wide scheduler -----------------------------------------
 
 
