@@ -70,7 +70,7 @@ class TokenManagerPool:
 
     ::
 
-        with TokenManagerPool(store=RedisStore(url), max_idle=3600) as pool:
+        with TokenManagerPool(store=RedisStore.from_url(url), max_idle=3600) as pool:
             manager = pool.get(org.client_id, org.client_secret, region=org.region)
             session.auth = GenesysAuth(manager)
 
@@ -224,7 +224,8 @@ class TokenManagerPool:
 
     def evict_idle(self) -> int:
         """Close and drop every manager unused for ``max_idle`` seconds now (the pool also
-        does this by itself, on the process-wide scheduler).
+        does this by itself, on the process-wide scheduler). Managers their holders closed
+        are dropped too (not counted as evicted).
 
         Returns:
             How many managers were evicted (0 without ``max_idle``).
@@ -239,8 +240,10 @@ class TokenManagerPool:
                 for key, entry in self._entries.items()
                 if now - entry.last_used >= max_idle and entry.manager.in_flight_count == 0
             ]
-            for key, entry in idle:
+            gone = [(k, e) for k, e in self._entries.items() if e.manager.closed]
+            for key, entry in {id(e): (k, e) for k, e in (*idle, *gone)}.values():
                 self._drop(key, entry)
+            idle = [(k, e) for k, e in idle if not e.manager.closed]
             self._evicted += len(idle)
         for _, entry in idle:
             entry.manager.close()

@@ -410,3 +410,14 @@ def test_bad_get_arguments_raise_a_configuration_error_naming_the_field(
             pool.get(call.pop("client_id"), call.pop("client_secret"), **call)
         assert excinfo.value.field == field
         assert len(pool) == 0
+
+
+def test_a_sweep_drops_managers_their_holders_closed(
+    make_pool: MakePool, orgs: list[tuple[str, str]], fake_clock: FakeClock
+) -> None:
+    pool = make_pool(max_idle=60, clock=fake_clock.clock())
+    closed, kept = pool.get(*orgs[0]), pool.get(*orgs[1])
+    closed.close()
+    assert pool.evict_idle() == 0
+    assert len(pool) == 1 and pool.metrics()["evicted"] == 0
+    assert pool.get(*orgs[1]) is kept
