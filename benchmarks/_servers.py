@@ -64,6 +64,17 @@ def _emulator_child(conn: Connection, options: dict[str, Any]) -> None:
             conn.send(None)
         elif op == "get":
             conn.send(getattr(emulator, args[0]))
+        elif op == "add_clients":  # (prefix, count, token_ttl): one pipe trip for thousands
+            prefix, count, ttl = args
+            for i in range(count):
+                emulator.add_client(f"{prefix}{i}", f"{prefix}{i}-secret", token_ttl=ttl)
+            conn.send(None)
+        elif op == "hang_client":  # (client_id, seconds): that org's token endpoint hangs
+            fault = Fault(delay=args[1], passthrough=True)
+            emulator.inject(fault, times=None, client_id=args[0])
+            conn.send(None)
+        elif op == "token_expiries":
+            conn.send([emulator.token_expiry(token) for token in args[0]])
         else:
             conn.send(getattr(emulator, op)(*args))
     emulator.stop()

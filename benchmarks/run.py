@@ -8,6 +8,9 @@ Scenarios (each prints its parameters, the machine, medians and ratios):
 4. Rotation under load: 32 threads, 2-second tokens; failed calls and 401s per peer.
 5. Fleet: processes sharing a FileStore / RedisStore vs none (``bench_fleet.py``).
 6. Memory: RSS after many refreshes vs after the first thousand.
+7. Many orgs: 1,000 and 10,000 managers in one pool (threads, sockets, RSS per manager,
+   first tokens), short tokens for 300 orgs, one org whose token endpoint hangs
+   (``_many_orgs.py``; genesys-token only: no peer has a many-org design).
 
 Peers: genesys-token, authlib (OAuth2Session), requests-auth (OAuth2ClientCredentials) and
 the seed port (``seed_port.py``, the original design, defects included). Nothing asserts a
@@ -38,6 +41,8 @@ if str(HERE) not in sys.path:
 TOTAL_BUDGET = 270.0
 #: Scenario 4's intended length per peer; the full plan runs less to fit the budget.
 ASKED_ROTATION_SECONDS = 20.0
+#: Scenario 7's length with the full plan (10,000 first tokens are most of it).
+MANY_ORGS_SECONDS = 55.0
 #: Quiet loggers: their warnings (a peer's failed refresh) are counted, not printed.
 QUIET_LOGGERS = ("genesys_token", "seed_port", "urllib3", "authlib", "requests_auth")
 
@@ -96,8 +101,9 @@ def _rotation_seconds(plan: Plan, elapsed: float, override: float | None) -> tup
     """Scenario 4's duration per peer: the plan's, or shorter to fit the total budget."""
     if override is not None:
         return override, " (set by --rotation-seconds)"
-    # What is left after scenarios 5 and 6 (measured: ~25 s and ~45 s on 2 cores).
+    # What is left after scenarios 5, 6 and 7 (measured: ~25 s, ~45 s and ~55 s on 2 cores).
     later = 3 * (plan.fleet_lifetimes * 2.0 + 2.0) + 4 * (plan.memory_budget + 3.0)
+    later += MANY_ORGS_SECONDS if plan is FULL else 0.0
     from _rotation_latency import COST_SECONDS  # scenario 4's latency-during-rotation part
 
     available = (TOTAL_BUDGET - elapsed - later - COST_SECONDS) / 4 - 2.0  # 4 peers, ~2 s each
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     import _fleet
     import _herd
     import _hotpath
+    import _many_orgs
     import _memory
     import _overhead
     import _report
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         processes=plan.fleet_processes, lifetimes=plan.fleet_lifetimes))  # fmt: skip
     attempt("6", lambda: _memory.run(
         warm=plan.memory_warm, goal=plan.memory_goal, budget=plan.memory_budget))  # fmt: skip
+    attempt("7", lambda: _many_orgs.run(_many_orgs.QUICK if args.quick else _many_orgs.FULL))
 
     elapsed = time.monotonic() - clock
     print(f"\n== Results ({elapsed:.0f} s)\n")

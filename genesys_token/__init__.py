@@ -32,6 +32,7 @@ from .errors import (
     UnauthorizedClientError,
 )
 from .manager import TokenManager
+from .pool import TokenManagerPool
 from .session import api_session
 from .token import Token
 
@@ -57,6 +58,7 @@ __all__ = [
     "Token",
     "TokenEndpointTLSError",
     "TokenManager",
+    "TokenManagerPool",
     "TokenRejectedError",
     "TokenRequestError",
     "TokenTimeoutError",

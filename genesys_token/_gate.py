@@ -65,11 +65,13 @@ class UseGate:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self._cond = threading.Condition(self.lock)
+        #: Made by the first drain (a rotation): most managers never rotate, and a
+        #: Condition is most of what an idle gate would cost.
+        self._cond: threading.Condition | None = None
         self._uses: dict[str, set[InFlight]] = {}
         self._count = 0
         #: Tokens a rotation is draining: only then does ending a use notify.
-        self._draining: set[str] = set()
+        self._draining: set[str] | None = None
 
     def reset_after_fork(self) -> None:
         """Forget the parent's uses and locks (called in a forked child)."""
@@ -115,7 +117,7 @@ class UseGate:
             self._count -= 1
             if not uses:
                 del self._uses[use.token]
-            if use.token in self._draining:
+            if self._draining and use.token in self._draining and self._cond is not None:
                 self._cond.notify_all()
 
     def retire(self, token: str, exclude_owner: int) -> int:
@@ -138,6 +140,10 @@ class UseGate:
         # Condition.wait runs on real time, so its deadline does too (not a test clock).
         deadline = time.monotonic() + timeout
         with self.lock:
+            if self._cond is None:
+                self._cond = threading.Condition(self.lock)
+            if self._draining is None:
+                self._draining = set()
             self._draining.add(token)
             try:
                 while (left := self._others(token, exclude_owner)) and not closed():
@@ -155,4 +161,5 @@ class UseGate:
     def wake_all(self) -> None:
         """Wake every drain (the manager is closing)."""
         with self.lock:
-            self._cond.notify_all()
+            if self._cond is not None:
+                self._cond.notify_all()

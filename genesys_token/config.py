@@ -30,7 +30,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = (3.05, 10.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Credentials:
     """A client id and a secret, or a secret source (a zero-argument callable such as
     :class:`~genesys_token.SecretFile`); the secret never appears in ``repr``."""
@@ -53,7 +53,7 @@ class Credentials:
         return Credentials(self.client_id, read_secret(self.client_secret))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a :class:`~genesys_token.TokenManager` is configured with.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections import deque
 from typing import Any
 
 from ._redact import excerpt
@@ -60,8 +59,12 @@ class Metrics:
         # One lock for all counters: `d[k] += 1` is a read-modify-write that threads
         # would otherwise interleave and lose updates in.
         self._lock = threading.Lock()
-        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # Only the counters that moved, and a ring that grows to LATENCY_WINDOW samples: a
+        # manager of a many-org process makes a token request or two a day, and a full
+        # deque block and sixteen zeros were a KiB each of its idle cost.
+        self._latencies: list[float] = []
+        self._oldest = 0  # where the next sample goes once the ring is full
+        self._counts: dict[str, int] = {}
         self._last_error: str | None = None
         # One count per bucket of LATENCY_BUCKETS plus +Inf (not cumulative), and the sum.
         self._bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -84,9 +87,15 @@ class Metrics:
             requests: Token requests the acquisition made.
         """
         with self._lock:
-            self._counts["successes"] += 1
-            self._counts["token_requests"] += requests
-            self._latencies.append(latency_s * 1000.0)
+            counts = self._counts
+            counts["successes"] = counts.get("successes", 0) + 1
+            counts["token_requests"] = counts.get("token_requests", 0) + requests
+            ring = self._latencies
+            if len(ring) < LATENCY_WINDOW:
+                ring.append(latency_s * 1000.0)
+            else:
+                ring[self._oldest] = latency_s * 1000.0
+                self._oldest = (self._oldest + 1) % LATENCY_WINDOW
             self._bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
             self._latency_sum += latency_s
 
@@ -99,8 +108,9 @@ class Metrics:
         """
         description = f"{type(error).__name__}: {excerpt(str(error), LAST_ERROR_CHARS)}"
         with self._lock:
-            self._counts["errors"] += 1
-            self._counts["token_requests"] += requests
+            counts = self._counts
+            counts["errors"] = counts.get("errors", 0) + 1
+            counts["token_requests"] = counts.get("token_requests", 0) + requests
             self._last_error = description
 
     def snapshot(self, *, in_flight: int, expires_in: float | None) -> dict[str, Any]:
@@ -118,9 +128,11 @@ class Metrics:
             ``buckets``, cumulative ``(upper bound in seconds, count)`` pairs ending with
             ``inf``; ``sum`` in seconds; ``count``), ``expires_in`` and ``last_error``.
         """
+        counts = dict.fromkeys(COUNTERS, 0)
         with self._lock:
-            counts = dict(self._counts)
-            samples = list(self._latencies)
+            counts.update(self._counts)
+            ring, oldest = self._latencies, self._oldest
+            samples = ring[oldest:] + ring[:oldest]  # oldest first
             last_error = self._last_error
             bucket_counts = list(self._bucket_counts)
             latency_sum = self._latency_sum

@@ -21,7 +21,7 @@ import base64
 import dataclasses
 import http.client
 import logging
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +94,16 @@ def basic_auth_header(credentials: Credentials) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+def _sleep(seconds: float) -> bool:
+    """The wait of an endpoint used without a :class:`Cancel` (nothing can interrupt it).
+
+    A function, not an ``Event().wait`` per endpoint: an Event is a Condition, a lock and
+    a deque, about 1 KiB for each of thousands of managers of a many-org process.
+    """
+    time.sleep(seconds)
+    return False
+
+
 class TokenEndpoint:
     """Requests client-credentials tokens from one token URL, with retries.
 
@@ -122,7 +132,7 @@ class TokenEndpoint:
         """
         self._settings = settings
         self._clock = clock
-        self._wait = wait or threading.Event().wait
+        self._wait = wait or _sleep
         self._on_retry = on_retry
         self._own_session = session
 

@@ -91,6 +91,24 @@ def test_successful_grant(emu: GenesysEmulator) -> None:
     assert response.headers["Server"] == "GenesysEmulator"
 
 
+def test_a_client_fault_touches_that_clients_token_requests_only(emu: GenesysEmulator) -> None:
+    emu.add_client("org-b", "secret-b")
+    emu.inject(Fault.server_error(503), times=None, client_id="org-b")
+    assert grant(emu).status_code == 200  # another client passes the fault by
+    assert grant(emu, "org-b", "secret-b").status_code == 503
+    assert grant(emu, "org-b", "secret-b").status_code == 503  # times=None: it stays
+    assert api(emu, "/api/v2/tokens/me", token(emu)).status_code == 200  # API paths too
+
+
+def test_token_expiry_is_on_the_monotonic_clock(emu: GenesysEmulator) -> None:
+    emu.token_ttl = 60
+    before = time.monotonic()
+    issued = token(emu)
+    expiry = emu.token_expiry(issued)
+    assert expiry is not None and before + 60 <= expiry <= time.monotonic() + 60
+    assert emu.token_expiry("never-issued") is None
+
+
 def test_credentials_in_body_only_when_no_basic_header(emu: GenesysEmulator) -> None:
     form = {**GRANT, "client_id": emu.client_id, "client_secret": emu.client_secret}
     assert requests.post(emu.token_url, data=form, timeout=5).status_code == 200

@@ -98,6 +98,7 @@ class _FaultSlot:
     path: str
     fault: Fault
     remaining: int | None
+    client_id: str | None = None
 
 
 class GenesysEmulator:
@@ -347,6 +348,14 @@ class GenesysEmulator:
         with self._lock:
             self._tokens[token].expires = time.monotonic()
 
+    def token_expiry(self, token: str) -> float | None:
+        """When an issued token expires, on ``time.monotonic()`` of the emulator's process
+        (one clock for every process of a Linux machine); None for a token not issued here.
+        """
+        with self._lock:
+            info = self._tokens.get(token)
+            return None if info is None else info.expires
+
     def is_token_valid(self, token: str) -> bool:
         with self._lock:
             return self._valid_token(token) is not None
@@ -403,10 +412,13 @@ class GenesysEmulator:
         *,
         times: int | None = 1,
         path: str = TOKEN_PATH,
+        client_id: str | None = None,
         **fault_kwargs: Any,
     ) -> Fault:
         """Answer the next ``times`` requests whose path starts with ``path`` with ``fault``.
 
+        ``client_id``: only token requests of that OAuth client (one org's token endpoint
+        hangs while the others' answer); other requests pass this fault by.
         ``fault_kwargs`` build a :class:`Fault` (or override fields of the given one).
         ``times=None`` keeps the fault until :meth:`clear_faults`. Faults are matched in the
         order they were injected.
@@ -420,7 +432,7 @@ class GenesysEmulator:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
         with self._lock:
-            self._faults.append(_FaultSlot(path, fault, times))
+            self._faults.append(_FaultSlot(path, fault, times, client_id))
         return fault
 
     def throttle_api(
@@ -441,8 +453,10 @@ class GenesysEmulator:
         with self._lock:
             self._faults.clear()
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, client_id: str | None) -> Fault | None:
         for slot in self._faults:
+            if slot.client_id is not None and slot.client_id != client_id:
+                continue
             if path.startswith(slot.path):
                 if slot.remaining is not None:
                     slot.remaining -= 1
@@ -465,7 +479,7 @@ class GenesysEmulator:
                 self._token_requests += 1
             elif path != JWKS_PATH:
                 self._api_requests += 1
-            fault = self._take_fault(path)
+            fault = self._take_fault(path, None if call is None else call.client_id)
         reply = self._answer(request, call, bearer, fault)
         status = 0 if reply is None else reply.status
         with self._lock:

@@ -1,0 +1,416 @@
+"""TokenManagerPool: one manager per OAuth client, for processes that serve many orgs.
+
+A pool makes each :class:`~genesys_token.TokenManager` on first use, with the settings it
+was given, and hands the same one to every later caller for that client. Managers of a
+pool cost what any manager costs, no more: they share the process-wide refresh scheduler,
+the process-wide connection pool of their login host, and the pool's store.
+
+Last use is what :meth:`TokenManagerPool.get` records, under the pool's lock: the
+manager's own ``get_token()`` stays the lock-free read it is, with no bookkeeping added. A
+manager with counted uses in flight (``GenesysAuth`` calls, ``in_flight()`` blocks) is
+never evicted.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._lifecycle import register_fork_handler
+from ._scheduler import Job, scheduler
+from ._secrets import Secret
+from .config import Settings
+from .errors import ConfigurationError, ManagerClosedError
+from .manager import TokenManager
+from .metrics import COUNTERS
+from .stores.base import MemoryStore
+
+__all__ = ["TokenManagerPool"]
+
+log = logging.getLogger(__name__)
+
+#: Per client, not shared: ``get()`` takes these itself.
+_PER_CLIENT = frozenset({"client_id", "client_secret", "scopes"})
+#: Where the login host is: ``get()`` values replace the pool's defaults as one unit.
+_LOCATION = ("region", "token_url", "api_base_url")
+_MANAGER_OPTIONS = frozenset(
+    name
+    for name, p in inspect.signature(TokenManager.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
+#: Not settings Settings.build() checks; passed to each manager as they are.
+_OBJECTS = frozenset({"store", "clock", "session"})
+#: An idle-eviction sweep runs every max_idle / this (and never more often than the floor):
+#: a manager goes between max_idle and 1.25 x max_idle after its last use.
+_SWEEPS_PER_MAX_IDLE = 4
+_SWEEP_FLOOR = 0.05
+
+_Key = tuple[str, str, tuple[str, ...]]
+_Alias = tuple[str, str | None, str | None, str | None, tuple[str, ...]]
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    manager: TokenManager
+    secret: Secret
+    last_used: float
+    #: The get() spellings that lead here (usually one: a list is smaller than a set).
+    aliases: list[_Alias] = field(default_factory=list)
+
+
+class TokenManagerPool:
+    """One :class:`~genesys_token.TokenManager` per OAuth client, made on first use.
+
+    ::
+
+        with TokenManagerPool(store=RedisStore.from_url(url), max_idle=3600) as pool:
+            manager = pool.get(org.client_id, org.client_secret, region=org.region)
+            session.auth = GenesysAuth(manager)
+
+    Args:
+        max_idle: Close and drop a manager this many seconds after its last
+            :meth:`get` (None, the default: never). A manager with counted uses in flight
+            is kept. Whoever still holds an evicted manager gets
+            :class:`~genesys_token.ManagerClosedError` from it; a later :meth:`get` makes
+            a new one (its first token may come from the store).
+        **shared_settings: Any keyword setting of :class:`~genesys_token.TokenManager`
+            (``store``, ``timeout``, ``refresh_buffer``, ``clock``, ``session``,
+            ``background_refresh``, ...), given to every manager of the pool. ``region``,
+            ``token_url`` and ``api_base_url`` here are defaults for :meth:`get` calls
+            that give none of the three. Without a ``store``, the pool's managers share
+            one :class:`~genesys_token.stores.MemoryStore`.
+
+    Raises:
+        ConfigurationError: An unknown or invalid setting (checked now, not at first use).
+    """
+
+    def __init__(self, *, max_idle: float | None = None, **shared_settings: Any) -> None:
+        for name in shared_settings:
+            if name in _PER_CLIENT or name not in _MANAGER_OPTIONS:
+                raise ConfigurationError(
+                    f"{name!r} is not a setting a pool can share (per client: pass it to get())",
+                    field=name,
+                )
+        checked = {k: v for k, v in shared_settings.items() if k not in _OBJECTS}
+        Settings.build("pool-settings-check", "unused", **checked)
+        self._max_idle = _max_idle(max_idle)
+        self._shared = dict(shared_settings)
+        if self._shared.get("store") is None:
+            self._shared["store"] = MemoryStore()
+        clock: Clock = self._shared.get("clock") or SYSTEM_CLOCK
+        self._now = clock.monotonic
+        self._lock = threading.Lock()
+        self._entries: dict[_Key, _Entry] = {}
+        self._aliases: dict[_Alias, _Entry] = {}
+        self._closed = False
+        self._created = 0
+        self._evicted = 0
+        self._sweep_armed = False
+        self._sweep = _sweep_job(self)
+        register_fork_handler(self)
+
+    # -- getting a manager -------------------------------------------------------------
+
+    def get(
+        self,
+        client_id: str,
+        client_secret: Secret,
+        *,
+        region: str | None = None,
+        token_url: str | None = None,
+        api_base_url: str | None = None,
+        scopes: str | Iterable[str] = (),
+    ) -> TokenManager:
+        """Return the manager of this client, making it on first use (thread-safe: callers
+        asking at once all get the one manager).
+
+        A client is its client id, resolved token URL and scopes (in any order). Asking
+        with another secret than the manager has hands the new secret to it
+        (:meth:`TokenManager.set_credentials`): the next token request uses it, the
+        current token stays. The last secret given wins, so give one secret per client.
+
+        Args:
+            client_id: The OAuth client id of the org.
+            client_secret: Its secret, or a zero-argument callable returning it.
+            region: The org's region (see :class:`~genesys_token.TokenManager`).
+            token_url: Its token URL, overriding the region's.
+            api_base_url: Its API base URL, overriding the region's.
+            scopes: Scopes to ask for.
+
+        Raises:
+            ManagerClosedError: The pool was closed.
+            ConfigurationError: An invalid value, or this client is in the pool already
+                with another ``api_base_url``.
+        """
+        # Unchecked: only a key made of checked values is in the dict, and nothing else can
+        # equal one. Checking every value on every call would cost more than the lookup.
+        quick = (client_id, region, token_url, api_base_url, _quick_scopes(scopes))
+        with self._lock:
+            if self._closed:
+                raise ManagerClosedError("the token manager pool is closed")
+            try:
+                entry = self._aliases.get(quick)  # type: ignore[arg-type]
+            except TypeError:  # unhashable: a wrong type, refused by _alias() below
+                entry = None
+            if entry is None or entry.manager.closed:
+                alias = _alias(client_id, region, token_url, api_base_url, scopes)
+                entry = self._find_or_make(alias, client_secret)
+            elif not _same_secret(entry.secret, client_secret):
+                entry.manager.set_credentials(client_secret)
+                entry.secret = client_secret
+            entry.last_used = self._now()
+            if not self._sweep_armed and self._max_idle is not None:
+                self._arm_sweep()
+            return entry.manager
+
+    def _find_or_make(self, alias: _Alias, client_secret: Secret) -> _Entry:
+        client_id, region, token_url, api_base_url, scopes = alias
+        options = {k: v for k, v in self._shared.items() if k not in _OBJECTS}
+        if region is not None or token_url is not None or api_base_url is not None:
+            for name in _LOCATION:
+                options.pop(name, None)
+            options.update(region=region, token_url=token_url, api_base_url=api_base_url)
+        settings = Settings.build(client_id, client_secret, scopes=scopes, **options)
+        key: _Key = (settings.client_id, settings.token_url, tuple(sorted(settings.scopes)))
+        entry = self._entries.get(key)
+        if entry is not None and entry.manager.closed:
+            self._drop(key, entry)  # closed by its holder: make a new one
+            entry = None
+        if entry is None:
+            objects = {k: v for k, v in self._shared.items() if k in _OBJECTS}
+            manager = TokenManager(
+                client_id, client_secret, scopes=settings.scopes, **options, **objects
+            )
+            entry = self._entries[key] = _Entry(manager, client_secret, self._now())
+            self._created += 1
+        elif entry.manager.api_base_url != settings.api_base_url:
+            raise ConfigurationError(
+                f"client {client_id!r} is in the pool already, with api_base_url "
+                f"{entry.manager.api_base_url!r}",
+                field="api_base_url",
+            )
+        elif not _same_secret(entry.secret, client_secret):
+            entry.manager.set_credentials(client_secret)
+            entry.secret = client_secret
+        if alias not in entry.aliases:
+            entry.aliases.append(alias)
+        self._aliases[alias] = entry
+        return entry
+
+    def _drop(self, key: _Key, entry: _Entry) -> None:
+        """Forget ``entry`` (the lock is held)."""
+        del self._entries[key]
+        for alias in entry.aliases:
+            if self._aliases.get(alias) is entry:
+                del self._aliases[alias]
+
+    def __len__(self) -> int:
+        """How many managers the pool holds."""
+        return len(self._entries)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # -- idle eviction -----------------------------------------------------------------
+
+    def evict_idle(self) -> int:
+        """Close and drop every manager unused for ``max_idle`` seconds now (the pool also
+        does this by itself, on the process-wide scheduler). Managers their holders closed
+        are dropped too (not counted as evicted).
+
+        Returns:
+            How many managers were evicted (0 without ``max_idle``).
+        """
+        max_idle = self._max_idle
+        if max_idle is None:
+            return 0
+        with self._lock:
+            now = self._now()
+            idle = [
+                (key, entry)
+                for key, entry in self._entries.items()
+                if now - entry.last_used >= max_idle and entry.manager.in_flight_count == 0
+            ]
+            gone = [(k, e) for k, e in self._entries.items() if e.manager.closed]
+            for key, entry in {id(e): (k, e) for k, e in (*idle, *gone)}.values():
+                self._drop(key, entry)
+            idle = [(k, e) for k, e in idle if not e.manager.closed]
+            self._evicted += len(idle)
+        for _, entry in idle:
+            entry.manager.close()
+        if idle:
+            log.debug("evicted %d idle token manager(s)", len(idle))
+        return len(idle)
+
+    def _swept(self) -> None:
+        """The scheduler's turn: evict, then come back while any manager is left."""
+        self.evict_idle()
+        with self._lock:
+            self._sweep_armed = False
+            self._arm_sweep()
+
+    def _arm_sweep(self) -> None:
+        """Plan the next sweep (the lock is held). None is planned for an empty pool, so
+        an idle pool keeps no scheduler thread alive."""
+        if self._max_idle is None or self._sweep_armed or self._closed or not self._entries:
+            return
+        self._sweep_armed = True
+        delay = max(_SWEEP_FLOOR, self._max_idle / _SWEEPS_PER_MAX_IDLE)
+        scheduler().schedule(self._sweep, delay)
+
+    # -- figures -----------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        """Per-client figures and totals.
+
+        Returns:
+            ``managers`` (held now), ``created`` and ``evicted`` (since the pool was made),
+            ``totals`` (every counter of :meth:`TokenManager.metrics` summed, plus
+            ``in_flight`` and ``without_valid_token``: managers with no token or an
+            expired one) and ``clients``: one dict per manager with ``client_id``,
+            ``token_url``, ``scopes``, ``idle_seconds`` and its ``metrics``.
+        """
+        with self._lock:
+            entries = list(self._entries.items())
+            created, evicted = self._created, self._evicted
+        now = self._now()
+        totals: dict[str, int] = dict.fromkeys((*COUNTERS, "in_flight", "without_valid_token"), 0)
+        clients = []
+        for (client_id, token_url, scopes), entry in entries:
+            snap = entry.manager.metrics()
+            for name in (*COUNTERS, "in_flight"):
+                totals[name] += int(snap.get(name) or 0)
+            expires_in = snap.get("expires_in")
+            if expires_in is None or expires_in <= 0:
+                totals["without_valid_token"] += 1
+            clients.append(
+                {
+                    "client_id": client_id,
+                    "token_url": token_url,
+                    "scopes": list(scopes),
+                    "idle_seconds": round(max(0.0, now - entry.last_used), 3),
+                    "metrics": snap,
+                }
+            )
+        return {
+            "managers": len(entries),
+            "created": created,
+            "evicted": evicted,
+            "totals": totals,
+            "clients": clients,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every manager and refuse later :meth:`get` calls. Idempotent.
+
+        The pool's store is left open: it may be shared with other pools or processes.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            entries = list(self._entries.values())
+            self._entries.clear()
+            self._aliases.clear()
+        scheduler().cancel(self._sweep)
+        for entry in entries:
+            entry.manager.close()
+
+    def __enter__(self) -> TokenManagerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        """A fresh lock (a parent thread may have held it); the sweep comes back on the
+        next get(), on the child's own scheduler."""
+        self._lock = threading.Lock()
+        self._sweep = _sweep_job(self)
+        self._sweep_armed = False
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a TokenManagerPool cannot be pickled: create one in each process")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"TokenManagerPool(managers={len(self._entries)}, state={state!r})"
+
+
+def _quick_scopes(scopes: Any) -> tuple[Any, ...] | None:
+    kind = type(scopes)
+    if kind is tuple:
+        return scopes  # type: ignore[no-any-return]
+    if kind is str:
+        return tuple(scopes.split())
+    if kind is list:
+        return tuple(scopes)
+    return None
+
+
+def _alias(client_id: Any, region: Any, token_url: Any, api_base_url: Any, scopes: Any) -> _Alias:
+    """The arguments of a get() as a dict key; a value of the wrong type (which could not
+    be a key) is refused here, with the field named, as the manager would refuse it."""
+    for name, value in (("region", region), ("token_url", token_url)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"{name} must be a string", field=name)
+    if api_base_url is not None and not isinstance(api_base_url, str):
+        raise ConfigurationError("api_base_url must be a string", field="api_base_url")
+    if not isinstance(client_id, str):
+        raise ConfigurationError("client_id must be a string", field="client_id")
+    scope_tuple: tuple[Any, ...] = ()
+    if isinstance(scopes, str):
+        scope_tuple = tuple(scopes.split())
+    elif isinstance(scopes, Iterable):
+        scope_tuple = tuple(scopes)
+    if not isinstance(scopes, Iterable) or not all(isinstance(s, str) for s in scope_tuple):
+        raise ConfigurationError("scopes must be a string or a list of strings", field="scopes")
+    return (client_id, region, token_url, api_base_url, scope_tuple)
+
+
+def _max_idle(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(
+            "max_idle must be a number of seconds > 0, or None", field="max_idle"
+        )
+    return float(value)
+
+
+def _same_secret(held: Secret, given: Secret) -> bool:
+    if held is given:
+        return True
+    if isinstance(held, str) and isinstance(given, str):
+        return hmac.compare_digest(held.encode("utf-8"), given.encode("utf-8"))
+    return held == given
+
+
+def _sweep_job(pool: TokenManagerPool) -> Job:
+    """The pool's eviction job on the process-wide scheduler; holds the pool weakly."""
+    ref = weakref.ref(pool)
+
+    def run() -> None:
+        target = ref()
+        if target is not None:
+            target._swept()
+
+    job = Job(run, "pool-sweep")
+    finalizer = weakref.finalize(pool, _forget_job, job)
+    finalizer.atexit = False
+    return job
+
+
+def _forget_job(job: Job) -> None:
+    scheduler().forget(job)
