@@ -80,6 +80,21 @@ def read_child(pid: int, read_end: int, timeout: float = 15.0) -> bytes:
     return b"".join(chunks)
 
 
+def in_background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``target`` in a thread; the list receives its result or its exception."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(target())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
 def join_fetch_threads(timeout: float = 5.0) -> None:
     """Wait for token acquisitions' threads to end (they hold their manager while they run)."""
     for thread in threading.enumerate():

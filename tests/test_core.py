@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, read_child
+from conftest import FakeClock, MakeManager, in_background, read_child
 
 from genesys_token import (
     InvalidClientError,
@@ -27,20 +27,6 @@ from genesys_token import (
 from genesys_token._clock import SYSTEM_CLOCK
 from genesys_token.stores import FileStore, MemoryStore, store_key
 from genesys_token.testing import Fault, GenesysEmulator
-
-
-def _background(target: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(target())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
 
 
 def _until(predicate: Any, timeout: float = 5.0) -> None:
@@ -62,7 +48,7 @@ def test_set_credentials_while_waiting_for_the_store_lock_saves_no_foreign_token
     key_a = store_key(emulator.client_id, manager.token_url, ())
     with store.lock(key_a, 1) as held:  # a peer holds A's lock: the acquisition waits
         assert held
-        waiter, got = _background(manager.get_token)
+        waiter, got = in_background(manager.get_token)
         time.sleep(0.2)  # the acquisition is parked on the lock (a shorter wait only weakens)
         manager.set_credentials("secret-b", client_id="client-b")
     waiter.join(10)
@@ -116,7 +102,7 @@ def test_close_during_a_token_request_returns_at_once_and_installs_nothing(
 ):
     manager = make_manager()
     emulator.inject(Fault(delay=3.0, passthrough=True))
-    caller, got = _background(manager.get_token)
+    caller, got = in_background(manager.get_token)
     _until(lambda: emulator.token_requests == 1)
     started = time.monotonic()
     manager.close()
@@ -197,7 +183,7 @@ def test_forced_refresh_after_set_credentials_does_not_take_the_old_secrets_resu
 ):
     manager = make_manager(client_secret="the-old-secret", max_retries=0)
     emulator.inject(Fault(delay=0.5, passthrough=True))
-    old_fetch, old_result = _background(manager.get_token)
+    old_fetch, old_result = in_background(manager.get_token)
     _until(lambda: emulator.token_requests == 1)
     manager.set_credentials(emulator.client_secret)
     token = manager.refresh(force=True)
@@ -281,7 +267,7 @@ def test_a_use_that_read_the_old_token_before_a_swap_is_not_counted_against_it(
         return original(token, still_current)
 
     gate.begin = paused_begin  # type: ignore[method-assign]
-    user, use = _background(manager.begin_use)
+    user, use = in_background(manager.begin_use)
     assert read_token.wait(5)
     new = manager.rotate(drain_timeout=1, revoke_previous=True)  # swaps, drains (0), revokes
     go_on.set()
@@ -365,6 +351,8 @@ def test_a_manager_handed_to_a_spawned_process_fails_with_a_clear_message(
 
 
 def test_the_settings_repr_shows_no_webhook_url(make_manager: MakeManager):
-    manager = make_manager(webhook_url="https://hooks.example.com/services/T0/B0/SECRETPATH")
+    manager = make_manager(
+        webhook_url="https://hooks.example.com/services/T0/B0/SECRETPATH", webhook_secret="s"
+    )
     assert "SECRETPATH" not in repr(manager.settings)
     assert "SECRETPATH" not in repr(manager)

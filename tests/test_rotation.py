@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager
+from conftest import MakeManager, in_background
 
 from genesys_token import (
     ConfigurationError,
@@ -104,21 +104,6 @@ def _session(manager: TokenManager) -> requests.Session:
     return session
 
 
-def _in_background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run ``target`` in a thread; the list receives its result or its exception."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(target())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
-
-
 def _token_sent_to(emulator: GenesysEmulator, path: str) -> list[str | None]:
     return [r.token_used for r in emulator.api_request_log if r.path == path]
 
@@ -137,7 +122,7 @@ def test_rotation_holds_no_caller_and_revokes_only_after_the_long_call(
     old = manager.get_token()
     session = _session(manager)
     emulator.inject(Fault(delay=3.0, passthrough=True), path="/api/v2/echo/long")
-    long_call, long_answer = _in_background(
+    long_call, long_answer = in_background(
         lambda: session.get(emulator.api_base_url + "/api/v2/echo/long", timeout=10)
     )
     deadline = time.monotonic() + 5
@@ -167,7 +152,7 @@ def test_rotation_holds_no_caller_and_revokes_only_after_the_long_call(
     time.sleep(0.3)  # calls before the rotation: the baseline latency
     rotating.set()
     swapped_while_long_call_ran: list[bool] = []
-    rotation, rotated = _in_background(
+    rotation, rotated = in_background(
         lambda: manager.rotate(drain_timeout=10, revoke_previous=True)
     )
     deadline = time.monotonic() + 5
@@ -210,7 +195,7 @@ def test_a_drain_waits_for_the_old_tokens_uses_only(
     events = Events(manager)
     old = manager.get_token()
     holder = holders(manager)
-    rotation, rotated = _in_background(lambda: manager.rotate(drain_timeout=5))
+    rotation, rotated = in_background(lambda: manager.rotate(drain_timeout=5))
     assert holder.pending is not None and holder.pending.wait(5)  # swapped: told to leave
     # A caller arriving during the drain is not held: it gets the new token at once.
     session = _session(manager)
@@ -236,7 +221,7 @@ def test_call_that_never_ends_times_the_drain_out(
     emulator.inject(Fault(delay=30, passthrough=True), path=ORG_PATH)
     session = _session(manager)
     # The read timeout outlasts the 3 s this test may take; emulator.stop() ends the call.
-    stuck, _ = _in_background(lambda: session.get(emulator.api_base_url + ORG_PATH, timeout=5))
+    stuck, _ = in_background(lambda: session.get(emulator.api_base_url + ORG_PATH, timeout=5))
     deadline = time.monotonic() + 5
     while manager.in_flight_count != 1:
         assert time.monotonic() < deadline, "the stuck call never started"
@@ -283,9 +268,9 @@ def test_concurrent_rotations_run_one_after_the_other(
     events = Events(manager)
     manager.get_token()
     holder = holders(manager)
-    first, first_out = _in_background(lambda: manager.rotate(drain_timeout=5))
+    first, first_out = in_background(lambda: manager.rotate(drain_timeout=5))
     events.wait_for(TOKEN_ROTATION_STARTED)
-    second, second_out = _in_background(lambda: manager.rotate(drain_timeout=5))
+    second, second_out = in_background(lambda: manager.rotate(drain_timeout=5))
     second.join(0.3)
     assert events.types() == [TOKEN_ROTATION_STARTED]  # the second waits its turn
     holder.release()
@@ -397,7 +382,7 @@ def test_listener_of_rotation_started_can_use_the_manager(
     manager = make_manager(drain_timeout=1.0, retry_deadline=1.0)
     manager.get_token()
     manager.on(TOKEN_ROTATION_STARTED, lambda record: use_manager(manager))
-    rotation, _ = _in_background(lambda: manager.rotate(drain_timeout=5))
+    rotation, _ = in_background(lambda: manager.rotate(drain_timeout=5))
     rotation.join(1.5)
     finished = not rotation.is_alive()
     manager.close()  # frees a rotation stuck on itself (with _count_a_use: for ever)
@@ -543,7 +528,7 @@ def test_a_redirected_call_stays_counted_through_its_second_leg(
     emulator.inject(Fault(delay=1.0, passthrough=True), path="/api/v2/echo/slow")
     session = _session(manager)
     target = f"{emulator.api_base_url}/api/v2/echo/slow"
-    call, answer = _in_background(
+    call, answer = in_background(
         lambda: session.get(f"{emulator.api_base_url}/redirect?to={target}", timeout=10)
     )
     deadline = time.monotonic() + 5
