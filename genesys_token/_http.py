@@ -132,18 +132,75 @@ def attached(cancel: Cancel | None, bound: float) -> Iterator[None]:
     whole answer: a server trickling its status line and headers a byte at a time would
     otherwise hold the acquisition (and every caller waiting on it) forever."""
     scope = cancel.attempt() if cancel is not None else Cancel()
-    watchdog = threading.Timer(bound, scope.cut)
-    watchdog.name = "genesys-token-watchdog"
-    watchdog.daemon = True
-    watchdog.start()
+    ticket = WATCHDOG.arm(scope, bound)
     previous = getattr(_local, "cancel", None)
     _local.cancel = scope
     try:
         yield
     finally:
         _local.cancel = previous
-        watchdog.cancel()
+        WATCHDOG.disarm(ticket)
         scope.release()
+
+
+class Watchdog:
+    """One thread for the whole process that cuts attempts running past their bound (a
+    thread per attempt would be a thread per token request: thousands at a many-org cold
+    start). It ends when nothing is armed and starts again with the next attempt."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._armed: dict[int, tuple[float, Cancel]] = {}
+        self._tickets = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, scope: Cancel, bound: float) -> int:
+        """Cut ``scope`` in ``bound`` seconds unless disarmed first; returns a ticket."""
+        with self._cond:
+            self._tickets += 1
+            self._armed[self._tickets] = (time.monotonic() + bound, scope)
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(
+                    target=self._run, name="genesys-token-watchdog", daemon=True
+                )
+                self._thread = thread
+                thread.start()
+            self._cond.notify()
+            return self._tickets
+
+    def disarm(self, ticket: int) -> None:
+        """The attempt ended in time."""
+        with self._cond:
+            self._armed.pop(ticket, None)
+            if not self._armed:
+                self._cond.notify()  # nothing left to watch: the idle countdown starts now
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        with self._cond:
+            while self._thread is me:
+                if not self._armed:
+                    # Linger a moment: attempts come in bursts (retries, cold starts).
+                    self._cond.wait(WATCHDOG_IDLE)
+                    if not self._armed:
+                        self._thread = None
+                        return
+                    continue
+                now = time.monotonic()
+                due = [t for t, (deadline, _) in self._armed.items() if deadline <= now]
+                for ticket in due:
+                    _, scope = self._armed.pop(ticket)
+                    scope.cut()
+                if self._armed:
+                    earliest = min(deadline for deadline, _ in self._armed.values())
+                    self._cond.wait(max(0.0, earliest - now))
+
+
+#: How long the idle watchdog thread waits for another attempt before it ends.
+WATCHDOG_IDLE = 0.5
+WATCHDOG = Watchdog()
 
 
 class _Attaching:
@@ -293,12 +350,13 @@ LIMITER = HostLimiter()
 
 
 def _after_fork_in_child() -> None:
-    global _session, _session_lock, _attach_lock, LIMITER
+    global _session, _session_lock, _attach_lock, LIMITER, WATCHDOG
     # Abandoned, not closed: closing takes locks a parent thread may have held at the fork.
     _session = None
     _session_lock = threading.Lock()
     _attach_lock = threading.Lock()
     LIMITER = HostLimiter()
+    WATCHDOG = Watchdog()
 
 
 if hasattr(os, "register_at_fork"):
