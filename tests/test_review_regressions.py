@@ -28,6 +28,9 @@ from genesys_token import (
     TokenTimeoutError,
     _http,
 )
+from genesys_token import (
+    _scheduler as _scheduler_module,
+)
 from genesys_token._flight import FetchedAfter
 from genesys_token._scheduler import Job, Scheduler, scheduler
 from genesys_token.events import TOKEN_REFRESH_SUCCESS, TOKEN_ROTATION_STARTED
@@ -413,8 +416,9 @@ def test_a_slow_listener_does_not_hold_the_callers_waiting_on_the_flight(
             assert waiting.acquire(timeout=5)  # every caller waits on the one flight
         go.set()
         assert in_listener.wait(5)
+        deadline = time.monotonic() + 2
         for thread, _ in callers:
-            thread.join(2)  # the listener still runs
+            thread.join(max(0.0, deadline - time.monotonic()))  # the listener still runs
         assert [out for _, out in callers if not out] == []
         assert all(isinstance(out[0], str) for _, out in callers)
     finally:
@@ -458,8 +462,16 @@ def test_close_racing_a_scheduled_rearm_leaves_nothing_scheduled(make_manager: M
 # -- the scheduler -------------------------------------------------------------------------
 
 
-def test_jobs_due_together_do_not_queue_behind_one_idle_worker():
+def test_jobs_due_together_do_not_queue_behind_one_idle_worker(
+    monkeypatch: pytest.MonkeyPatch,
+):
     # Defect scheduler_one_idle_worker_serializes: one idle worker took every due job.
+    now, thawed = [0.0], threading.Event()
+
+    def elapsed() -> float:  # frozen: both jobs get one deadline; thawed: time runs again
+        return now[0] + (time.monotonic() if thawed.is_set() else 0.0)
+
+    monkeypatch.setattr(_scheduler_module, "elapsed", elapsed)
     s = Scheduler()
     warm, release, hanging, other = (threading.Event() for _ in range(4))
 
@@ -471,12 +483,18 @@ def test_jobs_due_together_do_not_queue_behind_one_idle_worker():
     assert warm.wait(5)
     _until(lambda: s._idle_workers == 1)  # its worker now idles
     try:
-        s.schedule(Job(hang, "org-A (endpoint hangs)"), 0.1)
-        s.schedule(Job(other.set, "org-B"), 0.1)
+        s.schedule(Job(hang, "org-A (endpoint hangs)"), 1.0)
+        s.schedule(Job(other.set, "org-B"), 1.0)
+        with s._cond:
+            now[0] = 2.0  # both fall due at once
+            s._cond.notify_all()
         assert hanging.wait(5)
         assert other.wait(1), "org-B queued behind the hanging org-A"
     finally:
         release.set()
+        with s._cond:
+            thawed.set()  # idle workers end
+            s._cond.notify_all()
     _until(lambda: s.threads == 0)
 
 
