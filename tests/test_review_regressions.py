@@ -483,10 +483,10 @@ def test_jobs_due_together_do_not_queue_behind_one_idle_worker(
     assert warm.wait(5)
     _until(lambda: s._idle_workers == 1)  # its worker now idles
     try:
-        s.schedule(Job(hang, "org-A (endpoint hangs)"), 1.0)
-        s.schedule(Job(other.set, "org-B"), 1.0)
+        s.schedule(Job(hang, "org-A (endpoint hangs)"), 0.5)
+        s.schedule(Job(other.set, "org-B"), 0.5)
         with s._cond:
-            now[0] = 2.0  # both fall due at once
+            now[0] = 0.5  # both fall due at once, within the idle worker's WORKER_IDLE
             s._cond.notify_all()
         assert hanging.wait(5)
         assert other.wait(1), "org-B queued behind the hanging org-A"
