@@ -1,13 +1,15 @@
 """Ready-made glue between a :class:`~genesys_token.TokenManager` and frameworks.
 
 Each integration lives in its own module and imports its framework only there, so this
-package (and ``genesys_token`` itself) imports without Flask, Django or the official SDK:
+package (and ``genesys_token`` itself) imports without Flask, Django, httpx or the official SDK:
 
 * :mod:`genesys_token.integrations.flask`: the ``GenesysToken`` Flask extension.
 * :mod:`genesys_token.integrations.django`: ``get_manager()`` / ``get_session()`` from
   ``django.conf.settings``.
 * :mod:`genesys_token.integrations.platform_client`: ``bind_api_client()`` for the official
   ``PureCloudPlatformClientV2`` SDK.
+* :mod:`genesys_token.integrations.httpx`: ``GenesysHTTPXAuth``, an ``httpx.Auth`` for sync
+  and async clients (the ``[httpx]`` extra).
 
 The Flask extension and the Django helpers read the same settings: ``GENESYS_CLIENT_ID``,
 ``GENESYS_CLIENT_SECRET``, ``GENESYS_REGION``, ``GENESYS_TOKEN_URL``, ``GENESYS_API_URL``
