@@ -33,12 +33,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-#: ``key=value``, ``"key": "value"`` and ``key: value`` naming a credential. The key stands
-#: alone: ``genesys-token`` (a directory name in OS errors) is not the key ``token``.
+#: ``key=value``, ``"key": "value"``, ``'key': 'value'`` (a Python repr) and ``key: value``
+#: naming a credential, snake_case or camelCase (``accessToken``). The key stands alone:
+#: ``genesys-token`` (a directory name in OS errors) is not the key ``token``.
 _KEY_VALUE = re.compile(
-    r"(?i)(?<![A-Za-z0-9-])(?P<key>\"?(?:access_token|refresh_token|id_token|client_secret"
-    r"|secret|password|token)\"?)(?P<sep>\s*[:=]\s*)(?P<quote>\"?)(?P<value>[^\"&,\s}]+)"
-    r"(?=(?P<next>\s+[A-Za-z])?)"
+    r"(?i)(?<![A-Za-z0-9-])(?P<key>[\"']?(?:access_?token|refresh_?token|id_?token"
+    r"|client_?secret|api_?key|secret|password|token)[\"']?)(?P<sep>\s*[:=]\s*)"
+    r"(?P<quote>[\"']?)(?P<value>[^\"'&,\s}]+)(?=(?P<next>\s+[A-Za-z])?)"
 )
 #: An unquoted ``key: value`` whose value is a word followed by more words is prose, such as
 #: an OS error (``token: Permission denied``, ``token: Not a directory``, ``[Errno 13] ...``).
@@ -46,7 +47,7 @@ _PROSE_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
 
 def _redact_value(match: re.Match[str]) -> str:
-    quoted = match["quote"] or match["key"].endswith('"')
+    quoted = match["quote"] or match["key"].endswith(('"', "'"))
     if not quoted and ":" in match["sep"] and "=" not in match["sep"]:
         value = match["value"]
         if value.startswith("[Errno") or (match["next"] and _PROSE_WORD.fullmatch(value)):

@@ -200,9 +200,12 @@ class Refresher:
         raise error
 
     def credentials_changed(self) -> None:
-        """``set_credentials`` ran: the cool-down and the backoff end at once."""
+        """``set_credentials`` ran: the cool-down ends at once, and so does a backoff that a
+        rejection started (a backoff after an outage or throttling stays: new credentials
+        do not bring the endpoint back)."""
         self.rejected.clear()
-        self._failures, self._retry_at, self._last_error = 0, None, None
+        if isinstance(self._last_error, InvalidClientError):
+            self._failures, self._retry_at, self._last_error = 0, None, None
         self._recheck_at = float("-inf")
 
     def deadline(self, timeout: float | None) -> float:

@@ -390,11 +390,15 @@ def _max_idle(value: Any) -> float | None:
 
 
 def _same_secret(held: Secret, given: Secret) -> bool:
+    """Whether ``given`` changes nothing. Two sources (callables) count as the same: code
+    that passes ``lambda: vault(cid)`` on every get() makes a new object each time, and
+    handing each one over would end the rejected-secret cool-down and the failure backoff on
+    every call. A source is read for each token request anyway."""
     if held is given:
         return True
     if isinstance(held, str) and isinstance(given, str):
         return hmac.compare_digest(held.encode("utf-8"), given.encode("utf-8"))
-    return held == given
+    return not isinstance(held, str) and not isinstance(given, str)
 
 
 def _sweep_job(pool: TokenManagerPool) -> Job:

@@ -22,6 +22,7 @@ from genesys_token import (
     ManagerClosedError,
     TokenManager,
     TokenManagerPool,
+    TokenRequestError,
 )
 from genesys_token.stores import FileStore, MemoryStore, RedisStore
 from genesys_token.testing import GenesysEmulator
@@ -175,6 +176,27 @@ def test_another_secret_for_a_client_goes_to_its_manager_for_the_next_request(
     requests = emulator.token_requests
     assert pool.get(client_id, "rotated-secret") is manager  # same secret: nothing to do
     assert emulator.token_requests == requests
+
+
+@pytest.mark.parametrize("fault", ["rejected", "outage"])
+def test_a_new_secret_source_object_on_every_get_does_not_bring_back_storms(
+    make_pool: MakePool, emulator: GenesysEmulator, orgs: list[tuple[str, str]], fault: str
+) -> None:
+    # Review: `pool.get(cid, lambda: vault(cid))` makes a new callable per call; handing each
+    # over ended the rejected-secret cool-down and the outage backoff: 20 calls, 20 requests.
+    from genesys_token.testing import Fault
+
+    client_id, secret = orgs[0]
+    pool = make_pool(max_retries=0)
+    if fault == "rejected":
+        emulator.set_secret(client_id, "rotated-elsewhere")
+    else:
+        emulator.inject(Fault.server_error(503), times=None)
+    for _ in range(20):
+        manager = pool.get(client_id, lambda: secret)  # a new source object each time
+        with pytest.raises(TokenRequestError):
+            manager.get_token()
+    assert emulator.token_requests == 1
 
 
 def test_a_manager_closed_by_its_holder_is_replaced_on_the_next_get(

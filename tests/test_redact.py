@@ -128,3 +128,17 @@ def test_credential_values_next_to_prose_are_redacted(text: str, leak: str) -> N
     out = redact(text)
     assert leak not in out, out
     assert REDACTED in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{'access_token': 'short-tok'}",  # a Python repr
+        '{"accessToken":"opaque-short-123"}',  # camelCase
+        '{"clientSecret":"hunter2-pass"}',
+        "apiKey=k1-value",
+    ],
+)
+def test_short_values_under_repr_or_camelcase_keys_are_redacted(text: str):
+    value = text.split(":")[-1].split("=")[-1].strip(" '\"{}")
+    assert value not in redact(text)

@@ -84,6 +84,49 @@ def test_string_replies_from_a_decoding_client_are_understood(redis_url: str, pr
     client.close()
 
 
+def test_taking_the_lock_is_idempotent_for_its_owner(store: RedisStore, raw: redis.Redis) -> None:
+    # Review: a SET whose answer was lost (timeout, then redis-py's retry) found the lock
+    # already set by its own owner and waited for it until it expired (30 s).
+    name = store._key("lock", KEY)
+    assert store._acquire(keys=[name], args=["owner-a", 5000]) == 1
+    assert store._acquire(keys=[name], args=["owner-a", 5000]) == 1  # ours already
+    assert store._acquire(keys=[name], args=["owner-b", 5000]) == 0
+    raw.delete(name)
+
+
+def test_a_lock_attempt_whose_answer_is_lost_leaves_no_orphan(
+    store: RedisStore, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = store._key("lock", KEY)
+    real = store._acquire
+
+    def landed_but_lost(*args: object, **kwargs: object) -> object:
+        real(*args, **kwargs)  # the SET lands...
+        raise redis.exceptions.ConnectionError("...but its answer is lost")
+
+    monkeypatch.setattr(store, "_acquire", landed_but_lost)
+    with pytest.raises(StoreError), store.lock(KEY, 1):
+        pass
+    assert raw.exists(name) == 0  # released at once: peers are not held off for lock_ttl
+
+
+def test_renewals_go_on_during_the_outage_backoff(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    # Review: one failed call started the outage backoff, which skipped every renewal, so the
+    # lock lapsed under its live holder.
+    store = RedisStore.from_url(redis_url, prefix=prefix, lock_ttl=0.6, outage_backoff=30)
+    name = store._key("lock", KEY)
+    try:
+        with store.lock(KEY, 1, lease=10) as held:
+            assert held
+            store._down_until = time.monotonic() + 30  # as after a failed read
+            time.sleep(1.5)  # 2.5 lock TTLs: renewals had to run
+            assert raw.exists(name) == 1
+    finally:
+        store.close()
+
+
 def test_abandoned_lock_expires_by_itself(redis_url: str, prefix: str, raw: redis.Redis) -> None:
     raw.set(f"{prefix}{{{KEY}}}:lock", "a-process-that-died", px=200)
     store = RedisStore.from_url(redis_url, prefix=prefix)

@@ -67,6 +67,17 @@ if redis.call("get", KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+#: Take the lock, idempotently: a SET whose answer was lost (a timeout, then redis-py's
+#: retry) must not leave us waiting for a lock that is already ours.
+_ACQUIRE_SCRIPT = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("pexpire", KEYS[1], ARGV[2])
+end
+if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+    return 1
+end
+return 0
+"""
 #: Extend the lock only if we still own it (ARGV[2]: milliseconds).
 _RENEW_SCRIPT = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
@@ -195,13 +206,18 @@ class RedisStore:
         self._client = client
         self._release = client.register_script(_RELEASE_SCRIPT)
         self._renew = client.register_script(_RENEW_SCRIPT)
+        self._acquire = client.register_script(_ACQUIRE_SCRIPT)
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self._prefix}{{{key}}}:{kind}"
 
-    def _call(self, what: str, run: Callable[[Any], Any]) -> Any:
-        """Run ``run(client)``, turning every Redis failure into a StoreError."""
-        if time.monotonic() < self._down_until:
+    def _call(self, what: str, run: Callable[[Any], Any], *, always: bool = False) -> Any:
+        """Run ``run(client)``, turning every Redis failure into a StoreError.
+
+        ``always``: try even during the outage backoff (renewing a held lock: skipping it
+        would let the lock lapse under its live holder).
+        """
+        if not always and time.monotonic() < self._down_until:
             raise StoreError(f"redis unavailable; not retrying for up to {self._outage_backoff:g}s")
         errors = self._redis.exceptions
         # RedisClusterException ("no reachable node", "slot not covered") is no RedisError.
@@ -288,10 +304,21 @@ class RedisStore:
             nonlocal started
             started = time.monotonic()
             return bool(
-                self._call("lock", lambda client: client.set(name, owner, nx=True, px=ttl_ms))
+                self._call(
+                    "lock",
+                    lambda client: self._acquire(keys=[name], args=[owner, ttl_ms], client=client),
+                )
             )
 
-        if not poll_until(attempt, timeout):
+        try:
+            held = poll_until(attempt, timeout)
+        except StoreError:
+            # The SET may have landed although its answer was lost: leave no orphan that
+            # would hold every peer (and us) off until it expires.
+            with contextlib.suppress(StoreError):
+                self._unlock(name, owner)
+            raise
+        if not held:
             yield False
             return
         pid = os.getpid()
@@ -310,7 +337,13 @@ class RedisStore:
             self._unlock(name, owner)
 
     def _unlock(self, name: str, owner: str) -> None:
-        self._call("unlock", lambda client: self._release(keys=[name], args=[owner], client=client))
+        # Always tried, even during the outage backoff: a lock left behind holds every peer
+        # off until it expires.
+        self._call(
+            "unlock",
+            lambda client: self._release(keys=[name], args=[owner], client=client),
+            always=True,
+        )
 
     def _extend(self, name: str, owner: str, ttl_ms: int) -> bool:
         """Extend our lock to ``ttl_ms`` from now; False when it is no longer ours."""
@@ -318,6 +351,7 @@ class RedisStore:
             self._call(
                 "renew",
                 lambda client: self._renew(keys=[name], args=[owner, ttl_ms], client=client),
+                always=True,
             )
         )
 
