@@ -79,7 +79,7 @@ CLOSE_FLUSH_TIMEOUT = 2.0
 #: How long close() waits for the stopped worker (it may be inside one HTTP call).
 CLOSE_JOIN_GRACE = 0.5
 #: The idle worker re-checks its stop flag at least this often.
-IDLE_WAIT = 5.0
+IDLE_WAIT = 1.0
 #: Statuses worth another attempt; other 4xx answers mean the receiver refuses the record.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: Default receiver-side tolerance for the signature timestamp (seconds, either way).
@@ -347,6 +347,14 @@ class WebhookSender:
         """
         self._closed = True
         self._stop.set()
+        # Wake the idle worker now if the lock is free; never wait for it (see above): when
+        # it is taken, the worker sees the flags at its next wake-up (IDLE_WAIT at most).
+        lock = self._lock
+        if lock.acquire(blocking=False):
+            try:
+                self._cond.notify_all()
+            finally:
+                lock.release()
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's worker, queue and connections.
