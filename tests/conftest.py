@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -78,6 +79,24 @@ def read_child(pid: int, read_end: int, timeout: float = 15.0) -> bytes:
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(status) == 0, f"the child exited with status {status}"
     return b"".join(chunks)
+
+
+def in_child(body: Callable[[], Any], timeout: float = 15.0) -> dict[str, Any]:
+    """Run ``body()`` in a forked child; return the JSON-able dict it produced (an
+    ``{"error": ...}`` dict when it raised)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read_end)
+        try:
+            result = body()
+        except BaseException as exc:  # noqa: BLE001
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write_end, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_end)
+    produced: dict[str, Any] = json.loads(read_child(pid, read_end, timeout) or b"{}")
+    return produced
 
 
 def in_background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 
 import pytest
 import requests
-from conftest import MakeManager, read_child
+from conftest import MakeManager, in_child
 
 from genesys_token.testing import Fault, GenesysEmulator
 
@@ -24,22 +23,6 @@ def _works(emulator: GenesysEmulator, token: str) -> bool:
         timeout=5,
     )
     return answer.status_code == 200
-
-
-def _in_child(body, timeout: float = 15.0) -> dict:  # type: ignore[no-untyped-def]
-    """Run ``body()`` in a forked child; return the JSON-able dict it produced."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        os.close(read_end)
-        try:
-            result = body()
-        except BaseException as exc:  # noqa: BLE001
-            result = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(write_end, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write_end)
-    return json.loads(read_child(pid, read_end, timeout) or b"{}")
 
 
 def test_child_gets_tokens_and_refreshes_in_the_background(
@@ -74,7 +57,7 @@ def test_child_gets_tokens_and_refreshes_in_the_background(
             "in_flight": manager.in_flight_count,
         }
 
-    result = _in_child(child)
+    result = in_child(child)
     busy.join(5)
     assert result == {
         "first_valid": True,
@@ -97,7 +80,7 @@ def test_child_can_force_a_refresh_over_fresh_connections(
         token = manager.refresh(force=True)
         return {"valid": _works(emulator, token.access_token)}
 
-    assert _in_child(child) == {"valid": True}
+    assert in_child(child) == {"valid": True}
     assert emulator.token_requests == before + 1
     # The parent still works on its own pool.
     assert manager.refresh(force=True)

@@ -9,7 +9,6 @@ test_rotation.py::test_a_redirected_call_stays_counted_through_its_second_leg.)
 from __future__ import annotations
 
 import gc
-import json
 import os
 import socket
 import sys
@@ -18,7 +17,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager, join_fetch_threads, read_child
+from conftest import FakeClock, MakeManager, in_background, in_child, join_fetch_threads
 
 from genesys_token import (
     InvalidClientError,
@@ -40,42 +39,11 @@ from genesys_token.testing import Fault, GenesysEmulator
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
-def _background(target: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(target())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
-
-
 def _until(predicate: Any, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
-
-
-def _in_child(body: Any, timeout: float = 15.0) -> dict[str, Any]:
-    """Run ``body()`` in a forked child; return the JSON-able dict it produced."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        os.close(read_end)
-        try:
-            result = body()
-        except BaseException as exc:  # noqa: BLE001
-            result = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(write_end, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write_end)
-    result: dict[str, Any] = json.loads(read_child(pid, read_end, timeout) or b"{}")
-    return result
 
 
 # -- storms: callers with no valid token -------------------------------------------------
@@ -149,7 +117,7 @@ def test_dropping_a_manager_in_a_child_keeps_the_others_refreshing(emulator: Gen
                 time.sleep(0.02)
             return {"live": live, "refreshed": b.get_token() != first}
 
-        assert _in_child(child) == {"live": 1, "refreshed": True}
+        assert in_child(child) == {"live": 1, "refreshed": True}
     finally:
         for manager in held:
             manager.close()
@@ -174,11 +142,11 @@ def test_a_child_forked_while_a_thread_checks_the_cooldown_gets_tokens(
         assert inside.wait(5)
 
         def child() -> dict[str, Any]:
-            caller, got = _background(lambda: manager.get_token(timeout=2))
+            caller, got = in_background(lambda: manager.get_token(timeout=2))
             caller.join(4)
             return {"returned": not caller.is_alive(), "token": isinstance(got and got[0], str)}
 
-        result = _in_child(child)
+        result = in_child(child)
     finally:
         leave.set()
         holder.join(5)
@@ -204,7 +172,7 @@ def test_replace_rejected_as_first_use_in_a_child_rearms_the_refresh(
             "armed": job.ticket is not None and job.owner is scheduler(),
         }
 
-    assert _in_child(child) == {"current": True, "armed": True}
+    assert in_child(child) == {"current": True, "armed": True}
 
 
 # -- the token endpoint ------------------------------------------------------------------
@@ -294,7 +262,7 @@ def test_a_failed_on_demand_refresh_never_hands_out_a_token_past_its_usable_unti
     assert cell is not None
     fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 0.1)  # in the refresh window
     emulator.inject(Fault(status=503, delay=0.3))
-    caller, got = _background(manager.get_token)
+    caller, got = in_background(manager.get_token)
     _until(lambda: emulator.token_requests == 2)  # the refresh is under way...
     fake_clock.advance(cell.usable_until - fake_clock.monotonic + 0.1)  # ...and slow
     caller.join(5)
@@ -372,7 +340,7 @@ def test_set_credentials_during_a_rejected_flight_does_not_cool_down_the_new_sec
     # after set_credentials(), put the new, good credentials in a cool-down.
     manager = make_manager(client_secret="wrong-secret")
     emulator.inject(Fault(delay=0.3, passthrough=True), times=1)  # the old-secret request
-    caller, got = _background(manager.get_token)
+    caller, got = in_background(manager.get_token)
     _until(lambda: emulator.token_requests == 1)
     emulator.add_client("second-client", "second-secret-value")
     manager.set_credentials("second-secret-value", client_id="second-client")
@@ -410,7 +378,7 @@ def test_a_slow_listener_does_not_hold_the_callers_waiting_on_the_flight(
 
     manager._flight._acquire = gated_acquire  # type: ignore[method-assign]
     manager._flight._wait = counted_wait  # type: ignore[method-assign]
-    callers = [_background(manager.get_token) for _ in range(5)]
+    callers = [in_background(manager.get_token) for _ in range(5)]
     try:
         for _ in callers:
             assert waiting.acquire(timeout=5)  # every caller waits on the one flight
@@ -547,10 +515,10 @@ def test_close_of_one_manager_never_cuts_a_connection_another_took_from_the_pool
         return conn
 
     monkeypatch.setattr(_http._HTTPPool, "_get_conn", hooked_get_conn)
-    a_caller, _ = _background(a.get_token)
+    a_caller, _ = in_background(a.get_token)
     try:
         assert a_read.wait(5)
-        b_caller, b_got = _background(b.get_token)
+        b_caller, b_got = in_background(b.get_token)
         assert taken.wait(5)
         assert reused == [True]  # B took A's connection from the pool
         a.close()  # A's attempt is still open: its close() cuts what A's scope holds
