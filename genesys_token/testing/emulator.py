@@ -379,11 +379,14 @@ class GenesysEmulator:
     # ----------------------------------------------------------------- counters
     @property
     def token_requests(self) -> int:
+        """Token requests received (counted on arrival: a request still being answered, or
+        hanging on a fault, is in; :attr:`token_request_log` has it only once answered)."""
         with self._lock:
             return self._token_requests
 
     @property
     def token_request_log(self) -> list[TokenRequestRecord]:
+        """A copy of the answered token requests, oldest first (see :attr:`token_requests`)."""
         with self._lock:
             return list(self._token_log)
 
