@@ -32,6 +32,7 @@ __all__ = [
     "POOL_MAXSIZE",
     "Cancel",
     "HostLimiter",
+    "abortable_session",
     "attached",
     "renew_adapters",
     "shared_session",
@@ -60,12 +61,15 @@ class Cancel:
     connections a watchdog can cut (:meth:`cut`) without abandoning the acquisition.
     """
 
-    __slots__ = ("__weakref__", "_child", "_conns", "_event")
+    __slots__ = ("__weakref__", "_child", "_conns", "_event", "was_cut")
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._conns: list[weakref.ref[Any]] = []
         self._child: Cancel | None = None
+        #: Whether :meth:`cut` ran: an answer read from a cut socket may look whole (headers
+        #: cut short end at the EOF), so the attempt's result must not be trusted as is.
+        self.was_cut = False
 
     @property
     def cancelled(self) -> bool:
@@ -94,6 +98,7 @@ class Cancel:
 
     def cut(self) -> None:
         """Shut down the sockets of this scope's requests in progress (and only theirs)."""
+        self.was_cut = True
         with _attach_lock:
             conns = [ref() for ref in self._conns]
             self._conns.clear()
@@ -126,17 +131,21 @@ def _shut(sock: socket.socket | None) -> None:
 
 
 @contextlib.contextmanager
-def attached(cancel: Cancel | None, bound: float) -> Iterator[None]:
+def attached(cancel: Cancel | None, bound: float) -> Iterator[Cancel]:
     """Run one attempt: its connections join a child of ``cancel``, and a watchdog cuts
     them after ``bound`` seconds. requests' read timeout bounds each socket read, not the
     whole answer: a server trickling its status line and headers a byte at a time would
-    otherwise hold the acquisition (and every caller waiting on it) forever."""
+    otherwise hold the acquisition (and every caller waiting on it) forever.
+
+    Yields:
+        The attempt's scope: its ``was_cut`` tells whether the answer may be truncated.
+    """
     scope = cancel.attempt() if cancel is not None else Cancel()
     ticket = WATCHDOG.arm(scope, bound)
     previous = getattr(_local, "cancel", None)
     _local.cancel = scope
     try:
-        yield
+        yield scope
     finally:
         _local.cancel = previous
         WATCHDOG.disarm(ticket)
@@ -293,13 +302,18 @@ def shared_session() -> requests.Session:
         return session
     with _session_lock:
         if _session is None:
-            new = requests.Session()
-            new.cookies.set_policy(_NoCookies())
-            adapter = _Adapter(pool_connections=POOL_HOSTS, pool_maxsize=POOL_MAXSIZE)
-            new.mount("https://", adapter)
-            new.mount("http://", adapter)
-            _session = new
+            _session = abortable_session()
         return _session
+
+
+def abortable_session() -> requests.Session:
+    """A new session whose requests :func:`attached` can cut, keeping no cookies."""
+    session = requests.Session()
+    session.cookies.set_policy(_NoCookies())
+    adapter = _Adapter(pool_connections=POOL_HOSTS, pool_maxsize=POOL_MAXSIZE)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
 
 
 def renew_adapters(session: requests.Session) -> None:

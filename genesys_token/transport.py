@@ -180,8 +180,7 @@ class TokenEndpoint:
             if cancel is not None and cancel.cancelled:
                 raise ManagerClosedError("token request abandoned: the manager was closed")
             try:
-                with attached(cancel, self._attempt_bound()):
-                    response = self._attempt(credentials)
+                response = self._bounded_attempt(credentials, cancel)
             except TokenRequestError as exc:
                 exc.attempts = attempt
                 delay = self._retry_delay(exc, attempt)
@@ -211,6 +210,21 @@ class TokenEndpoint:
         """The most one attempt may take: connect, the headers, then the body."""
         connect, read = self._settings.timeout
         return connect + 2 * read + ATTEMPT_SLACK
+
+    def _bounded_attempt(self, credentials: Credentials, cancel: Cancel | None) -> TokenResponse:
+        """One attempt that the watchdog cuts past :meth:`_attempt_bound`. A failure of a cut
+        attempt is a timeout (retryable), whatever the truncated answer looked like: headers
+        cut short end at the EOF and read as a 2xx without a token."""
+        bound = self._attempt_bound()
+        with attached(cancel, bound) as scope:
+            try:
+                return self._attempt(credentials)
+            except TokenRequestError:
+                if not scope.was_cut or scope.cancelled:
+                    raise
+        raise TokenRequestError(
+            f"token request timed out (no whole answer within {bound:.1f}s)", retryable=True
+        )
 
     def _retry_delay(self, exc: TokenRequestError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when not retryable."""

@@ -55,6 +55,7 @@ from typing import Any
 
 import requests
 
+from ._http import ATTEMPT_SLACK, Cancel, abortable_session, attached
 from .config import Settings
 from .errors import ConfigurationError
 from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
@@ -250,6 +251,9 @@ class WebhookSender:
         self._flush_deadline: float | None = None
         self._worker: threading.Thread | None = None
         self._session: requests.Session | None = None
+        # Cuts the request in progress when close() has spent its budget: a receiver that
+        # trickles its answer a byte at a time never trips a per-read timeout.
+        self._cancel = Cancel()
 
     # -- counters -------------------------------------------------------------------------
 
@@ -314,8 +318,8 @@ class WebhookSender:
         """Deliver what is queued for at most ~2 seconds, then stop the worker. Idempotent.
 
         Queued records get one more attempt each, without retries or backoff; what is left
-        after ~2 seconds is dropped (and counted). A request still in progress then ends
-        within its HTTP timeout, in the (daemon) worker, which tries nothing after it.
+        after ~2 seconds is dropped (and counted), and a request still in progress is cut
+        (its record counts as dropped too): the worker ends with close().
         """
         with self._cond:
             if self._closed:
@@ -332,6 +336,7 @@ class WebhookSender:
             self._dropped += len(self._queue)
             self._queue.clear()
             self._cond.notify_all()
+        self._cancel.cancel()
         if worker is not None and worker is not threading.current_thread():
             worker.join(CLOSE_JOIN_GRACE)
         session = self._session
@@ -343,7 +348,8 @@ class WebhookSender:
 
         For a finalizer of a manager that was dropped without ``close()``: the collector may
         run in any thread, this worker included, at any moment, even while it holds a lock.
-        The worker ends at its next idle wake-up.
+        The worker ends at its next idle wake-up, or when the request in progress ends (each
+        attempt is cut after connect + 2 x read timeout + 1 s at most).
         """
         self._closed = True
         self._stop.set()
@@ -392,9 +398,9 @@ class WebhookSender:
         error: str | None = None
         attempt = 0
         while attempt < self._max_attempts:
-            attempt += 1
-            if attempt > 1 and self._closing.wait(self._backoff(attempt)):
+            if attempt > 0 and self._closing.wait(self._backoff(attempt + 1)):
                 break  # closing: flush the rest of the queue instead of retrying this one
+            attempt += 1
             status, error = self._post(event_id, body)
             if status is not None and 200 <= status < 300:
                 with self._lock:
@@ -403,6 +409,9 @@ class WebhookSender:
             if status is not None and status not in RETRY_STATUSES:
                 break
         with self._lock:
+            if self._stop.is_set() and status is None:
+                self._dropped += 1  # cut by close(): given up, not refused by the receiver
+                return
             self._failed += 1
         log.warning(
             "webhook delivery of %s failed after %d attempt(s): %s",
@@ -428,19 +437,25 @@ class WebhookSender:
             stamp = int(time.time())
             headers[TIMESTAMP_HEADER] = str(stamp)
             headers[SIGNATURE_HEADER] = sign(self._secret, stamp, body)
+        connect, read = self._timeout_now()
         try:
-            response = self._get_session().post(
-                self._url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout_now(),
-                allow_redirects=False,
-            )
+            # The watchdog cuts an attempt past connect + 2 x read (+ slack): the read timeout
+            # bounds each socket read, not an answer trickled a byte at a time.
+            with attached(self._cancel, connect + 2 * read + ATTEMPT_SLACK) as scope:
+                response = self._get_session().post(
+                    self._url,
+                    data=body,
+                    headers=headers,
+                    timeout=(connect, read),
+                    allow_redirects=False,
+                )
+                response.close()
         except requests.RequestException as exc:
             # The type only: messages of connection errors repeat the URL, and webhook URLs
             # often carry a secret in their path.
             return None, type(exc).__name__
-        response.close()
+        if scope.was_cut:
+            return None, "ReadTimeout"  # headers cut short end at the EOF: not an answer
         return response.status_code, None
 
     def _timeout_now(self) -> tuple[float, float]:
@@ -453,7 +468,7 @@ class WebhookSender:
 
     def _get_session(self) -> requests.Session:
         if self._session is None:
-            session = requests.Session()
+            session = abortable_session()
             session.verify = self._verify
             self._session = session
         return self._session

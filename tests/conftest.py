@@ -6,6 +6,7 @@ import json
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -172,3 +173,51 @@ def _no_leaked_library_threads() -> Iterator[None]:
         thread.join(2.5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"library threads still running after the test: {still}"
+
+
+class TricklingServer:
+    """An HTTP server on 127.0.0.1 that answers every request with its status line and
+    headers a byte at a time, each byte well within the read timeout, forever (until
+    stopped): no per-read timeout ever fires."""
+
+    def __init__(self, gap: float) -> None:
+        self._gap = gap
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.05)  # close() does not wake a blocked accept()
+        self.port = self._listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._trickle, args=(conn,))
+            self._threads.append(thread)
+            thread.start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if self._stop.wait(self._gap):
+                    break
+                conn.sendall(bytes([byte]))
+        except OSError:
+            pass  # the client cut it: what the test wants
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(5)
+        self._listener.close()
+        assert not any(thread.is_alive() for thread in self._threads)

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import MakeManager
+from conftest import MakeManager, TricklingServer
 
 from genesys_token import InvalidClientError, TokenRequestError, webhook
 from genesys_token.config import Settings
@@ -510,6 +510,7 @@ def test_close_interrupts_a_retry_backoff_at_once(receiver: Receiver):
     assert not worker.is_alive()
     assert sender.failed == 1
     assert failures[0]["status"] == 503
+    assert failures[0]["attempts"] == 1  # the retry close() interrupted was never made
 
 
 def test_close_gives_up_on_a_hanging_receiver_after_about_two_seconds(receiver: Receiver):
@@ -523,12 +524,52 @@ def test_close_gives_up_on_a_hanging_receiver_after_about_two_seconds(receiver: 
     started = time.monotonic()
     sender.close()
     assert time.monotonic() - started < 3.0
-    assert sender.dropped == 2
-    assert sender.delivered == 0
-    # The worker given up on is still inside the hung request: free it so it ends here.
-    receiver.release.set()
-    worker.join(5)
+    # The request in progress was cut: the worker ends with close(), the receiver still hangs.
+    worker.join(1.0)
     assert not worker.is_alive()
+    assert (sender.dropped, sender.delivered, sender.failed) == (3, 0, 0)
+
+
+def test_close_ends_the_worker_of_a_receiver_that_trickles_its_answer() -> None:
+    # A byte every 50 ms: the read timeout never fires, only close() (or the watchdog) ends it.
+    server = TricklingServer(gap=0.05)
+    try:
+        before = _threads()
+        failures: list[dict[str, Any]] = []
+        sender = WebhookSender(
+            _settings(f"http://127.0.0.1:{server.port}/hook"), on_failure=failures.append
+        )
+        sender.submit(_record())
+        _eventually(lambda: len(_workers(before)) == 1)
+        [worker] = _workers(before)
+        started = time.monotonic()
+        sender.close()
+        assert time.monotonic() - started < 3.0
+        worker.join(1.0)
+        assert not worker.is_alive()
+        assert (sender.dropped, sender.failed, failures) == (1, 0, [])
+    finally:
+        server.stop()
+
+
+def test_an_attempt_on_a_trickling_receiver_is_cut_and_reported() -> None:
+    server = TricklingServer(gap=0.05)
+    try:
+        failures: list[dict[str, Any]] = []
+        sender = WebhookSender(
+            _settings(f"http://127.0.0.1:{server.port}/hook", timeout=(0.2, 0.3)),
+            on_failure=failures.append,
+            max_attempts=1,
+        )
+        started = time.monotonic()
+        sender.submit(_record())
+        _eventually(lambda: sender.failed == 1, timeout=5.0)
+        # Cut by the watchdog at 0.2 + 2 x 0.3 + 1 = 1.8 s, not left to trickle forever.
+        assert 1.5 < time.monotonic() - started < 4.0
+        assert failures[0]["status"] is None and failures[0]["error"] == "ReadTimeout"
+        sender.close()
+    finally:
+        server.stop()
 
 
 def test_after_fork_forgets_the_parents_queue_and_starts_its_own_worker(
