@@ -212,15 +212,16 @@ class TokenEndpoint:
         return connect + 2 * read + ATTEMPT_SLACK
 
     def _bounded_attempt(self, credentials: Credentials, cancel: Cancel | None) -> TokenResponse:
-        """One attempt that the watchdog cuts past :meth:`_attempt_bound`. A failure of a cut
-        attempt is a timeout (retryable), whatever the truncated answer looked like: headers
-        cut short end at the EOF and read as a 2xx without a token."""
+        """One attempt that the watchdog cuts past :meth:`_attempt_bound`. A cut attempt
+        that failed with no error status is a timeout (retryable): headers cut short end at
+        the EOF and read as a 2xx without a token. An error status that arrived stands."""
         bound = self._attempt_bound()
         with attached(cancel, bound) as scope:
             try:
                 return self._attempt(credentials)
-            except TokenRequestError:
-                if not scope.was_cut or scope.cancelled:
+            except TokenRequestError as exc:
+                truncated = exc.status is None or isinstance(exc, InvalidTokenResponseError)
+                if not (scope.was_cut and truncated) or scope.cancelled:
                     raise
         raise TokenRequestError(
             f"token request timed out (no whole answer within {bound:.1f}s)", retryable=True

@@ -178,10 +178,12 @@ def _no_leaked_library_threads() -> Iterator[None]:
 class TricklingServer:
     """An HTTP server on 127.0.0.1 that answers every request with its status line and
     headers a byte at a time, each byte well within the read timeout, forever (until
-    stopped): no per-read timeout ever fires."""
+    stopped): no per-read timeout ever fires. With ``head`` (a status line and the start of
+    a header, say), that goes out at once and ``a`` bytes trickle after it."""
 
-    def __init__(self, gap: float) -> None:
+    def __init__(self, gap: float, head: bytes = b"") -> None:
         self._gap = gap
+        self._head = head
         self._stop = threading.Event()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
@@ -206,7 +208,9 @@ class TricklingServer:
     def _trickle(self, conn: socket.socket) -> None:
         try:
             conn.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+            conn.sendall(self._head)
+            rest = b"a" * 10_000 if self._head else b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000
+            for byte in rest:
                 if self._stop.wait(self._gap):
                     break
                 conn.sendall(bytes([byte]))

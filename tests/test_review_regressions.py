@@ -212,6 +212,28 @@ def test_a_token_endpoint_trickling_its_headers_cannot_hold_the_flight(
         server.stop()
 
 
+def test_an_error_status_that_arrived_before_the_cut_stands(make_manager: MakeManager):
+    # Only an answer with no error status becomes a timeout: a 400 whose headers trickled
+    # until the watchdog cut them is still the endpoint's 400.
+    server = TricklingServer(gap=0.05, head=b"HTTP/1.1 400 Bad Request\r\nX-Slow: ")
+    try:
+        manager = make_manager(
+            token_url=f"http://127.0.0.1:{server.port}/oauth/token",
+            api_base_url=f"http://127.0.0.1:{server.port}",
+            timeout=(0.2, 0.3),
+            max_retries=0,
+            retry_deadline=1.0,
+        )
+        with pytest.raises(TokenRequestError) as excinfo:
+            manager.get_token(timeout=4)
+        assert excinfo.value.status == 400
+        assert "timed out" not in str(excinfo.value)
+        _until(lambda: not manager._flight.running, timeout=1)
+        join_fetch_threads()
+    finally:
+        server.stop()
+
+
 # -- hand-outs and rotation ----------------------------------------------------------------
 
 
