@@ -9,7 +9,9 @@ scheduler survives it. A manager's job holds it weakly, so a manager dropped wit
 ``close()`` is collected and its job goes with it.
 
 Deadlines are on :data:`genesys_token._clock.elapsed` (counts suspend where the OS can); the
-thread never sleeps longer than :data:`MAX_SLEEP`, so a resumed machine is noticed soon.
+thread never sleeps longer than :data:`MAX_SLEEP`, so a resumed machine is noticed soon, and so
+is a job forgotten while the lock was busy (a finalizer cannot wait for the lock, nor wake the
+thread without it).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ log = logging.getLogger(__name__)
 MAX_WORKERS = 4
 #: A worker with nothing to do for this long ends (made again on demand).
 WORKER_IDLE = 1.0
-#: The scheduler re-reads the clock at least this often (suspend, missed wake-ups).
-MAX_SLEEP = 30.0
+#: The scheduler re-reads the clock at least this often (suspend, jobs forgotten while its
+#: lock was busy): one wake-up a second for the whole process.
+MAX_SLEEP = 1.0
 
 
 class Job:
@@ -107,24 +110,31 @@ class Scheduler:
     def _compact(self) -> None:
         """Drop stale entries once they outnumber the live ones: a refresh re-arms every
         token life and a closed manager leaves its entry, which would otherwise wait for its
-        deadline (up to a day) at the bottom of the heap."""
+        deadline (up to a day) at the bottom of the heap. A dead job's entry stops being
+        counted as it goes (else the count never reaches 0 and the thread never ends)."""
         if len(self._heap) > 2 * self._live + 64:
-            self._heap = [e for e in self._heap if e[2].ticket == e[1] and not e[2].dead]
+            self._heap = [e for e in self._heap if self._is_live(e)]
             heapq.heapify(self._heap)
 
     def forget(self, job: Job) -> None:
         """Cancel ``job`` from a finalizer: never blocks (the collector may run while this
         very thread holds the lock); when the lock is busy the job is only marked dead and
-        dropped at the scheduler's next turn."""
+        dropped at the scheduler's next turn (within :data:`MAX_SLEEP`)."""
         job.dead = True
-        if job.owner is self and self._lock.acquire(blocking=False):
+        if job.owner is not self:
+            return
+        if self._lock.acquire(blocking=False):
             try:
-                if job.ticket is not None:
-                    job.ticket = None
-                    self._live -= 1
-                    self._cond.notify_all()
+                self._drop(job)
+                self._cond.notify_all()
             finally:
                 self._lock.release()
+
+    def _drop(self, job: Job) -> None:
+        """Stop counting ``job`` (lock held); its heap entry is skipped when reached."""
+        if job.owner is self and job.ticket is not None:
+            job.ticket = None
+            self._live -= 1
 
     def _ensure_thread(self) -> None:
         thread = self._thread
@@ -160,9 +170,8 @@ class Scheduler:
         job = entry[2]
         if job.owner is not self:
             return False
-        if job.dead and job.ticket is not None:
-            job.ticket = None
-            self._live -= 1
+        if job.dead:
+            self._drop(job)
         return job.ticket == entry[1]
 
     def _ensure_worker(self) -> None:

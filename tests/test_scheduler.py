@@ -155,6 +155,33 @@ def test_a_cancelled_job_never_runs_and_lets_the_scheduler_end() -> None:
     assert not ran.wait(0.3)
 
 
+def test_a_job_forgotten_while_the_lock_is_busy_is_dropped_and_lets_the_scheduler_end() -> None:
+    # A finalizer may run while the lock is held (by another thread, or by the very thread
+    # the collector interrupted): forget() cannot wait for it, nor wake the scheduler thread.
+    sched = Scheduler()
+    ran = threading.Event()
+    job = Job(ran.set, "job")
+    sched.schedule(job, 3600.0)
+    time.sleep(0.2)  # the scheduler thread reaches its wait (sooner only weakens the test)
+    with sched._lock:  # what a finalizer meets when the collector runs inside a locked section
+        sched.forget(job)
+    assert _wait_until(lambda: sched.threads == 0, timeout=2.5)  # MAX_SLEEP is 1 s
+    assert not ran.is_set()
+
+
+def test_compaction_stops_counting_a_forgotten_job_so_the_scheduler_can_end() -> None:
+    sched = Scheduler()
+    keep, victim = Job(lambda: None, "keep"), Job(lambda: None, "victim")
+    sched.schedule(keep, 3600.0)
+    sched.schedule(victim, 7200.0)
+    with sched._lock:
+        sched.forget(victim)  # marked dead, still counted
+    for _ in range(200):
+        sched.schedule(keep, 3600.0)  # stale entries pile up: the heap is compacted
+    sched.cancel(keep)
+    assert _wait_until(lambda: sched.threads == 0, timeout=2.5)
+
+
 def test_an_idle_worker_outlives_a_wake_up_and_ends_after_worker_idle() -> None:
     # A new earliest deadline wakes every waiter of the condition, idle workers included:
     # one must go back to waiting out its idle time, not end (a thread made per refresh).
