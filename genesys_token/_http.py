@@ -61,15 +61,16 @@ class Cancel:
     connections a watchdog can cut (:meth:`cut`) without abandoning the acquisition.
     """
 
-    __slots__ = ("__weakref__", "_child", "_conns", "_event", "was_cut")
+    __slots__ = ("__weakref__", "_child", "_conns", "_event", "_settled", "was_cut")
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._conns: list[weakref.ref[Any]] = []
         self._child: Cancel | None = None
-        #: Whether :meth:`cut` ran: an answer read from a cut socket may look whole (headers
-        #: cut short end at the EOF), so the attempt's result must not be trusted as is.
+        #: Whether :meth:`cut` ran before :meth:`settle`: an answer read from a cut socket
+        #: may look whole (headers cut short end at the EOF), so it must not be trusted.
         self.was_cut = False
+        self._settled = False
 
     @property
     def cancelled(self) -> bool:
@@ -98,13 +99,23 @@ class Cancel:
 
     def cut(self) -> None:
         """Shut down the sockets of this scope's requests in progress (and only theirs)."""
-        self.was_cut = True
         with _attach_lock:
+            if self._settled:
+                return  # the answer is in hand: nothing left to cut
             conns = [ref() for ref in self._conns]
             self._conns.clear()
             for conn in conns:
                 if conn is not None and getattr(conn, "_genesys_cancel", None) is self:
-                    _shut(getattr(conn, "sock", None))
+                    # Only a socket still in use counts: one whose answer was read whole is
+                    # back in the pool, untagged (see _put_conn).
+                    self.was_cut = _shut(getattr(conn, "sock", None)) or self.was_cut
+
+    def settle(self) -> bool:
+        """The attempt's answer is in hand: later cuts do nothing. Returns whether a cut
+        came first (then the answer may be truncated)."""
+        with _attach_lock:
+            self._settled = True
+            return self.was_cut
 
     def release(self) -> None:
         """The attempt is over: its connections, back in the pool, are nobody's to cut."""
@@ -123,11 +134,13 @@ class Cancel:
             raise ConnectionAbortedError("token request abandoned")
 
 
-def _shut(sock: socket.socket | None) -> None:
+def _shut(sock: socket.socket | None) -> bool:
+    """Shut ``sock`` down; returns whether there was one."""
     if sock is None:
-        return
+        return False
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+    return True
 
 
 @contextlib.contextmanager
@@ -241,8 +254,8 @@ class _HTTPSConnection(_Attaching, urllib3.connection.HTTPSConnection):
 
 
 def _untagged(conn: Any) -> Any:
-    """A connection just taken from the pool belongs to no scope until it is used: a close()
-    elsewhere must not cut it (its last user's tag may still be on it)."""
+    """A connection taken from the pool, or put back once its answer is read, belongs to no
+    scope: a close() elsewhere, or a late cut of its last attempt, must not shut it."""
     with _attach_lock:
         if conn is not None:
             conn._genesys_cancel = None
@@ -255,12 +268,18 @@ class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
     def _get_conn(self, timeout: float | None = None) -> Any:
         return _untagged(super()._get_conn(timeout))
 
+    def _put_conn(self, conn: Any) -> None:
+        super()._put_conn(_untagged(conn))
+
 
 class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
     def _get_conn(self, timeout: float | None = None) -> Any:
         return _untagged(super()._get_conn(timeout))
+
+    def _put_conn(self, conn: Any) -> None:
+        super()._put_conn(_untagged(conn))
 
 
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}

@@ -221,7 +221,7 @@ class TokenEndpoint:
                 return self._attempt(credentials)
             except TokenRequestError as exc:
                 truncated = exc.status is None or isinstance(exc, InvalidTokenResponseError)
-                if not (scope.was_cut and truncated) or scope.cancelled:
+                if not (scope.settle() and truncated) or scope.cancelled:
                     raise
         raise TokenRequestError(
             f"token request timed out (no whole answer within {bound:.1f}s)", retryable=True
@@ -380,21 +380,27 @@ class TokenEndpoint:
 
     def _call_with_token(self, method: str, access_token: str) -> int | None:
         url = f"{self._settings.api_base_url}/api/v2/tokens/me"
+        bound = self._attempt_bound()
         try:
-            # stream=True: only the status matters; a large body is never read.
-            with self._session.request(
-                method,
-                url,
-                headers={"Authorization": f"Bearer {access_token}"},
-                timeout=self._settings.timeout,
-                verify=self._settings.verify,
-                allow_redirects=False,
-                stream=True,
-            ) as response:
-                return response.status_code
+            # The watchdog bounds the whole call: an API host trickling its headers must not
+            # hold rotate(). stream=True: only the status matters; the body is never read.
+            with attached(None, bound) as scope:
+                with self._session.request(
+                    method,
+                    url,
+                    headers={"Authorization": f"Bearer {access_token}"},
+                    timeout=self._settings.timeout,
+                    verify=self._settings.verify,
+                    allow_redirects=False,
+                    stream=True,
+                ) as response:
+                    status = response.status_code
+                if scope.settle():  # headers cut short end at the EOF: not an answer
+                    raise requests.exceptions.ReadTimeout(f"no whole answer within {bound:.1f}s")
         except requests.exceptions.RequestException as exc:
             log.warning("%s /api/v2/tokens/me failed: %s", method, type(exc).__name__)
             return None
+        return status
 
 
 def _known_secrets(credentials: Credentials) -> tuple[str, ...]:

@@ -319,7 +319,9 @@ class WebhookSender:
 
         Queued records get one more attempt each, without retries or backoff; what is left
         after ~2 seconds is dropped (and counted), and a request still in progress is cut
-        (its record counts as dropped too): the worker ends with close().
+        (its record counts as dropped too): the worker ends with close(). A request still
+        connecting then has no socket to cut: it ends within its connect timeout, and the
+        worker with it.
         """
         with self._cond:
             if self._closed:
@@ -348,8 +350,9 @@ class WebhookSender:
 
         For a finalizer of a manager that was dropped without ``close()``: the collector may
         run in any thread, this worker included, at any moment, even while it holds a lock.
-        The worker ends at its next idle wake-up, or when the request in progress ends (each
-        attempt is cut after connect + 2 x read timeout + 1 s at most).
+        The worker ends at its next idle wake-up, or once the delivery in progress ends: its
+        attempt is cut after connect + 2 x read timeout + 1 s at most and no retry follows
+        (a backoff already under way is slept out: ``BACKOFF_MAX`` at most).
         """
         self._closed = True
         self._stop.set()
@@ -398,7 +401,9 @@ class WebhookSender:
         error: str | None = None
         attempt = 0
         while attempt < self._max_attempts:
-            if attempt > 0 and self._closing.wait(self._backoff(attempt + 1)):
+            if attempt > 0 and (
+                self._closing.wait(self._backoff(attempt + 1)) or self._stop.is_set()
+            ):
                 break  # closing: flush the rest of the queue instead of retrying this one
             attempt += 1
             status, error = self._post(event_id, body)
@@ -449,12 +454,13 @@ class WebhookSender:
                     timeout=(connect, read),
                     allow_redirects=False,
                 )
+                cut = scope.settle()  # the answer is read whole: a later cut changes nothing
                 response.close()
         except requests.RequestException as exc:
             # The type only: messages of connection errors repeat the URL, and webhook URLs
             # often carry a secret in their path.
             return None, type(exc).__name__
-        if scope.was_cut:
+        if cut:
             return None, "ReadTimeout"  # headers cut short end at the EOF: not an answer
         return response.status_code, None
 

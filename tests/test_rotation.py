@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, in_background
+from conftest import MakeManager, TricklingServer, in_background
 
 from genesys_token import (
     ConfigurationError,
@@ -309,6 +309,27 @@ def test_refused_revocation_is_logged_not_raised(
     assert "token revocation was not accepted (status 403)" in caplog.text
     assert emulator.revoked_tokens == set()
     assert TOKEN_REVOKED not in events.types((TOKEN_REVOKED,))
+
+
+def test_revocation_on_an_api_host_that_trickles_its_answer_is_cut_and_not_counted(
+    emulator: GenesysEmulator, make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    # A byte every 50 ms: no read timeout fires; the watchdog ends the call at
+    # 0.2 + 2 x 0.3 + 1 = 1.8 s, and the 200 its cut headers look like is not a revocation.
+    api = TricklingServer(gap=0.05)
+    try:
+        manager = make_manager(api_base_url=f"http://127.0.0.1:{api.port}", timeout=(0.2, 0.3))
+        events = Events(manager)
+        old = manager.get_token()
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="genesys_token"):
+            new = manager.rotate(drain_timeout=1, revoke_previous=True)
+        assert time.monotonic() - started < 4.0
+        assert new.access_token != old
+        assert "DELETE /api/v2/tokens/me failed: ReadTimeout" in caplog.text
+        assert TOKEN_REVOKED not in events.types((TOKEN_REVOKED,))
+    finally:
+        api.stop()
 
 
 # -- rotating from inside a counted use ---------------------------------------------------

@@ -530,6 +530,47 @@ def test_close_gives_up_on_a_hanging_receiver_after_about_two_seconds(receiver: 
     assert (sender.dropped, sender.delivered, sender.failed) == (3, 0, 0)
 
 
+def test_an_answer_read_whole_before_close_cuts_counts_as_delivered(receiver: Receiver):
+    # close() cuts the attempt in progress; one whose 200 is already read must stay
+    # delivered (not dropped): the worker is held between the answer and its bookkeeping.
+    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    session = sender._get_session()
+    real_post = session.post
+    answered = threading.Event()
+    cut = threading.Event()
+
+    def post(*args: Any, **kwargs: Any) -> Any:
+        response = real_post(*args, **kwargs)
+        answered.set()
+        cut.wait(5)
+        return response
+
+    session.post = post  # type: ignore[method-assign]
+    sender.submit(_record())
+    assert answered.wait(5)
+    closing = threading.Thread(target=sender.close)
+    closing.start()
+    _eventually(lambda: sender._cancel.cancelled)
+    cut.set()
+    closing.join(5)
+    assert (sender.delivered, sender.failed, sender.dropped) == (1, 0, 0)
+
+
+def test_abandon_ends_the_worker_without_another_attempt(receiver: Receiver):
+    before = _threads()
+    receiver.statuses = [503] * 5
+    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None, backoff_base=1.0)
+    sender.submit(_record())
+    receiver.wait_for(1)
+    _eventually(lambda: len(_workers(before)) == 1)
+    [worker] = _workers(before)
+    sender.abandon()  # what the finalizer of a dropped manager does
+    worker.join(2.5)  # the backoff under way (1 s at most) is slept out, nothing more
+    assert not worker.is_alive()
+    assert len(receiver.requests) == 1
+    assert sender.failed == 1
+
+
 def test_close_ends_the_worker_of_a_receiver_that_trickles_its_answer() -> None:
     # A byte every 50 ms: the read timeout never fires, only close() (or the watchdog) ends it.
     server = TricklingServer(gap=0.05)
