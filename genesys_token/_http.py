@@ -36,6 +36,7 @@ __all__ = [
     "attached",
     "renew_adapters",
     "shared_session",
+    "status_of",
 ]
 
 #: Connections kept per host in the shared pool; more concurrent requests still run, on
@@ -61,7 +62,7 @@ class Cancel:
     connections a watchdog can cut (:meth:`cut`) without abandoning the acquisition.
     """
 
-    __slots__ = ("__weakref__", "_child", "_conns", "_event", "_settled", "was_cut")
+    __slots__ = ("__weakref__", "_child", "_conns", "_cut", "_event", "_settled", "was_cut")
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -71,6 +72,9 @@ class Cancel:
         #: may look whole (headers cut short end at the EOF), so it must not be trusted.
         self.was_cut = False
         self._settled = False
+        #: cut() ran: a connection of this scope still connecting then (no socket to shut
+        #: yet: TCP connect, name lookup) is shut as soon as it has one.
+        self._cut = False
 
     @property
     def cancelled(self) -> bool:
@@ -102,6 +106,7 @@ class Cancel:
         with _attach_lock:
             if self._settled:
                 return  # the answer is in hand: nothing left to cut
+            self._cut = True
             conns = [ref() for ref in self._conns]
             self._conns.clear()
             for conn in conns:
@@ -125,6 +130,15 @@ class Cancel:
                 if conn is not None and getattr(conn, "_genesys_cancel", None) is self:
                     conn._genesys_cancel = None
             self._conns.clear()
+
+    def _connected(self, conn: Any) -> None:
+        """``conn`` of this scope has just connected: if a cut came while it had no socket,
+        shut it now (else the cut would be lost and the request run unbounded)."""
+        with _attach_lock:
+            if not self._cut or getattr(conn, "_genesys_cancel", None) is not self:
+                return
+            self.was_cut = _shut(getattr(conn, "sock", None)) or self.was_cut
+        raise ConnectionAbortedError("request cut while it was connecting")
 
     def _attach(self, conn: Any) -> None:
         with _attach_lock:
@@ -163,6 +177,40 @@ def attached(cancel: Cancel | None, bound: float) -> Iterator[Cancel]:
         _local.cancel = previous
         WATCHDOG.disarm(ticket)
         scope.release()
+
+
+def status_of(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    timeout: tuple[float, float],
+    verify: bool | str,
+) -> int:
+    """The status of ``method url`` (the body is never read; no redirect is followed), the
+    whole call under the watchdog: connect + 2 x read + :data:`ATTEMPT_SLACK` at most.
+
+    Raises:
+        requests.RequestException: No whole answer came (one cut short: ``ReadTimeout``;
+            headers cut at the EOF would read as a 200).
+    """
+    connect, read = timeout
+    bound = connect + 2 * read + ATTEMPT_SLACK
+    with attached(None, bound) as scope:
+        with session.request(
+            method,
+            url,
+            headers=headers,
+            timeout=timeout,
+            verify=verify,
+            allow_redirects=False,
+            stream=True,
+        ) as response:
+            status = response.status_code
+        if scope.settle():
+            raise requests.exceptions.ReadTimeout(f"no whole answer within {bound:.1f}s")
+    return status
 
 
 class Watchdog:
@@ -232,6 +280,9 @@ class _Attaching:
     def connect(self) -> None:
         self._join()
         super().connect()  # type: ignore[misc]
+        scope: Cancel | None = getattr(self, "_genesys_cancel", None)
+        if scope is not None:
+            scope._connected(self)
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         self._join()

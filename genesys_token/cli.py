@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import requests
 
 from . import __version__
+from ._http import shared_session, status_of
 from ._redact import redact
 from .config import ENV_CLIENT_SECRET
 from .errors import ConfigurationError, GenesysTokenError, InvalidClientError
@@ -207,19 +208,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _head(url: str, token: Token, timeout: tuple[float, float], verify: bool | str) -> int:
-    """``HEAD url`` with the token; returns the status.
+    """``HEAD url`` with the token (no redirect followed: the bearer token must not go
+    elsewhere); returns the status.
 
     Raises:
-        requests.RequestException: No answer came.
+        requests.RequestException: No whole answer came within the attempt bound.
     """
-    with requests.head(
-        url,
-        headers={"Authorization": f"Bearer {token.access_token}"},
-        timeout=timeout,
-        verify=verify,
-        allow_redirects=False,  # the bearer token must not follow a redirect
-    ) as response:
-        return response.status_code
+    headers = {"Authorization": f"Bearer {token.access_token}"}
+    return status_of(shared_session(), "HEAD", url, headers=headers, timeout=timeout, verify=verify)
 
 
 def run_emulator(

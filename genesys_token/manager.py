@@ -76,7 +76,8 @@ class TokenManager:
         drain_timeout: Default bound of :meth:`rotate`'s wait for the old token's uses.
         clock: Clocks and randomness, for deterministic tests.
         session: A ``requests.Session`` for the token endpoint (default: the process-wide
-            pool; a given session cannot have a request cut by :meth:`close`).
+            pool). Its connections are not ours: neither :meth:`close` nor the per-attempt
+            watchdog can cut its requests, which only its timeouts bound (per read).
 
     Raises:
         ConfigurationError: A setting is invalid; the message names it.

@@ -39,7 +39,7 @@ from ._answers import (
     parse_success,
 )
 from ._clock import SYSTEM_CLOCK, Clock
-from ._http import ATTEMPT_SLACK, Cancel, attached, shared_session
+from ._http import ATTEMPT_SLACK, Cancel, attached, shared_session, status_of
 from ._redact import excerpt
 from .config import Credentials, Settings
 from .errors import (
@@ -380,27 +380,19 @@ class TokenEndpoint:
 
     def _call_with_token(self, method: str, access_token: str) -> int | None:
         url = f"{self._settings.api_base_url}/api/v2/tokens/me"
-        bound = self._attempt_bound()
         try:
-            # The watchdog bounds the whole call: an API host trickling its headers must not
-            # hold rotate(). stream=True: only the status matters; the body is never read.
-            with attached(None, bound) as scope:
-                with self._session.request(
-                    method,
-                    url,
-                    headers={"Authorization": f"Bearer {access_token}"},
-                    timeout=self._settings.timeout,
-                    verify=self._settings.verify,
-                    allow_redirects=False,
-                    stream=True,
-                ) as response:
-                    status = response.status_code
-                if scope.settle():  # headers cut short end at the EOF: not an answer
-                    raise requests.exceptions.ReadTimeout(f"no whole answer within {bound:.1f}s")
+            # Under the watchdog: an API host trickling its headers must not hold rotate().
+            return status_of(
+                self._session,
+                method,
+                url,
+                headers={"Authorization": f"Bearer {access_token}"},
+                timeout=self._settings.timeout,
+                verify=self._settings.verify,
+            )
         except requests.exceptions.RequestException as exc:
             log.warning("%s /api/v2/tokens/me failed: %s", method, type(exc).__name__)
             return None
-        return status
 
 
 def _known_secrets(credentials: Credentials) -> tuple[str, ...]:

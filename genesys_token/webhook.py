@@ -320,8 +320,8 @@ class WebhookSender:
         Queued records get one more attempt each, without retries or backoff; what is left
         after ~2 seconds is dropped (and counted), and a request still in progress is cut
         (its record counts as dropped too): the worker ends with close(). A request still
-        connecting then has no socket to cut: it ends within its connect timeout, and the
-        worker with it.
+        connecting (name lookup, TCP connect) is cut as soon as it has a socket, before it
+        sends anything.
         """
         with self._cond:
             if self._closed:

@@ -225,3 +225,29 @@ class TricklingServer:
             thread.join(5)
         self._listener.close()
         assert not any(thread.is_alive() for thread in self._threads)
+
+
+class HeldLookups:
+    """Name lookups (``socket.getaddrinfo``) for one port wait until :attr:`release` is set:
+    a request stuck in its connect with no socket yet (a slow resolver, a SYN not answered)."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+
+@pytest.fixture
+def held_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldLookups]:
+    held = HeldLookups()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if held.port is not None and port == held.port:
+            held.waiting.set()
+            held.release.wait(10)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield held
+    held.release.set()

@@ -10,10 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from conftest import TricklingServer
 
 import genesys_token
 from genesys_token import TokenManager, cli
@@ -368,6 +371,25 @@ def test_check_without_an_api_answer_exits_4(
     emulator.inject(Fault(drop=True), times=None, path="/api/v2/tokens/me")
     assert cli.main(["check"]) == 4
     assert "no answer" in capsys.readouterr().err
+
+
+def test_checks_head_on_an_api_host_that_trickles_its_answer_is_cut_not_ok(
+    emulator: GenesysEmulator,
+) -> None:
+    # Headers a byte every 50 ms: no read timeout fires; cut at 0.2 + 2 x 0.3 + 1 = 1.8 s,
+    # and the 200 that cut headers read as must not make `check` say "ok".
+    api = TricklingServer(gap=0.05)
+    try:
+        with TokenManager(
+            emulator.client_id, emulator.client_secret, token_url=emulator.token_url
+        ) as manager:
+            token = manager.refresh()
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            cli._head(f"http://127.0.0.1:{api.port}/api/v2/tokens/me", token, (0.2, 0.3), True)
+        assert time.monotonic() - started < 4.0
+    finally:
+        api.stop()
 
 
 # -- the parser ----------------------------------------------------------------------------

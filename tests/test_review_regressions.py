@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import (
     FakeClock,
+    HeldLookups,
     MakeManager,
     TricklingServer,
     in_background,
@@ -27,6 +28,7 @@ from conftest import (
 
 from genesys_token import (
     InvalidClientError,
+    ManagerClosedError,
     RateLimitedError,
     TokenManager,
     TokenRequestError,
@@ -232,6 +234,23 @@ def test_an_error_status_that_arrived_before_the_cut_stands(make_manager: MakeMa
         join_fetch_threads()
     finally:
         server.stop()
+
+
+def test_close_during_a_connect_with_no_socket_yet_still_abandons_the_request(
+    emulator: GenesysEmulator, make_manager: MakeManager, held_lookups: HeldLookups
+):
+    # A cut while the connection had no socket (name lookup, TCP connect) found nothing to
+    # shut and was lost: once connected, the abandoned request went out and ran unbounded.
+    manager = make_manager(max_retries=0)
+    held_lookups.port = emulator.port
+    caller, got = in_background(manager.get_token)
+    assert held_lookups.waiting.wait(5)
+    manager.close()
+    caller.join(5)
+    assert isinstance(got[0], ManagerClosedError)
+    held_lookups.release.set()  # the connect completes now, after close()
+    join_fetch_threads()
+    assert emulator.token_requests == 0  # shut as soon as it had a socket: never sent
 
 
 # -- hand-outs and rotation ----------------------------------------------------------------

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import MakeManager, TricklingServer
+from conftest import HeldLookups, MakeManager, TricklingServer
 
 from genesys_token import InvalidClientError, TokenRequestError, webhook
 from genesys_token.config import Settings
@@ -573,6 +573,23 @@ def test_abandon_ends_the_worker_without_another_attempt(receiver: Receiver):
     assert not worker.is_alive()
     assert len(receiver.requests) == 1
     assert sender.failed == 1
+
+
+def test_close_cuts_a_delivery_still_connecting_as_soon_as_it_has_a_socket(
+    receiver: Receiver, held_lookups: HeldLookups
+):
+    before = _threads()
+    held_lookups.port = receiver.server.server_address[1]
+    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    sender.submit(_record())
+    assert held_lookups.waiting.wait(5)
+    [worker] = _workers(before)
+    sender.close()  # the flush budget passes, the cut finds no socket yet
+    held_lookups.release.set()
+    worker.join(1.0)
+    assert not worker.is_alive()
+    assert receiver.requests == []  # shut once connected: never sent
+    assert (sender.delivered, sender.failed, sender.dropped) == (0, 0, 1)
 
 
 def test_close_ends_the_worker_of_a_receiver_that_trickles_its_answer() -> None:
