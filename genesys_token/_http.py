@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import http.cookiejar
+import json
 import os
 import socket
 import threading
@@ -34,6 +35,7 @@ __all__ = [
     "HostLimiter",
     "abortable_session",
     "attached",
+    "json_of",
     "renew_adapters",
     "shared_session",
     "status_of",
@@ -211,6 +213,45 @@ def status_of(
         if scope.settle():
             raise requests.exceptions.ReadTimeout(f"no whole answer within {bound:.1f}s")
     return status
+
+
+def json_of(
+    session: requests.Session,
+    url: str,
+    *,
+    timeout: tuple[float, float],
+    verify: bool | str,
+    limit: int,
+) -> Any:
+    """``GET url``'s JSON body (no redirect followed), the whole call under the watchdog.
+
+    Raises:
+        requests.RequestException: No whole 2xx answer came.
+        ValueError: The body is not JSON (a body cut short is not), or longer than ``limit``
+            bytes.
+    """
+    connect, read = timeout
+    chunks: list[bytes] = []
+    size = 0
+    with (
+        attached(None, connect + 2 * read + ATTEMPT_SLACK),
+        session.get(
+            url,
+            headers={"Accept": "application/json"},
+            timeout=timeout,
+            verify=verify,
+            allow_redirects=False,
+            stream=True,
+        ) as response,
+    ):
+        if not 200 <= response.status_code < 300:
+            raise requests.exceptions.HTTPError(f"status {response.status_code}")
+        for chunk in response.iter_content(16384):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"answer longer than {limit} bytes")
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
 
 
 class Watchdog:

@@ -7,11 +7,13 @@ Real Genesys client-credentials tokens are opaque; they pass with their expiry t
 
 from __future__ import annotations
 
-import ssl
+import time
 from typing import Any
 
 import jwt
+import requests
 
+from ._http import json_of, shared_session
 from .config import Settings
 from .errors import TokenValidationError
 from .token import Token
@@ -43,15 +45,7 @@ class TokenValidator:
         self._settings = settings
         self._jwks: jwt.PyJWKClient | None = None
         if settings.jwks_url:
-            context = None
-            if isinstance(settings.verify, str):
-                context = ssl.create_default_context(cafile=settings.verify)
-            self._jwks = jwt.PyJWKClient(
-                settings.jwks_url,
-                cache_keys=True,
-                timeout=int(max(1, round(settings.timeout[1]))),
-                ssl_context=context,
-            )
+            self._jwks = _JWKClient(settings)
 
     def build(self, response: TokenResponse, client_id: str, *, now_wall: float) -> Token:
         """Validate a token answer and build the :class:`Token`.
@@ -151,3 +145,41 @@ def _claim_scopes(claims: dict[str, Any]) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(item for item in value if isinstance(item, str))
     return ()
+
+
+#: The largest JWK set read (Genesys publishes a few keys: a few KiB).
+JWKS_LIMIT = 1 << 20
+
+
+class _JWKClient(jwt.PyJWKClient):
+    """PyJWT's key client, fetching through the shared pool under the per-attempt watchdog:
+    urllib's read timeout bounds each read, not a key set trickled a byte at a time, and a
+    JWKS fetch holds the acquisition that waits for it."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.jwks_url is not None
+        super().__init__(settings.jwks_url, cache_keys=True)
+        self._settings = settings
+
+    def fetch_data(self) -> Any:
+        settings = self._settings
+        try:
+            jwk_set = json_of(
+                shared_session(),
+                self.uri,
+                timeout=settings.timeout,
+                verify=settings.verify,
+                limit=JWKS_LIMIT,
+            )
+        except (requests.RequestException, ValueError) as exc:
+            # The type only: messages of connection errors repeat the URL.
+            raise jwt.PyJWKClientConnectionError(
+                f"could not fetch the JWK set ({type(exc).__name__})"
+            ) from None
+        if not isinstance(jwk_set, dict):
+            raise jwt.PyJWKClientError("the JWKS endpoint did not answer a JSON object")
+        if self.jwk_set_cache is not None:
+            self.jwk_set_cache.put(jwk_set)
+        if hasattr(self, "_last_successful_fetch"):  # PyJWT >= 2.10: its refetch cool-down
+            self._last_successful_fetch = time.monotonic()
+        return jwk_set

@@ -7,11 +7,12 @@ from typing import Any
 
 import jwt
 import pytest
+from conftest import MakeManager, TricklingServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from genesys_token import Token, TokenValidationError
 from genesys_token.config import Settings
-from genesys_token.testing import GenesysEmulator
+from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.token import fingerprint_of, refresh_lead
 from genesys_token.transport import TokenResponse
 from genesys_token.validation import TokenValidator, looks_like_jwt
@@ -120,6 +121,43 @@ def test_unreachable_jwks_is_a_validation_error():
     token = _jwt({"exp": NOW + 600})
     with pytest.raises(TokenValidationError, match="signing key"):
         validator.build(_response(token), "client-1", now_wall=NOW)
+
+
+def test_a_jwks_host_that_trickles_its_answer_cannot_hold_the_acquisition(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # A byte every 50 ms: urllib's read timeout never fired and the fetch held the flight
+    # for as long as the host trickled; the watchdog cuts it at 0.2 + 2 x 0.3 + 1 = 1.8 s.
+    emulator.token_format = "jwt"
+    jwks = TricklingServer(gap=0.05)
+    try:
+        manager = make_manager(
+            jwks_url=f"http://127.0.0.1:{jwks.port}/jwks", timeout=(0.2, 0.3), max_retries=0
+        )
+        started = time.monotonic()
+        with pytest.raises(TokenValidationError, match="signing key"):
+            manager.refresh()
+        assert time.monotonic() - started < 4.0
+    finally:
+        jwks.stop()
+
+
+def test_jwks_answers_that_are_not_a_key_set_are_validation_errors(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    emulator.token_format = "jwt"
+    for fault, error in (
+        (Fault(status=302, headers={"Location": emulator.jwks_url}), "ConnectionError"),
+        (Fault(status=200, body=b"[1, 2]"), "Error"),
+        (Fault(status=200, body=b"{not json"), "ConnectionError"),
+        (Fault(status=200, body={"keys": [], "pad": "x" * (1 << 20)}), "ConnectionError"),
+    ):
+        emulator.inject(fault, path="/api/v2/not-a-key-set")
+        # A manager each: one in its failure backoff would not ask again.
+        manager = make_manager(jwks_url=emulator.api_base_url + "/api/v2/not-a-key-set")
+        # ConnectionError: not fetched (no redirect followed, not JSON, past the 1 MiB cap).
+        with pytest.raises(TokenValidationError, match=f"from jwks_url: PyJWKClient{error}$"):
+            manager.refresh()
 
 
 def test_garbage_with_two_dots_is_treated_as_opaque():
