@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 RUFF_OPTS := --line-length 100 --target-version py310
 RUFF_RULES := --select E,F,W,I,B,UP,SIM,RUF,S,BLE --ignore S101,S105,S106,S311,S603,S607,S104,RUF012
 
-# urllib3 1.26 is still supported (requests 2.31 is the newest requests that allows it).
+# urllib3 1.26 is still supported (requests 2.32, our lowest, still allows it; requests 2.32 is
+# the first that keys its connection pools by TLS settings: CVE-2024-35195).
 LEGACY_VENV ?= .venv-legacy
 LEGACY_BIN := $(LEGACY_VENV)/bin
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
-LEGACY_PINS := 'urllib3>=1.26.5,<2' 'requests>=2.31,<2.32'
+LEGACY_PINS := 'urllib3>=1.26.5,<2' 'requests>=2.32.2,<2.33'
 LEGACY_TESTS := tests/test_transport.py tests/test_retry.py tests/test_tls.py \
 	tests/test_secret_hygiene.py tests/test_redact.py tests/test_auth.py tests/test_manager.py \
 	tests/test_api_session.py

@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -150,3 +151,30 @@ def test_manager_tls_failure_is_not_retried(https_emulator: GenesysEmulator) -> 
         snapshot = manager.metrics()
     assert (snapshot["retries"], snapshot["errors"]) == (0, 1)
     assert snapshot["last_error"].startswith("TokenEndpointTLSError: TLS handshake")
+
+
+def test_a_connection_opened_without_verification_is_never_reused_by_a_verifying_manager(
+    https_emulator: GenesysEmulator,
+) -> None:
+    # requests < 2.32 keyed its pools by host only (CVE-2024-35195): on the shared pool, a
+    # manager that verifies would reuse the kept-alive connection of one that does not, and
+    # send its secret over it unverified. Hence requests >= 2.32.2.
+    options: dict[str, Any] = {
+        "token_url": https_emulator.token_url,
+        "api_base_url": https_emulator.api_base_url,
+        "background_refresh": False,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning, as intended
+        with TokenManager(
+            https_emulator.client_id, https_emulator.client_secret, verify=False, **options
+        ) as trusting:
+            trusting.get_token()
+            with (
+                TokenManager(
+                    https_emulator.client_id, https_emulator.client_secret, **options
+                ) as verifying,
+                pytest.raises(TokenEndpointTLSError),
+            ):
+                verifying.get_token()
+    assert https_emulator.token_requests == 1
