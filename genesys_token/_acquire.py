@@ -121,6 +121,10 @@ class Acquirer:
         self._metrics = metrics
         self._health = StoreHealth(metrics)
 
+    def after_fork(self) -> None:
+        """In a forked child: nothing of a parent's acquisition in progress is kept."""
+        self._validator.after_fork()
+
     def snapshot(self) -> Snapshot:
         """Freeze the settings and read the secret source once.
 
@@ -191,7 +195,10 @@ class Acquirer:
                 flight.requests += exc.attempts
                 raise
         flight.requests += response.attempts
-        return self._validator.build(response, credentials.client_id, now_wall=self._clock.time())
+        with _http.within(flight.cancel):  # close() cuts a JWKS fetch of the validation too
+            return self._validator.build(
+                response, credentials.client_id, now_wall=self._clock.time()
+            )
 
     # -- the store: one error policy for every call ------------------------------------
 

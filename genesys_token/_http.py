@@ -39,6 +39,7 @@ __all__ = [
     "renew_adapters",
     "shared_session",
     "status_of",
+    "within",
 ]
 
 #: Connections kept per host in the shared pool; more concurrent requests still run, on
@@ -160,6 +161,19 @@ def _shut(sock: socket.socket | None) -> bool:
 
 
 @contextlib.contextmanager
+def within(cancel: Cancel) -> Iterator[None]:
+    """Requests made meanwhile in this thread through :func:`attached` without a ``cancel``
+    of their own (a JWKS fetch during a token's validation) belong to ``cancel``: close()
+    cuts them too."""
+    previous = getattr(_local, "within", None)
+    _local.within = cancel
+    try:
+        yield
+    finally:
+        _local.within = previous
+
+
+@contextlib.contextmanager
 def attached(cancel: Cancel | None, bound: float) -> Iterator[Cancel]:
     """Run one attempt: its connections join a child of ``cancel``, and a watchdog cuts
     them after ``bound`` seconds. requests' read timeout bounds each socket read, not the
@@ -169,6 +183,8 @@ def attached(cancel: Cancel | None, bound: float) -> Iterator[Cancel]:
     Yields:
         The attempt's scope: its ``was_cut`` tells whether the answer may be truncated.
     """
+    if cancel is None:
+        cancel = getattr(_local, "within", None)
     scope = cancel.attempt() if cancel is not None else Cancel()
     ticket = WATCHDOG.arm(scope, bound)
     previous = getattr(_local, "cancel", None)
@@ -225,10 +241,13 @@ def json_of(
 ) -> Any:
     """``GET url``'s JSON body (no redirect followed), the whole call under the watchdog.
 
+    The body is asked for and read as is (``identity``): a compressed answer could inflate
+    past ``limit`` in one read on urllib3 1.26.
+
     Raises:
         requests.RequestException: No whole 2xx answer came.
-        ValueError: The body is not JSON (a body cut short is not), or longer than ``limit``
-            bytes.
+        ValueError: The body is encoded, not JSON (a body cut short is not), nested too
+            deep, or longer than ``limit`` bytes.
     """
     connect, read = timeout
     chunks: list[bytes] = []
@@ -237,7 +256,7 @@ def json_of(
         attached(None, connect + 2 * read + ATTEMPT_SLACK),
         session.get(
             url,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
             timeout=timeout,
             verify=verify,
             allow_redirects=False,
@@ -246,12 +265,18 @@ def json_of(
     ):
         if not 200 <= response.status_code < 300:
             raise requests.exceptions.HTTPError(f"status {response.status_code}")
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ValueError(f"answer encoded ({encoding[:20]}) although identity was asked")
         for chunk in response.iter_content(16384):
             size += len(chunk)
             if size > limit:
                 raise ValueError(f"answer longer than {limit} bytes")
             chunks.append(chunk)
-    return json.loads(b"".join(chunks))
+    try:
+        return json.loads(b"".join(chunks))
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 class Watchdog:

@@ -481,6 +481,7 @@ class TokenManager:
     def _after_fork_in_child(self) -> None:
         """Fresh locks and no counted uses; the refresh comes back on first use."""
         self._flight.reset_after_fork()
+        self._acquirer.after_fork()
         self._gate.reset_after_fork()
         self._reporter.after_fork()
         self._rotate_lock = threading.Lock()

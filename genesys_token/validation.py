@@ -47,6 +47,12 @@ class TokenValidator:
         if settings.jwks_url:
             self._jwks = _JWKClient(settings)
 
+    def after_fork(self) -> None:
+        """In a forked child: a new key client (PyJWT >= 2.10 holds a lock for the whole of a
+        fetch; one copied held from a parent thread would hold every validation forever)."""
+        if self._jwks is not None:
+            self._jwks = _JWKClient(self._settings)
+
     def build(self, response: TokenResponse, client_id: str, *, now_wall: float) -> Token:
         """Validate a token answer and build the :class:`Token`.
 

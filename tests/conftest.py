@@ -185,6 +185,8 @@ class TricklingServer:
         self._gap = gap
         self._head = head
         self._stop = threading.Event()
+        #: Set once a connection was accepted.
+        self.accepted = threading.Event()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(8)
@@ -201,6 +203,7 @@ class TricklingServer:
                 continue
             except OSError:
                 return
+            self.accepted.set()
             thread = threading.Thread(target=self._trickle, args=(conn,))
             self._threads.append(thread)
             thread.start()

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+import threading
 import time
 from typing import Any
 
 import jwt
 import pytest
-from conftest import MakeManager, TricklingServer
+from conftest import (
+    MakeManager,
+    TricklingServer,
+    in_background,
+    in_child,
+    join_fetch_threads,
+)
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from genesys_token import Token, TokenValidationError
+from genesys_token import ManagerClosedError, Token, TokenValidationError
 from genesys_token.config import Settings
+from genesys_token.stores import MemoryStore
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.token import fingerprint_of, refresh_lead
 from genesys_token.transport import TokenResponse
 from genesys_token.validation import TokenValidator, looks_like_jwt
 
 NOW = 1_800_000_000.0
+GZIP = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
@@ -151,6 +162,9 @@ def test_jwks_answers_that_are_not_a_key_set_are_validation_errors(
         (Fault(status=200, body=b"[1, 2]"), "Error"),
         (Fault(status=200, body=b"{not json"), "ConnectionError"),
         (Fault(status=200, body={"keys": [], "pad": "x" * (1 << 20)}), "ConnectionError"),
+        # Compressed (identity was asked): 1.26 would inflate a bomb past the cap in one read.
+        (Fault(status=200, body=gzip.compress(b'{"keys": []}'), headers=GZIP), "ConnectionError"),
+        (Fault(status=200, body=b"[" * 200_000), "ConnectionError"),  # nested too deep
     ):
         emulator.inject(fault, path="/api/v2/not-a-key-set")
         # A manager each: one in its failure backoff would not ask again.
@@ -158,6 +172,65 @@ def test_jwks_answers_that_are_not_a_key_set_are_validation_errors(
         # ConnectionError: not fetched (no redirect followed, not JSON, past the 1 MiB cap).
         with pytest.raises(TokenValidationError, match=f"from jwks_url: PyJWKClient{error}$"):
             manager.refresh()
+
+
+class _SaveCounter(MemoryStore):
+    saves = 0
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.saves += 1
+        super().save(*args, **kwargs)
+
+
+def test_close_cuts_a_jwks_fetch_and_saves_nothing(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # The JWKS fetch of a token's validation ran outside the acquisition's cancel: close()
+    # released the callers, but the fetch went on and the token was saved after close().
+    emulator.token_format = "jwt"
+    jwks = TricklingServer(gap=0.05)
+    store = _SaveCounter()
+    try:
+        manager = make_manager(jwks_url=f"http://127.0.0.1:{jwks.port}/jwks", store=store)
+        caller, got = in_background(manager.get_token)
+        assert jwks.accepted.wait(5)
+        manager.close()
+        caller.join(5)
+        assert isinstance(got[0], ManagerClosedError)
+        join_fetch_threads(timeout=2.0)  # cut at once: not at the watchdog's 24 s
+        assert not [t for t in threading.enumerate() if t.name.startswith("genesys-token-fetch")]
+        assert store.saves == 0
+    finally:
+        jwks.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_child_forked_during_a_jwks_fetch_validates_with_its_own_key_client(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # PyJWT >= 2.10 holds its client's lock for a whole fetch: copied held into a child, it
+    # held every validation of the child's manager forever (TokenTimeoutError at each call).
+    emulator.token_format = "jwt"
+    jwks = TricklingServer(gap=0.05)
+    try:
+        manager = make_manager(
+            jwks_url=f"http://127.0.0.1:{jwks.port}/jwks", timeout=(0.2, 0.3), max_retries=0
+        )
+        caller, _ = in_background(manager.get_token)
+        assert jwks.accepted.wait(5)  # the parent's fetch is in progress
+
+        def child() -> dict[str, Any]:
+            try:
+                manager.get_token(timeout=6)
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                return {"error": type(exc).__name__}
+            return {"error": None}
+
+        # Its own fetch, cut by the watchdog at 1.8 s: not stuck on the parent's lock.
+        assert in_child(child) == {"error": "TokenValidationError"}
+        caller.join(5)
+    finally:
+        jwks.stop()
 
 
 def test_garbage_with_two_dots_is_treated_as_opaque():
