@@ -6,6 +6,7 @@ import gzip
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -19,7 +20,7 @@ from conftest import (
 )
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from genesys_token import ManagerClosedError, Token, TokenValidationError
+from genesys_token import ManagerClosedError, Token, TokenManager, TokenValidationError
 from genesys_token.config import Settings
 from genesys_token.stores import MemoryStore
 from genesys_token.testing import Fault, GenesysEmulator
@@ -134,23 +135,30 @@ def test_unreachable_jwks_is_a_validation_error():
         validator.build(_response(token), "client-1", now_wall=NOW)
 
 
-def test_a_jwks_host_that_trickles_its_answer_cannot_hold_the_acquisition(
+@pytest.fixture
+def trickling_jwks(
     emulator: GenesysEmulator, make_manager: MakeManager
-):
-    # A byte every 50 ms: urllib's read timeout never fired and the fetch held the flight
-    # for as long as the host trickled; the watchdog cuts it at 0.2 + 2 x 0.3 + 1 = 1.8 s.
+) -> Iterator[tuple[TokenManager, TricklingServer]]:
+    """A manager of JWT tokens whose JWKS host sends its answer a byte every 50 ms: no read
+    timeout fires; the watchdog cuts each attempt at 0.2 + 2 x 0.3 + 1 = 1.8 s."""
     emulator.token_format = "jwt"
     jwks = TricklingServer(gap=0.05)
     try:
-        manager = make_manager(
-            jwks_url=f"http://127.0.0.1:{jwks.port}/jwks", timeout=(0.2, 0.3), max_retries=0
-        )
-        started = time.monotonic()
-        with pytest.raises(TokenValidationError, match="signing key"):
-            manager.refresh()
-        assert time.monotonic() - started < 4.0
+        url = f"http://127.0.0.1:{jwks.port}/jwks"
+        yield make_manager(jwks_url=url, timeout=(0.2, 0.3), max_retries=0), jwks
     finally:
         jwks.stop()
+
+
+def test_a_jwks_host_that_trickles_its_answer_cannot_hold_the_acquisition(
+    trickling_jwks: tuple[TokenManager, TricklingServer],
+):
+    # urllib's read timeout never fired: the fetch held the flight as long as the host trickled.
+    manager, _ = trickling_jwks
+    started = time.monotonic()
+    with pytest.raises(TokenValidationError, match="signing key"):
+        manager.refresh()
+    assert time.monotonic() - started < 4.0
 
 
 def test_jwks_answers_that_are_not_a_key_set_are_validation_errors(
@@ -206,31 +214,24 @@ def test_close_cuts_a_jwks_fetch_and_saves_nothing(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
 def test_a_child_forked_during_a_jwks_fetch_validates_with_its_own_key_client(
-    emulator: GenesysEmulator, make_manager: MakeManager
+    trickling_jwks: tuple[TokenManager, TricklingServer],
 ):
     # PyJWT >= 2.10 holds its client's lock for a whole fetch: copied held into a child, it
     # held every validation of the child's manager forever (TokenTimeoutError at each call).
-    emulator.token_format = "jwt"
-    jwks = TricklingServer(gap=0.05)
-    try:
-        manager = make_manager(
-            jwks_url=f"http://127.0.0.1:{jwks.port}/jwks", timeout=(0.2, 0.3), max_retries=0
-        )
-        caller, _ = in_background(manager.get_token)
-        assert jwks.accepted.wait(5)  # the parent's fetch is in progress
+    manager, jwks = trickling_jwks
+    caller, _ = in_background(manager.get_token)
+    assert jwks.accepted.wait(5)  # the parent's fetch is in progress
 
-        def child() -> dict[str, Any]:
-            try:
-                manager.get_token(timeout=6)
-            except Exception as exc:  # noqa: BLE001 - reported to the parent
-                return {"error": type(exc).__name__}
-            return {"error": None}
+    def child() -> dict[str, Any]:
+        try:
+            manager.get_token(timeout=6)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            return {"error": type(exc).__name__}
+        return {"error": None}
 
-        # Its own fetch, cut by the watchdog at 1.8 s: not stuck on the parent's lock.
-        assert in_child(child) == {"error": "TokenValidationError"}
-        caller.join(5)
-    finally:
-        jwks.stop()
+    # Its own fetch, cut by the watchdog at 1.8 s: not stuck on the parent's lock.
+    assert in_child(child) == {"error": "TokenValidationError"}
+    caller.join(5)
 
 
 def test_garbage_with_two_dots_is_treated_as_opaque():
