@@ -100,6 +100,22 @@ def in_child(body: Callable[[], Any], timeout: float = 15.0) -> dict[str, Any]:
     return produced
 
 
+def poll(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` (polled every 5 ms): for state a
+    test cannot wait on (another thread's or process's progress, a counter, a socket)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Assert that ``predicate()`` becomes true within ``timeout`` (see :func:`poll`)."""
+    assert poll(predicate, timeout), f"condition not met within {timeout:g}s"
+
+
 def in_background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     """Run ``target`` in a thread; the list receives its result or its exception."""
     out: list[Any] = []

@@ -12,14 +12,13 @@ import os
 import socket
 import ssl
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 import trustme
-from conftest import MakeManager, read_child
+from conftest import MakeManager, poll, read_child
 
 from genesys_token import GenesysAuth, TokenManager
 from genesys_token import auth as auth_module
@@ -30,18 +29,8 @@ ECHO_PATH = "/api/v2/echo"
 MakeSession = Callable[[TokenManager], requests.Session]
 
 
-def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition we cannot wait on directly (another process's state), bounded."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def _count_back_to_zero(manager: TokenManager) -> bool:
-    return _until(lambda: manager.in_flight_count == 0, 3.0)
+    return poll(lambda: manager.in_flight_count == 0, 3.0)
 
 
 @pytest.fixture
@@ -93,7 +82,7 @@ def test_call_is_counted_until_its_response_arrives(
         target=lambda: session.get(emulator.api_base_url + ORG_PATH, timeout=5)
     )
     worker.start()
-    assert _until(lambda: emulator.api_requests == 1)
+    assert poll(lambda: emulator.api_requests == 1)
     seen_during.append(manager.in_flight_count)
     worker.join(5)
     assert seen_during == [1]
@@ -230,7 +219,7 @@ def test_reaper_thread_ends_when_nothing_is_left_to_watch(
     manager = make_manager()
     make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
     assert auth_module._reaper.watched == 0
-    assert _until(
+    assert poll(
         lambda: not any(t.name == "genesys-token-reaper" for t in threading.enumerate()),
         auth_module.REAPER_IDLE_SECONDS + 2,
     )

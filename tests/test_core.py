@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, in_background, read_child
+from conftest import FakeClock, MakeManager, eventually, in_background, read_child
 
 from genesys_token import (
     InvalidClientError,
@@ -27,14 +27,6 @@ from genesys_token import (
 from genesys_token._clock import SYSTEM_CLOCK
 from genesys_token.stores import FileStore, MemoryStore, store_key
 from genesys_token.testing import Fault, GenesysEmulator
-
-
-def _until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
 
 # 1. Cross-client token ------------------------------------------------------------------
 
@@ -103,7 +95,7 @@ def test_close_during_a_token_request_returns_at_once_and_installs_nothing(
     manager = make_manager()
     emulator.inject(Fault(delay=3.0, passthrough=True))
     caller, got = in_background(manager.get_token)
-    _until(lambda: emulator.token_requests == 1)
+    eventually(lambda: emulator.token_requests == 1)
     started = time.monotonic()
     manager.close()
     assert time.monotonic() - started < 0.5
@@ -184,7 +176,7 @@ def test_forced_refresh_after_set_credentials_does_not_take_the_old_secrets_resu
     manager = make_manager(client_secret="the-old-secret", max_retries=0)
     emulator.inject(Fault(delay=0.5, passthrough=True))
     old_fetch, old_result = in_background(manager.get_token)
-    _until(lambda: emulator.token_requests == 1)
+    eventually(lambda: emulator.token_requests == 1)
     manager.set_credentials(emulator.client_secret)
     token = manager.refresh(force=True)
     assert emulator.is_token_valid(token.access_token)

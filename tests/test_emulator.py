@@ -19,6 +19,7 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from conftest import eventually
 
 import genesys_token.testing as testing_package
 from genesys_token.testing import Fault, GenesysEmulator, TokenRequestRecord
@@ -56,13 +57,6 @@ def api(
 ) -> requests.Response:
     headers = {} if access_token is None else {"Authorization": f"Bearer {access_token}"}
     return requests.request(method, emulator.url + path, headers=headers, timeout=5, **kw)
-
-
-def wait_until(condition: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------------- token grant
@@ -592,7 +586,7 @@ def test_stop_is_fast_while_a_handler_is_delayed() -> None:
     workers = [threading.Thread(target=call) for _ in range(2)]
     for worker in workers:
         worker.start()
-    wait_until(lambda: emulator.api_requests == 2)
+    eventually(lambda: emulator.api_requests == 2)
     time.sleep(0.05)
     started = time.monotonic()
     emulator.stop()

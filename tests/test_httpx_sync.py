@@ -5,12 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import MakeManager
+from conftest import MakeManager, poll
 
 from genesys_token import InvalidClientError, TokenManager
 from genesys_token.integrations.httpx import GenesysHTTPXAuth
@@ -19,16 +18,6 @@ from genesys_token.testing import Fault, GenesysEmulator
 ORG_PATH = "/api/v2/organizations/me"
 ECHO_PATH = "/api/v2/echo"
 SLOW = 0.4
-
-
-def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll state we cannot wait on (another thread's progress inside httpx), bounded."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 @pytest.fixture
@@ -87,7 +76,7 @@ def test_call_is_counted_until_its_response(
     emulator.inject(Fault(delay=SLOW, passthrough=True), path=ORG_PATH)
     thread, result = _in_background(lambda: client.get(ORG_PATH))
 
-    assert _until(lambda: emulator.api_requests == 1)
+    assert poll(lambda: emulator.api_requests == 1)
     assert manager.in_flight_count == 1
     thread.join(5)
     assert isinstance(result[0], httpx.Response)
@@ -104,7 +93,7 @@ def test_redirect_legs_are_counted_until_the_final_response(
         target = manager.api_base_url + ORG_PATH
         thread, result = _in_background(lambda: c.get("/redirect", params={"to": target}))
 
-        assert _until(lambda: emulator.api_requests == 2)  # the second leg is being served
+        assert poll(lambda: emulator.api_requests == 2)  # the second leg is being served
         assert manager.in_flight_count == 1
         thread.join(5)
     assert isinstance(result[0], httpx.Response)
@@ -299,7 +288,7 @@ def test_rotation_waits_for_a_call_in_flight(emulator: GenesysEmulator, manager:
     auth = GenesysHTTPXAuth(manager, replay_401=False)  # a revoked token would show as 401
     with httpx.Client(base_url=manager.api_base_url, auth=auth, timeout=5) as c:
         call, result = _in_background(lambda: c.get(ORG_PATH))
-        assert _until(lambda: emulator.api_requests == 1)
+        assert poll(lambda: emulator.api_requests == 1)
         rotated = threading.Event()
         rotation = threading.Thread(
             target=lambda: (manager.rotate(revoke_previous=True), rotated.set())

@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import FakeClock, MakeManager, join_fetch_threads
+from conftest import FakeClock, MakeManager, eventually, join_fetch_threads
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from genesys_token import ConfigurationError, ManagerClosedError, TokenManager, TokenValidationError
@@ -26,13 +26,6 @@ from genesys_token.testing import GenesysEmulator
 from genesys_token.token import Token
 from genesys_token.transport import Clock, TokenResponse
 from genesys_token.validation import TokenValidator
-
-
-def _until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def test_close_interrupts_a_wait_for_the_store_lock(
@@ -64,7 +57,7 @@ def test_close_interrupts_a_wait_for_the_store_lock(
 
     forcing = threading.Thread(target=force)
     forcing.start()
-    _until(lambda: manager._flight is not None)
+    eventually(lambda: manager._flight is not None)
     started = time.monotonic()
     manager.close()
     forcing.join(3)
@@ -202,7 +195,7 @@ def test_close_during_a_rotations_drain_ends_the_rotation_and_holds_nobody(
 
     rotation = threading.Thread(target=run, args=("rotate", lambda: manager.rotate(10)))
     rotation.start()
-    _until(lambda: use.rotation_pending.is_set())  # swapped: the drain is waiting for `use`
+    eventually(lambda: use.rotation_pending.is_set())  # swapped: the drain is waiting for `use`
     assert manager.get_token() != old  # nobody is held by the rotation
     started = time.monotonic()
     manager.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, poll
 from redis_server import redis_server_or_skip
 
 import genesys_token.pool as pool_module
@@ -55,15 +55,6 @@ def make_pool(emulator: GenesysEmulator) -> Iterator[Callable[..., TokenManagerP
 
 
 MakePool = Callable[..., TokenManagerPool]
-
-
-def _wait_until(check: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # -- get-or-create -----------------------------------------------------------------------
@@ -283,7 +274,7 @@ def test_eviction_runs_by_itself_and_ends_with_the_last_manager(
     managers = [pool.get(*org) for org in orgs]
     for manager in managers:
         manager.get_token()
-    assert _wait_until(lambda: len(pool) == 0)
+    assert poll(lambda: len(pool) == 0)
     assert all(m.closed for m in managers)
     # An empty pool plans no sweep: the scheduler's threads end (checked by conftest).
 
@@ -312,7 +303,7 @@ def test_a_get_racing_an_eviction_never_returns_a_closed_manager(
     again = pool.get(*orgs[0])  # ...but this get() is a use
     assert again is first
     assert not again.closed
-    assert _wait_until(lambda: pool.metrics()["evicted"] == 0 and len(pool) == 1)
+    assert poll(lambda: pool.metrics()["evicted"] == 0 and len(pool) == 1)
 
 
 # -- close, context manager, metrics ------------------------------------------------------

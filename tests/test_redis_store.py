@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from conftest import read_child
+from conftest import poll, read_child
 from redis_server import RedisServer, free_port, redis_server_or_skip
 from store_helpers import KEY, load, make_token, save
 
@@ -51,15 +51,6 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
     yield client
     client.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # -- entries and the lock ------------------------------------------------------------------
@@ -142,7 +133,7 @@ def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: re
     name = f"{prefix}{{{KEY}}}:lock"
     with store.lock(KEY, 1.0, lease=0.3) as held:
         assert held
-        assert wait_until(lambda: raw.get(name) is None)  # our lease ran out mid-refresh...
+        assert poll(lambda: raw.get(name) is None)  # our lease ran out mid-refresh...
         raw.set(name, "peer", px=10_000)  # ...and a peer took it
     assert raw.get(name) == b"peer"  # leaving our block must not free the peer's lock
     with store.lock(KEY, 0.0) as again:
@@ -447,7 +438,7 @@ def test_renewal_that_finds_the_lock_taken_stops_and_leaves_it_alone(
     with store.lock(KEY, 1.0) as held:
         assert held
         raw.set(name, "peer", px=5_000)  # e.g. an operator's manual takeover
-        assert wait_until(lambda: not _renewal_threads(), 2.0)  # it noticed and ended
+        assert poll(lambda: not _renewal_threads(), 2.0)  # it noticed and ended
         assert 4_000 < raw.pttl(name) <= 5_000  # not extended by us
     assert raw.get(name) == b"peer"
     store.close()
@@ -537,7 +528,7 @@ def test_peer_waits_for_a_holder_throttled_longer_than_the_lock_ttl(
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     second: subprocess.Popen[str] | None = None
     try:
-        assert wait_until(lambda: emulator.token_requests == 1, 15.0)
+        assert poll(lambda: emulator.token_requests == 1, 15.0)
         second = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
         outputs = [p.communicate(timeout=30.0)[0] for p in (first, second)]
         assert first.returncode == 0 and second.returncode == 0

@@ -21,6 +21,7 @@ from conftest import (
     HeldLookups,
     MakeManager,
     TricklingServer,
+    eventually,
     in_background,
     in_child,
     join_fetch_threads,
@@ -45,13 +46,6 @@ from genesys_token.stores import MemoryStore
 from genesys_token.testing import Fault, GenesysEmulator
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def _until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 # -- storms: callers with no valid token -------------------------------------------------
@@ -211,7 +205,7 @@ def test_a_token_endpoint_trickling_its_headers_cannot_hold_the_flight(
         assert type(excinfo.value) is TokenRequestError and excinfo.value.retryable
         assert "timed out" in str(excinfo.value)
         assert time.monotonic() - started < 3.5
-        _until(lambda: not manager._flight.running, timeout=1)
+        eventually(lambda: not manager._flight.running, timeout=1)
         join_fetch_threads()
     finally:
         server.stop()
@@ -233,7 +227,7 @@ def test_an_error_status_that_arrived_before_the_cut_stands(make_manager: MakeMa
             manager.get_token(timeout=4)
         assert excinfo.value.status == 400
         assert "timed out" not in str(excinfo.value)
-        _until(lambda: not manager._flight.running, timeout=1)
+        eventually(lambda: not manager._flight.running, timeout=1)
         join_fetch_threads()
     finally:
         server.stop()
@@ -270,7 +264,7 @@ def test_a_failed_on_demand_refresh_never_hands_out_a_token_past_its_usable_unti
     fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 0.1)  # in the refresh window
     emulator.inject(Fault(status=503, delay=0.3))
     caller, got = in_background(manager.get_token)
-    _until(lambda: emulator.token_requests == 2)  # the refresh is under way...
+    eventually(lambda: emulator.token_requests == 2)  # the refresh is under way...
     fake_clock.advance(cell.usable_until - fake_clock.monotonic + 0.1)  # ...and slow
     caller.join(5)
     assert isinstance(got[0], TokenRequestError), got
@@ -348,7 +342,7 @@ def test_set_credentials_during_a_rejected_flight_does_not_cool_down_the_new_sec
     manager = make_manager(client_secret="wrong-secret")
     emulator.inject(Fault(delay=0.3, passthrough=True), times=1)  # the old-secret request
     caller, got = in_background(manager.get_token)
-    _until(lambda: emulator.token_requests == 1)
+    eventually(lambda: emulator.token_requests == 1)
     emulator.add_client("second-client", "second-secret-value")
     manager.set_credentials("second-secret-value", client_id="second-client")
     caller.join(5)
@@ -429,7 +423,7 @@ def test_close_racing_a_scheduled_rearm_leaves_nothing_scheduled(make_manager: M
     manager._refresher._closed = hooked  # type: ignore[method-assign]
     # A worker runs the job on a stale plan (the token is fresh): it re-arms.
     scheduler().schedule(job, 0.0)
-    _until(lambda: closers and not closers[0].is_alive())
+    eventually(lambda: closers and not closers[0].is_alive())
     assert manager.closed
     assert job.ticket is None
 
@@ -456,7 +450,7 @@ def test_jobs_due_together_do_not_queue_behind_one_idle_worker(
 
     s.schedule(Job(warm.set, "warm-up"), 0.0)
     assert warm.wait(5)
-    _until(lambda: s._idle_workers == 1)  # its worker now idles
+    eventually(lambda: s._idle_workers == 1)  # its worker now idles
     try:
         s.schedule(Job(hang, "org-A (endpoint hangs)"), 0.5)
         s.schedule(Job(other.set, "org-B"), 0.5)
@@ -470,7 +464,7 @@ def test_jobs_due_together_do_not_queue_behind_one_idle_worker(
         with s._cond:
             thawed.set()  # idle workers end
             s._cond.notify_all()
-    _until(lambda: s.threads == 0)
+    eventually(lambda: s.threads == 0)
 
 
 def test_the_scheduler_heap_stays_bounded_under_rearms_and_closed_managers(

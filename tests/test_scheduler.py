@@ -15,21 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager, read_child
+from conftest import FakeClock, MakeManager, poll, read_child
 
 from genesys_token import TokenManager, TokenManagerPool
 from genesys_token._scheduler import Job, Scheduler, scheduler
 from genesys_token.events import TOKEN_REFRESH_SUCCESS
 from genesys_token.testing import Fault, GenesysEmulator
-
-
-def _wait_until(check: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def _blockers(sched: Scheduler, count: int) -> tuple[threading.Event, threading.Barrier]:
@@ -56,10 +47,10 @@ def test_due_jobs_run_earliest_deadline_first() -> None:
         sched.schedule(Job(lambda d=delay: order.append(d), f"job-{delay}"), delay)
     # All five are due while the only worker is busy: they wait in the ready queue.
     try:
-        assert _wait_until(lambda: len(sched._ready) == len(delays))
+        assert poll(lambda: len(sched._ready) == len(delays))
     finally:
         release.set()
-    assert _wait_until(lambda: len(order) == len(delays))
+    assert poll(lambda: len(order) == len(delays))
     assert order == sorted(delays)
 
 
@@ -70,11 +61,11 @@ def test_a_full_worker_pool_queues_due_jobs_and_never_drops_one() -> None:
     for i in range(20):
         sched.schedule(Job(lambda i=i: ran.append(i), f"job-{i}"), 0.0)
     try:
-        assert _wait_until(lambda: len(sched._ready) == 20)
+        assert poll(lambda: len(sched._ready) == 20)
         assert sched._workers == 2  # however many jobs wait
     finally:
         release.set()
-    assert _wait_until(lambda: len(ran) == 20)
+    assert poll(lambda: len(ran) == 20)
     assert sorted(ran) == list(range(20))
 
 
@@ -102,7 +93,7 @@ def test_a_hanging_job_holds_one_worker_while_the_others_serve_the_rest_of_its_b
     warmed = threading.Event()
     sched.schedule(Job(warmed.set, "warm-up"), 0.0)
     assert warmed.wait(2)
-    assert _wait_until(lambda: sched._idle_workers == 1)
+    assert poll(lambda: sched._idle_workers == 1)
     with sched._lock:  # the whole burst comes due while the scheduler cannot look
         time.sleep(max(0.0, due + 0.02 - time.monotonic()))
     try:
@@ -139,9 +130,9 @@ def test_rescheduling_replaces_the_deadline_and_the_threads_end_when_no_job_is_l
     job = Job(lambda: runs.append(time.monotonic()), "job")
     sched.schedule(job, 3600.0)
     sched.schedule(job, 0.0)  # the 3600 s entry goes stale
-    assert _wait_until(lambda: len(runs) == 1)
+    assert poll(lambda: len(runs) == 1)
     # No live job: the scheduler thread ends at once, the worker after WORKER_IDLE.
-    assert _wait_until(lambda: sched.threads == 0, timeout=2.5)
+    assert poll(lambda: sched.threads == 0, timeout=2.5)
     assert len(runs) == 1
 
 
@@ -151,7 +142,7 @@ def test_a_cancelled_job_never_runs_and_lets_the_scheduler_end() -> None:
     job = Job(ran.set, "job")
     sched.schedule(job, 0.2)
     sched.cancel(job)
-    assert _wait_until(lambda: sched.threads == 0)
+    assert poll(lambda: sched.threads == 0)
     assert not ran.wait(0.3)
 
 
@@ -165,7 +156,7 @@ def test_a_job_forgotten_while_the_lock_is_busy_is_dropped_and_lets_the_schedule
     time.sleep(0.2)  # the scheduler thread reaches its wait (sooner only weakens the test)
     with sched._lock:  # what a finalizer meets when the collector runs inside a locked section
         sched.forget(job)
-    assert _wait_until(lambda: sched.threads == 0, timeout=2.5)  # MAX_SLEEP is 1 s
+    assert poll(lambda: sched.threads == 0, timeout=2.5)  # MAX_SLEEP is 1 s
     assert not ran.is_set()
 
 
@@ -179,7 +170,7 @@ def test_compaction_stops_counting_a_forgotten_job_so_the_scheduler_can_end() ->
     for _ in range(200):
         sched.schedule(keep, 3600.0)  # stale entries pile up: the heap is compacted
     sched.cancel(keep)
-    assert _wait_until(lambda: sched.threads == 0, timeout=2.5)
+    assert poll(lambda: sched.threads == 0, timeout=2.5)
 
 
 def test_an_idle_worker_outlives_a_wake_up_and_ends_after_worker_idle() -> None:
@@ -189,12 +180,12 @@ def test_an_idle_worker_outlives_a_wake_up_and_ends_after_worker_idle() -> None:
     first, later = threading.Event(), threading.Event()
     sched.schedule(Job(first.set, "first"), 0.0)
     assert first.wait(2)
-    assert _wait_until(lambda: sched._idle_workers == 1)
+    assert poll(lambda: sched._idle_workers == 1)
     sched.schedule(Job(later.set, "later"), 0.3)  # the new earliest deadline: notify_all
     time.sleep(0.1)
     assert sched._workers == 1
     assert later.wait(2)
-    assert _wait_until(lambda: sched.threads == 0, timeout=2.5)
+    assert poll(lambda: sched.threads == 0, timeout=2.5)
 
 
 # -- real managers on the process-wide scheduler -----------------------------------------
@@ -228,7 +219,7 @@ def test_an_org_whose_token_endpoint_hangs_delays_no_refresh_of_the_others(
         emulator.inject(Fault(delay=30, passthrough=True), times=None, client_id="org-hangs")
         # Each other org refreshes twice on its 2 s tokens (due at ~1.4 s and ~2.8 s),
         # while the hanging refresh (due at ~1.4 s too) holds one worker.
-        assert _wait_until(lambda: all(s.count("background") >= 2 for s in seen), 5.0), seen
+        assert poll(lambda: all(s.count("background") >= 2 for s in seen), 5.0), seen
         totals = pool.metrics()["totals"]
         assert emulator.token_requests - totals["token_requests"] == 1  # the one that hangs
         assert all(m.get_token() for m in managers)
@@ -250,7 +241,7 @@ def test_close_of_a_manager_while_its_refresh_waits_for_a_worker(
         original = job.run
         job.run = lambda: (original(), ran.set())  # type: ignore[func-returns-value]
         sched.schedule(job, 0.0)
-        assert _wait_until(lambda: any(entry[2] is job for entry in sched._ready))
+        assert poll(lambda: any(entry[2] is job for entry in sched._ready))
         before = emulator.token_requests
         manager.close()
     finally:
@@ -266,7 +257,7 @@ def test_close_of_a_manager_whose_refresh_is_planned_lets_the_scheduler_end(
     manager.get_token()
     assert scheduler().threads >= 1  # its refresh is planned (~24 h ahead)
     manager.close()
-    assert _wait_until(lambda: scheduler().threads == 0, timeout=2.5)
+    assert poll(lambda: scheduler().threads == 0, timeout=2.5)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

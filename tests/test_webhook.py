@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import HeldLookups, MakeManager, TricklingServer
+from conftest import HeldLookups, MakeManager, TricklingServer, eventually
 
 from genesys_token import InvalidClientError, TokenRequestError, webhook
 from genesys_token.config import Settings
@@ -145,14 +145,6 @@ def _threads() -> set[threading.Thread]:
     return set(threading.enumerate())
 
 
-def _eventually(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll a counter the worker updates (it signals nothing else we could wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 # -- the token path is never delayed --------------------------------------------------------
 
 
@@ -219,7 +211,7 @@ def test_records_arrive_in_order_as_json_with_event_id_and_no_signature_without_
         assert headers["Content-Type"] == "application/json"
         assert SIGNATURE_HEADER not in headers
         assert TIMESTAMP_HEADER not in headers
-    _eventually(lambda: sender.delivered == 5)
+    eventually(lambda: sender.delivered == 5)
     assert (sender.failed, sender.dropped, sender.pending) == (0, 0, 0)
 
 
@@ -279,7 +271,7 @@ def test_5xx_is_retried_with_the_same_event_id_until_delivered(
     sender.submit(record)
     requests = receiver.wait_for(3)
     assert {headers[EVENT_ID_HEADER] for headers, _ in requests} == {record["event_id"]}
-    _eventually(lambda: sender.delivered == 1)
+    eventually(lambda: sender.delivered == 1)
     assert sender.failed == 0
     assert failures == []
 
@@ -290,7 +282,7 @@ def test_4xx_is_not_retried_and_is_reported(receiver: Receiver, senders: list[We
     sender = _sender(senders, receiver.url, backoff_base=0.01, failures=failures)
     record = _record()
     sender.submit(record)
-    _eventually(lambda: len(failures) == 1)  # the hook runs just after the count goes up
+    eventually(lambda: len(failures) == 1)  # the hook runs just after the count goes up
     assert sender.failed == 1
     assert len(receiver.requests) == 1
     assert failures == [
@@ -312,7 +304,7 @@ def test_unreachable_receiver_is_reported_without_its_url(senders: list[WebhookS
     failures: list[dict[str, Any]] = []
     sender = _sender(senders, url, max_attempts=2, backoff_base=0.01, failures=failures)
     sender.submit(_record())
-    _eventually(lambda: len(failures) == 1)  # the hook runs just after the count goes up
+    eventually(lambda: len(failures) == 1)  # the hook runs just after the count goes up
     assert sender.failed == 1
     assert failures[0]["error"] == "ConnectionError"
     assert failures[0]["status"] is None
@@ -331,7 +323,7 @@ def test_a_failure_hook_that_raises_does_not_stop_the_worker(
     senders.append(sender)
     sender.submit(_record(0))
     sender.submit(_record(1))
-    _eventually(lambda: sender.failed == 1 and sender.delivered == 1)
+    eventually(lambda: sender.failed == 1 and sender.delivered == 1)
 
 
 def test_manager_emits_delivery_failed_once_and_never_posts_it(
@@ -441,7 +433,7 @@ def test_full_queue_drops_the_oldest_and_counts_it(
     assert sender.pending == 3
     receiver.release.set()
     receiver.wait_for(4)
-    _eventually(lambda: sender.delivered == 4)
+    eventually(lambda: sender.delivered == 4)
     kept = [b["data"]["n"] for b in receiver.bodies()]
     assert kept == [0, 7, 8, 9]
 
@@ -469,7 +461,7 @@ def test_one_worker_however_many_threads_submit_at_once(
     finally:
         sys.setswitchinterval(switch)
     assert len(_workers(before)) == 1
-    _eventually(lambda: sender.delivered + sender.dropped == 400)
+    eventually(lambda: sender.delivered + sender.dropped == 400)
     assert sender.dropped == 0
     assert sorted(b["data"]["n"] for b in receiver.bodies()) == list(range(400))
 
@@ -554,7 +546,7 @@ def test_an_answer_read_whole_before_close_cuts_counts_as_delivered(receiver: Re
     assert answered.wait(5)
     closing = threading.Thread(target=sender.close)
     closing.start()
-    _eventually(lambda: sender._cancel.cancelled)
+    eventually(lambda: sender._cancel.cancelled)
     cut.set()
     closing.join(5)
     assert (sender.delivered, sender.failed, sender.dropped) == (1, 0, 0)
@@ -566,7 +558,7 @@ def test_abandon_ends_the_worker_without_another_attempt(receiver: Receiver):
     sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None, backoff_base=1.0)
     sender.submit(_record())
     receiver.wait_for(1)
-    _eventually(lambda: len(_workers(before)) == 1)
+    eventually(lambda: len(_workers(before)) == 1)
     [worker] = _workers(before)
     sender.abandon()  # what the finalizer of a dropped manager does
     worker.join(2.5)  # the backoff under way (1 s at most) is slept out, nothing more
@@ -602,7 +594,7 @@ def test_close_ends_the_worker_of_a_receiver_that_trickles_its_answer() -> None:
             _settings(f"http://127.0.0.1:{server.port}/hook"), on_failure=failures.append
         )
         sender.submit(_record())
-        _eventually(lambda: len(_workers(before)) == 1)
+        eventually(lambda: len(_workers(before)) == 1)
         [worker] = _workers(before)
         _close_and_join(sender, worker)
         assert (sender.dropped, sender.failed, failures) == (1, 0, [])
@@ -621,7 +613,7 @@ def test_an_attempt_on_a_trickling_receiver_is_cut_and_reported() -> None:
         )
         started = time.monotonic()
         sender.submit(_record())
-        _eventually(lambda: sender.failed == 1, timeout=5.0)
+        eventually(lambda: sender.failed == 1, timeout=5.0)
         # Cut by the watchdog at 0.2 + 2 x 0.3 + 1 = 1.8 s, not left to trickle forever.
         assert 1.5 < time.monotonic() - started < 4.0
         assert failures[0]["status"] is None and failures[0]["error"] == "ReadTimeout"
