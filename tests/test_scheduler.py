@@ -6,7 +6,6 @@ managers against the emulator on the process-wide one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager, poll, read_child
+from conftest import FakeClock, MakeManager, in_child, poll
 
 from genesys_token import TokenManager, TokenManagerPool
 from genesys_token._scheduler import Job, Scheduler, scheduler
@@ -276,32 +275,27 @@ def test_after_fork_the_childs_scheduler_starts_on_first_use(emulator: GenesysEm
         holder = threading.Thread(target=hold_the_pool_lock)
         holder.start()
         assert holding.wait(2)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through the pipe
-            os.close(read_end)
-            result: dict[str, Any] = {}
-            try:
-                names = lambda: [t.name for t in threading.enumerate()]  # noqa: E731
-                result["before"] = "genesys-token-scheduler" in names()
-                child = pool.get(emulator.client_id, emulator.client_secret)
-                token = child.get_token()
-                result["after"] = "genesys-token-scheduler" in names()
-                result["same_manager"] = child is manager
-                result["same_token"] = token == parent_token
-                # Its refresh runs in the child: a new token within the 2 s lifetime.
-                deadline = time.monotonic() + 4
-                while child.get_token() == token and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                result["refreshed"] = child.get_token() != token
-            except BaseException as exc:  # noqa: BLE001
-                result["error"] = f"{type(exc).__name__}: {exc}"
-            os.write(write_end, json.dumps(result).encode())
-            os._exit(0)
-        os.close(write_end)
-        forked.set()
-        holder.join(5)
-        result = json.loads(read_child(pid, read_end, 15) or b"{}")
+
+        def child() -> dict[str, Any]:
+            names = lambda: [t.name for t in threading.enumerate()]  # noqa: E731
+            result = {"before": "genesys-token-scheduler" in names()}
+            again = pool.get(emulator.client_id, emulator.client_secret)
+            token = again.get_token()
+            result["after"] = "genesys-token-scheduler" in names()
+            result["same_manager"] = again is manager
+            result["same_token"] = token == parent_token
+            # Its refresh runs in the child: a new token within the 2 s lifetime.
+            deadline = time.monotonic() + 4
+            while again.get_token() == token and time.monotonic() < deadline:
+                time.sleep(0.05)
+            result["refreshed"] = again.get_token() != token
+            return result
+
+        try:
+            result = in_child(child)
+        finally:
+            forked.set()
+            holder.join(5)
     assert result == {
         "before": False,
         "after": True,
