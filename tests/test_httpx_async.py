@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from conftest import MakeManager
+from conftest import FakeClock, MakeManager
 
 from genesys_token import TokenManager
 from genesys_token.integrations.httpx import GenesysHTTPXAuth
@@ -283,11 +283,11 @@ class _NoHotPathManager(TokenManager):
     def try_begin_use(self) -> None:  # type: ignore[override]
         return None
 
-    def begin_use(self) -> Any:
+    def begin_use(self, timeout: float | None = None) -> Any:
         self.entered.set()
         if not self.release.wait(5):
             raise TimeoutError("the test never released begin_use")
-        use = super().begin_use()
+        use = super().begin_use(timeout)
         self.returned.set()
         return use
 
@@ -355,3 +355,104 @@ def test_no_token_to_another_origin(emulator: GenesysEmulator, manager: TokenMan
     assert "Authorization" not in seen
     assert emulator.token_requests == 0
     assert manager.in_flight_count == 0
+
+
+# -- giving up: nothing of the call outlives the caller's own bound ------------------------
+
+#: How long the token endpoint stalls: far beyond the callers' bound and EXIT_BOUND.
+HANG = 5.0
+#: The callers' own bound (``asyncio.wait_for``).
+GIVE_UP = 0.4
+#: How soon after its last task gave up ``asyncio.run()`` must return.
+EXIT_BOUND = 1.0
+
+
+def _run_and_time_exit(main: Callable[[], Coroutine[Any, Any, float]]) -> float:
+    """Seconds from the moment ``main`` gave up (the time it returns) to ``asyncio.run()``
+    returning (closing the client, then the loop's shutdown, which waits for the worker
+    threads of its default executor)."""
+    gave_up = asyncio.run(main())
+    return time.monotonic() - gave_up
+
+
+def test_giving_up_on_a_token_leaves_no_executor_work_behind(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(background_refresh=False)
+    emulator.inject(Fault(delay=HANG, passthrough=True), path=TOKEN_PATH)
+
+    async def main() -> float:
+        async with _client(manager) as client:
+            calls = asyncio.gather(*(client.get(ORG_PATH) for _ in range(3)))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(calls, GIVE_UP)  # every waiter of the shared call
+            return time.monotonic()
+
+    exit_delay = _run_and_time_exit(main)
+    assert emulator.token_requests == 1  # the slow path did wait on the token endpoint
+    assert exit_delay < EXIT_BOUND, f"asyncio.run() returned {exit_delay:.2f}s after giving up"
+    assert manager.in_flight_count == 0
+
+
+def test_a_caller_after_a_give_up_gets_the_same_fetch(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(background_refresh=False)
+    emulator.inject(Fault(delay=4 * GIVE_UP, passthrough=True), path=TOKEN_PATH)
+
+    async def main() -> int:
+        async with _client(manager) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.get(ORG_PATH), GIVE_UP)
+            return (await client.get(ORG_PATH)).status_code
+
+    assert _run(main) == 200
+    assert emulator.token_requests == 1  # giving up did not cancel the manager's fetch
+    assert manager.in_flight_count == 0
+
+
+class _ExpiringManager(TokenManager):
+    """A manager whose non-blocking path always declines and whose token expires on the way
+    to ``begin_use``: the adapter's last resort (``begin_use`` off the loop, for one
+    coroutine) made to wait on the token endpoint."""
+
+    def __init__(self, *args: Any, fake_clock: FakeClock, **kwargs: Any) -> None:
+        super().__init__(*args, clock=fake_clock.clock(), background_refresh=False, **kwargs)
+        self.fake_clock = fake_clock
+
+    def try_begin_use(self) -> None:  # type: ignore[override]
+        return None
+
+    def begin_use(self, timeout: float | None = None) -> Any:
+        token = self.token
+        if token is not None and self.fake_clock.monotonic <= token.monotonic_expiry:
+            self.fake_clock.advance(token.monotonic_expiry - self.fake_clock.monotonic + 1)
+        return super().begin_use(timeout)
+
+
+def test_giving_up_on_begin_use_off_the_loop_leaves_no_executor_work_behind(
+    emulator: GenesysEmulator, fake_clock: FakeClock
+):
+    manager = _ExpiringManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        fake_clock=fake_clock,
+    )
+    try:
+        manager.get_token()
+        emulator.inject(Fault(delay=HANG, passthrough=True), path=TOKEN_PATH)
+
+        async def main() -> float:
+            async with _client(manager) as client:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(client.get(ORG_PATH), GIVE_UP)
+                return time.monotonic()
+
+        exit_delay = _run_and_time_exit(main)
+        assert emulator.token_requests == 2  # begin_use did wait on a new token
+        assert exit_delay < EXIT_BOUND, f"asyncio.run() returned {exit_delay:.2f}s after"
+        assert manager.in_flight_count == 0
+    finally:
+        manager.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterable
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -31,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "genesys_token.integrations.httpx needs httpx: pip install 'genesys-token[httpx]'"
     ) from exc
 
-from ..errors import GenesysTokenError
+from ..errors import GenesysTokenError, TokenTimeoutError
 
 if TYPE_CHECKING:
     from .._gate import InFlight
@@ -42,6 +43,9 @@ __all__ = ["GenesysHTTPXAuth"]
 log = logging.getLogger("genesys_token.integrations.httpx")
 
 _BEARER = "Bearer "
+#: How long a worker thread waits on the manager at a time before it checks whether any
+#: coroutine still awaits it: once the last one gave up, the thread is free within this long.
+_SLICE = 0.1
 _T = TypeVar("_T")
 _Origin = tuple[str, str, int | None]
 
@@ -73,8 +77,13 @@ class GenesysHTTPXAuth(httpx.Auth):
     The async flow never blocks the event loop: with a usable token it counts the call and
     sets the header inline (no I/O); when a token must be fetched or replaced, the blocking
     work runs in a worker thread of the loop's default executor, and concurrent coroutines
-    of a loop wait for one such call. The async flow needs an asyncio event loop when it
-    has to wait for a token (trio is not supported there).
+    of a loop wait for one such call. Coroutines that give up waiting for a token
+    (cancelled, or timed out by ``asyncio.wait_for``) leave no work behind: once none awaits
+    that call, its worker thread stops waiting within a tenth of a second, so
+    ``asyncio.run()`` is not held at exit (the token request itself goes on in the manager,
+    for later callers). The wait for a 401's replacement is the exception: it ends with the
+    replacement (``replace_rejected`` takes no timeout). The async flow needs an asyncio
+    event loop when it has to wait for a token (trio is not supported there).
 
     Args:
         manager: The token manager.
@@ -139,8 +148,11 @@ class GenesysHTTPXAuth(httpx.Auth):
             return
         rejected = use.token
         try:
+            # replace_rejected() takes no timeout: this wait cannot be cut in slices, and a
+            # worker thread left by callers that gave up waits for the replacement's end
+            # (which the manager bounds, but not by these callers' bound).
             await self._shared.run(
-                ("replace", rejected), lambda: self._manager.replace_rejected(rejected)
+                ("replace", rejected), lambda _stop: self._manager.replace_rejected(rejected)
             )
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
@@ -155,14 +167,14 @@ class GenesysHTTPXAuth(httpx.Auth):
 
     async def _begin_use_async(self) -> InFlight:
         """The slow path: a token is fetched off the loop, once for all its coroutines."""
-        await self._shared.run("token", self._manager.get_token)
+        await self._shared.run("token", lambda stop: _in_slices(self._manager.get_token, stop))
         use = self._manager.try_begin_use()
         if use is not None:
             return use
         # Usable a moment ago but not now (a refresh or a rotation swapped it this instant,
         # or it is in its last moments): the blocking call, off the loop, for this
         # coroutine alone.
-        return await _owned_in_thread(self._manager.begin_use)
+        return await _owned_in_thread(lambda stop: _begin_in_slices(self._manager.begin_use, stop))
 
     # -- shared ------------------------------------------------------------------------
 
@@ -190,12 +202,45 @@ def _authorize(request: httpx.Request, use: InFlight) -> httpx.Request:
     return request
 
 
-async def _owned_in_thread(begin: Callable[[], InFlight]) -> InFlight:
-    """Run ``begin`` in a worker thread; a use it returns after we were cancelled is ended."""
-    future = asyncio.get_running_loop().run_in_executor(None, begin)
+class _Abandoned(Exception):
+    """No coroutine awaits a worker-thread call any more: it stopped waiting."""
+
+
+def _in_slices(wait: Callable[[float], _T], stop: threading.Event) -> _T:
+    """``wait(timeout=_SLICE)`` until it returns or raises anything but its own timeout, or
+    until ``stop`` is set (then :class:`_Abandoned`).
+
+    Each slice joins the manager's one acquisition (the manager's own thread runs it); only
+    this thread's wait is cut short.
+    """
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            return wait(_SLICE)
+        except TokenTimeoutError:
+            if time.monotonic() - started < _SLICE / 2:
+                raise  # not this slice running out: the error of a failed acquisition
+    raise _Abandoned
+
+
+def _begin_in_slices(begin: Callable[[float], InFlight], stop: threading.Event) -> InFlight:
+    """:func:`_in_slices` for ``begin_use``: a use begun after its caller left is ended."""
+    use = _in_slices(begin, stop)
+    if stop.is_set():
+        use.end()
+        raise _Abandoned
+    return use
+
+
+async def _owned_in_thread(begin: Callable[[threading.Event], InFlight]) -> InFlight:
+    """Run ``begin(stop)`` in a worker thread for this coroutine alone; when it is cancelled,
+    ``stop`` is set, and a use returned all the same is ended."""
+    stop = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(None, begin, stop)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        stop.set()
         future.add_done_callback(_end_abandoned_use)
         raise
 
@@ -205,39 +250,62 @@ def _end_abandoned_use(future: asyncio.Future[InFlight]) -> None:
         future.result().end()
 
 
+class _Shared:
+    """One worker-thread call, the coroutines awaiting it, and its ``stop``."""
+
+    __slots__ = ("future", "stop", "waiters")
+
+    def __init__(self, future: asyncio.Future[object], stop: threading.Event) -> None:
+        self.future = future
+        self.stop = stop
+        self.waiters = 0
+
+
 class _SharedCalls:
     """One worker-thread call per key and event loop, awaited by all its coroutines.
 
     Only the loop's own thread touches its table; the lock guards the table of tables, which
     loops in other threads share. A coroutine that is cancelled leaves the call running for
-    the others (``shield``).
+    the others (``shield``); when the last one leaves, the call is told to stop (its
+    ``stop`` event) and forgotten, so a later coroutine starts a new one.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loops: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[Hashable, asyncio.Future[object]]
+            asyncio.AbstractEventLoop, dict[Hashable, _Shared]
         ] = weakref.WeakKeyDictionary()
 
-    async def run(self, key: Hashable, call: Callable[[], _T]) -> _T:
-        """Await ``call()`` run in a worker thread, joining one already running for ``key``."""
+    async def run(self, key: Hashable, call: Callable[[threading.Event], _T]) -> _T:
+        """Await ``call(stop)`` run in a worker thread, joining one already running for
+        ``key``; ``stop`` is set once no coroutine awaits it any more."""
         loop = asyncio.get_running_loop()
         with self._lock:
             calls = self._loops.get(loop)
             if calls is None:
                 calls = self._loops[loop] = {}
-        future = calls.get(key)
-        if future is None:
-            future = loop.run_in_executor(None, call)
-            calls[key] = future
-            future.add_done_callback(lambda done: _forget(calls, key, done))
-        return cast(_T, await asyncio.shield(future))
+        shared = calls.get(key)
+        if shared is None:
+            stop = threading.Event()
+            started = calls[key] = _Shared(loop.run_in_executor(None, call, stop), stop)
+            started.future.add_done_callback(_retrieve)
+            started.future.add_done_callback(lambda _done: _forget(calls, key, started))
+            shared = started
+        shared.waiters += 1
+        try:
+            return cast(_T, await asyncio.shield(shared.future))
+        finally:
+            shared.waiters -= 1
+            if shared.waiters == 0 and not shared.future.done():
+                shared.stop.set()  # every waiter gave up: the worker thread stops waiting
+                _forget(calls, key, shared)
 
 
-def _forget(
-    calls: dict[Hashable, asyncio.Future[object]], key: Hashable, done: asyncio.Future[object]
-) -> None:
-    if calls.get(key) is done:
+def _forget(calls: dict[Hashable, _Shared], key: Hashable, shared: _Shared) -> None:
+    if calls.get(key) is shared:
         del calls[key]
+
+
+def _retrieve(done: asyncio.Future[object]) -> None:
     if not done.cancelled():
         done.exception()  # retrieved: no "never retrieved" warning if every waiter left
