@@ -73,6 +73,12 @@ def _emulator_child(conn: Connection, options: dict[str, Any]) -> None:
             fault = Fault(delay=args[1], passthrough=True)
             emulator.inject(fault, times=None, client_id=args[0])
             conn.send(None)
+        elif op == "hang_clients":  # (prefix, count, seconds): those orgs' endpoint hangs
+            prefix, count, seconds = args
+            for i in range(count):
+                fault = Fault(delay=seconds, passthrough=True)
+                emulator.inject(fault, times=None, client_id=f"{prefix}{i}")
+            conn.send(None)
         elif op == "token_expiries":
             conn.send([emulator.token_expiry(token) for token in args[0]])
         else:

@@ -9,7 +9,7 @@ Scenarios (each prints its parameters, the machine, medians and ratios):
 5. Fleet: processes sharing a FileStore / RedisStore vs none (``bench_fleet.py``).
 6. Memory: RSS after many refreshes vs after the first thousand.
 7. Many orgs: 1,000 and 10,000 managers in one pool (threads, sockets, RSS per manager,
-   first tokens), short tokens for 300 orgs, one org whose token endpoint hangs
+   first tokens), short tokens for 300 orgs, 16 orgs whose login host or secret source hangs
    (``_many_orgs.py``; genesys-token only: no peer has a many-org design).
 
 Peers: genesys-token, authlib (OAuth2Session), requests-auth (OAuth2ClientCredentials) and

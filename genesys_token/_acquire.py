@@ -23,7 +23,7 @@ from ._cell import Cell
 from ._flight import Flight, Spec
 from ._redact import excerpt
 from ._rejections import RejectedCredentials
-from ._secrets import digest
+from ._secrets import SourceReads, digest
 from .config import Credentials, Settings
 from .errors import (
     InvalidClientError,
@@ -61,6 +61,12 @@ def lock_bound(settings: Settings) -> float:
     Giving up sooner would add token requests exactly when the endpoint is throttling.
     """
     return settings.retry_deadline + sum(settings.timeout)
+
+
+def flight_bound(settings: Settings) -> float:
+    """How long one acquisition may run before it is abandoned: the store lock's wait, the
+    request's retries, and one more request (a JWKS fetch during validation)."""
+    return 2 * lock_bound(settings) + _http.attempt_bound(settings.timeout)
 
 
 def lease(settings: Settings) -> float:
@@ -120,23 +126,38 @@ class Acquirer:
         self._rejections = rejections
         self._metrics = metrics
         self._health = StoreHealth(metrics)
+        self._reads = SourceReads()
 
     def after_fork(self) -> None:
         """In a forked child: nothing of a parent's acquisition in progress is kept."""
         self._validator.after_fork()
+        self._reads.after_fork()
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, flight: Flight) -> Snapshot:
         """Freeze the settings and read the secret source once.
 
         Raises:
             SecretSourceError: The source gave no usable secret.
         """
         settings = self._settings()
-        credentials = settings.credentials.resolve()
+        credentials = self._resolve(settings.credentials, flight)
         key = store_key(credentials.client_id, settings.token_url, settings.scopes)
         secret = credentials.client_secret
         assert isinstance(secret, str)  # resolved
         return Snapshot(settings, credentials, key, Sealer(secret, key))
+
+    def _resolve(self, credentials: Credentials, flight: Flight) -> Credentials:
+        """``credentials`` with the secret their source gives now, read under the flight's
+        deadline (a source that hangs is the flight's to abandon; see ``_flight``)."""
+        source = credentials.client_secret
+        if isinstance(source, str):
+            return credentials
+        flight.reading_secret = True
+        try:
+            secret = self._reads.read(source, flight.deadline)
+        finally:
+            flight.reading_secret = False
+        return Credentials(credentials.client_id, secret)
 
     def acquire(self, flight: Flight, held: Cell | None) -> Cell:
         """One acquisition for ``flight``; ``held`` is the cell in use when it began.
@@ -144,7 +165,7 @@ class Acquirer:
         Raises:
             GenesysTokenError: No token (the typed error of the request, or of the source).
         """
-        snap = self.snapshot()
+        snap = self.snapshot(flight)
         rejected = self._rejections().check(_digest(snap.credentials))
         if rejected is not None:
             raise rejected  # the cool-down of these very credentials: no request
@@ -162,6 +183,10 @@ class Acquirer:
                     f"the token arrived too late to be used ({token.expires_in:g}s lifetime)",
                     attempts=flight.requests,
                 )
+            if flight.cancel.is_set():
+                # Abandoned (close(), its deadline) while it ran: nothing it brings back is
+                # saved either.
+                raise ManagerClosedError("the token acquisition was abandoned")
             self._save(snap, token, credentials)
             return cell
 
@@ -173,7 +198,7 @@ class Acquirer:
             return self._fetch(snap, snap.credentials, flight), snap.credentials
         except InvalidClientError as exc:
             # The source may have been rotated since the snapshot: read it again at once.
-            fresh = self._settings().credentials.resolve()
+            fresh = self._resolve(self._settings().credentials, flight)
             same_client = fresh.client_id == snap.credentials.client_id
             if same_client and _digest(fresh) != _digest(snap.credentials):
                 log.info("the secret source gives a new secret; retrying the token request")
@@ -195,7 +220,8 @@ class Acquirer:
                 flight.requests += exc.attempts
                 raise
         flight.requests += response.attempts
-        with _http.within(flight.cancel):  # close() cuts a JWKS fetch of the validation too
+        # A JWKS fetch of the validation is abandoned with the flight too.
+        with _http.deadline(flight.deadline - time.monotonic(), flight.cancel):
             return self._validator.build(
                 response, credentials.client_id, now_wall=self._clock.time()
             )
@@ -261,7 +287,7 @@ class Acquirer:
                 self._health.failed("lock", exc)
                 context, held = None, False
                 break
-            if flight.cancel.cancelled:
+            if flight.cancel.is_set():
                 self._unlock(context)
                 raise ManagerClosedError("closed while waiting for the token store lock")
             # A refusal well before the slice ran out means the store cannot lock (down).

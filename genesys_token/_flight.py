@@ -13,7 +13,14 @@ A want is checked against the current cell first, so a refresh planned on stale 
 progress, or starts one. Giving up (its own deadline) never cancels the shared flight: the
 fetch goes on in its own thread and later callers get its token. A waiter takes a failed
 flight's error only if that flight could have answered it (a forced refresh does not take
-the error of a fetch that began before it, with credentials since replaced).
+the error of a fetch that began before it, with credentials since replaced), and gets the
+token of the flight it relied on (a rotation retires what *its* token replaced).
+
+A flight has a deadline of its own. One still running past it (a secret source that hangs, a
+store that never answers) is abandoned by whoever notices first (a waiter, or the next
+:meth:`SingleFlight.start`): it fails with a typed error, the next flight may begin, and
+whatever its thread brings back later is discarded. Its thread is its own: nothing shared
+waits for it.
 """
 
 from __future__ import annotations
@@ -27,8 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._cell import Cell
-from ._http import Cancel
-from .errors import GenesysTokenError, ManagerClosedError, TokenRequestError, TokenTimeoutError
+from .errors import (
+    GenesysTokenError,
+    ManagerClosedError,
+    SecretSourceError,
+    TokenRequestError,
+    TokenTimeoutError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,29 +136,49 @@ class Flight:
 
     __slots__ = (
         "cancel",
+        "cell",
         "credentials",
+        "deadline",
         "done",
         "error",
         "generation",
+        "reading_secret",
         "reason",
+        "reported",
         "requests",
         "spec",
         "started",
     )
 
     def __init__(
-        self, generation: int, credentials: int, spec: Spec, reason: str, started: float
+        self,
+        generation: int,
+        credentials: int,
+        spec: Spec,
+        reason: str,
+        started: float,
+        deadline: float,
     ) -> None:
         self.generation = generation
         self.reason = reason
         self.started = started
+        #: ``time.monotonic()`` past which the flight is abandoned if still running.
+        self.deadline = deadline
         #: Token requests this acquisition made (0: it came from the store).
         self.requests = 0
         self.credentials = credentials
         self.spec = spec
-        self.cancel = Cancel()
+        #: Set when the flight is abandoned (close(), its deadline): its waits end, and what
+        #: it brings back is discarded.
+        self.cancel = threading.Event()
+        #: Whether it is waiting for the secret source now (names the abandonment's cause).
+        self.reading_secret = False
         self.done = False
         self.error: BaseException | None = None
+        #: The cell this flight installed.
+        self.cell: Cell | None = None
+        #: Set once its events were delivered (its listeners ran).
+        self.reported = threading.Event()
 
 
 Acquire = Callable[[Flight, Cell | None], Cell]
@@ -166,6 +198,7 @@ class SingleFlight:
             (events: a slow listener holds nobody).
         now: The manager's clock.
         credentials: Reads the credentials generation (bumped by ``set_credentials``).
+        bound: Seconds a flight may run before it is abandoned.
     """
 
     def __init__(
@@ -179,6 +212,7 @@ class SingleFlight:
         now: Callable[[], float],
         credentials: Callable[[], int],
         name: str,
+        bound: float,
     ) -> None:
         self._cell = cell
         self._install = install
@@ -188,6 +222,7 @@ class SingleFlight:
         self._now = now
         self._credentials = credentials
         self._name = name
+        self._bound = bound
         self._generations = itertools.count(1)
         self.generation = 0
         self.reset_after_fork()
@@ -204,15 +239,15 @@ class SingleFlight:
         """Whether an acquisition is in progress."""
         return self._flight is not None
 
-    def obtain(self, want: Want, *, deadline: float, reason: str, inline: bool = False) -> Cell:
+    def obtain(self, want: Want, *, deadline: float, reason: str, reported: bool = False) -> Cell:
         """Return a cell that satisfies ``want``, acquiring one if needed.
 
         Args:
             want: What the caller needs.
             reason: Why, for events and logs (of a flight this call starts).
             deadline: ``time.monotonic()`` after which this caller gives up.
-            inline: Run a flight this call starts in this thread (scheduler workers), not
-                in a new one.
+            reported: Also wait (within ``deadline``) until the events of the flight this
+                call relied on were delivered (``rotate()``: its events come in order).
 
         Raises:
             ManagerClosedError: The manager was closed.
@@ -229,62 +264,120 @@ class SingleFlight:
                 flight = self._flight
                 if flight is None:
                     flight = self._begin(want, cell, reason)
-                    if inline:
-                        self._cond.release()
-                        try:
-                            self._run(flight, cell)
-                        finally:
-                            self._cond.acquire()
-                    else:
-                        self._spawn(flight, cell)
+                    self._spawn(flight, cell)
                 self._wait(flight, deadline)
+                if reported and flight.done:
+                    self._cond.release()
+                    try:
+                        left = deadline - time.monotonic()
+                        flight.reported.wait(max(0.0, min(left, threading.TIMEOUT_MAX)))
+                    finally:
+                        self._cond.acquire()
                 if self.closed:
                     raise ManagerClosedError("the token manager is closed")
+                now = self._now()
+                if want.accepts(flight) and want.satisfied(flight.cell, now):
+                    return flight.cell  # type: ignore[return-value]  # the one relied on
                 cell = self._cell()
-                if want.satisfied(cell, self._now()):
+                if want.satisfied(cell, now):
                     return cell  # type: ignore[return-value]
                 if flight.error is not None and want.accepts(flight):
                     raise _copy(flight.error)
                 # The flight could not answer this want (begun before it, or it installed
                 # a token this want excludes): go round, joining or starting the next one.
 
-    def start(self, want: Want, reason: str) -> None:
-        """Start a flight for ``want`` unless one runs or it is satisfied; do not wait."""
+    def start(self, want: Want, reason: str) -> Flight | None:
+        """Start a flight for ``want`` unless one runs or it is satisfied; never waits for
+        it (the scheduler's thread calls this). A flight past its deadline is abandoned
+        instead (the backoff then decides when the next one starts).
+
+        Returns:
+            The flight started, or None.
+        """
+        abandoned: Flight | None = None
         with self._cond:
             cell = self._cell()
-            if self.closed or self._flight is not None or want.satisfied(cell, self._now()):
-                return
-            flight = self._begin(want, cell, reason)
-            self._spawn(flight, cell)
+            running = self._flight
+            if running is not None and time.monotonic() >= running.deadline:
+                self._abandon(running)
+                abandoned = running
+            elif not (self.closed or running is not None or want.satisfied(cell, self._now())):
+                flight = self._begin(want, cell, reason)
+                try:
+                    self._spawn(flight, cell)
+                except GenesysTokenError:
+                    abandoned = flight  # settled in _spawn; reported below
+                else:
+                    return flight
+        if abandoned is not None:
+            self._report(abandoned, None, abandoned.error)
+        return None
 
     def _spawn(self, flight: Flight, cell: Cell | None) -> None:
         """Run ``flight`` on a thread of its own (lock held). A thread that cannot start
-        must not leave a flight that never ends: every later caller would wait on it."""
+        must not leave a flight that never ends (every later caller would wait on it): the
+        flight fails like any other, backoff included, and the caller gets a typed error."""
         try:
             threading.Thread(
                 target=self._run, args=(flight, cell), name=self._name, daemon=True
             ).start()
-        except BaseException as exc:  # noqa: BLE001 - re-raised, typed, below
-            flight.error = TokenRequestError(f"could not start a token request ({exc})")
-            flight.done = True
-            self._flight = None
-            raise flight.error from None
+        except RuntimeError as exc:  # "can't start new thread": a pids or memory limit
+            self._fail(flight, TokenRequestError(f"could not start a token request ({exc})"))
+            raise _copy(flight.error) from None  # type: ignore[arg-type]
 
     def _begin(self, want: Want, cell: Cell | None, reason: str) -> Flight:
         self.generation = next(self._generations)
         spec = want.spec(cell)
-        flight = Flight(self.generation, self._credentials(), spec, reason, self._now())
+        deadline = time.monotonic() + self._bound
+        flight = Flight(self.generation, self._credentials(), spec, reason, self._now(), deadline)
         self._flight = flight
         return flight
 
     def _wait(self, flight: Flight, deadline: float) -> None:
+        """Wait for ``flight`` until ``deadline`` (this caller's), abandoning it at its own."""
         while not flight.done and not self.closed:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if now >= flight.deadline:
+                self._abandon(flight)
+                self._cond.release()  # report with no lock held, as every flight does
+                try:
+                    self._report(flight, None, flight.error)
+                finally:
+                    self._cond.acquire()
+                return
+            remaining = deadline - now
             if remaining <= 0:
                 raise TokenTimeoutError(
                     "gave up waiting for a token (the token request goes on for the others)"
                 )
-            self._cond.wait(remaining)
+            self._cond.wait(min(remaining, flight.deadline - now))
+
+    def _abandon(self, flight: Flight) -> None:
+        """Fail ``flight``, still running past its deadline (lock held); its thread's result
+        is discarded when it comes."""
+        seconds = f"{self._bound:g}s"
+        error: GenesysTokenError
+        if flight.reading_secret:
+            error = SecretSourceError(
+                f"the client_secret source did not answer within {seconds}",
+                field="client_secret",
+            )
+        else:
+            error = TokenRequestError(
+                f"the token acquisition did not finish within {seconds}", retryable=True
+            )
+        log.warning("abandoning a token acquisition past its deadline: %s", error)
+        flight.cancel.set()
+        self._fail(flight, error)
+
+    def _fail(self, flight: Flight, error: GenesysTokenError) -> None:
+        """End ``flight`` with ``error`` (lock held): backoff, then wake the waiters."""
+        flight.error = error
+        flight.done = True
+        if self._flight is flight:
+            self._flight = None
+        self._settle(flight, None, error)
+        self._cond.notify_all()
 
     def _run(self, flight: Flight, held: Cell | None) -> None:
         cell: Cell | None = None
@@ -299,10 +392,13 @@ class SingleFlight:
                 f"token acquisition failed unexpectedly ({type(exc).__name__})"
             )
         with self._cond:
-            if self.closed or flight.cancel.cancelled:
+            if flight.done:
+                return  # abandoned past its deadline: reported then; this result is stale
+            if self.closed or flight.cancel.is_set():
                 cell, error = None, ManagerClosedError("the token manager is closed")
             elif cell is not None:
                 self._install(cell)
+                cell = flight.cell = self._cell()  # as installed: it knows what it replaced
             flight.error = error
             flight.done = True
             if self._flight is flight:
@@ -312,7 +408,13 @@ class SingleFlight:
             self._cond.notify_all()
         # After the waiters woke (a slow listener must not hold them), with no lock held (a
         # listener may call back into the manager; the next flight may start).
-        self._finished(flight, cell, error)
+        self._report(flight, cell, error)
+
+    def _report(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
+        try:
+            self._finished(flight, cell, error)
+        finally:
+            flight.reported.set()
 
     def close(self) -> None:
         """Refuse every later call, abandon the flight in progress, release the waiters."""
@@ -321,7 +423,7 @@ class SingleFlight:
             flight = self._flight
             self._cond.notify_all()
         if flight is not None:
-            flight.cancel.cancel()
+            flight.cancel.set()
 
 
 def _copy(error: BaseException) -> BaseException:

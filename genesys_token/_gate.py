@@ -150,7 +150,7 @@ class UseGate:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, threading.TIMEOUT_MAX))  # inf: no bound
                 return left
             finally:
                 self._draining.discard(token)

@@ -38,9 +38,28 @@ log = logging.getLogger(__name__)
 FAILURE_BACKOFF_BASE = 1.0
 FAILURE_BACKOFF_MAX = 60.0
 FAILURE_BACKOFF_MIN = 0.05
+#: The scheduler looks at a background flight this long after its deadline.
+SCHEDULER_SLACK = 0.05
 #: During a credentials cool-down, a secret source (callable, file) is re-read at most this
 #: often by callers; a plain string changes only through set_credentials().
 SECRET_RECHECK = 1.0
+
+
+def check_timeout(value: object, name: str) -> float:
+    """A caller's bound in seconds: a number >= 0, ``inf`` meaning none of its own.
+
+    Raises:
+        ConfigurationError: Not a number, negative, or NaN (named ``name``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number >= 0 or None", field=name)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int past float's range: no bound of its own either
+        seconds = float("inf")
+    if not seconds >= 0:  # NaN too
+        raise ConfigurationError(f"{name} must be a number >= 0 or None", field=name)
+    return seconds
 
 
 def _copy(error: GenesysTokenError) -> GenesysTokenError:
@@ -146,8 +165,14 @@ class Refresher:
 
     def _due(self, cell: Cell, timeout: float | None) -> None:
         if self._settings().background_refresh:
-            if self._nudged is not cell and self._retry_at is None and self.job is not None:
-                self._nudged = cell  # once per token: the scheduler may be on a stale plan
+            # Once per token (the scheduler may be on a stale plan), and again while its
+            # thread could not start (a pids limit): a caller then brings it back.
+            if (
+                self._retry_at is None
+                and self.job is not None
+                and (self._nudged is not cell or not scheduler().running)
+            ):
+                self._nudged = cell
                 scheduler().schedule(self.job, 0.0)
             return
         retry_at = self._retry_at
@@ -211,19 +236,21 @@ class Refresher:
     def deadline(self, timeout: float | None) -> float:
         """The ``time.monotonic()`` at which a caller with ``timeout`` gives up.
 
+        ``inf`` sets no bound of the caller's own: it waits for the acquisitions, each of
+        which ends by its own deadline.
+
         Raises:
-            ConfigurationError: ``timeout`` is not a number >= 0 or None.
+            ConfigurationError: ``timeout`` is not a number >= 0 (nor ``inf``) or None.
         """
         if timeout is None:
             return time.monotonic() + self._wait_bound
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-            raise ConfigurationError("timeout must be a number >= 0 or None", field="timeout")
-        return time.monotonic() + float(timeout)
+        return time.monotonic() + check_timeout(timeout, "timeout")
 
     # -- the scheduler -------------------------------------------------------------------
 
     def scheduled(self) -> None:
-        """Run by a scheduler worker at the planned refresh point."""
+        """Run by the scheduler's thread at the planned refresh point: starts the refresh
+        on a flight thread and never waits for it."""
         if self._closed():
             return
         now = self._now()
@@ -236,13 +263,13 @@ class Refresher:
         if cell.fresh(now):
             self.arm(cell.refresh_at - now)  # planned on stale state: refreshed meanwhile
             return
-        try:
-            want = NotDue(self._credentials())
-            self._flight.obtain(
-                want, deadline=self.deadline(None), reason="background", inline=True
-            )
-        except GenesysTokenError:
-            pass  # reported and backed off in finished()
+        flight = self._flight.start(NotDue(self._credentials()), "background")
+        if flight is not None:
+            # Look again at its deadline: a flight still running then is abandoned, and the
+            # backoff plans the next one. Ended already: its settle() has armed what comes next.
+            with self._flight.lock:
+                if not flight.done:
+                    self.arm(flight.deadline - time.monotonic() + SCHEDULER_SLACK)
 
     def arm(self, delay: float) -> None:
         """Plan the next scheduled refresh in ``delay`` seconds (background mode only).

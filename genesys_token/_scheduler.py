@@ -1,12 +1,14 @@
-"""The process-wide refresh scheduler: one thread, a heap of deadlines, a few workers.
+"""The process-wide refresh scheduler: one thread, a heap of deadlines, and nothing else.
 
 Every manager of the process registers its next refresh here. One daemon thread sleeps until
-the earliest deadline and hands due jobs to a small pool of worker threads, earliest
-deadline first: a refresh is never skipped, only ordered. Workers are started on demand (at
-most :data:`MAX_WORKERS`) and end when idle; the scheduler thread ends when no job is left,
-and starts again with the next one. A job that raises anything is logged and dropped: the
-scheduler survives it. A manager's job holds it weakly, so a manager dropped without
-``close()`` is collected and its job goes with it.
+the earliest deadline and *dispatches* due jobs, earliest deadline first. A job only starts
+work (a manager starts its flight, on a thread of its own) and never waits for it: a hanging
+token endpoint or secret source costs its own org one flight thread, never the scheduler. A
+job that raises anything is logged and dropped: the scheduler survives it. The thread ends
+when no job is left and starts again with the next one; a thread that cannot start (a pids
+limit) leaves the jobs in the heap and is tried again by the next :meth:`Scheduler.schedule`.
+A manager's job holds it weakly, so a manager dropped without ``close()`` is collected and
+its job goes with it.
 
 Deadlines are on :data:`genesys_token._clock.elapsed` (counts suspend where the OS can); the
 thread never sleeps longer than :data:`MAX_SLEEP`, so a resumed machine is noticed soon, and so
@@ -19,26 +21,22 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 from collections.abc import Callable
 
 from ._clock import elapsed
+from ._lifecycle import on_fork_in_child
 
 log = logging.getLogger(__name__)
 
-#: Workers running refreshes at once. A hanging token endpoint occupies one of them at most
-#: (a manager has one refresh at a time); the others keep serving every other org.
-MAX_WORKERS = 4
-#: A worker with nothing to do for this long ends (made again on demand).
-WORKER_IDLE = 1.0
 #: The scheduler re-reads the clock at least this often (suspend, jobs forgotten while its
 #: lock was busy): one wake-up a second for the whole process.
 MAX_SLEEP = 1.0
 
 
 class Job:
-    """One manager's next refresh. ``run`` is called by a worker; it must not block forever.
+    """One manager's next refresh. ``run`` is called by the scheduler thread: it must only
+    start work (it must never wait for I/O).
 
     Holding ``target`` weakly is the caller's business (the manager passes a function that
     holds it weakly).
@@ -60,29 +58,37 @@ class Job:
 
 
 class Scheduler:
-    """Runs :class:`Job` s at their deadlines on a bounded pool of workers."""
+    """Dispatches :class:`Job` s at their deadlines from one thread."""
 
-    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
-        self._max_workers = max_workers
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, Job]] = []
-        self._ready: list[tuple[float, int, Job]] = []
         self._live = 0
         self._tickets = itertools.count()
         self._thread: threading.Thread | None = None
-        self._workers = 0
-        self._idle_workers = 0
+        #: A thread start failed and no start succeeded since (logged once per outage).
+        self._start_failed = False
 
     @property
     def threads(self) -> int:
-        """Threads running now (the scheduler's and its workers)."""
+        """Threads running now (0 or 1)."""
         with self._lock:
-            alive = self._thread is not None and self._thread.is_alive()
-            return int(alive) + self._workers
+            return int(self._thread is not None and self._thread.is_alive())
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread was started (read without the lock: a hint for callers)."""
+        return self._thread is not None
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting for their deadline."""
+        return self._live
 
     def schedule(self, job: Job, delay: float) -> None:
-        """Run ``job`` in ``delay`` seconds (replacing its previous deadline)."""
+        """Run ``job`` in ``delay`` seconds (replacing its previous deadline). Never raises:
+        when the thread cannot start, the job waits in the heap for the next try."""
         deadline = elapsed() + max(0.0, delay)
         with self._lock:
             if job.owner is not self:
@@ -140,31 +146,54 @@ class Scheduler:
         thread = self._thread
         if thread is not None and thread.is_alive():
             return
-        # Not running, or died (it should not, but a dead scheduler must come back).
         thread = threading.Thread(target=self._loop, name="genesys-token-scheduler", daemon=True)
         self._thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": a pids or memory limit
+            self._thread = None
+            if not self._start_failed:
+                self._start_failed = True
+                log.error(
+                    "cannot start the refresh scheduler thread (%s); refreshes wait until "
+                    "a thread can start",
+                    exc,
+                )
+            return
+        if self._start_failed:
+            self._start_failed = False
+            log.warning("the refresh scheduler thread runs again")
 
     def _loop(self) -> None:
         me = threading.current_thread()
-        with self._cond:
-            while self._thread is me:
-                if self._live <= 0:
-                    self._heap.clear()
-                    self._thread = None
+        while True:
+            with self._cond:
+                job = self._next_due(me)
+                if job is None:
                     return
-                now = elapsed()
-                while self._heap and not self._is_live(self._heap[0]):
-                    heapq.heappop(self._heap)  # stale: rescheduled, cancelled or forgotten
-                if self._heap and self._heap[0][0] <= now:
-                    entry = heapq.heappop(self._heap)
-                    entry[2].ticket = None
-                    self._live -= 1
-                    heapq.heappush(self._ready, entry)
-                    self._ensure_worker()
-                    continue
-                wait = self._heap[0][0] - now if self._heap else MAX_SLEEP
-                self._cond.wait(min(wait, MAX_SLEEP))
+            try:
+                job.run()
+            except BaseException:  # a job must never take the scheduler down (logged)
+                log.exception("a scheduled token refresh raised; the scheduler goes on")
+
+    def _next_due(self, me: threading.Thread) -> Job | None:
+        """Wait for the next due job (lock held); None when this thread should end."""
+        while self._thread is me:
+            if self._live <= 0:
+                self._heap.clear()
+                self._thread = None
+                return None
+            now = elapsed()
+            while self._heap and not self._is_live(self._heap[0]):
+                heapq.heappop(self._heap)  # stale: rescheduled, cancelled or forgotten
+            if self._heap and self._heap[0][0] <= now:
+                _, _, job = heapq.heappop(self._heap)
+                job.ticket = None
+                self._live -= 1
+                return job
+            wait = self._heap[0][0] - now if self._heap else MAX_SLEEP
+            self._cond.wait(min(wait, MAX_SLEEP))
+        return None
 
     def _is_live(self, entry: tuple[float, int, Job]) -> bool:
         job = entry[2]
@@ -173,33 +202,6 @@ class Scheduler:
         if job.dead:
             self._drop(job)
         return job.ticket == entry[1]
-
-    def _ensure_worker(self) -> None:
-        # One more worker while due jobs outnumber idle workers: two jobs due together must
-        # not queue behind one (a hanging endpoint would hold the other).
-        if len(self._ready) > self._idle_workers and self._workers < self._max_workers:
-            self._workers += 1
-            name = f"genesys-token-worker-{self._workers}"
-            threading.Thread(target=self._work, name=name, daemon=True).start()
-        self._cond.notify_all()
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                idle_until = elapsed() + WORKER_IDLE
-                while not self._ready:
-                    left = idle_until - elapsed()
-                    if left <= 0:
-                        self._workers -= 1
-                        return
-                    self._idle_workers += 1
-                    self._cond.wait(left)
-                    self._idle_workers -= 1
-                _, _, job = heapq.heappop(self._ready)
-            try:
-                job.run()
-            except BaseException:  # a job must never take a worker down (logged)
-                log.exception("a scheduled token refresh raised; the scheduler goes on")
 
 
 _scheduler = Scheduler()
@@ -212,9 +214,8 @@ def scheduler() -> Scheduler:
 
 def _after_fork_in_child() -> None:
     global _scheduler
-    # The parent's threads do not exist here; managers re-arm on their first use.
-    _scheduler = Scheduler(_scheduler._max_workers)
+    # The parent's thread does not exist here; managers re-arm on their first use.
+    _scheduler = Scheduler()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+on_fork_in_child(_after_fork_in_child)

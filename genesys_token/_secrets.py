@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigurationError, SecretSourceError
 
-__all__ = ["SecretFile", "check_secret", "digest", "read_secret"]
+__all__ = ["SecretFile", "SourceReads", "check_secret", "digest", "read_secret"]
 
 Secret = str | Callable[[], str]
 
@@ -119,3 +121,70 @@ def _check_value(value: str, name: str) -> None:
         raise ConfigurationError(f"{name} must not be empty", field=name)
     if any(ch in value for ch in "\r\n\x00"):
         raise ConfigurationError(f"{name} must not contain control characters", field=name)
+
+
+class _Read:
+    """One call of a secret source, awaited by later acquisitions while it runs."""
+
+    __slots__ = ("done", "error", "source", "value")
+
+    def __init__(self, source: Callable[[], str]) -> None:
+        self.source = source
+        self.done = threading.Event()
+        self.value: str | None = None
+        self.error: SecretSourceError | None = None
+
+
+class SourceReads:
+    """Reads a manager's secret source one call at a time.
+
+    A source that hangs (a vault client with no timeout during an outage) holds the one
+    thread that called it; later acquisitions wait for that call, up to their own deadline,
+    instead of calling again: one hanging source costs one thread, not one per retry.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read: _Read | None = None
+
+    def read(self, source: Secret, until: float) -> str:
+        """The secret ``source`` gives now; a call already running is waited for until
+        ``until`` (``time.monotonic()``).
+
+        Raises:
+            SecretSourceError: The source failed, or the call running did not end in time.
+        """
+        if isinstance(source, str):
+            return source
+        with self._lock:
+            running = self._read
+            mine = running is None or running.source is not source
+            if mine:
+                running = self._read = _Read(source)
+        assert running is not None
+        if mine:
+            try:
+                running.value = read_secret(source)
+            except SecretSourceError as exc:
+                running.error = exc
+            finally:
+                with self._lock:
+                    if self._read is running:
+                        self._read = None
+                running.done.set()
+        elif not running.done.wait(max(0.0, until - time.monotonic())):
+            raise SecretSourceError(
+                "the client_secret source has not answered its previous call yet",
+                field="client_secret",
+            )
+        if running.error is not None:
+            if mine:
+                raise running.error
+            # A new object: one exception raised in two threads would share a traceback.
+            raise SecretSourceError(str(running.error), field="client_secret")
+        assert running.value is not None
+        return running.value
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's call runs in a thread the child does not have."""
+        self.__init__()  # type: ignore[misc]

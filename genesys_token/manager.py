@@ -19,13 +19,13 @@ from typing import Any, NoReturn
 import requests
 
 from . import _http
-from ._acquire import Acquirer, lock_bound
+from ._acquire import Acquirer, flight_bound, lock_bound
 from ._cell import Cell, plan
 from ._clock import SYSTEM_CLOCK, Clock
 from ._flight import FetchedAfter, Replacing, SingleFlight
 from ._gate import InFlight, UseGate
 from ._lifecycle import register_fork_handler
-from ._refresher import Refresher
+from ._refresher import Refresher, check_timeout
 from ._reporter import Reporter
 from ._rotation import rotate
 from ._scheduler import Job, scheduler
@@ -76,8 +76,8 @@ class TokenManager:
         drain_timeout: Default bound of :meth:`rotate`'s wait for the old token's uses.
         clock: Clocks and randomness, for deterministic tests.
         session: A ``requests.Session`` for the token endpoint (default: the process-wide
-            pool). Its connections are not ours: neither :meth:`close` nor the per-attempt
-            watchdog can cut its requests, which only its timeouts bound (per read).
+            pool). Its adapters are its own: only its timeouts (per read) bound its requests,
+            not the total deadline each request has on the default pool.
 
     Raises:
         ConfigurationError: A setting is invalid; the message names it.
@@ -161,6 +161,7 @@ class TokenManager:
             rejections=lambda: self._refresher.rejected,
             metrics=self._reporter.metrics,
         )
+        wait_bound = 2 * lock_bound(settings) + 30.0
         self._flight = SingleFlight(
             cell=lambda: self._cell,
             install=self._install,
@@ -170,6 +171,7 @@ class TokenManager:
             now=self._now,
             credentials=lambda: self._credentials_generation,
             name=f"genesys-token-fetch-{settings.client_id[:16]}",
+            bound=flight_bound(settings),
         )
         self._refresher = Refresher(
             flight=self._flight,
@@ -180,7 +182,7 @@ class TokenManager:
             put_cell=self._install,
             closed=lambda: self._closed,
             credentials=lambda: self._credentials_generation,
-            wait_bound=2 * lock_bound(settings) + 30.0,
+            wait_bound=wait_bound,
         )
         self._refresher.job = _job_for(self)
         warn_region_mismatch(settings.token_url, settings.api_base_url)
@@ -236,8 +238,9 @@ class TokenManager:
 
         Args:
             timeout: Seconds this caller waits at most when no valid token exists (default:
-                the longest one acquisition may take). Giving up does not stop the token
-                request: later callers get its token.
+                the longest one acquisition may take; ``inf``: no bound of its own, it waits
+                for acquisitions, each of which ends by its own deadline). Giving up does
+                not stop the token request: later callers get its token.
 
         Raises:
             ManagerClosedError: The manager was closed.
@@ -281,13 +284,17 @@ class TokenManager:
             raise ManagerClosedError("the token manager is closed")
         return self._fetch_new("forced").token
 
-    def replace_rejected(self, access_token: str) -> Token:
+    def replace_rejected(self, access_token: str, timeout: float | None = None) -> Token:
         """Replace a token the API rejected (a 401), unless that already happened.
 
         If ``access_token`` is no longer the current token, the current one is returned
         without a request; otherwise one replacement runs, shared by every caller. A token
         fetched moments ago is replaced at most once per cool-down (an API that rejects
         every token must not turn each call into a token request).
+
+        Args:
+            access_token: The token the API rejected.
+            timeout: Seconds this caller waits at most (as for :meth:`get_token`).
 
         Raises:
             TokenRejectedError: The API keeps rejecting fresh tokens (no request made).
@@ -297,7 +304,7 @@ class TokenManager:
             raise ManagerClosedError("the token manager is closed")
         self._refresher.allow_replacement(access_token)
         want = Replacing(access_token, self._credentials_generation)
-        deadline = self._refresher.deadline(None)
+        deadline = self._refresher.deadline(timeout)
         return self._flight.obtain(want, deadline=deadline, reason="rejected by the API").token
 
     # -- rotation and counted uses -------------------------------------------------------
@@ -318,20 +325,28 @@ class TokenManager:
         thread is not waited for.
 
         Args:
-            drain_timeout: Seconds to wait for the old token's uses (default: the setting).
+            drain_timeout: Seconds to wait for the old token's uses (default: the setting;
+                ``inf``: until they end).
             revoke_previous: Revoke the old token (``DELETE /api/v2/tokens/me``); a refusal
                 is logged, not raised.
             strict: A drain that times out raises :class:`DrainTimeoutError`, and the old
                 token is then not revoked (the new one is in place already).
 
         Raises:
+            ConfigurationError: ``drain_timeout`` is negative or NaN.
             DrainTimeoutError: ``strict`` and the drain timed out.
             GenesysTokenError: Fetching the new token failed (the old token stays).
         """
         if self._closed:
             raise ManagerClosedError("the token manager is closed")
-        timeout = self._settings.drain_timeout if drain_timeout is None else float(drain_timeout)
-        if not self._rotate_lock.acquire(timeout=timeout + 2 * lock_bound(self._settings)):
+        timeout = (
+            self._settings.drain_timeout
+            if drain_timeout is None
+            else check_timeout(drain_timeout, "drain_timeout")
+        )
+        # Another rotation's fetch and drain, at most (no bound of its own with inf).
+        wait = min(timeout + 2 * lock_bound(self._settings), threading.TIMEOUT_MAX)
+        if not self._rotate_lock.acquire(timeout=wait):
             raise DrainTimeoutError("another rotation is still running")
         try:
             return rotate(
@@ -349,10 +364,10 @@ class TokenManager:
             self._rotate_lock.release()
 
     def _fetch_new(self, reason: str) -> Cell:
-        # In this thread: its events are delivered before it returns, in order.
+        # Its events are delivered before this returns, in order.
         want = FetchedAfter(self._flight.generation)
         deadline = self._refresher.deadline(None)
-        return self._flight.obtain(want, deadline=deadline, reason=reason, inline=True)
+        return self._flight.obtain(want, deadline=deadline, reason=reason, reported=True)
 
     def begin_use(self, timeout: float | None = None) -> InFlight:
         """Count one use of the current token and return it (end it with
@@ -395,12 +410,17 @@ class TokenManager:
     def set_credentials(self, client_secret: Secret, client_id: str | None = None) -> None:
         """Use new credentials for the next token request (the current token stays), and
         end a cool-down of rejected credentials. Follow with :meth:`rotate` to switch now.
+        Applying the credentials already in use changes nothing (a cool-down stays).
 
         Raises:
             ConfigurationError: An empty or mistyped value.
         """
         new = Credentials(client_id or self._settings.client_id, client_secret)
         with self._flight.lock:
+            if new == self._settings.credentials:
+                # The same credentials again (a caller re-applying its secret before each
+                # call): nothing changed, so a cool-down of rejected credentials stays.
+                return
             self._settings = self._settings.with_credentials(new)
             self._credentials_generation += 1
         self._refresher.credentials_changed()
@@ -454,9 +474,9 @@ class TokenManager:
     def close(self) -> None:
         """Stop this manager's refresh at once and release its callers. Idempotent.
 
-        A token request in progress is abandoned (its connection cut); nothing is installed
-        afterwards. Later calls raise :class:`ManagerClosedError`; so do callers waiting for
-        a token, at once.
+        A token request in progress is abandoned: it ends by its own deadline and nothing it
+        brings back is installed or saved. Later calls raise :class:`ManagerClosedError`; so
+        do callers waiting for a token, at once.
         """
         with self._flight.lock:
             if self._closed:
@@ -465,7 +485,9 @@ class TokenManager:
             cell = self._cell
             if cell is not None:
                 self._cell = cell.parked()  # the hot path now takes the slow path: closed
-        self._flight.close()
+            # Under the same lock: a flight ending now sees the manager closed (or finished
+            # before it), never a parked cell it could replace with a live one.
+            self._flight.close()
         if self._refresher.job is not None:
             scheduler().cancel(self._refresher.job)
         self._gate.wake_all()

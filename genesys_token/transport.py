@@ -10,9 +10,9 @@ urllib3 1.26 and 2.x, both of which this SDK supports. So the loop is here, and 
 deterministic.
 
 Time bounds of one :meth:`TokenEndpoint.fetch`: no new attempt starts, and no retry wait is
-begun, that would end past ``retry_deadline``; each attempt is bounded by the connect timeout,
-the read timeout for the headers, and the read timeout again for the whole body (a server
-dripping its body one byte at a time is cut off; see ``_read_capped``).
+begun, that would end past ``retry_deadline``; each attempt has a total deadline of connect +
+2 x read timeout + 1 s, kept by this thread as it reads (``_http.deadline``): a server
+dripping its answer one byte at a time is let go at the deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import http.client
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from ._answers import (
     parse_success,
 )
 from ._clock import SYSTEM_CLOCK, Clock
-from ._http import ATTEMPT_SLACK, Cancel, attached, shared_session, status_of
+from ._http import attempt_bound, deadline, shared_session, status_of
 from ._redact import excerpt
 from .config import Credentials, Settings
 from .errors import (
@@ -95,7 +96,7 @@ def basic_auth_header(credentials: Credentials) -> str:
 
 
 def _sleep(seconds: float) -> bool:
-    """The wait of an endpoint used without a :class:`Cancel` (nothing can interrupt it).
+    """The wait of an endpoint used without a cancel flag (nothing can interrupt it).
 
     A function, not an ``Event().wait`` per endpoint: an Event is a Condition, a lock and
     a deque, about 1 KiB for each of thousands of managers of a many-org process.
@@ -146,7 +147,9 @@ class TokenEndpoint:
 
     # -- token acquisition -------------------------------------------------------------
 
-    def fetch(self, credentials: Credentials, *, cancel: Cancel | None = None) -> TokenResponse:
+    def fetch(
+        self, credentials: Credentials, *, cancel: threading.Event | None = None
+    ) -> TokenResponse:
         """Run the client-credentials grant, retrying what is worth retrying.
 
         Retried: 429, 500, 502, 503, 504, Genesys' 400 ``rate limit exceeded;`` answer,
@@ -156,8 +159,9 @@ class TokenEndpoint:
 
         Args:
             credentials: The client id and secret to authenticate with.
-            cancel: Abandons the request: interrupts the retry waits and cuts the connection
-                (``close()`` of the manager).
+            cancel: Set when the request is abandoned (``close()`` of the manager): no retry
+                wait or new attempt follows, and an attempt in progress lets its connection
+                go within ``_http.READ_SLICE``.
 
         Returns:
             The parsed token answer.
@@ -174,22 +178,27 @@ class TokenEndpoint:
         settings = self._settings
         credentials = credentials.resolve()
         wait = cancel.wait if cancel is not None else self._wait
-        deadline = self._clock.monotonic() + settings.retry_deadline
+        give_up_at = self._clock.monotonic() + settings.retry_deadline
         attempt = 1
         while True:
-            if cancel is not None and cancel.cancelled:
+            if cancel is not None and cancel.is_set():
                 raise ManagerClosedError("token request abandoned: the manager was closed")
             try:
-                response = self._bounded_attempt(credentials, cancel)
+                with deadline(attempt_bound(settings.timeout), cancel):
+                    response = self._attempt(credentials)
             except TokenRequestError as exc:
                 exc.attempts = attempt
                 delay = self._retry_delay(exc, attempt)
                 if (
                     delay is None
                     or attempt > settings.max_retries
-                    or self._clock.monotonic() + delay > deadline
+                    or self._clock.monotonic() + delay > give_up_at
                 ):
                     raise
+                if cancel is not None and cancel.is_set():
+                    raise ManagerClosedError(
+                        "token request abandoned: the manager was closed"
+                    ) from None
                 log.warning(
                     "token request failed (%s); retry %d of %d in %.2fs",
                     _describe(exc),
@@ -205,27 +214,6 @@ class TokenEndpoint:
                 attempt += 1
                 continue
             return dataclasses.replace(response, attempts=attempt)
-
-    def _attempt_bound(self) -> float:
-        """The most one attempt may take: connect, the headers, then the body."""
-        connect, read = self._settings.timeout
-        return connect + 2 * read + ATTEMPT_SLACK
-
-    def _bounded_attempt(self, credentials: Credentials, cancel: Cancel | None) -> TokenResponse:
-        """One attempt that the watchdog cuts past :meth:`_attempt_bound`. A cut attempt
-        that failed with no error status is a timeout (retryable): headers cut short end at
-        the EOF and read as a 2xx without a token. An error status that arrived stands."""
-        bound = self._attempt_bound()
-        with attached(cancel, bound) as scope:
-            try:
-                return self._attempt(credentials)
-            except TokenRequestError as exc:
-                truncated = exc.status is None or isinstance(exc, InvalidTokenResponseError)
-                if not (scope.settle() and truncated) or scope.cancelled:
-                    raise
-        raise TokenRequestError(
-            f"token request timed out (no whole answer within {bound:.1f}s)", retryable=True
-        )
 
     def _retry_delay(self, exc: TokenRequestError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when not retryable."""
@@ -312,10 +300,9 @@ class TokenEndpoint:
     def _read_capped(self, response: requests.Response) -> tuple[bytes, str | None]:
         """Read the body; returns it and, when it was not read whole, why not.
 
-        ``requests``' read timeout bounds each socket read, not the whole body: a server
-        dripping a byte a second would never trip it. ``read1`` returns what one socket read
-        brings, so the deadline is checked between reads. Reading stops at the size cap, so
-        memory stays flat whatever the server sends.
+        Each socket read waits at most what is left of the attempt's deadline (see
+        ``_http.deadline``). Reading stops at the size cap, so memory stays flat whatever the
+        server sends.
         """
         status = response.status_code
         cap = self._settings.max_response_bytes
@@ -326,7 +313,6 @@ class TokenEndpoint:
             return b"", f"{excerpt(encoding, 20)}-encoded although identity was asked for"
         if declared is not None and declared > cap:
             return b"", too_large
-        deadline = self._clock.monotonic() + self._settings.timeout[1]
         read = _raw_reader(response)
         chunks: list[bytes] = []
         size = 0
@@ -341,13 +327,6 @@ class TokenEndpoint:
             if size > cap:
                 return b"".join(chunks), too_large
             chunks.append(chunk)
-            if self._clock.monotonic() > deadline:
-                raise TokenRequestError(
-                    f"token endpoint sent its answer too slowly "
-                    f"(over {self._settings.timeout[1]:g}s)",
-                    status=status,
-                    retryable=True,
-                )
         if declared is not None and size < declared:
             # http.client (urllib3 1.26) reports a body cut short as a plain end of data.
             raise TokenRequestError(
@@ -381,7 +360,7 @@ class TokenEndpoint:
     def _call_with_token(self, method: str, access_token: str) -> int | None:
         url = f"{self._settings.api_base_url}/api/v2/tokens/me"
         try:
-            # Under the watchdog: an API host trickling its headers must not hold rotate().
+            # Within its deadline: an API host trickling its headers must not hold rotate().
             return status_of(
                 self._session,
                 method,

@@ -55,7 +55,7 @@ from typing import Any
 
 import requests
 
-from ._http import ATTEMPT_SLACK, Cancel, abortable_session, attached
+from ._http import attempt_bound, deadline, deadline_session
 from .config import Settings
 from .errors import ConfigurationError
 from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
@@ -249,11 +249,11 @@ class WebhookSender:
         self._closing = threading.Event()
         self._stop = threading.Event()
         self._flush_deadline: float | None = None
+        # Set by close() once its flush budget is spent: the delivery in progress then lets
+        # its connection go (its own thread sees this between reads).
+        self._cut = threading.Event()
         self._worker: threading.Thread | None = None
         self._session: requests.Session | None = None
-        # Cuts the request in progress when close() has spent its budget: a receiver that
-        # trickles its answer a byte at a time never trips a per-read timeout.
-        self._cancel = Cancel()
 
     # -- counters -------------------------------------------------------------------------
 
@@ -318,10 +318,9 @@ class WebhookSender:
         """Deliver what is queued for at most ~2 seconds, then stop the worker. Idempotent.
 
         Queued records get one more attempt each, without retries or backoff; what is left
-        after ~2 seconds is dropped (and counted), and a request still in progress is cut
-        (its record counts as dropped too): the worker ends with close(). A request still
-        connecting (name lookup, TCP connect) is cut as soon as it has a socket, before it
-        sends anything.
+        after ~2 seconds is dropped (and counted), and a request still in progress then lets
+        its connection go within a quarter of a second (its record counts as dropped too):
+        the worker ends with close().
         """
         with self._cond:
             if self._closed:
@@ -334,11 +333,11 @@ class WebhookSender:
         if worker is not None and worker is not threading.current_thread():
             worker.join(CLOSE_FLUSH_TIMEOUT)
         self._stop.set()
+        self._cut.set()
         with self._cond:
             self._dropped += len(self._queue)
             self._queue.clear()
             self._cond.notify_all()
-        self._cancel.cancel()
         if worker is not None and worker is not threading.current_thread():
             worker.join(CLOSE_JOIN_GRACE)
         session = self._session
@@ -351,7 +350,7 @@ class WebhookSender:
         For a finalizer of a manager that was dropped without ``close()``: the collector may
         run in any thread, this worker included, at any moment, even while it holds a lock.
         The worker ends at its next idle wake-up, or once the delivery in progress ends: its
-        attempt is cut after connect + 2 x read timeout + 1 s at most and no retry follows
+        attempt ends by its deadline (connect + 2 x read timeout + 1 s) and no retry follows
         (a backoff already under way is slept out: ``BACKOFF_MAX`` at most).
         """
         self._closed = True
@@ -415,7 +414,7 @@ class WebhookSender:
                 break
         with self._lock:
             if self._stop.is_set() and status is None:
-                self._dropped += 1  # cut by close(): given up, not refused by the receiver
+                self._dropped += 1  # ended by close(): given up, not refused by the receiver
                 return
             self._failed += 1
         log.warning(
@@ -442,39 +441,38 @@ class WebhookSender:
             stamp = int(time.time())
             headers[TIMESTAMP_HEADER] = str(stamp)
             headers[SIGNATURE_HEADER] = sign(self._secret, stamp, body)
-        connect, read = self._timeout_now()
+        timeout, bound = self._timeout_now()
         try:
-            # The watchdog cuts an attempt past connect + 2 x read (+ slack): the read timeout
-            # bounds each socket read, not an answer trickled a byte at a time.
-            with attached(self._cancel, connect + 2 * read + ATTEMPT_SLACK) as scope:
+            # A total deadline kept by this thread as it reads: the read timeout bounds each
+            # socket read, not an answer trickled a byte at a time.
+            with deadline(bound, self._cut):  # close() ends it once its budget is spent
                 response = self._get_session().post(
                     self._url,
                     data=body,
                     headers=headers,
-                    timeout=(connect, read),
+                    timeout=timeout,
                     allow_redirects=False,
                 )
-                cut = scope.settle()  # the answer is read whole: a later cut changes nothing
                 response.close()
         except requests.RequestException as exc:
             # The type only: messages of connection errors repeat the URL, and webhook URLs
             # often carry a secret in their path.
             return None, type(exc).__name__
-        if cut:
-            return None, "ReadTimeout"  # headers cut short end at the EOF: not an answer
         return response.status_code, None
 
-    def _timeout_now(self) -> tuple[float, float]:
-        """The configured timeout, shortened to what is left of close()'s flush budget."""
-        deadline = self._flush_deadline
-        if deadline is None:
-            return self._timeout
-        left = max(0.05, deadline - time.monotonic())
-        return (min(self._timeout[0], left), min(self._timeout[1], left))
+    def _timeout_now(self) -> tuple[tuple[float, float], float]:
+        """The configured timeout and the attempt's total deadline, both shortened to what
+        is left of close()'s flush budget."""
+        bound = attempt_bound(self._timeout)
+        flush = self._flush_deadline
+        if flush is None:
+            return self._timeout, bound
+        left = max(0.05, flush - time.monotonic())
+        return (min(self._timeout[0], left), min(self._timeout[1], left)), min(bound, left)
 
     def _get_session(self) -> requests.Session:
         if self._session is None:
-            session = abortable_session()
+            session = deadline_session()
             session.verify = self._verify
             self._session = session
         return self._session

@@ -7,8 +7,10 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -138,6 +140,13 @@ def join_fetch_threads(timeout: float = 5.0) -> None:
             thread.join(timeout)
 
 
+def run_scheduled(manager: Any, timeout: float = 5.0) -> None:
+    """Run what the scheduler runs at the manager's refresh point, and wait for the flight it
+    starts (the scheduler only dispatches; the flight runs on a thread of its own)."""
+    manager._scheduled_refresh()
+    join_fetch_threads(timeout)
+
+
 class FakeClock:
     """Monotonic and wall clocks that move only when told, and a fixed random draw."""
 
@@ -187,7 +196,12 @@ def _no_leaked_library_threads() -> Iterator[None]:
     ]
     for thread in leaked:
         thread.join(2.5)
-    still = [t.name for t in leaked if t.is_alive()]
+    frames = sys._current_frames()
+    still = {
+        t.name: "".join(traceback.format_stack(frames[t.ident]))[-600:]
+        for t in leaked
+        if t.is_alive() and t.ident in frames
+    }
     assert not still, f"library threads still running after the test: {still}"
 
 
@@ -203,6 +217,8 @@ class TricklingServer:
         self._stop = threading.Event()
         #: Set once a connection was accepted.
         self.accepted = threading.Event()
+        #: Set once a client let its connection go (a send failed, or it read EOF).
+        self.peer_gone = threading.Event()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(8)
@@ -233,8 +249,11 @@ class TricklingServer:
                 if self._stop.wait(self._gap):
                     break
                 conn.sendall(bytes([byte]))
+                if _peer_closed(conn):
+                    self.peer_gone.set()
+                    break
         except OSError:
-            pass  # the client cut it: what the test wants
+            self.peer_gone.set()  # the client let it go: what the test wants
         finally:
             conn.close()
 
@@ -244,6 +263,17 @@ class TricklingServer:
             thread.join(5)
         self._listener.close()
         assert not any(thread.is_alive() for thread in self._threads)
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    """Whether the peer closed ``conn`` (an EOF is waiting), without blocking."""
+    conn.setblocking(False)
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    finally:
+        conn.setblocking(True)
 
 
 class HeldLookups:

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, eventually, in_background, read_child
+from conftest import (
+    FakeClock,
+    MakeManager,
+    eventually,
+    in_background,
+    poll,
+    read_child,
+    run_scheduled,
+)
 
 from genesys_token import (
     InvalidClientError,
@@ -92,7 +100,7 @@ def test_a_store_whose_unlock_raises_costs_neither_the_token_nor_a_foreign_error
 def test_close_during_a_token_request_returns_at_once_and_installs_nothing(
     emulator: GenesysEmulator, make_manager: MakeManager
 ):
-    manager = make_manager()
+    manager = make_manager(timeout=(0.3, 0.3))
     emulator.inject(Fault(delay=3.0, passthrough=True))
     caller, got = in_background(manager.get_token)
     eventually(lambda: emulator.token_requests == 1)
@@ -101,12 +109,14 @@ def test_close_during_a_token_request_returns_at_once_and_installs_nothing(
     assert time.monotonic() - started < 0.5
     caller.join(2)
     assert isinstance(got[0], ManagerClosedError)
-    # The request's connection was cut: its thread ends now, not after the 3 s answer.
+    # The abandoned request ends by its own deadline (0.3 + 2 x 0.3 + 1 = 1.9 s after it
+    # began), not after the 3 s answer, and makes no other request.
     for thread in threading.enumerate():
         if thread.name.startswith("genesys-token-fetch"):
-            thread.join(1.0)
+            thread.join(2.5)
             assert not thread.is_alive(), "the abandoned token request still runs"
     assert manager.token is None
+    assert emulator.token_requests == 1
 
 
 # 6. A token that arrives past its usable-until -----------------------------------------
@@ -199,7 +209,7 @@ def test_a_scheduled_refresh_planned_on_stale_state_sends_no_request(
     fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 1)  # due
     manager.refresh(force=True)  # someone else refreshed in between
     before = emulator.token_requests
-    manager._scheduled_refresh()  # the job planned for the old token's refresh point
+    run_scheduled(manager)  # the job planned for the old token's refresh point
     assert emulator.token_requests == before
 
 
@@ -329,7 +339,19 @@ def test_a_flight_whose_thread_cannot_start_does_not_strand_later_callers(
     with pytest.raises(TokenRequestError, match="could not start"):
         manager.get_token(timeout=2)
     monkeypatch.setattr(threading.Thread, "start", real_start)
-    assert emulator.is_token_valid(manager.get_token(timeout=2))  # not waiting on a ghost
+    # Not waiting on a ghost: once the failure's short backoff (1 s at most) is over, the
+    # next caller starts a flight that works.
+    got: list[str] = []
+
+    def works() -> bool:
+        try:
+            got.append(manager.get_token(timeout=2))
+        except TokenRequestError:
+            return False
+        return True
+
+    assert poll(works, 2.0)
+    assert emulator.is_token_valid(got[0])
 
 
 def test_a_manager_handed_to_a_spawned_process_fails_with_a_clear_message(

@@ -3,6 +3,7 @@ running process (set_credentials, callables, mounted files)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import MakeManager
+from conftest import MakeManager, join_fetch_threads, poll
 
 from genesys_token import (
     ConfigurationError,
@@ -199,3 +200,63 @@ def test_a_region_mismatch_is_warned_about_once_at_construction(caplog: pytest.L
     warnings = [r.message for r in caplog.records if "region" in r.message]
     assert len(warnings) == 1
     assert "eu-west-1" in warnings[0] and "eu-central-1" in warnings[0]
+
+
+def test_re_applying_the_same_rejected_secret_keeps_the_cool_down(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # A caller that re-applies its (wrong) secret before each call: nothing changed, so the
+    # cool-down must hold (8 threads x 1.5 s made 954 requests in 3 s when it did not).
+    manager = make_manager(client_secret="wrong", max_retries=0)
+    stop = time.monotonic() + 1.5
+
+    def caller() -> None:
+        while time.monotonic() < stop:
+            manager.set_credentials("wrong")
+            with contextlib.suppress(InvalidClientError):
+                manager.get_token(timeout=1)
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert emulator.token_requests <= 5
+    manager.set_credentials(emulator.client_secret)  # another secret ends it at once
+    assert emulator.is_token_valid(manager.get_token())
+
+
+def test_a_secret_source_that_hangs_costs_one_thread_and_fails_typed_by_the_deadline(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # A vault client with no timeout, in an outage: the acquisition fails with a
+    # SecretSourceError by its deadline (2 x (0.1 + 0.2) + 0.1 + 0.2 + 1 = 1.9 s); a later
+    # acquisition waits for the same call instead of calling again; once the source answers,
+    # tokens come again and no thread is left.
+    release = threading.Event()
+    calls: list[float] = []
+
+    def vault() -> str:
+        calls.append(time.monotonic())
+        if len(calls) > 1:
+            release.wait(10)
+        return emulator.client_secret
+
+    manager = make_manager(
+        client_secret=vault, timeout=(0.1, 0.1), retry_deadline=0.1, background_refresh=False
+    )
+    manager.get_token()
+    started = time.monotonic()
+    with pytest.raises(SecretSourceError, match="did not answer"):
+        manager.refresh(force=True)  # the source's second call: it hangs
+    assert 1.7 < time.monotonic() - started < 2.6
+    with pytest.raises(SecretSourceError, match="source"):
+        manager.refresh(force=True)  # waits for the hanging call, does not call again
+    assert len(calls) == 2
+    fetchers = lambda: [  # noqa: E731
+        t for t in threading.enumerate() if t.name.startswith("genesys-token-fetch")
+    ]
+    assert poll(lambda: len(fetchers()) == 1, 1.0)  # the one still inside the source
+    release.set()
+    join_fetch_threads()
+    assert emulator.is_token_valid(manager.refresh(force=True).access_token)

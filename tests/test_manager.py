@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager, join_fetch_threads
+from conftest import FakeClock, MakeManager, join_fetch_threads, run_scheduled
 
 from genesys_token import (
+    ConfigurationError,
     InvalidClientError,
     ManagerClosedError,
     TokenManager,
@@ -256,7 +258,7 @@ def test_outage_past_the_refresh_point_keeps_the_old_token(
     assert current is not None
     emulator.inject(Fault.server_error(503), times=1000)
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
-    manager._scheduled_refresh()  # what the scheduler runs at the refresh point
+    run_scheduled(manager)  # what the scheduler runs at the refresh point
     _wait_for(cond, lambda: any(r["event_type"] == TOKEN_REFRESH_FAILURE for r in records))
     assert manager.get_token() == old
     failure = next(r for r in records if r["event_type"] == TOKEN_REFRESH_FAILURE)
@@ -264,12 +266,12 @@ def test_outage_past_the_refresh_point_keeps_the_old_token(
     # Still failing later on, still the old token, and the timer keeps trying.
     failures_before = emulator.token_requests
     fake_clock.advance((current.usable_until - fake_clock.monotonic) / 2)
-    manager._scheduled_refresh()
+    run_scheduled(manager)
     _wait_for(cond, lambda: emulator.token_requests > failures_before)
     assert manager.get_token() == old
     emulator.clear_faults()
     fake_clock.advance(1)
-    manager._scheduled_refresh()
+    run_scheduled(manager)
     _wait_for(cond, lambda: manager.get_token() != old)
     assert emulator.is_token_valid(manager.get_token())
 
@@ -489,3 +491,71 @@ def test_rotation_does_not_take_a_flight_that_started_before_it(
     forcing.join(5)
     assert rotated.fingerprint != results[0]
     assert emulator.token_requests == 3
+
+
+# -- caller bounds and close() ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, 10**400])
+def test_get_token_with_no_bound_of_its_own_on_a_cold_manager_returns_a_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, timeout: float
+) -> None:
+    manager = make_manager()
+    assert emulator.is_token_valid(manager.get_token(timeout=timeout))
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, "1", True])
+def test_get_token_with_a_bad_timeout_is_a_configuration_error(
+    make_manager: MakeManager, timeout: Any
+) -> None:
+    manager = make_manager()
+    with pytest.raises(ConfigurationError) as caught:
+        manager.get_token(timeout=timeout)
+    assert caught.value.field == "timeout"
+
+
+def test_a_flight_ending_while_close_runs_installs_nothing(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # The flight's answer is in hand and it is about to install when close() runs: close()
+    # must mark the manager and its single flight closed as one step, so the flight either
+    # installed before close() (then parked) or sees it closed; a closed manager never
+    # hands out a token from its hot path.
+    manager = make_manager()
+    answered, go_on, installed = threading.Event(), threading.Event(), threading.Event()
+    acquire, install = manager._flight._acquire, manager._flight._install
+
+    def held_acquire(*args: Any) -> Any:
+        cell = acquire(*args)
+        answered.set()
+        go_on.wait(5)
+        return cell
+
+    def watched_install(cell: Any) -> None:
+        install(cell)
+        installed.set()
+
+    manager._flight._acquire = held_acquire
+    manager._flight._install = watched_install
+    close_flight = manager._flight.close
+
+    def close_in_the_window() -> None:
+        go_on.set()  # the flight finishes now, between the parking and this close
+        installed.wait(0.5)
+        close_flight()
+
+    manager._flight.close = close_in_the_window  # type: ignore[method-assign]
+
+    def call() -> None:
+        with contextlib.suppress(ManagerClosedError):
+            manager.get_token(timeout=5)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    assert answered.wait(5)
+    manager.close()
+    join_fetch_threads()
+    caller.join(5)
+    with pytest.raises(ManagerClosedError):
+        manager.get_token()
+    assert manager.token is None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import run_scheduled
 
 from genesys_token import InvalidClientError, RateLimitedError, TokenManager, TokenRequestError
 from genesys_token.config import Credentials, Settings
@@ -428,14 +429,14 @@ def test_background_refresh_waits_at_least_retry_after(
     manager.get_token()
     fake_clock.advance(86399 - 330)  # past the refresh point, still usable
     emulator.inject(Fault.too_many_requests(7))
-    manager._scheduled_refresh()  # what a scheduler worker runs: fails, rate-limited
+    run_scheduled(manager)  # what a scheduler worker runs: fails, rate-limited
     assert emulator.token_requests == 2
     # Its own backoff would be 0.5 s here (first failure: 1 s ceiling x draw 0.5).
     fake_clock.advance(6.9)
-    manager._scheduled_refresh()
+    run_scheduled(manager)
     assert emulator.token_requests == 2  # still inside Retry-After: no request
     fake_clock.advance(0.2)
-    manager._scheduled_refresh()
+    run_scheduled(manager)
     assert emulator.token_requests == 3
 
 

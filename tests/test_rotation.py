@@ -22,6 +22,7 @@ from genesys_token import (
 from genesys_token.events import (
     TOKEN_DRAIN_COMPLETE,
     TOKEN_DRAIN_TIMEOUT,
+    TOKEN_REFRESH_SUCCESS,
     TOKEN_REVOKED,
     TOKEN_ROTATION_STARTED,
 )
@@ -566,3 +567,62 @@ def test_a_redirected_call_stays_counted_through_its_second_leg(
     assert emulator.revoked_tokens == {old}
     assert manager.in_flight_count == 0
     session.close()
+
+
+def test_rotation_retires_what_its_token_replaced_despite_a_forced_refresh_meanwhile(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # A forced refresh lands while the rotation's slow listener runs (the README allows slow
+    # listeners): the rotation must still revoke the token IT replaced and return its own,
+    # not revoke its own new token and leave the old one valid.
+    manager = make_manager()
+    old = manager.get_token()
+    forced: list[str] = []
+
+    def slow_listener(record: dict[str, Any]) -> None:
+        if record["data"]["reason"] == "rotation" and not forced:
+            thread, got = in_background(lambda: manager.refresh(force=True).access_token)
+            thread.join(5)
+            forced.append(got[0])
+
+    manager.on(TOKEN_REFRESH_SUCCESS, slow_listener)
+    mine = manager.rotate(drain_timeout=1, revoke_previous=True).access_token
+    assert forced and forced[0] not in (old, mine)
+    assert emulator.revoked_tokens == {old}
+    assert emulator.is_token_valid(mine)
+    assert manager.get_token() == forced[0]
+
+
+@pytest.mark.parametrize("drain_timeout", [float("inf"), 1e300, 10**400])
+def test_rotate_with_no_drain_bound_of_its_own_works(
+    make_manager: MakeManager, drain_timeout: float
+) -> None:
+    # A call in flight on another thread ends 0.2 s into the drain: the rotation waits for
+    # it with no bound of its own, then returns.
+    manager = make_manager()
+    old = manager.get_token()
+    holding, done = threading.Event(), threading.Event()
+
+    def call() -> None:
+        with manager.in_flight():
+            holding.set()
+            done.wait(5)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert holding.wait(2)
+    threading.Timer(0.2, done.set).start()
+    started = time.monotonic()
+    assert manager.rotate(drain_timeout=drain_timeout).access_token != old
+    assert 0.15 < time.monotonic() - started < 2
+    caller.join(2)
+
+
+def test_rotate_with_a_nan_drain_timeout_is_a_configuration_error(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    manager.get_token()
+    with pytest.raises(ConfigurationError) as caught:
+        manager.rotate(drain_timeout=float("nan"))
+    assert caught.value.field == "drain_timeout"

@@ -1,4 +1,4 @@
-"""The process-wide refresh scheduler: deadline order, bounded workers, hangs, raises, fork.
+"""The process-wide refresh scheduler: deadline order, dispatch only, hangs, raises, fork.
 
 The first tests drive a private :class:`Scheduler` with plain jobs; the later ones run real
 managers against the emulator on the process-wide one.
@@ -6,6 +6,7 @@ managers against the emulator on the process-wide one.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import threading
@@ -14,98 +15,85 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager, in_child, poll
+from conftest import MakeManager, in_child, join_fetch_threads, poll
 
 from genesys_token import TokenManager, TokenManagerPool
-from genesys_token._scheduler import Job, Scheduler, scheduler
+from genesys_token._scheduler import Job, Scheduler, elapsed, scheduler
 from genesys_token.events import TOKEN_REFRESH_SUCCESS
 from genesys_token.testing import Fault, GenesysEmulator
 
 
-def _blockers(sched: Scheduler, count: int) -> tuple[threading.Event, threading.Barrier]:
-    """Occupy ``count`` workers until the returned event is set."""
-    release = threading.Event()
-    started = threading.Barrier(count + 1, timeout=5)
-
-    def block() -> None:
-        started.wait()
-        release.wait(5)
-
-    for i in range(count):
-        sched.schedule(Job(block, f"block-{i}"), 0.0)
-    started.wait()
-    return release, started
-
-
 def test_due_jobs_run_earliest_deadline_first() -> None:
-    sched = Scheduler(max_workers=1)
-    release, _ = _blockers(sched, 1)
+    sched = Scheduler()
     order: list[float] = []
+    done = threading.Event()
     delays = [0.05, 0.01, 0.04, 0.02, 0.03]  # scheduled in this order, due in another
-    for delay in delays:
-        sched.schedule(Job(lambda d=delay: order.append(d), f"job-{delay}"), delay)
-    # All five are due while the only worker is busy: they wait in the ready queue.
-    try:
-        assert poll(lambda: len(sched._ready) == len(delays))
-    finally:
-        release.set()
-    assert poll(lambda: len(order) == len(delays))
+
+    def run(delay: float) -> None:
+        order.append(delay)
+        if len(order) == len(delays):
+            done.set()
+
+    with sched._lock:  # all five come due while the scheduler cannot look
+        for delay in delays:
+            job = Job(lambda d=delay: run(d), f"job-{delay}")
+            job.owner, job.ticket, job.deadline = sched, next(sched._tickets), elapsed() + delay
+            sched._live += 1
+            heapq.heappush(sched._heap, (job.deadline, job.ticket, job))
+        sched._ensure_thread()
+        time.sleep(0.1)
+    assert done.wait(2)
     assert order == sorted(delays)
 
 
-def test_a_full_worker_pool_queues_due_jobs_and_never_drops_one() -> None:
-    sched = Scheduler(max_workers=2)
-    release, _ = _blockers(sched, 2)
-    ran: list[int] = []
+def test_the_scheduler_only_dispatches_one_thread_runs_every_job() -> None:
+    sched = Scheduler()
+    ran: list[str] = []
+    done = threading.Event()
+
+    def run(i: int) -> None:
+        ran.append(threading.current_thread().name)
+        if len(ran) == 20:
+            done.set()
+
     for i in range(20):
-        sched.schedule(Job(lambda i=i: ran.append(i), f"job-{i}"), 0.0)
-    try:
-        assert poll(lambda: len(sched._ready) == 20)
-        assert sched._workers == 2  # however many jobs wait
-    finally:
-        release.set()
-    assert poll(lambda: len(ran) == 20)
-    assert sorted(ran) == list(range(20))
+        sched.schedule(Job(lambda i=i: run(i), f"job-{i}"), 0.0)
+    assert done.wait(2)
+    assert set(ran) == {"genesys-token-scheduler"}
+    assert poll(lambda: sched.threads == 0)
 
 
-def test_a_hanging_job_holds_one_worker_while_the_others_serve_the_rest_of_its_burst() -> None:
-    # The burst comes due while one idle worker exists: idle workers are counted until they
-    # wake, so the burst must still get workers of its own instead of queueing behind the
-    # one that hangs.
-    sched = Scheduler(max_workers=4)
-    release = threading.Event()
-    served = threading.Event()
-    quick: list[int] = []
+def test_a_scheduler_thread_that_cannot_start_is_started_by_the_next_schedule(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under a pids limit Thread.start raises: schedule() must not (its caller may be a flight
+    # settling under its lock), the job must wait in the heap, and the next schedule() must
+    # bring the thread back.
+    sched = Scheduler()
+    first, second = threading.Event(), threading.Event()
+    real_start = threading.Thread.start
 
-    def one_quick(i: int) -> Callable[[], None]:
-        def run() -> None:
-            quick.append(i)
-            if len(quick) == 5:
-                served.set()
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
 
-        return run
-
-    due = time.monotonic() + 0.3
-    sched.schedule(Job(lambda: release.wait(5), "hangs"), 0.3)  # earliest of the burst
-    for i in range(5):
-        sched.schedule(Job(one_quick(i), f"quick-{i}"), 0.3)
-    warmed = threading.Event()
-    sched.schedule(Job(warmed.set, "warm-up"), 0.0)
-    assert warmed.wait(2)
-    assert poll(lambda: sched._idle_workers == 1)
-    with sched._lock:  # the whole burst comes due while the scheduler cannot look
-        time.sleep(max(0.0, due + 0.02 - time.monotonic()))
-    try:
-        assert served.wait(2), "jobs due with a hanging one waited for it to end"
-        assert sched.threads <= 1 + 4
-    finally:
-        release.set()
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    later = Job(lambda: None, "later")
+    with caplog.at_level(logging.ERROR, logger="genesys_token._scheduler"):
+        sched.schedule(Job(first.set, "first"), 0.0)
+        sched.schedule(later, 3600.0)
+    assert sched.threads == 0 and sched.pending == 2
+    assert len([r for r in caplog.records if "cannot start" in r.getMessage()]) == 1
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    sched.schedule(Job(second.set, "second"), 0.0)
+    assert first.wait(2) and second.wait(2), "the jobs of the failed start never ran"
+    sched.cancel(later)
+    assert poll(lambda: sched.threads == 0)
 
 
 def test_a_job_that_raises_anything_is_logged_and_the_scheduler_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sched = Scheduler(max_workers=1)
+    sched = Scheduler()
     after = threading.Event()
 
     def raises(exc: BaseException) -> Callable[[], None]:
@@ -124,13 +112,13 @@ def test_a_job_that_raises_anything_is_logged_and_the_scheduler_goes_on(
 
 
 def test_rescheduling_replaces_the_deadline_and_the_threads_end_when_no_job_is_left() -> None:
-    sched = Scheduler(max_workers=2)
+    sched = Scheduler()
     runs: list[float] = []
     job = Job(lambda: runs.append(time.monotonic()), "job")
     sched.schedule(job, 3600.0)
     sched.schedule(job, 0.0)  # the 3600 s entry goes stale
     assert poll(lambda: len(runs) == 1)
-    # No live job: the scheduler thread ends at once, the worker after WORKER_IDLE.
+    # No live job: the scheduler thread ends at once.
     assert poll(lambda: sched.threads == 0, timeout=2.5)
     assert len(runs) == 1
 
@@ -172,21 +160,6 @@ def test_compaction_stops_counting_a_forgotten_job_so_the_scheduler_can_end() ->
     assert poll(lambda: sched.threads == 0, timeout=2.5)
 
 
-def test_an_idle_worker_outlives_a_wake_up_and_ends_after_worker_idle() -> None:
-    # A new earliest deadline wakes every waiter of the condition, idle workers included:
-    # one must go back to waiting out its idle time, not end (a thread made per refresh).
-    sched = Scheduler(max_workers=1)
-    first, later = threading.Event(), threading.Event()
-    sched.schedule(Job(first.set, "first"), 0.0)
-    assert first.wait(2)
-    assert poll(lambda: sched._idle_workers == 1)
-    sched.schedule(Job(later.set, "later"), 0.3)  # the new earliest deadline: notify_all
-    time.sleep(0.1)
-    assert sched._workers == 1
-    assert later.wait(2)
-    assert poll(lambda: sched.threads == 0, timeout=2.5)
-
-
 # -- real managers on the process-wide scheduler -----------------------------------------
 
 
@@ -205,7 +178,7 @@ def test_an_org_whose_token_endpoint_hangs_delays_no_refresh_of_the_others(
     with TokenManagerPool(
         token_url=emulator.token_url,
         api_base_url=emulator.api_base_url,
-        timeout=(1.0, 30.0),
+        timeout=(0.5, 1.0),
         max_retries=0,
     ) as pool:
         hanging = pool.get("org-hangs", "org-hangs-secret")
@@ -217,36 +190,10 @@ def test_an_org_whose_token_endpoint_hangs_delays_no_refresh_of_the_others(
         # From now on the org's token endpoint answers after 30 s (the test ends first).
         emulator.inject(Fault(delay=30, passthrough=True), times=None, client_id="org-hangs")
         # Each other org refreshes twice on its 2 s tokens (due at ~1.4 s and ~2.8 s),
-        # while the hanging refresh (due at ~1.4 s too) holds one worker.
+        # while the hanging refresh (due at ~1.4 s too) holds its own flight thread.
         assert poll(lambda: all(s.count("background") >= 2 for s in seen), 5.0), seen
-        totals = pool.metrics()["totals"]
-        assert emulator.token_requests - totals["token_requests"] == 1  # the one that hangs
         assert all(m.get_token() for m in managers)
-    assert hanging.closed  # close() cut its request: its worker is free again
-
-
-def test_close_of_a_manager_while_its_refresh_waits_for_a_worker(
-    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
-) -> None:
-    manager = make_manager(clock=fake_clock.clock())
-    manager.get_token()
-    fake_clock.advance(emulator.token_ttl - 100)  # past the refresh point, still usable
-    sched = scheduler()
-    release, _ = _blockers(sched, 4)  # every worker busy
-    try:
-        ran = threading.Event()
-        job = manager._refresher.job
-        assert job is not None
-        original = job.run
-        job.run = lambda: (original(), ran.set())  # type: ignore[func-returns-value]
-        sched.schedule(job, 0.0)
-        assert poll(lambda: any(entry[2] is job for entry in sched._ready))
-        before = emulator.token_requests
-        manager.close()
-    finally:
-        release.set()
-    assert ran.wait(2), "the queued refresh never ran"
-    assert emulator.token_requests == before  # it found its manager closed: no request
+    assert hanging.closed
 
 
 def test_close_of_a_manager_whose_refresh_is_planned_lets_the_scheduler_end(
@@ -303,3 +250,105 @@ def test_after_fork_the_childs_scheduler_starts_on_first_use(emulator: GenesysEm
         "same_token": True,
         "refreshed": True,
     }
+
+
+def test_hanging_login_hosts_and_secret_sources_starve_no_other_orgs_refresh(
+    emulator: GenesysEmulator,
+) -> None:
+    # 8 orgs whose token endpoint stops answering and 8 whose secret source hangs (a vault
+    # client with no timeout), next to 3 healthy orgs on 2 s tokens: every healthy refresh
+    # is the scheduler's, ahead of time, and no healthy get_token() waits for the network;
+    # still so once the hanging managers are closed.
+    release = threading.Event()
+    hang_sources = threading.Event()
+
+    def source(secret: str) -> Callable[[], str]:
+        def read() -> str:
+            if hang_sources.is_set():
+                release.wait(30)
+            return secret
+
+        return read
+
+    healthy_ids = [f"healthy-{i}" for i in range(3)]
+    login_ids = [f"login-hangs-{i}" for i in range(8)]
+    source_ids = [f"source-hangs-{i}" for i in range(8)]
+    for client in [*healthy_ids, *login_ids, *source_ids]:
+        emulator.add_client(client, f"{client}-secret", token_ttl=2)
+    options: dict[str, Any] = {
+        "token_url": emulator.token_url,
+        "api_base_url": emulator.api_base_url,
+        "timeout": (0.5, 1.0),
+        "max_retries": 1,
+    }
+    healthy = [TokenManager(c, f"{c}-secret", **options) for c in healthy_ids]
+    hanging = [TokenManager(c, f"{c}-secret", **options) for c in login_ids]
+    hanging += [TokenManager(c, source(f"{c}-secret"), **options) for c in source_ids]
+    seen = [_refreshes(m) for m in healthy]
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def call_healthy() -> None:
+        while not stop.is_set():
+            for manager in healthy:
+                started = time.monotonic()
+                manager.get_token()
+                waits.append(time.monotonic() - started)
+            stop.wait(0.01)
+
+    try:
+        for manager in [*healthy, *hanging]:
+            manager.get_token()
+        for client in login_ids:
+            emulator.inject(Fault(delay=30, passthrough=True), times=None, client_id=client)
+        hang_sources.set()
+        caller = threading.Thread(target=call_healthy)
+        caller.start()
+        # 2 s tokens refresh at ~1.4 s: two rounds each while all 16 hang.
+        assert poll(lambda: all(s.count("background") >= 2 for s in seen), 5.0), seen
+        for manager in hanging:
+            manager.close()
+        before = [s.count("background") for s in seen]
+        assert poll(
+            lambda: all(s.count("background") > n for s, n in zip(seen, before, strict=True)), 3.0
+        )
+        stop.set()
+        caller.join(5)
+        # After the first token (a caller's, cold), every refresh was the scheduler's.
+        assert all(reason == "background" for s in seen for reason in s[1:]), seen
+        # No caller fetched (that is the check above); none was held either (a generous
+        # bound: 40 threads on 2 cores see GIL hiccups of a tenth of a second).
+        assert max(waits) < 0.5, f"a healthy caller waited {max(waits):.3f}s"
+    finally:
+        stop.set()
+        release.set()
+        for manager in [*healthy, *hanging]:
+            manager.close()
+        join_fetch_threads(5.0)
+
+
+def test_background_refresh_resumes_after_threads_fail_to_start(
+    emulator: GenesysEmulator, make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under a pids limit Thread.start raises "can't start new thread". Four refresh attempts
+    # fail that way; the scheduler survives, counts stay true, and background refresh
+    # resumes once threads can start again (well within one 2 s token life).
+    emulator.token_ttl = 2
+    manager = make_manager()
+    seen = _refreshes(manager)
+    first = manager.get_token()
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith("genesys-token-fetch") and len(refused) < 4:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert poll(lambda: "background" in seen, 8.0), "background refresh never resumed"
+    assert len(refused) == 4
+    assert manager.get_token() != first
+    assert scheduler().threads == 1
+    assert manager.metrics()["errors"] >= 4

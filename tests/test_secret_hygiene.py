@@ -102,7 +102,9 @@ def _run_matrix(emulator: GenesysEmulator, manager: TokenManager) -> list[BaseEx
         except GenesysTokenError as exc:
             errors.append(exc)
         emulator.clear_faults()
-        manager.set_credentials(SECRET)  # ends a cool-down a rejection fault started
+        # Ends a cool-down a rejection fault started (the same secret again would keep it).
+        manager.set_credentials(WRONG_SECRET)
+        manager.set_credentials(SECRET)
     manager.set_credentials(WRONG_SECRET)
     with pytest.raises(GenesysTokenError) as caught:
         manager.refresh(force=True)
@@ -144,7 +146,9 @@ def test_no_credential_in_logs_errors_reprs_events_or_metrics(
             repr(events),
             repr(manager.metrics()),
         ]
-    assert len(errors) == 12  # the matrix really failed where it should
+    # The matrix really failed where it should: 11 hostile answers, the dripped echo (read
+    # whole within its deadline: not JSON) and the wrong secret at the end.
+    assert len(errors) == 13, "\n".join(repr(e)[:90] for e in errors)
     assert any(r.name.startswith("urllib3") for r in caplog.records)  # DEBUG was captured
     assert http.client.HTTPConnection.debuglevel == 0
     forbidden = {

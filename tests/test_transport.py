@@ -16,8 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import TricklingServer
 
 from genesys_token import InvalidTokenResponseError, TokenRequestError
+from genesys_token._http import HostLimiter
 from genesys_token.config import MAX_TOKEN_LIFETIME, Credentials, Settings
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.transport import (
@@ -264,18 +266,45 @@ def test_oversized_error_answer_is_still_judged_by_its_status(
 TOKEN_BODY = {"access_token": "tok-" + "d" * 60, "token_type": "bearer", "expires_in": 600}
 
 
-def test_slow_drip_body_is_cut_off_by_the_read_timeout(
+def test_slow_drip_body_is_let_go_at_the_attempts_total_deadline(
     emulator: GenesysEmulator, build: Build
 ) -> None:
-    # Every 16-byte piece comes well within the 0.3 s socket timeout; the whole body (seven
-    # pieces, 0.7 s) does not.
-    endpoint, credentials = build(timeout=(2.0, 0.3))
-    emulator.inject(Fault(status=200, body=TOKEN_BODY, drip=0.1))
+    # Every 16-byte piece comes well within the 0.3 s socket timeout; the whole body (about
+    # forty pieces, 4 s) does not come within the attempt's deadline: 0.2 + 2 x 0.3 + 1 = 1.8 s.
+    endpoint, credentials = build(timeout=(0.2, 0.3))
+    body = {**TOKEN_BODY, "access_token": "tok-" + "d" * 600}
+    emulator.inject(Fault(status=200, body=body, drip=0.1))
     started = time.monotonic()
-    with pytest.raises(TokenRequestError, match="too slowly") as caught:
+    with pytest.raises(TokenRequestError, match="stalled") as caught:
         endpoint.fetch(credentials)
-    assert time.monotonic() - started < 0.65
+    assert 1.7 < time.monotonic() - started < 2.3
     assert caught.value.retryable
+
+
+def test_headers_trickled_a_byte_every_half_second_end_at_the_deadline() -> None:
+    # The case: one byte every 0.5 s, each within the 1 s read timeout, forever. The
+    # caller gets a typed error at the attempt's deadline (0.5 + 2 x 1 + 1 = 3.5 s), and the
+    # connection is let go by then: the server sees its peer gone within the next second.
+    server = TricklingServer(gap=0.5)
+    try:
+        settings = Settings.build(
+            "cid",
+            "secret",
+            token_url=f"http://127.0.0.1:{server.port}/oauth/token",
+            api_base_url="http://127.0.0.1:1",
+            timeout=(0.5, 1.0),
+            max_retries=0,
+        )
+        endpoint = TokenEndpoint(settings)
+        started = time.monotonic()
+        with pytest.raises(TokenRequestError, match="timed out") as caught:
+            endpoint.fetch(settings.credentials)
+        took = time.monotonic() - started
+        assert 3.4 < took < 4.0, took
+        assert caught.value.retryable
+        assert server.peer_gone.wait(1.5), "the connection was kept past the deadline + 1 s"
+    finally:
+        server.stop()
 
 
 def test_drip_within_the_read_timeout_is_read_whole(
@@ -466,3 +495,36 @@ def test_unusable_proxy_setting_fails_fast_without_retries(
         endpoint.fetch(credentials)
     assert (caught.value.retryable, caught.value.attempts) == (False, 1)
     assert emulator.token_requests == 0
+
+
+def test_requests_hanging_on_a_host_hold_its_slots_only_for_their_lease() -> None:
+    # 8 requests that hang at a login host every org shares: a 9th org's request waits for
+    # the oldest to stop counting (SLOT_LEASE), not for the hang to end.
+    limiter = HostLimiter(limit=8, lease=0.3)
+    release = threading.Event()
+    holding = threading.Barrier(9, timeout=5)
+
+    def hang() -> None:
+        with limiter.slot("login.example", None, 5.0) as held:
+            assert held
+            holding.wait()
+            release.wait(5)
+
+    threads = [threading.Thread(target=hang) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    holding.wait()
+    try:
+        started = time.monotonic()
+        with limiter.slot("login.example", None, 5.0) as held:
+            waited = time.monotonic() - started
+        assert held
+        assert 0.1 < waited < 0.6, waited
+        # A burst still queues: 8 young requests hold the 9th back.
+        young = HostLimiter(limit=1, lease=5.0)
+        with young.slot("h", None, 1.0), young.slot("h", None, 0.2) as second:
+            assert not second  # waited its bound, then went ahead without a slot
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(5)

@@ -190,22 +190,24 @@ class _SaveCounter(MemoryStore):
         super().save(*args, **kwargs)
 
 
-def test_close_cuts_a_jwks_fetch_and_saves_nothing(
+def test_close_abandons_a_jwks_fetch_that_ends_by_its_deadline_and_saves_nothing(
     emulator: GenesysEmulator, make_manager: MakeManager
 ):
-    # The JWKS fetch of a token's validation ran outside the acquisition's cancel: close()
-    # released the callers, but the fetch went on and the token was saved after close().
+    # close() releases the callers at once; the JWKS fetch of the token's validation ends by
+    # its own deadline (0.3 + 2 x 0.3 + 1 = 1.9 s), and the token is never saved.
     emulator.token_format = "jwt"
     jwks = TricklingServer(gap=0.05)
     store = _SaveCounter()
     try:
-        manager = make_manager(jwks_url=f"http://127.0.0.1:{jwks.port}/jwks", store=store)
+        manager = make_manager(
+            jwks_url=f"http://127.0.0.1:{jwks.port}/jwks", store=store, timeout=(0.3, 0.3)
+        )
         caller, got = in_background(manager.get_token)
         assert jwks.accepted.wait(5)
         manager.close()
         caller.join(5)
         assert isinstance(got[0], ManagerClosedError)
-        join_fetch_threads(timeout=2.0)  # cut at once: not at the watchdog's 24 s
+        join_fetch_threads(timeout=3.0)  # by its deadline, not the 24 s of default timeouts
         assert not [t for t in threading.enumerate() if t.name.startswith("genesys-token-fetch")]
         assert store.saves == 0
     finally:

@@ -546,7 +546,7 @@ def test_an_answer_read_whole_before_close_cuts_counts_as_delivered(receiver: Re
     assert answered.wait(5)
     closing = threading.Thread(target=sender.close)
     closing.start()
-    eventually(lambda: sender._cancel.cancelled)
+    eventually(lambda: sender._cut.is_set())
     cut.set()
     closing.join(5)
     assert (sender.delivered, sender.failed, sender.dropped) == (1, 0, 0)

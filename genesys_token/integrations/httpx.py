@@ -81,9 +81,9 @@ class GenesysHTTPXAuth(httpx.Auth):
     (cancelled, or timed out by ``asyncio.wait_for``) leave no work behind: once none awaits
     that call, its worker thread stops waiting within a tenth of a second, so
     ``asyncio.run()`` is not held at exit (the token request itself goes on in the manager,
-    for later callers). The wait for a 401's replacement is the exception: it ends with the
-    replacement (``replace_rejected`` takes no timeout). The async flow needs an asyncio
-    event loop when it has to wait for a token (trio is not supported there).
+    for later callers); the same holds for the wait for a 401's replacement. The async flow
+    needs an asyncio event loop when it has to wait for a token (trio is not supported
+    there).
 
     Args:
         manager: The token manager.
@@ -148,11 +148,11 @@ class GenesysHTTPXAuth(httpx.Auth):
             return
         rejected = use.token
         try:
-            # replace_rejected() takes no timeout: this wait cannot be cut in slices, and a
-            # worker thread left by callers that gave up waits for the replacement's end
-            # (which the manager bounds, but not by these callers' bound).
             await self._shared.run(
-                ("replace", rejected), lambda _stop: self._manager.replace_rejected(rejected)
+                ("replace", rejected),
+                lambda stop: _in_slices(
+                    lambda t: self._manager.replace_rejected(rejected, timeout=t), stop
+                ),
             )
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import threading
 import time
@@ -14,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from .._lifecycle import on_fork_in_child
 from ..errors import StoreError
 from ..token import Token
 from ._seal import Sealer
@@ -243,9 +243,4 @@ def _after_fork_in_child() -> None:
             store._after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
+on_fork_in_child(_after_fork_in_child, before=_before_fork, in_parent=_after_fork_in_parent)
