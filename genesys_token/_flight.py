@@ -239,6 +239,11 @@ class SingleFlight:
         """Whether an acquisition is in progress."""
         return self._flight is not None
 
+    @property
+    def current(self) -> Flight | None:
+        """The acquisition in progress, if any."""
+        return self._flight
+
     def obtain(self, want: Want, *, deadline: float, reason: str, reported: bool = False) -> Cell:
         """Return a cell that satisfies ``want``, acquiring one if needed.
 
@@ -264,7 +269,15 @@ class SingleFlight:
                 flight = self._flight
                 if flight is None:
                     flight = self._begin(want, cell, reason)
-                    self._spawn(flight, cell)
+                    try:
+                        self._spawn(flight, cell)
+                    except GenesysTokenError:
+                        self._cond.release()  # reported like any failed flight, no lock held
+                        try:
+                            self._report(flight, None, flight.error)
+                        finally:
+                            self._cond.acquire()
+                        raise
                 self._wait(flight, deadline)
                 if reported and flight.done:
                     self._cond.release()
@@ -281,10 +294,28 @@ class SingleFlight:
                 cell = self._cell()
                 if want.satisfied(cell, now):
                     return cell  # type: ignore[return-value]
-                if flight.error is not None and want.accepts(flight):
-                    raise _copy(flight.error)
-                # The flight could not answer this want (begun before it, or it installed
-                # a token this want excludes): go round, joining or starting the next one.
+                if want.accepts(flight):
+                    # The flight this caller relied on ended: never another one for it (an
+                    # endpoint that re-issues the rejected token, or tokens that arrive
+                    # already due, must not turn one call into a stream of requests).
+                    if flight.error is not None:
+                        raise _copy(flight.error)
+                    got = flight.cell
+                    if (
+                        isinstance(want, Replacing)
+                        and got is not None
+                        and got.access_token == want.rejected
+                    ):
+                        raise TokenRequestError(
+                            "the token endpoint answered with the token the API rejected"
+                        )
+                    if got is not None and got.usable(now):
+                        return got
+                    if cell is not None and cell.usable(now) and not isinstance(want, Replacing):
+                        return cell
+                    raise TokenRequestError("the token acquisition brought no usable token")
+                # The flight could not answer this want (begun before it, with older
+                # credentials): go round, joining or starting the next one.
 
     def start(self, want: Want, reason: str) -> Flight | None:
         """Start a flight for ``want`` unless one runs or it is satisfied; never waits for

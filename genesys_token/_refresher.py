@@ -263,7 +263,9 @@ class Refresher:
         if cell.fresh(now):
             self.arm(cell.refresh_at - now)  # planned on stale state: refreshed meanwhile
             return
+        # Started now, or one already running (a caller's): look again at its deadline.
         flight = self._flight.start(NotDue(self._credentials()), "background")
+        flight = flight or self._flight.current
         if flight is not None:
             # Look again at its deadline: a flight still running then is abandoned, and the
             # backoff plans the next one. Ended already: its settle() has armed what comes next.

@@ -335,10 +335,15 @@ def test_a_flight_whose_thread_cannot_start_does_not_strand_later_callers(
             raise RuntimeError("can't start new thread")
         real_start(self)
 
+    failures: list[dict[str, object]] = []
+    manager.on("TOKEN_REFRESH_FAILURE", failures.append)
     monkeypatch.setattr(threading.Thread, "start", refuse)
     with pytest.raises(TokenRequestError, match="could not start"):
         manager.get_token(timeout=2)
     monkeypatch.setattr(threading.Thread, "start", real_start)
+    # Reported like any failed acquisition: a failure nobody sees is one nobody fixes.
+    assert manager.metrics()["errors"] == 1
+    assert len(failures) == 1
     # Not waiting on a ghost: once the failure's short backoff (1 s at most) is over, the
     # next caller starts a flight that works.
     got: list[str] = []

@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -21,8 +22,9 @@ from genesys_token import (
     SecretFile,
     SecretSourceError,
     TokenManager,
+    TokenRequestError,
 )
-from genesys_token.testing import GenesysEmulator
+from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"
 
@@ -260,3 +262,45 @@ def test_a_secret_source_that_hangs_costs_one_thread_and_fails_typed_by_the_dead
     release.set()
     join_fetch_threads()
     assert emulator.is_token_valid(manager.refresh(force=True).access_token)
+
+
+def test_an_endpoint_that_re_issues_the_rejected_token_costs_one_request_per_401(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # A login host (or proxy cache) that answers every request with the same token: the 401
+    # replacement relied on one flight and must not start another for the same caller (it
+    # looped until the caller's deadline, and with timeout=inf for good).
+    body = {"access_token": "FIXED-TOKEN-abcdefghijklmnop", "token_type": "bearer"}
+    emulator.inject(Fault.json({**body, "expires_in": 3600}), times=None)
+    manager = make_manager(background_refresh=False)
+    rejected = manager.get_token()
+    for timeout in (3.0, float("inf")):
+        started = time.monotonic()
+        with pytest.raises(TokenRequestError, match="the token the API rejected"):
+            manager.replace_rejected(rejected, timeout=timeout)
+        assert time.monotonic() - started < 1.0
+    assert emulator.token_requests <= 3  # the first, then one per replacement asked for
+
+
+def test_a_token_that_arrives_already_due_is_taken_not_fetched_again(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any
+) -> None:
+    # background_refresh=False: a call that finds the token due refreshes inline. A slow
+    # endpoint makes the new token arrive due (still usable): the caller takes it; starting
+    # another flight for it turned one get_token() into a request per round trip.
+    manager = make_manager(background_refresh=False, clock=fake_clock.clock())
+    first = manager.get_token()
+    cell = manager._cell
+    assert cell is not None
+    halfway = (cell.refresh_at + cell.usable_until) / 2 - fake_clock.monotonic  # due, usable
+    fake_clock.advance(halfway)
+    emulator.inject(Fault(passthrough=True, delay=0.3), times=None)
+    got: list[str] = []
+    caller = threading.Thread(target=lambda: got.append(manager.get_token(timeout=10)))
+    caller.start()
+    assert poll(lambda: emulator.token_requests == 2, 2.0)
+    fake_clock.advance(halfway)  # while it is on the wire: it arrives as due as the first
+    caller.join(5)
+    assert not caller.is_alive()
+    assert got and got[0] != first and emulator.is_token_valid(got[0])
+    assert emulator.token_requests == 2

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import MakeManager, in_child, join_fetch_threads, poll
 
-from genesys_token import TokenManager, TokenManagerPool
+from genesys_token import TokenManager, TokenManagerPool, TokenTimeoutError
 from genesys_token._scheduler import Job, Scheduler, elapsed, scheduler
 from genesys_token.events import TOKEN_REFRESH_SUCCESS
 from genesys_token.testing import Fault, GenesysEmulator
@@ -352,3 +352,40 @@ def test_background_refresh_resumes_after_threads_fail_to_start(
     assert manager.get_token() != first
     assert scheduler().threads == 1
     assert manager.metrics()["errors"] >= 4
+
+
+def test_a_refresh_point_that_finds_a_callers_flight_running_looks_again_at_its_deadline(
+    make_manager: MakeManager, emulator: GenesysEmulator, fake_clock: Any
+) -> None:
+    # A caller's flight hangs (a vault call with no timeout) and its caller gave up: nobody
+    # waits on it, so nobody would abandon it. The refresh point that finds it running must
+    # come back at its deadline, or background refresh stops until some caller comes.
+    from genesys_token._refresher import SCHEDULER_SLACK
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def vault() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            release.wait(10)
+        return emulator.client_secret
+
+    manager = make_manager(
+        client_secret=vault, clock=fake_clock.clock(), timeout=(0.1, 0.1), retry_deadline=0.1
+    )
+    try:
+        first = manager.get_token()
+        with pytest.raises(TokenTimeoutError):
+            manager.replace_rejected(first, timeout=0.1)  # its flight hangs in the source
+        flight = manager._flight.current
+        assert flight is not None and not flight.done
+        cell = manager._cell
+        fake_clock.advance((cell.refresh_at + cell.usable_until) / 2 - fake_clock.monotonic)
+        manager._scheduled_refresh()  # due now; the caller's flight still runs
+        job = manager._refresher.job
+        expected = flight.deadline - time.monotonic() + SCHEDULER_SLACK
+        assert job.ticket is not None
+        assert abs((job.deadline - elapsed()) - expected) < 0.25
+    finally:
+        release.set()
