@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import queue
+import sys
 import threading
+import time
 import weakref
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.cookies import extract_cookies_to_jar
@@ -28,86 +32,197 @@ _POS_ATTR = "_genesys_token_body_pos"
 _REPLAYED_ATTR = "_genesys_token_replayed"
 _BEARER = "Bearer "
 
-#: How long the reaper thread waits for work before it checks whether it may end; it stays
-#: while any counted request could still be collected, and costs nothing while it waits.
+#: How long the reaper thread stays with nothing to watch before it ends; it costs nothing
+#: while it waits.
 REAPER_IDLE_SECONDS = 1.0
+#: How often the reaper looks whether the calls it watches still run (see :class:`_Reaper`).
+CALL_CHECK_SECONDS = 0.25
+#: How far up the stack ``__call__`` looks for the ``requests`` call that prepares it (auth
+#: wrappers and ``Session`` subclasses add a frame or two to the usual four).
+_CALL_SEARCH_DEPTH = 12
+
+
+def _code_ids(*functions: object) -> frozenset[int]:
+    """The ids of the code objects of ``functions`` and of what they wrap (an instrumented
+    ``Session.send`` still runs the original inside its wrapper)."""
+    ids = set()
+    for function in functions:
+        seen: object | None = function
+        for _ in range(8):
+            if seen is None:
+                break
+            code = getattr(seen, "__code__", None)
+            if isinstance(code, CodeType):
+                _KEPT_CODES.append(code)  # kept alive: an id is only unique while it lives
+                ids.add(id(code))
+            seen = getattr(seen, "__wrapped__", None)
+    return frozenset(ids)
+
+
+_KEPT_CODES: list[CodeType] = []
+#: The frames that send what they prepare: ``Session.request`` (or a ``Session.send`` that
+#: prepares a request inside, from a hook).
+_CALL_CODES = _code_ids(requests.Session.request, requests.Session.send)
+#: ``Session.send``, which dispatches the response hooks.
+_SEND_CODES = _code_ids(requests.Session.send)
+#: The original ``Session.send``: ``allow_redirects`` is one of its locals.
+_SEND_CODE: CodeType | None = getattr(inspect.unwrap(requests.Session.send), "__code__", None)
+#: The loop that follows redirects (each leg goes out through its own ``send``).
+_FOLLOW_CODES = _code_ids(requests.Session.resolve_redirects)
+_UNKNOWN = object()
+#: Whether this Python shows frames (CPython and PyPy do); without them calls are watched
+#: as requests prepared apart are.
+_HAS_FRAMES = hasattr(sys, "_getframe") and hasattr(sys, "_current_frames")
 
 
 class _Watch:
-    """The counted use of one prepared request and the finalizer that ends it if dropped."""
+    """The counted use of one call, and what ends it if no final response does: the call's
+    frame leaving its thread's stack, or the prepared request being collected."""
 
-    __slots__ = ("finalizer", "pid", "reaper", "use")
+    __slots__ = ("finalizer", "frame", "reaper", "use")
 
-    def __init__(self, use: InFlight, finalizer: _Finalizer, reaper: _Reaper) -> None:
+    def __init__(self, use: InFlight, reaper: _Reaper) -> None:
         self.use = use
-        self.finalizer = finalizer
         self.reaper = reaper
-        self.pid = os.getpid()
+        self.finalizer: _Finalizer | None = None
+        #: The ``requests`` frame the call runs in, while the reaper watches it.
+        self.frame: FrameType | None = None
 
     def end(self) -> None:
-        """End the use (idempotent); a no-op in a forked child, whose manager reset its count."""
-        if self.pid != os.getpid():
+        """End the use (idempotent); a no-op in a forked child, whose manager reset its
+        count (the child has a new reaper)."""
+        if self.reaper is not _reaper:
             return
         self.use.end()
-        self.reaper.unwatch(self.finalizer)
+        self.reaper.unwatch(self)
 
 
 class _Reaper:
-    """Ends the uses of prepared requests that were garbage-collected without a response.
+    """Ends the uses of calls that ended without a response that ended them.
 
-    A request that raised lives in a reference cycle (exception, traceback, frames), so the
-    cyclic collector frees it, at any allocation of any thread, including one made while that
-    thread holds the manager's lock. Ending the use right there would take the lock again and
-    deadlock. So the finalizer only puts the use on a ``SimpleQueue`` (documented as safe to
-    call from weakref callbacks) and this thread ends it, outside the collector.
+    ``requests`` calls no hook when a call raises. A call prepared inside
+    ``Session.request`` (what ``session.get(...)`` does) is watched by its frame: every
+    :data:`CALL_CHECK_SECONDS` this thread looks (``sys._current_frames()``) whether that
+    frame is still on its thread's stack, and once it is not, the call is over: its use
+    ends, whatever still holds the exception (a kept future, a log record). The frame is
+    let go then, so it outlives its call by one check at most.
+
+    A request prepared apart and sent later (``session.send(prepared)``) cannot be tied to
+    a frame when it is prepared: its use ends when the prepared request is collected, or
+    at the thread's next call. A request that raised lives in a reference cycle
+    (exception, traceback, frames), so the cyclic collector frees it, at any allocation of
+    any thread, including one made while that thread holds the manager's lock. Ending the
+    use right there would take the lock again and deadlock. So the finalizer only puts the
+    use on a ``SimpleQueue`` (documented as safe to call from weakref callbacks) and this
+    thread ends it, outside the collector.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
         self._watched = 0
+        self._calls: set[_Watch] = set()
         self._thread: threading.Thread | None = None
 
-    def watch(self, request: requests.PreparedRequest, use: InFlight) -> _Finalizer:
-        """End ``use`` once ``request`` is collected (unless :meth:`unwatch` comes first)."""
-        with self._lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="genesys-token-reaper")
-                thread.daemon = True
-                thread.start()
-                self._thread = thread
-            self._watched += 1
-        finalizer = weakref.finalize(request, self._queue.put, use)
-        finalizer.atexit = False
-        return finalizer
+    def _start(self) -> None:
+        # Under self._lock.
+        if self._thread is None:
+            thread = threading.Thread(target=self._run, name="genesys-token-reaper")
+            thread.daemon = True
+            thread.start()
+            self._thread = thread
 
-    def unwatch(self, finalizer: _Finalizer) -> None:
-        """The use ended normally: the finalizer is not needed any more."""
-        if finalizer.detach() is not None:
+    def watch(self, request: requests.PreparedRequest, watch: _Watch) -> None:
+        """End ``watch`` once ``request`` is collected (unless :meth:`unwatch` comes first)."""
+        with self._lock:
+            self._start()
+            self._watched += 1
+        finalizer = weakref.finalize(request, self._queue.put, watch.use)
+        finalizer.atexit = False
+        watch.finalizer = finalizer
+
+    def watch_call(self, watch: _Watch, frame: FrameType) -> None:
+        """End ``watch`` once ``frame`` is off the stack of the thread that began its use."""
+        with self._lock:
+            self._start()
+            watch.frame = frame
+            self._calls.add(watch)
+
+    def unwatch(self, watch: _Watch) -> None:
+        """The use ended: neither its finalizer nor its frame is needed any more."""
+        finalizer = watch.finalizer
+        if finalizer is not None and finalizer.detach() is not None:
             with self._lock:
                 self._watched -= 1
+        if watch.frame is not None:
+            with self._lock:
+                watch.frame = None
+                self._calls.discard(watch)
 
     @property
     def watched(self) -> int:
-        """Finalizers alive or fired but not yet handled."""
-        return self._watched
+        """Finalizers alive or fired but not yet handled, and calls watched by their frame."""
+        return self._watched + len(self._calls)
+
+    def forget(self) -> None:
+        """Let go of the frames (a forked child's copy of them: their threads are gone).
+        Without the lock: a thread that no longer exists may have held it at the fork."""
+        for watch in list(self._calls):
+            watch.frame = None
+        self._calls.clear()
 
     def _run(self) -> None:
+        next_check = time.monotonic() + CALL_CHECK_SECONDS
+        idle_since: float | None = None
         while True:
             try:
-                use = self._queue.get(timeout=REAPER_IDLE_SECONDS)
+                use: InFlight | None = self._queue.get(
+                    timeout=max(0.0, next_check - time.monotonic())
+                )
             except queue.Empty:
+                use = None
+            if use is not None:
+                try:
+                    use.end()
+                except Exception:  # the reaper must survive anything
+                    log.exception("could not end the use of a collected request")
                 with self._lock:
-                    if self._watched == 0:
-                        self._thread = None
-                        return
+                    self._watched -= 1
+            now = time.monotonic()
+            if now < next_check:
                 continue
-            try:
-                use.end()
-            except Exception:  # the reaper must survive anything
-                log.exception("could not end the use of a collected request")
+            next_check = now + CALL_CHECK_SECONDS
+            if self._calls:
+                self._end_finished_calls()
             with self._lock:
-                self._watched -= 1
+                if self._watched or self._calls:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif now - idle_since >= REAPER_IDLE_SECONDS:
+                    self._thread = None
+                    return
+
+    def _end_finished_calls(self) -> None:
+        for watch in self._finished_calls():
+            try:
+                watch.end()
+            except Exception:  # the reaper must survive anything
+                log.exception("could not end the use of a finished call")
+
+    def _finished_calls(self) -> list[_Watch]:
+        # The frames (and the snapshot of every thread's stack) are let go on return.
+        with self._lock:
+            calls = [(watch, watch.frame, watch.use.owner) for watch in self._calls]
+        stacks = sys._current_frames()
+        finished = []
+        for watch, frame, owner in calls:
+            top = stacks.get(owner)
+            while top is not None and top is not frame:
+                top = top.f_back
+            if top is None:  # not on its thread's stack (or the thread is gone)
+                finished.append(watch)
+        return finished
 
 
 _reaper = _Reaper()
@@ -116,11 +231,86 @@ _reaper = _Reaper()
 def _new_reaper_in_child() -> None:
     """A forked child has no reaper thread and a manager that forgot the parent's uses."""
     global _reaper
+    _reaper.forget()
     _reaper = _Reaper()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_reaper_in_child)
+
+
+def _in_greenlet() -> bool:
+    """Whether this runs in a greenlet other than its thread's main one (gevent, eventlet):
+    its frames leave the thread's stack whenever it switches out, so they tell nothing."""
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return False
+    try:
+        return greenlet.getcurrent().parent is not None
+    except Exception:  # noqa: BLE001 - an odd greenlet: do not rely on frames
+        return True
+
+
+def _find_frame(frame: FrameType | None, code_ids: frozenset[int], depth: int) -> FrameType | None:
+    """The first of ``depth`` frames from ``frame`` outwards that runs one of ``code_ids``."""
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if id(frame.f_code) in code_ids:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _calling_frame() -> FrameType | None:
+    """The frame of the ``requests`` call that prepares (and then sends) the request in the
+    caller's caller, if close above it; None when it is prepared to be sent later, apart."""
+    if not _HAS_FRAMES or _in_greenlet():
+        return None
+    return _find_frame(sys._getframe(2), _CALL_CODES, _CALL_SEARCH_DEPTH)
+
+
+def _after_redirect(watch: _Watch, response: requests.Response) -> None:
+    """A leg answered with a redirect: end the use unless ``requests`` follows it with the
+    token (``allow_redirects=False`` does not follow; a leg to another origin goes without
+    the token). Called by the response hook, in the ``Session.send`` that got the answer."""
+    if not _HAS_FRAMES or watch.reaper is not _reaper:
+        return
+    send = _find_frame(sys._getframe(2), _SEND_CODES, 4)
+    if send is None:
+        return  # not from a Session.send we know: counted to the final answer, as before
+    follows: object = _UNKNOWN
+    session: object = None
+    if send.f_code is _SEND_CODE:
+        local = send.f_locals
+        follows = local.get("allow_redirects", _UNKNOWN)
+        session = local.get("self")
+        if follows is not _UNKNOWN and _find_frame(send.f_back, _FOLLOW_CODES, 3) is not None:
+            follows = True  # a leg sent by the redirect loop: the loop follows the next one
+    if follows is not _UNKNOWN and not follows:
+        watch.end()
+        return
+    if follows is not _UNKNOWN and _strips_token(session, response):
+        watch.end()
+        return
+    if watch.frame is None and not _in_greenlet():
+        # A request prepared apart: from here on its redirect legs run inside this send.
+        watch.reaper.watch_call(watch, send)
+
+
+def _strips_token(session: object, response: requests.Response) -> bool:
+    """Whether ``session`` drops the Authorization header on the redirect ``response`` asks
+    for (its own rule: another host, port or scheme)."""
+    if not isinstance(session, requests.Session):
+        return False
+    try:
+        target = session.get_redirect_target(response)
+        if not target:
+            return False
+        new_url = urljoin(response.url, target)
+        return bool(session.should_strip_auth(response.request.url, new_url))  # type: ignore[no-untyped-call]
+    except Exception:  # noqa: BLE001 - keep counting: the conservative answer
+        return False
 
 
 class GenesysAuth(requests.auth.AuthBase):
@@ -132,13 +322,19 @@ class GenesysAuth(requests.auth.AuthBase):
         session.auth = GenesysAuth(manager)
         session.get(f"{manager.api_base_url}/api/v2/organizations/me", timeout=10)
 
-    Each call is counted in flight from the moment it gets its token until its final
-    response arrives (same-origin redirect legs included), so :meth:`TokenManager.rotate`
-    can wait for it before revoking the old token. A call that raises (connection
-    refused, timeout, TLS error) gets no response hook from ``requests``; its count ends when
-    the prepared request is garbage-collected or when the same thread makes its next call
-    through this auth, whichever comes first (``requests`` is synchronous: a thread's next
-    call means its last one ended).
+    Each call is counted in flight from the moment it gets its token until the token is off
+    the wire, so :meth:`TokenManager.rotate` can wait for it before revoking the old token:
+    until its final response, or a redirect it does not follow (``allow_redirects=False``,
+    or a redirect to another origin, where ``requests`` drops the token); a same-origin
+    redirect leg stays counted. A call that raises (connection refused, timeout, TLS error)
+    gets no response hook from ``requests``: a call made through ``Session.request``
+    (``session.get(...)`` and the like) stops counting within :data:`CALL_CHECK_SECONDS`
+    of its raise, whatever keeps its exception (a kept future, say). A request prepared
+    apart and then given to ``session.send`` (and, in a greenlet, every call: gevent,
+    eventlet) that raises before any response stops counting when the prepared request is
+    garbage-collected or the same thread makes its next call through this auth, whichever
+    comes first (``requests`` is synchronous: a thread's next call means its last one
+    ended).
 
     On a 401 the token is replaced once (shared with every other thread that saw the same
     token rejected) and the request replayed once, as ``HTTPDigestAuth`` does; a body that
@@ -160,7 +356,12 @@ class GenesysAuth(requests.auth.AuthBase):
         self._end_previous_uses()
         use = self._manager.begin_use()
         try:
-            watch = _Watch(use, _reaper.watch(r, use), _reaper)
+            watch = _Watch(use, _reaper)
+            call = _calling_frame()
+            if call is None:
+                _reaper.watch(r, watch)
+            else:
+                _reaper.watch_call(watch, call)
         except BaseException:
             use.end()  # no thread for the reaper: do not leave the use counted
             raise
@@ -195,10 +396,11 @@ class GenesysAuth(requests.auth.AuthBase):
         **kwargs: Any,
     ) -> requests.Response:
         request = response.request
-        if watch is not None and not response.is_redirect:
-            # Counted until the FINAL response: a redirect leg still carries the token. (With
-            # allow_redirects=False the count ends at the thread's next call or at GC.)
-            watch.end()
+        if watch is not None:
+            if not response.is_redirect:
+                watch.end()
+            else:  # ended unless requests follows it with the token
+                _after_redirect(watch, response)
         if response.status_code != 401 or not self._replay_401:
             return response
         sent = request.headers.get("Authorization", "")

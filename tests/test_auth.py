@@ -12,19 +12,25 @@ import os
 import socket
 import ssl
 import threading
+import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
 import trustme
-from conftest import MakeManager, poll, read_child
+from conftest import MakeManager, in_background, in_child, poll, read_child
 
 from genesys_token import GenesysAuth, TokenManager
 from genesys_token import auth as auth_module
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"
+SLOW_PATH = "/api/v2/echo/slow"
 ECHO_PATH = "/api/v2/echo"
 MakeSession = Callable[[TokenManager], requests.Session]
 
@@ -58,6 +64,17 @@ def closed_port() -> int:
 
 def _api_calls(emulator: GenesysEmulator) -> list[tuple[str, int]]:
     return [(r.path, r.status) for r in emulator.api_request_log]
+
+
+def _redirect(emulator: GenesysEmulator, to: str, status: int = 302) -> str:
+    """The emulator's URL that answers ``status`` with ``Location: to``."""
+    return f"{emulator.api_base_url}/redirect?{urlencode({'to': to, 'status': status})}"
+
+
+def _send_prepared(session: requests.Session, url: str, **options: Any) -> requests.Response:
+    """A request prepared apart, then sent: no ``requests`` frame runs the whole call when it
+    gets its token, so its count ends by the response, the collector or the next call."""
+    return session.send(session.prepare_request(requests.Request("GET", url)), **options)
 
 
 # -- the header and the count ------------------------------------------------------------
@@ -96,7 +113,7 @@ def test_count_ends_when_a_refused_request_is_collected(
     manager = make_manager()
     session = make_session(manager)
     with pytest.raises(requests.ConnectionError) as excinfo:
-        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+        _send_prepared(session, f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
     # The exception (kept by excinfo) holds the request: the call is still counted ...
     assert manager.in_flight_count == 1
     del excinfo
@@ -106,9 +123,10 @@ def test_count_ends_when_a_refused_request_is_collected(
 
 
 def _refused_call_kept(session: requests.Session, closed_port: int) -> list[BaseException]:
-    """Make a call that is refused, and keep its exception (and so its request) alive."""
+    """Make a call, prepared apart, that is refused, and keep its exception (and so its
+    request) alive: nothing but the thread's next call can end its count."""
     with pytest.raises(requests.ConnectionError) as caught:
-        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+        _send_prepared(session, f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
     return [caught.value]
 
 
@@ -155,6 +173,81 @@ def test_count_ends_after_a_tls_error(make_manager: MakeManager, make_session: M
         assert _count_back_to_zero(manager)
 
 
+def test_count_ends_soon_after_a_refused_call_whose_exception_is_kept(
+    make_manager: MakeManager, make_session: MakeSession, closed_port: int
+):
+    manager = make_manager()
+    session = make_session(manager)
+    with pytest.raises(requests.ConnectionError) as excinfo:
+        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+    # The exception holds the request, and no other call follows on this thread: only the
+    # call's frame, gone from the stack, tells that it ended.
+    assert poll(lambda: manager.in_flight_count == 0, 1.0)
+    assert excinfo.value.request is not None
+
+
+def test_a_raised_call_holds_its_frames_no_longer_than_one_check(
+    make_manager: MakeManager, make_session: MakeSession, closed_port: int
+):
+    manager = make_manager()
+    session = make_session(manager)
+    with pytest.raises(requests.ConnectionError) as excinfo:
+        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+    request = weakref.ref(excinfo.value.request)
+    del excinfo
+
+    def collected() -> bool:
+        gc.collect()
+        return request() is None
+
+    # The reaper lets go of the call's frame once it sees the call over: then the request
+    # (a local of that frame) is garbage like the rest.
+    assert poll(collected, 1.0)
+    assert manager.in_flight_count == 0
+
+
+def _calls_timed_out_in_kept_futures(
+    emulator: GenesysEmulator, manager: TokenManager, make_session: MakeSession, pool: Executor
+) -> list[Future[requests.Response]]:
+    """Four calls from pool threads that end in ReadTimeout; their futures (so their
+    exceptions, tracebacks, frames and prepared requests) are returned, kept alive."""
+    emulator.inject(Fault(delay=3.0, passthrough=True), times=4, path=ORG_PATH)
+    sessions = [make_session(manager) for _ in range(4)]
+    futures = [
+        pool.submit(s.get, emulator.api_base_url + ORG_PATH, timeout=(3, 0.2)) for s in sessions
+    ]
+    done, _ = wait(futures, timeout=10)
+    assert len(done) == 4
+    assert all(isinstance(f.exception(), requests.ReadTimeout) for f in futures)
+    return futures
+
+
+def test_calls_that_time_out_in_kept_futures_stop_counting_within_a_second(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    with ThreadPoolExecutor(4) as pool:  # its threads live on, idle, while the test checks
+        futures = _calls_timed_out_in_kept_futures(emulator, manager, make_session, pool)
+        assert poll(lambda: manager.in_flight_count == 0, 1.0), manager.in_flight_count
+        assert all(f.exception() for f in futures)
+
+
+def test_strict_rotation_does_not_wait_for_calls_that_timed_out_in_kept_futures(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    manager = make_manager()
+    old = manager.get_token()
+    with ThreadPoolExecutor(4) as pool:
+        futures = _calls_timed_out_in_kept_futures(emulator, manager, make_session, pool)
+        started = time.monotonic()
+        manager.rotate(drain_timeout=4, strict=True)  # DrainTimeoutError after 4 s if leaked
+        took = time.monotonic() - started
+        assert took < 1.0, f"the rotation waited {took:.2f}s for calls that had ended"
+        assert manager.get_token() != old
+        assert manager.in_flight_count == 0
+        assert all(f.exception() for f in futures)
+
+
 def test_response_dropped_unread_leaves_no_count(
     emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
 ):
@@ -193,8 +286,8 @@ def test_collector_running_inside_the_managers_lock_does_not_deadlock(
     def attempt() -> None:
         gc.disable()
         try:
-            with contextlib.suppress(requests.ConnectionError):
-                session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+            with contextlib.suppress(requests.ConnectionError):  # prepared apart: a finalizer
+                _send_prepared(session, f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
             use = manager._gate.begin(token, collect_inside_the_lock)
             assert use is not None
             use.end()
@@ -254,6 +347,36 @@ def test_forked_child_does_not_end_the_parents_uses(
     assert child_counts == [1, 1]
     assert manager.in_flight_count == 1
     kept.clear()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_watches_its_own_calls_while_the_parent_has_one_in_flight(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+    closed_port: int,
+):
+    manager = make_manager()
+    session = make_session(manager)
+    emulator.inject(Fault(delay=1.0, passthrough=True), path=SLOW_PATH)
+    call, answer = in_background(lambda: session.get(emulator.api_base_url + SLOW_PATH, timeout=10))
+    assert poll(lambda: emulator.api_requests == 1)  # watched by the parent's reaper
+
+    def child() -> dict[str, Any]:
+        at_start = manager.in_flight_count
+        kept: list[BaseException] = []
+        try:
+            session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+        except requests.ConnectionError as exc:
+            kept.append(exc)
+        ended = poll(lambda: manager.in_flight_count == 0, 1.0)
+        return {"at_start": at_start, "ended": ended, "kept": len(kept)}
+
+    # The child has a reaper of its own (the parent's, and its lock, stay behind).
+    assert in_child(child) == {"at_start": 0, "ended": True, "kept": 1}
+    call.join(5)
+    assert answer[0].status_code == 200
+    assert manager.in_flight_count == 0
 
 
 # -- 401 replay ------------------------------------------------------------------------
@@ -448,6 +571,88 @@ def test_cross_host_redirect_carries_no_authorization(
     assert response.history
     assert "Authorization" not in response.json()
     assert manager.in_flight_count == 0
+
+
+@pytest.mark.parametrize("send", ["session.get", "prepared"])
+def test_redirect_not_followed_ends_the_count_at_once(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession, send: str
+):
+    # Genesys answers 303 on downloads; with allow_redirects=False that 303 is the answer.
+    manager = make_manager()
+    session = make_session(manager)
+    url = _redirect(emulator, emulator.api_base_url + ORG_PATH, status=303)
+    if send == "prepared":
+        response = _send_prepared(session, url, allow_redirects=False, timeout=5)
+    else:
+        response = session.get(url, allow_redirects=False, timeout=5)
+    assert response.status_code == 303
+    assert manager.in_flight_count == 0  # at once, the response kept
+    assert response.next is not None
+    assert response.next.headers["Authorization"] == f"Bearer {manager.get_token()}"
+
+
+def test_redirect_chain_stays_counted_through_its_last_leg(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    # Two same-origin redirects, then a slow answer: each leg is sent by requests' redirect
+    # loop with allow_redirects=False, yet the loop follows; the token is on every leg.
+    manager = make_manager()
+    session = make_session(manager)
+    emulator.inject(Fault(delay=1.0, passthrough=True), path=SLOW_PATH)
+    hop = (
+        emulator.api_base_url + "/redirect?" + urlencode({"to": emulator.api_base_url + SLOW_PATH})
+    )
+    call, answer = in_background(
+        lambda: session.get(emulator.api_base_url + "/redirect", params={"to": hop}, timeout=10)
+    )
+    assert poll(lambda: emulator.api_requests == 3)  # the last leg is being served
+    assert manager.in_flight_count == 1
+    call.join(5)
+    assert answer[0].status_code == 200
+    assert len(answer[0].history) == 2
+    assert [r.token_used for r in emulator.api_request_log] == [manager.get_token()] * 3
+    assert manager.in_flight_count == 0
+
+
+def test_redirect_to_another_host_ends_the_count_at_the_redirect(
+    emulator: GenesysEmulator,
+    other_host: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+):
+    # requests drops the token on the way to another host: that leg is not our token's use.
+    manager = make_manager()
+    session = make_session(manager)
+    other_host.inject(Fault(delay=1.0, passthrough=True), path="/headers")
+    call, answer = in_background(
+        lambda: session.get(
+            emulator.api_base_url + "/redirect",
+            params={"to": other_host.api_base_url + "/headers"},
+            timeout=10,
+        )
+    )
+    assert poll(lambda: other_host.api_requests == 1)  # the foreign leg is being served
+    assert manager.in_flight_count == 0
+    call.join(5)
+    assert answer[0].status_code == 200
+    assert "Authorization" not in answer[0].json()
+
+
+def test_prepared_request_whose_redirect_leg_times_out_stops_counting(
+    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+):
+    # Prepared apart, the call has no frame to watch when it gets its token; its redirect
+    # is followed inside session.send, which is then watched.
+    manager = make_manager()
+    session = make_session(manager)
+    emulator.inject(Fault(delay=3.0, passthrough=True), path=SLOW_PATH)
+    url = (
+        emulator.api_base_url + "/redirect?" + urlencode({"to": emulator.api_base_url + SLOW_PATH})
+    )
+    with pytest.raises(requests.ReadTimeout) as excinfo:
+        _send_prepared(session, url, timeout=(3, 0.2))
+    assert poll(lambda: manager.in_flight_count == 0, 1.0)
+    assert excinfo.value.request is not None
 
 
 def test_401_from_a_foreign_host_is_not_answered_with_our_token(
