@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import json
 import logging
 import os
 import re
@@ -14,11 +15,12 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, in_child, join_fetch_threads
+from conftest import MakeManager, join_fetch_threads
 
 from genesys_token import GenesysAuth, TokenManager, TokenRequestError
 from genesys_token.metrics import (
@@ -212,14 +214,30 @@ def quiet_logs() -> Iterator[None]:
 
 
 def _forced_refreshes(env: dict[str, str], count: int, budget_bytes: int, warmup: int) -> None:
-    # Measured in a forked child: tracemalloc counts every thread's allocations, and in the
-    # parent earlier tests' threads (abandoned flights, servers, senders) still run. The
-    # child has only the thread that forked it.
-    result = in_child(lambda: _measure(env, count, warmup), timeout=min(840.0, 60 + count * 0.05))
-    assert "error" not in result, result["error"]
+    # Measured in a fresh interpreter, without coverage: tracemalloc counts every thread's
+    # allocations (in this process earlier tests' threads still run), and coverage keeps a
+    # tracer, with the last frames it saw, for every thread that ever ran (one per flight).
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_metrics import _measure\n"
+        f"print(json.dumps(_measure(json.loads(sys.argv[1]), {count}, {warmup})))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COV")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(env)],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=min(840.0, 60 + count * 0.05),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     growth = result["growth"]
     print(f"traced growth over {count} refreshes: {growth} bytes")
-    assert growth < budget_bytes, f"memory grew by {growth} bytes over {count} refreshes"
+    where = "\n".join(result["top"])
+    assert growth < budget_bytes, f"memory grew by {growth} bytes over {count} refreshes:\n{where}"
     total = warmup + count
     assert result["successes"] == result["token_requests"] == result["events"] == total
     assert (result["errors"], result["retries"], result["error_rate"]) == (0, 0, 0.0)
@@ -248,13 +266,14 @@ def _measure(env: dict[str, str], count: int, warmup: int) -> dict[str, Any]:
     gc.collect()
     # Started after the warm-up (tracing makes each refresh ~4x slower): what it reports
     # is exactly what the measured refreshes allocated and kept.
-    tracemalloc.start()
+    tracemalloc.start(12)
     try:
         for _ in range(count):
             manager.refresh(force=True)
         join_fetch_threads()  # the last flight's thread is still returning
         gc.collect()
         growth = tracemalloc.get_traced_memory()[0]
+        top = tracemalloc.take_snapshot().statistics("traceback")[:3]
     finally:
         tracemalloc.stop()
         manager.close()
@@ -262,6 +281,7 @@ def _measure(env: dict[str, str], count: int, warmup: int) -> dict[str, Any]:
     last = manager.token
     return {
         "growth": growth,
+        "top": ["\n".join(stat.traceback.format()) + f"\n  {stat.size} B" for stat in top],
         "events": events[0],
         "changed": last is not None and first is not None and last.fingerprint != first.fingerprint,
         **{key: snap[key] for key in ("successes", "token_requests", "errors", "retries")},
