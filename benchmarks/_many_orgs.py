@@ -222,7 +222,7 @@ def _short_tokens(
                 late = now - planned[0] if reason == "background" else None
                 with lock:
                     refreshes.append((planned[0], reason, late))
-            planned[0] = manager._cell.refresh_at
+            planned[0] = manager._flight.cell.refresh_at
 
         return on_success
 
@@ -319,7 +319,7 @@ def _short_tokens(
         done = list(refreshes)
     now = elapsed()
     pending = [cell.refresh_at for manager in managers
-               if (cell := manager._cell) is not None and now > cell.refresh_at]  # fmt: skip
+               if (cell := manager._flight.cell) is not None and now > cell.refresh_at]  # fmt: skip
     overdue = [now - at for at in pending]
     # Every token's last hand-out against its expiry at the emulator: a token handed out
     # after it expired counts all its hand-outs as invalid (a bound, not an estimate).

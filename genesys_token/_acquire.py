@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import _http
-from ._cell import Cell
+from ._cell import Cell, plan
 from ._flight import Flight, Spec
 from ._redact import excerpt
 from ._rejections import RejectedCredentials
@@ -108,21 +108,17 @@ class Acquirer:
     def __init__(
         self,
         *,
-        settings: Callable[[], Settings],
         store: TokenStore,
         transport: TokenEndpoint,
         validator: TokenValidator,
         clock: Clock,
-        plan: Callable[[Token, int], Cell],
-        rejections: Callable[[], RejectedCredentials],
+        rejections: RejectedCredentials,
         metrics: Metrics,
     ) -> None:
-        self._settings = settings
         self._store = store
         self._transport = transport
         self._validator = validator
         self._clock = clock
-        self._plan = plan
         self._rejections = rejections
         self._metrics = metrics
         self._health = StoreHealth(metrics)
@@ -139,7 +135,7 @@ class Acquirer:
         Raises:
             SecretSourceError: The source gave no usable secret.
         """
-        settings = self._settings()
+        settings = flight.settings
         credentials = self._resolve(settings.credentials, flight)
         key = store_key(credentials.client_id, settings.token_url, settings.scopes)
         secret = credentials.client_secret
@@ -166,7 +162,7 @@ class Acquirer:
             GenesysTokenError: No token (the typed error of the request, or of the source).
         """
         snap = self.snapshot(flight)
-        rejected = self._rejections().check(_digest(snap.credentials))
+        rejected = self._rejections.check(_digest(snap.credentials))
         if rejected is not None:
             raise rejected  # the cool-down of these very credentials: no request
         spec = flight.spec
@@ -176,7 +172,7 @@ class Acquirer:
             if spec.use_store and (cell := self._load(snap, spec, held, flight)) is not None:
                 return cell  # another process refreshed while we waited for the lock
             token, credentials = self._request(snap, flight)
-            cell = self._plan(token, flight.generation)
+            cell = self._plan(token, flight)
             if not cell.usable(self._clock.monotonic()):
                 # Slow answer, short token: handing it out would send calls that fail.
                 raise TokenRequestError(
@@ -198,16 +194,16 @@ class Acquirer:
             return self._fetch(snap, snap.credentials, flight), snap.credentials
         except InvalidClientError as exc:
             # The source may have been rotated since the snapshot: read it again at once.
-            fresh = self._resolve(self._settings().credentials, flight)
+            fresh = self._resolve(flight.settings.credentials, flight)
             same_client = fresh.client_id == snap.credentials.client_id
             if same_client and _digest(fresh) != _digest(snap.credentials):
                 log.info("the secret source gives a new secret; retrying the token request")
                 try:
                     return self._fetch(snap, fresh, flight), fresh
                 except InvalidClientError as again:
-                    self._rejections().record(_digest(fresh), again)
+                    self._rejections.record(_digest(fresh), again)
                     raise
-            self._rejections().record(_digest(snap.credentials), exc)
+            self._rejections.record(_digest(snap.credentials), exc)
             raise
 
     def _fetch(self, snap: Snapshot, credentials: Credentials, flight: Flight) -> Token:
@@ -249,10 +245,21 @@ class Acquirer:
             return None
         if held is not None and token.access_token == held.access_token:
             token = held.token  # ours already: our own clock knows its expiry best
-        cell = self._plan(token, flight.generation)
+        cell = self._plan(token, flight)
         if not cell.fresh(clock.monotonic()):
             return None  # due already: using it would refresh again at once
         return cell.from_store()
+
+    def _plan(self, token: Token, flight: Flight) -> Cell:
+        settings = flight.settings
+        return plan(
+            token,
+            refresh_buffer=settings.refresh_buffer,
+            refresh_jitter=settings.refresh_jitter,
+            draw=self._clock.random(),
+            generation=flight.generation,
+            now=self._clock.monotonic(),
+        )
 
     def _save(self, snap: Snapshot, token: Token, credentials: Credentials) -> None:
         # Sealed with the secret the token was fetched with (a rotated source's, maybe).

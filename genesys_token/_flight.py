@@ -32,8 +32,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ._cell import Cell
+from .config import Credentials, Settings
 from .errors import (
     GenesysTokenError,
     ManagerClosedError,
@@ -146,6 +148,7 @@ class Flight:
         "reason",
         "reported",
         "requests",
+        "settings",
         "spec",
         "started",
     )
@@ -154,12 +157,15 @@ class Flight:
         self,
         generation: int,
         credentials: int,
+        settings: Settings,
         spec: Spec,
         reason: str,
         started: float,
         deadline: float,
     ) -> None:
         self.generation = generation
+        #: The settings (credentials) in place when it began: what it acquires with.
+        self.settings = settings
         self.reason = reason
         self.started = started
         #: ``time.monotonic()`` past which the flight is abandoned if still running.
@@ -182,49 +188,57 @@ class Flight:
 
 
 Acquire = Callable[[Flight, Cell | None], Cell]
-Finished = Callable[[Flight, Cell | None, BaseException | None], None]
+
+
+class Outcome(Protocol):
+    """What a flight's end is reported to."""
+
+    def settle(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
+        """After each flight, with the lock held, before the waiters wake (backoff and the
+        next refresh: quick, no I/O, no listener)."""
+
+    def finished(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
+        """After each flight, with no lock held, after the waiters woke (events: a slow
+        listener holds nobody)."""
 
 
 class SingleFlight:
-    """The flight state of one manager; ``lock`` is the manager's refresh-state lock.
+    """The one owner of a manager's token state: the current cell, the settings and
+    credentials generation the next acquisition uses, the acquisition in progress, and
+    whether the manager is closed. ``lock`` guards every change; ``cell`` is read without
+    it (one immutable value, replaced whole: the hot path).
 
     Args:
-        cell: Reads the current cell (the manager's hot-path attribute).
-        install: Sets the current cell; called with the lock held.
+        settings: The manager's settings (credentials change with :meth:`use_credentials`).
         acquire: Runs one acquisition (no lock held): returns the new cell or raises.
-        settle: Called after each flight with the lock held, before the waiters wake
-            (backoff and the next refresh: quick, no I/O, no listener).
-        finished: Called after each flight, with no lock held, after the waiters woke
-            (events: a slow listener holds nobody).
+        outcome: Told of each flight's end (see :class:`Outcome`).
         now: The manager's clock.
-        credentials: Reads the credentials generation (bumped by ``set_credentials``).
         bound: Seconds a flight may run before it is abandoned.
     """
 
     def __init__(
         self,
         *,
-        cell: Callable[[], Cell | None],
-        install: Callable[[Cell], None],
+        settings: Settings,
         acquire: Acquire,
-        settle: Finished,
-        finished: Finished,
+        outcome: Outcome,
         now: Callable[[], float],
-        credentials: Callable[[], int],
         name: str,
         bound: float,
     ) -> None:
-        self._cell = cell
-        self._install = install
         self._acquire = acquire
-        self._settle = settle
-        self._finished = finished
+        self._outcome = outcome
         self._now = now
-        self._credentials = credentials
         self._name = name
         self._bound = bound
         self._generations = itertools.count(1)
         self.generation = 0
+        #: The current token's cell (None before the first one).
+        self.cell: Cell | None = None
+        self.settings = settings
+        #: Bumped each time the credentials change.
+        self.credentials = 0
+        self.closed = False
         self.reset_after_fork()
 
     def reset_after_fork(self) -> None:
@@ -232,7 +246,19 @@ class SingleFlight:
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
         self._flight: Flight | None = None
-        self.closed = False
+
+    def use_credentials(self, new: Credentials) -> bool:
+        """Use ``new`` for the next acquisition. False when they are the ones in use."""
+        with self.lock:
+            if new == self.settings.credentials:
+                return False
+            self.settings = self.settings.with_credentials(new)
+            self.credentials += 1
+            return True
+
+    def put(self, cell: Cell) -> None:
+        """Replace the current cell as is (lock held): parking it, or unparking it."""
+        self.cell = cell
 
     @property
     def running(self) -> bool:
@@ -263,7 +289,7 @@ class SingleFlight:
             while True:
                 if self.closed:
                     raise ManagerClosedError("the token manager is closed")
-                cell = self._cell()
+                cell = self.cell
                 if want.satisfied(cell, self._now()):
                     return cell  # type: ignore[return-value]
                 flight = self._flight
@@ -291,7 +317,7 @@ class SingleFlight:
                 now = self._now()
                 if want.accepts(flight) and want.satisfied(flight.cell, now):
                     return flight.cell  # type: ignore[return-value]  # the one relied on
-                cell = self._cell()
+                cell = self.cell
                 if want.satisfied(cell, now):
                     return cell  # type: ignore[return-value]
                 if want.accepts(flight):
@@ -327,7 +353,7 @@ class SingleFlight:
         """
         abandoned: Flight | None = None
         with self._cond:
-            cell = self._cell()
+            cell = self.cell
             running = self._flight
             if running is not None and time.monotonic() >= running.deadline:
                 self._abandon(running)
@@ -360,7 +386,9 @@ class SingleFlight:
         self.generation = next(self._generations)
         spec = want.spec(cell)
         deadline = time.monotonic() + self._bound
-        flight = Flight(self.generation, self._credentials(), spec, reason, self._now(), deadline)
+        flight = Flight(
+            self.generation, self.credentials, self.settings, spec, reason, self._now(), deadline
+        )
         self._flight = flight
         return flight
 
@@ -407,7 +435,7 @@ class SingleFlight:
         flight.done = True
         if self._flight is flight:
             self._flight = None
-        self._settle(flight, None, error)
+        self._outcome.settle(flight, None, error)
         self._cond.notify_all()
 
     def _run(self, flight: Flight, held: Cell | None) -> None:
@@ -428,14 +456,14 @@ class SingleFlight:
             if self.closed or flight.cancel.is_set():
                 cell, error = None, ManagerClosedError("the token manager is closed")
             elif cell is not None:
-                self._install(cell)
-                cell = flight.cell = self._cell()  # as installed: it knows what it replaced
+                # As installed, it knows what it replaced.
+                cell = flight.cell = self.cell = cell.replacing(self.cell)
             flight.error = error
             flight.done = True
             if self._flight is flight:
                 self._flight = None
             # Before the waiters wake: a waiter must find the backoff of a failure in place.
-            self._settle(flight, cell, error)
+            self._outcome.settle(flight, cell, error)
             self._cond.notify_all()
         # After the waiters woke (a slow listener must not hold them), with no lock held (a
         # listener may call back into the manager; the next flight may start).
@@ -443,18 +471,29 @@ class SingleFlight:
 
     def _report(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
         try:
-            self._finished(flight, cell, error)
+            self._outcome.finished(flight, cell, error)
         finally:
             flight.reported.set()
 
-    def close(self) -> None:
-        """Refuse every later call, abandon the flight in progress, release the waiters."""
+    def close(self) -> bool:
+        """Refuse every later call, park the cell (the hot path then takes the slow path,
+        which refuses), abandon the flight in progress, release the waiters. Under one lock:
+        a flight ending now finds the manager closed, never a parked cell to replace.
+
+        Returns:
+            False if it was closed already.
+        """
         with self._cond:
+            if self.closed:
+                return False
             self.closed = True
+            if self.cell is not None:
+                self.cell = self.cell.parked()
             flight = self._flight
             self._cond.notify_all()
         if flight is not None:
             flight.cancel.set()
+        return True
 
 
 def _copy(error: BaseException) -> BaseException:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 from ._cell import Cell
 from ._clock import Clock
-from ._flight import AnyValid, NotDue, SingleFlight
+from ._flight import Acquire, AnyValid, FetchedAfter, Flight, NotDue, SingleFlight
 from ._rejections import RejectedCredentials, RejectedTokens
 from ._reporter import Reporter
 from ._scheduler import Job, scheduler
 from ._secrets import digest
-from .config import Settings
+from .config import Credentials, Settings
 from .errors import (
     ConfigurationError,
     GenesysTokenError,
@@ -72,43 +70,46 @@ def _copy(error: GenesysTokenError) -> GenesysTokenError:
 
 
 class Refresher:
-    """The refresh policy of one manager.
+    """The refresh policy of one manager, and the owner of its token state (``flight``:
+    the current cell, the credentials, the acquisition in progress, closed) and of the
+    credentials cool-down (``rejected``).
 
     Args:
-        flight: The manager's single flight.
+        settings: The manager's settings.
+        acquire: Runs one acquisition (see :class:`~genesys_token._acquire.Acquirer`).
+        rejected: The credentials cool-down the acquisitions record rejections in.
         reporter: Its events and metrics.
         clock: Its clock.
-        settings: Reads its current settings.
-        cell: Reads its current cell; ``put_cell`` replaces it (with the flight's lock held).
-        closed: Whether it is closed.
-        credentials: Reads its credentials generation.
+        name: Names the flights' threads.
+        bound: Seconds a flight may run before it is abandoned.
         wait_bound: The longest a caller waits when it gave no timeout.
     """
 
     def __init__(
         self,
         *,
-        flight: SingleFlight,
+        settings: Settings,
+        acquire: Acquire,
+        rejected: RejectedCredentials,
         reporter: Reporter,
         clock: Clock,
-        settings: Callable[[], Settings],
-        cell: Callable[[], Cell | None],
-        put_cell: Callable[[Cell], None],
-        closed: Callable[[], bool],
-        credentials: Callable[[], int],
+        name: str,
+        bound: float,
         wait_bound: float,
     ) -> None:
-        self._flight = flight
+        self.flight = self._flight = SingleFlight(
+            settings=settings,
+            acquire=acquire,
+            outcome=self,
+            now=clock.monotonic,
+            name=name,
+            bound=bound,
+        )
         self._reporter = reporter
         self._clock = clock
         self._now = clock.monotonic
-        self._settings = settings
-        self._cell = cell
-        self._put_cell = put_cell
-        self._closed = closed
-        self._credentials = credentials
         self._wait_bound = wait_bound
-        self.rejected = RejectedCredentials(clock.monotonic, clock.random)
+        self.rejected = rejected
         self._fresh_401 = RejectedTokens()
         self.job: Job | None = None
         self._failures = 0
@@ -122,22 +123,22 @@ class Refresher:
 
     def slow(self, timeout: float | None) -> Cell:
         """``get_token`` without a fresh token: refresh if due, fetch if none is valid."""
-        if self._closed():
+        if self._flight.closed:
             raise ManagerClosedError("the token manager is closed")
         if self._parked is not None:
             self._unpark()
-        cell = self._cell()
+        cell = self._flight.cell
         now = self._now()
         if cell is not None and cell.usable(now):
             if now >= cell.refresh_at:
                 self._due(cell, timeout)
-                cell, now = self._cell(), self._now()  # the refresh may have taken a while
+                cell, now = self._flight.cell, self._now()  # the refresh may have taken a while
             if cell is not None and cell.usable(now):
                 return cell
         self._reporter.expired(cell)
         self.raise_if_rejected()
         self._raise_if_backing_off(now)
-        want = AnyValid(self._credentials())
+        want = AnyValid(self._flight.credentials)
         return self._flight.obtain(want, deadline=self.deadline(timeout), reason="no valid token")
 
     def _raise_if_backing_off(self, now: float) -> None:
@@ -157,14 +158,14 @@ class Refresher:
         if self._parked is not None:
             return False
         if now >= cell.refresh_at:
-            if self._settings().background_refresh:
+            if self._flight.settings.background_refresh:
                 self._due(cell, None)
             elif self._retry_at is None or now >= self._retry_at:
-                self._flight.start(NotDue(self._credentials()), "on-demand")
+                self._flight.start(NotDue(self._flight.credentials), "on-demand")
         return True
 
     def _due(self, cell: Cell, timeout: float | None) -> None:
-        if self._settings().background_refresh:
+        if self._flight.settings.background_refresh:
             # Once per token (the scheduler may be on a stale plan), and again while its
             # thread could not start (a pids limit): a caller then brings it back.
             if (
@@ -179,7 +180,7 @@ class Refresher:
         if self._flight.running or (retry_at is not None and self._now() < retry_at):
             return  # one caller refreshes; the others keep the valid token
         try:
-            want = NotDue(self._credentials())
+            want = NotDue(self._flight.credentials)
             self._flight.obtain(want, deadline=self.deadline(timeout), reason="on-demand")
         except ManagerClosedError:
             raise
@@ -196,7 +197,7 @@ class Refresher:
         if self._parked is not None:
             self._unpark()
         with self._flight.lock:
-            cell = self._cell()
+            cell = self._flight.cell
             now = self._now()
             if cell is not None and cell.access_token == access_token:
                 try:
@@ -209,7 +210,7 @@ class Refresher:
     def raise_if_rejected(self) -> None:
         """During a credentials cool-down, fail at once (no flight, no request); a secret
         source gets re-read once a second in case it now gives another secret."""
-        credentials = self._settings().credentials
+        credentials = self._flight.settings.credentials
         secret = credentials.client_secret
         # A string secret is known now: a cool-down of other credentials does not apply.
         named = digest(credentials.client_id, secret) if isinstance(secret, str) else None
@@ -224,10 +225,14 @@ class Refresher:
         self._reporter.metrics.incr("rejected_calls")
         raise error
 
-    def credentials_changed(self) -> None:
-        """``set_credentials`` ran: the cool-down ends at once, and so does a backoff that a
-        rejection started (a backoff after an outage or throttling stays: new credentials
-        do not bring the endpoint back)."""
+    def use_credentials(self, new: Credentials) -> None:
+        """Use ``new`` for the next token request (``set_credentials``). If they differ from
+        the ones in use, the cool-down ends at once, and so does a backoff that a rejection
+        started (a backoff after an outage or throttling stays: new credentials do not
+        bring the endpoint back). The same ones again change nothing: a cool-down stays."""
+        if not self._flight.use_credentials(new):
+            return
+        self._reporter.client_id = new.client_id
         self.rejected.clear()
         if isinstance(self._last_error, InvalidClientError):
             self._failures, self._retry_at, self._last_error = 0, None, None
@@ -246,25 +251,33 @@ class Refresher:
             return time.monotonic() + self._wait_bound
         return time.monotonic() + check_timeout(timeout, "timeout")
 
+    def fetch_new(self, reason: str) -> Cell:
+        """A token from the network, by an acquisition that begins after this call
+        (``refresh(force=True)``, ``rotate()``); its events are delivered before this
+        returns, in order."""
+        want = FetchedAfter(self._flight.generation)
+        deadline = self.deadline(None)
+        return self._flight.obtain(want, deadline=deadline, reason=reason, reported=True)
+
     # -- the scheduler -------------------------------------------------------------------
 
     def scheduled(self) -> None:
         """Run by the scheduler's thread at the planned refresh point: starts the refresh
         on a flight thread and never waits for it."""
-        if self._closed():
+        if self._flight.closed:
             return
         now = self._now()
         if self._retry_at is not None and now < self._retry_at:
             self.arm(self._retry_at - now)
             return
-        cell = self._cell()
+        cell = self._flight.cell
         if cell is None:
             return
         if cell.fresh(now):
             self.arm(cell.refresh_at - now)  # planned on stale state: refreshed meanwhile
             return
         # Started now, or one already running (a caller's): look again at its deadline.
-        flight = self._flight.start(NotDue(self._credentials()), "background")
+        flight = self._flight.start(NotDue(self._flight.credentials), "background")
         flight = flight or self._flight.current
         if flight is not None:
             # Look again at its deadline: a flight still running then is abandoned, and the
@@ -279,28 +292,29 @@ class Refresher:
         Under the flight's lock, which ``close()`` takes to set ``closed``: a refresh that
         finishes as the manager closes cannot plan another after close() cancelled it.
         """
-        if self.job is None or not self._settings().background_refresh:
+        if self.job is None or not self._flight.settings.background_refresh:
             return
         with self._flight.lock:
-            if not self._closed():
+            if not self._flight.closed:
                 scheduler().schedule(self.job, delay)
 
-    def settle(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
+    def settle(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
         """After each acquisition, before its waiters wake: the backoff, the next refresh."""
         now = self._now()
         if cell is not None:
+            self._parked = None  # a new cell: nothing is parked any more
             self._failures, self._retry_at, self._last_error = 0, None, None
             self.arm(cell.refresh_at - now)
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
             self._back_off(error, now)
 
-    def finished(self, flight: Any, cell: Cell | None, error: BaseException | None) -> None:
+    def finished(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
         """After each acquisition, once its waiters woke (no lock held): report it."""
         now = self._now()
         if cell is not None:
             self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
-            self._reporter.failed(error, flight.reason, flight.requests, self._cell(), now)
+            self._reporter.failed(error, flight.reason, flight.requests, self._flight.cell, now)
             if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
                 log.warning(
                     "token refresh failed (%s); next try in %.2fs",
@@ -312,7 +326,7 @@ class Refresher:
     def _back_off(self, error: GenesysTokenError, now: float) -> None:
         self._failures += 1
         ceiling = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_BASE * 2.0 ** (self._failures - 1))
-        cell = self._cell()
+        cell = self._flight.cell
         if cell is not None and cell.usable(now):
             ceiling = min(ceiling, max(FAILURE_BACKOFF_MIN, (cell.usable_until - now) / 4))
         delay = max(FAILURE_BACKOFF_MIN, ceiling * self._clock.random())
@@ -327,22 +341,20 @@ class Refresher:
 
     # -- fork ------------------------------------------------------------------------------
 
-    def installed(self) -> None:
-        """A new cell was installed (flight lock held): nothing is parked any more."""
-        self._parked = None
-
-    def after_fork(self, job: Job) -> Cell | None:
-        """In a forked child: a new job; returns the cell to show until the first use, which
-        brings the refresh back (the hot path takes the slow path once: see Cell.parked)."""
+    def after_fork(self, job: Job) -> None:
+        """In a forked child: fresh locks, a new job, and the cell parked until the first
+        use, which brings the refresh back (the hot path takes the slow path once: see
+        Cell.parked)."""
+        self._flight.reset_after_fork()
         self.job = job
         self._nudged = None
         self.rejected.after_fork()
-        cell = self._cell()
-        if cell is None or self._closed() or not self._settings().background_refresh:
-            return cell
+        cell = self._flight.cell
+        if cell is None or self._flight.closed or not self._flight.settings.background_refresh:
+            return
         shown = cell.parked()
         self._parked = (cell, shown)
-        return shown
+        self._flight.put(shown)
 
     def _unpark(self) -> None:
         with self._flight.lock:
@@ -351,6 +363,6 @@ class Refresher:
                 return
             self._parked = None
             real, shown = parked
-            if self._cell() is shown:
-                self._put_cell(real)
+            if self._flight.cell is shown:
+                self._flight.put(real)
         self.arm(real.refresh_at - self._now())

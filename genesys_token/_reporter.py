@@ -34,12 +34,12 @@ class Reporter:
     """Events and metrics of one manager.
 
     Args:
-        settings: The manager's settings (webhook configuration).
-        client_id: Reads the client id in use (it changes with ``set_credentials``).
+        settings: The manager's settings (webhook configuration, the client id).
     """
 
-    def __init__(self, settings: Settings, client_id: Callable[[], str]) -> None:
-        self._client_id = client_id
+    def __init__(self, settings: Settings) -> None:
+        #: The client id events name (set again when the credentials change).
+        self.client_id = settings.client_id
         self.metrics = Metrics()
         self.events = EventBus(on_listener_error=lambda: self.metrics.incr("listener_errors"))
         self._expired_reported: str | None = None
@@ -70,7 +70,7 @@ class Reporter:
         """Emit one event record."""
         record = make_record(
             event_type,
-            client_id=self._client_id(),
+            client_id=self.client_id,
             token_fingerprint=token.fingerprint if token is not None else None,
             metrics=self._summary(),
             data=data,

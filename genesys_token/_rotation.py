@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ._cell import Cell
 from ._gate import UseGate
 from ._reporter import Reporter
 from .errors import DrainTimeoutError, ManagerClosedError
@@ -21,26 +21,36 @@ from .events import (
 )
 from .token import Token
 
+if TYPE_CHECKING:
+    from ._refresher import Refresher
+
 
 def rotate(
     *,
-    current: Callable[[], Cell | None],
-    fetch_new: Callable[[], Cell],
+    refresher: Refresher,
     gate: UseGate,
     reporter: Reporter,
-    revoke: Callable[[Token], bool],
-    closed: Callable[[], bool],
+    revoke: Callable[[str], bool],
     drain_timeout: float,
     revoke_previous: bool,
     strict: bool,
 ) -> Token:
-    """One rotation (the caller serializes rotations). See ``TokenManager.rotate``."""
-    before = current()
+    """One rotation (the caller serializes rotations). See ``TokenManager.rotate``.
+
+    Args:
+        revoke: Revokes an access token; True if it did.
+    """
+    state = refresher.flight
+
+    def closed() -> bool:
+        return state.closed
+
+    before = state.cell
     old = before.token if before is not None else None
     me = threading.get_ident()
     uses = gate.count_of(old.access_token) if old is not None else 0
     reporter.emit(TOKEN_ROTATION_STARTED, old, {"in_flight": uses})
-    new = fetch_new()  # raises on failure: the old token stays in place
+    new = refresher.fetch_new("rotation")  # raises on failure: the old token stays in place
     reporter.metrics.incr("rotations")
     # Retire what the new token replaced: a refresh that landed since `before` was read
     # installed a token newer than `old`, and that one is the token to drain and revoke.
@@ -69,7 +79,7 @@ def rotate(
             )
     else:
         reporter.emit(TOKEN_DRAIN_COMPLETE, old, data)
-    if revoke_previous and revoke(old):
+    if revoke_previous and revoke(old.access_token):
         reporter.metrics.incr("revocations")
         reporter.emit(TOKEN_REVOKED, old, {})
     return new.token

@@ -1,11 +1,13 @@
-"""TokenManager: the facade that wires the parts of the core together.
+"""TokenManager: the facade over one manager's parts.
 
-The hot path, :meth:`TokenManager.get_token` with a valid token, reads ``_cell`` (one
-immutable value, replaced whole) and the clock, and takes no lock. Everything else lives in
-a module named after it: the schedule (``_cell``), single flight (``_flight``), one
-acquisition (``_acquire``), when to refresh (``_refresher``), the process-wide scheduler
-(``_scheduler``), counted uses (``_gate``), rotation (``_rotation``), rejections
-(``_rejections``), events and metrics (``_reporter``).
+The hot path, :meth:`TokenManager.get_token` with a valid token, reads the current cell (one
+immutable value, replaced whole) and the clock, and takes no lock. The token state has one
+owner, the refresher (``_refresher``), whose single flight (``_flight``) holds the current
+cell, the credentials and the acquisition in progress; the manager delegates to it. The
+other parts each live in a module named after them: the schedule (``_cell``), one
+acquisition (``_acquire``), the process-wide scheduler (``_scheduler``), counted uses
+(``_gate``), rotation (``_rotation``), rejections (``_rejections``), events and metrics
+(``_reporter``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import requests
 
 from . import _http
 from ._acquire import Acquirer, flight_bound, lock_bound
-from ._cell import Cell, plan
 from ._clock import SYSTEM_CLOCK, Clock
-from ._flight import FetchedAfter, Replacing, SingleFlight
+from ._flight import Replacing
 from ._gate import InFlight, UseGate
 from ._lifecycle import register_fork_handler
 from ._refresher import Refresher, check_timeout
+from ._rejections import RejectedCredentials
 from ._reporter import Reporter
 from ._rotation import rotate
 from ._scheduler import Job, scheduler
@@ -137,53 +139,38 @@ class TokenManager:
         clock: Clock | None,
         session: requests.Session | None,
     ) -> None:
-        self._settings = settings
-        self._clock = clock = clock or SYSTEM_CLOCK
+        clock = clock or SYSTEM_CLOCK
         self._now = clock.monotonic
-        self._store: TokenStore = store if store is not None else MemoryStore()
         self._session = session
-        self._cell: Cell | None = None
-        self._closed = False
-        self._credentials_generation = 0
-        self._reporter = Reporter(settings, lambda: self._settings.client_id)
+        self._reporter = reporter = Reporter(settings)
         self._gate = UseGate()
         self._rotate_lock = threading.Lock()
         self._transport = TokenEndpoint(
             settings, clock=clock, on_retry=self._on_retry, session=session
         )
+        rejected = RejectedCredentials(clock.monotonic, clock.random)
+        self._store: TokenStore = store if store is not None else MemoryStore()
         self._acquirer = Acquirer(
-            settings=lambda: self._settings,
             store=self._store,
             transport=self._transport,
             validator=TokenValidator(settings),
             clock=clock,
-            plan=self._plan,
-            rejections=lambda: self._refresher.rejected,
-            metrics=self._reporter.metrics,
+            rejections=rejected,
+            metrics=reporter.metrics,
         )
-        wait_bound = 2 * lock_bound(settings) + 30.0
-        self._flight = SingleFlight(
-            cell=lambda: self._cell,
-            install=self._install,
+        # The owner of the token state; the manager only delegates to it.
+        self._refresher = Refresher(
+            settings=settings,
             acquire=self._acquirer.acquire,
-            settle=lambda *outcome: self._refresher.settle(*outcome),
-            finished=lambda *outcome: self._refresher.finished(*outcome),
-            now=self._now,
-            credentials=lambda: self._credentials_generation,
+            rejected=rejected,
+            reporter=reporter,
+            clock=clock,
             name=f"genesys-token-fetch-{settings.client_id[:16]}",
             bound=flight_bound(settings),
+            wait_bound=2 * lock_bound(settings) + 30.0,
         )
-        self._refresher = Refresher(
-            flight=self._flight,
-            reporter=self._reporter,
-            clock=clock,
-            settings=lambda: self._settings,
-            cell=lambda: self._cell,
-            put_cell=self._install,
-            closed=lambda: self._closed,
-            credentials=lambda: self._credentials_generation,
-            wait_bound=wait_bound,
-        )
+        #: The token state (current cell, credentials, acquisition, closed).
+        self._flight = self._refresher.flight
         self._refresher.job = _job_for(self)
         warn_region_mismatch(settings.token_url, settings.api_base_url)
         register_fork_handler(self)
@@ -193,33 +180,39 @@ class TokenManager:
     @property
     def settings(self) -> Settings:
         """The validated settings (secret and webhook URL kept out of their repr)."""
-        return self._settings
+        return self._flight.settings
 
     @property
     def client_id(self) -> str:
         """The client id the next token request uses."""
-        return self._settings.client_id
+        return self._flight.settings.client_id
 
     @property
     def token_url(self) -> str:
         """The resolved token endpoint."""
-        return self._settings.token_url
+        return self._flight.settings.token_url
 
     @property
     def api_base_url(self) -> str:
         """The resolved Platform API base URL."""
-        return self._settings.api_base_url
+        return self._flight.settings.api_base_url
+
+    @property
+    def store(self) -> TokenStore:
+        """The store this manager shares its token through (a private ``MemoryStore``
+        unless one was given)."""
+        return self._store
 
     @property
     def token(self) -> Token | None:
         """The current token, without any network call (``None`` before the first one)."""
-        cell = self._cell
+        cell = self._flight.cell
         return cell.token if cell is not None else None
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._closed
+        return self._flight.closed
 
     @property
     def in_flight_count(self) -> int:
@@ -248,7 +241,7 @@ class TokenManager:
             InvalidClientError: The credentials are rejected (at once during a cool-down).
             GenesysTokenError: No valid token exists and acquiring one failed.
         """
-        cell = self._cell
+        cell = self._flight.cell
         if cell is not None and self._now() < cell.refresh_at:
             return cell.access_token
         return self._refresher.slow(timeout).access_token
@@ -259,8 +252,8 @@ class TokenManager:
         For event loops: ``None`` means no token is usable now (or it was swapped this
         instant); then call :meth:`begin_use` in a worker thread.
         """
-        cell = self._cell
-        if cell is None or self._closed:
+        cell = self._flight.cell
+        if cell is None or self._flight.closed:
             return None
         now = self._now()
         if not cell.usable(now) or not self._refresher.due_nowait(cell, now):
@@ -280,9 +273,9 @@ class TokenManager:
         """
         if not force:
             return self._refresher.slow(None).token
-        if self._closed:
+        if self._flight.closed:
             raise ManagerClosedError("the token manager is closed")
-        return self._fetch_new("forced").token
+        return self._refresher.fetch_new("forced").token
 
     def replace_rejected(self, access_token: str, timeout: float | None = None) -> Token:
         """Replace a token the API rejected (a 401), unless that already happened.
@@ -300,10 +293,10 @@ class TokenManager:
             TokenRejectedError: The API keeps rejecting fresh tokens (no request made).
             GenesysTokenError: Acquiring a token failed.
         """
-        if self._closed:
+        if self._flight.closed:
             raise ManagerClosedError("the token manager is closed")
         self._refresher.allow_replacement(access_token)
-        want = Replacing(access_token, self._credentials_generation)
+        want = Replacing(access_token, self._flight.credentials)
         deadline = self._refresher.deadline(timeout)
         return self._flight.obtain(want, deadline=deadline, reason="rejected by the API").token
 
@@ -337,37 +330,29 @@ class TokenManager:
             DrainTimeoutError: ``strict`` and the drain timed out.
             GenesysTokenError: Fetching the new token failed (the old token stays).
         """
-        if self._closed:
+        if self._flight.closed:
             raise ManagerClosedError("the token manager is closed")
         timeout = (
-            self._settings.drain_timeout
+            self._flight.settings.drain_timeout
             if drain_timeout is None
             else check_timeout(drain_timeout, "drain_timeout")
         )
         # Another rotation's fetch and drain, at most (no bound of its own with inf).
-        wait = min(timeout + 2 * lock_bound(self._settings), threading.TIMEOUT_MAX)
+        wait = min(timeout + 2 * lock_bound(self._flight.settings), threading.TIMEOUT_MAX)
         if not self._rotate_lock.acquire(timeout=wait):
             raise DrainTimeoutError("another rotation is still running")
         try:
             return rotate(
-                current=lambda: self._cell,
-                fetch_new=lambda: self._fetch_new("rotation"),
+                refresher=self._refresher,
                 gate=self._gate,
                 reporter=self._reporter,
-                revoke=lambda old: self._transport.revoke(old.access_token),
-                closed=lambda: self._closed,
+                revoke=self._transport.revoke,
                 drain_timeout=timeout,
                 revoke_previous=revoke_previous,
                 strict=strict,
             )
         finally:
             self._rotate_lock.release()
-
-    def _fetch_new(self, reason: str) -> Cell:
-        # Its events are delivered before this returns, in order.
-        want = FetchedAfter(self._flight.generation)
-        deadline = self._refresher.deadline(None)
-        return self._flight.obtain(want, deadline=deadline, reason=reason, reported=True)
 
     def begin_use(self, timeout: float | None = None) -> InFlight:
         """Count one use of the current token and return it (end it with
@@ -384,7 +369,7 @@ class TokenManager:
                 return use
 
     def _is_current(self, access_token: str) -> bool:
-        cell = self._cell
+        cell = self._flight.cell
         return cell is not None and cell.access_token == access_token
 
     @contextmanager
@@ -415,15 +400,8 @@ class TokenManager:
         Raises:
             ConfigurationError: An empty or mistyped value.
         """
-        new = Credentials(client_id or self._settings.client_id, client_secret)
-        with self._flight.lock:
-            if new == self._settings.credentials:
-                # The same credentials again (a caller re-applying its secret before each
-                # call): nothing changed, so a cool-down of rejected credentials stays.
-                return
-            self._settings = self._settings.with_credentials(new)
-            self._credentials_generation += 1
-        self._refresher.credentials_changed()
+        new = Credentials(client_id or self._flight.settings.client_id, client_secret)
+        self._refresher.use_credentials(new)
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
         """Call ``callback(record)`` for each event of ``event_type`` (``"*"``: all).
@@ -441,26 +419,13 @@ class TokenManager:
 
     def metrics(self) -> dict[str, Any]:
         """A snapshot of the counters (bounded memory however long the process runs)."""
-        snap = self._reporter.snapshot(in_flight=self._gate.count, cell=self._cell, now=self._now())
+        snap = self._reporter.snapshot(
+            in_flight=self._gate.count, cell=self._flight.cell, now=self._now()
+        )
         snap["credentials_cooldown"] = round(self._refresher.rejected.remaining, 3)
         return snap
 
     # -- what the flights report (no lock held) ------------------------------------------
-
-    def _plan(self, token: Token, generation: int) -> Cell:
-        s = self._settings
-        return plan(
-            token,
-            refresh_buffer=s.refresh_buffer,
-            refresh_jitter=s.refresh_jitter,
-            draw=self._clock.random(),
-            generation=generation,
-            now=self._now(),
-        )
-
-    def _install(self, cell: Cell) -> None:
-        self._cell = cell.replacing(self._cell)
-        self._refresher.installed()
 
     def _scheduled_refresh(self) -> None:
         """Run by a scheduler worker at the planned refresh point."""
@@ -478,16 +443,8 @@ class TokenManager:
         brings back is installed or saved. Later calls raise :class:`ManagerClosedError`; so
         do callers waiting for a token, at once.
         """
-        with self._flight.lock:
-            if self._closed:
-                return
-            self._closed = True
-            cell = self._cell
-            if cell is not None:
-                self._cell = cell.parked()  # the hot path now takes the slow path: closed
-            # Under the same lock: a flight ending now sees the manager closed (or finished
-            # before it), never a parked cell it could replace with a live one.
-            self._flight.close()
+        if not self._flight.close():  # parks the cell: the hot path takes the slow path
+            return
         if self._refresher.job is not None:
             scheduler().cancel(self._refresher.job)
         self._gate.wake_all()
@@ -502,14 +459,13 @@ class TokenManager:
 
     def _after_fork_in_child(self) -> None:
         """Fresh locks and no counted uses; the refresh comes back on first use."""
-        self._flight.reset_after_fork()
         self._acquirer.after_fork()
         self._gate.reset_after_fork()
         self._reporter.after_fork()
         self._rotate_lock = threading.Lock()
         if self._session is not None:
             _http.renew_adapters(self._session)  # the parent's keep-alive sockets stay its own
-        self._cell = self._refresher.after_fork(_job_for(self))
+        self._refresher.after_fork(_job_for(self))
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(
@@ -519,11 +475,11 @@ class TokenManager:
         )
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._flight.closed else "open"
         token = self.token
         return (
-            f"TokenManager(client_id={self._settings.client_id!r}, "
-            f"token_url={self._settings.token_url!r}, state={state!r}, "
+            f"TokenManager(client_id={self._flight.settings.client_id!r}, "
+            f"token_url={self._flight.settings.token_url!r}, state={state!r}, "
             f"token={token.fingerprint if token else None!r})"
         )
 

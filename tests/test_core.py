@@ -204,7 +204,7 @@ def test_a_scheduled_refresh_planned_on_stale_state_sends_no_request(
 ):
     manager = make_manager(clock=fake_clock.clock(), background_refresh=False)
     manager.get_token()
-    cell = manager._cell
+    cell = manager._flight.cell
     assert cell is not None
     fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 1)  # due
     manager.refresh(force=True)  # someone else refreshed in between

@@ -179,9 +179,9 @@ def test_a_token_that_lived_a_while_is_replaced_on_a_401(
     first = manager.get_token()
     second = manager.replace_rejected(first).access_token
     assert second != first
-    cell = manager._cell
+    cell = manager._flight.cell
     assert cell is not None
-    manager._cell = type(cell)(**{**_fields(cell), "installed_at": cell.installed_at - 3600})
+    manager._flight.cell = type(cell)(**{**_fields(cell), "installed_at": cell.installed_at - 3600})
     third = manager.replace_rejected(second).access_token
     assert third != second
     assert emulator.token_requests == 3
@@ -290,7 +290,7 @@ def test_a_token_that_arrives_already_due_is_taken_not_fetched_again(
     # another flight for it turned one get_token() into a request per round trip.
     manager = make_manager(background_refresh=False, clock=fake_clock.clock())
     first = manager.get_token()
-    cell = manager._cell
+    cell = manager._flight.cell
     assert cell is not None
     halfway = (cell.refresh_at + cell.usable_until) / 2 - fake_clock.monotonic  # due, usable
     fake_clock.advance(halfway)

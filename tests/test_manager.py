@@ -153,7 +153,7 @@ def test_stale_token_is_served_while_one_refresh_runs(
 ):
     manager = make_manager(clock=fake_clock.clock(), background_refresh=False)
     old = manager.get_token()
-    current = manager._cell
+    current = manager._flight.cell
     assert current is not None
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)  # past the refresh point
     emulator.inject(Fault(delay=0.8, passthrough=True))
@@ -185,7 +185,7 @@ def test_refresh_point_follows_the_timing_rule(make_manager: MakeManager, fake_c
     fake_clock.draw = 0.5
     manager = make_manager(clock=fake_clock.clock(), refresh_buffer=300, refresh_jitter=60)
     manager.get_token()
-    current = manager._cell
+    current = manager._flight.cell
     assert current is not None
     lifetime = current.token.expires_in
     lead = min(300, 0.25 * lifetime) + 0.5 * min(60, 0.10 * lifetime)
@@ -254,7 +254,7 @@ def test_outage_past_the_refresh_point_keeps_the_old_token(
     manager = make_manager(clock=fake_clock.clock(), backoff_base=0.001, max_retries=1)
     records, cond = _events(manager)
     old = manager.get_token()
-    current = manager._cell
+    current = manager._flight.cell
     assert current is not None
     emulator.inject(Fault.server_error(503), times=1000)
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
@@ -437,7 +437,7 @@ def test_on_demand_refresh_backs_off_during_an_outage(
 ):
     manager = make_manager(clock=fake_clock.clock(), background_refresh=False, max_retries=0)
     old = manager.get_token()
-    current = manager._cell
+    current = manager._flight.cell
     assert current is not None
     emulator.inject(Fault.server_error(503), times=1000)
     fake_clock.advance(current.refresh_at - fake_clock.monotonic + 1)
@@ -518,12 +518,12 @@ def test_a_flight_ending_while_close_runs_installs_nothing(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     # The flight's answer is in hand and it is about to install when close() runs: close()
-    # must mark the manager and its single flight closed as one step, so the flight either
-    # installed before close() (then parked) or sees it closed; a closed manager never
-    # hands out a token from its hot path.
+    # marks the state closed and parks the cell in one step under the state's lock, and the
+    # flight installs only if it finds the state open under that lock; a closed manager
+    # never hands out a token from its hot path.
     manager = make_manager()
-    answered, go_on, installed = threading.Event(), threading.Event(), threading.Event()
-    acquire, install = manager._flight._acquire, manager._flight._install
+    answered, go_on = threading.Event(), threading.Event()
+    acquire = manager._flight._acquire
 
     def held_acquire(*args: Any) -> Any:
         cell = acquire(*args)
@@ -531,20 +531,7 @@ def test_a_flight_ending_while_close_runs_installs_nothing(
         go_on.wait(5)
         return cell
 
-    def watched_install(cell: Any) -> None:
-        install(cell)
-        installed.set()
-
     manager._flight._acquire = held_acquire
-    manager._flight._install = watched_install
-    close_flight = manager._flight.close
-
-    def close_in_the_window() -> None:
-        go_on.set()  # the flight finishes now, between the parking and this close
-        installed.wait(0.5)
-        close_flight()
-
-    manager._flight.close = close_in_the_window  # type: ignore[method-assign]
 
     def call() -> None:
         with contextlib.suppress(ManagerClosedError):
@@ -554,6 +541,7 @@ def test_a_flight_ending_while_close_runs_installs_nothing(
     caller.start()
     assert answered.wait(5)
     manager.close()
+    go_on.set()  # the flight finishes now, after close()
     join_fetch_threads()
     caller.join(5)
     with pytest.raises(ManagerClosedError):

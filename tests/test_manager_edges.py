@@ -212,7 +212,7 @@ def test_a_small_refresh_buffer_never_leaves_a_token_unrefreshed(
 ):
     manager = make_manager(clock=fake_clock.clock(), refresh_buffer=0, refresh_jitter=0)
     manager.get_token()
-    current = manager._cell
+    current = manager._flight.cell
     assert current is not None
     assert current.refresh_at <= current.usable_until
 

@@ -147,8 +147,8 @@ def test_without_a_store_the_managers_of_a_pool_share_one_memory_store(
 ) -> None:
     pool = make_pool()
     first, second = pool.get(*orgs[0]), pool.get(*orgs[1])
-    assert first._store is second._store
-    assert isinstance(first._store, MemoryStore)
+    assert first.store is second.store
+    assert isinstance(first.store, MemoryStore)
 
 
 def test_another_secret_for_a_client_goes_to_its_manager_for_the_next_request(

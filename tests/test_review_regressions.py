@@ -234,7 +234,7 @@ def test_a_failed_on_demand_refresh_never_hands_out_a_token_past_its_usable_unti
     # Defect handout_past_usable_until: slow() returned the cell read before the refresh.
     manager = make_manager(background_refresh=False, max_retries=0, clock=fake_clock.clock())
     first = manager.get_token()
-    cell = manager._cell
+    cell = manager._flight.cell
     assert cell is not None
     fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 0.1)  # in the refresh window
     emulator.inject(Fault(status=503, delay=0.3))
@@ -289,7 +289,7 @@ def test_a_forced_refresh_never_returns_the_stores_token(
     options = {"store": store, "background_refresh": False, "clock": fake_clock.clock()}
     m1, m2 = make_manager(**options), make_manager(**options)
     t1 = m1.get_token()
-    cell = m1._cell
+    cell = m1._flight.cell
     assert cell is not None
     fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 0.1)  # m1's token is due
     t2 = m2.refresh(force=True).access_token  # the peer saved a new one
@@ -371,33 +371,37 @@ def test_a_slow_listener_does_not_hold_the_callers_waiting_on_the_flight(
             thread.join(5)
 
 
-def test_close_racing_a_scheduled_rearm_leaves_nothing_scheduled(make_manager: MakeManager):
+def test_close_racing_a_scheduled_rearm_leaves_nothing_scheduled(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+):
     # Defect close_races_arm: close() between arm()'s closed-check and its schedule left a
     # closed manager's job (and the scheduler thread) alive.
     manager = make_manager()
     manager.get_token()
     job = manager._refresher.job
     assert job is not None
-    closed = manager._refresher._closed
+    sched = scheduler()
+    schedule = sched.schedule
     entered, closers = threading.Event(), []
 
     def closing() -> None:
         entered.set()
         manager.close()
 
-    def hooked() -> bool:
-        value = closed()
-        if not closers and sys._getframe(1).f_code.co_name == "arm":
+    def hooked(target: Any, delay: float) -> None:
+        # Right after arm()'s closed-check: close() runs to its end here unless arm() holds
+        # it off.
+        if target is job and not closers and sys._getframe(1).f_code.co_name == "arm":
             closer = threading.Thread(target=closing)
             closers.append(closer)
             closer.start()
             assert entered.wait(5)
-            closer.join(0.2)  # close() runs to its end here unless arm() holds it off
-        return value
+            closer.join(0.2)
+        schedule(target, delay)
 
-    manager._refresher._closed = hooked  # type: ignore[method-assign]
+    monkeypatch.setattr(sched, "schedule", hooked)
     # A worker runs the job on a stale plan (the token is fresh): it re-arms.
-    scheduler().schedule(job, 0.0)
+    schedule(job, 0.0)
     eventually(lambda: closers and not closers[0].is_alive())
     assert manager.closed
     assert job.ticket is None

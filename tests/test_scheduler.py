@@ -380,7 +380,7 @@ def test_a_refresh_point_that_finds_a_callers_flight_running_looks_again_at_its_
             manager.replace_rejected(first, timeout=0.1)  # its flight hangs in the source
         flight = manager._flight.current
         assert flight is not None and not flight.done
-        cell = manager._cell
+        cell = manager._flight.cell
         fake_clock.advance((cell.refresh_at + cell.usable_until) / 2 - fake_clock.monotonic)
         manager._scheduled_refresh()  # due now; the caller's flight still runs
         job = manager._refresher.job
