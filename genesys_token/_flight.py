@@ -431,11 +431,16 @@ class SingleFlight:
 
     def _fail(self, flight: Flight, error: GenesysTokenError) -> None:
         """End ``flight`` with ``error`` (lock held): backoff, then wake the waiters."""
+        self._end(flight, None, error)
+
+    def _end(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
+        """Mark ``flight`` ended (lock held), settle it (a waiter must find the backoff of a
+        failure in place), then wake the waiters."""
         flight.error = error
         flight.done = True
         if self._flight is flight:
             self._flight = None
-        self._outcome.settle(flight, None, error)
+        self._outcome.settle(flight, cell, error)
         self._cond.notify_all()
 
     def _run(self, flight: Flight, held: Cell | None) -> None:
@@ -458,13 +463,7 @@ class SingleFlight:
             elif cell is not None:
                 # As installed, it knows what it replaced.
                 cell = flight.cell = self.cell = cell.replacing(self.cell)
-            flight.error = error
-            flight.done = True
-            if self._flight is flight:
-                self._flight = None
-            # Before the waiters wake: a waiter must find the backoff of a failure in place.
-            self._outcome.settle(flight, cell, error)
-            self._cond.notify_all()
+            self._end(flight, cell, error)
         # After the waiters woke (a slow listener must not hold them), with no lock held (a
         # listener may call back into the manager; the next flight may start).
         self._report(flight, cell, error)

@@ -212,8 +212,8 @@ def _still_wanted(conn: Any) -> None:
         raise
 
 
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    """A connection whose requests keep this thread's :func:`deadline`."""
+class _KeepsDeadline(urllib3.connection.HTTPConnection):
+    """What both connection classes add: requests keep this thread's :func:`deadline`."""
 
     response_class = _DeadlineResponse
 
@@ -226,18 +226,12 @@ class _HTTPConnection(urllib3.connection.HTTPConnection):
         _still_wanted(self)
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    """A TLS connection whose requests keep this thread's :func:`deadline`."""
+class _HTTPConnection(_KeepsDeadline):
+    """A plain connection that keeps the deadline."""
 
-    response_class = _DeadlineResponse
 
-    def _new_conn(self) -> socket.socket:
-        _bounded_connect(self)
-        return super()._new_conn()
-
-    def connect(self) -> None:
-        super().connect()
-        _still_wanted(self)
+class _HTTPSConnection(_KeepsDeadline, urllib3.connection.HTTPSConnection):
+    """A TLS connection that keeps the deadline (``connect`` does the handshake too)."""
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
