@@ -11,13 +11,15 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 from requests.cookies import extract_cookies_to_jar
 
+from ._origins import Origin, checked_origins, origin_of, show
 from .errors import GenesysTokenError
 
 if TYPE_CHECKING:
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 _POS_ATTR = "_genesys_token_body_pos"
 _REPLAYED_ATTR = "_genesys_token_replayed"
 _BEARER = "Bearer "
+
+#: How many refused origins :class:`GenesysAuth` warns about (once each); a session that
+#: calls thousands of hosts does not fill the log or memory.
+MAX_WARNED_ORIGINS = 16
 
 #: How long the reaper thread stays with nothing to watch before it ends; it costs nothing
 #: while it waits.
@@ -342,18 +348,46 @@ class GenesysAuth(requests.auth.AuthBase):
     drops the ``Authorization`` header on a redirect to another host, and a 401 from any
     origin other than the one the token was sent to is returned untouched.
 
+    The token goes only to ``manager.api_base_url``'s origin (scheme, host and port) and to
+    the ``allowed_origins`` given: a call to any other URL (a recording download, a partner
+    API) goes out without it, uncounted, and the first such call to each origin logs a
+    warning naming the origin.
+
     Args:
         manager: The token manager.
         replay_401: Set False to return 401 answers untouched.
+        allowed_origins: Further origins that get the token, as ``"https://host[:port]"``
+            strings (a gateway in front of the API, say).
+
+    Raises:
+        ConfigurationError: ``allowed_origins`` is a single string or holds something that
+            is not an http(s) origin (``field="allowed_origins"``).
     """
 
-    def __init__(self, manager: TokenManager, *, replay_401: bool = True) -> None:
+    def __init__(
+        self,
+        manager: TokenManager,
+        *,
+        replay_401: bool = True,
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
         self._manager = manager
         self._replay_401 = replay_401
+        self._origins = checked_origins(allowed_origins) | {origin_of(manager.api_base_url)}
+        self._warned: set[Origin] = set()
         self._local = threading.local()
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """Every origin that gets the token, the API's included (``"https://host"`` form)."""
+        return frozenset(show(origin) for origin in self._origins)
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         self._end_previous_uses()
+        origin = origin_of(r.url)
+        if origin not in self._origins:
+            self._refused(origin)
+            return r
         use = self._manager.begin_use()
         try:
             watch = _Watch(use, _reaper)
@@ -374,6 +408,17 @@ class GenesysAuth(requests.auth.AuthBase):
         on_response = functools.partial(self._on_response, sent_to=r.url, watch=watch)
         r.register_hook("response", on_response)  # type: ignore[no-untyped-call]
         return r
+
+    def _refused(self, origin: Origin) -> None:
+        warned = self._warned
+        if origin in warned or len(warned) >= MAX_WARNED_ORIGINS:
+            return
+        warned.add(origin)  # two threads may both warn once: harmless, and no lock to hold
+        log.warning(
+            "GenesysAuth: calls to %s go out without the token (not the API origin; "
+            "pass allowed_origins=[...] to send it there)",
+            show(origin) if origin[0] else "a URL with no http(s) origin",
+        )
 
     def _watches(self) -> list[_Watch]:
         watches: list[_Watch] | None = getattr(self._local, "watches", None)
@@ -406,7 +451,7 @@ class GenesysAuth(requests.auth.AuthBase):
         sent = request.headers.get("Authorization", "")
         if not sent.startswith(_BEARER) or getattr(request, _REPLAYED_ATTR, False):
             return response
-        if _origin(request.url) != _origin(sent_to):
+        if origin_of(request.url) != origin_of(sent_to):
             # A redirect took the call elsewhere; our token is not that host's business.
             return response
         return self._replay(response, sent[len(_BEARER) :], kwargs)
@@ -444,16 +489,6 @@ class GenesysAuth(requests.auth.AuthBase):
 
     def __repr__(self) -> str:
         return f"GenesysAuth({self._manager!r})"
-
-
-def _origin(url: str | None) -> str:
-    """Scheme, host and port: where a request goes, as far as credentials are concerned."""
-    parts = urlsplit(url or "")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{parts.scheme}://{parts.hostname}:{port}"
 
 
 def _remember_body_position(request: requests.PreparedRequest) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
@@ -37,7 +37,6 @@ ANY_METHOD_STATUSES = frozenset({429})
 #: A gateway or service error may come after the request was processed: idempotent methods.
 IDEMPOTENT_STATUSES = frozenset({502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class GenesysRetry(Retry):
@@ -125,32 +124,6 @@ def genesys_retry(
     )
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return scheme, (parts.hostname or ""), port or _DEFAULT_PORTS.get(scheme)
-
-
-class _ApiOriginAuth(requests.auth.AuthBase):
-    """``GenesysAuth`` for requests to the API origin; anything else goes out without it."""
-
-    def __init__(self, inner: GenesysAuth, api_base_url: str) -> None:
-        self.inner = inner
-        self._origin = _origin(api_base_url)
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        if _origin(r.url or "") != self._origin:
-            return r
-        return self.inner(r)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.inner!r})"
-
-
 class ApiSession(requests.Session):
     """A ``requests.Session`` bound to one Genesys Cloud API base URL (see :func:`api_session`).
 
@@ -202,6 +175,7 @@ def api_session(
     pool_maxsize: int = 10,
     replay_401: bool = True,
     retry_methods: Collection[str] | None = None,
+    allowed_origins: Iterable[str] = (),
 ) -> ApiSession:
     """A ``requests.Session`` ready for the Genesys Cloud Platform API.
 
@@ -211,9 +185,9 @@ def api_session(
             org = session.get("/api/v2/organizations/me").json()
 
     * Authentication: :class:`~genesys_token.GenesysAuth` (bearer token, counted in flight,
-      one 401 replay), for requests to ``manager.api_base_url``'s origin only: an absolute
-      URL to another host goes out without the token, and a redirect to another host drops
-      it (``requests`` strips the header).
+      one 401 replay), for requests to ``manager.api_base_url``'s origin (and
+      ``allowed_origins``) only: an absolute URL to another origin goes out without the
+      token, and a redirect to another host drops it (``requests`` strips the header).
     * Relative paths (``"/api/v2/users"``) are resolved against ``manager.api_base_url``.
     * Every request gets ``timeout`` unless it passes its own.
     * Retries (:class:`GenesysRetry`): a 429 is retried for **every** method, since Genesys
@@ -236,12 +210,15 @@ def api_session(
         pool_maxsize: Connections kept per host (raise it for many threads).
         replay_401: Passed to :class:`~genesys_token.GenesysAuth`.
         retry_methods: Methods retried on 502/503/504 instead of the idempotent ones.
+        allowed_origins: Further origins that get the token (passed to
+            :class:`~genesys_token.GenesysAuth`).
 
     Returns:
         An :class:`ApiSession` (a ``requests.Session``); close it, or use it in ``with``.
 
     Raises:
         ValueError: ``max_retries`` is negative.
+        ConfigurationError: ``allowed_origins`` holds something that is not an origin.
     """
     retry = genesys_retry(
         max_retries, backoff_factor=backoff_factor, max_retry_after=max_retry_after
@@ -252,5 +229,5 @@ def api_session(
     adapter = HTTPAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    session.auth = _ApiOriginAuth(GenesysAuth(manager, replay_401=replay_401), session.base_url)
+    session.auth = GenesysAuth(manager, replay_401=replay_401, allowed_origins=allowed_origins)
     return session

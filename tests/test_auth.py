@@ -25,7 +25,7 @@ import requests
 import trustme
 from conftest import MakeManager, in_background, in_child, poll, read_child
 
-from genesys_token import GenesysAuth, TokenManager
+from genesys_token import ConfigurationError, GenesysAuth, TokenManager
 from genesys_token import auth as auth_module
 from genesys_token.testing import Fault, GenesysEmulator
 
@@ -40,12 +40,15 @@ def _count_back_to_zero(manager: TokenManager) -> bool:
 
 
 @pytest.fixture
-def make_session() -> Iterator[MakeSession]:
+def make_session(closed_port: int) -> Iterator[MakeSession]:
     sessions: list[requests.Session] = []
+    # The closed port's origin gets the token too: the tests of refused calls need a call
+    # that is counted and then fails.
+    refused_origin = f"http://127.0.0.1:{closed_port}"
 
     def make(manager: TokenManager) -> requests.Session:
         session = requests.Session()
-        session.auth = GenesysAuth(manager)
+        session.auth = GenesysAuth(manager, allowed_origins=[refused_origin])
         sessions.append(session)
         return session
 
@@ -274,7 +277,7 @@ def test_collector_running_inside_the_managers_lock_does_not_deadlock(
         background_refresh=False,
     )
     session = requests.Session()
-    session.auth = GenesysAuth(manager)
+    session.auth = GenesysAuth(manager, allowed_origins=[f"http://127.0.0.1:{closed_port}"])
     token = manager.get_token()
     collected_under_lock: list[bool] = []
 
@@ -686,6 +689,102 @@ def test_401_from_another_origin_is_not_replayed_even_with_a_bearer_header(
     assert returned is answer
     assert len(other_host.api_request_log) == 1
     assert manager.token is None  # no token was even fetched
+
+
+# -- where the token goes --------------------------------------------------------------------
+
+
+def test_a_call_to_another_origin_gets_no_token_and_is_not_counted(
+    emulator: GenesysEmulator,
+    other_host: GenesysEmulator,
+    make_manager: MakeManager,
+    caplog: pytest.LogCaptureFixture,
+):
+    manager = make_manager()
+    session = requests.Session()
+    session.auth = GenesysAuth(manager)
+    with session:
+        for _ in range(3):
+            assert session.get(other_host.api_base_url + ORG_PATH, timeout=5).status_code == 401
+            assert manager.in_flight_count == 0
+        assert session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code == 200
+    assert [r.token_used for r in other_host.api_request_log] == [None, None, None]
+    assert [r.token_used is not None for r in emulator.api_request_log] == [True]
+    assert emulator.token_requests == 1
+    refusals = [r for r in caplog.records if "without the token" in r.getMessage()]
+    assert len(refusals) == 1  # once per origin
+    assert other_host.url in refusals[0].getMessage()
+
+
+def test_refused_origins_are_warned_about_a_bounded_number_of_times(
+    make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    auth = GenesysAuth(make_manager())
+    for n in range(auth_module.MAX_WARNED_ORIGINS + 10):
+        for _ in range(2):
+            auth(requests.Request("GET", f"https://host{n}.example.com/").prepare())
+    refusals = [r for r in caplog.records if "without the token" in r.getMessage()]
+    assert len(refusals) == auth_module.MAX_WARNED_ORIGINS
+
+
+def test_allowed_origins_get_the_token_and_other_ports_do_not(
+    emulator: GenesysEmulator, other_host: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager()
+    session = requests.Session()
+    session.auth = GenesysAuth(
+        manager, allowed_origins=[f"HTTP://LocalHost:{other_host.port}/"], replay_401=False
+    )
+    with session:
+        # The other emulator does not know our tokens (401), but it was sent one.
+        assert session.get(other_host.api_base_url + ORG_PATH, timeout=5).status_code == 401
+        # The same host on another port is another origin.
+        prepared = session.prepare_request(requests.Request("GET", "http://localhost:1/x"))
+        assert "Authorization" not in prepared.headers
+    assert [r.token_used for r in other_host.api_request_log] == [manager.token.access_token]
+
+
+def test_the_origin_compares_default_ports_and_case(make_manager: MakeManager):
+    manager = make_manager()
+    auth = GenesysAuth(manager, allowed_origins=["https://Gateway.Example.com"])
+    assert "https://gateway.example.com" in auth.allowed_origins
+    for url in ["https://gateway.example.com:443/a", "HTTPS://GATEWAY.example.com/b?c=1"]:
+        prepared = requests.Request("GET", url).prepare()
+        auth(prepared)
+        assert prepared.headers["Authorization"].startswith("Bearer ")
+    for url in [
+        "http://gateway.example.com/a",  # another scheme
+        "https://gateway.example.com:8443/a",  # another port
+        "https://gateway.example.com.evil.test/a",  # a longer host
+        "https://evil.test/?https://gateway.example.com",
+        "https://gateway.example.com@evil.test/",  # a user name, not the host
+    ]:
+        prepared = requests.Request("GET", url).prepare()
+        auth(prepared)
+        assert "Authorization" not in prepared.headers, url
+    assert manager.in_flight_count == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://gateway.example.com",  # one string, not a list of them
+        ["gateway.example.com"],
+        ["ftp://gateway.example.com"],
+        ["https://gateway.example.com/api"],
+        ["https://gateway.example.com?x=1"],
+        ["https://user:hunter2@gateway.example.com"],
+        ["https://gateway.example.com:99999"],
+        [42],
+        42,
+    ],
+)
+def test_allowed_origins_that_are_not_origins_are_refused(make_manager: MakeManager, value: object):
+    manager = make_manager()
+    with pytest.raises(ConfigurationError) as caught:
+        GenesysAuth(manager, allowed_origins=value)  # type: ignore[arg-type]
+    assert caught.value.field == "allowed_origins"
+    assert "hunter2" not in str(caught.value)
 
 
 # -- secrets, load -------------------------------------------------------------------------

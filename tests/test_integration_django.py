@@ -160,3 +160,18 @@ def test_manage_py_check_passes_with_the_environment(emulator: GenesysEmulator):
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
     assert emulator.token_requests == 0
+
+
+@pytest.mark.usefixtures("on_emulator")
+def test_the_session_sends_the_token_only_to_the_api_and_allowed_origins(
+    emulator: GenesysEmulator,
+):
+    with GenesysEmulator(host="localhost") as partner, GenesysEmulator() as gateway:
+        with override_settings(GENESYS_ALLOWED_ORIGINS=[gateway.url]):
+            session = integration.get_session()
+            session.get(partner.api_base_url + "/api/v2/organizations/me", timeout=5)
+            session.get(gateway.api_base_url + "/api/v2/organizations/me", timeout=5)
+            session.get(emulator.api_base_url + "/api/v2/organizations/me", timeout=5)
+        assert [r.token_used for r in partner.api_request_log] == [None]
+        assert gateway.api_request_log[0].token_used is not None
+        assert emulator.api_request_log[0].token_used is not None

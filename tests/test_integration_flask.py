@@ -199,3 +199,35 @@ def test_manager_is_closed_at_interpreter_exit(
     gc.collect()
     assert ref() is None
     func(ref)  # the manager is gone: nothing to close, no error
+
+
+def test_the_session_sends_the_token_only_to_the_api_and_allowed_origins(
+    emulator: GenesysEmulator,
+):
+    with GenesysEmulator(host="localhost") as partner, GenesysEmulator() as gateway:
+        app = Flask("origins")
+        app.config.update(_config(emulator, GENESYS_ALLOWED_ORIGINS=[gateway.url]))
+        genesys = GenesysToken(app)
+        try:
+            session = genesys.session
+            session.get(partner.api_base_url + "/api/v2/organizations/me", timeout=5)
+            session.get(gateway.api_base_url + "/api/v2/organizations/me", timeout=5)
+            session.get(emulator.api_base_url + "/api/v2/organizations/me", timeout=5)
+        finally:
+            genesys.close(app)
+        assert [r.token_used for r in partner.api_request_log] == [None]
+        assert gateway.api_request_log[0].token_used is not None
+        assert emulator.api_request_log[0].token_used is not None
+
+
+def test_allowed_origins_that_are_not_origins_name_the_setting(emulator: GenesysEmulator):
+    app = Flask("bad-origins")
+    app.config.update(_config(emulator, GENESYS_ALLOWED_ORIGINS="https://one.example.com"))
+    genesys = GenesysToken(app)
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            genesys.session  # noqa: B018 - the property builds the session
+    finally:
+        genesys.close(app)
+    assert caught.value.field == "GENESYS_ALLOWED_ORIGINS"
+    assert "app.config" in str(caught.value)

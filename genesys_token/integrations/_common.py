@@ -23,6 +23,9 @@ SETTING_ARGS: dict[str, str] = {
     "GENESYS_TOKEN_URL": "token_url",
     "GENESYS_API_URL": "api_base_url",
 }
+#: A list of further origins that get the token from the integration's session
+#: (``["https://gateway.example.com"]``); the API origin always does.
+ALLOWED_ORIGINS_SETTING = "GENESYS_ALLOWED_ORIGINS"
 #: A dict of further TokenManager arguments (``store``, ``refresh_buffer``, ...).
 OPTIONS_SETTING = "GENESYS_TOKEN_OPTIONS"
 _ENV_OF = {"client_id": ENV_CLIENT_ID, "client_secret": ENV_CLIENT_SECRET}
@@ -64,10 +67,24 @@ def manager_from_settings(lookup: Callable[[str], Any], where: str) -> TokenMana
         raise
 
 
-def authorized_session(manager: TokenManager) -> requests.Session:
-    """A ``requests.Session`` that sends the manager's token on every call."""
+def authorized_session(
+    manager: TokenManager, lookup: Callable[[str], Any], where: str
+) -> requests.Session:
+    """A ``requests.Session`` that sends the manager's token on calls to the API origin and
+    the origins in the ``GENESYS_ALLOWED_ORIGINS`` setting, and on no other call.
+
+    Raises:
+        ConfigurationError: ``GENESYS_ALLOWED_ORIGINS`` is not a list of origins.
+    """
+    origins = lookup(ALLOWED_ORIGINS_SETTING)
+    try:
+        auth = GenesysAuth(manager, allowed_origins=() if origins is None else origins)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{ALLOWED_ORIGINS_SETTING} in {where}: {exc}", field=ALLOWED_ORIGINS_SETTING
+        ) from None
     session = requests.Session()
-    session.auth = GenesysAuth(manager)
+    session.auth = auth
     return session
 
 

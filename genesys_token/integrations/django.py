@@ -19,8 +19,10 @@
 
 Settings: ``GENESYS_CLIENT_ID``, ``GENESYS_CLIENT_SECRET``, ``GENESYS_REGION``,
 ``GENESYS_TOKEN_URL``, ``GENESYS_API_URL`` (each falling back to its ``GENESYSCLOUD_*``
-environment variable) and ``GENESYS_TOKEN_OPTIONS`` (a dict of further
-:class:`~genesys_token.TokenManager` arguments). Changing one of them (``override_settings``
+environment variable), ``GENESYS_TOKEN_OPTIONS`` (a dict of further
+:class:`~genesys_token.TokenManager` arguments) and ``GENESYS_ALLOWED_ORIGINS`` (origins
+besides the API's that :func:`get_session` sends the token to; it sends it nowhere else).
+Changing one of them (``override_settings``
 in tests) closes the manager, and the next :func:`get_manager` builds one from the new values.
 """
 
@@ -35,6 +37,7 @@ from django.core.signals import setting_changed  # type: ignore[import-untyped]
 
 from ..manager import TokenManager
 from ._common import (
+    ALLOWED_ORIGINS_SETTING,
     OPTIONS_SETTING,
     SETTING_ARGS,
     authorized_session,
@@ -75,6 +78,9 @@ def get_manager() -> TokenManager:
 def get_session() -> requests.Session:
     """A ``requests.Session`` sending the manager's token, shared by the process's threads.
 
+    The token goes only to the API origin and the ``GENESYS_ALLOWED_ORIGINS`` (see
+    :class:`~genesys_token.GenesysAuth`); calls to other hosts go out without it.
+
     Raises:
         ConfigurationError: A ``GENESYS_*`` setting is missing or invalid.
     """
@@ -85,7 +91,7 @@ def get_session() -> requests.Session:
     manager = get_manager()
     with _lock:
         if _session is None:
-            _session = authorized_session(manager)
+            _session = authorized_session(manager, _setting, "settings")
         return _session
 
 
@@ -102,7 +108,7 @@ def close() -> None:
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in SETTING_ARGS or setting == OPTIONS_SETTING:
+    if setting in SETTING_ARGS or setting in (OPTIONS_SETTING, ALLOWED_ORIGINS_SETTING):
         close()
 
 

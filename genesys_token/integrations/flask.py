@@ -21,11 +21,12 @@
 
 Settings come from ``app.config``: ``GENESYS_CLIENT_ID``, ``GENESYS_CLIENT_SECRET``,
 ``GENESYS_REGION``, ``GENESYS_TOKEN_URL``, ``GENESYS_API_URL`` (each falling back to its
-``GENESYSCLOUD_*`` environment variable) and ``GENESYS_TOKEN_OPTIONS`` (a dict of further
-:class:`~genesys_token.TokenManager` arguments). The manager is built on first use, so an
-app factory can run without credentials and a pre-fork server (gunicorn ``--preload``)
-imports the app without making a token request; it is closed at interpreter exit or by
-:meth:`GenesysToken.close`.
+``GENESYSCLOUD_*`` environment variable), ``GENESYS_TOKEN_OPTIONS`` (a dict of further
+:class:`~genesys_token.TokenManager` arguments) and ``GENESYS_ALLOWED_ORIGINS`` (origins besides
+the API's that ``genesys.session`` sends the token to; it sends it nowhere else). The
+manager is built on first use, so an app factory can run without credentials and a pre-fork
+server (gunicorn ``--preload``) imports the app without making a token request; it is closed
+at interpreter exit or by :meth:`GenesysToken.close`.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class _AppState:
         manager = self.get_manager()
         with self.lock:
             if self.session is None:
-                self.session = authorized_session(manager)
+                self.session = authorized_session(manager, self.config.get, "app.config")
             return self.session
 
     def close(self) -> None:
