@@ -46,22 +46,25 @@ def rotate(
         return state.closed
 
     before = state.cell
-    old = before.token if before is not None else None
+    first = before.token if before is not None else None
     me = threading.get_ident()
-    uses = gate.count_of(old.access_token) if old is not None else 0
-    reporter.emit(TOKEN_ROTATION_STARTED, old, {"in_flight": uses})
+    uses = gate.count_of(first.access_token) if first is not None else 0
+    reporter.emit(TOKEN_ROTATION_STARTED, first, {"in_flight": uses})
     new = refresher.fetch_new("rotation")  # raises on failure: the old token stays in place
     reporter.metrics.incr("rotations")
-    # Retire what the new token replaced: a refresh that landed since `before` was read
-    # installed a token newer than `old`, and that one is the token to drain and revoke.
-    old = new.replaced
-    if old is None or old.access_token == new.access_token:
+    retiring = _older_tokens(first, new.replaced, new.token)
+    if not retiring:
         return new.token
     started = time.monotonic()
-    pending = gate.retire(old.access_token, exclude_owner=me)
-    left = gate.drain(old.access_token, drain_timeout, closed, exclude_owner=me)
+    pending = sum(gate.retire(t.access_token, exclude_owner=me) for t in retiring)
+    left = 0
+    for token in retiring:  # one drain bound for all of them
+        waited = time.monotonic() - started
+        remaining = drain_timeout - waited if drain_timeout > waited else 0.0
+        left += gate.drain(token.access_token, remaining, closed, exclude_owner=me)
     if closed():
         raise ManagerClosedError("closed during the rotation")
+    old = retiring[-1]  # the token the new one replaced: what the events are about
     data = {
         "in_flight": pending,
         "drained": pending - left,
@@ -79,7 +82,21 @@ def rotate(
             )
     else:
         reporter.emit(TOKEN_DRAIN_COMPLETE, old, data)
-    if revoke_previous and revoke(old.access_token):
-        reporter.metrics.incr("revocations")
-        reporter.emit(TOKEN_REVOKED, old, {})
+    if revoke_previous:
+        for token in retiring:
+            if revoke(token.access_token):
+                reporter.metrics.incr("revocations")
+                reporter.emit(TOKEN_REVOKED, token, {})
     return new.token
+
+
+def _older_tokens(first: Token | None, replaced: Token | None, new: Token) -> list[Token]:
+    """What a rotation retires: the token in place when it started and, when a refresh
+    landed meanwhile, the token its own new token replaced; oldest first, each once."""
+    older: list[Token] = []
+    for token in (first, replaced):
+        if token is None or token.access_token == new.access_token:
+            continue
+        if all(token.access_token != seen.access_token for seen in older):
+            older.append(token)
+    return older

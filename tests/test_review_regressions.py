@@ -250,7 +250,8 @@ def test_rotate_retires_the_token_its_new_token_replaced(
     emulator: GenesysEmulator, make_manager: MakeManager
 ):
     # Defect rotate_retires_wrong_token: a refresh landing as rotate() began left its token
-    # (T2) undrained and unrevoked while T1, replaced already, was revoked.
+    # (T2) undrained and unrevoked while T1, replaced already, was revoked. Both are older
+    # than the rotation's token: both are retired.
     manager = make_manager()
     t1 = manager.get_token()
     seen: dict[str, Any] = {}
@@ -276,7 +277,7 @@ def test_rotate_retires_the_token_its_new_token_replaced(
     assert seen["use"].token == t2
     assert seen["pending"] is True  # the use of T2 was told, and waited for
     assert t3 not in (t1, t2)
-    assert emulator.revoked_tokens == {t2}
+    assert emulator.revoked_tokens == {t1, t2}
     assert not emulator.is_token_valid(t2)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, TricklingServer, in_background
+from conftest import MakeManager, TricklingServer, in_background, poll
 
 from genesys_token import (
     ConfigurationError,
@@ -626,3 +626,22 @@ def test_rotate_with_a_nan_drain_timeout_is_a_configuration_error(
     with pytest.raises(ConfigurationError) as caught:
         manager.rotate(drain_timeout=float("nan"))
     assert caught.value.field == "drain_timeout"
+
+
+def test_rotation_started_during_a_forced_refresh_retires_both_older_tokens(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # The forced refresh is in flight when the rotation starts: the rotation's own token
+    # replaces the forced one, which replaced the token the rotation was asked to retire.
+    # Both are older than the rotation's token: both are drained and revoked.
+    manager = make_manager()
+    old = manager.get_token()
+    emulator.inject(Fault(delay=0.5, passthrough=True))
+    forcing, forced = in_background(lambda: manager.refresh(force=True).access_token)
+    assert poll(lambda: emulator.token_requests == 2)  # the forced request is on the wire
+    mine = manager.rotate(drain_timeout=1, revoke_previous=True).access_token
+    forcing.join(5)
+    assert forced[0] not in (old, mine)
+    assert emulator.revoked_tokens == {old, forced[0]}
+    assert emulator.is_token_valid(mine)
+    assert manager.get_token() == mine
