@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ._gate import InFlight
     from .manager import TokenManager
 
-    _Finalizer = weakref.finalize[[InFlight], requests.PreparedRequest]
+    _Finalizer = weakref.finalize[["_Watch"], requests.PreparedRequest]
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +114,23 @@ class _Reaper:
     let go then, so it outlives its call by one check at most.
 
     A request prepared apart and sent later (``session.send(prepared)``) cannot be tied to
-    a frame when it is prepared: its use ends when the prepared request is collected, or
-    at the thread's next call. A request that raised lives in a reference cycle
-    (exception, traceback, frames), so the cyclic collector frees it, at any allocation of
-    any thread, including one made while that thread holds the manager's lock. Ending the
-    use right there would take the lock again and deadlock. So the finalizer only puts the
-    use on a ``SimpleQueue`` (documented as safe to call from weakref callbacks) and this
-    thread ends it, outside the collector.
+    a frame when it is prepared: its use ends when the prepared request is collected, at
+    the thread's next call, or once its thread has ended (checked as often as frames). A
+    request that raised lives in a reference cycle (exception, traceback, frames), so the
+    cyclic collector frees it, at any allocation of any thread, including one made while
+    that thread holds the manager's lock. Ending the use right there would take the lock
+    again and deadlock. So the finalizer only puts the watch on a ``SimpleQueue``
+    (documented as safe to call from weakref callbacks) and this thread ends it, outside
+    the collector.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Watch] = queue.SimpleQueue()
         self._watched = 0
         self._calls: set[_Watch] = set()
+        #: Requests prepared apart, watched by their finalizer and their thread's life.
+        self._apart: set[_Watch] = set()
         self._thread: threading.Thread | None = None
 
     def _start(self) -> None:
@@ -143,7 +146,8 @@ class _Reaper:
         with self._lock:
             self._start()
             self._watched += 1
-        finalizer = weakref.finalize(request, self._queue.put, watch.use)
+            self._apart.add(watch)
+        finalizer = weakref.finalize(request, self._queue.put, watch)
         finalizer.atexit = False
         watch.finalizer = finalizer
 
@@ -160,6 +164,7 @@ class _Reaper:
         if finalizer is not None and finalizer.detach() is not None:
             with self._lock:
                 self._watched -= 1
+                self._apart.discard(watch)
         if watch.frame is not None:
             with self._lock:
                 watch.frame = None
@@ -176,29 +181,31 @@ class _Reaper:
         for watch in list(self._calls):
             watch.frame = None
         self._calls.clear()
+        self._apart.clear()
 
     def _run(self) -> None:
         next_check = time.monotonic() + CALL_CHECK_SECONDS
         idle_since: float | None = None
         while True:
             try:
-                use: InFlight | None = self._queue.get(
+                collected: _Watch | None = self._queue.get(
                     timeout=max(0.0, next_check - time.monotonic())
                 )
             except queue.Empty:
-                use = None
-            if use is not None:
+                collected = None
+            if collected is not None:
                 try:
-                    use.end()
+                    collected.use.end()
                 except Exception:  # the reaper must survive anything
                     log.exception("could not end the use of a collected request")
                 with self._lock:
                     self._watched -= 1
+                    self._apart.discard(collected)
             now = time.monotonic()
             if now < next_check:
                 continue
             next_check = now + CALL_CHECK_SECONDS
-            if self._calls:
+            if self._calls or self._apart:
                 self._end_finished_calls()
             with self._lock:
                 if self._watched or self._calls:
@@ -220,8 +227,11 @@ class _Reaper:
         # The frames (and the snapshot of every thread's stack) are let go on return.
         with self._lock:
             calls = [(watch, watch.frame, watch.use.owner) for watch in self._calls]
+            apart = [(watch, watch.use.owner) for watch in self._apart]
         stacks = sys._current_frames()
-        finished = []
+        # A request prepared apart whose thread has ended: that thread makes no next call,
+        # and whatever keeps its exception may keep the request for good.
+        finished = [watch for watch, owner in apart if owner not in stacks]
         for watch, frame, owner in calls:
             top = stacks.get(owner)
             while top is not None and top is not frame:

@@ -150,6 +150,23 @@ def test_count_ends_at_the_threads_next_call(
     assert kept
 
 
+def test_count_ends_when_the_thread_of_a_kept_prepared_call_ends(
+    make_manager: MakeManager, make_session: MakeSession, closed_port: int
+):
+    # A worker thread sends a request prepared apart, it is refused, the worker keeps the
+    # exception where it outlives the thread (a future's result, say) and ends: no next call
+    # of that thread will ever come, and the request is never collected.
+    manager = make_manager()
+    session = make_session(manager)
+    kept: list[list[BaseException]] = []
+    worker = threading.Thread(target=lambda: kept.append(_refused_call_kept(session, closed_port)))
+    worker.start()
+    worker.join(10)
+    assert kept and kept[0]
+    assert poll(lambda: manager.in_flight_count == 0, 2.0)
+    assert kept[0][0].request is not None  # still held: not the collector's doing
+
+
 def test_count_ends_after_a_read_timeout(
     emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
 ):
