@@ -50,6 +50,7 @@ __all__ = [
     "MAX_REQUESTS_PER_HOST",
     "POOL_MAXSIZE",
     "HostLimiter",
+    "LoopbackDirectAdapter",
     "attempt_bound",
     "deadline",
     "deadline_session",
@@ -265,9 +266,10 @@ def is_loopback_url(url: str) -> bool:
     return host is not None and is_loopback_host(host)
 
 
-class _Adapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose requests keep this thread's :func:`deadline`, and reach loopback
-    hosts directly, never through a proxy."""
+class LoopbackDirectAdapter(requests.adapters.HTTPAdapter):
+    """An ``HTTPAdapter`` that reaches loopback hosts directly, never through a proxy,
+    whatever the environment, the session's ``proxies`` or the call's ``proxies=`` say. Every
+    session made here has one; mount it on a session made elsewhere to give it the same."""
 
     def send(
         self,
@@ -278,11 +280,16 @@ class _Adapter(requests.adapters.HTTPAdapter):
         cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
+        """Send ``request``; without proxies when its host is loopback."""
         if proxies and is_loopback_url(request.url or ""):
             proxies = None  # what is meant for this machine stays on it
         return super().send(
             request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
         )
+
+
+class _Adapter(LoopbackDirectAdapter):
+    """A :class:`LoopbackDirectAdapter` whose requests keep this thread's :func:`deadline`."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import trustme
 
 from genesys_token import TokenManager, TokenRequestError
-from genesys_token._http import deadline_session, is_loopback_url
+from genesys_token._http import LoopbackDirectAdapter, deadline_session, is_loopback_url
 from genesys_token.config import Settings
 from genesys_token.testing import GenesysEmulator
 from genesys_token.transport import TokenEndpoint
@@ -191,10 +192,15 @@ def test_the_loopback_token_request_never_touches_the_environment_proxy(
     assert receiver.posts >= 1
 
 
+@pytest.mark.parametrize("made", ["here", "elsewhere"])
 def test_loopback_ignores_the_sessions_own_proxies_too(
-    emulator: GenesysEmulator, counting_proxy: CountingProxy
+    emulator: GenesysEmulator, counting_proxy: CountingProxy, made: str
 ) -> None:
-    session = deadline_session()
+    if made == "here":
+        session = deadline_session()
+    else:  # a session of its own, given the adapter
+        session = requests.Session()
+        session.mount("http://", LoopbackDirectAdapter(max_retries=0))
     session.trust_env = False
     session.proxies = {"http": counting_proxy.url, "https": counting_proxy.url}
     proxies = {"all": counting_proxy.url}
