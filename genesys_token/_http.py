@@ -14,6 +14,13 @@ read of the answer (status line, headers, body) waits at most the time left, in 
 touches the socket; a request that is abandoned (``close()`` sets the flag) lets its
 connection go within a slice. Name lookups are the system resolver's and are not bounded
 here.
+
+**Loopback is never reached through a proxy.** ``requests`` sends a request for 127.0.0.1,
+::1 or localhost through ``HTTP_PROXY`` (or ``ALL_PROXY``, or the session's ``proxies``)
+unless ``NO_PROXY`` exempts it, which would carry a plain-http secret meant for this machine
+(the emulator, a local sidecar) off it. Our adapter drops the proxy for such a request,
+whoever chose it: every session made here (tokens, JWKS, revoke, status checks, webhooks)
+goes straight to loopback.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -35,15 +43,18 @@ import urllib3.connection
 import urllib3.connectionpool
 
 from ._lifecycle import on_fork_in_child
+from .regions import is_loopback_host
 
 __all__ = [
     "ATTEMPT_SLACK",
     "MAX_REQUESTS_PER_HOST",
     "POOL_MAXSIZE",
     "HostLimiter",
+    "LoopbackDirectAdapter",
     "attempt_bound",
     "deadline",
     "deadline_session",
+    "is_loopback_url",
     "json_of",
     "renew_adapters",
     "shared_session",
@@ -245,8 +256,40 @@ class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
-class _Adapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose requests keep this thread's :func:`deadline`."""
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine (127.0.0.0/8, ::1, localhost); False for a URL
+    that does not parse."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return host is not None and is_loopback_host(host)
+
+
+class LoopbackDirectAdapter(requests.adapters.HTTPAdapter):
+    """An ``HTTPAdapter`` that reaches loopback hosts directly, never through a proxy,
+    whatever the environment, the session's ``proxies`` or the call's ``proxies=`` say. Every
+    session made here has one; mount it on a session made elsewhere to give it the same."""
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send ``request``; without proxies when its host is loopback."""
+        if proxies and is_loopback_url(request.url or ""):
+            proxies = None  # what is meant for this machine stays on it
+        return super().send(
+            request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+        )
+
+
+class _Adapter(LoopbackDirectAdapter):
+    """A :class:`LoopbackDirectAdapter` whose requests keep this thread's :func:`deadline`."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)

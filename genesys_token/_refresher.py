@@ -26,6 +26,7 @@ from .errors import (
     InvalidClientError,
     ManagerClosedError,
     RateLimitedError,
+    SecretSourceError,
     TokenRejectedError,
 )
 
@@ -306,7 +307,34 @@ class Refresher:
             self._failures, self._retry_at, self._last_error = 0, None, None
             self.arm(cell.refresh_at - now)
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
-            self._back_off(error, now)
+            self._back_off(self._rejection_kept(flight, error) or error, now)
+
+    def _rejection_kept(
+        self, flight: Flight, error: GenesysTokenError
+    ) -> InvalidClientError | None:
+        """The rejection behind a secret source's failure, now cooling its credentials down.
+
+        A source is read after a token request only when Genesys rejected the secret (to
+        look for a rotated one): a flight that made requests and then failed for its source
+        was rejected, and the secret it sent still is. Its credentials cool down as if the
+        source had given that secret again; the cool-down, not the failure's short backoff,
+        then decides who may try again (issue 22: callers made a token request each time
+        the backoff ran out). None for any other failure.
+        """
+        if not isinstance(error, SecretSourceError) or flight.requests == 0:
+            return None
+        if flight.credentials != self._flight.credentials:
+            return None  # set_credentials() since: the new ones owe nothing to this rejection
+        cause = error.__context__  # the read that failed ran while handling the rejection
+        rejection = (
+            cause
+            if isinstance(cause, InvalidClientError)
+            else InvalidClientError(  # a read abandoned past the deadline has no cause
+                "credentials rejected by Genesys (the secret source then failed)",
+                attempts=flight.requests,
+            )
+        )
+        return rejection if self.rejected.keep(rejection) is not None else None
 
     def finished(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
         """After each acquisition, once its waiters woke (no lock held): report it."""

@@ -3,7 +3,9 @@
 * :class:`RejectedCredentials` — after Genesys answers ``invalid_client`` or
   ``unauthorized_client``, callers get the same typed error at once, without a token request,
   for a cool-down that doubles from about 1 s to about 60 s (with jitter). A new secret
-  (``set_credentials`` or a source that now gives another one) ends it at once.
+  (``set_credentials`` or a source that now gives another one) ends it at once. A source
+  that fails when read again right after the rejection does not end it (:meth:`keep`):
+  the secret last sent is still the rejected one.
 * :class:`RejectedTokens` — after the API answers 401 to a token fetched moments ago,
   at most one such fresh token is replaced per cool-down: an API that rejects every token
   (another region's API host, a client without the role) gets its 401 back, not a new token
@@ -40,6 +42,9 @@ class RejectedCredentials:
         self._error: InvalidClientError | None = None
         self._until = float("-inf")
         self._strikes = 0
+        #: The credentials last named to :meth:`check` (an acquisition names those it is
+        #: about to send), for :meth:`keep`.
+        self._named: bytes | None = None
 
     @property
     def remaining(self) -> float:
@@ -54,14 +59,7 @@ class RejectedCredentials:
     def record(self, digest: bytes, error: InvalidClientError) -> float:
         """Genesys rejected the credentials named by ``digest``; returns the cool-down."""
         with self._lock:
-            self._strikes = self._strikes + 1 if self._digest == digest else 1
-            self._digest = digest
-            self._error = error
-            ceiling = min(
-                CREDENTIALS_COOLDOWN_MAX, CREDENTIALS_COOLDOWN_FIRST * 2.0 ** (self._strikes - 1)
-            )
-            cooldown = ceiling * (0.75 + 0.5 * self._draw())
-            self._until = self._now() + cooldown
+            cooldown = self._record(digest, error)
         # Once per cool-down: the only token request of the cool-down was just rejected.
         log.warning(
             "Genesys rejected the client credentials (%s); no token request for %.1fs. "
@@ -77,15 +75,33 @@ class RejectedCredentials:
 
         Args:
             digest: The credentials about to be used; others than the rejected ones end the
-                cool-down. None: whichever credentials (the caller cannot tell yet).
+                cool-down (and they are remembered for :meth:`keep`). None: whichever
+                credentials (the caller cannot tell yet).
         """
         with self._lock:
+            if digest is not None:
+                self._named = digest
             if self._error is None or self._now() >= self._until:
                 return None
             if digest is not None and digest != self._digest:
                 self._clear()
                 return None
             return _copy(self._error)
+
+    def keep(self, error: InvalidClientError) -> float | None:
+        """Genesys rejected the credentials last named to :meth:`check` with ``error``, and
+        the secret source then failed when read again to look for a new secret: those
+        credentials cool down all the same (without this, the failure's short backoff was
+        all that stood between the callers and the token endpoint). Logs nothing: the
+        caller reports the source's failure.
+
+        Returns:
+            The cool-down, or None when no credentials were named yet.
+        """
+        with self._lock:
+            if self._named is None:
+                return None
+            return self._record(self._named, _copy(error))
 
     def after_fork(self) -> None:
         """A fresh lock in a forked child: a parent thread may have held this one."""
@@ -95,6 +111,19 @@ class RejectedCredentials:
         """End the cool-down (new credentials)."""
         with self._lock:
             self._clear()
+
+    def _record(self, digest: bytes, error: InvalidClientError) -> float:
+        """Start (or lengthen) the cool-down of ``digest`` (lock held); returns it."""
+        self._strikes = self._strikes + 1 if self._digest == digest else 1
+        self._digest = digest
+        self._error = error
+        ceiling = min(
+            CREDENTIALS_COOLDOWN_MAX,
+            CREDENTIALS_COOLDOWN_FIRST * 2.0 ** (self._strikes - 1),
+        )
+        cooldown = ceiling * (0.75 + 0.5 * self._draw())
+        self._until = self._now() + cooldown
+        return cooldown
 
     def _clear(self) -> None:
         self._digest = None

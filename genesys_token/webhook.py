@@ -11,7 +11,10 @@ What is sent
     ``token_fingerprint``, ``metrics``, ``data``) as compact JSON with sorted keys. Records
     carry a token's fingerprint, never the token; strings in ``data`` are redacted.
     ``X-Event-Id`` repeats the record's ``event_id``: the same id may arrive twice (a
-    retry after a lost answer), so receivers should deduplicate on it.
+    retry after a lost answer), so receivers should deduplicate, on the body's
+    ``event_id`` as :func:`verified_event_id` returns it, never on the header alone: the
+    signature covers the body, not the header, so a replay within the tolerance with a
+    new ``X-Event-Id`` would pass as a new event.
 
 What is signed (only when ``webhook_secret`` is set)
     ``X-Genesys-Token-Timestamp: <unix seconds>`` (an integer, the time of this attempt)
@@ -22,19 +25,26 @@ What is signed (only when ``webhook_secret`` is set)
 
     i.e. ``hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256)``. Verify
     against the raw body bytes as received (not re-serialized JSON), and reject stale
-    timestamps so a captured request cannot be replayed later. :func:`verify_signature`
-    does both::
+    timestamps so a captured request cannot be replayed later. :func:`verified_event_id`
+    does both and gives the signed ``event_id`` to deduplicate on (within the tolerance,
+    a captured request can still be sent again: the id tells it from a new event)::
 
-        from genesys_token.webhook import verify_signature
+        from genesys_token.webhook import verified_event_id
 
         def handle(request):
-            if not verify_signature(
+            event_id = verified_event_id(
                 SECRET,
                 request.headers.get("X-Genesys-Token-Timestamp"),
                 request.body,  # raw bytes
                 request.headers.get("X-Genesys-Token-Signature"),
-            ):
+                request.headers.get("X-Event-Id"),
+            )
+            if event_id is None:
                 return 401
+            if seen_before(event_id):  # keep ids for at least the tolerance (300 s)
+                return 200
+
+    :func:`verify_signature` checks the signature and the timestamp only.
 """
 
 from __future__ import annotations
@@ -180,6 +190,48 @@ def verify_signature(
     raw = body.encode("utf-8") if isinstance(body, str) else body
     expected = sign(secret, stamp, raw)
     return hmac.compare_digest(expected.encode("ascii"), signature.strip().encode("utf-8"))
+
+
+def verified_event_id(
+    secret: str | bytes,
+    timestamp: str | int | None,
+    body: bytes | str,
+    signature: str | None,
+    event_id: str | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    now: float | None = None,
+) -> str | None:
+    """The signed ``event_id`` of a webhook request, for receivers to deduplicate on.
+
+    ``X-Event-Id`` is not signed; the body, which holds the same ``event_id``, is. A
+    receiver that deduplicates on the header accepts a replay (within the tolerance) that
+    changed only the header: deduplicate on what this returns instead.
+
+    Args:
+        secret: The shared webhook secret.
+        timestamp: The ``X-Genesys-Token-Timestamp`` header value.
+        body: The raw request body, exactly as received.
+        signature: The ``X-Genesys-Token-Signature`` header value (``sha256=<hex>``).
+        event_id: The ``X-Event-Id`` header value.
+        tolerance: Largest accepted difference, in seconds, between ``timestamp`` and now.
+        now: The current Unix time (default: ``time.time()``).
+
+    Returns:
+        The body's ``event_id`` when :func:`verify_signature` accepts the request and the
+        ``X-Event-Id`` header equals it; None otherwise (a missing or different header, a
+        body that is not an event record), never an exception.
+    """
+    if not verify_signature(secret, timestamp, body, signature, tolerance, now=now):
+        return None
+    try:
+        record = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    signed = record.get("event_id") if isinstance(record, dict) else None
+    if not isinstance(signed, str) or not signed or not isinstance(event_id, str):
+        return None
+    return signed if event_id.strip() == signed else None
 
 
 def webhook_body(record: Mapping[str, Any]) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import http.client
-import importlib.util
 import logging
 import threading
 import time
@@ -445,23 +444,6 @@ def proxy() -> Iterator[_ProxyServer]:
     thread.join(2)
 
 
-def test_proxy_from_the_environment_carries_the_token_request(
-    emulator: GenesysEmulator,
-    build: Build,
-    proxy: _ProxyServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
-    for name in ("HTTP_PROXY", "http_proxy"):
-        monkeypatch.setenv(name, proxy_url)
-    for name in ("NO_PROXY", "no_proxy"):  # requests bypasses localhost only when told to
-        monkeypatch.setenv(name, "")
-    endpoint, credentials = build()
-    response = endpoint.fetch(credentials)
-    assert response.access_token == emulator.issued_tokens[-1]
-    assert proxy.seen == [("POST", emulator.token_url)]
-
-
 def test_no_proxy_bypasses_the_environment_proxy(
     emulator: GenesysEmulator,
     build: Build,
@@ -477,24 +459,6 @@ def test_no_proxy_bypasses_the_environment_proxy(
     endpoint.fetch(credentials)
     assert proxy.seen == []
     assert emulator.token_requests == 1
-
-
-def test_unusable_proxy_setting_fails_fast_without_retries(
-    emulator: GenesysEmulator, build: Build, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A SOCKS proxy needs PySocks; without it requests raises InvalidSchema, a configuration
-    # problem that no retry can fix.
-    if importlib.util.find_spec("socks") is not None:
-        pytest.skip("PySocks is installed: SOCKS proxies are usable here")
-    for name in ("HTTP_PROXY", "http_proxy"):
-        monkeypatch.setenv(name, "socks5://127.0.0.1:9")
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(name, "")
-    endpoint, credentials = build(max_retries=3)
-    with pytest.raises(TokenRequestError, match="InvalidSchema") as caught:
-        endpoint.fetch(credentials)
-    assert (caught.value.retryable, caught.value.attempts) == (False, 1)
-    assert emulator.token_requests == 0
 
 
 def test_requests_hanging_on_a_host_hold_its_slots_only_for_their_lease() -> None:

@@ -9,12 +9,14 @@ import socket
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 from conftest import HeldLookups, MakeManager, TricklingServer, eventually
 
 from genesys_token import InvalidClientError, TokenRequestError, webhook
@@ -32,6 +34,7 @@ from genesys_token.webhook import (
     TIMESTAMP_HEADER,
     WebhookSender,
     sign,
+    verified_event_id,
     verify_signature,
     webhook_body,
 )
@@ -256,6 +259,58 @@ def test_verify_signature_rejects_replays_outside_the_tolerance():
     assert verify_signature("k", "1000", b"{}", signature, tolerance=1000, now=1900)
     fresh = int(time.time())
     assert verify_signature("k", str(fresh), b"x", sign("k", fresh, b"x"))
+
+
+def test_verified_event_id_is_the_signed_one_and_a_replay_with_a_new_id_gets_none(
+    receiver: Receiver, senders: list[WebhookSender]
+):
+    sender = _sender(senders, receiver.url, options={"webhook_secret": HOOK_SECRET})
+    record = _record()
+    sender.submit(record)
+    [(headers, body)] = receiver.wait_for(1)
+
+    def event_id_of(headers: dict[str, str], body: bytes) -> str | None:
+        return verified_event_id(
+            HOOK_SECRET,
+            headers.get(TIMESTAMP_HEADER),
+            body,
+            headers.get(SIGNATURE_HEADER),
+            headers.get(EVENT_ID_HEADER),
+        )
+
+    assert event_id_of(headers, body) == record["event_id"]
+    # A captured request sent again within the tolerance: the signature still holds, but a
+    # new X-Event-Id must not make it a new event to a receiver that deduplicates.
+    replayed = {name: headers[name] for name in (TIMESTAMP_HEADER, SIGNATURE_HEADER)}
+    replayed[EVENT_ID_HEADER] = str(uuid.uuid4())
+    requests.post(receiver.url, data=body, headers=replayed, timeout=5).close()
+    [_, (headers, body)] = receiver.wait_for(2)
+    assert verify_signature(HOOK_SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    assert event_id_of(headers, body) is None
+
+
+_SIGNED = b'{"event_id":"e-1","event_type":"X"}'
+
+
+@pytest.mark.parametrize(
+    ("body", "signature", "event_id", "expected"),
+    [
+        (_SIGNED, sign("k", 1000, _SIGNED), "e-1", "e-1"),
+        (_SIGNED.decode(), sign("k", 1000, _SIGNED), " e-1 ", "e-1"),  # str body, whitespace
+        (_SIGNED, sign("other", 1000, _SIGNED), "e-1", None),  # wrong secret
+        (_SIGNED, None, "e-1", None),  # unsigned
+        (_SIGNED, sign("k", 1000, _SIGNED), None, None),  # no X-Event-Id
+        (_SIGNED, sign("k", 1000, _SIGNED), "e-2", None),  # another X-Event-Id
+        (b"not json", sign("k", 1000, b"not json"), "e-1", None),
+        (b'["e-1"]', sign("k", 1000, b'["e-1"]'), "e-1", None),  # not a record
+        (b'{"event_id":1}', sign("k", 1000, b'{"event_id":1}'), "1", None),
+        (b'{"event_id":""}', sign("k", 1000, b'{"event_id":""}'), "", None),
+        (b"[" * 100_000, sign("k", 1000, b"[" * 100_000), "e-1", None),  # nested too deep
+    ],
+)
+def test_verified_event_id(body: Any, signature: Any, event_id: Any, expected: Any):
+    assert verified_event_id("k", "1000", body, signature, event_id, now=1100) == expected
+    assert verified_event_id("k", "1000", body, signature, event_id, now=1401) is None  # stale
 
 
 # -- retries, failures, no loops --------------------------------------------------------------
