@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
+from ._http import LoopbackDirectAdapter
 from .auth import GenesysAuth
 
 if TYPE_CHECKING:
@@ -226,7 +226,8 @@ def api_session(
     if retry_methods is not None:
         retry = retry.new(allowed_methods=frozenset(m.upper() for m in retry_methods))
     session = ApiSession(manager.api_base_url, timeout)
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
+    # A loopback API host (a local gateway, the emulator) is never reached through a proxy.
+    adapter = LoopbackDirectAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.auth = GenesysAuth(manager, replay_401=replay_401, allowed_origins=allowed_origins)

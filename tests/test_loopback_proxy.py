@@ -328,3 +328,35 @@ def test_unusable_proxy_setting_fails_fast_without_retries(
     finally:
         endpoint.close()
     assert (caught.value.retryable, caught.value.attempts) == (False, 1)
+
+
+def test_api_calls_to_a_loopback_api_never_touch_the_environment_proxy(
+    emulator: GenesysEmulator,
+    counting_proxy: CountingProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The bearer token, on api_session and on the Flask extension's session (Django's is the
+    # same function), stays on this machine when the API host is loopback.
+    from flask import Flask
+
+    from genesys_token import api_session
+    from genesys_token.integrations.flask import GenesysToken
+
+    _proxy_everything(monkeypatch, counting_proxy.url)
+    app = Flask("loopback")
+    app.config.update(
+        GENESYS_CLIENT_ID=emulator.client_id,
+        GENESYS_CLIENT_SECRET=emulator.client_secret,
+        GENESYS_TOKEN_URL=emulator.token_url,
+        GENESYS_API_URL=emulator.api_base_url,
+    )
+    genesys = GenesysToken(app)
+    try:
+        with api_session(genesys.manager) as session:
+            assert session.get("/api/v2/organizations/me").status_code == 200
+        answer = genesys.session.get(emulator.api_base_url + "/api/v2/organizations/me")
+        assert answer.status_code == 200
+    finally:
+        genesys.close(app)
+    assert counting_proxy.connections == 0
+    assert [r.token_used is not None for r in emulator.api_request_log] == [True, True]

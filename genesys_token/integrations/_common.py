@@ -9,6 +9,7 @@ from typing import Any
 
 import requests
 
+from .._http import LoopbackDirectAdapter
 from ..auth import GenesysAuth
 from ..config import ENV_CLIENT_ID, ENV_CLIENT_SECRET
 from ..errors import ConfigurationError
@@ -84,6 +85,9 @@ def authorized_session(
             f"{ALLOWED_ORIGINS_SETTING} in {where}: {exc}", field=ALLOWED_ORIGINS_SETTING
         ) from None
     session = requests.Session()
+    adapter = LoopbackDirectAdapter()  # the token to a loopback API never goes via a proxy
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     session.auth = auth
     return session
 
