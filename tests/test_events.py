@@ -117,7 +117,9 @@ def test_rotation_emits_started_success_drain_complete_then_revoked(make_manager
 
 def test_drain_timeout_emits_started_success_then_timeout(make_manager: MakeManager):
     manager = make_manager(background_refresh=False)
-    manager.get_token()
+    # In this thread: its event is delivered on return. A get_token() here let a loaded
+    # machine deliver the first success after the recorder subscribed (seen in CI).
+    manager.refresh(force=True)
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
