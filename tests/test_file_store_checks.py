@@ -9,6 +9,7 @@ descriptor. Token requests are counted by the emulator.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import stat
@@ -398,6 +399,55 @@ def test_live_holder_is_waited_for_past_the_silence_cap(tmp_path: Path) -> None:
     finally:
         thread.join(5.0)
     assert waited > 0.8  # it waited for the holder to finish, not for a silence
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_new_holder_of_a_lock_file_untouched_for_long_is_waited_for(tmp_path: Path) -> None:
+    # Real timings: the holder's first heartbeat is due in 1 s, the waiter gives up on a
+    # stale file after 0.25 s; only the touch made with the flock keeps it waiting.
+    lock_file = tmp_path / f"{KEY}.lock"
+    lock_file.touch(mode=0o600)
+    _age(lock_file, 3600)
+    thread, _ = hold_in_thread(tmp_path, 0.6)
+    try:
+        with FileStore(tmp_path).lock(KEY, 3.0) as held:
+            assert held is True
+    finally:
+        thread.join(5.0)
+
+
+def test_holder_slow_to_touch_after_its_flock_is_not_taken_for_silent(tmp_path: Path) -> None:
+    # A holder descheduled between its flock and its first touch: the waiter confirms the
+    # silence CONFIRM (0.25 s) later before giving up, and by then the file was touched.
+    lock_file = tmp_path / f"{KEY}.lock"
+    lock_file.touch(mode=0o600)
+    _age(lock_file, 3600)
+    taken, done = threading.Event(), threading.Event()
+
+    def slow_holder() -> None:
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            taken.set()
+            time.sleep(0.1)
+            os.utime(fd)
+            done.wait(0.5)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=slow_holder)
+    thread.start()
+    try:
+        assert taken.wait(5.0)
+        with FileStore(tmp_path).lock(KEY, 3.0) as held:
+            assert held is True
+    finally:
+        done.set()
+        thread.join(5.0)
 
 
 @pytest.mark.usefixtures("quick_heartbeat")
