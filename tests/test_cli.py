@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -225,6 +226,76 @@ def test_cache_path_naming_a_file_is_a_configuration_error(
     monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", str(file))
     assert cli.main(["token"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_cache_directory_others_can_write_exits_2_with_the_reason(
+    env: dict[str, str],
+    emulator: GenesysEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    mode: int,
+) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(mode)
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", str(directory))
+    assert cli.main(["token"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "ConfigurationError: token cache directory" in captured.err
+    assert f"is writable by its group or others (mode {mode:04o}): refused" in captured.err
+    assert emulator.token_requests == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_cache_directory_of_another_user_exits_2_with_the_reason(
+    env: dict[str, str],
+    emulator: GenesysEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    directory = tmp_path / "theirs"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_CACHE", str(directory))
+    assert cli.main(["token"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "is owned by uid 65534, not by this user (uid 0): refused" in captured.err
+    assert emulator.token_requests == 0
+
+
+def test_fifo_planted_at_the_cache_entry_costs_one_request_not_a_hang(
+    emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    from genesys_token.stores import store_key
+
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    fifo = cache / f"{store_key(emulator.client_id, emulator.token_url, ())}.json"
+    os.mkfifo(fifo, 0o600)
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [*command(), "token"],
+            env=emulator_env(emulator, cache),
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+        )
+    finally:
+        with contextlib.suppress(OSError):  # let a reader stuck opening the FIFO go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert time.monotonic() - started < 5.0
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == emulator.issued_tokens[0] + "\n"
+    assert emulator.token_requests == 1
+    assert f"ignoring token cache entry {fifo}: it is not a regular file (a FIFO)" in (
+        result.stderr
+    )
 
 
 def test_rejected_credentials_exit_3_in_process(

@@ -169,10 +169,18 @@ def test_symlinked_entry_is_ignored_and_replaced_without_touching_its_target(
     assert loaded is not None and loaded.access_token == "tok-new"
 
 
-def test_unreadable_entry_raises_store_error(tmp_path: Path) -> None:
-    (tmp_path / f"{KEY}.json").mkdir()  # opens, but cannot be read
-    with pytest.raises(StoreError, match="cannot read the token cache"):
-        load(FileStore(tmp_path))
+def test_directory_at_an_entry_reads_as_missing_and_blocks_the_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = tmp_path / f"{KEY}.json"
+    entry.mkdir()
+    store = FileStore(tmp_path)
+    assert load(store) is None  # not a regular file: no entry (issue 22), not an outage
+    assert f"ignoring token cache entry {entry}: it is not a regular file (a directory)" in (
+        caplog.text
+    )
+    with pytest.raises(StoreError, match="cannot write the token cache"):
+        save(store, make_token())  # a directory cannot be replaced by a file
 
 
 def test_keys_that_are_not_hex_are_hashed_into_safe_file_names(tmp_path: Path) -> None:

@@ -4,13 +4,22 @@ Layout: one directory (mode 0700) holding ``<key>.json`` (a sealed entry, mode 0
 replaced atomically) and ``<key>.lock`` (an ``flock`` target, never deleted: deleting a lock
 file while someone waits on it would let two processes hold "the" lock at once).
 
+Trust: the directory and its files are checked before they are used (see ``_cachedir``). A
+directory or lock file that is not this user's own, or that its group or others can write,
+is refused with a :class:`~genesys_token.errors.ConfigurationError`: at construction when
+the directory exists, and again at each use (the directory on its descriptor, each time).
+Anything but a regular file of this user's at an entry (a FIFO, a device, a symlink, a
+directory, another user's file) reads as no entry, with one warning naming it: nothing
+planted there can block or feed the manager.
+
 The lock and its lease: an ``flock`` lives exactly as long as the open file description it
 was taken on. A holder that dies (crash, SIGKILL) has its descriptors closed by the kernel,
-so the lock frees at once; a live holder keeps it for as long as it needs, so a ``lease``
-never runs out under it (there is nothing to renew). The one way to outlive the holder is a
-forked child still holding a copy of the descriptor: the store closes, in every forked
-child, the lock descriptors open at fork time (without unlocking: the parent still holds
-the lock), and a lock block inherited mid-way by a child leaves them alone.
+so the lock frees at once; a live holder renews a heartbeat on the lock file up to its
+``lease``, and a holder that does not (stopped, or no genesys-token holder at all) is waited
+for about 3.5 s at most (see ``_flock``). The one way to outlive the holder is a forked
+child still holding a copy of the descriptor: the store closes, in every forked child, the
+lock descriptors open at fork time (without unlocking: the parent still holds the lock),
+and a lock block inherited mid-way by a child leaves them alone.
 
 ``GENESYSCLOUD_TOKEN_CACHE`` (read by ``FileStore()`` without a path, as by the command
 line): a directory, or ``off`` (also ``none``, ``no``, ``false``, ``0``) for a store that
@@ -20,29 +29,30 @@ keeps nothing: every process then requests its own token.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import importlib
 import logging
 import os
 import re
-import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..token import Token
+from . import _flock
+from ._cachedir import (
+    OPEN_TO_OTHERS,
+    Untrusted,
+    check_existing_directory,
+    make_directory,
+    open_directory,
+    open_lock_file,
+    read_entry,
+    write_entry,
+)
 from ._seal import Sealer
-from .base import decode_token, encode_token, poll_until, require_sealer, track_fork
-
-try:  # POSIX only; importing this module must still work elsewhere (issue 16, #9).
-    _fcntl: Any = importlib.import_module("fcntl")
-except ImportError:  # pragma: no cover - Windows
-    _fcntl = None
+from .base import DEFAULT_LEASE, decode_token, encode_token, require_sealer, track_fork
 
 log = logging.getLogger("genesys_token.stores")
 
@@ -51,9 +61,6 @@ ENV_TOKEN_CACHE = "GENESYSCLOUD_TOKEN_CACHE"
 #: Values of ``GENESYSCLOUD_TOKEN_CACHE`` that turn the file cache off.
 CACHE_OFF = frozenset({"off", "none", "no", "false", "0"})
 
-#: Directory and file modes: a token is a credential, readable by its owner only.
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 #: A token entry is a few kilobytes; anything far larger is not ours and is not read whole.
 MAX_ENTRY_BYTES = 256 * 1024
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -72,28 +79,33 @@ class FileStore:
 
     Entries are sealed (see :class:`~genesys_token.stores._seal.Sealer`): reading the
     directory yields no token, and an entry written without the client secret is ignored.
-    Reads need no lock: entries are replaced atomically (temp file, fsync, ``os.replace``),
-    so a reader sees the old token or the new one, never half of one. The refresh lock is an
+    Reads need no lock: entries are replaced atomically (temp file, fsync, ``rename``), so a
+    reader sees the old token or the new one, never half of one. The refresh lock is an
     ``flock`` on a per-key lock file, taken through a descriptor opened for each ``lock`` call
     (``flock`` belongs to an open file description: a shared descriptor would let every
     thread of the process in at once). A per-key thread lock is taken first, so the threads
     of one process queue on it instead of polling the file.
 
     A corrupt, foreign or unopenable entry reads as missing and is overwritten by the next
-    save. A directory that cannot be used (read-only, full disk, a file in the way) makes
-    ``save``, ``load`` and ``lock`` raise :class:`~genesys_token.errors.StoreError`, which
-    the manager reports once and survives by using the network. The store itself logs
-    nothing above DEBUG, except one warning for a directory open to other users.
+    save; so does anything that is not a regular file of this user's (one warning names it).
+    A directory that cannot be used (read-only, full disk, a file in the way) makes ``save``,
+    ``load`` and ``lock`` raise :class:`~genesys_token.errors.StoreError`; one that is not
+    this user's or that others can write makes them raise ConfigurationError. The manager
+    reports either once and survives by using the network. The store itself logs nothing
+    above DEBUG, except one warning for a directory other users can list and one per thing
+    planted at an entry.
 
     Args:
-        path: The cache directory (created with mode 0700 when missing). Default:
-            ``GENESYSCLOUD_TOKEN_CACHE`` when set (``off`` gives a store that keeps
-            nothing, said in one INFO line), else :func:`default_cache_dir`.
+        path: The cache directory (created with mode 0700, missing parents too, when
+            missing). Default: ``GENESYSCLOUD_TOKEN_CACHE`` when set (``off`` gives a store
+            that keeps nothing, said in one INFO line), else :func:`default_cache_dir`.
 
     Raises:
-        ConfigurationError: ``path`` is not a string or path, or names an existing file;
-            or this platform has no ``fcntl`` (Windows): use ``GENESYSCLOUD_TOKEN_CACHE=off``,
-            a :class:`~genesys_token.stores.MemoryStore` or a RedisStore there.
+        ConfigurationError: ``path`` is not a string or path, or names an existing file, or
+            an existing directory not owned by this user (``os.geteuid()``) or writable by
+            its group or others (``field="path"``); or this platform has no ``fcntl``
+            (Windows): use ``GENESYSCLOUD_TOKEN_CACHE=off``, a
+            :class:`~genesys_token.stores.MemoryStore` or a RedisStore there.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -102,22 +114,21 @@ class FileStore:
                 f"FileStore path must be a str or path, not {type(path).__name__}", field="path"
             )
         directory = _directory_from(path)
-        if directory is not None and _fcntl is None:
+        if directory is not None and not _flock.AVAILABLE:
             raise ConfigurationError(
                 "FileStore needs fcntl (POSIX file locks), which this platform lacks; "
                 f"set {ENV_TOKEN_CACHE}=off or use MemoryStore or RedisStore",
                 field="path",
             )
-        if directory is not None and directory.exists() and not directory.is_dir():
-            raise ConfigurationError(
-                f"FileStore path {str(directory)!r} exists and is not a directory", field="path"
-            )
         if directory is None:
             log.info("%s is off: this FileStore keeps no token", ENV_TOKEN_CACHE)
+        else:
+            check_existing_directory(directory)
         self._dir = directory
-        self._dir_checked = False
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        #: What was warned about already (the directory's mode, planted entries): once each.
+        self._warned: set[str] = set()
         #: Lock-file descriptors open now: a forked child closes its copies of them.
         self._open_fds: set[int] = set()
         self._pid = os.getpid()
@@ -135,31 +146,48 @@ class FileStore:
 
     # -- paths and the directory -----------------------------------------------------
 
-    def _file(self, directory: Path, key: str, suffix: str) -> Path:
+    def _name(self, key: str, suffix: str) -> str:
         # Keys from store_key() are hex; anything else is hashed so it cannot escape the
         # directory or collide with our temp files.
         name = key if _SAFE_KEY.match(key) else hashlib.sha256(key.encode("utf-8")).hexdigest()
-        return directory / f"{name}{suffix}"
+        return f"{name}{suffix}"
 
-    def _ensure_dir(self, directory: Path) -> None:
-        """Create the directory (0700), or warn once if an existing one is open to others."""
-        if self._dir_checked:
-            return
-        directory.parent.mkdir(parents=True, exist_ok=True)
+    def _open_dir(self, directory: Path, action: str, *, create: bool) -> int | None:
+        """A descriptor of the checked directory (the caller closes it); None when it is
+        missing and ``create`` is false.
+
+        Raises:
+            ConfigurationError: Not this user's, or writable by its group or others.
+            StoreError: It cannot be created or opened.
+        """
         try:
-            directory.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            mode = stat.S_IMODE(directory.stat().st_mode)
-            if mode & 0o077:
-                # Once per store, and about configuration rather than an outage.
-                log.warning(
-                    "token cache directory %s is accessible to other users (mode %o); "
-                    "run: chmod 700 %s",
-                    directory,
-                    mode,
-                    directory,
-                )
-        self._dir_checked = True
+            if create:
+                make_directory(directory)
+            fd, mode = open_directory(directory)
+        except FileNotFoundError as exc:
+            if create:
+                raise self._error(action, exc) from None
+            return None
+        except OSError as exc:
+            raise self._error(action, exc) from None
+        if mode & OPEN_TO_OTHERS:
+            self._warn_once(
+                "directory",
+                "token cache directory %s is accessible to other users (mode %o); "
+                "run: chmod 700 %s",
+                directory,
+                mode,
+                directory,
+            )
+        return fd
+
+    def _warn_once(self, what: str, message: str, *args: object) -> None:
+        with self._guard:
+            if what in self._warned:
+                log.debug(message, *args)
+                return
+            self._warned.add(what)
+        log.warning(message, *args)
 
     # -- the protocol ----------------------------------------------------------------
 
@@ -168,30 +196,32 @@ class FileStore:
     ) -> Token | None:
         """Return the token for ``key``, or ``None`` if missing, expired or unusable.
 
-        Unusable: sealed with another secret, altered, in the old clear format, corrupt.
+        Unusable: sealed with another secret, altered, in the old clear format, corrupt; or
+        not a regular file of this user's (a FIFO, a device, a symlink, a directory, another
+        user's file: never waited on, warned about once).
 
         Raises:
             StoreError: No ``sealer``, or the entry exists but cannot be read.
+            ConfigurationError: The directory is not this user's, or others can write it.
         """
         if self._dir is None:
             return None
         sealer = require_sealer(sealer, "FileStore")
+        dir_fd = self._open_dir(self._dir, "read", create=False)
+        if dir_fd is None:
+            return None
+        name = self._name(key, ".json")
         try:
-            fd = os.open(
-                self._file(self._dir, key, ".json"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            )
-        except FileNotFoundError:
+            raw = read_entry(dir_fd, name, MAX_ENTRY_BYTES)
+        except Untrusted as exc:
+            path = self._dir / name
+            self._warn_once(str(path), "ignoring token cache entry %s: it %s", path, exc.reason)
             return None
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return None  # a symlink where our file should be: not ours, ignore it
             raise self._error("read", exc) from None
-        try:
-            with os.fdopen(fd, "rb") as handle:
-                raw = handle.read(MAX_ENTRY_BYTES + 1)
-        except OSError as exc:
-            raise self._error("read", exc) from None
-        if len(raw) > MAX_ENTRY_BYTES:
+        finally:
+            os.close(dir_fd)
+        if raw is None or len(raw) > MAX_ENTRY_BYTES:
             return None
         token = decode_token(raw, sealer, now_monotonic=now_monotonic, now_wall=now_wall)
         if token is None:
@@ -199,45 +229,46 @@ class FileStore:
         return token
 
     def save(self, key: str, token: Token, *, sealer: Sealer | None = None) -> None:
-        """Write ``token`` sealed and atomically: temp file, fsync, ``os.replace``.
+        """Write ``token`` sealed and atomically: temp file, fsync, ``rename``.
 
         Raises:
             StoreError: No ``sealer``, or the directory cannot be created or written
                 (read-only, full disk).
+            ConfigurationError: The directory is not this user's, or others can write it.
         """
         if self._dir is None:
             return
         blob = encode_token(token, require_sealer(sealer, "FileStore"))
-        temp: str | None = None
+        dir_fd = self._open_dir(self._dir, "write", create=True)
+        assert dir_fd is not None  # created
         try:
-            self._ensure_dir(self._dir)
-            fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self._dir)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self._file(self._dir, key, ".json"))
-            temp = None
+            write_entry(dir_fd, self._name(key, ".json"), blob)
         except OSError as exc:
             raise self._error("write", exc) from None
         finally:
-            if temp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
+            os.close(dir_fd)
 
     @contextlib.contextmanager
     def lock(self, key: str, timeout: float, *, lease: float | None = None) -> Iterator[bool]:
         """Hold the refresh lock of ``key`` across threads and processes of this host.
 
-        ``lease`` needs no enforcing here: an ``flock`` is held while its holder lives and
-        freed by the kernel when it dies (see the module's notes).
+        While held, the lock file's heartbeat is renewed for up to ``lease`` seconds (default
+        :data:`~genesys_token.stores.base.DEFAULT_LEASE`); a holder elsewhere that does not
+        renew its own is waited for about 3.5 s at most (see the module's notes).
 
         Yields:
-            True when held; False when ``timeout`` passed while another holder had it.
+            True when held; False when ``timeout`` passed while a live holder had it.
 
         Raises:
-            StoreError: The lock file cannot be created, opened or locked.
+            StoreError: The lock file cannot be created, opened or locked, or its holder has
+                not renewed it for a few seconds.
+            ConfigurationError: The directory or the lock file is not this user's, or others
+                can write it, or the lock file is not a regular file; or ``lease`` is not a
+                positive number.
         """
+        lease = DEFAULT_LEASE if lease is None else lease
+        if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
+            raise ConfigurationError("lease must be a positive number", field="lease")
         if self._dir is None:
             yield True  # nothing is shared, so there is nothing to serialize
             return
@@ -250,47 +281,54 @@ class FileStore:
         pid = os.getpid()
         try:
             fd = self._open_lock_file(self._dir, key)
+            heartbeat: _flock.Heartbeat | None = None
             try:
-                held = self._flock(fd, deadline - time.monotonic())
+                held = self._wait(fd, deadline - time.monotonic(), key)
+                if held:
+                    heartbeat = _flock.Heartbeat(fd, float(lease))
                 yield held
             finally:
                 # In a child forked inside this block, the fork hook already closed the
-                # descriptor (its number may now be someone else's) and the parent still
-                # holds the lock: touch nothing.
+                # descriptor (its number may now be someone else's), the parent still holds
+                # the lock and the heartbeat thread is the parent's: touch nothing.
                 if os.getpid() == pid:
+                    if heartbeat is not None:
+                        heartbeat.stop()  # before the close: the thread uses the descriptor
                     self._close_lock_file(fd)
         finally:
             if os.getpid() == pid:
                 thread_lock.release()
 
-    def _flock(self, fd: int, timeout: float) -> bool:
+    def _wait(self, fd: int, timeout: float, key: str) -> bool:
+        assert self._dir is not None
         try:
-            return poll_until(lambda: _try_flock(fd), timeout)
+            return _flock.wait_for_lock(fd, timeout, self._dir / self._name(key, ".lock"))
         except OSError as exc:  # e.g. ENOLCK: a file system without flock support
             raise self._error("lock", exc) from None
 
     def _open_lock_file(self, directory: Path, key: str) -> int:
-        # Under the guard, which the fork hook also takes: a descriptor is never open
-        # without being in _open_fds, so no child can keep one it does not know of.
-        with self._guard:
-            try:
-                self._ensure_dir(directory)
-                fd = os.open(
-                    self._file(directory, key, ".lock"),
-                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    FILE_MODE,
-                )
-            except OSError as exc:
-                raise self._error("lock", exc) from None
-            self._open_fds.add(fd)
-            return fd
+        dir_fd = self._open_dir(directory, "lock", create=True)
+        assert dir_fd is not None  # created
+        name = self._name(key, ".lock")
+        try:
+            # Under the guard, which the fork hook also takes: a lock descriptor is never
+            # open without being in _open_fds, so no child can keep one it does not know of.
+            with self._guard:
+                try:
+                    fd = open_lock_file(dir_fd, name, directory / name)
+                except OSError as exc:
+                    raise self._error("lock", exc) from None
+                self._open_fds.add(fd)
+                return fd
+        finally:
+            os.close(dir_fd)
 
     def _close_lock_file(self, fd: int) -> None:
         with self._guard:
             self._open_fds.discard(fd)
             # Unlock first: a forked child might still hold a copy of the descriptor.
             with contextlib.suppress(OSError):
-                _fcntl.flock(fd, _fcntl.LOCK_UN)
+                _flock.unlock(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -334,11 +372,3 @@ def _directory_from(path: str | os.PathLike[str] | None) -> Path | None:
     if value.lower() in CACHE_OFF:
         return None
     return Path(value).expanduser() if value else default_cache_dir()
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
