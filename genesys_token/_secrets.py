@@ -168,9 +168,7 @@ class SecretFile:
         text, problem = _read_text(self.path)
         if problem is not None:
             # Raised here, out of any handler: no chained error holds the bytes read.
-            raise SecretSourceError(
-                f"the secret file {str(self.path)!r} {problem}", field="client_secret"
-            )
+            raise SecretSourceError(problem, field="client_secret")
         return text
 
     def __repr__(self) -> str:
@@ -180,17 +178,18 @@ class SecretFile:
 def _read_text(path: Path) -> tuple[str, str | None]:
     """The file's text, stripped, or why it cannot be read (the problem is returned, not
     raised: an exception raised here would carry the bytes read in its frame)."""
+    name = repr(str(path))
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
-        return "", f"cannot be read: {exc.strerror or type(exc).__name__}"
+        return "", f"cannot read the secret file {name}: {exc.strerror or type(exc).__name__}"
     if len(raw) > MAX_SECRET_FILE_BYTES:
-        return "", f"is larger than {MAX_SECRET_FILE_BYTES} bytes"
+        return "", f"the secret file {name} is larger than {MAX_SECRET_FILE_BYTES} bytes"
     try:
         return raw.decode("utf-8").strip(), None
     except UnicodeDecodeError:
-        return "", "is not UTF-8 text"
+        return "", f"the secret file {name} is not UTF-8 text"
 
 
 def check_secret(value: object) -> Secret:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import http.client
 import logging
+import re
 import socket
 import types
 from collections.abc import Callable, Iterator
@@ -24,9 +25,16 @@ import pytest
 import requests
 import requests.adapters
 
-from genesys_token import GenesysAuth, GenesysTokenError, SecretFile, TokenManager
+from genesys_token import (
+    GenesysAuth,
+    GenesysTokenError,
+    SecretFile,
+    TokenManager,
+    TokenRequestError,
+)
+from genesys_token.config import Settings
 from genesys_token.testing import Fault, GenesysEmulator
-from genesys_token.transport import Clock
+from genesys_token.transport import Clock, TokenEndpoint
 
 pytestmark = pytest.mark.legacy
 
@@ -435,3 +443,75 @@ def test_the_frame_search_finds_the_basic_value_in_the_frames_of_a_failed_reques
     found = _leaks([caught.value], _needles(SECRET), slots=False)
     assert any(place.startswith("basic value in repr(") for place in found)
     assert any(".headers._store['authorization']" in place for place in found)
+
+
+#: Failures of one request, for the endpoint itself: (name, fault, how the endpoint is set up).
+_ENDPOINT_FAILURES: list[tuple[str, Fault | None, str]] = [
+    ("connection refused", None, "refused"),
+    ("exception where the request is sent", None, "failing"),
+    ("dropped connection", Fault(drop=True), ""),
+    ("answer cut short", Fault(status=200, body="{}", headers={"Content-Length": "300"}), ""),
+    ("stalled answer", Fault(status=200, body="{}" * 40, drip=1.0), ""),
+    ("401 invalid_client", Fault.json({"error": "invalid_client"}, status=401), ""),
+    ("400-digit expires_in", Fault.json({**_VALID, "expires_in": 10**400}), ""),
+    ("too large", Fault(status=200, body_size=300_000), ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "setup"),
+    [pytest.param(fault, setup, id=name) for name, fault, setup in _ENDPOINT_FAILURES],
+)
+def test_no_secret_in_any_frame_of_an_error_the_token_endpoint_raises(
+    emulator: GenesysEmulator, tmp_path: Path, fault: Fault | None, setup: str
+) -> None:
+    """The error as the endpoint raises it (before a flight copies it for its waiters): its
+    own frames, and no chained error carrying the frames of requests."""
+    (tmp_path / "secret").write_text(SECRET)
+    settings = Settings.build(
+        CLIENT_ID,
+        SecretFile(tmp_path / "secret"),
+        token_url=_refused_url() if setup == "refused" else emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        timeout=(2.0, 0.3),
+    )
+    session = _failing_session() if setup == "failing" else None
+    if fault is not None:
+        emulator.inject(fault)
+    endpoint = TokenEndpoint(settings, session=session)
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(settings.credentials)
+    assert caught.value.__context__ is None
+    assert _leaks([caught.value], _needles(SECRET), slots=True) == set()
+
+
+def test_an_unexpected_error_in_a_flight_is_logged_by_type_and_place_without_traceback(
+    emulator: GenesysEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    draws = iter([ValueError("a draw that fails"), 0.0, 0.0, 0.0])
+
+    def draw() -> float:
+        value = next(draws, 0.0)
+        if isinstance(value, Exception):
+            raise value  # while the token that just arrived is planned
+        return value
+
+    caplog.set_level(logging.DEBUG)
+    manager = TokenManager(
+        CLIENT_ID,
+        SECRET,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        background_refresh=False,
+        clock=Clock(random=draw),
+    )
+    with manager, pytest.raises(TokenRequestError) as caught:
+        manager.get_token(timeout=10)
+    assert re.search(
+        r"unexpectedly \(ValueError in draw at test_secret_hygiene\.py:\d+\)", str(caught.value)
+    )
+    assert "a draw that fails" not in str(caught.value)
+    records = [r for r in caplog.records if "unexpectedly" in r.getMessage()]
+    assert [(r.levelname, r.exc_info) for r in records] == [("ERROR", None)]
+    assert emulator.token_requests == 1  # the token came, then planning it failed
