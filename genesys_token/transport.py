@@ -14,10 +14,10 @@ begun, that would end past ``retry_deadline``; each attempt has a total deadline
 2 x read timeout + 1 s, kept by this thread as it reads (``_http.deadline``): a server
 dripping its answer one byte at a time is let go at the deadline.
 
-Secrets on this path are kept as ``SecretValue`` objects: the ``Basic``
-value is set on the prepared request by an ``AuthBase`` (no headers dict of ours holds it)
-and taken off it again once the answer's headers arrived; the forms an answer must not echo
-are revealed only inside the redaction. Every failure is raised out of any ``except`` block,
+Secrets on this path are kept as ``SecretValue`` objects: the ``Basic`` value is set on the
+prepared request by an ``AuthBase`` (no headers dict of ours holds it) and taken off it again
+once the answer's headers arrived; the forms an answer must not echo are revealed only inside
+the redaction. Every failure is raised out of any ``except`` block,
 so no chained exception carries the frames of ``requests`` (whose locals hold the prepared
 request). An unexpected exception becomes a :class:`TokenRequestError` naming its type and
 place, never its message (a hostile answer's bytes may be in it).
