@@ -25,7 +25,6 @@ place, never its message (a hostile answer's bytes may be in it).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import http.client
 import logging
@@ -35,10 +34,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import requests
-import requests.auth
 import urllib3.exceptions
 
 from ._answers import (
@@ -49,10 +46,11 @@ from ._answers import (
     parse_retry_after,
     parse_success,
 )
+from ._basic import BasicAuth, basic_value
 from ._clock import SYSTEM_CLOCK, Clock
 from ._http import attempt_bound, deadline, shared_session, status_of
 from ._redact import excerpt
-from ._secrets import KnownSecrets, SecretValue, read_secret
+from ._secrets import KnownSecrets, read_secret
 from .config import Credentials, Settings
 from .errors import (
     GenesysTokenError,
@@ -109,53 +107,7 @@ def basic_auth_header(credentials: Credentials) -> str:
     Like every official Genesys SDK, the id and secret are not form-encoded first. The token
     request itself never holds this string: see :class:`BasicAuth`.
     """
-    return _basic_value(credentials.client_id, read_secret(credentials.client_secret)).reveal()
-
-
-def _basic_value(client_id: str, secret: SecretValue) -> SecretValue:
-    return secret.map(
-        lambda plain: "Basic " + base64.b64encode(f"{client_id}:{plain}".encode()).decode("ascii")
-    )
-
-
-class BasicAuth(requests.auth.AuthBase):
-    """``Authorization: Basic`` on a token request, from a hidden value, as late as
-    ``requests`` allows (when it prepares the request), and off the request again once the
-    answer's headers arrived: a response kept in a frame or a traceback holds no credential.
-
-    Args:
-        client_id: The OAuth client id.
-        secret: Its secret.
-    """
-
-    def __init__(self, client_id: str, secret: SecretValue) -> None:
-        self._value = _basic_value(client_id, secret)
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self._value.reveal()
-        request.register_hook("response", _forget_authorization)  # type: ignore[no-untyped-call]
-        return request
-
-    def known(self, secret: SecretValue) -> KnownSecrets:
-        """The secret in every form a hostile answer could echo it back in."""
-        value = self._value
-        return KnownSecrets(
-            secret,
-            secret.map(quote_plus),
-            secret.map(lambda plain: quote(plain, safe="")),
-            value,
-            value.map(lambda header: header[len("Basic ") :]),
-        )
-
-    def __repr__(self) -> str:
-        return "BasicAuth(SecretValue('***'))"
-
-
-def _forget_authorization(response: requests.Response, **kwargs: Any) -> None:
-    """A response hook: the request that was sent keeps no ``Authorization``."""
-    request = response.request
-    if request is not None:
-        request.headers.pop("Authorization", None)
+    return basic_value(credentials.client_id, read_secret(credentials.client_secret)).reveal()
 
 
 def _sleep(seconds: float) -> bool:
