@@ -23,7 +23,7 @@ from ._cell import Cell, plan
 from ._flight import Flight, Spec
 from ._redact import excerpt
 from ._rejections import RejectedCredentials
-from ._secrets import SourceReads, digest
+from ._secrets import SecretValue, SourceReads, digest, read_secret
 from .config import Credentials, Settings
 from .errors import (
     InvalidClientError,
@@ -49,7 +49,7 @@ class Snapshot:
     """Everything one acquisition uses, fixed at its start."""
 
     settings: Settings
-    credentials: Credentials  # resolved: the secret is a string
+    credentials: Credentials  # resolved: the secret is a SecretValue, never a plain str
     key: str
     #: Seals and opens shared-store entries with a key derived from THIS secret.
     sealer: Sealer
@@ -138,16 +138,14 @@ class Acquirer:
         settings = flight.settings
         credentials = self._resolve(settings.credentials, flight)
         key = store_key(credentials.client_id, settings.token_url, settings.scopes)
-        secret = credentials.client_secret
-        assert isinstance(secret, str)  # resolved
-        return Snapshot(settings, credentials, key, Sealer(secret, key))
+        return Snapshot(settings, credentials, key, Sealer(_secret(credentials).reveal(), key))
 
     def _resolve(self, credentials: Credentials, flight: Flight) -> Credentials:
-        """``credentials`` with the secret their source gives now, read under the flight's
-        deadline (a source that hangs is the flight's to abandon; see ``_flight``)."""
+        """``credentials`` with the secret their source gives now (hidden), read under the
+        flight's deadline (a source that hangs is the flight's to abandon; see ``_flight``)."""
         source = credentials.client_secret
-        if isinstance(source, str):
-            return credentials
+        if isinstance(source, str | SecretValue):
+            return Credentials(credentials.client_id, read_secret(source))
         flight.reading_secret = True
         try:
             secret = self._reads.read(source, flight.deadline)
@@ -263,9 +261,11 @@ class Acquirer:
 
     def _save(self, snap: Snapshot, token: Token, credentials: Credentials) -> None:
         # Sealed with the secret the token was fetched with (a rotated source's, maybe).
-        secret = credentials.client_secret
-        assert isinstance(secret, str)  # resolved
-        sealer = snap.sealer if credentials is snap.credentials else Sealer(secret, snap.key)
+        sealer = (
+            snap.sealer
+            if credentials is snap.credentials
+            else Sealer(_secret(credentials).reveal(), snap.key)
+        )
         try:
             self._store.save(snap.key, token, sealer=sealer)
         except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
@@ -318,7 +318,11 @@ class Acquirer:
             self._health.failed("unlock", exc)
 
 
-def _digest(credentials: Credentials) -> bytes:
+def _secret(credentials: Credentials) -> SecretValue:
     secret = credentials.client_secret
-    assert isinstance(secret, str)  # resolved
-    return digest(credentials.client_id, secret)
+    assert isinstance(secret, SecretValue)  # resolved
+    return secret
+
+
+def _digest(credentials: Credentials) -> bytes:
+    return digest(credentials.client_id, _secret(credentials))

@@ -1,6 +1,8 @@
 """Reading token-endpoint answers: a 2xx into a :class:`TokenResponse`, the rest into typed
 errors. Every text taken from an answer is redacted (patterns plus the ``known`` secrets) and
-cut short before it reaches an exception: the answer may be hostile.
+cut short before it reaches an exception: the answer may be hostile. Numbers are read as
+ASCII only, and one that is absurd (a 400-digit ``expires_in``, ``NaN``) is an
+:class:`InvalidTokenResponseError`, never an ``OverflowError`` or ``ValueError``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._redact import excerpt
+from ._secrets import KnownSecrets
 from .config import MAX_TOKEN_LIFETIME
 from .errors import (
     InvalidClientError,
@@ -31,9 +33,12 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: The description prefix of Genesys' token-creation throttle, answered as HTTP 400.
 RATE_LIMIT_PREFIX = "rate limit exceeded"
 
-_DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+_DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 #: Genesys' 429 body says "Retry the request in [42] seconds" (used when no header came).
-_RETRY_IN_MESSAGE = re.compile(r"in \[(\d{1,6})\] seconds")
+_RETRY_IN_MESSAGE = re.compile(r"in \[(\d{1,6})\] seconds", re.ASCII)
+#: An ``expires_in`` past this (about 31 million years) is no lifetime but a broken or
+#: hostile answer: refused, not capped like a merely long one.
+_ABSURD_SECONDS = 10**15
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def parse_success(
-    body: bytes, status: int, sent_monotonic: float, sent_wall: float, known: tuple[str, ...]
+    body: bytes, status: int, sent_monotonic: float, sent_wall: float, known: KnownSecrets
 ) -> TokenResponse:
     """Turn a 2xx body into a :class:`TokenResponse`.
 
@@ -102,25 +107,26 @@ def parse_success(
         The parsed answer; ``expires_in`` capped at ``MAX_TOKEN_LIFETIME``.
 
     Raises:
-        InvalidTokenResponseError: Not a JSON object, or a field is missing or unusable.
+        InvalidTokenResponseError: Not a JSON object, or a field is missing or unusable
+            (``expires_in`` not a positive finite number of seconds, or absurdly large).
     """
     payload = _json_object(body)
     if payload is None:
         raise InvalidTokenResponseError(
             "token endpoint answered without a JSON object",
             status=status,
-            body_excerpt=excerpt(body, known=known),
+            body_excerpt=known.excerpt(body),
         )
     access_token = payload.get("access_token")
     if isinstance(access_token, str) and access_token:
-        known = (*known, access_token)
+        known = known.plus(access_token)
     if not isinstance(access_token, str) or not access_token.strip():
         raise _bad_field(status, body, "access_token is missing or empty", known)
     if any(ch.isspace() for ch in access_token) or not access_token.isprintable():
         raise _bad_field(status, body, "access_token has whitespace or control characters", known)
     token_type = payload.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        shown = excerpt(str(token_type), 40, known)
+        shown = known.excerpt(str(token_type), 40)
         raise _bad_field(status, body, f"token_type is not bearer ({shown})", known)
     expires_in = _expires_in(payload.get("expires_in"), status, body, known)
     scope = payload.get("scope")
@@ -134,11 +140,14 @@ def parse_success(
     )
 
 
-def _expires_in(value: Any, status: int, body: bytes, known: tuple[str, ...]) -> float:
+def _expires_in(value: Any, status: int, body: bytes, known: KnownSecrets) -> float:
     if isinstance(value, str) and _DELTA_SECONDS.fullmatch(value.strip()):
-        value = float(value.strip())
+        value = float(value.strip())  # a huge one is inf, refused below
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad_field(status, body, "expires_in is missing or not a number", known)
+    # Compared before float(): an int of 400 digits would raise OverflowError there.
+    if value > _ABSURD_SECONDS:
+        raise _bad_field(status, body, "expires_in is absurdly large", known)
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise _bad_field(status, body, "expires_in is not a positive number", known)
@@ -153,7 +162,7 @@ def _expires_in(value: Any, status: int, body: bytes, known: tuple[str, ...]) ->
 
 
 def error_for(
-    status: int, body: bytes, retry_after: float | None, known: tuple[str, ...]
+    status: int, body: bytes, retry_after: float | None, known: KnownSecrets
 ) -> TokenRequestError:
     """The typed error a non-2xx answer means (returned, not raised).
 
@@ -182,12 +191,12 @@ def error_for(
     if status == 429 and retry_after is None and description:
         found = _RETRY_IN_MESSAGE.search(description)
         retry_after = float(found.group(1)) if found else None
-    shown = excerpt(description, 120, known) if description else None
+    shown = known.excerpt(description, 120) if description else None
     fields: dict[str, Any] = {
         "status": status,
-        "error": excerpt(code, 60, known) if code else None,
+        "error": known.excerpt(code, 60) if code else None,
         "description": shown,
-        "body_excerpt": excerpt(body, known=known),
+        "body_excerpt": known.excerpt(body),
         "retry_after": retry_after,
     }
     summary = (
@@ -219,8 +228,8 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def _bad_field(
-    status: int, body: bytes, what: str, known: tuple[str, ...]
+    status: int, body: bytes, what: str, known: KnownSecrets
 ) -> InvalidTokenResponseError:
     return InvalidTokenResponseError(
-        f"unusable token answer: {what}", status=status, body_excerpt=excerpt(body, known=known)
+        f"unusable token answer: {what}", status=status, body_excerpt=known.excerpt(body)
     )

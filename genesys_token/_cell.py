@@ -20,9 +20,10 @@ HANDOUT_MARGIN_MAX = 10.0
 _NEVER = float("-inf")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Cell:
-    """The token in use and its schedule; replaced whole, never mutated.
+    """The token in use and its schedule; replaced whole, never mutated. Its ``repr`` shows
+    the token's fingerprint, never the token.
 
     Attributes:
         token: The token.
@@ -44,6 +45,13 @@ class Cell:
     installed_at: float
     replaced: Token | None = None
     network: bool = True
+
+    def __repr__(self) -> str:
+        return (
+            f"Cell(token={self.token!r}, refresh_at={self.refresh_at!r}, "
+            f"usable_until={self.usable_until!r}, generation={self.generation!r}, "
+            f"network={self.network!r})"
+        )
 
     def usable(self, now: float) -> bool:
         """Whether the token may be handed out at ``now``."""

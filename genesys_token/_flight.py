@@ -42,6 +42,7 @@ from .errors import (
     SecretSourceError,
     TokenRequestError,
     TokenTimeoutError,
+    where_raised,
 )
 
 log = logging.getLogger(__name__)
@@ -446,15 +447,19 @@ class SingleFlight:
     def _run(self, flight: Flight, held: Cell | None) -> None:
         cell: Cell | None = None
         error: BaseException | None = None
+        unexpected: str | None = None
         try:
             cell = self._acquire(flight, held)
         except GenesysTokenError as exc:
             error = exc
-        except BaseException as exc:
-            log.exception("token acquisition failed unexpectedly")
-            error = TokenRequestError(
-                f"token acquisition failed unexpectedly ({type(exc).__name__})"
-            )
+        except BaseException as exc:  # noqa: BLE001 - a flight thread must end its flight
+            unexpected = where_raised(exc)
+        if unexpected is not None:
+            # Its type and place only, logged out of the handler and without the traceback:
+            # an error tracker sends every frame's locals, and the frames of an acquisition
+            # may hold what no log may (an answer's bytes, a user's secret source's state).
+            log.error("token acquisition failed unexpectedly (%s)", unexpected)
+            error = TokenRequestError(f"token acquisition failed unexpectedly ({unexpected})")
         with self._cond:
             if flight.done:
                 return  # abandoned past its deadline: reported then; this result is stale

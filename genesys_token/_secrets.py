@@ -1,26 +1,149 @@
-"""Secret sources: a plain string, a zero-argument callable (Vault, a secrets manager), or a
-mounted file (:class:`SecretFile`). A source is read for each token request and again right
-after Genesys rejects the secret it gave, so a rotated secret reaches a running process with
-no code. What a source returns is checked; its value never reaches a message.
+"""Secret sources, and the type secrets live in once read.
+
+A source is a plain string, a zero-argument callable (Vault, a secrets manager), or a mounted
+file (:class:`SecretFile`). A source is read for each token request and again right after
+Genesys rejects the secret it gave, so a rotated secret reaches a running process with no
+code. What a source returns is checked, then kept as a :class:`SecretValue` on the whole
+acquisition path; its value never reaches a message, a repr or a frame's locals in clear.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
+from ._redact import excerpt
 from .errors import ConfigurationError, SecretSourceError
 
-__all__ = ["SecretFile", "SourceReads", "check_secret", "digest", "read_secret"]
-
-Secret = str | Callable[[], str]
+__all__ = [
+    "KnownSecrets",
+    "SecretFile",
+    "SecretValue",
+    "SourceReads",
+    "check_secret",
+    "digest",
+    "read_secret",
+]
 
 #: A mounted secret is a few hundred bytes; anything far larger is not a secret file.
 MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+class SecretValue:
+    """A secret that never shows itself.
+
+    ``repr()``, ``str()`` and ``format()`` give ``SecretValue('***')``. The value is kept
+    XOR-masked with a random pad of its own length, so no generic walk of objects (an error
+    tracker serialising a frame's locals, a debugger, ``vars()`` or ``__slots__`` followed
+    down) meets it in clear. This is no protection against code that reads process memory:
+    it keeps the secret out of what gets *shown*. :meth:`reveal` gives it back, for the few
+    places that must hand it on (the ``Authorization`` header, the store's key derivation).
+
+    Equality is constant-time (``hmac.compare_digest``) and only with another
+    :class:`SecretValue` (never with a ``str``: comparing with a plain copy would invite one
+    to be kept). The hash is a constant: it is derived from nothing secret, so no hash of
+    the value can be logged, timed or compared; equal values still hash alike, and nothing
+    keeps sets of secrets. A :class:`SecretValue` is not pickled (a pickle would hold the
+    value in clear); copies are the object itself (it is immutable).
+
+    Args:
+        value: The secret.
+
+    Raises:
+        TypeError: ``value`` is not a ``str``.
+    """
+
+    __slots__ = ("_masked", "_pad")
+
+    _masked: bytes
+    _pad: bytes
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"a SecretValue holds a str, not {type(value).__name__}")
+        size = len(value.encode("utf-8"))
+        pad = os.urandom(size)
+        masked = _xor(value.encode("utf-8"), pad)
+        object.__setattr__(self, "_pad", pad)
+        object.__setattr__(self, "_masked", masked)
+
+    def reveal(self) -> str:
+        """The secret in clear: hand it on at once, keep it in no variable that outlives
+        the call."""
+        return _xor(self._masked, self._pad).decode("utf-8")
+
+    def map(self, transform: Callable[[str], str]) -> SecretValue:
+        """Another secret made from this one (an encoding of it), without a plain copy in
+        the caller's frame."""
+        return SecretValue(transform(self.reveal()))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("a SecretValue is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretValue):
+            return NotImplemented
+        return hmac.compare_digest(_xor(self._masked, self._pad), _xor(other._masked, other._pad))
+
+    def __hash__(self) -> int:
+        return hash(SecretValue)
+
+    def __repr__(self) -> str:
+        return "SecretValue('***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return format(repr(self), spec)
+
+    def __copy__(self) -> SecretValue:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SecretValue:
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError("a SecretValue is not pickled: the pickle would hold it in clear")
+
+
+def _xor(data: bytes, pad: bytes) -> bytes:
+    size = len(data)
+    return (int.from_bytes(data, "big") ^ int.from_bytes(pad, "big")).to_bytes(size, "big")
+
+
+#: A client secret as configured: the value (plain or hidden), or a source giving it.
+Secret = str | SecretValue | Callable[[], str]
+
+
+class KnownSecrets:
+    """The secrets an answer must not show, in every form it could echo them back in, kept
+    hidden: revealed only for the moment a redaction needs them (see ``_redact``).
+
+    Args:
+        values: The secrets.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, *values: SecretValue) -> None:
+        self._values = values
+
+    def plus(self, value: str) -> KnownSecrets:
+        """These and ``value`` (a token just received)."""
+        return KnownSecrets(*self._values, SecretValue(value))
+
+    def excerpt(self, value: bytes | str, limit: int = 200) -> str:
+        """:func:`genesys_token._redact.excerpt` of ``value``, every known secret redacted."""
+        return excerpt(value, limit, [secret.reveal() for secret in self._values])
+
+    def __repr__(self) -> str:
+        return f"KnownSecrets({len(self._values)} hidden)"
 
 
 class SecretFile:
@@ -42,32 +165,35 @@ class SecretFile:
         self.path = Path(path)
 
     def __call__(self) -> str:
-        try:
-            with self.path.open("rb") as handle:
-                raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise SecretSourceError(
-                f"cannot read the secret file {str(self.path)!r}: {reason}", field="client_secret"
-            ) from None
-        if len(raw) > MAX_SECRET_FILE_BYTES:
-            raise SecretSourceError(
-                f"the secret file {str(self.path)!r} is larger than {MAX_SECRET_FILE_BYTES} bytes",
-                field="client_secret",
-            )
-        try:
-            return raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise SecretSourceError(
-                f"the secret file {str(self.path)!r} is not UTF-8 text", field="client_secret"
-            ) from None
+        text, problem = _read_text(self.path)
+        if problem is not None:
+            # Raised here, out of any handler: no chained error holds the bytes read.
+            raise SecretSourceError(problem, field="client_secret")
+        return text
 
     def __repr__(self) -> str:
         return f"SecretFile({str(self.path)!r})"
 
 
+def _read_text(path: Path) -> tuple[str, str | None]:
+    """The file's text, stripped, or why it cannot be read (the problem is returned, not
+    raised: an exception raised here would carry the bytes read in its frame)."""
+    name = repr(str(path))
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        return "", f"cannot read the secret file {name}: {exc.strerror or type(exc).__name__}"
+    if len(raw) > MAX_SECRET_FILE_BYTES:
+        return "", f"the secret file {name} is larger than {MAX_SECRET_FILE_BYTES} bytes"
+    try:
+        return raw.decode("utf-8").strip(), None
+    except UnicodeDecodeError:
+        return "", f"the secret file {name} is not UTF-8 text"
+
+
 def check_secret(value: object) -> Secret:
-    """Accept a secret string or a zero-argument callable.
+    """Accept a secret string (plain or a :class:`SecretValue`) or a zero-argument callable.
 
     Raises:
         ConfigurationError: Anything else, or an unusable string.
@@ -75,7 +201,7 @@ def check_secret(value: object) -> Secret:
     if isinstance(value, str):
         _check_value(value, "client_secret")
         return value
-    if callable(value):
+    if isinstance(value, SecretValue) or callable(value):
         return value
     raise ConfigurationError(
         f"client_secret must be a string or a zero-argument callable, not {type(value).__name__}",
@@ -83,44 +209,68 @@ def check_secret(value: object) -> Secret:
     )
 
 
-def read_secret(source: Secret) -> str:
-    """The secret a source gives now.
+def read_secret(source: Secret) -> SecretValue:
+    """The secret a source gives now, hidden.
+
+    Every failure is raised out of any ``except`` block, so no chained exception carries the
+    frames of the source (a vault client's locals may hold what it fetched).
 
     Raises:
         SecretSourceError: The callable raised, or gave something other than a usable string.
     """
-    if isinstance(source, str):
+    if isinstance(source, SecretValue):
         return source
+    if isinstance(source, str):
+        return SecretValue(source)
     try:
-        value = source()
-    except SecretSourceError:
-        raise
+        value = _hidden(source())
+    except SecretSourceError as exc:
+        failure = SecretSourceError(str(exc), field="client_secret")
     except Exception as exc:  # noqa: BLE001 - whatever a user's source raises
-        raise SecretSourceError(
+        failure = SecretSourceError(
             f"the client_secret source raised {type(exc).__name__}", field="client_secret"
-        ) from None
+        )
+    else:
+        return value
+    raise failure
+
+
+def _hidden(value: object) -> SecretValue:
+    """What a source returned, checked and hidden at once (no plain copy in a caller)."""
+    if isinstance(value, SecretValue):
+        return value
     if not isinstance(value, str):
         raise SecretSourceError(
             f"the client_secret source returned {type(value).__name__}, not str",
             field="client_secret",
         )
-    try:
-        _check_value(value, "client_secret")
-    except ConfigurationError as exc:
-        raise SecretSourceError(f"the client_secret source gave a bad value: {exc}") from None
-    return value
+    problem = _problem(value)
+    if problem is not None:
+        raise SecretSourceError(
+            f"the client_secret source gave a bad value: client_secret {problem}",
+            field="client_secret",
+        )
+    return SecretValue(value)
 
 
-def digest(client_id: str, secret: str) -> bytes:
+def digest(client_id: str, secret: str | SecretValue) -> bytes:
     """A one-way name of a credential pair, to compare without keeping a second copy."""
-    return hashlib.sha256(f"{client_id}\x1f{secret}".encode()).digest()
+    plain = secret.reveal() if isinstance(secret, SecretValue) else secret
+    return hashlib.sha256(f"{client_id}\x1f{plain}".encode()).digest()
+
+
+def _problem(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if any(ch in value for ch in "\r\n\x00"):
+        return "must not contain control characters"
+    return None
 
 
 def _check_value(value: str, name: str) -> None:
-    if not value.strip():
-        raise ConfigurationError(f"{name} must not be empty", field=name)
-    if any(ch in value for ch in "\r\n\x00"):
-        raise ConfigurationError(f"{name} must not contain control characters", field=name)
+    problem = _problem(value)
+    if problem is not None:
+        raise ConfigurationError(f"{name} {problem}", field=name)
 
 
 class _Read:
@@ -131,7 +281,7 @@ class _Read:
     def __init__(self, source: Callable[[], str]) -> None:
         self.source = source
         self.done = threading.Event()
-        self.value: str | None = None
+        self.value: SecretValue | None = None
         self.error: SecretSourceError | None = None
 
 
@@ -147,15 +297,15 @@ class SourceReads:
         self._lock = threading.Lock()
         self._read: _Read | None = None
 
-    def read(self, source: Secret, until: float) -> str:
-        """The secret ``source`` gives now; a call already running is waited for until
-        ``until`` (``time.monotonic()``).
+    def read(self, source: Secret, until: float) -> SecretValue:
+        """The secret ``source`` gives now, hidden; a call already running is waited for
+        until ``until`` (``time.monotonic()``).
 
         Raises:
             SecretSourceError: The source failed, or the call running did not end in time.
         """
-        if isinstance(source, str):
-            return source
+        if isinstance(source, str | SecretValue):
+            return read_secret(source)
         with self._lock:
             running = self._read
             mine = running is None or running.source is not source

@@ -148,3 +148,23 @@ class ManagerClosedError(GenesysTokenError):
 
 class StoreError(GenesysTokenError):
     """A token store could not be read or written (the manager falls back to the network)."""
+
+
+def where_raised(exc: BaseException) -> str:
+    """``"ValueError in f at x.py:12"``: the type of an unexpected exception and the place
+    it was raised, never its message (which may quote a hostile answer or a secret).
+
+    Args:
+        exc: An exception that was raised (it has a traceback).
+
+    Returns:
+        The description, for an error message or a log line.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return type(exc).__name__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    file = code.co_filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{type(exc).__name__} in {code.co_name} at {file}:{tb.tb_lineno}"

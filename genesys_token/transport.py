@@ -13,20 +13,27 @@ Time bounds of one :meth:`TokenEndpoint.fetch`: no new attempt starts, and no re
 begun, that would end past ``retry_deadline``; each attempt has a total deadline of connect +
 2 x read timeout + 1 s, kept by this thread as it reads (``_http.deadline``): a server
 dripping its answer one byte at a time is let go at the deadline.
+
+Secrets on this path are kept as ``SecretValue`` objects: the ``Basic`` value is set on the
+prepared request by an ``AuthBase`` (no headers dict of ours holds it) and taken off it again
+once the answer's headers arrived; the forms an answer must not echo are revealed only inside
+the redaction. Every failure is raised out of any ``except`` block,
+so no chained exception carries the frames of ``requests`` (whose locals hold the prepared
+request). An unexpected exception becomes a :class:`TokenRequestError` naming its type and
+place, never its message (a hostile answer's bytes may be in it).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import http.client
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import requests
 import urllib3.exceptions
@@ -39,15 +46,19 @@ from ._answers import (
     parse_retry_after,
     parse_success,
 )
+from ._basic import BasicAuth, basic_value
 from ._clock import SYSTEM_CLOCK, Clock
 from ._http import attempt_bound, deadline, shared_session, status_of
 from ._redact import excerpt
+from ._secrets import KnownSecrets, read_secret
 from .config import Credentials, Settings
 from .errors import (
+    GenesysTokenError,
     InvalidTokenResponseError,
     ManagerClosedError,
     TokenEndpointTLSError,
     TokenRequestError,
+    where_raised,
 )
 
 __all__ = [
@@ -69,6 +80,10 @@ _READ_CHUNK = 8192
 #: risks an OverflowError when ``max_retries`` is huge.
 _MAX_BACKOFF_EXPONENT = 60
 _READ_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
+#: More digits than any body length: such a ``Content-Length`` means "too large" (and
+#: ``int()`` refuses strings past 4300 digits).
+_MAX_LENGTH_DIGITS = 18
+_TOO_LONG = sys.maxsize
 
 
 @dataclass(frozen=True)
@@ -87,12 +102,12 @@ class RetryNotice:
 
 
 def basic_auth_header(credentials: Credentials) -> str:
-    """The ``Authorization: Basic`` value for a client id and secret (UTF-8).
+    """The ``Authorization: Basic`` value for a client id and secret (UTF-8), in clear.
 
-    Like every official Genesys SDK, the id and secret are not form-encoded first.
+    Like every official Genesys SDK, the id and secret are not form-encoded first. The token
+    request itself never holds this string: see :class:`BasicAuth`.
     """
-    raw = f"{credentials.client_id}:{credentials.client_secret}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
+    return basic_value(credentials.client_id, read_secret(credentials.client_secret)).reveal()
 
 
 def _sleep(seconds: float) -> bool:
@@ -172,20 +187,25 @@ class TokenEndpoint:
                 service asked for, capped at ``max_retry_after``.
             TokenEndpointTLSError: The TLS handshake failed (never retried).
             InvalidTokenResponseError: A 2xx answer without a usable token (never retried).
-            TokenRequestError: Any other failure, after the retries.
+            TokenRequestError: Any other failure, after the retries; an unexpected exception
+                too (never retried), named by type and place.
             ManagerClosedError: The owner closed while we waited to retry.
+            SecretSourceError: ``credentials`` hold a source that gave no usable secret.
         """
         settings = self._settings
-        credentials = credentials.resolve()
+        secret = read_secret(credentials.client_secret)
+        auth = BasicAuth(credentials.client_id, secret)
+        known = auth.known(secret)
         wait = cancel.wait if cancel is not None else self._wait
         give_up_at = self._clock.monotonic() + settings.retry_deadline
         attempt = 1
         while True:
             if cancel is not None and cancel.is_set():
                 raise ManagerClosedError("token request abandoned: the manager was closed")
+            unexpected: str | None = None
             try:
                 with deadline(attempt_bound(settings.timeout), cancel):
-                    response = self._attempt(credentials)
+                    response = self._attempt(auth, known)
             except TokenRequestError as exc:
                 exc.attempts = attempt
                 delay = self._retry_delay(exc, attempt)
@@ -213,6 +233,17 @@ class TokenEndpoint:
                     raise ManagerClosedError("closed while waiting to retry") from None
                 attempt += 1
                 continue
+            except GenesysTokenError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - typed below, out of this handler
+                unexpected = where_raised(exc)
+            if unexpected is not None:
+                # Raised here: a chain would carry the frames of requests, which hold the
+                # prepared request (and an error tracker sends every frame's locals).
+                log.error("token request failed unexpectedly (%s)", unexpected)
+                raise TokenRequestError(
+                    f"token request failed unexpectedly ({unexpected})", attempts=attempt
+                )
             return dataclasses.replace(response, attempts=attempt)
 
     def _retry_delay(self, exc: TokenRequestError, attempt: int) -> float | None:
@@ -226,18 +257,17 @@ class TokenEndpoint:
         ceiling = min(settings.backoff_max, settings.backoff_base * 2.0**exponent)
         return ceiling * self._clock.random()  # "full jitter": spreads a herd of retries
 
-    def _attempt(self, credentials: Credentials) -> TokenResponse:
+    def _attempt(self, auth: BasicAuth, known: KnownSecrets) -> TokenResponse:
         """One token request: the parsed token, or the typed error its answer means."""
-        known = _known_secrets(credentials)
         sent_monotonic = self._clock.monotonic()
         sent_wall = self._clock.time()
-        status, retry_after, body, problem = self._post(credentials)
+        status, retry_after, body, problem = self._post(auth)
         if 200 <= status < 300:
             if problem is not None:
                 raise InvalidTokenResponseError(
                     f"unusable token answer: {problem}",
                     status=status,
-                    body_excerpt=excerpt(body, known=known),
+                    body_excerpt=known.excerpt(body),
                 )
             return parse_success(body, status, sent_monotonic, sent_wall, known)
         error = error_for(status, body, retry_after, known)
@@ -250,7 +280,7 @@ class TokenEndpoint:
             error.retry_after = cap
         raise error
 
-    def _post(self, credentials: Credentials) -> tuple[int, float | None, bytes, str | None]:
+    def _post(self, auth: BasicAuth) -> tuple[int, float | None, bytes, str | None]:
         """POST the grant; returns status, ``Retry-After`` seconds, body and a read problem.
 
         Raises:
@@ -261,7 +291,6 @@ class TokenEndpoint:
         if settings.scopes:
             data["scope"] = " ".join(settings.scopes)
         headers = {
-            "Authorization": basic_auth_header(credentials),
             "Accept": "application/json",
             # Token bodies are tiny; plain bytes keep the capped reader exact on every urllib3
             # and leave no room for a decompression bomb.
@@ -272,6 +301,7 @@ class TokenEndpoint:
                 settings.token_url,
                 data=data,
                 headers=headers,
+                auth=auth,  # also keeps a ~/.netrc entry from replacing the credentials
                 timeout=settings.timeout,
                 verify=settings.verify,
                 allow_redirects=False,
@@ -282,20 +312,9 @@ class TokenEndpoint:
                 )
                 body, problem = self._read_capped(response)
                 return response.status_code, retry_after, body, problem
-        except requests.exceptions.SSLError as exc:
-            raise TokenEndpointTLSError(
-                f"TLS handshake with the token endpoint failed: {_tls_reason(exc)}"
-            ) from None
-        except requests.exceptions.Timeout as exc:
-            raise TokenRequestError(
-                f"token request timed out ({type(exc).__name__})", retryable=True
-            ) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise TokenRequestError(
-                f"could not reach the token endpoint ({type(exc).__name__})", retryable=True
-            ) from None
         except requests.exceptions.RequestException as exc:
-            raise TokenRequestError(f"token request failed ({type(exc).__name__})") from None
+            failure = _no_answer(exc)
+        raise failure  # out of the handler: no chain holds the frames of requests
 
     def _read_capped(self, response: requests.Response) -> tuple[bytes, str | None]:
         """Read the body; returns it and, when it was not read whole, why not.
@@ -317,10 +336,13 @@ class TokenEndpoint:
         chunks: list[bytes] = []
         size = 0
         while True:
+            broken: TokenRequestError | None = None
             try:
                 chunk = read(_READ_CHUNK)
             except _READ_ERRORS as exc:
-                raise _broken_read(exc, status) from None
+                broken = _broken_read(exc, status)
+            if broken is not None:
+                raise broken  # out of the handler: no chain holds the reader's frames
             if not chunk:
                 break
             size += len(chunk)
@@ -374,17 +396,30 @@ class TokenEndpoint:
             return None
 
 
-def _known_secrets(credentials: Credentials) -> tuple[str, ...]:
-    """The secret in every form a hostile answer could echo it back in."""
-    secret = credentials.client_secret
-    assert isinstance(secret, str)  # fetch() resolved the source
-    header = basic_auth_header(credentials)
-    return (secret, quote_plus(secret), quote(secret, safe=""), header, header[6:])
+def _no_answer(exc: requests.exceptions.RequestException) -> TokenRequestError:
+    """The typed error of a request that brought no answer."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TokenEndpointTLSError(
+            f"TLS handshake with the token endpoint failed: {_tls_reason(exc)}"
+        )
+    if isinstance(exc, requests.exceptions.Timeout):
+        return TokenRequestError(f"token request timed out ({type(exc).__name__})", retryable=True)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return TokenRequestError(
+            f"could not reach the token endpoint ({type(exc).__name__})", retryable=True
+        )
+    return TokenRequestError(f"token request failed ({type(exc).__name__})")
 
 
 def _content_length(response: requests.Response) -> int | None:
+    """The declared body length; ``None`` when absent or not plain ASCII digits (``int()``
+    reads ``"٣"`` and ``str.isdigit()`` accepts ``"²"``, which ``int()`` refuses)."""
     value = response.headers.get("Content-Length", "").strip()
-    return int(value) if value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    if len(value) > _MAX_LENGTH_DIGITS:
+        return _TOO_LONG  # past any cap: "too large", never parsed
+    return int(value)
 
 
 def _raw_reader(response: requests.Response) -> Callable[[int], bytes | None]:

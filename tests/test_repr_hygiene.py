@@ -10,7 +10,8 @@ import pytest
 import requests
 from conftest import MakeManager
 
-from genesys_token import GenesysAuth, GenesysTokenError
+from genesys_token import GenesysAuth, GenesysTokenError, Token
+from genesys_token._cell import plan
 from genesys_token.testing import Fault, GenesysEmulator
 
 
@@ -55,3 +56,14 @@ def test_lifecycle_leaks_no_secret_or_token(
     for secret in secrets:
         assert secret not in joined
     session.close()
+
+
+def test_cell_and_token_reprs_show_the_fingerprint_never_the_token() -> None:
+    token = Token.issued(
+        "tok-" + "z" * 40, token_type="bearer", lifetime=60, sent_monotonic=0, sent_wall=0
+    )
+    cell = plan(token, refresh_buffer=10, refresh_jitter=0, draw=0, generation=1, now=0)
+    cell = cell.replacing(cell)  # a cell that also holds the token it replaced
+    for shown in (repr(token), str(token), repr(cell), str(cell), repr([cell])):
+        assert token.access_token not in shown
+        assert token.fingerprint in shown

@@ -8,18 +8,33 @@ the SDK produced for any credential in any form.
 from __future__ import annotations
 
 import base64
+import collections
+import contextlib
+import dataclasses
 import http.client
 import logging
-from collections.abc import Iterator
+import re
+import socket
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
 import requests
+import requests.adapters
 
-from genesys_token import GenesysAuth, GenesysTokenError, TokenManager
+from genesys_token import (
+    GenesysAuth,
+    GenesysTokenError,
+    SecretFile,
+    TokenManager,
+    TokenRequestError,
+)
+from genesys_token.config import Settings
 from genesys_token.testing import Fault, GenesysEmulator
-from genesys_token.transport import Clock
+from genesys_token.transport import Clock, TokenEndpoint
 
 pytestmark = pytest.mark.legacy
 
@@ -164,3 +179,340 @@ def test_no_credential_in_logs_errors_reprs_events_or_metrics(
     assert len(emulator.issued_tokens) >= 10
     leaks = sorted({value for value in forbidden for text in produced if value in text})
     assert leaks == []
+
+
+# -- no secret in any frame of any traceback raised or logged -------------------------------
+#
+# An error tracker (Sentry's SDK at its default settings) sends, with every exception it
+# captures and every record logged with ``exc_info``, the local variables of each frame of the
+# traceback, its causes' and its contexts'. So: make the acquisition fail in every way we know,
+# then walk every traceback the SDK raised or logged and search each frame's locals, through
+# containers and objects, and the repr of every object met (what the tracker shows of it).
+
+#: Bounds of the search from one frame: deep enough to reach a header of the request of a
+#: response held in a local, small enough to stay fast.
+_MAX_DEPTH = 8
+_MAX_NODES = 200_000
+#: Frames of the test's own (they hold the emulator, which knows the secret) and pytest's.
+_NOT_SDK_FRAMES = ("/tests/", "/_pytest/", "/pluggy/")
+_OPAQUE = (type, types.ModuleType, types.CodeType, types.FrameType, types.FunctionType)
+
+
+def _needles(secret: str) -> dict[str, str]:
+    return {
+        "secret": secret,
+        "quoted secret": quote(secret, safe=""),
+        "form-quoted secret": quote_plus(secret),
+        "basic value": _basic(secret),
+    }
+
+
+class _Search:
+    """Finds the needles in everything reachable from frames' locals (bounded).
+
+    ``slots``: also look into ``__slots__`` (the SDK's value objects, dataclasses with
+    ``slots=True``); an error tracker sends only the repr of such an object.
+    """
+
+    def __init__(self, needles: dict[str, str], *, slots: bool) -> None:
+        self._needles = needles
+        self._slots = slots
+        self._seen: set[int] = set()
+        self.found: set[str] = set()
+
+    def frame(self, frame: Any, where: str) -> None:
+        code = frame.f_code
+        name = f"{where}:{code.co_name}@{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"
+        for key, value in list(frame.f_locals.items()):
+            self.value(value, f"{name}[{key}]", 0)
+
+    def value(self, value: Any, path: str, depth: int) -> None:
+        if isinstance(value, str | bytes | bytearray | memoryview):
+            self._text(value, path)
+            return
+        if value is None or isinstance(value, int | float | complex):
+            return
+        if id(value) in self._seen or depth > _MAX_DEPTH or len(self._seen) > _MAX_NODES:
+            return
+        self._seen.add(id(value))
+        if isinstance(value, _OPAQUE):
+            return
+        if not isinstance(value, dict | list | tuple | set | frozenset):
+            with contextlib.suppress(Exception):  # a repr that fails shows nothing
+                self._text(repr(value), f"repr({path})")
+        for child_path, child in self._children(value, path):
+            self.value(child, child_path, depth + 1)
+
+    def _children(self, value: Any, path: str) -> list[tuple[str, Any]]:
+        children: list[tuple[str, Any]] = []
+        if isinstance(value, dict):
+            for key, item in list(value.items()):
+                children += [(f"{path}{{key}}", key), (f"{path}[{key!r:.30}]", item)]
+        elif isinstance(value, list | tuple | set | frozenset | collections.deque):
+            children += [(f"{path}[{i}]", item) for i, item in enumerate(list(value))]
+        elif isinstance(value, types.MethodType):
+            children.append((f"{path}.__self__", value.__self__))
+        if isinstance(value, BaseException):
+            children.append((f"{path}.args", value.args))
+        attributes = getattr(value, "__dict__", None)
+        if isinstance(attributes, dict):
+            children += [(f"{path}.{key}", item) for key, item in list(attributes.items())]
+        if self._slots:
+            for cls in type(value).__mro__:
+                slots = cls.__dict__.get("__slots__", ())
+                for slot in (slots,) if isinstance(slots, str) else slots:
+                    if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                        children.append((f"{path}.{slot}", getattr(value, slot)))
+        return children
+
+    def _text(self, text: str | bytes | bytearray | memoryview, path: str) -> None:
+        data = text if isinstance(text, str) else bytes(text).decode("utf-8", "replace")
+        for what, needle in self._needles.items():
+            if needle in data:
+                self.found.add(f"{what} in {path}")
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error, its causes and contexts (suppressed ones too: the objects are still there)."""
+    todo, seen = [error], set()
+    while todo:
+        current = todo.pop()
+        if id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+
+
+def _frames(error: BaseException) -> Iterator[tuple[str, Any]]:
+    """Every frame of every traceback in ``error``'s chain and the frames that called them (a
+    thread's own frames included), but the test's and pytest's."""
+    for link in _chain(error):
+        frames = []
+        tb = link.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        outer = frames[0].f_back if frames else None
+        while outer is not None:
+            frames.append(outer)
+            outer = outer.f_back
+        for frame in frames:
+            if not any(part in frame.f_code.co_filename for part in _NOT_SDK_FRAMES):
+                yield type(link).__name__, frame
+
+
+def _leaks(errors: list[BaseException], needles: dict[str, str], *, slots: bool) -> set[str]:
+    search = _Search(needles, slots=slots)
+    for error in errors:
+        for link in _chain(error):
+            search.value(link, type(link).__name__, 0)
+        for where, frame in _frames(error):
+            search.frame(frame, where)
+    return search.found
+
+
+class _InjectedError(ValueError):
+    """A fault nobody planned for, raised where the request is sent."""
+
+
+class _FailingAdapter(requests.adapters.HTTPAdapter):
+    """Raises where the prepared request (``Authorization`` set) is sent."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        raise _InjectedError(f"injected while sending to {request.url}")
+
+
+def _failing_session() -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", _FailingAdapter())
+    return session
+
+
+class _SourceDown(RuntimeError):
+    """What a vault client raises."""
+
+
+def _raising_source(secret: str) -> Callable[[], str]:
+    def source() -> str:
+        fetched = secret  # a vault client's frame may hold what it fetched before failing
+        raise _SourceDown(f"vault unavailable ({len(fetched)} bytes cached)")
+
+    return source
+
+
+_VALID = {"access_token": "a-token", "token_type": "bearer"}
+_INFINITE = '{"access_token": "a", "token_type": "bearer", "expires_in": Infinity}'
+_NAN = '{"access_token": "a", "token_type": "bearer", "expires_in": NaN}'
+#: The one hostile answer that is not a failure: a Content-Length that is not ASCII digits
+#: is as good as none, and the token is read whole.
+_READ_WHOLE = "superscript Content-Length"
+
+#: (name, fault injected at the token endpoint, how else the acquisition is set up).
+_FAILURES: list[tuple[str, Fault | None, dict[str, Any]]] = [
+    ("malformed JSON", Fault(status=200, body='{"access_token":'), {}),
+    ("not JSON", Fault.html(200), {}),
+    (_READ_WHOLE, Fault.json({**_VALID, "expires_in": 60}), {"length": "\u00b2"}),
+    ("5000-digit Content-Length", Fault.json({**_VALID, "expires_in": 60}), {"length": "9" * 5000}),
+    ("400-digit expires_in", Fault.json({**_VALID, "expires_in": 10**400}), {}),
+    ("infinite expires_in", Fault(status=200, body=_INFINITE), {}),
+    ("NaN expires_in", Fault(status=200, body=_NAN), {}),
+    ("negative expires_in", Fault.json({**_VALID, "expires_in": -5}), {}),
+    ("401 invalid_client", Fault.json({"error": "invalid_client"}, status=401), {}),
+    ("400 invalid_client", Fault.json({"error": "invalid_client"}, status=400), {}),
+    ("429", Fault.too_many_requests(1), {}),
+    ("500", Fault.server_error(500), {}),
+    ("dropped connection", Fault(drop=True), {}),
+    ("answer cut short", Fault(status=200, body="{}", headers={"Content-Length": "300"}), {}),
+    ("timeout", Fault(delay=1.0, passthrough=True), {}),
+    ("connection refused", None, {"refused": True}),
+    ("secret source raises", None, {"source": "raises"}),
+    ("exception injected where the request is sent", None, {"session": "failing"}),
+]
+
+
+def _refused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/oauth/token"
+
+
+def _acquire_once(
+    emulator: GenesysEmulator, fault: Fault | None, setup: dict[str, Any], secret: Any
+) -> BaseException | None:
+    """One manager, one acquisition: the error ``get_token`` raised, if any."""
+    if fault is not None:
+        if "length" in setup:
+            fault = dataclasses.replace(fault, headers={"Content-Length": setup["length"]})
+        emulator.inject(fault, times=None, path="/oauth/token")
+    options: dict[str, Any] = {
+        "token_url": _refused_url() if setup.get("refused") else emulator.token_url,
+        "api_base_url": emulator.api_base_url,
+        "background_refresh": False,
+        "max_retries": 0,
+        "timeout": (2.0, 0.3),
+    }
+    if setup.get("session") == "failing":
+        options["session"] = _failing_session()
+    if setup.get("source") == "raises":
+        secret = _raising_source(SECRET)
+    try:
+        with TokenManager(CLIENT_ID, secret, **options) as manager:
+            manager.get_token(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - the test looks at whatever came
+        return exc
+    finally:
+        emulator.clear_faults()
+    return None
+
+
+@pytest.mark.parametrize("secret_kind", ["str", "file"])
+def test_no_secret_in_any_frame_of_any_traceback_raised_or_logged(
+    emulator: GenesysEmulator, caplog: pytest.LogCaptureFixture, tmp_path: Path, secret_kind: str
+) -> None:
+    """With a ``str`` secret the settings keep it (in a slot their repr never shows), so the
+    search is what an error tracker sends: containers, ``__dict__``s, reprs. With a secret
+    file nothing keeps the secret in clear: the search goes through ``__slots__`` too."""
+    caplog.set_level(logging.DEBUG)
+    secret: Any = SECRET
+    if secret_kind == "file":
+        (tmp_path / "secret").write_text(SECRET + "\n")
+        secret = SecretFile(tmp_path / "secret")
+    raised: dict[str, BaseException] = {}
+    for name, fault, setup in _FAILURES:
+        error = _acquire_once(emulator, fault, setup, secret)
+        if error is not None:
+            raised[name] = error
+    assert set(raised) == {name for name, _, _ in _FAILURES} - {_READ_WHOLE}
+    untyped = {name: repr(e) for name, e in raised.items() if not isinstance(e, GenesysTokenError)}
+    assert untyped == {}
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info and r.exc_info[1]]
+    needles = _needles(SECRET)
+    slots = secret_kind == "file"
+    found = {name: _leaks([error], needles, slots=slots) for name, error in raised.items()}
+    found["logged"] = _leaks(logged, needles, slots=slots)
+    leaks = sorted(f"{name}: {place}" for name, places in found.items() for place in places)
+    assert leaks == [], "\n".join(leaks)
+
+
+def test_the_frame_search_finds_the_basic_value_in_the_frames_of_a_failed_request() -> None:
+    """The search itself: a Basic value where requests holds it is found (so a clean result
+    above means something), by the tracker's view alone and by its own."""
+    with requests.Session() as session, pytest.raises(requests.ConnectionError) as caught:
+        session.post(_refused_url(), auth=(CLIENT_ID, SECRET), timeout=2)
+    found = _leaks([caught.value], _needles(SECRET), slots=False)
+    assert any(place.startswith("basic value in repr(") for place in found)
+    assert any(".headers._store['authorization']" in place for place in found)
+
+
+#: Failures of one request, for the endpoint itself: (name, fault, how the endpoint is set up).
+_ENDPOINT_FAILURES: list[tuple[str, Fault | None, str]] = [
+    ("connection refused", None, "refused"),
+    ("exception where the request is sent", None, "failing"),
+    ("dropped connection", Fault(drop=True), ""),
+    ("answer cut short", Fault(status=200, body="{}", headers={"Content-Length": "300"}), ""),
+    ("stalled answer", Fault(status=200, body="{}" * 40, drip=1.0), ""),
+    ("401 invalid_client", Fault.json({"error": "invalid_client"}, status=401), ""),
+    ("400-digit expires_in", Fault.json({**_VALID, "expires_in": 10**400}), ""),
+    ("too large", Fault(status=200, body_size=300_000), ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "setup"),
+    [pytest.param(fault, setup, id=name) for name, fault, setup in _ENDPOINT_FAILURES],
+)
+def test_no_secret_in_any_frame_of_an_error_the_token_endpoint_raises(
+    emulator: GenesysEmulator, tmp_path: Path, fault: Fault | None, setup: str
+) -> None:
+    """The error as the endpoint raises it (before a flight copies it for its waiters): its
+    own frames, and no chained error carrying the frames of requests."""
+    (tmp_path / "secret").write_text(SECRET)
+    settings = Settings.build(
+        CLIENT_ID,
+        SecretFile(tmp_path / "secret"),
+        token_url=_refused_url() if setup == "refused" else emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        timeout=(2.0, 0.3),
+    )
+    session = _failing_session() if setup == "failing" else None
+    if fault is not None:
+        emulator.inject(fault)
+    endpoint = TokenEndpoint(settings, session=session)
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(settings.credentials)
+    assert caught.value.__context__ is None
+    assert _leaks([caught.value], _needles(SECRET), slots=True) == set()
+
+
+def test_an_unexpected_error_in_a_flight_is_logged_by_type_and_place_without_traceback(
+    emulator: GenesysEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    draws = iter([ValueError("a draw that fails"), 0.0, 0.0, 0.0])
+
+    def draw() -> float:
+        value = next(draws, 0.0)
+        if isinstance(value, Exception):
+            raise value  # while the token that just arrived is planned
+        return value
+
+    caplog.set_level(logging.DEBUG)
+    manager = TokenManager(
+        CLIENT_ID,
+        SECRET,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        background_refresh=False,
+        clock=Clock(random=draw),
+    )
+    with manager, pytest.raises(TokenRequestError) as caught:
+        manager.get_token(timeout=10)
+    assert re.search(
+        r"unexpectedly \(ValueError in draw at test_secret_hygiene\.py:\d+\)", str(caught.value)
+    )
+    assert "a draw that fails" not in str(caught.value)
+    records = [r for r in caplog.records if "unexpectedly" in r.getMessage()]
+    assert [r.levelname for r in records] == ["ERROR"]
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no traceback at all
+    assert emulator.token_requests == 1  # the token came, then planning it failed

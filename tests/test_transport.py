@@ -6,6 +6,7 @@ import base64
 import email.utils
 import http.client
 import logging
+import re
 import threading
 import time
 import tracemalloc
@@ -15,7 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from conftest import TricklingServer
+from requests.adapters import HTTPAdapter
 
 from genesys_token import InvalidTokenResponseError, TokenRequestError
 from genesys_token._http import HostLimiter
@@ -112,6 +115,7 @@ NOW = 1_800_000_000.0
         ("-3", None),
         ("1e400", None),
         ("9" * 400, None),
+        ("\u0663", None),  # an Arabic-Indic 3: float() reads it, HTTP does not
         ("Fri, 99 Foo 2024 25:61:00 GMT", None),
     ],
 )
@@ -159,6 +163,15 @@ HOSTILE = [
     pytest.param(_token(expires_in=0), "not a positive", id="expiry-zero"),
     pytest.param(_token(expires_in=-60), "not a positive", id="expiry-negative"),
     pytest.param(_token(expires_in=float("nan")), "not a positive", id="expiry-nan"),
+    pytest.param(_token(expires_in=float("inf")), "absurdly large", id="expiry-inf"),
+    pytest.param(_token(expires_in=10**400), "absurdly large", id="expiry-400-digits"),
+    pytest.param(_token(expires_in="9" * 400), "absurdly large", id="expiry-400-digit-text"),
+    pytest.param(_token(expires_in=1e300), "absurdly large", id="expiry-1e300"),
+    pytest.param(
+        Fault(status=200, body="{}", headers={"Content-Length": "9" * 5000}),
+        "max_response_bytes",
+        id="5000-digit-content-length",
+    ),
     pytest.param(
         Fault(status=200, body="{}", headers={"Content-Encoding": "gzip"}),
         "gzip-encoded",
@@ -193,6 +206,50 @@ def test_expires_in_numeric_strings_pass_and_absurd_lifetimes_are_capped(
     endpoint, credentials = build()
     emulator.inject(_token(expires_in=expires_in))
     assert endpoint.fetch(credentials).expires_in == lifetime
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u00b9\u00b2", "12abc", "-5", ""], ids=repr)
+def test_a_content_length_that_is_not_ascii_digits_is_as_good_as_none(
+    emulator: GenesysEmulator, build: Build, length: str
+) -> None:
+    """``str.isdigit()`` accepts "²" (a header is Latin-1), which ``int()`` refuses: an
+    untyped ValueError once. Not a length: the body is read to its end."""
+    endpoint, credentials = build()
+    token = _token()
+    emulator.inject(Fault(status=200, body=token.body, headers={"Content-Length": length}))
+    assert endpoint.fetch(credentials).expires_in == 3600
+
+
+class _Unplanned(ValueError):
+    """A fault nobody planned for, where the request is sent."""
+
+
+class _UnplannedAdapter(HTTPAdapter):
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        raise _Unplanned("boom")
+
+
+def test_an_unexpected_error_is_a_counted_typed_error_naming_its_type_and_place(
+    emulator: GenesysEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = requests.Session()
+    session.mount("http://", _UnplannedAdapter())
+    settings = Settings.build(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=3,
+    )
+    with pytest.raises(TokenRequestError) as caught:
+        TokenEndpoint(settings, session=session).fetch(settings.credentials)
+    error = caught.value
+    assert type(error) is TokenRequestError
+    assert re.search(r"\(_Unplanned in send at test_transport\.py:\d+\)", str(error))
+    assert (error.retryable, error.attempts, error.__context__) == (False, 1, None)
+    assert [
+        (r.levelname, r.exc_info) for r in caplog.records if r.name.startswith("genesys_token")
+    ] == [("ERROR", None)]
 
 
 def test_token_type_is_compared_case_insensitively(emulator: GenesysEmulator, build: Build) -> None:
