@@ -16,6 +16,12 @@ timeouts and no retry backoff, every Redis error becomes a
 network), and after a connection failure Redis is left alone for ``outage_backoff`` seconds
 so that each refresh pays the timeout once at most. The store logs nothing above DEBUG.
 
+TLS (``rediss://``): the client checks that the server's certificate names the host of the
+URL, as redis-py 6 does by default and older versions (down to 4.5) do not, unless the URL
+says otherwise (``ssl_check_hostname=false`` or ``ssl_cert_reqs=none``: what the URL says
+wins). A Cluster client of redis-py < 6 cannot check host names at all: with ``rediss://``
+it is refused (:class:`~genesys_token.errors.ConfigurationError`).
+
 Sentinel and Cluster: pass ``client=Sentinel(...).master_for(name, socket_timeout=1.0)`` or
 ``client=RedisCluster(...)``, or let :meth:`RedisStore.from_url` build a Cluster client with
 ``cluster=True``.
@@ -24,11 +30,13 @@ Sentinel and Cluster: pass ``client=Sentinel(...).master_for(name, socket_timeou
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import secrets
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -149,6 +157,7 @@ class RedisStore:
             if not _positive(value):
                 raise ConfigurationError(f"{name} must be a positive number", field=name)
         self._url = url or DEFAULT_URL
+        self._tls = _hostname_check(self._redis, self._url, cluster) if client is None else {}
         self._prefix = prefix
         self._cluster = cluster
         self._lock_ttl = float(lock_ttl)
@@ -191,6 +200,7 @@ class RedisStore:
             "socket_timeout": self._socket_timeout,
             "socket_connect_timeout": self._socket_timeout,
             "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 1),
+            **self._tls,
         }
         try:
             if self._cluster:
@@ -421,6 +431,42 @@ class _Renewal:
 
 def _positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+
+
+#: What redis-py's URL parser reads as false (``redis.connection.to_bool``).
+_FALSE = ("0", "F", "FALSE", "N", "NO")
+
+
+def _hostname_check(redis: Any, url: str, cluster: bool) -> dict[str, Any]:
+    """Client options that make a ``rediss://`` client check the server's host name.
+
+    redis-py < 6 does not by default: an impostor holding any certificate the CA signed (for
+    another host) would receive the password. Options the URL gives win over these (redis-py
+    applies the query last), so ``ssl_check_hostname=false`` or ``ssl_cert_reqs=none`` in
+    the URL turns the check off.
+
+    Raises:
+        ConfigurationError: A Cluster over ``rediss://`` with a redis-py that cannot check
+            host names for Cluster nodes (< 6), and the URL does not turn the check off.
+    """
+    if not url.startswith("rediss://"):
+        return {}
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    said = query.get("ssl_check_hostname", [""])[0]
+    if (said and said.upper() in _FALSE) or query.get("ssl_cert_reqs", [""])[0] == "none":
+        return {}  # the user turned it off, knowingly
+    if not cluster:
+        return {"ssl_check_hostname": True}
+    if "ssl_check_hostname" in getattr(redis.cluster, "REDIS_ALLOWED_KEYS", ()):
+        return {"ssl_check_hostname": True}  # redis-py >= 6.1 passes it on to the nodes
+    ssl_init = inspect.signature(redis.connection.SSLConnection.__init__)
+    if ssl_init.parameters["ssl_check_hostname"].default is True:
+        return {}  # redis-py 6.0: its nodes check by default (the option would be dropped)
+    raise ConfigurationError(
+        f"redis-py {redis.__version__} cannot check the host names of Redis Cluster nodes "
+        "over TLS: install redis>=6.1, or add ssl_check_hostname=false to the URL",
+        field="url",
+    )
 
 
 def _warn_without_timeouts(client: Any) -> None:
