@@ -4,11 +4,10 @@ Keys (``{...}`` is a Redis Cluster hash tag: every key of one entry lives in one
 the scripts that touch them run on a Cluster): ``<prefix>{<key>}:token`` holds the sealed
 token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock.
 
-The lock is a lease: ``SET NX PX lock_ttl`` with a random owner value, renewed every third
-of ``lock_ttl`` by a small ``genesys-token-lock-renewal`` thread (compare-and-``PEXPIRE``)
-for as long as its holder is inside the block, but never past the holder's ``lease``; it is
-released by a compare-and-delete script, so only its owner frees it. A holder that dies
-stops renewing, and its lock frees within ``lock_ttl``.
+The lock is a lease whose holder shows that it is alive (see
+:mod:`~genesys_token.stores._redis_lock`): it writes a new value every second while inside
+the block, never past its ``lease``, and a waiter takes over a lock whose value has not
+changed for 3 s (a dead holder's, or one planted by hand with any time to live).
 
 A Redis outage must never become an authentication outage: every call has short socket
 timeouts and no retry backoff, every Redis error becomes a
@@ -29,28 +28,22 @@ Sentinel and Cluster: pass ``client=Sentinel(...).master_for(name, socket_timeou
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
-import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..token import Token
+from ._redis_lock import RENEWALS_PER_TTL as RENEWALS_PER_TTL  # kept where it was
+from ._redis_lock import RedisLock
 from ._seal import Sealer
-from .base import (
-    DEFAULT_LEASE,
-    decode_token,
-    encode_token,
-    poll_until,
-    require_sealer,
-    track_fork,
-)
+from .base import DEFAULT_LEASE, decode_token, encode_token, require_sealer, track_fork
 
 log = logging.getLogger("genesys_token.stores")
 
@@ -58,41 +51,11 @@ DEFAULT_URL = "redis://localhost:6379/0"
 #: Socket timeouts for clients built from a URL: Redis answers in microseconds, so a
 #: second means it is down or unreachable, and the manager should use the network instead.
 SOCKET_TIMEOUT = 1.0
-#: The lock key's time to live, renewed while its holder lives: a holder that died delays
-#: its peers by at most this much.
+#: The lock key's time to live, renewed while its holder lives: a holder that died delays a
+#: peer that arrives later by at most this much (a peer already waiting takes over sooner).
 LOCK_TTL = 30.0
-#: The lock is renewed this many times per ``lock_ttl``: two renewals may fail (a slow
-#: Redis) before the lock could lapse under a live holder.
-RENEWALS_PER_TTL = 3
 #: After a connection failure, Redis is not tried again for this long.
 OUTAGE_BACKOFF = 5.0
-
-#: Delete the lock only if we still own it: after it expired and a peer took it, a plain
-#: DEL would release the peer's lock.
-_RELEASE_SCRIPT = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("del", KEYS[1])
-end
-return 0
-"""
-#: Take the lock, idempotently: a SET whose answer was lost (a timeout, then redis-py's
-#: retry) must not leave us waiting for a lock that is already ours.
-_ACQUIRE_SCRIPT = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("pexpire", KEYS[1], ARGV[2])
-end
-if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-    return 1
-end
-return 0
-"""
-#: Extend the lock only if we still own it (ARGV[2]: milliseconds).
-_RENEW_SCRIPT = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("pexpire", KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 
 def _redis_module() -> Any:
@@ -119,7 +82,8 @@ class RedisStore:
             ``master_for(...)``, or ``redis.cluster.RedisCluster`` (give it socket timeouts:
             without them a hung Redis hangs token acquisition). Not closed by :meth:`close`.
         prefix: Prepended to every key, to share one Redis between applications.
-        lock_ttl: Seconds a lock outlives a holder that died (it is renewed while held).
+        lock_ttl: The lock key's time to live, renewed while held: how long a lock of a
+            holder that died holds off a peer that arrives later.
         outage_backoff: Seconds Redis is skipped after a connection failure.
         socket_timeout: Connect and read timeout of a client built from ``url``.
         cluster: Build a ``RedisCluster`` client from ``url`` (any node of the cluster).
@@ -167,8 +131,7 @@ class RedisStore:
         self._down_until = 0.0
         self._guard = threading.Lock()
         self._client: Any = None
-        self._release: Any = None
-        self._renew: Any = None
+        self._lock = RedisLock(self._call, lock_ttl=self._lock_ttl)
         if client is not None:
             self._bind(client)
             _warn_without_timeouts(client)
@@ -214,9 +177,7 @@ class RedisStore:
 
     def _bind(self, client: Any) -> None:
         self._client = client
-        self._release = client.register_script(_RELEASE_SCRIPT)
-        self._renew = client.register_script(_RENEW_SCRIPT)
-        self._acquire = client.register_script(_ACQUIRE_SCRIPT)
+        self._lock.bind(client)
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self._prefix}{{{key}}}:{kind}"
@@ -290,80 +251,26 @@ class RedisStore:
         name = self._key("token", key)
         self._call("write", lambda client: client.set(name, blob, px=ttl_ms))
 
-    @contextlib.contextmanager
-    def lock(self, key: str, timeout: float, *, lease: float | None = None) -> Iterator[bool]:
+    def lock(
+        self, key: str, timeout: float, *, lease: float | None = None
+    ) -> AbstractContextManager[bool]:
         """Hold the refresh lock of ``key`` across the fleet, renewed for up to ``lease``.
+
+        Waits while the holder is alive (its lock changes every second); a lock unchanged
+        for 3 s is taken over.
 
         Yields:
             True when held; False when ``timeout`` passed while another holder had it.
 
         Raises:
             StoreError: Redis failed while taking the lock, or while releasing it after a
-                block that ended normally (it then lapses within ``lock_ttl`` anyway).
+                block that ended normally (a waiter takes it over within 3 s anyway).
             ConfigurationError: ``lease`` is not a positive number.
         """
         lease = DEFAULT_LEASE if lease is None else lease
         if not _positive(lease):
             raise ConfigurationError("lease must be a positive number", field="lease")
-        name = self._key("lock", key)
-        owner = secrets.token_hex(16)
-        ttl_ms = max(1, int(min(self._lock_ttl, lease) * 1000))
-        started = time.monotonic()
-
-        def attempt() -> bool:
-            nonlocal started
-            started = time.monotonic()
-            return bool(
-                self._call(
-                    "lock",
-                    lambda client: self._acquire(keys=[name], args=[owner, ttl_ms], client=client),
-                )
-            )
-
-        try:
-            held = poll_until(attempt, timeout)
-        except StoreError:
-            # The SET may have landed although its answer was lost: leave no orphan that
-            # would hold every peer (and us) off until it expires.
-            with contextlib.suppress(StoreError):
-                self._unlock(name, owner)
-            raise
-        if not held:
-            yield False
-            return
-        pid = os.getpid()
-        renewal = _Renewal(self, name, owner, lease_end=started + float(lease))
-        try:
-            yield True
-        except BaseException:
-            if os.getpid() == pid:
-                renewal.stop()
-                with contextlib.suppress(StoreError):  # the block's error matters more
-                    self._unlock(name, owner)
-            raise
-        # A child forked inside the block must not release (or renew) its parent's lock.
-        if os.getpid() == pid:
-            renewal.stop()
-            self._unlock(name, owner)
-
-    def _unlock(self, name: str, owner: str) -> None:
-        # Always tried, even during the outage backoff: a lock left behind holds every peer
-        # off until it expires.
-        self._call(
-            "unlock",
-            lambda client: self._release(keys=[name], args=[owner], client=client),
-            always=True,
-        )
-
-    def _extend(self, name: str, owner: str, ttl_ms: int) -> bool:
-        """Extend our lock to ``ttl_ms`` from now; False when it is no longer ours."""
-        return bool(
-            self._call(
-                "renew",
-                lambda client: self._renew(keys=[name], args=[owner, ttl_ms], client=client),
-                always=True,
-            )
-        )
+        return self._lock.hold(self._key("lock", key), timeout, float(lease))
 
     def close(self) -> None:
         """Close the connection pool of a client this store built (not a given one)."""
@@ -380,6 +287,7 @@ class RedisStore:
             return  # already done for this child
         self._pid = os.getpid()
         self._guard = threading.Lock()
+        self._lock.after_fork()
         if self._owns_client:
             self._client = None
             if not self._cluster:
@@ -391,42 +299,6 @@ class RedisStore:
             f"RedisStore(prefix={self._prefix!r}, cluster={self._cluster}, "
             f"owns_client={self._owns_client})"
         )
-
-
-class _Renewal:
-    """Keeps one held lock alive: a thread that extends it until stopped or out of lease."""
-
-    def __init__(self, store: RedisStore, name: str, owner: str, *, lease_end: float) -> None:
-        self._store = store
-        self._name = name
-        self._owner = owner
-        self._lease_end = lease_end
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="genesys-token-lock-renewal", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        store = self._store
-        interval = store._lock_ttl / RENEWALS_PER_TTL
-        while not self._stop.wait(interval):
-            left = self._lease_end - time.monotonic()
-            if left <= 0:
-                log.debug("token store lock lease ran out; no longer renewed")
-                return
-            ttl_ms = max(1, int(min(store._lock_ttl, left) * 1000))
-            try:
-                if not store._extend(self._name, self._owner, ttl_ms):
-                    log.debug("token store lock lost before its lease ended")
-                    return
-            except StoreError as exc:  # the next renewal may succeed; the lock is not gone
-                log.debug("could not renew the token store lock: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
 
 
 def _positive(value: Any) -> bool:
