@@ -159,6 +159,25 @@ def test_the_check_is_asked_for_rediss_only(genuine: TLSServer) -> None:
     assert options(genuine.url("&ssl_check_hostname=no"))["ssl_check_hostname"] is False
 
 
+def test_a_given_client_without_the_check_is_warned_about(
+    impostor: TLSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    def warned(url: str) -> bool:
+        caplog.clear()
+        client = redis.Redis.from_url(url, socket_timeout=1)
+        RedisStore(client=client).close()
+        client.close()
+        return any("host name" in r.getMessage() for r in caplog.records)
+
+    assert warned(impostor.url("&ssl_check_hostname=false"))
+    default = inspect.signature(redis.connection.SSLConnection.__init__).parameters
+    assert warned(impostor.url()) is (default["ssl_check_hostname"].default is False)
+    assert not warned(impostor.url("&ssl_check_hostname=true"))
+    assert not warned(impostor.url("&ssl_cert_reqs=none"))  # no certificate check at all
+    assert not warned(f"redis://127.0.0.1:{impostor.server.port}/0")
+    assert PASSWORD not in caplog.text
+
+
 def _cluster_checks_host_names() -> bool:
     """Whether this redis-py's Cluster client can check TLS host names (redis-py >= 6)."""
     if "ssl_check_hostname" in getattr(redis.cluster, "REDIS_ALLOWED_KEYS", ()):

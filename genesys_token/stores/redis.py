@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import ssl
 import threading
 import time
 import urllib.parse
@@ -135,6 +136,7 @@ class RedisStore:
         if client is not None:
             self._bind(client)
             _warn_without_timeouts(client)
+            _warn_without_hostname_check(self._redis, client)
         elif not cluster:
             self._bind(self._build_client())  # a plain client connects lazily by itself
         self._pid = os.getpid()
@@ -349,3 +351,26 @@ def _warn_without_timeouts(client: Any) -> None:
             "the Redis client given to RedisStore has no socket_timeout: a hung Redis "
             "would hang token acquisition; set socket_timeout=1.0"
         )
+
+
+def _warn_without_hostname_check(redis: Any, client: Any) -> None:
+    """Warn about a given client that talks TLS but skips the host-name check (redis-py <
+    6 by default): an impostor with a certificate for another host would get the password.
+    """
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    connection_class = getattr(pool, "connection_class", None)
+    ssl_class = redis.connection.SSLConnection
+    if not (isinstance(kwargs, dict) and isinstance(connection_class, type)):
+        return
+    if not issubclass(connection_class, ssl_class):
+        return
+    default = inspect.signature(ssl_class.__init__).parameters["ssl_check_hostname"].default
+    cert_reqs = kwargs.get("ssl_cert_reqs", "required")
+    if kwargs.get("ssl_check_hostname", default) or cert_reqs in ("none", None, ssl.CERT_NONE):
+        return  # checked, or certificates not verified at all: turned off knowingly
+    log.warning(
+        "the Redis client given to RedisStore uses TLS without checking the server's host "
+        "name: a server with a certificate for another host would get the password; set "
+        "ssl_check_hostname=True"
+    )
