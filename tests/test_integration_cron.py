@@ -132,7 +132,7 @@ def _parse_crontab(lines: list[str]) -> tuple[dict[str, str], list[str]]:
     return settings, commands
 
 
-RECIPES = ("examples/cron_job.sh", "examples/cron_job.py")
+RECIPES = ("examples/cron_job.sh", "examples/cron_job.py", "README.md")
 
 
 @pytest.mark.parametrize("source", RECIPES)
