@@ -11,7 +11,7 @@ RUFF_RULES := --select E,F,W,I,B,UP,SIM,RUF,S,BLE --ignore S101,S105,S106,S311,S
 LEGACY_VENV ?= .venv-legacy
 LEGACY_BIN := $(LEGACY_VENV)/bin
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
-LEGACY_PINS := 'urllib3>=1.26.5,<2' 'requests>=2.32.2,<2.33'
+LEGACY_PINS := 'urllib3>=1.26.5,<2' 'requests>=2.32.4,<2.33'
 LEGACY_TESTS := tests/test_transport.py tests/test_retry.py tests/test_tls.py \
 	tests/test_secret_hygiene.py tests/test_redact.py tests/test_auth.py tests/test_manager.py \
 	tests/test_api_session.py
@@ -33,7 +33,8 @@ MINIMUM_PYTHON := $(or $(call python_for,3.10),$(PYTHON))
 MINIMUM_TEST_DEPS := 'pytest>=7.4' 'pytest-timeout>=2.2' 'trustme>=1.1'
 MINIMUM_TESTS := $(LEGACY_TESTS) tests/test_validation.py tests/test_config.py \
 	tests/test_logging.py tests/test_events.py tests/test_rotation.py tests/test_manager_edges.py \
-	tests/test_file_store.py tests/test_cli.py
+	tests/test_file_store.py tests/test_cli.py tests/test_redis_store.py tests/test_redis_tls.py \
+	tests/test_netrc_redirect.py
 
 .PHONY: install lint format typecheck unit soak test test-legacy test-versions test-minimum \
 	demo bench clean

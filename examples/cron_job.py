@@ -1,10 +1,14 @@
 """A cron job: one Genesys Cloud call per run, one token request per token lifetime.
 
-::
+``crontab -e`` (one job, one line; the variables are crontab settings, so no secret is on a
+command line, which every local user can read in ``/proc/<pid>/cmdline``)::
 
-    # crontab: every 5 minutes
-    */5 * * * * GENESYSCLOUD_OAUTHCLIENT_ID=... GENESYSCLOUD_OAUTHCLIENT_SECRET=... \\
-        python /opt/jobs/cron_job.py
+    GENESYSCLOUD_OAUTHCLIENT_ID=your-client-id
+    GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE=/home/jobs/.genesys/secret
+    */5 * * * * /opt/jobs/venv/bin/python /opt/jobs/cron_job.py
+
+The secret file holds the client secret alone, readable by its owner only (the job refuses
+it otherwise).
 
 A short-lived process gains nothing from a background refresh thread, so the manager runs
 with ``background_refresh=False``. The token is kept in a
@@ -37,8 +41,25 @@ def token_store() -> TokenStore | None:
     return FileStore(cache or None)
 
 
+def secret_file_problem() -> str | None:
+    """Why ``GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE`` must not be used, or None (unset, or
+    readable by its owner only; a missing file is reported by the manager)."""
+    path = os.environ.get("GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE", "")
+    try:
+        mode = os.stat(path).st_mode if path else 0
+    except OSError:
+        return None
+    if mode & 0o077:
+        return f"{path} is readable by other users: chmod 600 it"
+    return None
+
+
 def main() -> int:
     """Print the organization name; returns the exit status."""
+    problem = secret_file_problem()
+    if problem is not None:
+        print(f"cron_job: {problem}", file=sys.stderr)
+        return 2
     try:
         manager = TokenManager.from_env(store=token_store(), background_refresh=False)
     except ConfigurationError as exc:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import configparser
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -82,3 +87,58 @@ def test_tests_run_from_the_unpacked_sdist(sdist: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+_CORE_IMPORTS = """
+import json, sys
+import genesys_token, genesys_token.cli, genesys_token.stores
+genesys_token.stores.FileStore
+print(json.dumps(sorted(
+    (name, module.__file__) for name, module in sys.modules.items()
+    if name.split(".")[0] == "genesys_token" and getattr(module, "__file__", None)
+)))
+"""
+
+
+def _top_level_imports(path: str) -> set[str]:
+    """Modules a source file imports unconditionally (module level, outside ``try``)."""
+    tree = ast.parse(Path(path).read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _declared() -> set[str]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    requirements = config["options"]["install_requires"].split("\n")
+    found = (re.match(r"[A-Za-z0-9_.-]+", line.strip()) for line in requirements)
+    return {match[0].lower().replace("_", "-") for match in found if match}
+
+
+def test_every_distribution_the_core_imports_is_declared() -> None:
+    # Issue 22: stores/_seal.py imported cryptography, which only PyJWT[crypto] pulled in.
+    result = subprocess.run(
+        [sys.executable, "-c", _CORE_IMPORTS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    modules = json.loads(result.stdout)
+    assert any(name == "genesys_token.stores._seal" for name, _ in modules)
+    imported = set().union(*(_top_level_imports(path) for _, path in modules))
+    third_party = imported - set(sys.stdlib_module_names) - {"genesys_token", "__future__"}
+    providers = metadata.packages_distributions()
+    undeclared = {
+        name: providers.get(name)
+        for name in third_party
+        if not {d.lower().replace("_", "-") for d in providers.get(name, [])} & _declared()
+    }
+    assert undeclared == {}
+    assert "cryptography" in third_party

@@ -21,6 +21,7 @@ from store_helpers import KEY, load, make_token, save
 
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import RedisStore, store_key
+from genesys_token.stores._redis_lock import RENEW_EVERY, STALE_AFTER
 from genesys_token.testing import Fault, GenesysEmulator
 
 MakeManager = Callable[..., TokenManager]
@@ -79,9 +80,14 @@ def test_taking_the_lock_is_idempotent_for_its_owner(store: RedisStore, raw: red
     # Review: a SET whose answer was lost (timeout, then redis-py's retry) found the lock
     # already set by its own owner and waited for it until it expired (30 s).
     name = store._key("lock", KEY)
-    assert store._acquire(keys=[name], args=["owner-a", 5000]) == 1
-    assert store._acquire(keys=[name], args=["owner-a", 5000]) == 1  # ours already
-    assert store._acquire(keys=[name], args=["owner-b", 5000]) == 0
+    take = store._lock._take
+    assert take(keys=[name], args=["owner-a:", "owner-a:0", 5000]) == 1
+    assert take(keys=[name], args=["owner-a:", "owner-a:0", 5000]) == 1  # ours already
+    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000]) == b"owner-a:0"
+    # A takeover is a compare-and-set: only the value the waiter judged stale is replaced.
+    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000, "owner-a:7"]) == b"owner-a:0"
+    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000, "owner-a:0"]) == 1
+    assert raw.get(name) == b"owner-b:0"
     raw.delete(name)
 
 
@@ -89,13 +95,13 @@ def test_a_lock_attempt_whose_answer_is_lost_leaves_no_orphan(
     store: RedisStore, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = store._key("lock", KEY)
-    real = store._acquire
+    real = store._lock._take
 
     def landed_but_lost(*args: object, **kwargs: object) -> object:
         real(*args, **kwargs)  # the SET lands...
         raise redis.exceptions.ConnectionError("...but its answer is lost")
 
-    monkeypatch.setattr(store, "_acquire", landed_but_lost)
+    monkeypatch.setattr(store._lock, "_take", landed_but_lost)
     with pytest.raises(StoreError), store.lock(KEY, 1):
         pass
     assert raw.exists(name) == 0  # released at once: peers are not held off for lock_ttl
@@ -564,3 +570,53 @@ def test_child_forked_inside_a_lock_block_neither_releases_nor_renews_it(
         os._exit(0)
     assert raw.get(name) is None
     store.close()
+
+
+# -- a holder shows that it is alive ---------------------------------------------------------
+
+
+def test_a_planted_lock_that_never_changes_is_taken_over(
+    make_manager: MakeManager, emulator: GenesysEmulator, redis_url: str, prefix: str,
+    raw: redis.Redis,
+) -> None:  # fmt: skip
+    # Issue 22: a lock key planted by hand with a long TTL stalled every cold acquisition for
+    # the whole lock wait (73 s with default settings).
+    key = store_key(emulator.client_id, emulator.token_url, ())
+    name = f"{prefix}{{{key}}}:lock"
+    raw.set(name, "planted-by-hand", px=3_600_000)
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    manager = make_manager(store=store, background_refresh=False)
+    started = time.monotonic()
+    assert manager.get_token(timeout=8.0)
+    waited = time.monotonic() - started
+    assert STALE_AFTER - 0.1 <= waited < STALE_AFTER + 1.5
+    assert emulator.token_requests == 1
+    assert raw.get(name) is None  # taken over, then released like any lock of ours
+    store.close()
+
+
+def test_a_live_holder_is_never_taken_over(
+    make_manager: MakeManager, emulator: GenesysEmulator, redis_url: str, prefix: str,
+    raw: redis.Redis,
+) -> None:  # fmt: skip
+    # The holder's token request takes longer than STALE_AFTER: its lock must look alive all
+    # along, or the waiter takes it over and makes a second token request.
+    emulator.inject(Fault(delay=STALE_AFTER + 2.0, passthrough=True))
+    stores = [RedisStore.from_url(redis_url, prefix=prefix) for _ in range(2)]
+    holder, waiter = (make_manager(store=s, background_refresh=False) for s in stores)
+    key = store_key(emulator.client_id, emulator.token_url, ())
+    name = f"{prefix}{{{key}}}:lock"
+    fetch = threading.Thread(target=holder.get_token)
+    fetch.start()
+    try:
+        assert poll(lambda: emulator.token_requests == 1, 5.0)
+        seen = raw.get(name)
+        assert seen is not None
+        assert poll(lambda: raw.get(name) not in (None, seen), 2 * RENEW_EVERY + 1.0)  # a beat
+        assert waiter.get_token(timeout=STALE_AFTER + 10.0) == holder.get_token()
+    finally:
+        fetch.join(15.0)
+        for store in stores:
+            store.close()
+    assert emulator.token_requests == 1
+    assert waiter.token is not None and waiter.token.source == "store"

@@ -4,17 +4,22 @@ Keys (``{...}`` is a Redis Cluster hash tag: every key of one entry lives in one
 the scripts that touch them run on a Cluster): ``<prefix>{<key>}:token`` holds the sealed
 token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock.
 
-The lock is a lease: ``SET NX PX lock_ttl`` with a random owner value, renewed every third
-of ``lock_ttl`` by a small ``genesys-token-lock-renewal`` thread (compare-and-``PEXPIRE``)
-for as long as its holder is inside the block, but never past the holder's ``lease``; it is
-released by a compare-and-delete script, so only its owner frees it. A holder that dies
-stops renewing, and its lock frees within ``lock_ttl``.
+The lock is a lease whose holder shows that it is alive (see
+:mod:`~genesys_token.stores._redis_lock`): it writes a new value every second while inside
+the block, never past its ``lease``, and a waiter takes over a lock whose value has not
+changed for 3 s (a dead holder's, or one planted by hand with any time to live).
 
 A Redis outage must never become an authentication outage: every call has short socket
 timeouts and no retry backoff, every Redis error becomes a
 :class:`~genesys_token.errors.StoreError` (which the manager reports before using the
 network), and after a connection failure Redis is left alone for ``outage_backoff`` seconds
 so that each refresh pays the timeout once at most. The store logs nothing above DEBUG.
+
+TLS (``rediss://``): the client checks that the server's certificate names the host of the
+URL, as redis-py 6 does by default and older versions (down to 4.5) do not, unless the URL
+says otherwise (``ssl_check_hostname=false`` or ``ssl_cert_reqs=none``: what the URL says
+wins). A Cluster client of redis-py < 6 cannot check host names at all: with ``rediss://``
+it is refused (:class:`~genesys_token.errors.ConfigurationError`).
 
 Sentinel and Cluster: pass ``client=Sentinel(...).master_for(name, socket_timeout=1.0)`` or
 ``client=RedisCluster(...)``, or let :meth:`RedisStore.from_url` build a Cluster client with
@@ -23,26 +28,23 @@ Sentinel and Cluster: pass ``client=Sentinel(...).master_for(name, socket_timeou
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import logging
 import os
-import secrets
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from ..token import Token
+from ._redis_lock import RENEWALS_PER_TTL as RENEWALS_PER_TTL  # kept where it was
+from ._redis_lock import RedisLock
 from ._seal import Sealer
-from .base import (
-    DEFAULT_LEASE,
-    decode_token,
-    encode_token,
-    poll_until,
-    require_sealer,
-    track_fork,
-)
+from .base import DEFAULT_LEASE, decode_token, encode_token, require_sealer, track_fork
 
 log = logging.getLogger("genesys_token.stores")
 
@@ -50,41 +52,11 @@ DEFAULT_URL = "redis://localhost:6379/0"
 #: Socket timeouts for clients built from a URL: Redis answers in microseconds, so a
 #: second means it is down or unreachable, and the manager should use the network instead.
 SOCKET_TIMEOUT = 1.0
-#: The lock key's time to live, renewed while its holder lives: a holder that died delays
-#: its peers by at most this much.
+#: The lock key's time to live, renewed while its holder lives: a holder that died delays a
+#: peer that arrives later by at most this much (a peer already waiting takes over sooner).
 LOCK_TTL = 30.0
-#: The lock is renewed this many times per ``lock_ttl``: two renewals may fail (a slow
-#: Redis) before the lock could lapse under a live holder.
-RENEWALS_PER_TTL = 3
 #: After a connection failure, Redis is not tried again for this long.
 OUTAGE_BACKOFF = 5.0
-
-#: Delete the lock only if we still own it: after it expired and a peer took it, a plain
-#: DEL would release the peer's lock.
-_RELEASE_SCRIPT = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("del", KEYS[1])
-end
-return 0
-"""
-#: Take the lock, idempotently: a SET whose answer was lost (a timeout, then redis-py's
-#: retry) must not leave us waiting for a lock that is already ours.
-_ACQUIRE_SCRIPT = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("pexpire", KEYS[1], ARGV[2])
-end
-if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-    return 1
-end
-return 0
-"""
-#: Extend the lock only if we still own it (ARGV[2]: milliseconds).
-_RENEW_SCRIPT = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("pexpire", KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 
 def _redis_module() -> Any:
@@ -111,7 +83,8 @@ class RedisStore:
             ``master_for(...)``, or ``redis.cluster.RedisCluster`` (give it socket timeouts:
             without them a hung Redis hangs token acquisition). Not closed by :meth:`close`.
         prefix: Prepended to every key, to share one Redis between applications.
-        lock_ttl: Seconds a lock outlives a holder that died (it is renewed while held).
+        lock_ttl: The lock key's time to live, renewed while held: how long a lock of a
+            holder that died holds off a peer that arrives later.
         outage_backoff: Seconds Redis is skipped after a connection failure.
         socket_timeout: Connect and read timeout of a client built from ``url``.
         cluster: Build a ``RedisCluster`` client from ``url`` (any node of the cluster).
@@ -149,6 +122,7 @@ class RedisStore:
             if not _positive(value):
                 raise ConfigurationError(f"{name} must be a positive number", field=name)
         self._url = url or DEFAULT_URL
+        self._tls = _hostname_check(self._redis, self._url, cluster) if client is None else {}
         self._prefix = prefix
         self._cluster = cluster
         self._lock_ttl = float(lock_ttl)
@@ -158,11 +132,11 @@ class RedisStore:
         self._down_until = 0.0
         self._guard = threading.Lock()
         self._client: Any = None
-        self._release: Any = None
-        self._renew: Any = None
+        self._lock = RedisLock(self._call, lock_ttl=self._lock_ttl)
         if client is not None:
             self._bind(client)
             _warn_without_timeouts(client)
+            _warn_without_hostname_check(self._redis, client)
         elif not cluster:
             self._bind(self._build_client())  # a plain client connects lazily by itself
         self._pid = os.getpid()
@@ -191,6 +165,7 @@ class RedisStore:
             "socket_timeout": self._socket_timeout,
             "socket_connect_timeout": self._socket_timeout,
             "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 1),
+            **self._tls,
         }
         try:
             if self._cluster:
@@ -204,9 +179,7 @@ class RedisStore:
 
     def _bind(self, client: Any) -> None:
         self._client = client
-        self._release = client.register_script(_RELEASE_SCRIPT)
-        self._renew = client.register_script(_RENEW_SCRIPT)
-        self._acquire = client.register_script(_ACQUIRE_SCRIPT)
+        self._lock.bind(client)
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self._prefix}{{{key}}}:{kind}"
@@ -280,80 +253,26 @@ class RedisStore:
         name = self._key("token", key)
         self._call("write", lambda client: client.set(name, blob, px=ttl_ms))
 
-    @contextlib.contextmanager
-    def lock(self, key: str, timeout: float, *, lease: float | None = None) -> Iterator[bool]:
+    def lock(
+        self, key: str, timeout: float, *, lease: float | None = None
+    ) -> AbstractContextManager[bool]:
         """Hold the refresh lock of ``key`` across the fleet, renewed for up to ``lease``.
+
+        Waits while the holder is alive (its lock changes every second); a lock unchanged
+        for 3 s is taken over.
 
         Yields:
             True when held; False when ``timeout`` passed while another holder had it.
 
         Raises:
             StoreError: Redis failed while taking the lock, or while releasing it after a
-                block that ended normally (it then lapses within ``lock_ttl`` anyway).
+                block that ended normally (a waiter takes it over within 3 s anyway).
             ConfigurationError: ``lease`` is not a positive number.
         """
         lease = DEFAULT_LEASE if lease is None else lease
         if not _positive(lease):
             raise ConfigurationError("lease must be a positive number", field="lease")
-        name = self._key("lock", key)
-        owner = secrets.token_hex(16)
-        ttl_ms = max(1, int(min(self._lock_ttl, lease) * 1000))
-        started = time.monotonic()
-
-        def attempt() -> bool:
-            nonlocal started
-            started = time.monotonic()
-            return bool(
-                self._call(
-                    "lock",
-                    lambda client: self._acquire(keys=[name], args=[owner, ttl_ms], client=client),
-                )
-            )
-
-        try:
-            held = poll_until(attempt, timeout)
-        except StoreError:
-            # The SET may have landed although its answer was lost: leave no orphan that
-            # would hold every peer (and us) off until it expires.
-            with contextlib.suppress(StoreError):
-                self._unlock(name, owner)
-            raise
-        if not held:
-            yield False
-            return
-        pid = os.getpid()
-        renewal = _Renewal(self, name, owner, lease_end=started + float(lease))
-        try:
-            yield True
-        except BaseException:
-            if os.getpid() == pid:
-                renewal.stop()
-                with contextlib.suppress(StoreError):  # the block's error matters more
-                    self._unlock(name, owner)
-            raise
-        # A child forked inside the block must not release (or renew) its parent's lock.
-        if os.getpid() == pid:
-            renewal.stop()
-            self._unlock(name, owner)
-
-    def _unlock(self, name: str, owner: str) -> None:
-        # Always tried, even during the outage backoff: a lock left behind holds every peer
-        # off until it expires.
-        self._call(
-            "unlock",
-            lambda client: self._release(keys=[name], args=[owner], client=client),
-            always=True,
-        )
-
-    def _extend(self, name: str, owner: str, ttl_ms: int) -> bool:
-        """Extend our lock to ``ttl_ms`` from now; False when it is no longer ours."""
-        return bool(
-            self._call(
-                "renew",
-                lambda client: self._renew(keys=[name], args=[owner, ttl_ms], client=client),
-                always=True,
-            )
-        )
+        return self._lock.hold(self._key("lock", key), timeout, float(lease))
 
     def close(self) -> None:
         """Close the connection pool of a client this store built (not a given one)."""
@@ -370,6 +289,7 @@ class RedisStore:
             return  # already done for this child
         self._pid = os.getpid()
         self._guard = threading.Lock()
+        self._lock.after_fork()
         if self._owns_client:
             self._client = None
             if not self._cluster:
@@ -383,44 +303,44 @@ class RedisStore:
         )
 
 
-class _Renewal:
-    """Keeps one held lock alive: a thread that extends it until stopped or out of lease."""
-
-    def __init__(self, store: RedisStore, name: str, owner: str, *, lease_end: float) -> None:
-        self._store = store
-        self._name = name
-        self._owner = owner
-        self._lease_end = lease_end
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="genesys-token-lock-renewal", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        store = self._store
-        interval = store._lock_ttl / RENEWALS_PER_TTL
-        while not self._stop.wait(interval):
-            left = self._lease_end - time.monotonic()
-            if left <= 0:
-                log.debug("token store lock lease ran out; no longer renewed")
-                return
-            ttl_ms = max(1, int(min(store._lock_ttl, left) * 1000))
-            try:
-                if not store._extend(self._name, self._owner, ttl_ms):
-                    log.debug("token store lock lost before its lease ended")
-                    return
-            except StoreError as exc:  # the next renewal may succeed; the lock is not gone
-                log.debug("could not renew the token store lock: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-
 def _positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+
+
+#: What redis-py's URL parser reads as false (``redis.connection.to_bool``).
+_FALSE = ("0", "F", "FALSE", "N", "NO")
+
+
+def _hostname_check(redis: Any, url: str, cluster: bool) -> dict[str, Any]:
+    """Client options that make a ``rediss://`` client check the server's host name.
+
+    redis-py < 6 does not by default: an impostor holding any certificate the CA signed (for
+    another host) would receive the password. Options the URL gives win over these (redis-py
+    applies the query last), so ``ssl_check_hostname=false`` or ``ssl_cert_reqs=none`` in
+    the URL turns the check off.
+
+    Raises:
+        ConfigurationError: A Cluster over ``rediss://`` with a redis-py that cannot check
+            host names for Cluster nodes (< 6), and the URL does not turn the check off.
+    """
+    if not url.startswith("rediss://"):
+        return {}
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    said = query.get("ssl_check_hostname", [""])[0]
+    if (said and said.upper() in _FALSE) or query.get("ssl_cert_reqs", [""])[0] == "none":
+        return {}  # the user turned it off, knowingly
+    if not cluster:
+        return {"ssl_check_hostname": True}
+    if "ssl_check_hostname" in getattr(redis.cluster, "REDIS_ALLOWED_KEYS", ()):
+        return {"ssl_check_hostname": True}  # redis-py >= 6.1 passes it on to the nodes
+    ssl_init = inspect.signature(redis.connection.SSLConnection.__init__)
+    if ssl_init.parameters["ssl_check_hostname"].default is True:
+        return {}  # redis-py 6.0: its nodes check by default (the option would be dropped)
+    raise ConfigurationError(
+        f"redis-py {redis.__version__} cannot check the host names of Redis Cluster nodes "
+        "over TLS: install redis>=6.1, or add ssl_check_hostname=false to the URL",
+        field="url",
+    )
 
 
 def _warn_without_timeouts(client: Any) -> None:
@@ -431,3 +351,26 @@ def _warn_without_timeouts(client: Any) -> None:
             "the Redis client given to RedisStore has no socket_timeout: a hung Redis "
             "would hang token acquisition; set socket_timeout=1.0"
         )
+
+
+def _warn_without_hostname_check(redis: Any, client: Any) -> None:
+    """Warn about a given client that talks TLS but skips the host-name check (redis-py <
+    6 by default): an impostor with a certificate for another host would get the password.
+    """
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    connection_class = getattr(pool, "connection_class", None)
+    ssl_class = redis.connection.SSLConnection
+    if not (isinstance(kwargs, dict) and isinstance(connection_class, type)):
+        return
+    if not issubclass(connection_class, ssl_class):
+        return
+    default = inspect.signature(ssl_class.__init__).parameters["ssl_check_hostname"].default
+    cert_reqs = kwargs.get("ssl_cert_reqs", "required")
+    if kwargs.get("ssl_check_hostname", default) or cert_reqs in ("none", None, ssl.CERT_NONE):
+        return  # checked, or certificates not verified at all: turned off knowingly
+    log.warning(
+        "the Redis client given to RedisStore uses TLS without checking the server's host "
+        "name: a server with a certificate for another host would get the password; set "
+        "ssl_check_hostname=True"
+    )
