@@ -1,0 +1,138 @@
+"""Proving a secret before a pool trusts it.
+
+A :class:`~genesys_token.TokenManagerPool` hands one manager to every caller of a client.
+A caller with another secret than that manager's must neither get its token nor replace its
+secret on say-so: the other secret is proven first, by a token request of its own made by a
+*probe*, a private manager with that secret, no shared store and no background refresh.
+Only an accepted secret is handed on (secret rotation); a rejected one gets its own
+:class:`~genesys_token.InvalidClientError` and changes nothing.
+
+A probe is kept while it is useful: callers with the same secret share its one token request
+(its single flight) and, after a rejection, its credentials cool-down (about 1 s doubling to
+60 s): a thread hammering with a wrong secret costs a token request per cool-down, not per
+call. At most :data:`PROBES_PER_CLIENT` probes are kept per client, the least recently
+used forgotten first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from ._secrets import Secret, digest
+from .errors import InvalidClientError, ManagerClosedError
+from .manager import TokenManager
+
+#: Other secrets remembered per client, each with its own cool-down. Enough for a rotation
+#: and a few misconfigured callers; a bound, so guessing secrets cannot grow memory.
+PROBES_PER_CLIENT = 4
+#: Every secret source (callable) counts as one: code passing ``lambda: vault(cid)`` makes a
+#: new object per call, and a probe per object would be a token request per call.
+_SOURCE = "source"
+
+MakeProbe = Callable[[Secret], TokenManager]
+
+
+def secret_name(client_id: str, secret: Secret) -> Hashable:
+    """What probes are shared by: a digest of a secret string (never the secret), or one
+    name for every secret source."""
+    return digest(client_id, secret) if isinstance(secret, str) else _SOURCE
+
+
+class SecretProofs:
+    """The probes of one pool, by client and secret name (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._probes: dict[Hashable, OrderedDict[Hashable, TokenManager]] = {}
+        self._closed = False
+        self.accepted = 0
+        self.rejected = 0
+        self._requests_of_closed = 0
+
+    def prove(self, client: Hashable, name: Hashable, secret: Secret, make: MakeProbe) -> bool:
+        """Have the token endpoint accept ``secret`` for ``client``.
+
+        Returns:
+            True once accepted; False when the probe was closed meanwhile (another caller's
+            proof of the same secret settled it, or the pool closed): look again.
+
+        Raises:
+            InvalidClientError: The secret is rejected (at once during its cool-down).
+            GenesysTokenError: No answer (outage, throttling): nothing is proven.
+        """
+        probe = self._probe(client, name, secret, make)
+        try:
+            probe.get_token()
+        except ManagerClosedError:
+            return False
+        except InvalidClientError:
+            with self._lock:
+                self.rejected += 1
+            raise
+        return True
+
+    def settle(self, client: Hashable, name: Hashable) -> None:
+        """The secret ``name`` is now the client's: its probe has served."""
+        with self._lock:
+            probes = self._probes.get(client)
+            probe = probes.pop(name, None) if probes is not None else None
+            if probes is not None and not probes:
+                del self._probes[client]
+            if probe is not None:
+                self.accepted += 1
+        if probe is not None:
+            self._close(probe)
+
+    def forget(self, client: Hashable) -> None:
+        """Drop every probe of ``client`` (it left the pool)."""
+        with self._lock:
+            probes = self._probes.pop(client, None)
+        for probe in (probes or {}).values():
+            self._close(probe)
+
+    def close(self) -> None:
+        """Close every probe; later proofs fail with ManagerClosedError."""
+        with self._lock:
+            self._closed = True
+            probes = [p for per_client in self._probes.values() for p in per_client.values()]
+            self._probes.clear()
+        for probe in probes:
+            self._close(probe)
+
+    def token_requests(self) -> int:
+        """Token requests the probes made, those closed included."""
+        with self._lock:
+            live = [p for per_client in self._probes.values() for p in per_client.values()]
+            spent = self._requests_of_closed
+        return spent + sum(int(p.metrics().get("token_requests") or 0) for p in live)
+
+    def after_fork(self) -> None:
+        """A fresh lock in a forked child (the probes reset themselves)."""
+        self._lock = threading.Lock()
+
+    def _probe(
+        self, client: Hashable, name: Hashable, secret: Secret, make: MakeProbe
+    ) -> TokenManager:
+        with self._lock:
+            if self._closed:
+                raise ManagerClosedError("the token manager pool is closed")
+            probes = self._probes.setdefault(client, OrderedDict())
+            probe = probes.get(name)
+            if probe is not None and not probe.closed:
+                probes.move_to_end(name)
+                return probe
+            probe = probes[name] = make(secret)
+            oldest = None
+            if len(probes) > PROBES_PER_CLIENT:
+                _, oldest = probes.popitem(last=False)
+        if oldest is not None:
+            self._close(oldest)
+        return probe
+
+    def _close(self, probe: TokenManager) -> None:
+        requests = int(probe.metrics().get("token_requests") or 0)
+        probe.close()
+        with self._lock:
+            self._requests_of_closed += requests
