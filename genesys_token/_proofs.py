@@ -16,6 +16,7 @@ used forgotten first.
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -32,6 +33,18 @@ PROBES_PER_CLIENT = 4
 _SOURCE = "source"
 
 MakeProbe = Callable[[Secret], TokenManager]
+
+
+def same_secret(held: Secret, given: Secret) -> bool:
+    """Whether ``given`` changes nothing. Two sources (callables) count as the same: code
+    that passes ``lambda: vault(cid)`` on every get() makes a new object each time, and
+    handing each one over would end the rejected-secret cool-down and the failure backoff on
+    every call. A source is read for each token request anyway."""
+    if held is given:
+        return True
+    if isinstance(held, str) and isinstance(given, str):
+        return hmac.compare_digest(held.encode("utf-8"), given.encode("utf-8"))
+    return not isinstance(held, str) and not isinstance(given, str)
 
 
 def secret_name(client_id: str, secret: Secret) -> Hashable:
@@ -107,6 +120,12 @@ class SecretProofs:
             live = [p for per_client in self._probes.values() for p in per_client.values()]
             spent = self._requests_of_closed
         return spent + sum(int(p.metrics().get("token_requests") or 0) for p in live)
+
+    def figures(self) -> dict[str, int]:
+        """``accepted`` secrets, ``rejected`` callers, and the ``token_requests`` made."""
+        with self._lock:
+            accepted, rejected = self.accepted, self.rejected
+        return {"accepted": accepted, "rejected": rejected, "token_requests": self.token_requests()}
 
     def after_fork(self) -> None:
         """A fresh lock in a forked child (the probes reset themselves)."""

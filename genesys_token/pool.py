@@ -18,7 +18,6 @@ own (``_proofs``), and is refused with the endpoint's
 
 from __future__ import annotations
 
-import hmac
 import inspect
 import logging
 import threading
@@ -29,7 +28,7 @@ from typing import Any
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._lifecycle import register_fork_handler
-from ._proofs import SecretProofs, secret_name
+from ._proofs import SecretProofs, same_secret, secret_name
 from ._scheduler import Job, scheduler
 from ._secrets import Secret
 from .config import Settings
@@ -192,7 +191,7 @@ class TokenManagerPool:
             if entry is None or entry.manager.closed:
                 alias = _alias(client_id, region, token_url, api_base_url, scopes)
                 entry = self._find_or_make(alias, client_secret)
-            if _same_secret(entry.secret, client_secret):
+            if same_secret(entry.secret, client_secret):
                 return self._used(entry)
             key, spec = entry.key, entry.spec
         return self._with_other_secret(key, spec, client_secret)
@@ -215,10 +214,12 @@ class TokenManagerPool:
                 if (
                     entry is not None
                     and not entry.manager.closed
-                    and _same_secret(entry.secret, secret)
+                    and same_secret(entry.secret, secret)
                 ):
                     return self._used(entry)
-            if self._proofs.prove(key, name, secret, lambda s: self._build(spec, s, probe=True)):
+            if self._proofs.prove(
+                key, name, secret, lambda s: _build(self._shared, spec, s, probe=True)
+            ):
                 return self._make_current(key, spec, name, secret)
         raise ManagerClosedError("the secret's proof was settled and replaced meanwhile")
 
@@ -233,11 +234,11 @@ class TokenManagerPool:
                 if entry is not None:
                     self._drop(key, entry)
                 entry = self._add(key, spec, secret)
-            elif not _same_secret(entry.secret, secret):
+            elif not same_secret(entry.secret, secret):
                 if entry.manager.token is None:
                     # Never worked: it may have been made with a wrong secret, and whoever
                     # holds it must not be handed this one.
-                    retired, entry.manager = entry.manager, self._build(spec, secret)
+                    retired, entry.manager = entry.manager, _build(self._shared, spec, secret)
                     self._created += 1
                 else:
                     entry.manager.set_credentials(secret)
@@ -248,20 +249,10 @@ class TokenManagerPool:
             retired.close()
         return manager
 
-    def _build(self, spec: _Spec, secret: Secret, *, probe: bool = False) -> TokenManager:
-        """A manager of ``spec``'s client; a probe shares nothing (its own MemoryStore) and
-        sends no webhooks."""
-        objects = {k: v for k, v in self._shared.items() if k in _OBJECTS}
-        options = dict(spec.options)
-        if probe:
-            objects["store"] = MemoryStore()
-            options.update(background_refresh=False, webhook_url=None, webhook_secret=None)
-        return TokenManager(spec.client_id, secret, scopes=spec.scopes, **options, **objects)
-
     def _add(self, key: _Key, spec: _Spec, secret: Secret) -> _Entry:
         """A new entry for ``key`` (the lock is held)."""
         entry = self._entries[key] = _Entry(
-            key, spec, self._build(spec, secret), secret, self._now()
+            key, spec, _build(self._shared, spec, secret), secret, self._now()
         )
         self._created += 1
         return entry
@@ -371,38 +362,16 @@ class TokenManagerPool:
             ``rejected`` callers, and the ``token_requests`` the proofs made).
         """
         with self._lock:
-            entries = list(self._entries.items())
+            entries = list(self._entries.values())
             created, evicted = self._created, self._evicted
-        now = self._now()
-        totals: dict[str, int] = dict.fromkeys((*COUNTERS, "in_flight", "without_valid_token"), 0)
-        clients = []
-        for (client_id, token_url, scopes), entry in entries:
-            snap = entry.manager.metrics()
-            for name in (*COUNTERS, "in_flight"):
-                totals[name] += int(snap.get(name) or 0)
-            expires_in = snap.get("expires_in")
-            if expires_in is None or expires_in <= 0:
-                totals["without_valid_token"] += 1
-            clients.append(
-                {
-                    "client_id": client_id,
-                    "token_url": token_url,
-                    "scopes": list(scopes),
-                    "idle_seconds": round(max(0.0, now - entry.last_used), 3),
-                    "metrics": snap,
-                }
-            )
+        totals, clients = _client_figures(entries, self._now())
         return {
             "managers": len(entries),
             "created": created,
             "evicted": evicted,
             "totals": totals,
             "clients": clients,
-            "secret_checks": {
-                "accepted": self._proofs.accepted,
-                "rejected": self._proofs.rejected,
-                "token_requests": self._proofs.token_requests(),
-            },
+            "secret_checks": self._proofs.figures(),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -446,6 +415,46 @@ class TokenManagerPool:
         return f"TokenManagerPool(managers={len(self._entries)}, state={state!r})"
 
 
+def _build(
+    shared: dict[str, Any], spec: _Spec, secret: Secret, *, probe: bool = False
+) -> TokenManager:
+    """A manager of ``spec``'s client with the pool's ``shared`` objects; a probe shares
+    nothing (its own MemoryStore: an entry planted in a shared store is no proof) and has
+    no background refresh and no webhook."""
+    objects = {k: v for k, v in shared.items() if k in _OBJECTS}
+    options = dict(spec.options)
+    if probe:
+        objects["store"] = MemoryStore()
+        options.update(background_refresh=False, webhook_url=None, webhook_secret=None)
+    return TokenManager(spec.client_id, secret, scopes=spec.scopes, **options, **objects)
+
+
+def _client_figures(
+    entries: list[_Entry], now: float
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The totals and the per-client figures of :meth:`TokenManagerPool.metrics`."""
+    totals: dict[str, int] = dict.fromkeys((*COUNTERS, "in_flight", "without_valid_token"), 0)
+    clients = []
+    for entry in entries:
+        client_id, token_url, scopes = entry.key
+        snap = entry.manager.metrics()
+        for name in (*COUNTERS, "in_flight"):
+            totals[name] += int(snap.get(name) or 0)
+        expires_in = snap.get("expires_in")
+        if expires_in is None or expires_in <= 0:
+            totals["without_valid_token"] += 1
+        clients.append(
+            {
+                "client_id": client_id,
+                "token_url": token_url,
+                "scopes": list(scopes),
+                "idle_seconds": round(max(0.0, now - entry.last_used), 3),
+                "metrics": snap,
+            }
+        )
+    return totals, clients
+
+
 def _quick_scopes(scopes: Any) -> tuple[Any, ...] | None:
     kind = type(scopes)
     if kind is tuple:
@@ -485,18 +494,6 @@ def _max_idle(value: Any) -> float | None:
             "max_idle must be a number of seconds > 0, or None", field="max_idle"
         )
     return float(value)
-
-
-def _same_secret(held: Secret, given: Secret) -> bool:
-    """Whether ``given`` changes nothing. Two sources (callables) count as the same: code
-    that passes ``lambda: vault(cid)`` on every get() makes a new object each time, and
-    handing each one over would end the rejected-secret cool-down and the failure backoff on
-    every call. A source is read for each token request anyway."""
-    if held is given:
-        return True
-    if isinstance(held, str) and isinstance(given, str):
-        return hmac.compare_digest(held.encode("utf-8"), given.encode("utf-8"))
-    return not isinstance(held, str) and not isinstance(given, str)
 
 
 def _sweep_job(pool: TokenManagerPool) -> Job:
