@@ -160,6 +160,8 @@ class TokenManagerPool:
         (:meth:`TokenManager.set_credentials`); a manager that never had a token is
         replaced instead (closed), so whoever asked with the unproven secret it was made
         with learns nothing. The last accepted secret wins: give one secret per client.
+        Two secret sources (callables) count as the same and are not proven: a new
+        ``lambda`` per call must not cost a token request per call.
 
         Args:
             client_id: The OAuth client id of the org.
