@@ -58,39 +58,45 @@ class SecretProofs:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._probes: dict[Hashable, OrderedDict[Hashable, TokenManager]] = {}
+        #: Per client, per secret name: the probe and the secret it was made with.
+        self._probes: dict[Hashable, OrderedDict[Hashable, tuple[TokenManager, Secret]]] = {}
         self._closed = False
         self.accepted = 0
         self.rejected = 0
         self._requests_of_closed = 0
 
-    def prove(self, client: Hashable, name: Hashable, secret: Secret, make: MakeProbe) -> bool:
+    def prove(
+        self, client: Hashable, name: Hashable, secret: Secret, make: MakeProbe
+    ) -> Secret | None:
         """Have the token endpoint accept ``secret`` for ``client``.
 
         Returns:
-            True once accepted; False when the probe was closed meanwhile (another caller's
-            proof of the same secret settled it, or the pool closed): look again.
+            The secret accepted: the one the probe was made with, which for a source is the
+            first source object asked with (every source shares one probe); None when the
+            probe was closed meanwhile (another caller's proof of the same secret settled
+            it, or the pool closed): look again.
 
         Raises:
             InvalidClientError: The secret is rejected (at once during its cool-down).
             GenesysTokenError: No answer (outage, throttling): nothing is proven.
         """
-        probe = self._probe(client, name, secret, make)
+        probe, proven = self._probe(client, name, secret, make)
         try:
             probe.get_token()
         except ManagerClosedError:
-            return False
+            return None
         except InvalidClientError:
             with self._lock:
                 self.rejected += 1
             raise
-        return True
+        return proven
 
     def settle(self, client: Hashable, name: Hashable) -> None:
         """The secret ``name`` is now the client's: its probe has served."""
         with self._lock:
             probes = self._probes.get(client)
-            probe = probes.pop(name, None) if probes is not None else None
+            held = probes.pop(name, None) if probes is not None else None
+            probe = held[0] if held is not None else None
             if probes is not None and not probes:
                 del self._probes[client]
             if probe is not None:
@@ -102,14 +108,14 @@ class SecretProofs:
         """Drop every probe of ``client`` (it left the pool)."""
         with self._lock:
             probes = self._probes.pop(client, None)
-        for probe in (probes or {}).values():
+        for probe, _ in (probes or {}).values():
             self._close(probe)
 
     def close(self) -> None:
         """Close every probe; later proofs fail with ManagerClosedError."""
         with self._lock:
             self._closed = True
-            probes = [p for per_client in self._probes.values() for p in per_client.values()]
+            probes = [p for per_client in self._probes.values() for p, _ in per_client.values()]
             self._probes.clear()
         for probe in probes:
             self._close(probe)
@@ -117,7 +123,7 @@ class SecretProofs:
     def token_requests(self) -> int:
         """Token requests the probes made, those closed included."""
         with self._lock:
-            live = [p for per_client in self._probes.values() for p in per_client.values()]
+            live = [p for per_client in self._probes.values() for p, _ in per_client.values()]
             spent = self._requests_of_closed
         return spent + sum(int(p.metrics().get("token_requests") or 0) for p in live)
 
@@ -133,22 +139,22 @@ class SecretProofs:
 
     def _probe(
         self, client: Hashable, name: Hashable, secret: Secret, make: MakeProbe
-    ) -> TokenManager:
+    ) -> tuple[TokenManager, Secret]:
         with self._lock:
             if self._closed:
                 raise ManagerClosedError("the token manager pool is closed")
             probes = self._probes.setdefault(client, OrderedDict())
-            probe = probes.get(name)
-            if probe is not None and not probe.closed:
+            held = probes.get(name)
+            if held is not None and not held[0].closed:
                 probes.move_to_end(name)
-                return probe
-            probe = probes[name] = make(secret)
+                return held
+            held = probes[name] = (make(secret), secret)
             oldest = None
             if len(probes) > PROBES_PER_CLIENT:
-                _, oldest = probes.popitem(last=False)
+                _, (oldest, _) = probes.popitem(last=False)
         if oldest is not None:
             self._close(oldest)
-        return probe
+        return held
 
     def _close(self, probe: TokenManager) -> None:
         requests = int(probe.metrics().get("token_requests") or 0)

@@ -219,10 +219,12 @@ class TokenManagerPool:
                     and same_secret(entry.secret, secret)
                 ):
                     return self._used(entry)
-            if self._proofs.prove(
+            proven = self._proofs.prove(
                 key, name, secret, lambda s: _build(self._shared, spec, s, probe=True)
-            ):
-                return self._make_current(key, spec, name, secret)
+            )
+            if proven is not None:
+                # The secret the probe was made with: a source asked with meanwhile is not it.
+                return self._make_current(key, spec, name, proven)
         raise ManagerClosedError("the secret's proof was settled and replaced meanwhile")
 
     def _make_current(self, key: _Key, spec: _Spec, name: Any, secret: Secret) -> TokenManager:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock, in_background
+from conftest import FakeClock, in_background, poll
 
 from genesys_token import (
     InvalidClientError,
@@ -299,3 +299,34 @@ def test_a_pool_remembers_a_few_wrong_secrets_per_client_not_every_guess(
         pool.get(emulator.client_id, guesses[0])  # forgotten (the bound): asked again
     assert emulator.token_requests == 2 + len(guesses)
     assert pool.metrics()["secret_checks"]["token_requests"] == 1 + len(guesses)
+
+
+def test_a_proven_source_is_what_becomes_current_not_a_source_that_joined_it(
+    pool: TokenManagerPool, emulator: GenesysEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every source shares one probe: a second source joining the proof of the first must not
+    # be what the manager gets, even when its caller finishes first.
+    cid = emulator.client_id
+    manager = pool.get(cid, emulator.client_secret)
+    manager.get_token()
+    emulator.set_secret(cid, "rotated-secret")
+    emulator.inject(Fault(delay=0.3, passthrough=True))
+    release = threading.Event()
+    original = pool._make_current
+    right_source_thread: list[threading.Thread] = []
+
+    def held_back(*args: Any) -> Any:
+        if threading.current_thread() in right_source_thread:
+            release.wait(5.0)
+        return original(*args)
+
+    monkeypatch.setattr(pool, "_make_current", held_back)
+    right, right_out = in_background(lambda: pool.get(cid, lambda: "rotated-secret"))
+    right_source_thread.append(right)
+    assert poll(lambda: emulator.token_requests == 2)  # the probe's request is in flight
+    wrong, wrong_out = in_background(lambda: pool.get(cid, lambda: WRONG))
+    wrong.join(10.0)
+    release.set()
+    right.join(10.0)
+    assert right_out == [manager] and wrong_out == [manager]  # sources are trusted alike
+    assert manager.refresh(force=True)  # but the secret it uses is the proven one
