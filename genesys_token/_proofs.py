@@ -28,6 +28,10 @@ from .manager import TokenManager
 #: Other secrets remembered per client, each with its own cool-down. Enough for a rotation
 #: and a few misconfigured callers; a bound, so guessing secrets cannot grow memory.
 PROBES_PER_CLIENT = 4
+#: A secret accepted this recently is trusted again without a request, and without switching
+#: the manager back to it: two valid secrets alternating (workers mid-rollout) cost a proof
+#: each per this window, not one per get(). A secret revoked meanwhile is trusted that long.
+ACCEPTED_FOR = 60.0
 #: Every secret source (callable) counts as one: code passing ``lambda: vault(cid)`` makes a
 #: new object per call, and a probe per object would be a token request per call.
 _SOURCE = "source"
@@ -56,8 +60,11 @@ def secret_name(client_id: str, secret: Secret) -> Hashable:
 class SecretProofs:
     """The probes of one pool, by client and secret name (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
         self._lock = threading.Lock()
+        #: Per client: when each recently accepted secret (by name) was accepted.
+        self._accepted: dict[Hashable, OrderedDict[Hashable, float]] = {}
         #: Per client, per secret name: the probe and the secret it was made with.
         self._probes: dict[Hashable, OrderedDict[Hashable, tuple[TokenManager, Secret]]] = {}
         self._closed = False
@@ -101,12 +108,25 @@ class SecretProofs:
                 del self._probes[client]
             if probe is not None:
                 self.accepted += 1
+                recent = self._accepted.setdefault(client, OrderedDict())
+                recent[name] = self._now()
+                recent.move_to_end(name)
+                if len(recent) > PROBES_PER_CLIENT:
+                    recent.popitem(last=False)
         if probe is not None:
             self._close(probe)
+
+    def recently_accepted(self, client: Hashable, name: Hashable) -> bool:
+        """Whether the secret ``name`` was accepted for ``client`` within ACCEPTED_FOR."""
+        with self._lock:
+            recent = self._accepted.get(client)
+            at = recent.get(name) if recent is not None else None
+        return at is not None and self._now() - at < ACCEPTED_FOR
 
     def forget(self, client: Hashable) -> None:
         """Drop every probe of ``client`` (it left the pool)."""
         with self._lock:
+            self._accepted.pop(client, None)
             probes = self._probes.pop(client, None)
         for probe, _ in (probes or {}).values():
             self._close(probe)

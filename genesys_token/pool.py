@@ -133,7 +133,7 @@ class TokenManagerPool:
         self._evicted = 0
         self._sweep_armed = False
         self._sweep = _sweep_job(self)
-        self._proofs = SecretProofs()
+        self._proofs = SecretProofs(self._now)
         register_fork_handler(self)
 
     # -- getting a manager -------------------------------------------------------------
@@ -159,7 +159,10 @@ class TokenManagerPool:
         rotation: the manager gets it for its next token request, the current token stays
         (:meth:`TokenManager.set_credentials`); a manager that never had a token is
         replaced instead (closed), so whoever asked with the unproven secret it was made
-        with learns nothing. The last accepted secret wins: give one secret per client.
+        with learns nothing. A secret accepted within the last minute gets the manager
+        again with no request and no switch (two valid secrets alternating during a
+        rollout do not flap it), unless the manager's own secret is being rejected.
+        Give one secret per client.
         Two secret sources (callables) count as the same and are not proven: a new
         ``lambda`` per call must not cost a token request per call.
 
@@ -216,7 +219,7 @@ class TokenManagerPool:
                 if (
                     entry is not None
                     and not entry.manager.closed
-                    and same_secret(entry.secret, secret)
+                    and (same_secret(entry.secret, secret) or self._trusted_again(entry, name))
                 ):
                     return self._used(entry)
             proven = self._proofs.prove(
@@ -226,6 +229,14 @@ class TokenManagerPool:
                 # The secret the probe was made with: a source asked with meanwhile is not it.
                 return self._make_current(key, spec, name, proven)
         raise ManagerClosedError("the secret's proof was settled and replaced meanwhile")
+
+    def _trusted_again(self, entry: _Entry, name: Any) -> bool:
+        """A secret accepted moments ago gets the manager with no request and no switch
+        (two valid secrets alternating must not flap it), unless the manager's own secret
+        is being rejected now: then the other secret is proven and made current."""
+        if not self._proofs.recently_accepted(entry.key, name):
+            return False
+        return not entry.manager.metrics().get("credentials_cooldown")
 
     def _make_current(self, key: _Key, spec: _Spec, name: Any, secret: Secret) -> TokenManager:
         """The token endpoint accepted ``secret``: the client's manager uses it from now."""

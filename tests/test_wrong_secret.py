@@ -330,3 +330,54 @@ def test_a_proven_source_is_what_becomes_current_not_a_source_that_joined_it(
     right.join(10.0)
     assert right_out == [manager] and wrong_out == [manager]  # sources are trusted alike
     assert manager.refresh(force=True)  # but the secret it uses is the proven one
+
+
+def test_two_valid_secrets_alternating_cost_a_proof_each_per_window_not_per_get(
+    emulator: GenesysEmulator, fake_clock: FakeClock
+) -> None:
+    from genesys_token._proofs import ACCEPTED_FOR
+
+    cid, first = emulator.client_id, emulator.client_secret
+    emulator.set_secret(cid, "second-secret", keep_old=True)  # a rollout in progress
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        background_refresh=False,
+        clock=fake_clock.clock(),
+    ) as pool:
+        manager = pool.get(cid, first)
+        manager.get_token()
+        for i in range(10):
+            assert pool.get(cid, "second-secret" if i % 2 == 0 else first) is manager
+        assert emulator.token_requests == 3  # a proof of each (was: one per get)
+        fake_clock.advance(ACCEPTED_FOR + 1)
+        assert pool.get(cid, "second-secret") is manager
+        assert emulator.token_requests == 4
+        emulator.set_secret(cid, "second-secret")  # the rollout ends: the first one revoked
+        assert manager.refresh(force=True)  # it was switched to the second
+
+
+def test_a_manager_whose_secret_is_rejected_takes_a_recently_accepted_one(
+    emulator: GenesysEmulator, fake_clock: FakeClock
+) -> None:
+    cid, first = emulator.client_id, emulator.client_secret
+    emulator.set_secret(cid, "second-secret", keep_old=True)
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        background_refresh=False,
+        clock=fake_clock.clock(),
+    ) as pool:
+        manager = pool.get(cid, first)
+        token = manager.get_token()
+        assert pool.get(cid, "second-secret") is manager  # proven, switched
+        assert pool.get(cid, first) is manager  # proven, switched back (stale worker)
+        emulator.set_secret(cid, "second-secret")  # the first one revoked
+        with pytest.raises(InvalidClientError):
+            manager.refresh(force=True)
+        requests = emulator.token_requests
+        assert pool.get(cid, "second-secret") is manager  # proven again, switched
+        assert emulator.token_requests == requests + 1
+        assert manager.refresh(force=True).access_token != token
