@@ -9,11 +9,15 @@ Last use is what :meth:`TokenManagerPool.get` records, under the pool's lock: th
 manager's own ``get_token()`` stays the lock-free read it is, with no bookkeeping added. A
 manager with counted uses in flight (``GenesysAuth`` calls, ``in_flight()`` blocks) is
 never evicted.
+
+A caller is trusted with a pooled manager only by the secret it holds: one asking with
+another secret than the manager's has that secret proven first by a token request of its
+own (``_proofs``), and is refused with the endpoint's
+:class:`~genesys_token.InvalidClientError` if it fails.
 """
 
 from __future__ import annotations
 
-import hmac
 import inspect
 import logging
 import threading
@@ -24,6 +28,7 @@ from typing import Any
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._lifecycle import register_fork_handler
+from ._proofs import SecretProofs, same_secret, secret_name
 from ._scheduler import Job, scheduler
 from ._secrets import Secret
 from .config import Settings
@@ -51,13 +56,27 @@ _OBJECTS = frozenset({"store", "clock", "session"})
 #: a manager goes between max_idle and 1.25 x max_idle after its last use.
 _SWEEPS_PER_MAX_IDLE = 4
 _SWEEP_FLOOR = 0.05
+#: A proof whose probe another caller settled is looked at again: at most this many times
+#: (each look is a lock and a dict lookup; the proof itself is shared).
+_PROOF_ROUNDS = 3
 
 _Key = tuple[str, str, tuple[str, ...]]
 _Alias = tuple[str, str | None, str | None, str | None, tuple[str, ...]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """How the managers of one client are made (all but the secret)."""
+
+    client_id: str
+    scopes: tuple[str, ...]
+    options: dict[str, Any]
+
+
 @dataclass(eq=False, slots=True)
 class _Entry:
+    key: _Key
+    spec: _Spec
     manager: TokenManager
     secret: Secret
     last_used: float
@@ -114,6 +133,7 @@ class TokenManagerPool:
         self._evicted = 0
         self._sweep_armed = False
         self._sweep = _sweep_job(self)
+        self._proofs = SecretProofs(self._now)
         register_fork_handler(self)
 
     # -- getting a manager -------------------------------------------------------------
@@ -132,9 +152,19 @@ class TokenManagerPool:
         asking at once all get the one manager).
 
         A client is its client id, resolved token URL and scopes (in any order). Asking
-        with another secret than the manager has hands the new secret to it
-        (:meth:`TokenManager.set_credentials`): the next token request uses it, the
-        current token stays. The last secret given wins, so give one secret per client.
+        with another secret than the manager has proves that secret first, with a token
+        request of its own (no shared store, nothing of the manager's used): a rejected
+        secret gets :class:`~genesys_token.InvalidClientError` and changes nothing (callers
+        with that secret share one request, then its cool-down). An accepted one is secret
+        rotation: the manager gets it for its next token request, the current token stays
+        (:meth:`TokenManager.set_credentials`); a manager that never had a token is
+        replaced instead (closed), so whoever asked with the unproven secret it was made
+        with learns nothing. A secret accepted within the last minute gets the manager
+        again with no request and no switch (two valid secrets alternating during a
+        rollout do not flap it), unless the manager's own secret is being rejected.
+        Give one secret per client.
+        Two secret sources (callables) count as the same and are not proven: a new
+        ``lambda`` per call must not cost a token request per call.
 
         Args:
             client_id: The OAuth client id of the org.
@@ -148,6 +178,10 @@ class TokenManagerPool:
             ManagerClosedError: The pool was closed.
             ConfigurationError: An invalid value, or this client is in the pool already
                 with another ``api_base_url``.
+            InvalidClientError: Another secret than the manager's, rejected by the token
+                endpoint.
+            GenesysTokenError: Another secret than the manager's could not be proven (no
+                answer from the token endpoint); the manager is unchanged.
         """
         # Unchecked: only a key made of checked values is in the dict, and nothing else can
         # equal one. Checking every value on every call would cost more than the lookup.
@@ -162,13 +196,81 @@ class TokenManagerPool:
             if entry is None or entry.manager.closed:
                 alias = _alias(client_id, region, token_url, api_base_url, scopes)
                 entry = self._find_or_make(alias, client_secret)
-            elif not _same_secret(entry.secret, client_secret):
-                entry.manager.set_credentials(client_secret)
-                entry.secret = client_secret
-            entry.last_used = self._now()
-            if not self._sweep_armed and self._max_idle is not None:
-                self._arm_sweep()
-            return entry.manager
+            if same_secret(entry.secret, client_secret):
+                return self._used(entry)
+            key, spec = entry.key, entry.spec
+        return self._with_other_secret(key, spec, client_secret)
+
+    def _used(self, entry: _Entry) -> TokenManager:
+        """Note a use of ``entry`` and hand out its manager (the lock is held)."""
+        entry.last_used = self._now()
+        if not self._sweep_armed and self._max_idle is not None:
+            self._arm_sweep()
+        return entry.manager
+
+    def _with_other_secret(self, key: _Key, spec: _Spec, secret: Secret) -> TokenManager:
+        """Prove ``secret`` (no lock held while the probe runs), then make it current."""
+        name = secret_name(spec.client_id, secret)
+        for _ in range(_PROOF_ROUNDS):
+            with self._lock:
+                if self._closed:
+                    raise ManagerClosedError("the token manager pool is closed")
+                entry = self._entries.get(key)
+                if (
+                    entry is not None
+                    and not entry.manager.closed
+                    and (same_secret(entry.secret, secret) or self._trusted_again(entry, name))
+                ):
+                    return self._used(entry)
+            proven = self._proofs.prove(
+                key, name, secret, lambda s: _build(self._shared, spec, s, probe=True)
+            )
+            if proven is not None:
+                # The secret the probe was made with: a source asked with meanwhile is not it.
+                return self._make_current(key, spec, name, proven)
+        raise ManagerClosedError("the secret's proof was settled and replaced meanwhile")
+
+    def _trusted_again(self, entry: _Entry, name: Any) -> bool:
+        """A secret accepted moments ago gets the manager with no request and no switch
+        (two valid secrets alternating must not flap it), unless the manager's own secret
+        is being rejected now: then the other secret is proven and made current."""
+        if not self._proofs.recently_accepted(entry.key, name):
+            return False
+        return not entry.manager.metrics().get("credentials_cooldown")
+
+    def _make_current(self, key: _Key, spec: _Spec, name: Any, secret: Secret) -> TokenManager:
+        """The token endpoint accepted ``secret``: the client's manager uses it from now."""
+        retired: TokenManager | None = None
+        with self._lock:
+            if self._closed:
+                raise ManagerClosedError("the token manager pool is closed")
+            entry = self._entries.get(key)
+            if entry is None or entry.manager.closed:
+                if entry is not None:
+                    self._drop(key, entry)
+                entry = self._add(key, spec, secret)
+            elif not same_secret(entry.secret, secret):
+                if entry.manager.token is None:
+                    # Never worked: it may have been made with a wrong secret, and whoever
+                    # holds it must not be handed this one.
+                    retired, entry.manager = entry.manager, _build(self._shared, spec, secret)
+                    self._created += 1
+                else:
+                    entry.manager.set_credentials(secret)
+                entry.secret = secret
+            manager = self._used(entry)
+        self._proofs.settle(key, name)
+        if retired is not None:
+            retired.close()
+        return manager
+
+    def _add(self, key: _Key, spec: _Spec, secret: Secret) -> _Entry:
+        """A new entry for ``key`` (the lock is held)."""
+        entry = self._entries[key] = _Entry(
+            key, spec, _build(self._shared, spec, secret), secret, self._now()
+        )
+        self._created += 1
+        return entry
 
     def _find_or_make(self, alias: _Alias, client_secret: Secret) -> _Entry:
         client_id, region, token_url, api_base_url, scopes = alias
@@ -184,21 +286,13 @@ class TokenManagerPool:
             self._drop(key, entry)  # closed by its holder: make a new one
             entry = None
         if entry is None:
-            objects = {k: v for k, v in self._shared.items() if k in _OBJECTS}
-            manager = TokenManager(
-                client_id, client_secret, scopes=settings.scopes, **options, **objects
-            )
-            entry = self._entries[key] = _Entry(manager, client_secret, self._now())
-            self._created += 1
+            entry = self._add(key, _Spec(client_id, settings.scopes, options), client_secret)
         elif entry.manager.api_base_url != settings.api_base_url:
             raise ConfigurationError(
                 f"client {client_id!r} is in the pool already, with api_base_url "
                 f"{entry.manager.api_base_url!r}",
                 field="api_base_url",
             )
-        elif not _same_secret(entry.secret, client_secret):
-            entry.manager.set_credentials(client_secret)
-            entry.secret = client_secret
         if alias not in entry.aliases:
             entry.aliases.append(alias)
         self._aliases[alias] = entry
@@ -207,6 +301,7 @@ class TokenManagerPool:
     def _drop(self, key: _Key, entry: _Entry) -> None:
         """Forget ``entry`` (the lock is held)."""
         del self._entries[key]
+        self._proofs.forget(key)
         for alias in entry.aliases:
             if self._aliases.get(alias) is entry:
                 del self._aliases[alias]
@@ -276,37 +371,22 @@ class TokenManagerPool:
             ``managers`` (held now), ``created`` and ``evicted`` (since the pool was made),
             ``totals`` (every counter of :meth:`TokenManager.metrics` summed, plus
             ``in_flight`` and ``without_valid_token``: managers with no token or an
-            expired one) and ``clients``: one dict per manager with ``client_id``,
-            ``token_url``, ``scopes``, ``idle_seconds`` and its ``metrics``.
+            expired one), ``clients``: one dict per manager with ``client_id``,
+            ``token_url``, ``scopes``, ``idle_seconds`` and its ``metrics``, and
+            ``secret_checks``: proofs of other secrets than a manager's (``accepted``,
+            ``rejected`` callers, and the ``token_requests`` the proofs made).
         """
         with self._lock:
-            entries = list(self._entries.items())
+            entries = list(self._entries.values())
             created, evicted = self._created, self._evicted
-        now = self._now()
-        totals: dict[str, int] = dict.fromkeys((*COUNTERS, "in_flight", "without_valid_token"), 0)
-        clients = []
-        for (client_id, token_url, scopes), entry in entries:
-            snap = entry.manager.metrics()
-            for name in (*COUNTERS, "in_flight"):
-                totals[name] += int(snap.get(name) or 0)
-            expires_in = snap.get("expires_in")
-            if expires_in is None or expires_in <= 0:
-                totals["without_valid_token"] += 1
-            clients.append(
-                {
-                    "client_id": client_id,
-                    "token_url": token_url,
-                    "scopes": list(scopes),
-                    "idle_seconds": round(max(0.0, now - entry.last_used), 3),
-                    "metrics": snap,
-                }
-            )
+        totals, clients = _client_figures(entries, self._now())
         return {
             "managers": len(entries),
             "created": created,
             "evicted": evicted,
             "totals": totals,
             "clients": clients,
+            "secret_checks": self._proofs.figures(),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -324,6 +404,7 @@ class TokenManagerPool:
             self._entries.clear()
             self._aliases.clear()
         scheduler().cancel(self._sweep)
+        self._proofs.close()
         for entry in entries:
             entry.manager.close()
 
@@ -339,6 +420,7 @@ class TokenManagerPool:
         self._lock = threading.Lock()
         self._sweep = _sweep_job(self)
         self._sweep_armed = False
+        self._proofs.after_fork()
 
     def __reduce__(self) -> Any:
         raise TypeError("a TokenManagerPool cannot be pickled: create one in each process")
@@ -346,6 +428,46 @@ class TokenManagerPool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"TokenManagerPool(managers={len(self._entries)}, state={state!r})"
+
+
+def _build(
+    shared: dict[str, Any], spec: _Spec, secret: Secret, *, probe: bool = False
+) -> TokenManager:
+    """A manager of ``spec``'s client with the pool's ``shared`` objects; a probe shares
+    nothing (its own MemoryStore: an entry planted in a shared store is no proof) and has
+    no background refresh and no webhook."""
+    objects = {k: v for k, v in shared.items() if k in _OBJECTS}
+    options = dict(spec.options)
+    if probe:
+        objects["store"] = MemoryStore()
+        options.update(background_refresh=False, webhook_url=None, webhook_secret=None)
+    return TokenManager(spec.client_id, secret, scopes=spec.scopes, **options, **objects)
+
+
+def _client_figures(
+    entries: list[_Entry], now: float
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The totals and the per-client figures of :meth:`TokenManagerPool.metrics`."""
+    totals: dict[str, int] = dict.fromkeys((*COUNTERS, "in_flight", "without_valid_token"), 0)
+    clients = []
+    for entry in entries:
+        client_id, token_url, scopes = entry.key
+        snap = entry.manager.metrics()
+        for name in (*COUNTERS, "in_flight"):
+            totals[name] += int(snap.get(name) or 0)
+        expires_in = snap.get("expires_in")
+        if expires_in is None or expires_in <= 0:
+            totals["without_valid_token"] += 1
+        clients.append(
+            {
+                "client_id": client_id,
+                "token_url": token_url,
+                "scopes": list(scopes),
+                "idle_seconds": round(max(0.0, now - entry.last_used), 3),
+                "metrics": snap,
+            }
+        )
+    return totals, clients
 
 
 def _quick_scopes(scopes: Any) -> tuple[Any, ...] | None:
@@ -387,18 +509,6 @@ def _max_idle(value: Any) -> float | None:
             "max_idle must be a number of seconds > 0, or None", field="max_idle"
         )
     return float(value)
-
-
-def _same_secret(held: Secret, given: Secret) -> bool:
-    """Whether ``given`` changes nothing. Two sources (callables) count as the same: code
-    that passes ``lambda: vault(cid)`` on every get() makes a new object each time, and
-    handing each one over would end the rejected-secret cool-down and the failure backoff on
-    every call. A source is read for each token request anyway."""
-    if held is given:
-        return True
-    if isinstance(held, str) and isinstance(given, str):
-        return hmac.compare_digest(held.encode("utf-8"), given.encode("utf-8"))
-    return not isinstance(held, str) and not isinstance(given, str)
 
 
 def _sweep_job(pool: TokenManagerPool) -> Job:

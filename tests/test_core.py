@@ -34,6 +34,7 @@ from genesys_token import (
 )
 from genesys_token._clock import SYSTEM_CLOCK
 from genesys_token.stores import FileStore, MemoryStore, store_key
+from genesys_token.stores._seal import Sealer
 from genesys_token.testing import Fault, GenesysEmulator
 
 # 1. Cross-client token ------------------------------------------------------------------
@@ -55,7 +56,12 @@ def test_set_credentials_while_waiting_for_the_store_lock_saves_no_foreign_token
     assert isinstance(got[0], str)
     # The acquisition ran on ONE snapshot: A's credentials, saved under A's key.
     assert [r.client_id for r in emulator.token_request_log] == [emulator.client_id]
-    stored = store.load(key_a, now_monotonic=SYSTEM_CLOCK.monotonic(), now_wall=time.time())
+    stored = store.load(
+        key_a,
+        now_monotonic=SYSTEM_CLOCK.monotonic(),
+        now_wall=time.time(),
+        sealer=Sealer(emulator.client_secret, key_a),  # A's entry opens to A's secret only
+    )
     assert stored is not None and stored.access_token == got[0]
 
 

@@ -25,6 +25,7 @@ from genesys_token import (
     TokenRequestError,
 )
 from genesys_token.stores import FileStore, MemoryStore, RedisStore
+from genesys_token.stores._seal import Sealer
 from genesys_token.testing import GenesysEmulator
 from genesys_token.transport import Clock
 
@@ -131,8 +132,9 @@ def test_the_pools_settings_reach_every_manager_and_get_overrides_the_location(
     assert elsewhere.token_url == "https://login.mypurecloud.com.au/oauth/token"
     assert elsewhere.api_base_url == "https://api.mypurecloud.com.au"
     here.get_token()
-    assert store.load(  # the pool's store is the managers' store
-        _key(here), now_monotonic=time.monotonic(), now_wall=time.time()
+    key = _key(here)
+    assert store.load(  # the pool's store is the managers' store (to holders of the secret)
+        key, now_monotonic=time.monotonic(), now_wall=time.time(), sealer=Sealer(orgs[0][1], key)
     )
 
 

@@ -338,7 +338,19 @@ def test_memory_store_keeps_tokens_in_process_without_a_sealer() -> None:
     token = make_token("tok-memory")
     store.save(KEY, token)
     assert store.load(KEY, now_monotonic=time.monotonic(), now_wall=time.time()) is token
-    assert load(store) is token  # a sealer given is ignored
+    assert load(store) is None  # an entry bound to no secret is not for a holder of one
+
+
+def test_entry_saved_with_another_secret_is_missing_in_every_store(harness: Harness) -> None:
+    # Review (issue 22): MemoryStore ignored the sealer, so a manager with a wrong secret
+    # sharing a MemoryStore got the right secret's token with 0 token requests.
+    store = harness.make()
+    store.save(KEY, make_token("tok-right"), sealer=sealer(KEY))
+    assert load(store, secret="a-wrong-secret") is None
+    loaded = load(store)
+    assert loaded is not None and loaded.access_token == "tok-right"
+    if harness.kind == "memory":  # no sealer at all: no secret, no entry
+        assert store.load(KEY, now_monotonic=time.monotonic(), now_wall=time.time()) is None
 
 
 def test_manager_ignores_a_token_planted_without_the_secret(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -30,6 +32,9 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 #: Fixed salt: it separates this use of the secret from any other (HKDF's "extract" step).
 _SALT = b"genesys-token/sealed-entry/v2"
+#: Labels the fingerprint: an HMAC under the derived key, so it names the secret and key
+#: without revealing either, or the key that seals.
+_FINGERPRINT_LABEL = b"genesys-token/entry-fingerprint/v1"
 #: A sealed entry is a few kilobytes; anything larger is not ours and is not decoded.
 MAX_BLOB_BYTES = 256 * 1024
 
@@ -46,7 +51,7 @@ class Sealer:
         key: The store key the entry lives under (binds the entry to its place).
     """
 
-    __slots__ = ("_aad", "_aead")
+    __slots__ = ("_aad", "_aead", "_fingerprint")
 
     def __init__(self, secret: str, key: str) -> None:
         if not isinstance(secret, str) or not secret:
@@ -58,6 +63,15 @@ class Sealer:
             secret.encode("utf-8")
         )
         self._aead = AESGCM(derived)
+        self._fingerprint = hmac.new(derived, _FINGERPRINT_LABEL, hashlib.sha256).digest()
+
+    @property
+    def fingerprint(self) -> bytes:
+        """A one-way digest naming this sealer's secret and store key (equal for equal
+        pairs, different otherwise). An in-process store binds its entries to it: a reader
+        with another secret sees no entry. It reveals neither the secret nor the sealing key.
+        """
+        return self._fingerprint
 
     def seal(self, plaintext: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext``; a fresh nonce each call."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import random
 import threading
@@ -52,7 +53,8 @@ class TokenStore(Protocol):
 
     Shared stores (between processes or machines) keep entries sealed with a
     :class:`~genesys_token.stores._seal.Sealer` the caller passes; an in-process store may
-    ignore it.
+    keep them in clear but binds each to the sealer's fingerprint. Either way an entry saved
+    with one secret is missing to a reader with another.
     """
 
     def load(
@@ -87,31 +89,42 @@ class TokenStore(Protocol):
 class MemoryStore:
     """Tokens shared within this process only (the default store).
 
+    Nothing leaves the process, so entries are kept unsealed, but each is bound to the
+    :attr:`~genesys_token.stores._seal.Sealer.fingerprint` of the sealer it was saved with
+    (a digest, never the secret): a load with another secret's sealer, or without one, sees
+    no entry, so a caller with a wrong secret makes its own token request and gets its own
+    answer, as with the shared stores.
+
     The manager's own single-flight already serializes refreshes in-process, so ``lock`` is
     a plain per-key lock for the case of several managers sharing one MemoryStore.
     """
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._tokens: dict[str, Token] = {}
+        self._tokens: dict[str, tuple[Token, bytes | None]] = {}
         self._locks: dict[str, threading.Lock] = {}
         track_fork(self)
 
     def load(
         self, key: str, *, now_monotonic: float, now_wall: float, sealer: Sealer | None = None
     ) -> Token | None:
-        """Return the token for ``key`` unless it is missing or expired (``sealer`` unused:
-        nothing leaves the process)."""
+        """Return the token for ``key`` unless it is missing, expired, or was saved with
+        another ``sealer`` (another secret) than this one."""
         with self._guard:
-            token = self._tokens.get(key)
-        if token is None or token.is_expired(now_monotonic):
+            entry = self._tokens.get(key)
+        if entry is None:
+            return None
+        token, bound = entry
+        if not _same_binding(bound, _fingerprint(sealer)) or token.is_expired(now_monotonic):
             return None
         return token
 
     def save(self, key: str, token: Token, *, sealer: Sealer | None = None) -> None:
-        """Keep ``token`` under ``key`` (in memory, unsealed)."""
+        """Keep ``token`` under ``key`` (in memory, unsealed, bound to ``sealer``'s
+        fingerprint)."""
+        entry = (token, _fingerprint(sealer))
         with self._guard:
-            self._tokens[key] = token
+            self._tokens[key] = entry
 
     @contextlib.contextmanager
     def lock(self, key: str, timeout: float, *, lease: float | None = None) -> Iterator[bool]:
@@ -136,6 +149,17 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"MemoryStore(keys={len(self._tokens)})"
+
+
+def _fingerprint(sealer: Sealer | None) -> bytes | None:
+    return None if sealer is None else sealer.fingerprint
+
+
+def _same_binding(saved: bytes | None, given: bytes | None) -> bool:
+    """Whether an entry bound to ``saved`` is for a reader holding ``given``."""
+    if saved is None or given is None:
+        return saved is given
+    return hmac.compare_digest(saved, given)
 
 
 def require_sealer(sealer: Sealer | None, store: str) -> Sealer:
