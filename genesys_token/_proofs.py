@@ -16,12 +16,11 @@ used forgotten first.
 
 from __future__ import annotations
 
-import hmac
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from ._secrets import Secret, digest
+from ._secrets import Secret, SecretValue, digest, hidden, is_known
 from .errors import InvalidClientError, ManagerClosedError
 from .manager import TokenManager
 
@@ -46,15 +45,15 @@ def same_secret(held: Secret, given: Secret) -> bool:
     every call. A source is read for each token request anyway."""
     if held is given:
         return True
-    if isinstance(held, str) and isinstance(given, str):
-        return hmac.compare_digest(held.encode("utf-8"), given.encode("utf-8"))
-    return not isinstance(held, str) and not isinstance(given, str)
+    if isinstance(held, str | SecretValue) and isinstance(given, str | SecretValue):
+        return hidden(held).matches(given)  # constant-time
+    return not is_known(held) and not is_known(given)
 
 
 def secret_name(client_id: str, secret: Secret) -> Hashable:
     """What probes are shared by: a digest of a secret string (never the secret), or one
     name for every secret source."""
-    return digest(client_id, secret) if isinstance(secret, str) else _SOURCE
+    return digest(client_id, secret) if is_known(secret) else _SOURCE
 
 
 class SecretProofs:

@@ -18,7 +18,7 @@ from ._flight import Acquire, AnyValid, FetchedAfter, Flight, NotDue, SingleFlig
 from ._rejections import RejectedCredentials, RejectedTokens
 from ._reporter import Reporter
 from ._scheduler import Job, scheduler
-from ._secrets import digest
+from ._secrets import digest, is_known
 from .config import Credentials, Settings
 from .errors import (
     ConfigurationError,
@@ -214,11 +214,11 @@ class Refresher:
         credentials = self._flight.settings.credentials
         secret = credentials.client_secret
         # A string secret is known now: a cool-down of other credentials does not apply.
-        named = digest(credentials.client_id, secret) if isinstance(secret, str) else None
+        named = digest(credentials.client_id, secret) if is_known(secret) else None
         error = self.rejected.check(named)
         if error is None:
             return
-        if not isinstance(secret, str):
+        if not is_known(secret):
             now = self._now()
             if now >= self._recheck_at:
                 self._recheck_at = now + SECRET_RECHECK

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 
 from ._redact import excerpt
 from .errors import ConfigurationError, SecretSourceError
@@ -28,6 +28,8 @@ __all__ = [
     "SourceReads",
     "check_secret",
     "digest",
+    "hidden",
+    "is_known",
     "read_secret",
 ]
 
@@ -90,6 +92,13 @@ class SecretValue:
         if not isinstance(other, SecretValue):
             return NotImplemented
         return hmac.compare_digest(_xor(self._masked, self._pad), _xor(other._masked, other._pad))
+
+    def matches(self, plain: str | SecretValue) -> bool:
+        """Whether ``plain`` (a string the caller holds anyway) is this secret; in constant
+        time, with no second :class:`SecretValue` made."""
+        if isinstance(plain, SecretValue):
+            return self == plain
+        return hmac.compare_digest(_xor(self._masked, self._pad), plain.encode("utf-8"))
 
     def __hash__(self) -> int:
         return hash(SecretValue)
@@ -192,21 +201,32 @@ def _read_text(path: Path) -> tuple[str, str | None]:
         return "", f"the secret file {name} is not UTF-8 text"
 
 
-def check_secret(value: object) -> Secret:
-    """Accept a secret string (plain or a :class:`SecretValue`) or a zero-argument callable.
+def check_secret(value: object) -> SecretValue | Callable[[], str]:
+    """Accept a secret string (plain or a :class:`SecretValue`) or a zero-argument callable;
+    a plain string comes back hidden in a :class:`SecretValue`.
 
     Raises:
         ConfigurationError: Anything else, or an unusable string.
     """
     if isinstance(value, str):
         _check_value(value, "client_secret")
-        return value
+        return SecretValue(value)
     if isinstance(value, SecretValue) or callable(value):
         return value
     raise ConfigurationError(
         f"client_secret must be a string or a zero-argument callable, not {type(value).__name__}",
         field="client_secret",
     )
+
+
+def hidden(secret: str | SecretValue) -> SecretValue:
+    """``secret`` as a :class:`SecretValue` (itself when it is one already)."""
+    return secret if isinstance(secret, SecretValue) else SecretValue(secret)
+
+
+def is_known(secret: Secret) -> TypeGuard[str | SecretValue]:
+    """Whether ``secret`` is a value (plain or hidden), not a source read for each request."""
+    return isinstance(secret, str | SecretValue)
 
 
 def read_secret(source: Secret) -> SecretValue:

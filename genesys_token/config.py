@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ._secrets import Secret, SecretFile, check_secret, read_secret
+from ._secrets import Secret, SecretFile, check_secret, is_known, read_secret
 from .errors import ConfigurationError
 from .regions import DEFAULT_REGION, check_url, resolve_region
 
@@ -40,7 +40,8 @@ class Credentials:
 
     def __post_init__(self) -> None:
         _check_text("client_id", self.client_id)
-        check_secret(self.client_secret)
+        # Kept hidden: no frame, dict or slot of ours holds a plain copy of the secret.
+        object.__setattr__(self, "client_secret", check_secret(self.client_secret))
 
     def resolve(self) -> Credentials:
         """These credentials with the secret their source gives now.
@@ -48,7 +49,7 @@ class Credentials:
         Raises:
             SecretSourceError: The source gave no usable secret.
         """
-        if isinstance(self.client_secret, str):
+        if is_known(self.client_secret):
             return self
         return Credentials(self.client_id, read_secret(self.client_secret))
 

@@ -30,7 +30,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._lifecycle import register_fork_handler
 from ._proofs import SecretProofs, same_secret, secret_name
 from ._scheduler import Job, scheduler
-from ._secrets import Secret
+from ._secrets import Secret, hidden, is_known
 from .config import Settings
 from .errors import ConfigurationError, ManagerClosedError
 from .manager import TokenManager
@@ -257,7 +257,7 @@ class TokenManagerPool:
                     self._created += 1
                 else:
                     entry.manager.set_credentials(secret)
-                entry.secret = secret
+                entry.secret = _kept(secret)
             manager = self._used(entry)
         self._proofs.settle(key, name)
         if retired is not None:
@@ -267,7 +267,7 @@ class TokenManagerPool:
     def _add(self, key: _Key, spec: _Spec, secret: Secret) -> _Entry:
         """A new entry for ``key`` (the lock is held)."""
         entry = self._entries[key] = _Entry(
-            key, spec, _build(self._shared, spec, secret), secret, self._now()
+            key, spec, _build(self._shared, spec, secret), _kept(secret), self._now()
         )
         self._created += 1
         return entry
@@ -528,3 +528,9 @@ def _sweep_job(pool: TokenManagerPool) -> Job:
 
 def _forget_job(job: Job) -> None:
     scheduler().forget(job)
+
+
+def _kept(secret: Secret) -> Secret:
+    """What an entry keeps of a secret: a value hidden in a ``SecretValue`` (no plain copy
+    in the pool's dicts), a source as it is."""
+    return hidden(secret) if is_known(secret) else secret

@@ -30,6 +30,7 @@ from genesys_token import (
     GenesysTokenError,
     SecretFile,
     TokenManager,
+    TokenManagerPool,
     TokenRequestError,
 )
 from genesys_token.config import Settings
@@ -516,3 +517,18 @@ def test_an_unexpected_error_in_a_flight_is_logged_by_type_and_place_without_tra
     assert [r.levelname for r in records] == ["ERROR"]
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no traceback at all
     assert emulator.token_requests == 1  # the token came, then planning it failed
+
+
+def test_managers_and_pools_keep_no_plain_copy_of_a_string_secret(
+    emulator: GenesysEmulator,
+) -> None:
+    # The settings' credentials and the pool's entries hold the secret hidden, so a search
+    # through slots (what a debugger or a heap dump shows) finds it nowhere.
+    secret = emulator.client_secret
+    with TokenManagerPool(token_url=emulator.token_url, api_base_url=emulator.api_base_url) as pool:
+        manager = pool.get(emulator.client_id, secret)
+        manager.get_token()
+        search = _Search({"secret": secret}, slots=True)
+        search.value(pool, "pool", 0)
+        search.value(manager.settings, "settings", 0)
+    assert search.found == set()
