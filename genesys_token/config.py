@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ._secrets import Secret, SecretFile, check_secret, is_known, read_secret
+from ._secrets import Secret, SecretFile, SecretValue, check_secret, is_known, read_secret
 from .errors import ConfigurationError
 from .regions import DEFAULT_REGION, check_url, resolve_region
 
@@ -79,7 +79,7 @@ class Settings:
     jwks_url: str | None = None
     #: Kept out of repr: a webhook URL's path often is a credential itself.
     webhook_url: str | None = field(default=None, repr=False)
-    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_secret: SecretValue | None = field(default=None, repr=False)
     background_refresh: bool = True
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     drain_timeout: float = 30.0
@@ -289,8 +289,9 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         elif name in ("jwks_url", "webhook_url"):
             checked[name] = None if value is None else check_url(value, field=name)
         elif name == "webhook_secret":
-            if value is not None:
+            if value is not None and not isinstance(value, SecretValue):
                 _check_text(name, value)
+                value = SecretValue(value)  # hidden, as the client secret is
             checked[name] = value
         elif name == "background_refresh":
             if not isinstance(value, bool):

@@ -492,7 +492,7 @@ class WebhookSender:
         if self._secret is not None:
             stamp = int(time.time())
             headers[TIMESTAMP_HEADER] = str(stamp)
-            headers[SIGNATURE_HEADER] = sign(self._secret, stamp, body)
+            headers[SIGNATURE_HEADER] = sign(self._secret.reveal(), stamp, body)
         timeout, bound = self._timeout_now()
         try:
             # A total deadline kept by this thread as it reads: the read timeout bounds each

@@ -528,7 +528,15 @@ def test_managers_and_pools_keep_no_plain_copy_of_a_string_secret(
     with TokenManagerPool(token_url=emulator.token_url, api_base_url=emulator.api_base_url) as pool:
         manager = pool.get(emulator.client_id, secret)
         manager.get_token()
-        search = _Search({"secret": secret}, slots=True)
+        search = _Search({"secret": secret, "webhook": "hook-secret-0123456789"}, slots=True)
         search.value(pool, "pool", 0)
         search.value(manager.settings, "settings", 0)
+    hooked = Settings.build(
+        emulator.client_id,
+        secret,
+        token_url=emulator.token_url,
+        webhook_url="http://127.0.0.1:9/hook",
+        webhook_secret="hook-secret-0123456789",
+    )
+    search.value(hooked, "hooked", 0)
     assert search.found == set()
