@@ -485,3 +485,42 @@ def test_lock_with_a_bad_lease_is_a_configuration_error(tmp_path: Path) -> None:
             ),
         ):
             pytest.fail("the block must not run")
+
+
+def test_symlink_another_user_planted_at_the_directory_name_is_refused(tmp_path: Path) -> None:
+    # In a sticky world-writable parent (/tmp), another user can take the cache directory's
+    # name first with a symlink to a directory of ours; where fs.protected_symlinks is 0 the
+    # kernel follows it. Reviewer's finding D8: entries and locks were written there.
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o1777)
+    ours = tmp_path / "private"
+    ours.mkdir(mode=0o700)
+    link = parent / "genesys-token"
+    link.symlink_to(ours)
+    os.lchown(link, OTHER_UID, OTHER_UID)
+    with pytest.raises(ConfigurationError, match=f"symlink owned by uid {OTHER_UID}") as caught:
+        FileStore(link)
+    assert caught.value.field == "path"
+    assert list(ours.iterdir()) == []
+    os.lchown(link, os.geteuid(), os.getegid())  # a symlink of our own is followed
+    save(FileStore(link), make_token("tok-through-our-link"))
+    loaded = load(FileStore(link))
+    assert loaded is not None and loaded.access_token == "tok-through-our-link"
+
+
+def test_symlink_planted_after_construction_is_refused_at_the_next_use(tmp_path: Path) -> None:
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o1777)
+    ours = tmp_path / "private"
+    ours.mkdir(mode=0o700)
+    cache = parent / "genesys-token"
+    cache.mkdir(mode=0o700)
+    store = FileStore(cache)
+    cache.rmdir()  # gone (a cleaner of /tmp, say); another user takes the name
+    cache.symlink_to(ours)
+    os.lchown(cache, OTHER_UID, OTHER_UID)
+    with pytest.raises(ConfigurationError, match=f"symlink owned by uid {OTHER_UID}"):
+        save(store, make_token("tok"))
+    assert list(ours.iterdir()) == []

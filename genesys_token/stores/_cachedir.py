@@ -94,7 +94,7 @@ def check_existing_directory(path: Path) -> None:
         status = os.stat(path)
     except OSError:
         return
-    problem = _directory_problem(status)
+    problem = _link_problem(path) or _directory_problem(status)
     if problem is not None:
         raise _refused("directory", path, problem)
 
@@ -102,8 +102,12 @@ def check_existing_directory(path: Path) -> None:
 def open_directory(path: Path) -> tuple[int, int]:
     """Open the cache directory and check it on its descriptor.
 
-    A symlink to the directory is followed: the descriptor names what it points to, and
-    that is what is checked and used.
+    A symlink of this user's to the directory is followed: the descriptor names what it
+    points to, and that is what is checked and used. A symlink another user owns is
+    refused, as Linux's ``fs.protected_symlinks`` would in a sticky directory (not every
+    system sets it): in a sticky ``/tmp`` it is the one thing another user can plant at
+    the directory's name, pointing it at a directory of ours. The name is looked at again
+    after the open, so a link swapped in meanwhile is seen.
 
     Returns:
         The descriptor (the caller closes it) and the directory's permission bits.
@@ -116,7 +120,7 @@ def open_directory(path: Path) -> tuple[int, int]:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         status = os.fstat(fd)
-        problem = _directory_problem(status)
+        problem = _directory_problem(status) or _link_problem(path, status)
     except BaseException:
         os.close(fd)
         raise
@@ -212,6 +216,22 @@ def open_lock_file(dir_fd: int, name: str, path: Path) -> int:
         os.close(fd)
         raise _refused("lock file", path, problem)
     return fd
+
+
+def _link_problem(path: Path, opened: os.stat_result | None = None) -> str | None:
+    """Why the name ``path`` cannot be trusted to lead to our directory: a symlink another
+    user owns, or (after an open) a name that no longer leads to what was opened."""
+    try:
+        link = os.lstat(path)
+        if opened is not None:
+            now = os.stat(path)
+    except OSError:
+        return None if opened is None else "changed while it was opened"
+    if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():
+        return f"is a symlink owned by uid {link.st_uid}, not by this user"
+    if opened is not None and (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        return "changed while it was opened"
+    return None
 
 
 def _directory_problem(status: os.stat_result) -> str | None:
