@@ -69,16 +69,18 @@ class SecretValue:
     def __init__(self, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"a SecretValue holds a str, not {type(value).__name__}")
-        size = len(value.encode("utf-8"))
+        # surrogatepass: never an error holding the value (a lone surrogate from a
+        # non-UTF-8 environment); the checks refuse such a secret, naming no value.
+        size = len(value.encode("utf-8", "surrogatepass"))
         pad = os.urandom(size)
-        masked = _xor(value.encode("utf-8"), pad)
+        masked = _xor(value.encode("utf-8", "surrogatepass"), pad)
         object.__setattr__(self, "_pad", pad)
         object.__setattr__(self, "_masked", masked)
 
     def reveal(self) -> str:
         """The secret in clear: hand it on at once, keep it in no variable that outlives
         the call."""
-        return _xor(self._masked, self._pad).decode("utf-8")
+        return _xor(self._masked, self._pad).decode("utf-8", "surrogatepass")
 
     def map(self, transform: Callable[[str], str]) -> SecretValue:
         """Another secret made from this one (an encoding of it), without a plain copy in
@@ -98,7 +100,9 @@ class SecretValue:
         time, with no second :class:`SecretValue` made."""
         if isinstance(plain, SecretValue):
             return self == plain
-        return hmac.compare_digest(_xor(self._masked, self._pad), plain.encode("utf-8"))
+        return hmac.compare_digest(
+            _xor(self._masked, self._pad), plain.encode("utf-8", "surrogatepass")
+        )
 
     def __hash__(self) -> int:
         return hash(SecretValue)
@@ -209,9 +213,10 @@ def check_secret(value: object) -> SecretValue | Callable[[], str]:
         ConfigurationError: Anything else, or an unusable string.
     """
     if isinstance(value, str):
-        _check_value(value, "client_secret")
-        return SecretValue(value)
-    if isinstance(value, SecretValue) or callable(value):
+        value = SecretValue(value)  # rebound at once: no frame below holds it in clear
+    if isinstance(value, SecretValue):
+        return checked_value(value, "client_secret")
+    if callable(value):
         return value
     raise ConfigurationError(
         f"client_secret must be a string or a zero-argument callable, not {type(value).__name__}",
@@ -279,18 +284,36 @@ def digest(client_id: str, secret: str | SecretValue) -> bytes:
     return hashlib.sha256(f"{client_id}\x1f{plain}".encode()).digest()
 
 
+def hide_text(value: object) -> object:
+    """``value`` hidden in a :class:`SecretValue` when it is a string, else as it is (for
+    the checks to refuse): the first thing done with a secret a caller hands in, so no frame
+    of ours holds it in clear, whatever error follows."""
+    return SecretValue(value) if isinstance(value, str) else value
+
+
+def checked_value(value: SecretValue, name: str) -> SecretValue:
+    """``value`` if it is a usable secret.
+
+    Raises:
+        ConfigurationError: It is empty, holds control characters or is not UTF-8 text
+            (the message names the field, never the value).
+    """
+    problem = _problem(value.reveal())
+    if problem is not None:
+        raise ConfigurationError(f"{name} {problem}", field=name)
+    return value
+
+
 def _problem(value: str) -> str | None:
     if not value.strip():
         return "must not be empty"
     if any(ch in value for ch in "\r\n\x00"):
         return "must not contain control characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be UTF-8 text (it holds a byte the environment could not decode)"
     return None
-
-
-def _check_value(value: str, name: str) -> None:
-    problem = _problem(value)
-    if problem is not None:
-        raise ConfigurationError(f"{name} {problem}", field=name)
 
 
 class _Read:

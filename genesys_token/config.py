@@ -8,7 +8,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ._secrets import Secret, SecretFile, SecretValue, check_secret, is_known, read_secret
+from ._secrets import (
+    Secret,
+    SecretFile,
+    SecretValue,
+    check_secret,
+    checked_value,
+    hide_text,
+    is_known,
+    read_secret,
+)
 from .errors import ConfigurationError
 from .regions import DEFAULT_REGION, check_url, resolve_region
 
@@ -116,6 +125,11 @@ class Settings:
         Raises:
             ConfigurationError: The first invalid value, naming the field.
         """
+        # Hidden first: any error below (a bad region, say) leaves no frame of ours holding
+        # the secret in clear for an error tracker to capture.
+        client_secret = hide_text(client_secret)
+        if "webhook_secret" in options:
+            options["webhook_secret"] = hide_text(options["webhook_secret"])
         known = {f.name for f in fields(cls)} - {"credentials", "token_url", "api_base_url"}
         for name in options:
             if name not in known:
@@ -140,6 +154,20 @@ class Settings:
         return replace(self, credentials=credentials)
 
 
+def _from_environment(env: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
+    """The settings the environment gives, the secret already hidden, and the secret file's
+    name; no frame that outlives this call holds the environment (its repr shows every
+    variable, the secret among them)."""
+    values: dict[str, Any] = {
+        "client_id": env.get(ENV_CLIENT_ID),
+        "client_secret": hide_text(env.get(ENV_CLIENT_SECRET)),
+        "region": env.get(ENV_REGION) or None,
+        "token_url": env.get(ENV_TOKEN_URL) or None,
+        "api_base_url": env.get(ENV_API_URL) or None,
+    }
+    return values, env.get(ENV_CLIENT_SECRET_FILE)
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from the ``GENESYSCLOUD_*`` variables Genesys tooling uses.
 
@@ -157,16 +185,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any
     Raises:
         ConfigurationError: A required variable is missing or a value is invalid.
     """
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {
-        "client_id": env.get(ENV_CLIENT_ID),
-        "client_secret": env.get(ENV_CLIENT_SECRET),
-        "region": env.get(ENV_REGION) or None,
-        "token_url": env.get(ENV_TOKEN_URL) or None,
-        "api_base_url": env.get(ENV_API_URL) or None,
-    }
+    values, secret_file = _from_environment(os.environ if environ is None else environ)
     values.update(overrides)
-    secret_file = env.get(ENV_CLIENT_SECRET_FILE)
+    values["client_secret"] = hide_text(values.get("client_secret")) or None
     if not values.get("client_secret") and secret_file:
         source = SecretFile(secret_file)
         source()  # unreadable now: say so at start-up, not at the first token request
@@ -193,6 +214,19 @@ def _check_text(name: str, value: Any) -> None:
         raise ConfigurationError(f"{name} must not be empty", field=name)
     if any(ch in value for ch in "\r\n\x00"):
         raise ConfigurationError(f"{name} must not contain control characters", field=name)
+    if not value.isascii() and not _utf8(value):  # raised outside a handler: no chain
+        raise ConfigurationError(
+            f"{name} must be UTF-8 text (it holds a byte the environment could not decode)",
+            field=name,
+        )
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _number(name: str, value: Any, *, minimum: float = 0.0, positive: bool = False) -> float:
@@ -289,10 +323,12 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         elif name in ("jwks_url", "webhook_url"):
             checked[name] = None if value is None else check_url(value, field=name)
         elif name == "webhook_secret":
+            value = hide_text(value)  # hidden, as the client secret is
             if value is not None and not isinstance(value, SecretValue):
-                _check_text(name, value)
-                value = SecretValue(value)  # hidden, as the client secret is
-            checked[name] = value
+                raise ConfigurationError(
+                    f"{name} must be a string, not {type(value).__name__}", field=name
+                )
+            checked[name] = None if value is None else checked_value(value, name)
         elif name == "background_refresh":
             if not isinstance(value, bool):
                 raise ConfigurationError(

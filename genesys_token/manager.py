@@ -31,7 +31,7 @@ from ._rejections import RejectedCredentials
 from ._reporter import Reporter
 from ._rotation import rotate
 from ._scheduler import Job, scheduler
-from ._secrets import Secret
+from ._secrets import Secret, hide_text
 from .config import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
@@ -113,6 +113,9 @@ class TokenManager:
         clock: Clock | None = None,
         session: requests.Session | None = None,
     ) -> None:
+        # Hidden first: no frame of ours holds a secret in clear, whatever error follows.
+        client_secret = hide_text(client_secret)  # type: ignore[assignment]
+        webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
         options = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
         self._init(Settings.build(client_id, client_secret, **options), store, clock, session)
 

@@ -26,6 +26,7 @@ import requests
 import requests.adapters
 
 from genesys_token import (
+    ConfigurationError,
     GenesysAuth,
     GenesysTokenError,
     SecretFile,
@@ -540,3 +541,58 @@ def test_managers_and_pools_keep_no_plain_copy_of_a_string_secret(
     )
     search.value(hooked, "hooked", 0)
     assert search.found == set()
+
+
+_CONFIG_SECRET = "config-secret-0123456789-abcdef"
+_HOOK_SECRET = "hook-config-secret-0123456789"
+
+
+def _config_error(build: Any) -> BaseException:
+    with pytest.raises(GenesysTokenError) as caught:
+        build()
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad region from the environment",
+        "bad timeout",
+        "bad region with a webhook secret",
+        "secret with a byte that is not UTF-8",
+        "client id with a byte that is not UTF-8",
+    ],
+)
+def test_no_secret_in_any_frame_of_a_configuration_error(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A start-up crash is what an error tracker captures first (review of issue 22, A1-A2).
+    secret = _CONFIG_SECRET
+    if case == "bad region from the environment":
+        monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", "cid")
+        monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", secret)
+        monkeypatch.setenv("GENESYSCLOUD_REGION", "us-east-9")
+        error = _config_error(TokenManager.from_env)
+    elif case == "bad timeout":
+        error = _config_error(lambda: TokenManager("cid", secret, timeout=-1))
+    elif case == "bad region with a webhook secret":
+        error = _config_error(
+            lambda: TokenManager(
+                "cid",
+                secret,
+                region="nowhere",
+                webhook_url="http://127.0.0.1:9/hook",
+                webhook_secret=_HOOK_SECRET,
+            )
+        )
+    elif case == "secret with a byte that is not UTF-8":
+        secret = _CONFIG_SECRET + "\udcff"
+        error = _config_error(lambda: TokenManager("cid", secret))
+        assert isinstance(error, ConfigurationError) and error.field == "client_secret"
+    else:
+        error = _config_error(lambda: TokenManager("cid\udcff", secret))
+        assert isinstance(error, ConfigurationError) and error.field == "client_id"
+    assert isinstance(error, ConfigurationError)
+    needles = {"secret": secret, "webhook": _HOOK_SECRET}
+    assert _leaks([error], needles, slots=True) == set()
+    assert secret not in str(error) and secret not in repr(error.args)
