@@ -181,15 +181,22 @@ def verify_signature(
     if timestamp is None or signature is None:
         return False
     try:
-        stamp = int(str(timestamp).strip())
-    except ValueError:
+        # Everything here comes from an unauthenticated sender: a 400-digit timestamp
+        # (OverflowError against a float), a lone surrogate (UnicodeEncodeError) and the
+        # like are a refusal, not an exception (a 500) in the receiver.
+        text = str(timestamp).strip()
+        if not (text.isascii() and text.lstrip("-").isdigit() and len(text) <= 20):
+            return False
+        stamp = int(text)
+        current = time.time() if now is None else now
+        if abs(current - stamp) > tolerance:
+            return False
+        raw = body.encode("utf-8") if isinstance(body, str) else body
+        expected = sign(secret, stamp, raw)
+        given = signature.strip().encode("utf-8")
+    except (ValueError, OverflowError, TypeError):  # UnicodeError is a ValueError
         return False
-    current = time.time() if now is None else now
-    if abs(current - stamp) > tolerance:
-        return False
-    raw = body.encode("utf-8") if isinstance(body, str) else body
-    expected = sign(secret, stamp, raw)
-    return hmac.compare_digest(expected.encode("ascii"), signature.strip().encode("utf-8"))
+    return hmac.compare_digest(expected.encode("ascii"), given)
 
 
 def verified_event_id(
@@ -498,12 +505,15 @@ class WebhookSender:
             # A total deadline kept by this thread as it reads: the read timeout bounds each
             # socket read, not an answer trickled a byte at a time.
             with deadline(bound, self._cut):  # close() ends it once its budget is spent
+                # stream=True: the status is all we need; a receiver answering with an
+                # endless body is never read (it was read whole into memory).
                 response = self._get_session().post(
                     self._url,
                     data=body,
                     headers=headers,
                     timeout=timeout,
                     allow_redirects=False,
+                    stream=True,
                 )
                 response.close()
         except requests.RequestException as exc:

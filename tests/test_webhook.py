@@ -245,6 +245,12 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body():
         ("k", "1000", b"{}", None, False),
         ("k", "soon", b"{}", sign("k", 1000, b"{}"), False),
         ("k", "1000", b"{}", "sha256=\u00e9", False),  # non-ASCII garbage
+        # An unauthenticated sender's input is a refusal, never an exception (a 500).
+        ("k", "9" * 400, b"{}", sign("k", 1000, b"{}"), False),
+        ("k", "-" + "9" * 400, b"{}", sign("k", 1000, b"{}"), False),
+        ("k", "\u0661\u0660\u0660\u0660", b"{}", sign("k", 1000, b"{}"), False),
+        ("k", "1000", b"{}", "sha256=\udcff", False),
+        ("k", "1000", "{\udcff}", sign("k", 1000, b"{}"), False),
     ],
 )
 def test_verify_signature(secret: str, timestamp: Any, body: Any, signature: Any, ok: bool):
@@ -745,3 +751,24 @@ def test_webhook_without_a_secret_warns_once_per_process_without_the_url(
     assert "webhook_secret" in str(unsigned[0].message)
     assert receiver.url.split("//")[1] not in str(unsigned[0].message)
     assert unsigned[0].filename.endswith("conftest.py")  # points at the TokenManager(...) call
+
+
+def test_the_answers_body_is_never_read() -> None:
+    # Only the status counts. A receiver answering with an endless body (review of issue
+    # 22, A3: 3 GiB read into memory) is let go at once, and the delivery counts.
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n"
+    server = TricklingServer(gap=0.01, head=head)
+    try:
+        sender = WebhookSender(
+            _settings(f"http://127.0.0.1:{server.port}/hook", timeout=(1.0, 1.0)),
+            on_failure=lambda record: None,
+            max_attempts=1,
+        )
+        started = time.monotonic()
+        sender.submit(_record())
+        eventually(lambda: sender.delivered + sender.failed == 1, timeout=5.0)
+        assert (sender.delivered, sender.failed) == (1, 0)
+        assert time.monotonic() - started < 1.0  # not read to the attempt's deadline
+    finally:
+        sender.close()
+        server.stop()
