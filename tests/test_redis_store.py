@@ -148,19 +148,31 @@ def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: re
 
 
 def test_other_redis_errors_become_store_errors(
-    store: RedisStore, raw: redis.Redis, prefix: str
+    redis_url: str, prefix: str, raw: redis.Redis
 ) -> None:
-    raw.hset(f"{prefix}{{{KEY}}}:token", "field", "value")  # WRONGTYPE for GET
-    with pytest.raises(StoreError, match="redis read failed: ResponseError"):
-        load(store)
-    save(store, make_token(), KEY + "x")
-    assert load(store, KEY + "x") is not None  # not treated as an outage
+    # A user that may not touch the store's keys: NOPERM, a ResponseError like any other.
+    user = f"limited-{uuid.uuid4().hex[:8]}"
+    raw.acl_setuser(
+        user, enabled=True, passwords=["+pw"], commands=["+@all"], keys=[f"{prefix}ok*"]
+    )
+    url = redis_url.replace("redis://", f"redis://{user}:pw@")
+    store = RedisStore.from_url(url, prefix=prefix)
+    try:
+        with pytest.raises(StoreError, match="redis read failed: NoPermissionError"):
+            load(store)
+        allowed = RedisStore.from_url(url, prefix=prefix + "ok")
+        save(allowed, make_token())
+        assert load(allowed) is not None  # not treated as an outage
+        allowed.close()
+    finally:
+        store.close()
+        raw.acl_deluser(user)
 
 
 def test_reply_that_is_not_a_string_is_ignored(redis_url: str, prefix: str) -> None:
-    class OddClient(redis.Redis):  # a proxy or mock-alike answering with a number
-        def get(self, name: object) -> object:  # type: ignore[override]
-            return 42
+    class OddClient(redis.Redis):  # a proxy or mock-alike answering with a list
+        def evalsha(self, *args: object) -> object:  # type: ignore[override]
+            return [42]
 
     client = OddClient.from_url(redis_url, socket_timeout=1)
     assert load(RedisStore(client=client, prefix=prefix)) is None
