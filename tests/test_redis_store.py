@@ -81,13 +81,14 @@ def test_taking_the_lock_is_idempotent_for_its_owner(store: RedisStore, raw: red
     # already set by its own owner and waited for it until it expired (30 s).
     name = store._key("lock", KEY)
     take = store._lock._take
-    assert take(keys=[name], args=["owner-a:", "owner-a:0", 5000]) == 1
-    assert take(keys=[name], args=["owner-a:", "owner-a:0", 5000]) == 1  # ours already
-    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000]) == b"owner-a:0"
+    a, b = "a" * 32 + ":", "b" * 32 + ":"  # owners: 32 hex digits and a colon
+    assert take(keys=[name], args=[a, a + "0", 5000]) == 1
+    assert take(keys=[name], args=[a, a + "0", 5000]) == 1  # ours already
+    assert take(keys=[name], args=[b, b + "0", 5000]) == (a + "0").encode()
     # A takeover is a compare-and-set: only the value the waiter judged stale is replaced.
-    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000, "owner-a:7"]) == b"owner-a:0"
-    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000, "owner-a:0"]) == 1
-    assert raw.get(name) == b"owner-b:0"
+    assert take(keys=[name], args=[b, b + "0", 5000, a + "7"]) == (a + "0").encode()
+    assert take(keys=[name], args=[b, b + "0", 5000, a + "0"]) == 1
+    assert raw.get(name) == (b + "0").encode()
     raw.delete(name)
 
 

@@ -7,7 +7,13 @@ token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock
 The lock is a lease whose holder shows that it is alive (see
 :mod:`~genesys_token.stores._redis_lock`): it writes a new value every second while inside
 the block, never past its ``lease``, and a waiter takes over a lock whose value has not
-changed for 3 s (a dead holder's, or one planted by hand with any time to live).
+changed for 3 s (a dead holder's, or one planted by hand with any time to live). A lock key
+of another type, an oversized value, or a value not shaped ``<32 hex digits>:<number>`` counts
+as unchanged however often it is rewritten, so it too is taken over after 3 s. What the
+store cannot tell from a live holder: a Redis writer that mimics that shape with a changing
+number delays every cold acquisition by the manager's whole lock wait (73 s with default
+settings; bounded by ``get_token(timeout=...)``), and one that overwrites or deletes a held
+lock lets peers fetch at once. Who can write to the database can do both.
 
 A Redis outage must never become an authentication outage: every call has short socket
 timeouts and no retry backoff, every Redis error becomes a
@@ -95,7 +101,10 @@ class RedisStore:
     """Tokens shared by every process of every machine that can reach one Redis.
 
     Entries are sealed (see :class:`~genesys_token.stores._seal.Sealer`): a reader of the
-    database learns no token, and an entry planted without the client secret is ignored.
+    database learns no token, and an entry planted without the client secret is ignored. A
+    writer to the database can still slow cold starts (see the module documentation): a lock
+    value that mimics a live holder holds every manager off for its lock wait, up to 73 s
+    with default settings, or ``get_token(timeout=...)``.
 
     Args:
         url: A ``redis://``, ``rediss://`` or ``unix://`` URL (default
