@@ -81,13 +81,14 @@ def test_taking_the_lock_is_idempotent_for_its_owner(store: RedisStore, raw: red
     # already set by its own owner and waited for it until it expired (30 s).
     name = store._key("lock", KEY)
     take = store._lock._take
-    assert take(keys=[name], args=["owner-a:", "owner-a:0", 5000]) == 1
-    assert take(keys=[name], args=["owner-a:", "owner-a:0", 5000]) == 1  # ours already
-    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000]) == b"owner-a:0"
+    a, b = "a" * 32 + ":", "b" * 32 + ":"  # owners: 32 hex digits and a colon
+    assert take(keys=[name], args=[a, a + "0", 5000]) == 1
+    assert take(keys=[name], args=[a, a + "0", 5000]) == 1  # ours already
+    assert take(keys=[name], args=[b, b + "0", 5000]) == (a + "0").encode()
     # A takeover is a compare-and-set: only the value the waiter judged stale is replaced.
-    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000, "owner-a:7"]) == b"owner-a:0"
-    assert take(keys=[name], args=["owner-b:", "owner-b:0", 5000, "owner-a:0"]) == 1
-    assert raw.get(name) == b"owner-b:0"
+    assert take(keys=[name], args=[b, b + "0", 5000, a + "7"]) == (a + "0").encode()
+    assert take(keys=[name], args=[b, b + "0", 5000, a + "0"]) == 1
+    assert raw.get(name) == (b + "0").encode()
     raw.delete(name)
 
 
@@ -148,19 +149,31 @@ def test_lock_is_released_only_by_its_owner(redis_url: str, prefix: str, raw: re
 
 
 def test_other_redis_errors_become_store_errors(
-    store: RedisStore, raw: redis.Redis, prefix: str
+    redis_url: str, prefix: str, raw: redis.Redis
 ) -> None:
-    raw.hset(f"{prefix}{{{KEY}}}:token", "field", "value")  # WRONGTYPE for GET
-    with pytest.raises(StoreError, match="redis read failed: ResponseError"):
-        load(store)
-    save(store, make_token(), KEY + "x")
-    assert load(store, KEY + "x") is not None  # not treated as an outage
+    # A user that may not touch the store's keys: NOPERM, a ResponseError like any other.
+    user = f"limited-{uuid.uuid4().hex[:8]}"
+    raw.acl_setuser(
+        user, enabled=True, passwords=["+pw"], commands=["+@all"], keys=[f"{prefix}ok*"]
+    )
+    url = redis_url.replace("redis://", f"redis://{user}:pw@")
+    store = RedisStore.from_url(url, prefix=prefix)
+    try:
+        with pytest.raises(StoreError, match="redis read failed: NoPermissionError"):
+            load(store)
+        allowed = RedisStore.from_url(url, prefix=prefix + "ok")
+        save(allowed, make_token())
+        assert load(allowed) is not None  # not treated as an outage
+        allowed.close()
+    finally:
+        store.close()
+        raw.acl_deluser(user)
 
 
 def test_reply_that_is_not_a_string_is_ignored(redis_url: str, prefix: str) -> None:
-    class OddClient(redis.Redis):  # a proxy or mock-alike answering with a number
-        def get(self, name: object) -> object:  # type: ignore[override]
-            return 42
+    class OddClient(redis.Redis):  # a proxy or mock-alike answering with a list
+        def evalsha(self, *args: object) -> object:  # type: ignore[override]
+            return [42]
 
     client = OddClient.from_url(redis_url, socket_timeout=1)
     assert load(RedisStore(client=client, prefix=prefix)) is None

@@ -12,6 +12,11 @@ A waiter remembers the value it saw and since when. A value that has not changed
 compare-and-set script, which succeeds only if the value is still the one it judged stale. A
 live holder changes its value well within that time, so it is never taken over; a planted or
 abandoned lock costs each cold acquisition about :data:`STALE_AFTER`, not its time to live.
+A key of another type (a hash written by hand), an oversized value, or one that is not shaped
+like ours is seen as a fixed marker, so it too is judged stale and taken over (never an error
+that would leave the fleet without its lock), however often a writer changes it. A writer
+that mimics our shape with a changing beat does pass for a live holder: waiters wait for it
+until their own timeout.
 """
 
 from __future__ import annotations
@@ -40,10 +45,42 @@ RENEWALS_PER_TTL = 3
 #: so two late or failed renewals of a live holder are not mistaken for its death.
 STALE_AFTER = 3.0
 
+#: A lock value is an owner and a beat, under 60 bytes; a longer one was not written by us.
+MAX_LOCK_VALUE_BYTES = 256
+#: Random bytes of an owner, written as twice as many hex digits.
+OWNER_BYTES = 16
+#: What the scripts see at a lock key holding another type than a string (``~type:hash``),
+#: a string longer than :data:`MAX_LOCK_VALUE_BYTES` (``~size``) or one that is not
+#: ``<owner>:<beat>`` (``~foreign``): a fixed marker (no owner starts with ``~``), so a
+#: waiter sees it unchanged, judges it stale and takes the key over (SET overwrites a key of
+#: any type); no huge value is sent on every poll, and a writer that keeps changing a value
+#: of another shape does not pass for a live holder.
+_READ_LOCK = f"""
+local function read_lock(key)
+    local kind = redis.call("type", key)["ok"]
+    if kind == "none" then
+        return false
+    end
+    if kind ~= "string" then
+        return "~type:" .. kind
+    end
+    if redis.call("strlen", key) > {MAX_LOCK_VALUE_BYTES} then
+        return "~size"
+    end
+    local value = redis.call("get", key)
+    if not string.match(value, "^" .. string.rep("%x", {OWNER_BYTES * 2}) .. ":%d+$") then
+        return "~foreign"
+    end
+    return value
+end
+"""
 #: Take the lock: free, ours already (a SET whose answer was lost, then retried), or still
-#: holding the value a waiter judged stale (ARGV[4], when given). Otherwise the value seen.
-_TAKE_SCRIPT = """
-local value = redis.call("get", KEYS[1])
+#: holding the value (or marker) a waiter judged stale (ARGV[4], when given). Otherwise the
+#: value (or marker) seen.
+_TAKE_SCRIPT = (
+    _READ_LOCK
+    + """
+local value = read_lock(KEYS[1])
 if (not value) or string.sub(value, 1, #ARGV[1]) == ARGV[1]
         or (ARGV[4] ~= nil and value == ARGV[4]) then
     redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3])
@@ -51,24 +88,31 @@ if (not value) or string.sub(value, 1, #ARGV[1]) == ARGV[1]
 end
 return value
 """
+)
 #: Write a new beat and time to live, only if the lock is still ours.
-_RENEW_SCRIPT = """
-local value = redis.call("get", KEYS[1])
+_RENEW_SCRIPT = (
+    _READ_LOCK
+    + """
+local value = read_lock(KEYS[1])
 if value and string.sub(value, 1, #ARGV[1]) == ARGV[1] then
     redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3])
     return 1
 end
 return 0
 """
+)
 #: Delete the lock only if it is still ours: after a peer took it over, a plain DEL would
 #: release the peer's lock.
-_RELEASE_SCRIPT = """
-local value = redis.call("get", KEYS[1])
+_RELEASE_SCRIPT = (
+    _READ_LOCK
+    + """
+local value = read_lock(KEYS[1])
 if value and string.sub(value, 1, #ARGV[1]) == ARGV[1] then
     return redis.call("del", KEYS[1])
 end
 return 0
 """
+)
 
 #: ``call(what, run, always=False)``: the store's way to run ``run(client)``, turning Redis
 #: failures into StoreError (``always``: even during its outage backoff).
@@ -119,7 +163,7 @@ class RedisLock:
             StoreError: Redis failed while taking the lock, or while releasing it after a
                 block that ended normally.
         """
-        owner = secrets.token_hex(16) + ":"
+        owner = secrets.token_hex(OWNER_BYTES) + ":"
         ttl_ms = self.ttl_ms(lease)
         started = time.monotonic()
 

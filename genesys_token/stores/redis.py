@@ -7,13 +7,22 @@ token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock
 The lock is a lease whose holder shows that it is alive (see
 :mod:`~genesys_token.stores._redis_lock`): it writes a new value every second while inside
 the block, never past its ``lease``, and a waiter takes over a lock whose value has not
-changed for 3 s (a dead holder's, or one planted by hand with any time to live).
+changed for 3 s (a dead holder's, or one planted by hand with any time to live). A lock key
+of another type, an oversized value, or a value not shaped ``<32 hex digits>:<number>`` counts
+as unchanged however often it is rewritten, so it too is taken over after 3 s. What the
+store cannot tell from a live holder: a Redis writer that mimics that shape with a changing
+number delays every cold acquisition by the manager's whole lock wait (73 s with default
+settings; bounded by ``get_token(timeout=...)``), and one that overwrites or deletes a held
+lock lets peers fetch at once. Who can write to the database can do both.
 
 A Redis outage must never become an authentication outage: every call has short socket
 timeouts and no retry backoff, every Redis error becomes a
 :class:`~genesys_token.errors.StoreError` (which the manager reports before using the
 network), and after a connection failure Redis is left alone for ``outage_backoff`` seconds
-so that each refresh pays the timeout once at most. The store logs nothing above DEBUG.
+so that each refresh pays the timeout once at most. The store logs nothing above DEBUG, but
+one WARNING per token key that holds what is not ours: a key of another type, or a value
+over :data:`MAX_ENTRY_BYTES`, which is counted (``STRLEN``) but never read, and treated as
+no entry.
 
 TLS (``rediss://``): the client checks that the server's certificate names the host of the
 URL, as redis-py 6 does by default and older versions (down to 4.5) do not, unless the URL
@@ -43,7 +52,7 @@ from ..errors import ConfigurationError, StoreError
 from ..token import Token
 from ._redis_lock import RENEWALS_PER_TTL as RENEWALS_PER_TTL  # kept where it was
 from ._redis_lock import RedisLock
-from ._seal import Sealer
+from ._seal import MAX_BLOB_BYTES, Sealer
 from .base import DEFAULT_LEASE, decode_token, encode_token, require_sealer, track_fork
 
 log = logging.getLogger("genesys_token.stores")
@@ -57,6 +66,25 @@ SOCKET_TIMEOUT = 1.0
 LOCK_TTL = 30.0
 #: After a connection failure, Redis is not tried again for this long.
 OUTAGE_BACKOFF = 5.0
+#: A sealed entry is a few kilobytes; a larger value at the token key is not ours and is
+#: never sent to the client (the same cap as the sealer's and FileStore's).
+MAX_ENTRY_BYTES = MAX_BLOB_BYTES
+#: Read the token entry: the value, nil when there is none, or instead of a value that is not
+#: ours, -1 (a key of another type than a string) or its size (longer than ARGV[1]).
+_LOAD_SCRIPT = """
+local kind = redis.call("type", KEYS[1])["ok"]
+if kind == "none" then
+    return false
+end
+if kind ~= "string" then
+    return -1
+end
+local size = redis.call("strlen", KEYS[1])
+if size > tonumber(ARGV[1]) then
+    return size
+end
+return redis.call("get", KEYS[1])
+"""
 
 
 def _redis_module() -> Any:
@@ -73,7 +101,10 @@ class RedisStore:
     """Tokens shared by every process of every machine that can reach one Redis.
 
     Entries are sealed (see :class:`~genesys_token.stores._seal.Sealer`): a reader of the
-    database learns no token, and an entry planted without the client secret is ignored.
+    database learns no token, and an entry planted without the client secret is ignored. A
+    writer to the database can still slow cold starts (see the module documentation): a lock
+    value that mimics a live holder holds every manager off for its lock wait, up to 73 s
+    with default settings, or ``get_token(timeout=...)``.
 
     Args:
         url: A ``redis://``, ``rediss://`` or ``unix://`` URL (default
@@ -132,6 +163,9 @@ class RedisStore:
         self._down_until = 0.0
         self._guard = threading.Lock()
         self._client: Any = None
+        self._read: Any = None
+        #: Token keys already warned about (a value that is not ours): one warning each.
+        self._warned: set[str] = set()
         self._lock = RedisLock(self._call, lock_ttl=self._lock_ttl)
         if client is not None:
             self._bind(client)
@@ -179,6 +213,7 @@ class RedisStore:
 
     def _bind(self, client: Any) -> None:
         self._client = client
+        self._read = client.register_script(_LOAD_SCRIPT)
         self._lock.bind(client)
 
     def _key(self, kind: str, key: str) -> str:
@@ -225,20 +260,36 @@ class RedisStore:
     ) -> Token | None:
         """Return the token for ``key``, or ``None`` if missing, expired or unusable.
 
-        Unusable: sealed with another secret, altered, in the old clear format, corrupt.
+        Unusable: sealed with another secret, altered, in the old clear format, corrupt,
+        larger than :data:`MAX_ENTRY_BYTES` or not a string (these two are not read, and
+        are warned about once per key).
 
         Raises:
             StoreError: No ``sealer``, or Redis is unreachable, slow or failing.
         """
         sealer = require_sealer(sealer, "RedisStore")
         name = self._key("token", key)
-        raw = self._call("read", lambda client: client.get(name))
+        raw = self._call(
+            "read",
+            lambda client: self._read(keys=[name], args=[MAX_ENTRY_BYTES], client=client),
+        )
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            self._warn_foreign(name, raw)
+            return None
         if raw is None or not isinstance(raw, bytes | str):
             return None
         token = decode_token(raw, sealer, now_monotonic=now_monotonic, now_wall=now_wall)
         if token is None:
             log.debug("ignoring an unusable Redis token entry (unsealed, foreign or expired)")
         return token
+
+    def _warn_foreign(self, name: str, size: int) -> None:
+        with self._guard:
+            if name in self._warned:
+                return
+            self._warned.add(name)
+        what = "is not a string" if size < 0 else f"holds {size} bytes (over {MAX_ENTRY_BYTES})"
+        log.warning("ignoring Redis key %s: it %s, so it is no token entry of ours", name, what)
 
     def save(self, key: str, token: Token, *, sealer: Sealer | None = None) -> None:
         """Store ``token`` sealed, with a time to live equal to what is left of its life.
