@@ -120,6 +120,26 @@ def _declared() -> set[str]:
     return {match[0].lower().replace("_", "-") for match in found if match}
 
 
+def _packages_distributions() -> dict[str, list[str]]:
+    """Top-level import name -> distributions. Python 3.10's
+    ``metadata.packages_distributions`` reads only ``top_level.txt``, which wheels built by
+    hatchling or maturin (urllib3 2, cryptography) lack: the names are inferred from each
+    distribution's files as well, as 3.11 does."""
+    providers: dict[str, list[str]] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        declared = (dist.read_text("top_level.txt") or "").split()
+        inferred = {
+            file.parts[0] if len(file.parts) > 1 else file.stem
+            for file in dist.files or ()
+            if file.suffix == ".py" or len(file.parts) > 1
+        }
+        for top in {*declared, *inferred}:
+            if top and not top.endswith((".dist-info", ".egg-info", ".data")):
+                providers.setdefault(top, []).append(name)
+    return providers
+
+
 def test_every_distribution_the_core_imports_is_declared() -> None:
     # Issue 22: stores/_seal.py imported cryptography, which only PyJWT[crypto] pulled in.
     result = subprocess.run(
@@ -134,7 +154,7 @@ def test_every_distribution_the_core_imports_is_declared() -> None:
     assert any(name == "genesys_token.stores._seal" for name, _ in modules)
     imported = set().union(*(_top_level_imports(path) for _, path in modules))
     third_party = imported - set(sys.stdlib_module_names) - {"genesys_token", "__future__"}
-    providers = metadata.packages_distributions()
+    providers = _packages_distributions()
     undeclared = {
         name: providers.get(name)
         for name in third_party
