@@ -124,6 +124,8 @@ def parse_success(
         raise _bad_field(status, body, "access_token is missing or empty", known)
     if any(ch.isspace() for ch in access_token) or not access_token.isprintable():
         raise _bad_field(status, body, "access_token has whitespace or control characters", known)
+    if not access_token.isascii():  # RFC 6750: a header value; "€" failed every API call
+        raise _bad_field(status, body, "access_token is not ASCII", known)
     token_type = payload.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         shown = known.excerpt(str(token_type), 40)

@@ -7,6 +7,7 @@ Real Genesys client-credentials tokens are opaque; they pass with their expiry t
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -36,6 +37,10 @@ def looks_like_jwt(access_token: str) -> bool:
     except jwt.PyJWTError:
         return False
     return isinstance(header.get("alg"), str)
+
+
+#: 9999-12-31T23:59:59Z: the largest ``exp`` taken for a time.
+_MAX_EPOCH = 253_402_300_799
 
 
 class TokenValidator:
@@ -130,6 +135,10 @@ class TokenValidator:
         if exp is not None:
             if isinstance(exp, bool) or not isinstance(exp, int | float):
                 raise TokenValidationError("JWT exp claim is not a number")
+            # A 400-digit exp overflowed float() below (an untyped OverflowError); a year
+            # past 9999 is no expiry a token endpoint means.
+            if not (isinstance(exp, int) or math.isfinite(exp)) or abs(exp) > _MAX_EPOCH:
+                raise TokenValidationError("JWT exp claim is out of range")
             if exp <= now_wall - EXP_LEEWAY:
                 raise TokenValidationError("JWT has expired (exp is in the past)")
         claimed_client = claims.get("client_id")

@@ -154,6 +154,8 @@ HOSTILE = [
     pytest.param(_token(access_token=42), "access_token is missing", id="numeric-token"),
     pytest.param(_token(access_token="a b"), "whitespace", id="token-with-space"),
     pytest.param(_token(access_token="ab\u0007"), "control", id="token-with-bell"),
+    # Printable, but no HTTP header can carry it: every API call raised UnicodeEncodeError.
+    pytest.param(_token(access_token="tok\u20acen"), "not ASCII", id="token-with-euro"),
     pytest.param(_token(token_type="mac"), "token_type is not bearer", id="mac"),
     pytest.param(_token(token_type=_DROP), "token_type is not bearer", id="no-token-type"),
     pytest.param(_token(expires_in=_DROP), "expires_in is missing", id="no-expiry"),

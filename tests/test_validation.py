@@ -60,6 +60,8 @@ def test_opaque_tokens_pass_with_expiry_from_expires_in():
     [
         ({"exp": NOW - 60, "client_id": "client-1"}, "expired"),
         ({"exp": "soon", "client_id": "client-1"}, "not a number"),
+        ({"exp": 10**400, "client_id": "client-1"}, "out of range"),  # was OverflowError
+        ({"exp": 10**12, "client_id": "client-1"}, "out of range"),
         ({"exp": NOW + 60, "client_id": "someone-else"}, "client_id"),
     ],
 )
