@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -266,6 +266,20 @@ def is_loopback_url(url: str) -> bool:
     return host is not None and is_loopback_host(host)
 
 
+def no_proxy_for(url: str) -> dict[str, str] | None:
+    """The ``proxies=`` of a request to ``url`` that keeps a loopback host off every proxy
+    on a session we did not build (a ``session=`` given to the manager, whose adapters are
+    its owner's): every key ``requests`` looks up is set to None, which drops it from the
+    merged settings, the environment's included. None (nothing to override) otherwise."""
+    if not is_loopback_url(url):
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    keys = ["http", "https", "all", f"all://{host}", f"{parts.scheme}://{host}"]
+    # None values are how requests drops a merged setting; its stubs allow only str.
+    return cast("dict[str, str]", dict.fromkeys(keys))
+
+
 class LoopbackDirectAdapter(requests.adapters.HTTPAdapter):
     """An ``HTTPAdapter`` that reaches loopback hosts directly, never through a proxy,
     whatever the environment, the session's ``proxies`` or the call's ``proxies=`` say. Every
@@ -327,6 +341,7 @@ def status_of(
             verify=verify,
             allow_redirects=False,
             stream=True,
+            proxies=no_proxy_for(url),
         ) as response,
     ):
         return response.status_code

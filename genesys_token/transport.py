@@ -48,7 +48,7 @@ from ._answers import (
 )
 from ._basic import BasicAuth, basic_value
 from ._clock import SYSTEM_CLOCK, Clock
-from ._http import attempt_bound, deadline, shared_session, status_of
+from ._http import attempt_bound, deadline, no_proxy_for, shared_session, status_of
 from ._redact import excerpt
 from ._secrets import KnownSecrets, read_secret
 from .config import Credentials, Settings
@@ -306,6 +306,7 @@ class TokenEndpoint:
                 verify=settings.verify,
                 allow_redirects=False,
                 stream=True,
+                proxies=no_proxy_for(settings.token_url),  # on a session given to us too
             ) as response:
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self._clock.time()

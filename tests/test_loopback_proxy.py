@@ -360,3 +360,30 @@ def test_api_calls_to_a_loopback_api_never_touch_the_environment_proxy(
         genesys.close(app)
     assert counting_proxy.connections == 0
     assert [r.token_used is not None for r in emulator.api_request_log] == [True, True]
+
+
+def test_a_session_given_to_the_manager_reaches_loopback_directly_too(
+    emulator: GenesysEmulator,
+    counting_proxy: CountingProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its adapters are its owner's: the token request and the revoke carry, per request,
+    # proxies that drop every proxy the environment or the session names (review A4).
+    _proxy_everything(monkeypatch, counting_proxy.url)
+    given = requests.Session()
+    given.proxies = {"http": counting_proxy.url, "http://127.0.0.1": counting_proxy.url}
+    with (
+        given,
+        TokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            session=given,
+        ) as manager,
+    ):
+        first = manager.get_token()
+        manager.rotate(revoke_previous=True)
+    assert counting_proxy.connections == 0
+    assert emulator.token_requests == 2
+    assert first in emulator.revoked_tokens
