@@ -39,7 +39,9 @@ REGION_DOMAINS: dict[str, str] = {
 DEFAULT_REGION = "us-east-1"
 
 _DOMAIN_TO_REGION = {domain: name for name, domain in REGION_DOMAINS.items()}
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+# Only "localhost" (RFC 6761 reserves it for loopback): "localhost.localdomain" and the like
+# are names a resolver may send to DNS, and plain http to them could leave the machine.
+_LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 @dataclass(frozen=True)

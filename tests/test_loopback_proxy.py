@@ -237,7 +237,7 @@ def test_other_hosts_still_go_through_the_environment_proxy(
         ("https://127.3.4.5/x", True),
         ("http://[::1]:9/x", True),
         ("http://LOCALHOST/x", True),
-        ("http://localhost.localdomain:1/", True),
+        ("http://localhost.localdomain:1/", False),  # a DNS name, not reserved
         ("https://login.mypurecloud.com/oauth/token", False),
         ("http://127.0.0.1.example.com/", False),
         ("http://[::ffff:10.0.0.1]/", False),
