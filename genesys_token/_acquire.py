@@ -189,20 +189,25 @@ class Acquirer:
     def _request(self, snap: Snapshot, flight: Flight) -> tuple[Token, Credentials]:
         """The token, and the credentials it was fetched with."""
         try:
-            return self._fetch(snap, snap.credentials, flight), snap.credentials
+            token, used = self._fetch(snap, snap.credentials, flight), snap.credentials
         except InvalidClientError as exc:
             # The source may have been rotated since the snapshot: read it again at once.
             fresh = self._resolve(flight.settings.credentials, flight)
-            same_client = fresh.client_id == snap.credentials.client_id
-            if same_client and _digest(fresh) != _digest(snap.credentials):
-                log.info("the secret source gives a new secret; retrying the token request")
-                try:
-                    return self._fetch(snap, fresh, flight), fresh
-                except InvalidClientError as again:
-                    self._rejections.record(_digest(fresh), again)
-                    raise
             self._rejections.record(_digest(snap.credentials), exc)
-            raise
+            same_client = fresh.client_id == snap.credentials.client_id
+            # Only a new secret, and only if this streak of rejections has not tried one
+            # already (a source giving a new wrong one per read must wait): the same one
+            # is in its cool-down.
+            if not same_client or self._rejections.check(_digest(fresh)) is not None:
+                raise
+            log.info("the secret source gives a new secret; retrying the token request")
+            try:
+                token, used = self._fetch(snap, fresh, flight), fresh
+            except InvalidClientError as again:
+                self._rejections.record(_digest(fresh), again)
+                raise
+        self._rejections.clear()  # accepted: the streak of rejections ends
+        return token, used
 
     def _fetch(self, snap: Snapshot, credentials: Credentials, flight: Flight) -> Token:
         settings = snap.settings

@@ -210,7 +210,8 @@ class Refresher:
 
     def raise_if_rejected(self) -> None:
         """During a credentials cool-down, fail at once (no flight, no request); a secret
-        source gets re-read once a second in case it now gives another secret."""
+        source gets re-read once a second in case it now gives another secret, until the
+        cool-down has tried one (then another waits for its end: see ``_rejections``)."""
         credentials = self._flight.settings.credentials
         secret = credentials.client_secret
         # A string secret is known now: a cool-down of other credentials does not apply.
@@ -218,7 +219,7 @@ class Refresher:
         error = self.rejected.check(named)
         if error is None:
             return
-        if not is_known(secret):
+        if not is_known(secret) and self.rejected.open_to_another:
             now = self._now()
             if now >= self._recheck_at:
                 self._recheck_at = now + SECRET_RECHECK

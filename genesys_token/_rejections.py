@@ -2,10 +2,16 @@
 
 * :class:`RejectedCredentials` — after Genesys answers ``invalid_client`` or
   ``unauthorized_client``, callers get the same typed error at once, without a token request,
-  for a cool-down that doubles from about 1 s to about 60 s (with jitter). A new secret
-  (``set_credentials`` or a source that now gives another one) ends it at once. A source
-  that fails when read again right after the rejection does not end it (:meth:`keep`):
-  the secret last sent is still the rejected one.
+  for a cool-down that doubles from about 1 s to about 60 s (with jitter) with each
+  CONSECUTIVE rejection, whichever secret was rejected: a source that gives a new wrong
+  secret at each read (a broken vault) cannot reset it. Within one streak of rejections,
+  the first secret other than the rejected one (a source rotated after the rejection) is
+  tried at once, once; any later new secret waits for the cool-down to end, so a vault
+  fixed after that recovers within the current step (at most about 60 s). Only
+  ``set_credentials`` with another secret (:meth:`~RejectedCredentials.clear`), or an
+  accepted token request, ends the streak. A source that fails when read again right
+  after the rejection does not end it (:meth:`~RejectedCredentials.keep`): the secret last
+  sent is still the rejected one.
 * :class:`RejectedTokens` — after the API answers 401 to a token fetched moments ago,
   at most one such fresh token is replaced per cool-down: an API that rejects every token
   (another region's API host, a client without the role) gets its 401 back, not a new token
@@ -41,7 +47,11 @@ class RejectedCredentials:
         self._digest: bytes | None = None
         self._error: InvalidClientError | None = None
         self._until = float("-inf")
+        #: Consecutive rejections, whichever credentials (a new secret does not reset them).
         self._strikes = 0
+        #: The one secret other than the rejected one that this streak tried (or lets try)
+        #: at once; None while no other secret was named.
+        self._other: bytes | None = None
         #: The credentials last named to :meth:`check` (an acquisition names those it is
         #: about to send), for :meth:`keep`.
         self._named: bytes | None = None
@@ -56,6 +66,13 @@ class RejectedCredentials:
         """Whether a cool-down runs (read without the lock: it is advisory)."""
         return self._now() < self._until
 
+    @property
+    def open_to_another(self) -> bool:
+        """Whether a secret other than the rejected one would be tried at once (read
+        without the lock: it is advisory). False once this streak tried one: reading a
+        source again during the cool-down is then pointless."""
+        return self._other is None
+
     def record(self, digest: bytes, error: InvalidClientError) -> float:
         """Genesys rejected the credentials named by ``digest``; returns the cool-down."""
         with self._lock:
@@ -63,7 +80,7 @@ class RejectedCredentials:
         # Once per cool-down: the only token request of the cool-down was just rejected.
         log.warning(
             "Genesys rejected the client credentials (%s); no token request for %.1fs. "
-            "set_credentials(), or a secret source that now gives another secret, ends this.",
+            "set_credentials() with another secret, or a token accepted, ends this.",
             error.error or f"HTTP {error.status}",
             cooldown,
             extra={"cooldown": round(cooldown, 3), "strikes": self._strikes},
@@ -74,17 +91,23 @@ class RejectedCredentials:
         """The error to raise now without a request, or None.
 
         Args:
-            digest: The credentials about to be used; others than the rejected ones end the
-                cool-down (and they are remembered for :meth:`keep`). None: whichever
-                credentials (the caller cannot tell yet).
+            digest: The credentials about to be used (remembered for :meth:`keep`). During
+                the cool-down, the first ones other than the rejected ones in this streak
+                may be tried at once (and again until they are rejected: callers at the door
+                and the acquisition name them in turn); any others wait for its end, which
+                the next rejection doubles. None: whichever credentials (the caller cannot
+                tell yet).
         """
         with self._lock:
             if digest is not None:
                 self._named = digest
             if self._error is None or self._now() >= self._until:
                 return None
-            if digest is not None and digest != self._digest:
-                self._clear()
+            if digest is None or digest == self._digest:
+                return _copy(self._error)
+            if self._other is None:
+                self._other = digest  # a source rotated after the rejection: one try
+            if digest == self._other:
                 return None
             return _copy(self._error)
 
@@ -108,13 +131,14 @@ class RejectedCredentials:
         self._lock = threading.Lock()
 
     def clear(self) -> None:
-        """End the cool-down (new credentials)."""
+        """End the cool-down and the streak (new credentials, or a token accepted)."""
         with self._lock:
             self._clear()
 
     def _record(self, digest: bytes, error: InvalidClientError) -> float:
-        """Start (or lengthen) the cool-down of ``digest`` (lock held); returns it."""
-        self._strikes = self._strikes + 1 if self._digest == digest else 1
+        """Start (or lengthen) the cool-down after ``digest`` was rejected (lock held);
+        returns it. It doubles with each consecutive rejection, whichever the secret."""
+        self._strikes += 1
         self._digest = digest
         self._error = error
         ceiling = min(
@@ -130,6 +154,7 @@ class RejectedCredentials:
         self._error = None
         self._until = float("-inf")
         self._strikes = 0
+        self._other = None
 
 
 class RejectedTokens:
