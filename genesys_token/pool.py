@@ -209,8 +209,8 @@ class TokenManagerPool:
             if same_value(entry.secret, client_secret):
                 return self._used(entry)
             key, spec = entry.key, entry.spec
-        if not is_known(client_secret) and not callable(client_secret):
-            check_secret(client_secret)  # a clear ConfigurationError for the wrong type
+        # Hidden and checked before anything is done with it: a clear ConfigurationError.
+        client_secret = check_secret(client_secret)
         # A source is read once here, locally (no token request): it is what it gives.
         name = secret_name(spec.client_id, client_secret)
         return self._with_other_secret(key, spec, client_secret, name)

@@ -592,3 +592,16 @@ def test_a_secret_of_the_wrong_type_is_refused_by_name_not_read(
         pool.get(emulator.client_id, 12345)  # type: ignore[arg-type]
     assert exc.value.field == "client_secret"
     assert emulator.token_requests == 0
+
+
+@pytest.mark.parametrize("bad", ["", "two\nlines", "lone-\udcff-surrogate"])
+def test_an_unusable_other_secret_is_refused_by_name_before_any_proof(
+    pool: TokenManagerPool, emulator: GenesysEmulator, bad: str
+) -> None:
+    from genesys_token import ConfigurationError
+
+    pool.get(emulator.client_id, emulator.client_secret)
+    with pytest.raises(ConfigurationError) as exc:
+        pool.get(emulator.client_id, bad)
+    assert exc.value.field == "client_secret"
+    assert emulator.token_requests == 0
