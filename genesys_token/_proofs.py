@@ -29,13 +29,12 @@ from collections.abc import Callable, Hashable
 from ._secrets import (
     Secret,
     SecretValue,
-    SourceReads,
     digest,
     hidden,
     is_known,
     read_secret,
 )
-from .errors import InvalidClientError, ManagerClosedError, RateLimitedError, SecretSourceError
+from .errors import InvalidClientError, ManagerClosedError, RateLimitedError
 from .manager import TokenManager
 
 #: Other secrets remembered per client, each with its own cool-down. Enough for a rotation
@@ -65,30 +64,16 @@ def same_value(held: Secret, given: Secret) -> bool:
     return False
 
 
-def secret_name(
-    client_id: str, secret: Secret, reads: SourceReads | None = None, until: float = 0.0
-) -> bytes:
+def secret_name(client_id: str, secret: Secret) -> bytes:
     """What a secret is known by: the digest of its value (never the value). A source is
-    read once, locally (no token request): through ``reads`` if given, whose calls of a
-    source already running are awaited only until ``until`` (``time.monotonic()``).
+    read once, locally (no token request), in the caller's thread: it is the caller's own.
 
     Raises:
-        SecretSourceError: The source failed, or did not answer in time.
+        SecretSourceError: The source failed.
     """
     if is_known(secret):
         return digest(client_id, secret)
-    value = reads.read(secret, until) if reads is not None else read_secret(secret)
-    return digest(client_id, value)
-
-
-def holds(client_id: str, held: Secret, reads: SourceReads, until: float, name: bytes) -> bool:
-    """Whether the value of a manager's secret ``held`` now has the digest ``name`` (a
-    source is read through ``reads``, a call of it already running awaited until
-    ``until``). A source that fails holds nothing: the other secret is proven."""
-    try:
-        return same_name(secret_name(client_id, held, reads, until), name)
-    except SecretSourceError:
-        return False
+    return digest(client_id, read_secret(secret))
 
 
 def same_name(one: bytes, other: bytes) -> bool:

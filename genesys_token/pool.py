@@ -21,19 +21,19 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._held import HeldReads
 from ._lifecycle import register_fork_handler
-from ._proofs import SecretProofs, holds, same_name, same_value, secret_name
+from ._proofs import SecretProofs, same_name, same_value, secret_name
 from ._scheduler import Job, scheduler
-from ._secrets import Secret, SourceReads, check_secret, digest, hidden, is_known
+from ._secrets import Secret, SecretValue, check_secret, digest, hidden, is_known
 from .config import DEFAULT_TIMEOUT, Settings
-from .errors import ConfigurationError, ManagerClosedError
+from .errors import ConfigurationError, ManagerClosedError, SecretSourceError
 from .manager import TokenManager
 from .metrics import COUNTERS
 from .stores.base import MemoryStore
@@ -83,8 +83,8 @@ class _Entry:
     last_used: float
     #: The get() spellings that lead here (usually one: a list is smaller than a set).
     aliases: list[_Alias] = field(default_factory=list)
-    #: Reads of the entry's secret source by get() callers comparing theirs: one at a time.
-    reads: SourceReads = field(default_factory=SourceReads)
+    #: Reads of the entry's secret source by get() callers comparing theirs (bounded).
+    reads: HeldReads = field(default_factory=HeldReads)
 
 
 class TokenManagerPool:
@@ -238,10 +238,7 @@ class TokenManagerPool:
                     same_value(entry.secret, secret) or self._trusted_again(entry, name)
                 ):
                     return self._used(entry)
-            until = time.monotonic() + self._read_bound
-            if entry is not None and holds(
-                entry.spec.client_id, entry.secret, entry.reads, until, name
-            ):
+            if entry is not None and self._holds(entry, name):
                 with self._lock:
                     if self._entries.get(key) is entry and not entry.manager.closed:
                         return self._used(entry)
@@ -252,6 +249,17 @@ class TokenManagerPool:
                 # The secret the probe was made with: a source asked with meanwhile is not it.
                 return self._make_current(key, spec, name, proven)
         raise ManagerClosedError("the secret's proof was settled and replaced meanwhile")
+
+    def _holds(self, entry: _Entry, name: bytes) -> bool:
+        """Whether ``entry``'s secret now has the value named ``name``; a source that fails
+        or hangs (awaited at most the pool's timeout) holds nothing: the other is proven."""
+        held = entry.secret
+        if isinstance(held, str | SecretValue):
+            return same_name(digest(entry.spec.client_id, held), name)
+        try:
+            return same_name(entry.reads.name(entry.spec.client_id, held, self._read_bound), name)
+        except SecretSourceError:
+            return False
 
     def _trusted_again(self, entry: _Entry, name: Any) -> bool:
         """A secret accepted moments ago gets the manager with no request and no switch

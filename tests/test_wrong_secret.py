@@ -605,3 +605,38 @@ def test_an_unusable_other_secret_is_refused_by_name_before_any_proof(
         pool.get(emulator.client_id, bad)
     assert exc.value.field == "client_secret"
     assert emulator.token_requests == 0
+
+
+def test_a_hanging_held_source_does_not_hang_get(emulator: GenesysEmulator) -> None:
+    # Comparing by value reads the manager's source: someone else's vault call that hangs
+    # must cost a get() at most the pool's timeout, then the caller's secret is proven.
+    cid, secret = emulator.client_id, emulator.client_secret
+    hang = threading.Event()
+    release = threading.Event()
+
+    def held() -> str:
+        if hang.is_set():
+            release.wait(5.0)
+        return secret
+
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        background_refresh=False,
+        timeout=0.3,
+    ) as pool:
+        manager = pool.get(cid, held)
+        manager.get_token()
+        hang.set()
+        started = time.monotonic()
+        try:
+            assert pool.get(cid, lambda: secret) is manager  # proven: its own request
+            assert time.monotonic() - started < 2.0
+            assert emulator.token_requests == 2
+            started = time.monotonic()
+            assert pool.get(cid, lambda: secret) is manager  # now held: no read, no request
+            assert time.monotonic() - started < 0.2
+            assert emulator.token_requests == 2
+        finally:
+            release.set()
