@@ -26,14 +26,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from ._secrets import (
-    Secret,
-    SecretValue,
-    digest,
-    hidden,
-    is_known,
-    read_secret,
-)
+from ._secrets import Secret, SecretValue, digest, hidden, is_known, read_secret
 from .errors import InvalidClientError, ManagerClosedError, RateLimitedError
 from .manager import TokenManager
 
@@ -210,11 +203,7 @@ class SecretProofs:
         """``accepted`` secrets, ``rejected`` callers, and the ``token_requests`` made."""
         with self._lock:
             accepted, rejected = self.accepted, self.rejected
-        return {
-            "accepted": accepted,
-            "rejected": rejected,
-            "token_requests": self.token_requests(),
-        }
+        return {"accepted": accepted, "rejected": rejected, "token_requests": self.token_requests()}
 
     def after_fork(self) -> None:
         """A fresh lock in a forked child (the probes reset themselves); proofs that were

@@ -286,10 +286,7 @@ class TokenManagerPool:
                 if entry.manager.token is None:
                     # Never worked: it may have been made with a wrong secret, and whoever
                     # holds it must not be handed this one.
-                    retired, entry.manager = (
-                        entry.manager,
-                        _build(self._shared, spec, secret),
-                    )
+                    retired, entry.manager = entry.manager, _build(self._shared, spec, secret)
                     self._created += 1
                 else:
                     entry.manager.set_credentials(secret)
@@ -316,11 +313,7 @@ class TokenManagerPool:
                 options.pop(name, None)
             options.update(region=region, token_url=token_url, api_base_url=api_base_url)
         settings = Settings.build(client_id, client_secret, scopes=scopes, **options)
-        key: _Key = (
-            settings.client_id,
-            settings.token_url,
-            tuple(sorted(settings.scopes)),
-        )
+        key: _Key = (settings.client_id, settings.token_url, tuple(sorted(settings.scopes)))
         entry = self._entries.get(key)
         if entry is not None and entry.manager.closed:
             self._drop(key, entry)  # closed by its holder: make a new one
@@ -544,7 +537,7 @@ def _alias(client_id: Any, region: Any, token_url: Any, api_base_url: Any, scope
 
 
 def _read_bound(timeout: Any) -> float:
-    """How long get() awaits a call of a manager's secret source already running: the
+    """How long get() awaits a read of a manager's secret source (see ``_held``): the
     pool's connect + read timeout (the settings were checked already)."""
     if timeout is None:
         return float(sum(DEFAULT_TIMEOUT))
