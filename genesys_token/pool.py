@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._held import HeldReads
 from ._lifecycle import register_fork_handler
-from ._proofs import SecretProofs, same_secret, secret_name
+from ._proofs import SecretProofs, same_name, same_value, secret_name
 from ._scheduler import Job, scheduler
-from ._secrets import Secret, hidden, is_known
-from .config import Settings
-from .errors import ConfigurationError, ManagerClosedError
+from ._secrets import Secret, SecretValue, check_secret, digest, hidden, is_known
+from .config import DEFAULT_TIMEOUT, Settings
+from .errors import ConfigurationError, ManagerClosedError, SecretSourceError
 from .manager import TokenManager
 from .metrics import COUNTERS
 from .stores.base import MemoryStore
@@ -82,6 +83,8 @@ class _Entry:
     last_used: float
     #: The get() spellings that lead here (usually one: a list is smaller than a set).
     aliases: list[_Alias] = field(default_factory=list)
+    #: Reads of the entry's secret source by get() callers comparing theirs (bounded).
+    reads: HeldReads = field(default_factory=HeldReads)
 
 
 class TokenManagerPool:
@@ -134,6 +137,7 @@ class TokenManagerPool:
         self._sweep_armed = False
         self._sweep = _sweep_job(self)
         self._proofs = SecretProofs(self._now)
+        self._read_bound = _read_bound(self._shared.get("timeout"))
         register_fork_handler(self)
 
     # -- getting a manager -------------------------------------------------------------
@@ -163,8 +167,10 @@ class TokenManagerPool:
         again with no request and no switch (two valid secrets alternating during a
         rollout do not flap it), unless the manager's own secret is being rejected.
         Give one secret per client.
-        Two secret sources (callables) count as the same and are not proven: a new
-        ``lambda`` per call must not cost a token request per call.
+        A secret source (callable) is read once here, locally, and counts as the value
+        it gives: a new ``lambda`` per call giving the manager's value costs no token
+        request; one giving another value is proven like a string. After a rejection,
+        proofs of other secrets of the client pause (1 s doubling to 60 s).
 
         Args:
             client_id: The OAuth client id of the org.
@@ -179,7 +185,11 @@ class TokenManagerPool:
             ConfigurationError: An invalid value, or this client is in the pool already
                 with another ``api_base_url``.
             InvalidClientError: Another secret than the manager's, rejected by the token
-                endpoint.
+                endpoint (now, or moments ago: then no request is made).
+            RateLimitedError: Another secret than the manager's, while proofs of other
+                secrets of this client are paused after a rejection (``retry_after``
+                says how long); no request is made.
+            SecretSourceError: ``client_secret`` is a source that failed when read.
             GenesysTokenError: Another secret than the manager's could not be proven (no
                 answer from the token endpoint); the manager is unchanged.
         """
@@ -196,10 +206,14 @@ class TokenManagerPool:
             if entry is None or entry.manager.closed:
                 alias = _alias(client_id, region, token_url, api_base_url, scopes)
                 entry = self._find_or_make(alias, client_secret)
-            if same_secret(entry.secret, client_secret):
+            if same_value(entry.secret, client_secret):
                 return self._used(entry)
             key, spec = entry.key, entry.spec
-        return self._with_other_secret(key, spec, client_secret)
+        # Hidden and checked before anything is done with it: a clear ConfigurationError.
+        client_secret = check_secret(client_secret)
+        # A source is read once here, locally (no token request): it is what it gives.
+        name = secret_name(spec.client_id, client_secret)
+        return self._with_other_secret(key, spec, client_secret, name)
 
     def _used(self, entry: _Entry) -> TokenManager:
         """Note a use of ``entry`` and hand out its manager (the lock is held)."""
@@ -208,20 +222,26 @@ class TokenManagerPool:
             self._arm_sweep()
         return entry.manager
 
-    def _with_other_secret(self, key: _Key, spec: _Spec, secret: Secret) -> TokenManager:
-        """Prove ``secret`` (no lock held while the probe runs), then make it current."""
-        name = secret_name(spec.client_id, secret)
+    def _with_other_secret(
+        self, key: _Key, spec: _Spec, secret: Secret, name: bytes
+    ) -> TokenManager:
+        """Prove ``secret``, named ``name``, unless it is the manager's value (no lock held
+        while a source is read or the probe runs), then make it current."""
         for _ in range(_PROOF_ROUNDS):
             with self._lock:
                 if self._closed:
                     raise ManagerClosedError("the token manager pool is closed")
                 entry = self._entries.get(key)
-                if (
-                    entry is not None
-                    and not entry.manager.closed
-                    and (same_secret(entry.secret, secret) or self._trusted_again(entry, name))
+                if entry is not None and entry.manager.closed:
+                    entry = None
+                if entry is not None and (
+                    same_value(entry.secret, secret) or self._trusted_again(entry, name)
                 ):
                     return self._used(entry)
+            if entry is not None and self._holds(entry, name):
+                with self._lock:
+                    if self._entries.get(key) is entry and not entry.manager.closed:
+                        return self._used(entry)
             proven = self._proofs.prove(
                 key, name, secret, lambda s: _build(self._shared, spec, s, probe=True)
             )
@@ -229,6 +249,17 @@ class TokenManagerPool:
                 # The secret the probe was made with: a source asked with meanwhile is not it.
                 return self._make_current(key, spec, name, proven)
         raise ManagerClosedError("the secret's proof was settled and replaced meanwhile")
+
+    def _holds(self, entry: _Entry, name: bytes) -> bool:
+        """Whether ``entry``'s secret now has the value named ``name``; a source that fails
+        or hangs (awaited at most the pool's timeout) holds nothing: the other is proven."""
+        held = entry.secret
+        if isinstance(held, str | SecretValue):
+            return same_name(digest(entry.spec.client_id, held), name)
+        try:
+            return same_name(entry.reads.name(entry.spec.client_id, held, self._read_bound), name)
+        except SecretSourceError:
+            return False
 
     def _trusted_again(self, entry: _Entry, name: Any) -> bool:
         """A secret accepted moments ago gets the manager with no request and no switch
@@ -238,7 +269,7 @@ class TokenManagerPool:
             return False
         return not entry.manager.metrics().get("credentials_cooldown")
 
-    def _make_current(self, key: _Key, spec: _Spec, name: Any, secret: Secret) -> TokenManager:
+    def _make_current(self, key: _Key, spec: _Spec, name: bytes, secret: Secret) -> TokenManager:
         """The token endpoint accepted ``secret``: the client's manager uses it from now."""
         retired: TokenManager | None = None
         with self._lock:
@@ -249,7 +280,9 @@ class TokenManagerPool:
                 if entry is not None:
                     self._drop(key, entry)
                 entry = self._add(key, spec, secret)
-            elif not same_secret(entry.secret, secret):
+            elif not same_value(entry.secret, secret) and not (
+                is_known(entry.secret) and same_name(digest(spec.client_id, entry.secret), name)
+            ):
                 if entry.manager.token is None:
                     # Never worked: it may have been made with a wrong secret, and whoever
                     # holds it must not be handed this one.
@@ -421,6 +454,8 @@ class TokenManagerPool:
         self._sweep = _sweep_job(self)
         self._sweep_armed = False
         self._proofs.after_fork()
+        for entry in self._entries.values():
+            entry.reads.after_fork()
 
     def __reduce__(self) -> Any:
         raise TypeError("a TokenManagerPool cannot be pickled: create one in each process")
@@ -499,6 +534,16 @@ def _alias(client_id: Any, region: Any, token_url: Any, api_base_url: Any, scope
     if not isinstance(scopes, Iterable) or not all(isinstance(s, str) for s in scope_tuple):
         raise ConfigurationError("scopes must be a string or a list of strings", field="scopes")
     return (client_id, region, token_url, api_base_url, scope_tuple)
+
+
+def _read_bound(timeout: Any) -> float:
+    """How long get() awaits a read of a manager's secret source (see ``_held``): the
+    pool's connect + read timeout (the settings were checked already)."""
+    if timeout is None:
+        return float(sum(DEFAULT_TIMEOUT))
+    if isinstance(timeout, int | float):
+        return float(timeout)
+    return float(sum(timeout))
 
 
 def _max_idle(value: Any) -> float | None:

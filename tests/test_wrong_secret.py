@@ -14,6 +14,7 @@ from conftest import FakeClock, in_background, poll
 
 from genesys_token import (
     InvalidClientError,
+    RateLimitedError,
     Token,
     TokenManager,
     TokenManagerPool,
@@ -27,7 +28,10 @@ WRONG = "not-the-secret-of-this-client"
 
 
 def test_a_sealers_fingerprint_names_its_secret_and_key_without_showing_them() -> None:
-    key, other_key = store_key("a", "https://x/oauth/token", ()), store_key("b", "u", ())
+    key, other_key = (
+        store_key("a", "https://x/oauth/token", ()),
+        store_key("b", "u", ()),
+    )
     fingerprint = Sealer("s3cret-value", key).fingerprint
     assert fingerprint == Sealer("s3cret-value", key).fingerprint
     assert fingerprint != Sealer("another-value", key).fingerprint
@@ -43,7 +47,11 @@ def make(emulator: GenesysEmulator) -> Iterator[Callable[..., TokenManager]]:
         options.setdefault("token_url", emulator.token_url)
         options.setdefault("api_base_url", emulator.api_base_url)
         manager = TokenManager(
-            emulator.client_id, secret, background_refresh=False, max_retries=0, **options
+            emulator.client_id,
+            secret,
+            background_refresh=False,
+            max_retries=0,
+            **options,
         )
         managers.append(manager)
         return manager
@@ -280,32 +288,222 @@ def test_a_proof_is_a_token_request_never_an_entry_planted_in_the_store(
     store.close()
 
 
-def test_a_pool_remembers_a_few_wrong_secrets_per_client_not_every_guess(
-    pool: TokenManagerPool, emulator: GenesysEmulator
+def test_many_wrong_secrets_cost_a_request_per_pause_not_per_guess(
+    emulator: GenesysEmulator, fake_clock: FakeClock
 ) -> None:
+    # Review B (D3): rejections lived only in the probes, 4 per client, least recently used
+    # forgotten first: 5 secrets round-robin evicted each other, a token request per get().
     from genesys_token._proofs import PROBES_PER_CLIENT
 
-    manager = pool.get(emulator.client_id, emulator.client_secret)
-    manager.get_token()
-    guesses = [f"guess-{i}" for i in range(PROBES_PER_CLIENT + 1)]
-    for guess in guesses:
+    cid = emulator.client_id
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        clock=fake_clock.clock(),
+    ) as pool:
+        manager = pool.get(cid, emulator.client_secret)
+        token = manager.get_token()
+        guesses = [f"guess-{i}" for i in range(2 * PROBES_PER_CLIENT)]
         with pytest.raises(InvalidClientError):
-            pool.get(emulator.client_id, guess)
-    assert emulator.token_requests == 1 + len(guesses)
+            pool.get(cid, guesses[0])
+        assert emulator.token_requests == 2
+        for _ in range(3):
+            for guess in guesses[1:]:
+                with pytest.raises(RateLimitedError, match="paused") as paused:
+                    pool.get(cid, guess)
+                assert paused.value.retry_after == pytest.approx(1.0)
+            with pytest.raises(InvalidClientError):
+                pool.get(cid, guesses[0])  # remembered, whatever was asked meanwhile
+        assert emulator.token_requests == 2
+        fake_clock.advance(1.1)
+        with pytest.raises(InvalidClientError):
+            pool.get(cid, guesses[1])  # the pause is over: one proof
+        assert emulator.token_requests == 3
+        fake_clock.advance(1.1)  # the second pause is 2 s
+        with pytest.raises(RateLimitedError, match="paused"):
+            pool.get(cid, guesses[2])
+        assert emulator.token_requests == 3
+        assert pool.get(cid, emulator.client_secret) is manager  # never paused
+        assert manager.get_token() == token
+        assert pool.metrics()["secret_checks"]["token_requests"] == 2
+
+
+def test_wrong_secrets_round_robin_from_threads_are_not_a_storm(
+    pool: TokenManagerPool, emulator: GenesysEmulator
+) -> None:
+    # Review B (D3): 8 distinct wrong secrets from 4 threads for 3 s made a request per get().
+    cid = emulator.client_id
+    manager = pool.get(cid, emulator.client_secret)
+    token = manager.get_token()
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def guesser(first: int) -> None:
+        start.wait(5.0)
+        deadline = time.monotonic() + 3.0
+        i = first
+        while time.monotonic() < deadline:
+            try:
+                pool.get(cid, f"wrong-secret-{i % 8}")
+                outcome = "manager"
+            except (InvalidClientError, RateLimitedError) as exc:
+                outcome = type(exc).__name__
+            with lock:
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            i += 1
+
+    threads = [threading.Thread(target=guesser, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+    assert "manager" not in outcomes
+    assert sum(outcomes.values()) > 100
+    # Up to one proof per thread before the first rejection, then one per pause (1 s, 2 s):
+    # 4 measured (was: one per get, 1,241 in 3 s).
+    assert emulator.token_requests - 1 <= 8, emulator.token_requests
+    assert pool.get(cid, emulator.client_secret) is manager
+    assert manager.get_token() == token
+    assert manager.metrics()["token_requests"] == 1
+
+
+def test_an_accepted_proof_ends_the_pause_and_its_doubling(
+    emulator: GenesysEmulator, fake_clock: FakeClock
+) -> None:
+    cid = emulator.client_id
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        clock=fake_clock.clock(),
+    ) as pool:
+        manager = pool.get(cid, emulator.client_secret)
+        manager.get_token()
+        emulator.set_secret(cid, "rotated-secret", keep_old=True)
+        with pytest.raises(InvalidClientError):
+            pool.get(cid, WRONG)
+        with pytest.raises(RateLimitedError):
+            pool.get(cid, "rotated-secret")  # paused: even a right new secret waits
+        fake_clock.advance(1.1)
+        assert pool.get(cid, "rotated-secret") is manager
+        with pytest.raises(InvalidClientError):
+            pool.get(cid, "another-guess")  # a first rejection again: a 1 s pause, not 2 s
+        fake_clock.advance(1.1)
+        with pytest.raises(InvalidClientError):
+            pool.get(cid, "a-third-guess")
+        assert emulator.token_requests == 5
+
+
+def test_after_a_rejection_other_secrets_are_proven_one_at_a_time(
+    emulator: GenesysEmulator, fake_clock: FakeClock
+) -> None:
+    # Guessers in parallel must not each start a proof the moment a pause ends.
+    cid = emulator.client_id
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        clock=fake_clock.clock(),
+    ) as pool:
+        pool.get(cid, emulator.client_secret).get_token()
+        with pytest.raises(InvalidClientError):
+            pool.get(cid, "guess-0")
+        fake_clock.advance(1.1)
+        emulator.inject(Fault(delay=0.5, passthrough=True))
+        first, first_out = in_background(lambda: pool.get(cid, "guess-1"))
+        assert poll(lambda: emulator.token_requests == 3)  # its proof is in flight
+        with pytest.raises(RateLimitedError, match="paused"):
+            pool.get(cid, "guess-2")
+        first.join(10.0)
+        assert len(first_out) == 1 and isinstance(first_out[0], InvalidClientError)
+        assert emulator.token_requests == 3
+
+
+# -- secret sources: the value they give, never their say-so ---------------------------------
+
+
+def test_a_wrong_source_gets_neither_the_manager_nor_the_token_of_a_source(
+    pool: TokenManagerPool, emulator: GenesysEmulator
+) -> None:
+    # Review B (D1): any two sources counted as the same secret.
+    cid = emulator.client_id
+    manager = pool.get(cid, lambda: emulator.client_secret)
+    token = manager.get_token()
     with pytest.raises(InvalidClientError):
-        pool.get(emulator.client_id, guesses[-1])  # remembered: its cool-down
-    assert emulator.token_requests == 1 + len(guesses)
+        pool.get(cid, lambda: "attacker-wrong-secret")
+    assert emulator.token_requests == 2  # the wrong source's own proof
+    assert manager.get_token() == token
+    checks = pool.metrics()["secret_checks"]
+    assert checks == {"accepted": 0, "rejected": 1, "token_requests": 1}
+
+
+def test_a_wrong_secret_file_gets_nothing_of_a_right_one(
+    pool: TokenManagerPool, emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    from genesys_token import SecretFile
+
+    (tmp_path / "good").write_text(emulator.client_secret)
+    (tmp_path / "bad").write_text(WRONG)
+    manager = pool.get(emulator.client_id, SecretFile(tmp_path / "good"))
+    manager.get_token()
+    assert pool.get(emulator.client_id, SecretFile(tmp_path / "good")) is manager
     with pytest.raises(InvalidClientError):
-        pool.get(emulator.client_id, guesses[0])  # forgotten (the bound): asked again
-    assert emulator.token_requests == 2 + len(guesses)
-    assert pool.metrics()["secret_checks"]["token_requests"] == 1 + len(guesses)
+        pool.get(emulator.client_id, SecretFile(tmp_path / "bad"))
+    assert emulator.token_requests == 2
+
+
+def test_a_new_source_giving_the_managers_value_costs_no_request(
+    pool: TokenManagerPool, emulator: GenesysEmulator
+) -> None:
+    cid = emulator.client_id
+    by_value = pool.get(cid, emulator.client_secret)
+    by_value.get_token()
+    for _ in range(20):
+        assert pool.get(cid, lambda: emulator.client_secret) is by_value  # a local read
+    other = pool.get(cid, lambda: emulator.client_secret, scopes="other")  # held: a source
+    other.get_token()
+    for _ in range(20):
+        assert pool.get(cid, lambda: emulator.client_secret, scopes="other") is other
+    assert emulator.token_requests == 2
+    assert pool.metrics()["secret_checks"]["token_requests"] == 0
+
+
+def test_a_wrong_source_first_on_a_cold_pool_does_not_hold_back_the_right_one(
+    pool: TokenManagerPool, emulator: GenesysEmulator
+) -> None:
+    # Review B (D2): the right source got the manager the wrong one made, and its rejection.
+    cid = emulator.client_id
+    planted = pool.get(cid, lambda: WRONG)
+    manager = pool.get(cid, lambda: emulator.client_secret)  # proven: 1 request
+    assert manager is not planted and planted.closed
+    assert manager.get_token()
+    assert pool.get(cid, lambda: emulator.client_secret) is manager
+    assert emulator.token_requests == 2  # the proof, then the manager's own token
+
+
+def test_a_wrong_source_does_not_lock_out_a_right_source(
+    pool: TokenManagerPool, emulator: GenesysEmulator
+) -> None:
+    # Review B (D2): a wrong and a right source shared one probe: the right one was refused
+    # with the wrong one's rejection for as long as the wrong caller kept asking.
+    cid = emulator.client_id
+    manager = pool.get(cid, emulator.client_secret)
+    token = manager.get_token()
+    for _ in range(5):
+        with pytest.raises(InvalidClientError):
+            pool.get(cid, lambda: WRONG)
+        assert pool.get(cid, lambda: emulator.client_secret) is manager
+    assert emulator.token_requests == 2
+    assert manager.get_token() == token
 
 
 def test_a_proven_source_is_what_becomes_current_not_a_source_that_joined_it(
     pool: TokenManagerPool, emulator: GenesysEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every source shares one probe: a second source joining the proof of the first must not
-    # be what the manager gets, even when its caller finishes first.
+    # A second source proven while the first is must not be what the manager gets, even when
+    # its caller finishes first.
     cid = emulator.client_id
     manager = pool.get(cid, emulator.client_secret)
     manager.get_token()
@@ -328,8 +526,9 @@ def test_a_proven_source_is_what_becomes_current_not_a_source_that_joined_it(
     wrong.join(10.0)
     release.set()
     right.join(10.0)
-    assert right_out == [manager] and wrong_out == [manager]  # sources are trusted alike
-    assert manager.refresh(force=True)  # but the secret it uses is the proven one
+    assert right_out == [manager]
+    assert len(wrong_out) == 1 and isinstance(wrong_out[0], InvalidClientError)
+    assert manager.refresh(force=True)  # the secret it uses is the proven one
 
 
 def test_two_valid_secrets_alternating_cost_a_proof_each_per_window_not_per_get(
@@ -381,3 +580,63 @@ def test_a_manager_whose_secret_is_rejected_takes_a_recently_accepted_one(
         assert pool.get(cid, "second-secret") is manager  # proven again, switched
         assert emulator.token_requests == requests + 1
         assert manager.refresh(force=True).access_token != token
+
+
+def test_a_secret_of_the_wrong_type_is_refused_by_name_not_read(
+    pool: TokenManagerPool, emulator: GenesysEmulator
+) -> None:
+    from genesys_token import ConfigurationError
+
+    pool.get(emulator.client_id, emulator.client_secret)
+    with pytest.raises(ConfigurationError, match="must be a string or a zero-argument") as exc:
+        pool.get(emulator.client_id, 12345)  # type: ignore[arg-type]
+    assert exc.value.field == "client_secret"
+    assert emulator.token_requests == 0
+
+
+@pytest.mark.parametrize("bad", ["", "two\nlines", "lone-\udcff-surrogate"])
+def test_an_unusable_other_secret_is_refused_by_name_before_any_proof(
+    pool: TokenManagerPool, emulator: GenesysEmulator, bad: str
+) -> None:
+    from genesys_token import ConfigurationError
+
+    pool.get(emulator.client_id, emulator.client_secret)
+    with pytest.raises(ConfigurationError) as exc:
+        pool.get(emulator.client_id, bad)
+    assert exc.value.field == "client_secret"
+    assert emulator.token_requests == 0
+
+
+def test_a_hanging_held_source_does_not_hang_get(emulator: GenesysEmulator) -> None:
+    # Comparing by value reads the manager's source: someone else's vault call that hangs
+    # must cost a get() at most the pool's timeout, then the caller's secret is proven.
+    cid, secret = emulator.client_id, emulator.client_secret
+    hang = threading.Event()
+    release = threading.Event()
+
+    def held() -> str:
+        if hang.is_set():
+            release.wait(5.0)
+        return secret
+
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        background_refresh=False,
+        timeout=0.3,
+    ) as pool:
+        manager = pool.get(cid, held)
+        manager.get_token()
+        hang.set()
+        started = time.monotonic()
+        try:
+            assert pool.get(cid, lambda: secret) is manager  # proven: its own request
+            assert time.monotonic() - started < 2.0
+            assert emulator.token_requests == 2
+            started = time.monotonic()
+            assert pool.get(cid, lambda: secret) is manager  # now held: no read, no request
+            assert time.monotonic() - started < 0.2
+            assert emulator.token_requests == 2
+        finally:
+            release.set()
