@@ -12,11 +12,14 @@ A probe is kept while it is useful: callers with the same secret share its one t
 (its single flight). At most :data:`PROBES_PER_CLIENT` probes are kept per client, the least
 recently used forgotten first. Rejections are remembered apart from the probes, so that
 guessing many secrets cannot evict them: per client, the last :data:`REJECTED_PER_CLIENT`
-rejected secrets (by digest) are refused at once during their cool-down, and after a
-rejection proofs of any other secret of that client are paused (:data:`PAUSE_FIRST` s
-doubling to :data:`PAUSE_MAX` s on consecutive rejections, ended by an accepted proof):
-whatever the number of distinct wrong secrets, proofs cost about one token request per
-pause per client.
+rejected secrets (by digest) are refused at once during their own cool-down
+(:data:`PAUSE_FIRST` s doubling to :data:`PAUSE_MAX` s each time the same secret is rejected
+again), and after the first rejection of a secret never rejected before, proofs of any other
+secret of that client are paused (:data:`PAUSE_FIRST` s doubling to
+:data:`SHARED_PAUSE_MAX` s, ended by an accepted proof): whatever the number of distinct
+wrong secrets, proofs cost about one token request per pause per client. A stale secret
+polled again and again (workers not yet rolled) only lengthens its own cool-down: it never
+re-arms the shared pause, which would keep the client's new, right secret out.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ REJECTED_PER_CLIENT = 64
 #: consecutive rejections up to PAUSE_MAX; an accepted proof ends the doubling.
 PAUSE_FIRST = 1.0
 PAUSE_MAX = 60.0
+#: The longest the shared pause gets: how long a right secret (a rotation) can wait behind
+#: a stream of ever new wrong ones.
+SHARED_PAUSE_MAX = 10.0
 
 MakeProbe = Callable[[Secret], TokenManager]
 
@@ -85,7 +91,8 @@ class SecretProofs:
         #: Per client, per secret name: the probe and the secret it was made with.
         self._probes: dict[Hashable, OrderedDict[Hashable, tuple[TokenManager, Secret]]] = {}
         #: Per client: rejected secrets (by name) and until when they are refused at once.
-        self._rejected: dict[Hashable, OrderedDict[Hashable, float]] = {}
+        #: (Rejections of that name so far, to double its own cool-down.)
+        self._rejected: dict[Hashable, OrderedDict[Hashable, tuple[float, int]]] = {}
         #: Per client: until when proofs of other secrets wait, and the rejections in a row.
         self._paused: dict[Hashable, tuple[float, int]] = {}
         #: Per client with rejections in a row: the one secret being proven now.
@@ -118,8 +125,9 @@ class SecretProofs:
                 probe.get_token()
             except ManagerClosedError:
                 return None
-            except InvalidClientError:
-                self._record_rejection(client, name)
+            except InvalidClientError as exc:
+                if exc.attempts:  # a probe's own cool-down refusing again is no new strike
+                    self._record_rejection(client, name)
                 raise
         finally:
             with self._lock:
@@ -134,15 +142,18 @@ class SecretProofs:
             self.rejected += 1
             now = self._now()
             rejected = self._rejected.setdefault(client, OrderedDict())
-            if rejected.get(name, float("-inf")) > now:
+            until, seen = rejected.get(name, (float("-inf"), 0))
+            if until > now:
                 return
-            _, strikes = self._paused.get(client, (0.0, 0))
-            pause = min(PAUSE_MAX, PAUSE_FIRST * 2.0 ** min(strikes, 16))
-            self._paused[client] = (now + pause, strikes + 1)
-            rejected[name] = now + pause
+            rejected[name] = (now + min(PAUSE_MAX, PAUSE_FIRST * 2.0 ** min(seen, 16)), seen + 1)
             rejected.move_to_end(name)
             if len(rejected) > REJECTED_PER_CLIENT:
                 rejected.popitem(last=False)
+            if seen:
+                return  # a stale secret again: its own cool-down grows, the pause does not
+            _, strikes = self._paused.get(client, (0.0, 0))
+            pause = min(SHARED_PAUSE_MAX, PAUSE_FIRST * 2.0 ** min(strikes, 16))
+            self._paused[client] = (now + pause, strikes + 1)
 
     def settle(self, client: Hashable, name: Hashable) -> None:
         """The secret ``name`` is now the client's: its probe has served."""
@@ -236,7 +247,8 @@ class SecretProofs:
         secret while the client's proofs are paused (the lock is held)."""
         now = self._now()
         rejected = self._rejected.get(client)
-        until = rejected.get(name) if rejected is not None else None
+        entry = rejected.get(name) if rejected is not None else None
+        until = entry[0] if entry is not None else None
         if until is not None and until > now:
             self.rejected += 1
             raise InvalidClientError(

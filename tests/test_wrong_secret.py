@@ -20,6 +20,7 @@ from genesys_token import (
     TokenManagerPool,
     TokenRequestError,
 )
+from genesys_token import _proofs as proofs
 from genesys_token.stores import MemoryStore, store_key
 from genesys_token.stores._seal import Sealer
 from genesys_token.testing import Fault, GenesysEmulator
@@ -640,3 +641,36 @@ def test_a_hanging_held_source_does_not_hang_get(emulator: GenesysEmulator) -> N
             assert emulator.token_requests == 2
         finally:
             release.set()
+
+
+def test_a_stale_secret_polled_again_never_keeps_the_rotated_one_out(
+    emulator: GenesysEmulator, fake_clock: FakeClock
+) -> None:
+    # Workers not yet rolled poll with the old secret, which the endpoint now rejects; the
+    # rotated secret must get through within the shared pause's cap, whoever wins the race
+    # when a pause ends (review C: 60 of 60 refused over 150 s).
+    cid = emulator.client_id
+    with TokenManagerPool(
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        max_retries=0,
+        clock=fake_clock.clock(),
+    ) as pool:
+        manager = pool.get(cid, emulator.client_secret)
+        manager.get_token()
+        emulator.set_secret(cid, "rotated-secret", keep_old=False)
+        stale = "stale-wrong-secret"
+        waited = 0.0
+        got = None
+        while got is None and waited < 3 * proofs.SHARED_PAUSE_MAX:
+            for _ in range(3):  # the stale pollers always ask first
+                with pytest.raises((InvalidClientError, RateLimitedError)):
+                    pool.get(cid, stale)
+            try:
+                got = pool.get(cid, "rotated-secret")
+            except (RateLimitedError, InvalidClientError):
+                fake_clock.advance(0.5)
+                waited += 0.5
+        assert got is manager
+        assert waited <= proofs.SHARED_PAUSE_MAX
+        assert emulator.token_requests <= 2 + 2 + 2  # first token, stale rejections, proof
