@@ -157,9 +157,9 @@ def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
 
 def verify_signature(
     secret: str | bytes,
-    timestamp: str | int | None,
+    timestamp: str | bytes | int | None,
     body: bytes | str,
-    signature: str | None,
+    signature: str | bytes | None,
     tolerance: float = DEFAULT_TOLERANCE,
     *,
     now: float | None = None,
@@ -184,7 +184,8 @@ def verify_signature(
         # Everything here comes from an unauthenticated sender: a 400-digit timestamp
         # (OverflowError against a float), a lone surrogate (UnicodeEncodeError) and the
         # like are a refusal, not an exception (a 500) in the receiver.
-        text = str(timestamp).strip()
+        text = timestamp.decode("ascii") if isinstance(timestamp, bytes) else str(timestamp)
+        text = text.strip()
         if not (text.isascii() and text.lstrip("-").isdigit() and len(text) <= 20):
             return False
         stamp = int(text)
@@ -193,17 +194,18 @@ def verify_signature(
             return False
         raw = body.encode("utf-8") if isinstance(body, str) else body
         expected = sign(secret, stamp, raw)
-        given = signature.strip().encode("utf-8")
-    except (ValueError, OverflowError, TypeError):  # UnicodeError is a ValueError
+        # Raw header bytes (ASGI) are taken as they are; anything else not text is refused.
+        given = signature.strip() if isinstance(signature, bytes) else signature.strip().encode()
+    except (ValueError, OverflowError, TypeError, AttributeError):  # UnicodeError: ValueError
         return False
     return hmac.compare_digest(expected.encode("ascii"), given)
 
 
 def verified_event_id(
     secret: str | bytes,
-    timestamp: str | int | None,
+    timestamp: str | bytes | int | None,
     body: bytes | str,
-    signature: str | None,
+    signature: str | bytes | None,
     event_id: str | None,
     tolerance: float = DEFAULT_TOLERANCE,
     *,

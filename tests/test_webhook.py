@@ -251,6 +251,9 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body():
         ("k", "\u0661\u0660\u0660\u0660", b"{}", sign("k", 1000, b"{}"), False),
         ("k", "1000", b"{}", "sha256=\udcff", False),
         ("k", "1000", "{\udcff}", sign("k", 1000, b"{}"), False),
+        ("k", b"1000", b"{}", sign("k", 1000, b"{}").encode(), True),  # raw ASGI headers
+        ("k", "1000", b"{}", 42, False),
+        ("k", b"\xff", b"{}", sign("k", 1000, b"{}"), False),
     ],
 )
 def test_verify_signature(secret: str, timestamp: Any, body: Any, signature: Any, ok: bool):
