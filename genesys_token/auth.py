@@ -79,6 +79,8 @@ _UNKNOWN = object()
 #: Whether this Python shows frames (CPython and PyPy do); without them calls are watched
 #: as requests prepared apart are.
 _HAS_FRAMES = hasattr(sys, "_getframe") and hasattr(sys, "_current_frames")
+#: CPython tells a finished frame from a running one by frame.clear(); others walk stacks.
+_CPYTHON = sys.implementation.name == "cpython"
 
 
 class _Watch:
@@ -233,12 +235,32 @@ class _Reaper:
         # and whatever keeps its exception may keep the request for good.
         finished = [watch for watch, owner in apart if owner not in stacks]
         for watch, frame, owner in calls:
+            if _CPYTHON:
+                if _has_ended(frame):
+                    finished.append(watch)
+                continue
             top = stacks.get(owner)
             while top is not None and top is not frame:
                 top = top.f_back
             if top is None:  # not on its thread's stack (or the thread is gone)
                 finished.append(watch)
         return finished
+
+
+def _has_ended(frame: FrameType | None) -> bool:
+    """Whether ``frame`` has finished running, without walking any other thread's stack:
+    CPython 3.11 can crash following ``f_back`` from a frame another thread is running
+    (python/cpython#111363; seen here once as a segfault, once as an ``f_back`` lookup on an
+    ``HTTPConnection``). CPython refuses to clear an executing frame; a finished one is
+    cleared, which also lets go of its locals (the prepared request, the session) that a
+    kept exception's traceback would otherwise hold."""
+    if frame is None:
+        return True
+    try:
+        frame.clear()
+    except RuntimeError:  # "cannot clear an executing frame"
+        return False
+    return True
 
 
 _reaper = _Reaper()
