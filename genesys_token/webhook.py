@@ -473,8 +473,12 @@ class WebhookSender:
                 return
             if status is not None and status not in RETRY_STATUSES:
                 break
+        flush = self._flush_deadline
+        # An attempt started during close() is bounded by what is left of its flush budget;
+        # ended by that bound (before close() sets _stop) it is given up too, not failed.
+        cut_by_close = flush is not None and time.monotonic() >= flush - 0.05
         with self._lock:
-            if self._stop.is_set() and status is None:
+            if status is None and (self._stop.is_set() or cut_by_close):
                 self._dropped += 1  # ended by close(): given up, not refused by the receiver
                 return
             self._failed += 1
