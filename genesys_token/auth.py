@@ -18,7 +18,7 @@ from requests.cookies import extract_cookies_to_jar
 
 from ._gate import set_reaper
 from ._lifecycle import on_fork_in_child
-from ._origins import Origin, checked_origins, origin_of, show
+from ._origins import Origin, OriginCache, checked_origins, origin_of, show
 from .errors import GenesysTokenError
 
 if TYPE_CHECKING:
@@ -402,6 +402,8 @@ class GenesysAuth(requests.auth.AuthBase):
         self._origins = checked_origins(allowed_origins) | {origin_of(manager.api_base_url)}
         self._warned: set[Origin] = set()
         self._local = threading.local()
+        #: origin_of for every call, remembered by the URL's scheme://authority.
+        self._origin_of = OriginCache()
 
     @property
     def allowed_origins(self) -> frozenset[str]:
@@ -410,7 +412,7 @@ class GenesysAuth(requests.auth.AuthBase):
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         self._end_previous_uses()
-        origin = origin_of(r.url)
+        origin = self._origin_of(r.url)
         if origin not in self._origins:
             self._refused(origin)
             return r

@@ -1,5 +1,5 @@
 """GenesysAuth without a reaper thread: the counts of calls that raised end when they are read,
-on the reading thread."""
+on the reading thread; and the origin of each call, remembered by the URL's head."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from conftest import MakeManager, in_background, in_child, poll
 
 from genesys_token import GenesysAuth, TokenManager
 from genesys_token import auth as auth_module
+from genesys_token._origins import NO_ORIGIN, ORIGIN_CACHE_SIZE, OriginCache, origin_of
 from genesys_token.events import TOKEN_DRAIN_COMPLETE, TOKEN_ROTATION_STARTED
 from genesys_token.testing import Fault, GenesysEmulator
 
@@ -228,3 +229,89 @@ def test_forked_child_reaps_though_the_parent_was_reaping_at_the_fork(
     with auth_module._reaper._reaping:
         assert in_child(child) == {"ended": True, "kept": True}
     assert manager.in_flight_count == 0
+
+
+# -- the origin of each call, remembered ----------------------------------------------------
+
+TRICKY_URLS = [
+    "https://gateway.example.com/api/v2/x",
+    "https://gateway.example.com@evil.test/",
+    "https://gateway.example.com:443@evil.test:8443/x",
+    "https://user:pw@gateway.example.com/x",
+    "https://a:b:c@host/",
+    "https://host\\@evil.test/",
+    "HTTPS://GATEWAY.EXAMPLE.COM/b?c=1",
+    "HtTp://Host.Example.COM:8080",
+    "https://gateway.example.com:443/a",
+    "https://gateway.example.com:0443/a",
+    "http://gateway.example.com:80",
+    "https://gateway.example.com:/x",
+    "https://gateway.example.com:8443/a",
+    "https://gateway.example.com:99999/",
+    "https://gateway.example.com:abc/",
+    "https://gateway.example.com.evil.test/a",
+    "https://evil.test/?https://gateway.example.com",
+    "https://evil.test?https://gateway.example.com/x",
+    "https://evil.test#https://gateway.example.com/x",
+    "https://evil.test?x=@gateway.example.com",
+    "https://host?page=1",
+    "https://host#frag",
+    "https://host",
+    "https://host.:443/",
+    "http://[::1]:8080/x",
+    "http://[::1]/",
+    "http://[fe80::1%25eth0]:8080/",
+    "http://[::1/",
+    "http://::1]/",
+    "http://[v1.x]/",
+    "https://xn--bcher-kva.example/",
+    "https://bücher.example/",
+    "https://evil\uff03.test/",
+    "https:///path",
+    "https://",
+    "https://?x",
+    "http://:8080/",
+    " https://gateway.example.com/x",
+    "\x00https://gateway.example.com/x",
+    "\thttps://gateway.example.com/",
+    "https://gate\tway.example.com/x",
+    "https://gateway.example.com\n.evil.test/x",
+    "https:\t//gateway.example.com/x",
+    "https://gateway.example.com /x",
+    "https:/gateway.example.com/x",
+    "https:gateway.example.com/x",
+    "gateway.example.com/path",
+    "//gateway.example.com/path",
+    "/redirect?to=https://gateway.example.com/x",
+    "x?y://host/",
+    "http?://host/",
+    "http/x://host/",
+    "a:b://host/",
+    "ftp://gateway.example.com/",
+    "mailto:someone@gateway.example.com",
+    "",
+]
+
+
+def test_the_remembered_origin_is_origin_of_for_every_url():
+    for order in (TRICKY_URLS, TRICKY_URLS[::-1]):
+        cache = OriginCache()
+        for url in [*order, *order]:  # the second time from memory
+            assert cache(url) == origin_of(url), url
+    cache = OriginCache()
+    for raw in [b"https://gateway.example.com/x", b"https://\xff/", None]:
+        assert cache(raw) == origin_of(raw)
+
+
+def test_the_remembered_origins_are_bounded():
+    cache = OriginCache()
+    for n in range(ORIGIN_CACHE_SIZE * 3):
+        url = f"https://host{n}.example.com/x"
+        assert cache(url) == ("https", f"host{n}.example.com", 443)
+        assert cache(url) == ("https", f"host{n}.example.com", 443)
+    assert len(cache._known) == ORIGIN_CACHE_SIZE
+    # Queries and fragments right after the host share the host's entry.
+    fresh = OriginCache()
+    for n in range(10):
+        assert fresh(f"https://host?page={n}") == fresh(f"https://host#part{n}") != NO_ORIGIN
+    assert len(fresh._known) == 1
