@@ -3,6 +3,11 @@
 A use counts against the token it carries. Nothing here ever holds a caller back: a rotation
 swaps the token first (new uses get the new one at once), then waits for the old token's
 uses. One plain lock guards the counts; it is never held during I/O.
+
+Some uses end without anyone calling :meth:`InFlight.end` (a ``requests`` call that raised
+gets no response hook): their owner registers a reaper with :func:`set_reaper`, and every
+reading of the counts (and every slice of a drain) runs it first, on the reading thread and
+outside the lock. Beginning and ending a use never run it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+
+#: Ends the uses whose end nobody reported (see :func:`set_reaper`); None: nothing to reap.
+_reap: Callable[[], None] | None = None
+#: The longest a drain waits before it runs the reaper again.
+_reap_every: float = threading.TIMEOUT_MAX
+
+
+def set_reaper(reap: Callable[[], None] | None, every: float = threading.TIMEOUT_MAX) -> None:
+    """Run ``reap()`` before each reading of a count and at least every ``every`` seconds
+    of a drain. ``reap`` ends uses (so it takes a gate's lock): it is never run with one
+    held, nor from the collector. One reaper per process; None removes it."""
+    global _reap, _reap_every
+    _reap = reap
+    _reap_every = every if reap is not None else threading.TIMEOUT_MAX
+
+
+def _reap_pending() -> None:
+    reap = _reap
+    if reap is not None:
+        reap()
 
 
 class InFlight:
@@ -52,7 +77,8 @@ class InFlight:
         """Stop counting this use. Idempotent, and safe from any thread.
 
         Not from ``__del__`` or ``weakref.finalize``: the collector may run while this very
-        thread holds the gate's lock. Hand it to another thread, as GenesysAuth does.
+        thread holds the gate's lock. Note it there and end it later, as GenesysAuth does
+        (its reaper ends it when the count is next read, see :func:`set_reaper`).
         """
         self._gate.end(self)
 
@@ -79,11 +105,13 @@ class UseGate:
 
     @property
     def count(self) -> int:
-        """Uses in flight, every token together."""
+        """Uses in flight, every token together (ended ones reaped first)."""
+        _reap_pending()
         return self._count
 
     def count_of(self, token: str) -> int:
-        """Uses in flight of ``token``."""
+        """Uses in flight of ``token`` (ended ones reaped first)."""
+        _reap_pending()
         with self.lock:
             return len(self._uses.get(token, ()))
 
@@ -122,7 +150,8 @@ class UseGate:
 
     def retire(self, token: str, exclude_owner: int) -> int:
         """Tell the uses of ``token`` that a newer token is in place; returns how many
-        there are, those of ``exclude_owner`` left out."""
+        there are, those of ``exclude_owner`` left out (ended ones reaped first)."""
+        _reap_pending()
         with self.lock:
             uses = self._uses.get(token, set())
             for use in uses:
@@ -136,24 +165,32 @@ class UseGate:
     ) -> int:
         """Wait until no use of ``token`` is left but those of ``exclude_owner`` (a rotation
         called from inside a use does not wait for itself); returns how many others remain.
+
+        The reaper runs before each look, outside the lock: a use that ended unreported is
+        seen ended within the reaper's ``every`` seconds.
         """
         # Condition.wait runs on real time, so its deadline does too (not a test clock).
         deadline = time.monotonic() + timeout
         with self.lock:
             if self._cond is None:
                 self._cond = threading.Condition(self.lock)
+            cond = self._cond
             if self._draining is None:
                 self._draining = set()
-            self._draining.add(token)
-            try:
-                while (left := self._others(token, exclude_owner)) and not closed():
+            draining = self._draining
+            draining.add(token)
+        try:
+            while True:
+                _reap_pending()  # ends uses: takes the lock, so not under it
+                with self.lock:
+                    left = self._others(token, exclude_owner)
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(min(remaining, threading.TIMEOUT_MAX))  # inf: no bound
-                return left
-            finally:
-                self._draining.discard(token)
+                    if not left or closed() or remaining <= 0:
+                        return left
+                    cond.wait(min(remaining, _reap_every, threading.TIMEOUT_MAX))  # inf: no bound
+        finally:
+            with self.lock:
+                draining.discard(token)
 
     def _others(self, token: str, exclude_owner: int) -> int:
         return sum(1 for use in self._uses.get(token, ()) if use.owner != exclude_owner)

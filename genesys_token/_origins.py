@@ -39,6 +39,52 @@ def origin_of(url: str | bytes | None) -> Origin:
     return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
 
 
+#: How many URL heads an :class:`OriginCache` remembers; past that it parses (a session
+#: that calls thousands of hosts does not grow).
+ORIGIN_CACHE_SIZE = 64
+
+
+class OriginCache:
+    """:func:`origin_of`, remembered for the few origins a caller sees over and over.
+
+    An answer is kept by the URL's head: everything before the first ``/``, ``?`` or ``#``
+    after ``://`` (``https://user@host:443``). ``origin_of`` reads nothing past it: the
+    scheme ends at the first ``:``, which is in the head, and the authority ends at the
+    first ``/``, ``?`` or ``#`` after ``//``, which is where the head ends or sooner. So a
+    URL and its head have the same origin. A URL without ``://``, or not a ``str``, is
+    parsed each time; so is every new head once :data:`ORIGIN_CACHE_SIZE` are kept.
+    """
+
+    __slots__ = ("_known", "_size")
+
+    def __init__(self, size: int = ORIGIN_CACHE_SIZE) -> None:
+        self._known: dict[str, Origin] = {}
+        self._size = size
+
+    def __call__(self, url: str | bytes | None) -> Origin:
+        """The origin of ``url``, as :func:`origin_of` gives it."""
+        if type(url) is not str:
+            return origin_of(url)
+        start = url.find("://") + 3
+        if start < 3:
+            return origin_of(url)
+        end = url.find("/", start)
+        head = url[:end] if end >= 0 else url
+        if "?" in head or "#" in head:
+            for mark in "?#":
+                cut = head.find(mark, start)
+                if cut >= 0:
+                    head = head[:cut]
+        known = self._known
+        origin = known.get(head)
+        if origin is None:
+            origin = origin_of(head)
+            # Two threads may both add one: a head or two past the bound, no lock held.
+            if len(known) < self._size:
+                known[head] = origin
+        return origin
+
+
 def show(origin: Origin) -> str:
     """``origin`` as a URL prefix, for messages (``https://api.example.com:8443``)."""
     scheme, host, port = origin

@@ -5,11 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
-import queue
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Iterable
 from types import CodeType, FrameType
@@ -19,7 +16,9 @@ from urllib.parse import urljoin
 import requests
 from requests.cookies import extract_cookies_to_jar
 
-from ._origins import Origin, checked_origins, origin_of, show
+from ._gate import set_reaper
+from ._lifecycle import on_fork_in_child
+from ._origins import Origin, OriginCache, checked_origins, origin_of, show
 from .errors import GenesysTokenError
 
 if TYPE_CHECKING:
@@ -38,11 +37,11 @@ _BEARER = "Bearer "
 #: calls thousands of hosts does not fill the log or memory.
 MAX_WARNED_ORIGINS = 16
 
-#: How long the reaper thread stays with nothing to watch before it ends; it costs nothing
-#: while it waits.
-REAPER_IDLE_SECONDS = 1.0
-#: How often the reaper looks whether the calls it watches still run (see :class:`_Reaper`).
+#: How often a rotation's drain looks whether the calls it waits for still run (see
+#: :class:`_Reaper`); every reading of the in-flight count looks too.
 CALL_CHECK_SECONDS = 0.25
+#: How many watched calls make a new call reap first (then twice what the reap left).
+_REAP_AT_LEAST = 256
 #: How far up the stack ``__call__`` looks for the ``requests`` call that prepares it (auth
 #: wrappers and ``Session`` subclasses add a frame or two to the usual four).
 _CALL_SEARCH_DEPTH = 12
@@ -87,7 +86,7 @@ class _Watch:
     """The counted use of one call, and what ends it if no final response does: the call's
     frame leaving its thread's stack, or the prepared request being collected."""
 
-    __slots__ = ("finalizer", "frame", "reaper", "use")
+    __slots__ = ("apart", "collected", "finalizer", "frame", "reaper", "use")
 
     def __init__(self, use: InFlight, reaper: _Reaper) -> None:
         self.use = use
@@ -95,6 +94,10 @@ class _Watch:
         self.finalizer: _Finalizer | None = None
         #: The ``requests`` frame the call runs in, while the reaper watches it.
         self.frame: FrameType | None = None
+        #: Prepared apart: watched by its finalizer and its thread's life.
+        self.apart = False
+        #: Set by the finalizer (which may run inside the collector: it takes no lock).
+        self.collected = False
 
     def end(self) -> None:
         """End the use (idempotent); a no-op in a forked child, whose manager reset its
@@ -105,141 +108,129 @@ class _Watch:
         self.reaper.unwatch(self)
 
 
+def _collected(watch: _Watch) -> None:
+    """The finalizer of a prepared request: it may run inside the collector, at any
+    allocation of any thread, one that holds a gate's lock included. Ending the use there
+    would take that lock again and deadlock, so it only marks the watch; the next reap ends
+    the use."""
+    watch.collected = True
+
+
 class _Reaper:
     """Ends the uses of calls that ended without a response that ended them.
 
     ``requests`` calls no hook when a call raises. A call prepared inside
-    ``Session.request`` (what ``session.get(...)`` does) is watched by its frame: every
-    :data:`CALL_CHECK_SECONDS` this thread looks (``sys._current_frames()``) whether that
-    frame is still on its thread's stack, and once it is not, the call is over: its use
-    ends, whatever still holds the exception (a kept future, a log record). The frame is
-    let go then, so it outlives its call by one check at most.
+    ``Session.request`` (what ``session.get(...)`` does) is watched by its frame: once that
+    frame has finished, the call is over and its use ends, whatever still holds the
+    exception (a kept future, a log record). A request prepared apart and sent later
+    (``session.send(prepared)``) cannot be tied to a frame when it is prepared: its use ends
+    when the prepared request is collected, at the thread's next call, or once its thread
+    has ended.
 
-    A request prepared apart and sent later (``session.send(prepared)``) cannot be tied to
-    a frame when it is prepared: its use ends when the prepared request is collected, at
-    the thread's next call, or once its thread has ended (checked as often as frames). A
-    request that raised lives in a reference cycle (exception, traceback, frames), so the
-    cyclic collector frees it, at any allocation of any thread, including one made while
-    that thread holds the manager's lock. Ending the use right there would take the lock
-    again and deadlock. So the finalizer only puts the watch on a ``SimpleQueue``
-    (documented as safe to call from weakref callbacks) and this thread ends it, outside
-    the collector.
+    No thread looks for those: a use is only ever seen through the gate's counts, so the
+    gate runs :meth:`reap` before each reading of them (and every
+    :data:`CALL_CHECK_SECONDS` of a rotation's drain), on the reading thread, outside the
+    gate's lock. Watches that pile up unread (threads whose raised calls nobody counts,
+    then end) are reaped when their number has doubled since the last reap.
     """
 
     def __init__(self) -> None:
+        #: Guards ``_watches``; held for set updates only (never while ending a use).
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Watch] = queue.SimpleQueue()
-        self._watched = 0
-        self._calls: set[_Watch] = set()
-        #: Requests prepared apart, watched by their finalizer and their thread's life.
-        self._apart: set[_Watch] = set()
-        self._thread: threading.Thread | None = None
-
-    def _start(self) -> None:
-        # Under self._lock.
-        if self._thread is None:
-            thread = threading.Thread(target=self._run, name="genesys-token-reaper")
-            thread.daemon = True
-            thread.start()
-            self._thread = thread
+        #: Held by the thread reaping; another that finds it held skips its reap.
+        self._reaping = threading.Lock()
+        self._watches: set[_Watch] = set()
+        #: How many watches make ``watch`` reap (doubled from what the last reap left).
+        self._reap_at = _REAP_AT_LEAST
 
     def watch(self, request: requests.PreparedRequest, watch: _Watch) -> None:
-        """End ``watch`` once ``request`` is collected (unless :meth:`unwatch` comes first)."""
-        with self._lock:
-            self._start()
-            self._watched += 1
-            self._apart.add(watch)
-        finalizer = weakref.finalize(request, self._queue.put, watch)
+        """End ``watch`` once ``request`` is collected or its thread has ended (unless
+        :meth:`unwatch` comes first)."""
+        finalizer = weakref.finalize(request, _collected, watch)
         finalizer.atexit = False
         watch.finalizer = finalizer
+        watch.apart = True
+        self._add(watch)
 
     def watch_call(self, watch: _Watch, frame: FrameType) -> None:
-        """End ``watch`` once ``frame`` is off the stack of the thread that began its use."""
+        """End ``watch`` once ``frame`` has finished running."""
+        watch.frame = frame
+        self._add(watch)
+
+    def _add(self, watch: _Watch) -> None:
         with self._lock:
-            self._start()
-            watch.frame = frame
-            self._calls.add(watch)
+            self._watches.add(watch)
+            piled_up = len(self._watches) >= self._reap_at
+        if piled_up:  # rare: the watched calls doubled since the last reap
+            self.reap()
 
     def unwatch(self, watch: _Watch) -> None:
         """The use ended: neither its finalizer nor its frame is needed any more."""
         finalizer = watch.finalizer
-        if finalizer is not None and finalizer.detach() is not None:
-            with self._lock:
-                self._watched -= 1
-                self._apart.discard(watch)
-        if watch.frame is not None:
-            with self._lock:
-                watch.frame = None
-                self._calls.discard(watch)
+        if finalizer is not None:
+            finalizer.detach()
+        with self._lock:
+            watch.frame = None
+            self._watches.discard(watch)
 
     @property
     def watched(self) -> int:
-        """Finalizers alive or fired but not yet handled, and calls watched by their frame."""
-        return self._watched + len(self._calls)
+        """Calls watched (by their frame, or their finalizer and thread)."""
+        return len(self._watches)
 
     def forget(self) -> None:
         """Let go of the frames (a forked child's copy of them: their threads are gone).
         Without the lock: a thread that no longer exists may have held it at the fork."""
-        for watch in list(self._calls):
+        for watch in list(self._watches):
             watch.frame = None
-        self._calls.clear()
-        self._apart.clear()
+        self._watches.clear()
 
-    def _run(self) -> None:
-        next_check = time.monotonic() + CALL_CHECK_SECONDS
-        idle_since: float | None = None
-        while True:
-            try:
-                collected: _Watch | None = self._queue.get(
-                    timeout=max(0.0, next_check - time.monotonic())
-                )
-            except queue.Empty:
-                collected = None
-            if collected is not None:
+    def reap(self) -> None:
+        """End the uses of the watched calls that are over. Run by the gate before it reads
+        a count, never with a gate's lock held nor from the collector. Costs one attribute
+        check when nothing is watched; skipped while another thread reaps."""
+        if not self._watches:
+            return
+        if not self._reaping.acquire(blocking=False):
+            return  # that thread ends what is over; this reader does not wait for it
+        try:
+            for watch in self._finished_calls():
                 try:
-                    collected.use.end()
-                except Exception:  # the reaper must survive anything
-                    log.exception("could not end the use of a collected request")
-                with self._lock:
-                    self._watched -= 1
-                    self._apart.discard(collected)
-            now = time.monotonic()
-            if now < next_check:
-                continue
-            next_check = now + CALL_CHECK_SECONDS
-            if self._calls or self._apart:
-                self._end_finished_calls()
+                    watch.end()
+                except Exception:  # a reader of a count must not fail for it
+                    log.exception("could not end the use of a finished call")
             with self._lock:
-                if self._watched or self._calls:
-                    idle_since = None
-                elif idle_since is None:
-                    idle_since = now
-                elif now - idle_since >= REAPER_IDLE_SECONDS:
-                    self._thread = None
-                    return
-
-    def _end_finished_calls(self) -> None:
-        for watch in self._finished_calls():
-            try:
-                watch.end()
-            except Exception:  # the reaper must survive anything
-                log.exception("could not end the use of a finished call")
+                self._reap_at = max(_REAP_AT_LEAST, 2 * len(self._watches))
+        finally:
+            self._reaping.release()
 
     def _finished_calls(self) -> list[_Watch]:
         # The frames (and the snapshot of every thread's stack) are let go on return.
         with self._lock:
-            calls = [(watch, watch.frame, watch.use.owner) for watch in self._calls]
-            apart = [(watch, watch.use.owner) for watch in self._apart]
-        stacks = sys._current_frames()
-        # A request prepared apart whose thread has ended: that thread makes no next call,
-        # and whatever keeps its exception may keep the request for good.
-        finished = [watch for watch, owner in apart if owner not in stacks]
-        for watch, frame, owner in calls:
+            watches = [(watch, watch.frame) for watch in self._watches]
+        stacks: dict[int, FrameType] | None = None
+        finished = []
+        for watch, frame in watches:
+            if watch.collected:
+                finished.append(watch)
+                continue
+            if watch.apart:
+                # A request prepared apart whose thread has ended: that thread makes no next
+                # call, and whatever keeps its exception may keep the request for good.
+                if stacks is None:
+                    stacks = sys._current_frames()
+                if watch.use.owner not in stacks:
+                    finished.append(watch)
+                    continue
+            if frame is None:
+                continue  # prepared apart, not (yet) sent on by a Session.send
             if _CPYTHON:
                 if _has_ended(frame):
                     finished.append(watch)
                 continue
-            top = stacks.get(owner)
+            if stacks is None:
+                stacks = sys._current_frames()
+            top = stacks.get(watch.use.owner)
             while top is not None and top is not frame:
                 top = top.f_back
             if top is None:  # not on its thread's stack (or the thread is gone)
@@ -247,15 +238,13 @@ class _Reaper:
         return finished
 
 
-def _has_ended(frame: FrameType | None) -> bool:
+def _has_ended(frame: FrameType) -> bool:
     """Whether ``frame`` has finished running, without walking any other thread's stack:
     CPython 3.11 can crash following ``f_back`` from a frame another thread is running
     (python/cpython#111363; seen here once as a segfault, once as an ``f_back`` lookup on an
     ``HTTPConnection``). CPython refuses to clear an executing frame; a finished one is
     cleared, which also lets go of its locals (the prepared request, the session) that a
     kept exception's traceback would otherwise hold."""
-    if frame is None:
-        return True
     try:
         frame.clear()
     except RuntimeError:  # "cannot clear an executing frame"
@@ -264,17 +253,19 @@ def _has_ended(frame: FrameType | None) -> bool:
 
 
 _reaper = _Reaper()
+set_reaper(_reaper.reap, every=CALL_CHECK_SECONDS)
 
 
 def _new_reaper_in_child() -> None:
-    """A forked child has no reaper thread and a manager that forgot the parent's uses."""
+    """A forked child has a manager that forgot the parent's uses: the parent's watches are
+    let go (ending them is a no-op there), and the child's calls get a reaper of their own."""
     global _reaper
     _reaper.forget()
     _reaper = _Reaper()
+    set_reaper(_reaper.reap, every=CALL_CHECK_SECONDS)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_reaper_in_child)
+on_fork_in_child(_new_reaper_in_child)
 
 
 def _in_greenlet() -> bool:
@@ -366,13 +357,16 @@ class GenesysAuth(requests.auth.AuthBase):
     or a redirect to another origin, where ``requests`` drops the token); a same-origin
     redirect leg stays counted. A call that raises (connection refused, timeout, TLS error)
     gets no response hook from ``requests``: a call made through ``Session.request``
-    (``session.get(...)`` and the like) stops counting within :data:`CALL_CHECK_SECONDS`
-    of its raise, whatever keeps its exception (a kept future, say). A request prepared
-    apart and then given to ``session.send`` (and, in a greenlet, every call: gevent,
-    eventlet) that raises before any response stops counting when the prepared request is
-    garbage-collected or the same thread makes its next call through this auth, whichever
-    comes first (``requests`` is synchronous: a thread's next call means its last one
-    ended).
+    (``session.get(...)`` and the like) is seen ended by any reading of the count after its
+    raise (:attr:`TokenManager.in_flight_count`, ``metrics()``, a pool's idle check), and a
+    rotation waiting for it sees it end within :data:`CALL_CHECK_SECONDS`, whatever keeps
+    its exception (a kept future, say). A request prepared apart and then given to
+    ``session.send`` (and, in a greenlet, every call: gevent, eventlet) that raises before
+    any response is seen ended once the prepared request is garbage-collected, its thread
+    has ended, or the same thread makes its next call through this auth, whichever comes
+    first (``requests`` is synchronous: a thread's next call means its last one ended). No
+    thread of the library watches for this: the count is brought up to date when it is
+    read.
 
     On a 401 the token is replaced once (shared with every other thread that saw the same
     token rejected) and the request replayed once, as ``HTTPDigestAuth`` does; a body that
@@ -408,6 +402,8 @@ class GenesysAuth(requests.auth.AuthBase):
         self._origins = checked_origins(allowed_origins) | {origin_of(manager.api_base_url)}
         self._warned: set[Origin] = set()
         self._local = threading.local()
+        #: origin_of for every call, remembered by the URL's scheme://authority.
+        self._origin_of = OriginCache()
 
     @property
     def allowed_origins(self) -> frozenset[str]:
@@ -416,7 +412,7 @@ class GenesysAuth(requests.auth.AuthBase):
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         self._end_previous_uses()
-        origin = origin_of(r.url)
+        origin = self._origin_of(r.url)
         if origin not in self._origins:
             self._refused(origin)
             return r
@@ -429,7 +425,7 @@ class GenesysAuth(requests.auth.AuthBase):
             else:
                 _reaper.watch_call(watch, call)
         except BaseException:
-            use.end()  # no thread for the reaper: do not leave the use counted
+            use.end()  # not watched: do not leave the use counted
             raise
         r.headers["Authorization"] = _BEARER + use.token
         self._watches().append(watch)

@@ -174,10 +174,6 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
-# Ends by itself once nothing is left to watch (REAPER_IDLE_SECONDS), shared by every test.
-_SELF_ENDING_THREADS = frozenset({"genesys-token-reaper"})
-
-
 @pytest.fixture(autouse=True)
 def _no_leaked_library_threads() -> Iterator[None]:
     """Every ``genesys-token-*`` thread a test started must be gone once the test ends.
@@ -189,10 +185,7 @@ def _no_leaked_library_threads() -> Iterator[None]:
     leaked = [
         t
         for t in threading.enumerate()
-        if t not in before
-        and t.name.startswith("genesys-token-")
-        and t.name not in _SELF_ENDING_THREADS
-        and t.is_alive()
+        if t not in before and t.name.startswith("genesys-token-") and t.is_alive()
     ]
     for thread in leaked:
         thread.join(2.5)

@@ -121,7 +121,7 @@ def test_count_ends_when_a_refused_request_is_collected(
     assert manager.in_flight_count == 1
     del excinfo
     gc.collect()
-    # ... and once the request is collected the reaper ends its use.
+    # ... and once the request is collected, the next reading of the count ends its use.
     assert _count_back_to_zero(manager)
 
 
@@ -206,7 +206,7 @@ def test_count_ends_soon_after_a_refused_call_whose_exception_is_kept(
     assert excinfo.value.request is not None
 
 
-def test_a_raised_call_holds_its_frames_no_longer_than_one_check(
+def test_a_raised_call_holds_its_frames_no_longer_than_the_next_count(
     make_manager: MakeManager, make_session: MakeSession, closed_port: int
 ):
     manager = make_manager()
@@ -215,15 +215,11 @@ def test_a_raised_call_holds_its_frames_no_longer_than_one_check(
         session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
     request = weakref.ref(excinfo.value.request)
     del excinfo
-
-    def collected() -> bool:
-        gc.collect()
-        return request() is None
-
-    # The reaper lets go of the call's frame once it sees the call over: then the request
-    # (a local of that frame) is garbage like the rest.
-    assert poll(collected, 1.0)
+    # Reading the count sees the call over and lets go of its frame: then the request (a
+    # local of that frame) is garbage like the rest.
     assert manager.in_flight_count == 0
+    gc.collect()
+    assert request() is None
 
 
 def _calls_timed_out_in_kept_futures(
@@ -326,16 +322,24 @@ def test_collector_running_inside_the_managers_lock_does_not_deadlock(
     manager.close()
 
 
-def test_reaper_thread_ends_when_nothing_is_left_to_watch(
-    emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
+def test_no_reaper_thread_ever_runs(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    make_session: MakeSession,
+    closed_port: int,
 ):
+    # Calls that answer, raise, or were prepared apart and raised: their counts end when
+    # read, on the reading thread; the library starts no thread to watch them.
     manager = make_manager()
-    make_session(manager).get(emulator.api_base_url + ORG_PATH, timeout=5)
+    session = make_session(manager)
+    session.get(emulator.api_base_url + ORG_PATH, timeout=5)
+    kept = _refused_call_kept(session, closed_port)
+    with pytest.raises(requests.ConnectionError) as excinfo:
+        session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
+    assert manager.in_flight_count == 0  # the thread's next call ended the first one
     assert auth_module._reaper.watched == 0
-    assert poll(
-        lambda: not any(t.name == "genesys-token-reaper" for t in threading.enumerate()),
-        auth_module.REAPER_IDLE_SECONDS + 2,
-    )
+    assert not [t.name for t in threading.enumerate() if "reaper" in t.name]
+    assert kept and excinfo.value.request is not None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -384,16 +388,22 @@ def test_forked_child_watches_its_own_calls_while_the_parent_has_one_in_flight(
 
     def child() -> dict[str, Any]:
         at_start = manager.in_flight_count
+        watched_at_start = auth_module._reaper.watched  # the parent's call: not the child's
         kept: list[BaseException] = []
         try:
             session.get(f"http://127.0.0.1:{closed_port}{ORG_PATH}", timeout=5)
         except requests.ConnectionError as exc:
             kept.append(exc)
         ended = poll(lambda: manager.in_flight_count == 0, 1.0)
-        return {"at_start": at_start, "ended": ended, "kept": len(kept)}
+        return {
+            "at_start": at_start,
+            "watched_at_start": watched_at_start,
+            "ended": ended,
+            "kept": len(kept),
+        }
 
-    # The child has a reaper of its own (the parent's, and its lock, stay behind).
-    assert in_child(child) == {"at_start": 0, "ended": True, "kept": 1}
+    # The child has a reaper of its own (the parent's, and its locks, stay behind).
+    assert in_child(child) == {"at_start": 0, "watched_at_start": 0, "ended": True, "kept": 1}
     call.join(5)
     assert answer[0].status_code == 200
     assert manager.in_flight_count == 0
