@@ -14,6 +14,7 @@ import logging as _logging
 from ._gate import InFlight
 from ._secrets import SecretFile
 from .auth import GenesysAuth
+from .config import Settings
 from .errors import (
     ConfigurationError,
     DrainTimeoutError,
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimitedError",
     "SecretFile",
     "SecretSourceError",
+    "Settings",
     "StoreError",
     "Token",
     "TokenEndpointTLSError",

@@ -1,6 +1,6 @@
 """One acquisition, on ONE frozen snapshot of credentials and store key.
 
-store lock -> load -> token request -> validate -> save. The snapshot (settings, the secret
+store lock -> load -> token request -> validate -> save. The snapshot (config, the secret
 its source gives now, the store key derived from that client id) is taken once at the start,
 so ``set_credentials()`` during a long wait for the store lock cannot make one client's token
 land under another client's key. Every store call goes through one error policy: a store that
@@ -24,7 +24,7 @@ from ._flight import Flight, Spec
 from ._redact import excerpt
 from ._rejections import RejectedCredentials
 from ._secrets import SecretValue, SourceReads, digest, read_secret
-from .config import Credentials, Settings
+from .config import Config, Credentials
 from .errors import (
     InvalidClientError,
     ManagerClosedError,
@@ -48,32 +48,32 @@ STORE_LOCK_SLICE = 1.0
 class Snapshot:
     """Everything one acquisition uses, fixed at its start."""
 
-    settings: Settings
+    config: Config
     credentials: Credentials  # resolved: the secret is a SecretValue, never a plain str
     key: str
     #: Seals and opens shared-store entries with a key derived from THIS secret.
     sealer: Sealer
 
 
-def lock_bound(settings: Settings) -> float:
+def lock_bound(config: Config) -> float:
     """How long one acquisition may take: a peer waits this long for the store lock.
 
     Giving up sooner would add token requests exactly when the endpoint is throttling.
     """
-    return settings.retry_deadline + sum(settings.timeout)
+    return config.retry_deadline + sum(config.timeout)
 
 
-def flight_bound(settings: Settings) -> float:
+def flight_bound(config: Config) -> float:
     """How long one acquisition may run before it is abandoned: the store lock's wait, the
     request's retries, and one more request (a JWKS fetch during validation)."""
-    return 2 * lock_bound(settings) + _http.attempt_bound(settings.timeout)
+    return 2 * lock_bound(config) + _http.attempt_bound(config.timeout)
 
 
-def lease(settings: Settings) -> float:
+def lease(config: Config) -> float:
     """How long a holder may keep the store lock: its own acquisition (the request's
     retries, the validation, the save), with room to spare. A lease shorter than that would
     let a peer take the lock and send its own request during throttling."""
-    return lock_bound(settings) + sum(settings.timeout) + 30.0
+    return lock_bound(config) + sum(config.timeout) + 30.0
 
 
 class StoreHealth:
@@ -130,15 +130,15 @@ class Acquirer:
         self._reads.after_fork()
 
     def snapshot(self, flight: Flight) -> Snapshot:
-        """Freeze the settings and read the secret source once.
+        """Freeze the config and read the secret source once.
 
         Raises:
             SecretSourceError: The source gave no usable secret.
         """
-        settings = flight.settings
-        credentials = self._resolve(settings.credentials, flight)
-        key = store_key(credentials.client_id, settings.token_url, settings.scopes)
-        return Snapshot(settings, credentials, key, Sealer(_secret(credentials).reveal(), key))
+        config = flight.config
+        credentials = self._resolve(config.credentials, flight)
+        key = store_key(credentials.client_id, config.token_url, config.scopes)
+        return Snapshot(config, credentials, key, Sealer(_secret(credentials).reveal(), key))
 
     def _resolve(self, credentials: Credentials, flight: Flight) -> Credentials:
         """``credentials`` with the secret their source gives now (hidden), read under the
@@ -192,7 +192,7 @@ class Acquirer:
             token, used = self._fetch(snap, snap.credentials, flight), snap.credentials
         except InvalidClientError as exc:
             # The source may have been rotated since the snapshot: read it again at once.
-            fresh = self._resolve(flight.settings.credentials, flight)
+            fresh = self._resolve(flight.config.credentials, flight)
             self._rejections.record(_digest(snap.credentials), exc)
             same_client = fresh.client_id == snap.credentials.client_id
             # Only a new secret, and only if this streak of rejections has not tried one
@@ -210,9 +210,9 @@ class Acquirer:
         return token, used
 
     def _fetch(self, snap: Snapshot, credentials: Credentials, flight: Flight) -> Token:
-        settings = snap.settings
-        host = urlsplit(settings.token_url).netloc
-        with _http.LIMITER.slot(host, flight.cancel, settings.retry_deadline):
+        config = snap.config
+        host = urlsplit(config.token_url).netloc
+        with _http.LIMITER.slot(host, flight.cancel, config.retry_deadline):
             try:
                 response = self._transport.fetch(credentials, cancel=flight.cancel)
             except TokenRequestError as exc:
@@ -254,11 +254,11 @@ class Acquirer:
         return cell.from_store()
 
     def _plan(self, token: Token, flight: Flight) -> Cell:
-        settings = flight.settings
+        config = flight.config
         return plan(
             token,
-            refresh_buffer=settings.refresh_buffer,
-            refresh_jitter=settings.refresh_jitter,
+            refresh_buffer=config.refresh_buffer,
+            refresh_jitter=config.refresh_jitter,
             draw=self._clock.random(),
             generation=flight.generation,
             now=self._clock.monotonic(),
@@ -287,13 +287,13 @@ class Acquirer:
         """
         context: Any = None
         held = False
-        deadline = time.monotonic() + lock_bound(snap.settings)
+        deadline = time.monotonic() + lock_bound(snap.config)
         while True:
             started = time.monotonic()
             remaining = deadline - started
             try:
                 wait = max(0.0, min(STORE_LOCK_SLICE, remaining))
-                context = self._store.lock(snap.key, wait, lease=lease(snap.settings))
+                context = self._store.lock(snap.key, wait, lease=lease(snap.config))
                 held = bool(context.__enter__())
             except Exception as exc:  # noqa: BLE001 - a broken store must not cost the token
                 self._health.failed("lock", exc)

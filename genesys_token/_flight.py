@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ._cell import Cell
-from .config import Credentials, Settings
+from .config import Config, Credentials
 from .errors import (
     GenesysTokenError,
     ManagerClosedError,
@@ -140,6 +140,7 @@ class Flight:
     __slots__ = (
         "cancel",
         "cell",
+        "config",
         "credentials",
         "deadline",
         "done",
@@ -149,7 +150,6 @@ class Flight:
         "reason",
         "reported",
         "requests",
-        "settings",
         "spec",
         "started",
     )
@@ -158,15 +158,15 @@ class Flight:
         self,
         generation: int,
         credentials: int,
-        settings: Settings,
+        config: Config,
         spec: Spec,
         reason: str,
         started: float,
         deadline: float,
     ) -> None:
         self.generation = generation
-        #: The settings (credentials) in place when it began: what it acquires with.
-        self.settings = settings
+        #: The config (credentials) in place when it began: what it acquires with.
+        self.config = config
         self.reason = reason
         self.started = started
         #: ``time.monotonic()`` past which the flight is abandoned if still running.
@@ -204,13 +204,13 @@ class Outcome(Protocol):
 
 
 class SingleFlight:
-    """The one owner of a manager's token state: the current cell, the settings and
+    """The one owner of a manager's token state: the current cell, the config and
     credentials generation the next acquisition uses, the acquisition in progress, and
     whether the manager is closed. ``lock`` guards every change; ``cell`` is read without
     it (one immutable value, replaced whole: the hot path).
 
     Args:
-        settings: The manager's settings (credentials change with :meth:`use_credentials`).
+        config: The manager's config (credentials change with :meth:`use_credentials`).
         acquire: Runs one acquisition (no lock held): returns the new cell or raises.
         outcome: Told of each flight's end (see :class:`Outcome`).
         now: The manager's clock.
@@ -220,7 +220,7 @@ class SingleFlight:
     def __init__(
         self,
         *,
-        settings: Settings,
+        config: Config,
         acquire: Acquire,
         outcome: Outcome,
         now: Callable[[], float],
@@ -236,7 +236,7 @@ class SingleFlight:
         self.generation = 0
         #: The current token's cell (None before the first one).
         self.cell: Cell | None = None
-        self.settings = settings
+        self.config = config
         #: Bumped each time the credentials change.
         self.credentials = 0
         self.closed = False
@@ -251,9 +251,9 @@ class SingleFlight:
     def use_credentials(self, new: Credentials) -> bool:
         """Use ``new`` for the next acquisition. False when they are the ones in use."""
         with self.lock:
-            if new == self.settings.credentials:
+            if new == self.config.credentials:
                 return False
-            self.settings = self.settings.with_credentials(new)
+            self.config = self.config.with_credentials(new)
             self.credentials += 1
             return True
 
@@ -388,7 +388,7 @@ class SingleFlight:
         spec = want.spec(cell)
         deadline = time.monotonic() + self._bound
         flight = Flight(
-            self.generation, self.credentials, self.settings, spec, reason, self._now(), deadline
+            self.generation, self.credentials, self.config, spec, reason, self._now(), deadline
         )
         self._flight = flight
         return flight

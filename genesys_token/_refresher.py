@@ -19,7 +19,7 @@ from ._rejections import RejectedCredentials, RejectedTokens
 from ._reporter import Reporter
 from ._scheduler import Job, scheduler
 from ._secrets import digest, is_known
-from .config import Credentials, Settings
+from .config import Config, Credentials
 from .errors import (
     ConfigurationError,
     GenesysTokenError,
@@ -76,7 +76,7 @@ class Refresher:
     credentials cool-down (``rejected``).
 
     Args:
-        settings: The manager's settings.
+        config: The manager's config.
         acquire: Runs one acquisition (see :class:`~genesys_token._acquire.Acquirer`).
         rejected: The credentials cool-down the acquisitions record rejections in.
         reporter: Its events and metrics.
@@ -89,7 +89,7 @@ class Refresher:
     def __init__(
         self,
         *,
-        settings: Settings,
+        config: Config,
         acquire: Acquire,
         rejected: RejectedCredentials,
         reporter: Reporter,
@@ -99,7 +99,7 @@ class Refresher:
         wait_bound: float,
     ) -> None:
         self.flight = self._flight = SingleFlight(
-            settings=settings,
+            config=config,
             acquire=acquire,
             outcome=self,
             now=clock.monotonic,
@@ -159,14 +159,14 @@ class Refresher:
         if self._parked is not None:
             return False
         if now >= cell.refresh_at:
-            if self._flight.settings.background_refresh:
+            if self._flight.config.background_refresh:
                 self._due(cell, None)
             elif self._retry_at is None or now >= self._retry_at:
                 self._flight.start(NotDue(self._flight.credentials), "on-demand")
         return True
 
     def _due(self, cell: Cell, timeout: float | None) -> None:
-        if self._flight.settings.background_refresh:
+        if self._flight.config.background_refresh:
             # Once per token (the scheduler may be on a stale plan), and again while its
             # thread could not start (a pids limit): a caller then brings it back.
             if (
@@ -212,7 +212,7 @@ class Refresher:
         """During a credentials cool-down, fail at once (no flight, no request); a secret
         source gets re-read once a second in case it now gives another secret, until the
         cool-down has tried one (then another waits for its end: see ``_rejections``)."""
-        credentials = self._flight.settings.credentials
+        credentials = self._flight.config.credentials
         secret = credentials.client_secret
         # A string secret is known now: a cool-down of other credentials does not apply.
         named = digest(credentials.client_id, secret) if is_known(secret) else None
@@ -294,7 +294,7 @@ class Refresher:
         Under the flight's lock, which ``close()`` takes to set ``closed``: a refresh that
         finishes as the manager closes cannot plan another after close() cancelled it.
         """
-        if self.job is None or not self._flight.settings.background_refresh:
+        if self.job is None or not self._flight.config.background_refresh:
             return
         with self._flight.lock:
             if not self._flight.closed:
@@ -379,7 +379,7 @@ class Refresher:
         self._nudged = None
         self.rejected.after_fork()
         cell = self._flight.cell
-        if cell is None or self._flight.closed or not self._flight.settings.background_refresh:
+        if cell is None or self._flight.closed or not self._flight.config.background_refresh:
             return
         shown = cell.parked()
         self._parked = (cell, shown)

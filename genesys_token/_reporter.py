@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cell import Cell
 from ._redact import excerpt
-from .config import Settings
+from .config import Config
 from .errors import GenesysTokenError, TokenRequestError
 from .events import (
     TOKEN_EXPIRED,
@@ -37,7 +37,7 @@ class Reporter:
         settings: The manager's settings (webhook configuration, the client id).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Config) -> None:
         #: The client id events name (set again when the credentials change).
         self.client_id = settings.client_id
         self.metrics = Metrics()

@@ -1,4 +1,8 @@
-"""Settings: one frozen object, every value checked once, with the field named on error."""
+"""Settings: frozen objects, every value checked once, with the field named on error.
+
+:class:`Settings` is the public one: every tuning setting, no credentials. :class:`Config`
+is what a manager works with: its credentials and its settings, the login host resolved.
+"""
 
 from __future__ import annotations
 
@@ -63,12 +67,240 @@ class Credentials:
         return Credentials(self.client_id, read_secret(self.client_secret))
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything a :class:`~genesys_token.TokenManager` is configured with.
+class _FromSettings:
+    """The default of a keyword that overrides a :class:`Settings` field: "not given"."""
 
-    Built by :meth:`Settings.build` (which checks every value); the secret is kept out of
-    ``repr``. See :class:`~genesys_token.TokenManager` for what each setting means.
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<the settings' value>"
+
+    def __reduce__(self) -> str:
+        return "UNSET"
+
+
+#: The default of every setting keyword of ``TokenManager``, ``TokenManager.from_env`` and
+#: ``TokenManagerPool``: the keyword was not given, the settings' value applies. Typed
+#: ``Any`` so it can stand as the default of a keyword of any type.
+UNSET: Any = _FromSettings()
+
+#: Where the login host is: region, then the two URLs that override the region's.
+LOCATION = ("region", "token_url", "api_base_url")
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Settings:
+    """How a :class:`~genesys_token.TokenManager` works, without its credentials.
+
+    Immutable and checked when made: an invalid value raises
+    :class:`~genesys_token.ConfigurationError` naming the field. One ``Settings`` can be
+    shared by any number of managers and pools; :meth:`replace` derives another::
+
+        base = Settings(timeout=5, refresh_buffer=120)
+        eu = TokenManager(client_id, secret, settings=base.replace(region="eu-west-1"))
+
+    Every field is also a keyword of ``TokenManager``, ``TokenManager.from_env`` and
+    ``TokenManagerPool``, where a keyword given explicitly overrides the field.
+
+    Attributes:
+        region: ``"us-east-1"``, ``"us_east_1"``, ``"mypurecloud.ie"`` or a host. Kept as
+            given; ``None`` (default) means ``us-east-1`` unless both URLs are given.
+        token_url: Full token URL, overriding the region's (plain http: loopback only).
+        api_base_url: API base URL, overriding the region's.
+        scopes: Sent as ``scope`` only when non-empty; checked against JWT claims. A
+            space-separated string or a list; kept as a tuple without repeats.
+        refresh_buffer: Refresh this many seconds before expiry (at most 25% of the life)...
+        refresh_jitter: ...minus a uniform random 0..jitter (at most 10% of the life).
+        timeout: ``(connect, read)`` seconds; one number means both (kept as a pair).
+        max_retries: Token request retries (429, 5xx, network, Genesys rate-limit 400).
+        retry_deadline: Overall bound of one acquisition's retries (seconds).
+        max_retry_after: Cap on a ``Retry-After`` the service asks for.
+        backoff_base: First retry backoff ceiling (doubling, full jitter).
+        backoff_max: Largest retry backoff ceiling.
+        max_response_bytes: Largest token answer read (at least 1024).
+        verify: TLS verification: True, False or a CA bundle path.
+        jwks_url: When set, JWT signatures are verified against it.
+        webhook_url: Events are POSTed there as JSON by a background worker (kept out of
+            ``repr``: a webhook URL's path often is a credential itself).
+        webhook_secret: Signs webhook bodies (``X-Genesys-Token-Signature``); kept hidden
+            (a :class:`SecretValue`), out of ``repr``.
+        background_refresh: Refresh ahead of expiry on the process-wide scheduler; False
+            refreshes on demand only (cron scripts).
+        drain_timeout: Default bound of ``rotate()``'s wait for the old token's uses.
+    """
+
+    region: str | None
+    token_url: str | None
+    api_base_url: str | None
+    scopes: tuple[str, ...]
+    refresh_buffer: float
+    refresh_jitter: float
+    timeout: tuple[float, float]
+    max_retries: int
+    retry_deadline: float
+    max_retry_after: float
+    backoff_base: float
+    backoff_max: float
+    max_response_bytes: int
+    verify: bool | str
+    jwks_url: str | None
+    webhook_url: str | None = field(repr=False)
+    webhook_secret: SecretValue | None = field(repr=False)
+    background_refresh: bool
+    drain_timeout: float
+
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        token_url: str | None = None,
+        api_base_url: str | None = None,
+        scopes: str | Iterable[str] = (),
+        refresh_buffer: float = 300.0,
+        refresh_jitter: float = 60.0,
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        max_retries: int = 4,
+        retry_deadline: float = 60.0,
+        max_retry_after: float = 60.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify: bool | str = True,
+        jwks_url: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | SecretValue | None = None,
+        background_refresh: bool = True,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        """Check and normalise every value (see the class for what each one means).
+
+        Raises:
+            ConfigurationError: The first invalid value; ``field`` names it.
+        """
+        # Hidden first: whatever error follows, no frame of ours holds it in clear.
+        webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
+        put = object.__setattr__
+        if region is not None:
+            resolve_region(region)  # checked now; kept as given, resolved by the manager
+        put(self, "region", region)
+        put(self, "token_url", _url_or_none("token_url", token_url))
+        put(self, "api_base_url", _url_or_none("api_base_url", api_base_url))
+        put(self, "scopes", _scopes(scopes))
+        put(self, "refresh_buffer", _number("refresh_buffer", refresh_buffer))
+        put(self, "refresh_jitter", _number("refresh_jitter", refresh_jitter))
+        put(self, "timeout", _timeout(timeout))
+        put(self, "max_retries", _integer("max_retries", max_retries, minimum=0))
+        put(
+            self,
+            "retry_deadline",
+            _number("retry_deadline", retry_deadline, positive=True),
+        )
+        put(self, "max_retry_after", _number("max_retry_after", max_retry_after))
+        put(self, "backoff_base", _number("backoff_base", backoff_base))
+        put(self, "backoff_max", _number("backoff_max", backoff_max, positive=True))
+        put(
+            self,
+            "max_response_bytes",
+            _integer("max_response_bytes", max_response_bytes, minimum=1024),
+        )
+        put(self, "verify", _verify(verify))
+        put(self, "jwks_url", _url_or_none("jwks_url", jwks_url))
+        put(self, "webhook_url", _url_or_none("webhook_url", webhook_url))
+        put(self, "webhook_secret", _webhook_secret(webhook_secret))
+        put(self, "background_refresh", _flag("background_refresh", background_refresh))
+        put(
+            self,
+            "drain_timeout",
+            _number("drain_timeout", drain_timeout, positive=True),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the ``GENESYSCLOUD_*`` variables that are not credentials:
+        ``GENESYSCLOUD_REGION``, ``GENESYSCLOUD_TOKEN_URL`` and ``GENESYSCLOUD_API_URL``
+        (unset or empty: the default). Every other field has its default.
+
+        Args:
+            environ: The environment to read (default ``os.environ``).
+
+        Raises:
+            ConfigurationError: A variable holds an invalid value; ``field`` names the
+                setting.
+        """
+        # The environment is read in a frame that has returned before any check can fail:
+        # its repr shows every variable, the client secret among them.
+        return cls(**_location_from_env(os.environ if environ is None else environ))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied, every value checked again.
+
+        Raises:
+            ConfigurationError: An unknown name or an invalid value; ``field`` names it.
+        """
+        if "webhook_secret" in changes:
+            changes["webhook_secret"] = hide_text(changes["webhook_secret"])
+        for name in changes:
+            if name not in SETTING_NAMES:
+                raise ConfigurationError(f"unknown setting {name!r}", field=name)
+        values = {name: getattr(self, name) for name in SETTING_NAMES}
+        values.update(changes)
+        return Settings(**values)
+
+    def merged(self, given: Mapping[str, Any]) -> Settings:
+        """These settings with the keywords in ``given`` that were passed (not
+        :data:`UNSET`) applied: what a constructor's explicit keywords make of them."""
+        changes = {name: value for name, value in given.items() if value is not UNSET}
+        return self.replace(**changes) if changes else self
+
+
+#: Every field of :class:`Settings`, in order.
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+
+
+def given_settings(settings: object) -> Settings:
+    """``settings`` as a constructor's ``settings=`` argument: a :class:`Settings`, or None
+    for the defaults.
+
+    Raises:
+        ConfigurationError: Anything else.
+    """
+    if settings is None:
+        return Settings()
+    if not isinstance(settings, Settings):
+        raise ConfigurationError(
+            f"settings must be a genesys_token.Settings, not {type(settings).__name__}",
+            field="settings",
+        )
+    return settings
+
+
+def with_env_location(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
+    """``settings`` with the location fields it leaves unset (None) taken from
+    ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``.
+
+    Raises:
+        ConfigurationError: A variable holds an invalid value.
+    """
+    found = _location_from_env(os.environ if environ is None else environ)
+    missing = {k: v for k, v in found.items() if getattr(settings, k) is None and v is not None}
+    return settings.replace(**missing) if missing else settings
+
+
+def _location_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "region": env.get(ENV_REGION) or None,
+        "token_url": env.get(ENV_TOKEN_URL) or None,
+        "api_base_url": env.get(ENV_API_URL) or None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything one manager works with: its credentials and its settings, the login
+    host and API resolved (internal; the public face is :class:`Settings`).
+
+    Built by :meth:`Config.of` or :meth:`Config.build`; the secret is kept out of ``repr``.
+    See :class:`Settings` for what each setting means.
     """
 
     credentials: Credentials
@@ -99,28 +331,42 @@ class Settings:
         return self.credentials.client_id
 
     @classmethod
-    def build(
-        cls,
-        client_id: Any,
-        client_secret: Any,
-        *,
-        region: Any = None,
-        token_url: Any = None,
-        api_base_url: Any = None,
-        **options: Any,
-    ) -> Settings:
-        """Check every value and build the settings.
+    def of(cls, credentials: Credentials, settings: Settings) -> Config:
+        """The config of ``credentials`` with ``settings``, the region resolved: a URL
+        given wins over the region's; no region and not both URLs means ``us-east-1``.
+
+        Raises:
+            ConfigurationError: The region names no known region.
+        """
+        region, token_url, api_base_url = (
+            settings.region,
+            settings.token_url,
+            settings.api_base_url,
+        )
+        region_name = None
+        if region is not None or token_url is None or api_base_url is None:
+            resolved = resolve_region(DEFAULT_REGION if region is None else region)
+            region_name = resolved.name
+            token_url = resolved.token_url if token_url is None else token_url
+            api_base_url = resolved.api_base_url if api_base_url is None else api_base_url
+        assert token_url is not None and api_base_url is not None
+        rest = {name: getattr(settings, name) for name in SETTING_NAMES if name not in LOCATION}
+        return cls(
+            credentials=credentials,
+            region=region_name,
+            token_url=token_url,
+            api_base_url=api_base_url,
+            **rest,
+        )
+
+    @classmethod
+    def build(cls, client_id: Any, client_secret: Any, **options: Any) -> Config:
+        """Check every value and build the config (for tests and internal callers).
 
         Args:
             client_id: The OAuth client id.
             client_secret: The OAuth client secret, or a zero-argument callable giving it.
-            region: Any accepted spelling of a region (default ``us-east-1``).
-            token_url: A full token URL, overriding the region's.
-            api_base_url: An API base URL, overriding the region's.
-            **options: Any other :class:`Settings` field.
-
-        Returns:
-            The settings.
+            **options: Any :class:`Settings` field.
 
         Raises:
             ConfigurationError: The first invalid value, naming the field.
@@ -130,81 +376,67 @@ class Settings:
         client_secret = hide_text(client_secret)
         if "webhook_secret" in options:
             options["webhook_secret"] = hide_text(options["webhook_secret"])
-        known = {f.name for f in fields(cls)} - {"credentials", "token_url", "api_base_url"}
         for name in options:
-            if name not in known:
+            if name not in SETTING_NAMES:
                 raise ConfigurationError(f"unknown setting {name!r}", field=name)
         credentials = Credentials(client_id, client_secret)
-        region_name = None
-        if region is not None or token_url is None or api_base_url is None:
-            resolved = resolve_region(DEFAULT_REGION if region is None else region)
-            region_name = resolved.name
-            token_url = resolved.token_url if token_url is None else token_url
-            api_base_url = resolved.api_base_url if api_base_url is None else api_base_url
-        return cls(
-            credentials=credentials,
-            region=region_name,
-            token_url=check_url(token_url, field="token_url"),
-            api_base_url=check_url(api_base_url, field="api_base_url"),
-            **_check_options(options),
-        )
+        return cls.of(credentials, Settings(**options))
 
-    def with_credentials(self, credentials: Credentials) -> Settings:
+    def with_credentials(self, credentials: Credentials) -> Config:
         """Return a copy with other credentials."""
         return replace(self, credentials=credentials)
 
 
-def _from_environment(env: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
-    """The settings the environment gives, the secret already hidden, and the secret file's
-    name; no frame that outlives this call holds the environment (its repr shows every
-    variable, the secret among them)."""
-    values: dict[str, Any] = {
-        "client_id": env.get(ENV_CLIENT_ID),
-        "client_secret": hide_text(env.get(ENV_CLIENT_SECRET)),
-        "region": env.get(ENV_REGION) or None,
-        "token_url": env.get(ENV_TOKEN_URL) or None,
-        "api_base_url": env.get(ENV_API_URL) or None,
-    }
-    return values, env.get(ENV_CLIENT_SECRET_FILE)
+def credentials_from_env(
+    environ: Mapping[str, str] | None = None,
+    *,
+    client_id: Any = None,
+    client_secret: Any = None,
+) -> Credentials:
+    """The credentials the ``GENESYSCLOUD_OAUTHCLIENT_*`` variables give, ``client_id`` and
+    ``client_secret`` (when not None) winning over them.
 
-
-def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build settings from the ``GENESYSCLOUD_*`` variables Genesys tooling uses.
-
-    The secret comes from ``GENESYSCLOUD_OAUTHCLIENT_SECRET``, or else from the file named by
-    ``GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE`` (read again for each token request, so a
-    rotated mounted secret is picked up without a restart).
-
-    Args:
-        environ: The environment to read (default ``os.environ``).
-        **overrides: Keyword arguments that win over the environment.
-
-    Returns:
-        The settings.
+    The secret comes from ``client_secret``, ``GENESYSCLOUD_OAUTHCLIENT_SECRET``, or else
+    the file named by ``GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE`` (read again for each token
+    request, so a rotated mounted secret is picked up without a restart).
 
     Raises:
         ConfigurationError: A required variable is missing or a value is invalid.
     """
-    values, secret_file = _from_environment(os.environ if environ is None else environ)
-    values.update(overrides)
-    values["client_secret"] = hide_text(values.get("client_secret")) or None
-    if not values.get("client_secret") and secret_file:
+    client_secret = hide_text(client_secret)  # hidden first, as everywhere
+    env_id, env_secret, secret_file = _credentials_from_environment(
+        os.environ if environ is None else environ
+    )
+    client_id = env_id if client_id is None else client_id
+    secret = env_secret if client_secret is None else client_secret
+    if not secret and secret_file:
         source = SecretFile(secret_file)
         source()  # unreadable now: say so at start-up, not at the first token request
-        values["client_secret"] = source
-    if not values.get("client_id"):
+        secret = source
+    if not client_id:
         raise ConfigurationError(
             f"client_id is not set: export {ENV_CLIENT_ID} or pass client_id=", field="client_id"
         )
-    if not values.get("client_secret"):
+    if not secret:
         raise ConfigurationError(
             f"client_secret is not set: export {ENV_CLIENT_SECRET} or "
             f"{ENV_CLIENT_SECRET_FILE}, or pass client_secret=",
             field="client_secret",
         )
-    client_id = values.pop("client_id")
-    client_secret = values.pop("client_secret")
-    return Settings.build(client_id, client_secret, **values)
+    return Credentials(client_id, secret)
+
+
+def _credentials_from_environment(
+    env: Mapping[str, str],
+) -> tuple[Any, Any, str | None]:
+    """The client id, the secret (already hidden) and the secret file's name the
+    environment gives; no frame that outlives this call holds the environment (its repr
+    shows every variable, the secret among them)."""
+    return (
+        env.get(ENV_CLIENT_ID),
+        hide_text(env.get(ENV_CLIENT_SECRET) or None),
+        env.get(ENV_CLIENT_SECRET_FILE),
+    )
 
 
 def _check_text(name: str, value: Any) -> None:
@@ -303,39 +535,25 @@ def _verify(value: Any) -> bool | str:
     )
 
 
-def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    checked: dict[str, Any] = {}
-    for name, value in options.items():
-        if name == "scopes":
-            checked[name] = _scopes(value)
-        elif name == "timeout":
-            checked[name] = _timeout(value)
-        elif name in ("refresh_buffer", "refresh_jitter", "max_retry_after", "backoff_base"):
-            checked[name] = _number(name, value)
-        elif name in ("retry_deadline", "backoff_max", "drain_timeout"):
-            checked[name] = _number(name, value, positive=True)
-        elif name == "max_retries":
-            checked[name] = _integer(name, value, minimum=0)
-        elif name == "max_response_bytes":
-            checked[name] = _integer(name, value, minimum=1024)
-        elif name == "verify":
-            checked[name] = _verify(value)
-        elif name in ("jwks_url", "webhook_url"):
-            checked[name] = None if value is None else check_url(value, field=name)
-        elif name == "webhook_secret":
-            value = hide_text(value)  # hidden, as the client secret is
-            if value is not None and not isinstance(value, SecretValue):
-                raise ConfigurationError(
-                    f"{name} must be a string, not {type(value).__name__}", field=name
-                )
-            checked[name] = None if value is None else checked_value(value, name)
-        elif name == "background_refresh":
-            if not isinstance(value, bool):
-                raise ConfigurationError(
-                    f"background_refresh must be True or False, not {type(value).__name__}",
-                    field=name,
-                )
-            checked[name] = value
-        else:  # pragma: no cover - build() rejects unknown names first
-            raise ConfigurationError(f"unknown setting {name!r}", field=name)
-    return checked
+def _url_or_none(name: str, value: Any) -> str | None:
+    return None if value is None else check_url(value, field=name)
+
+
+def _webhook_secret(value: Any) -> SecretValue | None:
+    value = hide_text(value)  # hidden, as the client secret is
+    if value is None:
+        return None
+    if not isinstance(value, SecretValue):
+        raise ConfigurationError(
+            f"webhook_secret must be a string, not {type(value).__name__}",
+            field="webhook_secret",
+        )
+    return checked_value(value, "webhook_secret")
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            f"{name} must be True or False, not {type(value).__name__}", field=name
+        )
+    return value

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -33,11 +33,13 @@ from ._rotation import rotate
 from ._scheduler import Job, scheduler
 from ._secrets import Secret, hide_text
 from .config import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_TIMEOUT,
+    UNSET,
+    Config,
     Credentials,
     Settings,
-    settings_from_env,
+    credentials_from_env,
+    given_settings,
+    with_env_location,
 )
 from .errors import DrainTimeoutError, ManagerClosedError
 from .events import Listener
@@ -51,11 +53,17 @@ from .validation import TokenValidator
 class TokenManager:
     """Keeps one Genesys Cloud client-credentials token valid for every thread.
 
+    Every setting is a field of :class:`~genesys_token.Settings` (see it for what each
+    means) and a keyword here: pass ``settings=``, keywords, or both; a keyword given
+    explicitly overrides the field (default: the settings' value, or the field's default
+    without ``settings``).
+
     Args:
         client_id: The OAuth client id.
         client_secret: The secret, or a zero-argument callable returning it (read for each
             token request and again after a rejection; see :class:`~genesys_token.SecretFile`).
-        region: ``"us-east-1"`` (default), ``"us_east_1"``, ``"mypurecloud.ie"`` or a host.
+        settings: A :class:`~genesys_token.Settings` (default: ``Settings()``).
+        region: ``"us-east-1"`` (the default), ``"us_east_1"``, ``"mypurecloud.ie"`` or a host.
         token_url: Full token URL, overriding the region's (plain http: loopback only).
         api_base_url: API base URL, overriding the region's.
         scopes: Sent as ``scope`` only when non-empty; checked against JWT claims.
@@ -70,12 +78,12 @@ class TokenManager:
         max_response_bytes: Largest token answer read.
         verify: TLS verification: True, False or a CA bundle path.
         jwks_url: When set, JWT signatures are verified against it.
-        store: Where tokens are shared (default: a :class:`MemoryStore` of this process).
         webhook_url: Events are POSTed there as JSON by a background worker.
         webhook_secret: Signs webhook bodies (``X-Genesys-Token-Signature``).
         background_refresh: Refresh ahead of expiry on the process-wide scheduler; False
             refreshes on demand only (cron scripts).
         drain_timeout: Default bound of :meth:`rotate`'s wait for the old token's uses.
+        store: Where tokens are shared (default: a :class:`MemoryStore` of this process).
         clock: Clocks and randomness, for deterministic tests.
         session: A ``requests.Session`` for the token endpoint (default: the process-wide
             pool). Its adapters are its own: only its timeouts (per read) bound its requests,
@@ -90,115 +98,214 @@ class TokenManager:
         client_id: str,
         client_secret: Secret,
         *,
-        region: str | None = None,
-        token_url: str | None = None,
-        api_base_url: str | None = None,
-        scopes: str | tuple[str, ...] | list[str] = (),
-        refresh_buffer: float = 300.0,
-        refresh_jitter: float = 60.0,
-        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-        max_retries: int = 4,
-        retry_deadline: float = 60.0,
-        max_retry_after: float = 60.0,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        verify: bool | str = True,
-        jwks_url: str | None = None,
+        settings: Settings | None = None,
+        region: str | None = UNSET,
+        token_url: str | None = UNSET,
+        api_base_url: str | None = UNSET,
+        scopes: str | Iterable[str] = UNSET,
+        refresh_buffer: float = UNSET,
+        refresh_jitter: float = UNSET,
+        timeout: float | tuple[float, float] = UNSET,
+        max_retries: int = UNSET,
+        retry_deadline: float = UNSET,
+        max_retry_after: float = UNSET,
+        backoff_base: float = UNSET,
+        backoff_max: float = UNSET,
+        max_response_bytes: int = UNSET,
+        verify: bool | str = UNSET,
+        jwks_url: str | None = UNSET,
+        webhook_url: str | None = UNSET,
+        webhook_secret: str | None = UNSET,
+        background_refresh: bool = UNSET,
+        drain_timeout: float = UNSET,
         store: TokenStore | None = None,
-        webhook_url: str | None = None,
-        webhook_secret: str | None = None,
-        background_refresh: bool = True,
-        drain_timeout: float = 30.0,
         clock: Clock | None = None,
         session: requests.Session | None = None,
     ) -> None:
         # Hidden first: no frame of ours holds a secret in clear, whatever error follows.
         client_secret = hide_text(client_secret)  # type: ignore[assignment]
         webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
-        options = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
-        self._init(Settings.build(client_id, client_secret, **options), store, clock, session)
+        credentials = Credentials(client_id, client_secret)
+        merged = given_settings(settings).merged(
+            {
+                "region": region,
+                "token_url": token_url,
+                "api_base_url": api_base_url,
+                "scopes": scopes,
+                "refresh_buffer": refresh_buffer,
+                "refresh_jitter": refresh_jitter,
+                "timeout": timeout,
+                "max_retries": max_retries,
+                "retry_deadline": retry_deadline,
+                "max_retry_after": max_retry_after,
+                "backoff_base": backoff_base,
+                "backoff_max": backoff_max,
+                "max_response_bytes": max_response_bytes,
+                "verify": verify,
+                "jwks_url": jwks_url,
+                "webhook_url": webhook_url,
+                "webhook_secret": webhook_secret,
+                "background_refresh": background_refresh,
+                "drain_timeout": drain_timeout,
+            }
+        )
+        self._init(credentials, merged, store, clock, session)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> TokenManager:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        client_id: str | None = None,
+        client_secret: Secret | None = None,
+        settings: Settings | None = None,
+        region: str | None = UNSET,
+        token_url: str | None = UNSET,
+        api_base_url: str | None = UNSET,
+        scopes: str | Iterable[str] = UNSET,
+        refresh_buffer: float = UNSET,
+        refresh_jitter: float = UNSET,
+        timeout: float | tuple[float, float] = UNSET,
+        max_retries: int = UNSET,
+        retry_deadline: float = UNSET,
+        max_retry_after: float = UNSET,
+        backoff_base: float = UNSET,
+        backoff_max: float = UNSET,
+        max_response_bytes: int = UNSET,
+        verify: bool | str = UNSET,
+        jwks_url: str | None = UNSET,
+        webhook_url: str | None = UNSET,
+        webhook_secret: str | None = UNSET,
+        background_refresh: bool = UNSET,
+        drain_timeout: float = UNSET,
+        store: TokenStore | None = None,
+        clock: Clock | None = None,
+        session: requests.Session | None = None,
+    ) -> TokenManager:
         """Build a manager from ``GENESYSCLOUD_OAUTHCLIENT_ID``, ``_SECRET`` (or
         ``_SECRET_FILE``), ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``.
 
+        What wins: a keyword given explicitly, then a field ``settings`` sets, then the
+        environment (it fills the location fields ``settings`` leaves None), then the
+        defaults. The other arguments are the constructor's.
+
         Args:
-            **overrides: Any constructor argument; wins over the environment.
+            environ: The environment to read (default ``os.environ``).
+            client_id: Wins over ``GENESYSCLOUD_OAUTHCLIENT_ID``.
+            client_secret: Wins over ``GENESYSCLOUD_OAUTHCLIENT_SECRET`` and ``_SECRET_FILE``.
 
         Raises:
             ConfigurationError: A variable is missing or invalid.
         """
-        extras = {k: overrides.pop(k, None) for k in ("store", "clock", "session")}
+        # Hidden first, as in the constructor.
+        client_secret = hide_text(client_secret)  # type: ignore[assignment]
+        webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
+        credentials = credentials_from_env(
+            environ, client_id=client_id, client_secret=client_secret
+        )
+        merged = with_env_location(given_settings(settings), environ).merged(
+            {
+                "region": region,
+                "token_url": token_url,
+                "api_base_url": api_base_url,
+                "scopes": scopes,
+                "refresh_buffer": refresh_buffer,
+                "refresh_jitter": refresh_jitter,
+                "timeout": timeout,
+                "max_retries": max_retries,
+                "retry_deadline": retry_deadline,
+                "max_retry_after": max_retry_after,
+                "backoff_base": backoff_base,
+                "backoff_max": backoff_max,
+                "max_response_bytes": max_response_bytes,
+                "verify": verify,
+                "jwks_url": jwks_url,
+                "webhook_url": webhook_url,
+                "webhook_secret": webhook_secret,
+                "background_refresh": background_refresh,
+                "drain_timeout": drain_timeout,
+            }
+        )
         manager = cls.__new__(cls)
-        manager._init(settings_from_env(**overrides), **extras)
+        manager._init(credentials, merged, store, clock, session)
         return manager
 
     def _init(
         self,
+        credentials: Credentials,
         settings: Settings,
         store: TokenStore | None,
         clock: Clock | None,
         session: requests.Session | None,
     ) -> None:
+        config = Config.of(credentials, settings)
+        #: The settings as given (keywords merged); ``config`` holds them resolved.
+        self._settings = settings
         clock = clock or SYSTEM_CLOCK
         self._now = clock.monotonic
         self._session = session
-        self._reporter = reporter = Reporter(settings)
+        self._reporter = reporter = Reporter(config)
         self._gate = UseGate()
         self._rotate_lock = threading.Lock()
         self._transport = TokenEndpoint(
-            settings, clock=clock, on_retry=self._on_retry, session=session
+            config, clock=clock, on_retry=self._on_retry, session=session
         )
         rejected = RejectedCredentials(clock.monotonic, clock.random)
         self._store: TokenStore = store if store is not None else MemoryStore()
         self._acquirer = Acquirer(
             store=self._store,
             transport=self._transport,
-            validator=TokenValidator(settings),
+            validator=TokenValidator(config),
             clock=clock,
             rejections=rejected,
             metrics=reporter.metrics,
         )
         # The owner of the token state; the manager only delegates to it.
         self._refresher = Refresher(
-            settings=settings,
+            config=config,
             acquire=self._acquirer.acquire,
             rejected=rejected,
             reporter=reporter,
             clock=clock,
-            name=f"genesys-token-fetch-{settings.client_id[:16]}",
-            bound=flight_bound(settings),
-            wait_bound=2 * lock_bound(settings) + 30.0,
+            name=f"genesys-token-fetch-{config.client_id[:16]}",
+            bound=flight_bound(config),
+            wait_bound=2 * lock_bound(config) + 30.0,
         )
-        #: The token state (current cell, credentials, acquisition, closed).
+        #: The token state (current cell, config with the credentials, acquisition, closed).
         self._flight = self._refresher.flight
         self._refresher.job = _job_for(self)
-        warn_region_mismatch(settings.token_url, settings.api_base_url)
+        warn_region_mismatch(config.token_url, config.api_base_url)
         register_fork_handler(self)
 
     # -- public properties -------------------------------------------------------------
 
     @property
     def settings(self) -> Settings:
-        """The validated settings (secret and webhook URL kept out of their repr)."""
-        return self._flight.settings
+        """The settings this manager was made with, explicit keywords merged in (the
+        webhook secret and URL kept out of their repr). ``region``, ``token_url`` and
+        ``api_base_url`` are as given (None: the default); :attr:`token_url` and
+        :attr:`api_base_url` give the resolved ones."""
+        return self._settings
+
+    @property
+    def _config(self) -> Config:
+        """The config in use: credentials and settings, the login host resolved."""
+        return self._flight.config
 
     @property
     def client_id(self) -> str:
         """The client id the next token request uses."""
-        return self._flight.settings.client_id
+        return self._config.client_id
 
     @property
     def token_url(self) -> str:
         """The resolved token endpoint."""
-        return self._flight.settings.token_url
+        return self._config.token_url
 
     @property
     def api_base_url(self) -> str:
         """The resolved Platform API base URL."""
-        return self._flight.settings.api_base_url
+        return self._config.api_base_url
 
     @property
     def store(self) -> TokenStore:
@@ -336,12 +443,12 @@ class TokenManager:
         if self._flight.closed:
             raise ManagerClosedError("the token manager is closed")
         timeout = (
-            self._flight.settings.drain_timeout
+            self._config.drain_timeout
             if drain_timeout is None
             else check_timeout(drain_timeout, "drain_timeout")
         )
         # Another rotation's fetch and drain, at most (no bound of its own with inf).
-        wait = min(timeout + 2 * lock_bound(self._flight.settings), threading.TIMEOUT_MAX)
+        wait = min(timeout + 2 * lock_bound(self._config), threading.TIMEOUT_MAX)
         if not self._rotate_lock.acquire(timeout=wait):
             raise DrainTimeoutError("another rotation is still running")
         try:
@@ -403,7 +510,7 @@ class TokenManager:
         Raises:
             ConfigurationError: An empty or mistyped value.
         """
-        new = Credentials(client_id or self._flight.settings.client_id, client_secret)
+        new = Credentials(client_id or self._config.client_id, client_secret)
         self._refresher.use_credentials(new)
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
@@ -481,13 +588,10 @@ class TokenManager:
         state = "closed" if self._flight.closed else "open"
         token = self.token
         return (
-            f"TokenManager(client_id={self._flight.settings.client_id!r}, "
-            f"token_url={self._flight.settings.token_url!r}, state={state!r}, "
+            f"TokenManager(client_id={self._config.client_id!r}, "
+            f"token_url={self._config.token_url!r}, state={state!r}, "
             f"token={token.fingerprint if token else None!r})"
         )
-
-
-_NOT_SETTINGS = frozenset({"self", "client_id", "client_secret", "store", "clock", "session"})
 
 
 def _job_for(manager: TokenManager) -> Job:

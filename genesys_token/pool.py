@@ -18,7 +18,6 @@ own (``_proofs``), and is refused with the endpoint's
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import weakref
@@ -26,33 +25,32 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
+
 from ._clock import SYSTEM_CLOCK, Clock
 from ._held import HeldReads
 from ._lifecycle import register_fork_handler
 from ._proofs import SecretProofs, same_name, same_value, secret_name
 from ._scheduler import Job, scheduler
-from ._secrets import Secret, SecretValue, check_secret, digest, hidden, is_known
-from .config import DEFAULT_TIMEOUT, Settings
+from ._secrets import (
+    Secret,
+    SecretValue,
+    check_secret,
+    digest,
+    hidden,
+    hide_text,
+    is_known,
+)
+from .config import UNSET, Config, Credentials, Settings, given_settings
 from .errors import ConfigurationError, ManagerClosedError, SecretSourceError
 from .manager import TokenManager
 from .metrics import COUNTERS
-from .stores.base import MemoryStore
+from .stores.base import MemoryStore, TokenStore
 
 __all__ = ["TokenManagerPool"]
 
 log = logging.getLogger(__name__)
 
-#: Per client, not shared: ``get()`` takes these itself.
-_PER_CLIENT = frozenset({"client_id", "client_secret", "scopes"})
-#: Where the login host is: ``get()`` values replace the pool's defaults as one unit.
-_LOCATION = ("region", "token_url", "api_base_url")
-_MANAGER_OPTIONS = frozenset(
-    name
-    for name, p in inspect.signature(TokenManager.__init__).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY
-)
-#: Not settings Settings.build() checks; passed to each manager as they are.
-_OBJECTS = frozenset({"store", "clock", "session"})
 #: An idle-eviction sweep runs every max_idle / this (and never more often than the floor):
 #: a manager goes between max_idle and 1.25 x max_idle after its last use.
 _SWEEPS_PER_MAX_IDLE = 4
@@ -70,8 +68,17 @@ class _Spec:
     """How the managers of one client are made (all but the secret)."""
 
     client_id: str
-    scopes: tuple[str, ...]
-    options: dict[str, Any]
+    #: The pool's settings with this client's scopes and location.
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class _Objects:
+    """What every manager of the pool is given as it is (not settings)."""
+
+    store: TokenStore
+    clock: Clock | None
+    session: requests.Session | None
 
 
 @dataclass(eq=False, slots=True)
@@ -96,38 +103,93 @@ class TokenManagerPool:
             manager = pool.get(org.client_id, org.client_secret, region=org.region)
             session.auth = GenesysAuth(manager)
 
+    The settings are shared by every manager of the pool: ``settings=``, and keywords
+    (each a :class:`~genesys_token.Settings` field; one given explicitly overrides the
+    field). ``scopes`` is per client: pass it to :meth:`get`. ``region``, ``token_url`` and
+    ``api_base_url`` here are defaults for :meth:`get` calls that give none of the three.
+
     Args:
+        settings: A :class:`~genesys_token.Settings` for every manager (default:
+            ``Settings()``); its ``scopes`` must be empty.
         max_idle: Close and drop a manager this many seconds after its last
             :meth:`get` (None, the default: never). A manager with counted uses in flight
             is kept. Whoever still holds an evicted manager gets
             :class:`~genesys_token.ManagerClosedError` from it; a later :meth:`get` makes
             a new one (its first token may come from the store).
-        **shared_settings: Any keyword setting of :class:`~genesys_token.TokenManager`
-            (``store``, ``timeout``, ``refresh_buffer``, ``clock``, ``session``,
-            ``background_refresh``, ...), given to every manager of the pool. ``region``,
-            ``token_url`` and ``api_base_url`` here are defaults for :meth:`get` calls
-            that give none of the three. Without a ``store``, the pool's managers share
-            one :class:`~genesys_token.stores.MemoryStore`.
+        store: Shared by every manager (default: one
+            :class:`~genesys_token.stores.MemoryStore` for the pool).
+        clock: Given to every manager (tests).
+        session: Given to every manager (see :class:`~genesys_token.TokenManager`).
+        region: Default for :meth:`get` (default: the settings' value); as are
+            ``token_url`` and ``api_base_url``. Every other keyword: the
+            :class:`~genesys_token.Settings` field of that name.
 
     Raises:
-        ConfigurationError: An unknown or invalid setting (checked now, not at first use).
+        ConfigurationError: An invalid setting (checked now, not at first use).
     """
 
-    def __init__(self, *, max_idle: float | None = None, **shared_settings: Any) -> None:
-        for name in shared_settings:
-            if name in _PER_CLIENT or name not in _MANAGER_OPTIONS:
-                raise ConfigurationError(
-                    f"{name!r} is not a setting a pool can share (per client: pass it to get())",
-                    field=name,
-                )
-        checked = {k: v for k, v in shared_settings.items() if k not in _OBJECTS}
-        Settings.build("pool-settings-check", "unused", **checked)
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        max_idle: float | None = None,
+        store: TokenStore | None = None,
+        clock: Clock | None = None,
+        session: requests.Session | None = None,
+        region: str | None = UNSET,
+        token_url: str | None = UNSET,
+        api_base_url: str | None = UNSET,
+        refresh_buffer: float = UNSET,
+        refresh_jitter: float = UNSET,
+        timeout: float | tuple[float, float] = UNSET,
+        max_retries: int = UNSET,
+        retry_deadline: float = UNSET,
+        max_retry_after: float = UNSET,
+        backoff_base: float = UNSET,
+        backoff_max: float = UNSET,
+        max_response_bytes: int = UNSET,
+        verify: bool | str = UNSET,
+        jwks_url: str | None = UNSET,
+        webhook_url: str | None = UNSET,
+        webhook_secret: str | None = UNSET,
+        background_refresh: bool = UNSET,
+        drain_timeout: float = UNSET,
+    ) -> None:
+        # Hidden first: no frame of ours holds a secret in clear, whatever error follows.
+        webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
+        self._settings = given_settings(settings).merged(
+            {
+                "region": region,
+                "token_url": token_url,
+                "api_base_url": api_base_url,
+                "refresh_buffer": refresh_buffer,
+                "refresh_jitter": refresh_jitter,
+                "timeout": timeout,
+                "max_retries": max_retries,
+                "retry_deadline": retry_deadline,
+                "max_retry_after": max_retry_after,
+                "backoff_base": backoff_base,
+                "backoff_max": backoff_max,
+                "max_response_bytes": max_response_bytes,
+                "verify": verify,
+                "jwks_url": jwks_url,
+                "webhook_url": webhook_url,
+                "webhook_secret": webhook_secret,
+                "background_refresh": background_refresh,
+                "drain_timeout": drain_timeout,
+            }
+        )
+        if self._settings.scopes:
+            raise ConfigurationError(
+                "scopes is not a setting a pool can share (per client: pass it to get())",
+                field="scopes",
+            )
+        if self._settings.region is not None:
+            # Checked now, as the rest: a region resolved nowhere else until the first get().
+            Config.of(Credentials("pool-settings-check", "unused"), self._settings)
         self._max_idle = _max_idle(max_idle)
-        self._shared = dict(shared_settings)
-        if self._shared.get("store") is None:
-            self._shared["store"] = MemoryStore()
-        clock: Clock = self._shared.get("clock") or SYSTEM_CLOCK
-        self._now = clock.monotonic
+        self._objects = _Objects(store if store is not None else MemoryStore(), clock, session)
+        self._now = (clock or SYSTEM_CLOCK).monotonic
         self._lock = threading.Lock()
         self._entries: dict[_Key, _Entry] = {}
         self._aliases: dict[_Alias, _Entry] = {}
@@ -137,7 +199,8 @@ class TokenManagerPool:
         self._sweep_armed = False
         self._sweep = _sweep_job(self)
         self._proofs = SecretProofs(self._now)
-        self._read_bound = _read_bound(self._shared.get("timeout"))
+        #: How long get() awaits a read of a manager's secret source (see ``_held``).
+        self._read_bound = float(sum(self._settings.timeout))
         register_fork_handler(self)
 
     # -- getting a manager -------------------------------------------------------------
@@ -243,7 +306,7 @@ class TokenManagerPool:
                     if self._entries.get(key) is entry and not entry.manager.closed:
                         return self._used(entry)
             proven = self._proofs.prove(
-                key, name, secret, lambda s: _build(self._shared, spec, s, probe=True)
+                key, name, secret, lambda s: _build(self._objects, spec, s, probe=True)
             )
             if proven is not None:
                 # The secret the probe was made with: a source asked with meanwhile is not it.
@@ -286,7 +349,10 @@ class TokenManagerPool:
                 if entry.manager.token is None:
                     # Never worked: it may have been made with a wrong secret, and whoever
                     # holds it must not be handed this one.
-                    retired, entry.manager = entry.manager, _build(self._shared, spec, secret)
+                    retired, entry.manager = (
+                        entry.manager,
+                        _build(self._objects, spec, secret),
+                    )
                     self._created += 1
                 else:
                     entry.manager.set_credentials(secret)
@@ -300,27 +366,32 @@ class TokenManagerPool:
     def _add(self, key: _Key, spec: _Spec, secret: Secret) -> _Entry:
         """A new entry for ``key`` (the lock is held)."""
         entry = self._entries[key] = _Entry(
-            key, spec, _build(self._shared, spec, secret), _kept(secret), self._now()
+            key, spec, _build(self._objects, spec, secret), _kept(secret), self._now()
         )
         self._created += 1
         return entry
 
     def _find_or_make(self, alias: _Alias, client_secret: Secret) -> _Entry:
         client_id, region, token_url, api_base_url, scopes = alias
-        options = {k: v for k, v in self._shared.items() if k not in _OBJECTS}
+        # get()'s location replaces the pool's as one unit, when it gives any of it.
         if region is not None or token_url is not None or api_base_url is not None:
-            for name in _LOCATION:
-                options.pop(name, None)
-            options.update(region=region, token_url=token_url, api_base_url=api_base_url)
-        settings = Settings.build(client_id, client_secret, scopes=scopes, **options)
-        key: _Key = (settings.client_id, settings.token_url, tuple(sorted(settings.scopes)))
+            settings = self._settings.replace(
+                region=region,
+                token_url=token_url,
+                api_base_url=api_base_url,
+                scopes=scopes,
+            )
+        else:
+            settings = self._settings.replace(scopes=scopes)
+        config = Config.of(Credentials(client_id, client_secret), settings)
+        key: _Key = (config.client_id, config.token_url, tuple(sorted(config.scopes)))
         entry = self._entries.get(key)
         if entry is not None and entry.manager.closed:
             self._drop(key, entry)  # closed by its holder: make a new one
             entry = None
         if entry is None:
-            entry = self._add(key, _Spec(client_id, settings.scopes, options), client_secret)
-        elif entry.manager.api_base_url != settings.api_base_url:
+            entry = self._add(key, _Spec(client_id, settings), client_secret)
+        elif entry.manager.api_base_url != config.api_base_url:
             raise ConfigurationError(
                 f"client {client_id!r} is in the pool already, with api_base_url "
                 f"{entry.manager.api_base_url!r}",
@@ -465,18 +536,22 @@ class TokenManagerPool:
         return f"TokenManagerPool(managers={len(self._entries)}, state={state!r})"
 
 
-def _build(
-    shared: dict[str, Any], spec: _Spec, secret: Secret, *, probe: bool = False
-) -> TokenManager:
-    """A manager of ``spec``'s client with the pool's ``shared`` objects; a probe shares
+def _build(objects: _Objects, spec: _Spec, secret: Secret, *, probe: bool = False) -> TokenManager:
+    """A manager of ``spec``'s client with the pool's shared ``objects``; a probe shares
     nothing (its own MemoryStore: an entry planted in a shared store is no proof) and has
     no background refresh and no webhook."""
-    objects = {k: v for k, v in shared.items() if k in _OBJECTS}
-    options = dict(spec.options)
+    settings, store = spec.settings, objects.store
     if probe:
-        objects["store"] = MemoryStore()
-        options.update(background_refresh=False, webhook_url=None, webhook_secret=None)
-    return TokenManager(spec.client_id, secret, scopes=spec.scopes, **options, **objects)
+        store = MemoryStore()
+        settings = settings.replace(background_refresh=False, webhook_url=None, webhook_secret=None)
+    return TokenManager(
+        spec.client_id,
+        secret,
+        settings=settings,
+        store=store,
+        clock=objects.clock,
+        session=objects.session,
+    )
 
 
 def _client_figures(
@@ -534,16 +609,6 @@ def _alias(client_id: Any, region: Any, token_url: Any, api_base_url: Any, scope
     if not isinstance(scopes, Iterable) or not all(isinstance(s, str) for s in scope_tuple):
         raise ConfigurationError("scopes must be a string or a list of strings", field="scopes")
     return (client_id, region, token_url, api_base_url, scope_tuple)
-
-
-def _read_bound(timeout: Any) -> float:
-    """How long get() awaits a read of a manager's secret source (see ``_held``): the
-    pool's connect + read timeout (the settings were checked already)."""
-    if timeout is None:
-        return float(sum(DEFAULT_TIMEOUT))
-    if isinstance(timeout, int | float):
-        return float(timeout)
-    return float(sum(timeout))
 
 
 def _max_idle(value: Any) -> float | None:

@@ -51,7 +51,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._http import attempt_bound, deadline, no_proxy_for, shared_session, status_of
 from ._redact import excerpt
 from ._secrets import KnownSecrets, read_secret
-from .config import Credentials, Settings
+from .config import Config, Credentials
 from .errors import (
     GenesysTokenError,
     InvalidTokenResponseError,
@@ -130,7 +130,7 @@ class TokenEndpoint:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Config,
         *,
         clock: Clock = SYSTEM_CLOCK,
         wait: Callable[[float], bool] | None = None,

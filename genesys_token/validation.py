@@ -15,7 +15,7 @@ import jwt
 import requests
 
 from ._http import json_of, shared_session
-from .config import Settings
+from .config import Config
 from .errors import TokenValidationError
 from .token import Token
 from .transport import TokenResponse
@@ -46,7 +46,7 @@ _MAX_EPOCH = 253_402_300_799
 class TokenValidator:
     """Builds validated :class:`Token` objects for one manager."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Config) -> None:
         self._settings = settings
         self._jwks: jwt.PyJWKClient | None = None
         if settings.jwks_url:
@@ -171,7 +171,7 @@ class _JWKClient(jwt.PyJWKClient):
     urllib's read timeout bounds each read, not a key set trickled a byte at a time, and a
     JWKS fetch holds the acquisition that waits for it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Config) -> None:
         assert settings.jwks_url is not None
         super().__init__(settings.jwks_url, cache_keys=True)
         self._settings = settings

@@ -66,7 +66,7 @@ from typing import Any
 import requests
 
 from ._http import attempt_bound, deadline, deadline_session
-from .config import Settings
+from .config import Config
 from .errors import ConfigurationError
 from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
 
@@ -275,7 +275,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Config,
         *,
         on_failure: Callable[[dict[str, Any]], None],
         queue_size: int = DEFAULT_QUEUE_SIZE,

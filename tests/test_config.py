@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from genesys_token import ConfigurationError, TokenManager
-from genesys_token.config import Settings, settings_from_env
+from genesys_token.config import Config, Settings, credentials_from_env, with_env_location
 from genesys_token.regions import REGION_DOMAINS, check_url, is_loopback_host, resolve_region
 
 
@@ -77,13 +77,13 @@ def test_plain_http_only_for_loopback():
 
 
 def test_overrides_win_over_the_region():
-    settings = Settings.build(
+    settings = Config.build(
         "id", "secret", token_url="http://127.0.0.1:9/oauth/token", api_base_url="http://[::1]:9"
     )
     assert settings.token_url == "http://127.0.0.1:9/oauth/token"
     assert settings.api_base_url == "http://[::1]:9"
     assert settings.region is None
-    default = Settings.build("id", "secret")
+    default = Config.build("id", "secret")
     assert default.token_url == "https://login.mypurecloud.com/oauth/token"
 
 
@@ -133,7 +133,7 @@ def test_bad_values_name_their_field(options: dict[str, Any], field: str):
 def test_good_values_are_normalised(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
-    settings = Settings.build(
+    settings = Config.build(
         "id",
         "secret",
         scopes="a:b c:d a:b",
@@ -154,12 +154,12 @@ def test_from_env_reads_the_genesys_variables():
         "GENESYSCLOUD_OAUTHCLIENT_SECRET": "env-secret",
         "GENESYSCLOUD_REGION": "mypurecloud.ie",
     }
-    settings = settings_from_env(env)
+    settings = Config.of(credentials_from_env(env), Settings.from_env(env))
     assert settings.client_id == "env-id"
     assert settings.token_url == "https://login.mypurecloud.ie/oauth/token"
     env["GENESYSCLOUD_TOKEN_URL"] = "http://127.0.0.1:1/oauth/token"
     env["GENESYSCLOUD_API_URL"] = "http://127.0.0.1:1"
-    settings = settings_from_env(env, scopes=["x:y"])
+    settings = Config.of(credentials_from_env(env), with_env_location(Settings(scopes="x:y"), env))
     assert settings.token_url == "http://127.0.0.1:1/oauth/token"
     assert settings.scopes == ("x:y",)
 
@@ -183,7 +183,7 @@ def test_from_env_builds_a_manager(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_settings_repr_hides_the_secrets():
-    settings = Settings.build("id", "very-secret-value", webhook_secret="hook-secret-value")
+    settings = Config.build("id", "very-secret-value", webhook_secret="hook-secret-value")
     assert "very-secret-value" not in repr(settings)
     assert "hook-secret-value" not in repr(settings)
     assert "very-secret-value" not in repr(settings.credentials)

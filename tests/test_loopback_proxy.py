@@ -22,7 +22,7 @@ import trustme
 
 from genesys_token import TokenManager, TokenRequestError
 from genesys_token._http import LoopbackDirectAdapter, deadline_session, is_loopback_url
-from genesys_token.config import Settings
+from genesys_token.config import Config
 from genesys_token.testing import GenesysEmulator
 from genesys_token.transport import TokenEndpoint
 
@@ -282,7 +282,7 @@ def test_proxy_from_the_environment_carries_a_token_request_to_another_host(
         bundle = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(bundle))
         origin = f"https://{ELSEWHERE}:{elsewhere.port}"
-        settings = Settings.build(
+        settings = Config.build(
             elsewhere.client_id,
             elsewhere.client_secret,
             token_url=origin + "/oauth/token",
@@ -315,7 +315,7 @@ def test_unusable_proxy_setting_fails_fast_without_retries(
         monkeypatch.setenv(name, "socks5://127.0.0.1:9")
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "")
-    settings = Settings.build(
+    settings = Config.build(
         "client-id",
         "client-secret-value",
         token_url=f"https://{ELSEWHERE}/oauth/token",

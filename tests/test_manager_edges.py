@@ -19,7 +19,7 @@ from conftest import FakeClock, MakeManager, eventually, join_fetch_threads
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from genesys_token import ConfigurationError, ManagerClosedError, TokenManager, TokenValidationError
-from genesys_token.config import Settings
+from genesys_token.config import Config
 from genesys_token.stores import MemoryStore
 from genesys_token.stores.base import decode_token, encode_token, store_key
 from genesys_token.testing import GenesysEmulator
@@ -174,7 +174,7 @@ def test_a_jwt_expired_within_the_leeway_is_rejected():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = 1_800_000_000.0
     token = jwt.encode({"exp": now - 2}, key, algorithm="RS256")
-    validator = TokenValidator(Settings.build("c", "s"))
+    validator = TokenValidator(Config.build("c", "s"))
     with pytest.raises(TokenValidationError, match="expired"):
         validator.build(TokenResponse(token, "bearer", 3600, None, 10.0, now), "c", now_wall=now)
 
@@ -236,7 +236,7 @@ def test_a_stored_token_is_scheduled_once(emulator: GenesysEmulator, make_manage
 
 def test_a_bad_url_is_not_echoed_in_the_error():
     with pytest.raises(ConfigurationError) as excinfo:
-        Settings.build("c", "s", webhook_url="hooks.example.com/services/T0/B0/SECRETPATH")
+        Config.build("c", "s", webhook_url="hooks.example.com/services/T0/B0/SECRETPATH")
     assert "SECRETPATH" not in str(excinfo.value)
 
 

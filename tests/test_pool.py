@@ -20,6 +20,7 @@ from genesys_token import (
     GenesysAuth,
     InvalidClientError,
     ManagerClosedError,
+    Settings,
     TokenManager,
     TokenManagerPool,
     TokenRequestError,
@@ -214,13 +215,24 @@ def test_another_api_base_url_for_a_client_in_the_pool_is_refused(
     assert excinfo.value.field == "api_base_url"
 
 
+@pytest.mark.parametrize("name", ["client_secret", "client_id", "scopes", "no_such_setting"])
+def test_a_pool_takes_no_per_client_or_unknown_keyword(name: str) -> None:
+    with pytest.raises(TypeError, match=name):
+        TokenManagerPool(**{name: "x"})
+
+
+def test_a_pool_refuses_settings_with_scopes_they_are_per_client() -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        TokenManagerPool(settings=Settings(scopes=["a"]))
+    assert excinfo.value.field == "scopes"
+
+
 @pytest.mark.parametrize(
     ("settings", "field"),
     [
-        ({"client_secret": "x"}, "client_secret"),
-        ({"scopes": ["a"]}, "scopes"),
-        ({"no_such_setting": 1}, "no_such_setting"),
         ({"refresh_buffer": -1}, "refresh_buffer"),
+        ({"region": "us-east-9"}, "region"),
+        ({"settings": {"timeout": 5}}, "settings"),
         ({"timeout": "soon"}, "timeout"),
         ({"max_idle": 0}, "max_idle"),
         ({"max_idle": True}, "max_idle"),

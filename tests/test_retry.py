@@ -17,7 +17,7 @@ import pytest
 from conftest import run_scheduled
 
 from genesys_token import InvalidClientError, RateLimitedError, TokenManager, TokenRequestError
-from genesys_token.config import Credentials, Settings
+from genesys_token.config import Config, Credentials
 from genesys_token.errors import ManagerClosedError, UnauthorizedClientError
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.transport import Clock, RetryNotice, TokenEndpoint, TokenResponse
@@ -63,7 +63,7 @@ def build(emulator: GenesysEmulator, sim: SimTime) -> Iterator[Build]:
     ) -> tuple[TokenEndpoint, Credentials]:
         options.setdefault("timeout", (2.0, 2.0))
         on_retry = options.pop("on_retry", None)
-        settings = Settings.build(
+        settings = Config.build(
             client_id or emulator.client_id,
             client_secret or emulator.client_secret,
             token_url=emulator.token_url,
@@ -139,7 +139,7 @@ def test_read_timeout_is_retried(emulator: GenesysEmulator, build: Build, sim: S
 
 
 def test_refused_connection_is_retried_then_raised(sim: SimTime) -> None:
-    settings = Settings.build("id", "pw", token_url="http://127.0.0.1:9/oauth/token", max_retries=2)
+    settings = Config.build("id", "pw", token_url="http://127.0.0.1:9/oauth/token", max_retries=2)
     endpoint = TokenEndpoint(settings, clock=sim.clock(), wait=sim.wait)
     with pytest.raises(TokenRequestError) as caught:
         endpoint.fetch(settings.credentials)
@@ -358,7 +358,7 @@ def test_each_retry_is_reported_and_logged(
 
 
 def test_closing_during_a_retry_wait_raises_manager_closed(emulator: GenesysEmulator) -> None:
-    settings = Settings.build(
+    settings = Config.build(
         emulator.client_id,
         emulator.client_secret,
         token_url=emulator.token_url,
@@ -375,7 +375,7 @@ def test_closing_during_a_retry_wait_raises_manager_closed(emulator: GenesysEmul
 
 
 def test_real_retry_after_gap_is_honoured(emulator: GenesysEmulator) -> None:
-    settings = Settings.build(
+    settings = Config.build(
         emulator.client_id,
         emulator.client_secret,
         token_url=emulator.token_url,

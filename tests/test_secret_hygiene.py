@@ -34,7 +34,7 @@ from genesys_token import (
     TokenManagerPool,
     TokenRequestError,
 )
-from genesys_token.config import Settings
+from genesys_token.config import Config
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.transport import Clock, TokenEndpoint
 
@@ -160,6 +160,7 @@ def test_no_credential_in_logs_errors_reprs_events_or_metrics(
             repr(manager),
             repr(manager.token),
             repr(manager.settings),
+            repr(manager._config),
             repr(events),
             repr(manager.metrics()),
         ]
@@ -470,7 +471,7 @@ def test_no_secret_in_any_frame_of_an_error_the_token_endpoint_raises(
     """The error as the endpoint raises it (before a flight copies it for its waiters): its
     own frames, and no chained error carrying the frames of requests."""
     (tmp_path / "secret").write_text(SECRET)
-    settings = Settings.build(
+    settings = Config.build(
         CLIENT_ID,
         SecretFile(tmp_path / "secret"),
         token_url=_refused_url() if setup == "refused" else emulator.token_url,
@@ -532,7 +533,8 @@ def test_managers_and_pools_keep_no_plain_copy_of_a_string_secret(
         search = _Search({"secret": secret, "webhook": "hook-secret-0123456789"}, slots=True)
         search.value(pool, "pool", 0)
         search.value(manager.settings, "settings", 0)
-    hooked = Settings.build(
+        search.value(manager._config, "config", 0)
+    hooked = Config.build(
         emulator.client_id,
         secret,
         token_url=emulator.token_url,

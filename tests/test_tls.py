@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from genesys_token import TokenEndpointTLSError, TokenManager
-from genesys_token.config import Settings
+from genesys_token.config import Config
 from genesys_token.testing import GenesysEmulator
 from genesys_token.transport import Clock, TokenEndpoint
 
@@ -50,7 +50,7 @@ def https_emulator(ca: trustme.CA) -> Iterator[GenesysEmulator]:
 def _endpoint(emulator: GenesysEmulator, waits: list[float], **options: object) -> TokenEndpoint:
     """A TokenEndpoint that records its retry waits instead of sleeping."""
     options.setdefault("token_url", emulator.token_url)
-    settings = Settings.build(
+    settings = Config.build(
         emulator.client_id,
         emulator.client_secret,
         api_base_url=emulator.api_base_url,

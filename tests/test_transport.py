@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 
 from genesys_token import InvalidTokenResponseError, TokenRequestError
 from genesys_token._http import HostLimiter
-from genesys_token.config import MAX_TOKEN_LIFETIME, Credentials, Settings
+from genesys_token.config import MAX_TOKEN_LIFETIME, Config, Credentials
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.transport import (
     TokenEndpoint,
@@ -45,7 +45,7 @@ def build(emulator: GenesysEmulator) -> Iterator[Build]:
     def make(**options: Any) -> tuple[TokenEndpoint, Credentials]:
         options.setdefault("max_retries", 0)
         options.setdefault("timeout", (2.0, 2.0))
-        settings = Settings.build(
+        settings = Config.build(
             emulator.client_id,
             emulator.client_secret,
             token_url=emulator.token_url,
@@ -236,7 +236,7 @@ def test_an_unexpected_error_is_a_counted_typed_error_naming_its_type_and_place(
 ) -> None:
     session = requests.Session()
     session.mount("http://", _UnplannedAdapter())
-    settings = Settings.build(
+    settings = Config.build(
         emulator.client_id,
         emulator.client_secret,
         token_url=emulator.token_url,
@@ -345,7 +345,7 @@ def test_headers_trickled_a_byte_every_half_second_end_at_the_deadline() -> None
     # connection is let go by then: the server sees its peer gone within the next second.
     server = TricklingServer(gap=0.5)
     try:
-        settings = Settings.build(
+        settings = Config.build(
             "cid",
             "secret",
             token_url=f"http://127.0.0.1:{server.port}/oauth/token",
@@ -415,7 +415,7 @@ def test_check_and_revoke_use_the_api_host(emulator: GenesysEmulator, build: Bui
 
 
 def test_check_and_revoke_on_an_unreachable_host_report_instead_of_raising() -> None:
-    settings = Settings.build(
+    settings = Config.build(
         "id", "pw", token_url="http://127.0.0.1:9/t", api_base_url="http://127.0.0.1:9"
     )
     endpoint = TokenEndpoint(settings)
@@ -427,7 +427,7 @@ def test_check_and_revoke_on_an_unreachable_host_report_instead_of_raising() -> 
 def test_a_session_passed_in_is_used_and_left_open(emulator: GenesysEmulator) -> None:
     import requests
 
-    settings = Settings.build(
+    settings = Config.build(
         emulator.client_id, emulator.client_secret, token_url=emulator.token_url
     )
     with requests.Session() as session:

@@ -21,7 +21,7 @@ from conftest import (
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from genesys_token import ManagerClosedError, Token, TokenManager, TokenValidationError
-from genesys_token.config import Settings
+from genesys_token.config import Config
 from genesys_token.stores import MemoryStore
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.token import fingerprint_of, refresh_lead
@@ -42,7 +42,7 @@ def _response(token: str, expires_in: float = 3600, scope: str | None = None) ->
 
 
 def _validator(**options: Any) -> TokenValidator:
-    return TokenValidator(Settings.build("client-1", "secret", **options))
+    return TokenValidator(Config.build("client-1", "secret", **options))
 
 
 def test_opaque_tokens_pass_with_expiry_from_expires_in():
@@ -110,7 +110,7 @@ def test_signature_verified_against_the_emulator_jwks(emulator: GenesysEmulator,
     token = manager.refresh()
     assert token.is_jwt
     assert token.claims is not None and token.claims["client_id"] == emulator.client_id
-    validator = TokenValidator(manager.settings)
+    validator = TokenValidator(manager._config)
     forged_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = jwt.get_unverified_header(token.access_token)["kid"]
     forged = _jwt({"exp": time.time() + 600, "client_id": emulator.client_id}, forged_key, kid)
@@ -124,7 +124,7 @@ def test_signature_verified_against_the_emulator_jwks(emulator: GenesysEmulator,
 
 def test_jwks_configured_but_token_opaque_is_rejected(emulator: GenesysEmulator):
     validator = TokenValidator(
-        Settings.build("c", "s", token_url=emulator.token_url, jwks_url=emulator.jwks_url)
+        Config.build("c", "s", token_url=emulator.token_url, jwks_url=emulator.jwks_url)
     )
     with pytest.raises(TokenValidationError, match="not a JWT"):
         validator.build(_response("opaque"), "c", now_wall=NOW)

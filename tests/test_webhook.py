@@ -20,7 +20,7 @@ import requests
 from conftest import HeldLookups, MakeManager, TricklingServer, eventually
 
 from genesys_token import InvalidClientError, TokenRequestError, webhook
-from genesys_token.config import Settings
+from genesys_token.config import Config
 from genesys_token.errors import ConfigurationError
 from genesys_token.events import (
     TOKEN_REFRESH_SUCCESS,
@@ -102,8 +102,8 @@ def receiver() -> Iterator[Receiver]:
     server.stop()
 
 
-def _settings(url: str, **options: Any) -> Settings:
-    return Settings.build("client-id", "client-secret-value", webhook_url=url, **options)
+def _settings(url: str, **options: Any) -> Config:
+    return Config.build("client-id", "client-secret-value", webhook_url=url, **options)
 
 
 def _record(n: int = 0, **data: Any) -> dict[str, Any]:
@@ -730,7 +730,7 @@ def test_forked_child_delivers_through_its_own_worker(
 
 def test_sender_needs_a_url_and_keeps_it_out_of_its_repr():
     with pytest.raises(ConfigurationError):
-        WebhookSender(Settings.build("id", "secret"), on_failure=lambda data: None)
+        WebhookSender(Config.build("id", "secret"), on_failure=lambda data: None)
     sender = WebhookSender(
         _settings("http://127.0.0.1:9/hook-secret-path"), on_failure=lambda data: None
     )

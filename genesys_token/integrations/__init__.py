@@ -15,5 +15,5 @@ The Flask extension and the Django helpers read the same settings: ``GENESYS_CLI
 ``GENESYS_CLIENT_SECRET``, ``GENESYS_REGION``, ``GENESYS_TOKEN_URL``, ``GENESYS_API_URL``
 (each falling back to its ``GENESYSCLOUD_*`` environment variable) and
 ``GENESYS_TOKEN_OPTIONS``, a dict of further :class:`~genesys_token.TokenManager` arguments
-(``store``, ``refresh_buffer``, ...).
+(``settings``, ``store``, ``refresh_buffer``, ...).
 """

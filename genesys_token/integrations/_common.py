@@ -10,8 +10,9 @@ from typing import Any
 import requests
 
 from .._http import LoopbackDirectAdapter
+from .._secrets import hide_text
 from ..auth import GenesysAuth
-from ..config import ENV_CLIENT_ID, ENV_CLIENT_SECRET
+from ..config import ENV_CLIENT_ID, ENV_CLIENT_SECRET, given_settings
 from ..errors import ConfigurationError
 from ..manager import TokenManager
 
@@ -27,8 +28,11 @@ SETTING_ARGS: dict[str, str] = {
 #: A list of further origins that get the token from the integration's session
 #: (``["https://gateway.example.com"]``); the API origin always does.
 ALLOWED_ORIGINS_SETTING = "GENESYS_ALLOWED_ORIGINS"
-#: A dict of further TokenManager arguments (``store``, ``refresh_buffer``, ...).
+#: A dict of further TokenManager arguments (``settings``, ``store``, ``refresh_buffer``, ...).
 OPTIONS_SETTING = "GENESYS_TOKEN_OPTIONS"
+#: What ``GENESYS_TOKEN_OPTIONS`` may hold besides setting fields (a ``Settings`` the fields
+#: are applied to, and objects given to the manager as they are).
+_OBJECTS = frozenset({"settings", "store", "clock", "session"})
 _ENV_OF = {"client_id": ENV_CLIENT_ID, "client_secret": ENV_CLIENT_SECRET}
 _SETTING_OF = {arg: name for name, arg in SETTING_ARGS.items()}
 
@@ -51,13 +55,25 @@ def manager_from_settings(lookup: Callable[[str], Any], where: str) -> TokenMana
             f"{OPTIONS_SETTING} in {where} must be a dict, not {type(options).__name__}",
             field=OPTIONS_SETTING,
         )
-    arguments: dict[str, Any] = dict(options)
+    fields = {k: v for k, v in options.items() if k not in _OBJECTS}
     for name, arg in SETTING_ARGS.items():
         value = lookup(name)
         if value is not None and value != "":
-            arguments[arg] = value
+            fields[arg] = value
+    client_id = fields.pop("client_id", None)
+    # Hidden at once: no frame of ours holds it in clear, whatever error follows.
+    client_secret = hide_text(fields.pop("client_secret", None))
     try:
-        return TokenManager.from_env(**arguments)
+        # replace() checks the fields, naming an unknown one; the environment fills the
+        # location fields left unset.
+        return TokenManager.from_env(
+            client_id=client_id,
+            client_secret=client_secret,  # type: ignore[arg-type]
+            settings=given_settings(options.get("settings")).replace(**fields),
+            store=options.get("store"),
+            clock=options.get("clock"),
+            session=options.get("session"),
+        )
     except ConfigurationError as exc:
         if exc.field in _ENV_OF:
             setting = _SETTING_OF[exc.field]
