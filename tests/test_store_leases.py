@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -238,6 +239,78 @@ def test_a_slow_renewal_delays_another_lease_by_its_own_length_only() -> None:
     gaps = [b - a for a, b in itertools.pairwise(fast_calls)]
     assert len(fast_calls) >= len(slow_calls) - 1  # one fast renewal after each slow one
     assert max(gaps) < 0.1 + 0.02 + 0.1  # the stall, one interval, scheduling slack
+
+
+def test_quick_leases_are_renewed_before_each_known_stall() -> None:
+    # Two leases whose renewals stall (0.35 s each: two locks on a Redis that does not
+    # answer) and a quick one due every 0.4 s. Once the stalls are known, the quick lease is
+    # renewed before each stall whenever it is half-way to its due time: at every stall's
+    # start it was renewed less than 0.2 s before, not one or two stalls before.
+    events: list[tuple[str, float]] = []
+
+    def stalling(label: str) -> Callable[[], bool]:
+        def renew() -> bool:
+            events.append((label, time.monotonic()))
+            time.sleep(0.35)
+            return True
+
+        return renew
+
+    def quick() -> bool:
+        events.append(("quick", time.monotonic()))
+        return True
+
+    held = [hold(stalling("s1"), every=0.02), hold(stalling("s2"), every=0.02)]
+    assert poll(lambda: {label for label, _ in events} == {"s1", "s2"}, 5.0)  # known slow
+    held.append(hold(quick, every=0.4))
+    try:
+        assert poll(lambda: sum(label != "quick" for label, _ in events) >= 7, 10.0)
+    finally:
+        for lease in held:
+            lease.release()
+    ages = []
+    last_quick: float | None = None
+    for label, at in list(events):
+        if label == "quick":
+            last_quick = at
+        elif last_quick is not None:
+            ages.append(at - last_quick)
+    assert len(ages) >= 4
+    assert max(ages) < 0.2 + 0.075, ages  # half its interval, not a stall (0.35)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_stalled_redis_delays_file_heartbeats_by_its_socket_timeout_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Redis that stops answering (SIGSTOP: connections are accepted, nothing is read):
+    # each beat of its lock waits out the socket timeout (0.2 s here, 1 s from a URL by
+    # default) on its first try and on its one retry; the file lock's heartbeat runs between
+    # them, late by that much at most, never starved.
+    monkeypatch.setattr(flock_module, "HEARTBEAT", 0.05)
+    lock_file = tmp_path / "k.lock"
+    with redis_server_or_skip() as server:
+        store = RedisStore.from_url(server.url, lock_ttl=0.3, socket_timeout=0.2)
+        pid = server._process.pid  # type: ignore[union-attr]
+        with FileStore(tmp_path).lock("k", 1.0) as file_held, store.lock("r", 1.0) as held:
+            assert file_held and held
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                changes = [time.monotonic()]
+                mtime = lock_file.stat().st_mtime_ns
+                end = changes[0] + 1.5
+                while time.monotonic() < end:
+                    now_mtime = lock_file.stat().st_mtime_ns
+                    if now_mtime != mtime:
+                        mtime = now_mtime
+                        changes.append(time.monotonic())
+                    time.sleep(0.005)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        store.close()
+    gaps = [b - a for a, b in itertools.pairwise(changes)]
+    assert len(gaps) >= 3
+    assert max(gaps) < 2 * 0.2 + 0.05 + 0.25  # two tries' timeouts, a beat, slack
 
 
 # -- release against a renewal under way ---------------------------------------------------

@@ -14,21 +14,24 @@ lease and will never be called for it again; the caller closes the lock file or 
 key right after, so a renewal running meanwhile is waited for (never cut short: it is bounded
 by its own I/O timeout).
 
-Slow renewals: there is one thread, so a renewal that stalls (a Redis that does not answer,
-bounded by the client's socket timeout: 1 s per try from a URL-built client, which retries
-once) delays the others. They run by due time, earliest first, so a lease is late by at most
-the renewals due before it that stall, about ``k`` x the socket timeout for ``k`` stalling
-Redis leases; each renewal waits for no other I/O. Waiters allow three missed beats (3 s)
-before they judge a holder gone, so one stalling Redis lease costs nothing; several on a
-Redis that stalls can make a waiter elsewhere give up on a live holder's file lock, which
-costs one extra token request, not a wrong token.
+Slow renewals: there is one thread, so a renewal that stalls delays the others while it
+runs. A beat on a Redis that does not answer waits out the client's socket timeout on its
+try and its one retry: 2 s with a URL-built client (1 s timeouts). Leases run by due time,
+earliest first, but a lease whose last renewal took over :data:`SLOW_RENEWAL` goes after
+every quick lease half-way to its due time, so once a stall is known a quick lease is renewed
+at most one stall plus half its interval apart (FileStore beside a stalled Redis, measured:
+2 s apart), however many leases stall. The first stall of each stalling lease is not known
+beforehand: until then a quick lease may wait for one interval plus every such first stall
+due before it (one stalled Redis lock: 2-3 s; two: 4 s). Waiters allow 3 s (FileStore: 3.25 s)
+before they give up on a holder, and giving up on a live one costs one extra token request,
+never a wrong token.
 
 A renew that raises is logged at DEBUG (its type only) and the lease kept: the keeper
 survives anything a renewal does. A thread that cannot start (``RuntimeError``: a pids or
 memory limit) leaves the lock held and working, only not renewed (waiters may take it over
-after 3 s); it is logged once, and the next :func:`hold` tries again, renewing every lease
-still held. In a forked child there is no keeper and the parent's leases are forgotten (their
-locks are the parent's).
+after 3 s); one WARNING says so (one more once a thread starts again), and the next
+:func:`hold` tries again, renewing every lease still held. In a forked child there is no
+keeper and the parent's leases are forgotten (their locks are the parent's).
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ log = logging.getLogger("genesys_token.stores")
 
 #: The keeper thread ends once no lease has been held for this many seconds.
 IDLE_EXIT = 1.0
+#: A renewal that took longer than this (a Redis that stalls) puts its lease after the
+#: quick ones until one of its renewals is quick again.
+SLOW_RENEWAL = 0.1
 #: The name of the keeper thread.
 THREAD_NAME = "genesys-token-lease-keeper"
 
@@ -53,7 +59,7 @@ THREAD_NAME = "genesys-token-lease-keeper"
 class Lease:
     """One held lock's renewal, kept by the process-wide keeper until :meth:`release`."""
 
-    __slots__ = ("_active", "_end", "_every", "_owner", "_renew", "name")
+    __slots__ = ("_active", "_end", "_every", "_owner", "_renew", "_slow", "_ticket", "name")
 
     def __init__(
         self,
@@ -69,6 +75,11 @@ class Lease:
         self._every = every
         self._end = lease_end
         self._active = True
+        #: The sequence number of this lease's live heap entry (None while it is renewed or
+        #: once it is dropped); any other entry of it is stale and skipped.
+        self._ticket: int | None = None
+        #: Whether its last renewal took longer than SLOW_RENEWAL.
+        self._slow = False
         #: What the lock is, for DEBUG logs ("token cache lock"); never a key or a secret.
         self.name = name
 
@@ -110,9 +121,7 @@ class _Keeper:
             lease._active = False  # a parent's lease, in a forked child: never renewed here
             return
         with self._cond:
-            if lease._active:
-                lease._active = False
-                self._held -= 1
+            self._drop(lease)
             # Not when the caller is the renewal itself: it would wait for its own end.
             if self._thread is not threading.current_thread():
                 while self._running is lease:
@@ -125,7 +134,16 @@ class _Keeper:
             return self._held
 
     def _push(self, lease: Lease, due: float) -> None:
-        heapq.heappush(self._heap, (due, next(self._sequence), lease))
+        ticket = next(self._sequence)
+        lease._ticket = ticket
+        heapq.heappush(self._heap, (due, ticket, lease))
+
+    def _drop(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` (lock held); its heap entry is skipped when reached."""
+        if lease._active:
+            lease._active = False
+            lease._ticket = None
+            self._held -= 1
 
     def _ensure_thread(self) -> None:
         # Under the lock.
@@ -159,6 +177,7 @@ class _Keeper:
                     return
                 self._running = lease
             renewed = True
+            started = time.monotonic()
             try:
                 renewed = lease._renew()
             except Exception as exc:  # noqa: BLE001 - a renewal must never end the keeper
@@ -166,22 +185,37 @@ class _Keeper:
             finally:
                 with self._cond:
                     self._running = None
+                    ended = time.monotonic()
+                    lease._slow = ended - started > SLOW_RENEWAL
                     if lease._active:
                         if renewed:
-                            self._push(lease, time.monotonic() + lease._every)
+                            self._push(lease, ended + lease._every)
                         else:
                             log.debug("%s lost before its lease ended", lease.name)
-                            lease._active = False
-                            self._held -= 1
+                            self._drop(lease)
                     self._cond.notify_all()
+
+    def _pick(self, now: float) -> Lease:
+        """The lease to renew now, once one is due (lock held; a scan of the few held).
+
+        The earliest due goes first, but a lease whose last renewal was slow (a Redis that
+        stalls) goes after every quick lease half-way to its due time: those are renewed
+        before the stall rather than one stall late.
+        """
+        ready = [
+            (lease._slow, due, ticket, lease)
+            for due, ticket, lease in self._heap
+            if ticket == lease._ticket and due - lease._every / 2 <= now
+        ]
+        return min(ready, key=lambda entry: entry[:3])[3]
 
     def _next_due(self, me: threading.Thread) -> Lease | None:
         """Wait for the next due lease (lock held); None when this thread should end."""
         idle_since: float | None = None
         while self._thread is me:
             now = time.monotonic()
-            while self._heap and not self._heap[0][2]._active:
-                heapq.heappop(self._heap)  # released: its entry goes when reached
+            while self._heap and self._heap[0][1] != self._heap[0][2]._ticket:
+                heapq.heappop(self._heap)  # stale: released, or renewed ahead of it
             if not self._heap:
                 idle_since = now if idle_since is None else idle_since
                 if now - idle_since >= IDLE_EXIT:
@@ -190,15 +224,15 @@ class _Keeper:
                 self._cond.wait(idle_since + IDLE_EXIT - now)
                 continue
             idle_since = None
-            due, _, lease = self._heap[0]
+            due = self._heap[0][0]
             if due > now:
                 self._cond.wait(due - now)
                 continue
-            heapq.heappop(self._heap)
+            lease = self._pick(now)
+            lease._ticket = None  # its entry is stale now
             if now >= lease._end:
                 log.debug("%s lease ran out; no longer renewed", lease.name)
-                lease._active = False
-                self._held -= 1
+                self._drop(lease)
                 continue
             return lease
         return None
