@@ -27,6 +27,7 @@ from store_helpers import KEY, load, make_token, save
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import FileStore, store_key
 from genesys_token.stores import _flock as flock_module
+from genesys_token.stores import _leases as leases
 from genesys_token.testing import GenesysEmulator
 
 MakeManager = Callable[..., TokenManager]
@@ -466,12 +467,18 @@ def test_holder_is_not_renewed_past_its_lease(tmp_path: Path) -> None:
     assert given_up < 1.2  # lease 0.2 + silence 0.4 + confirm 0.1, with room
 
 
-def test_heartbeat_thread_ends_with_the_lock_block(tmp_path: Path) -> None:
+def test_heartbeat_is_kept_by_the_lease_keeper_and_ends_with_the_lock_block(
+    tmp_path: Path,
+) -> None:
     before = set(threading.enumerate())
     with FileStore(tmp_path).lock(KEY, 1.0) as held:
         assert held
-        assert library_threads(before) == ["genesys-token-file-lock-heartbeat"]
-    assert library_threads(before) == []
+        assert set(library_threads(before)) <= {leases.THREAD_NAME}  # no thread of its own
+        assert [t.name for t in threading.enumerate() if t.name == leases.THREAD_NAME] == [
+            leases.THREAD_NAME
+        ]
+        assert leases.held() == 1
+    assert leases.held() == 0
 
 
 def test_lock_with_a_bad_lease_is_a_configuration_error(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from store_helpers import KEY, load, make_token, save
 
 from genesys_token import ConfigurationError, StoreError, TokenManager
 from genesys_token.stores import RedisStore, store_key
+from genesys_token.stores import _leases as leases
 from genesys_token.stores._redis_lock import RENEW_EVERY, STALE_AFTER
 from genesys_token.testing import Fault, GenesysEmulator
 
@@ -397,7 +398,7 @@ def test_redis_server_helper_reports_a_server_that_cannot_start() -> None:
 
 
 def _renewal_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "genesys-token-lock-renewal"]
+    return [t for t in threading.enumerate() if t.name == leases.THREAD_NAME and t.is_alive()]
 
 
 def test_lock_is_renewed_while_its_holder_is_inside(
@@ -411,6 +412,7 @@ def test_lock_is_renewed_while_its_holder_is_inside(
     with store.lock(KEY, 1.0, lease=30.0) as held:
         assert held
         assert len(_renewal_threads()) == 1
+        assert leases.held() == 1
         deadline = time.monotonic() + 1.8  # three lock TTLs
         while time.monotonic() < deadline:
             with peer.lock(KEY, 0.0) as stolen:
@@ -418,7 +420,7 @@ def test_lock_is_renewed_while_its_holder_is_inside(
             assert 0 < raw.pttl(name) <= 600
             time.sleep(0.05)
     assert raw.get(name) is None  # released at once on exit...
-    assert _renewal_threads() == []  # ...and its renewal thread is gone with it
+    assert leases.held() == 0  # ...and no longer renewed
     store.close()
     peer.close()
 
@@ -457,7 +459,7 @@ def test_renewal_that_finds_the_lock_taken_stops_and_leaves_it_alone(
     with store.lock(KEY, 1.0) as held:
         assert held
         raw.set(name, "peer", px=5_000)  # e.g. an operator's manual takeover
-        assert poll(lambda: not _renewal_threads(), 2.0)  # it noticed and ended
+        assert poll(lambda: leases.held() == 0, 2.0)  # it noticed and stopped renewing
         assert 4_000 < raw.pttl(name) <= 5_000  # not extended by us
     assert raw.get(name) == b"peer"
     store.close()
@@ -473,8 +475,9 @@ def test_renewal_survives_a_failing_redis_and_ends_with_the_block(
             assert held
             server.stop()
             time.sleep(0.4)  # several renewals fail meanwhile
-            assert len(_renewal_threads()) == 1  # still trying: Redis may come back
-        assert _renewal_threads() == []
+            assert leases.held() == 1  # still trying: Redis may come back
+            assert len(_renewal_threads()) == 1
+        assert leases.held() == 0
     assert any("could not renew" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno >= logging.INFO]
     store.close()

@@ -22,12 +22,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from . import _leases
 from .base import poll_until
 
 try:  # POSIX only; importing this module must still work elsewhere (issue 16, #9).
@@ -97,32 +97,17 @@ def wait_for_lock(fd: int, timeout: float, path: Path) -> bool:
 
 
 class Heartbeat:
-    """Touches a held lock file now and every :data:`HEARTBEAT` seconds until stopped or
-    its lease has run out (a thread, joined by :meth:`stop`)."""
+    """Touches a held lock file now, then every :data:`HEARTBEAT` seconds until stopped or
+    its lease has run out (from the process-wide keeper thread, see ``_leases``)."""
 
     def __init__(self, fd: int, lease: float) -> None:
-        self._fd = fd
-        self._lease_end = time.monotonic() + lease
-        self._stop = threading.Event()
+        lease_end = time.monotonic() + lease
         _touch(fd)  # at once: a waiter must not take a fresh holder for a silent one
-        self._thread = threading.Thread(
-            target=self._run, name="genesys-token-file-lock-heartbeat", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT):
-            if time.monotonic() >= self._lease_end:
-                log.debug("token cache lock lease ran out; no longer renewed")
-                return
-            if not _touch(self._fd):
-                return
+        self._lease = _leases.hold(lambda: _touch(fd), HEARTBEAT, lease_end, "token cache lock")
 
     def stop(self) -> None:
-        """Stop touching the file; returns once the thread has ended."""
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        """Stop touching the file; once this returns, the descriptor is no longer used."""
+        self._lease.release()
 
 
 def _touch(fd: int) -> bool:

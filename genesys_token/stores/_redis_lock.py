@@ -1,10 +1,10 @@
 """The refresh lock of RedisStore: a lease whose holder shows that it is alive.
 
 The lock key holds ``<owner>:<beat>``: a random owner and a counter. Its holder takes it with
-``SET NX PX`` and, from a small ``genesys-token-lock-renewal`` thread, writes a new beat (and
-a fresh time to live) every :data:`RENEW_EVERY` seconds for as long as it is inside the block,
-but never past its ``lease``. Every script compares the owner part, so only the owner renews or
-releases the lock, and a retried call whose first answer was lost is harmless.
+``SET NX PX`` and, from the process-wide lease keeper thread (see ``_leases``), writes a new
+beat (and a fresh time to live) every :data:`RENEW_EVERY` seconds for as long as it is inside
+the block, but never past its ``lease``. Every script compares the owner part, so only the
+owner renews or releases the lock, and a retried call whose first answer was lost is harmless.
 
 A waiter remembers the value it saw and since when. A value that has not changed for
 :data:`STALE_AFTER` seconds belongs to a holder that died, ran out of lease, or never renewed
@@ -22,6 +22,7 @@ until their own timeout.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import StoreError
+from . import _leases
 from .base import poll_until
 
 log = logging.getLogger("genesys_token.stores")
@@ -254,37 +256,22 @@ class RedisLock:
 
 
 class _Renewal:
-    """Keeps one held lock alive: a thread that writes beats until stopped or out of lease."""
+    """Keeps one held lock alive: a beat every ``renew_every`` seconds from the process-wide
+    keeper thread (see ``_leases``) until stopped, lost, or out of lease."""
 
     def __init__(self, lock: RedisLock, name: str, owner: str, *, lease_end: float) -> None:
-        self._lock = lock
-        self._name = name
-        self._owner = owner
-        self._lease_end = lease_end
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="genesys-token-lock-renewal", daemon=True
-        )
-        self._thread.start()
+        beats = itertools.count(1)
 
-    def _run(self) -> None:
-        lock = self._lock
-        beat = 0
-        while not self._stop.wait(lock.renew_every):
-            left = self._lease_end - time.monotonic()
-            if left <= 0:
-                log.debug("token store lock lease ran out; no longer renewed")
-                return
-            beat += 1
+        def renew() -> bool:
+            ttl_ms = lock.ttl_ms(lease_end - time.monotonic())
             try:
-                if not lock.beat(self._name, self._owner, beat, lock.ttl_ms(left)):
-                    log.debug("token store lock lost before its lease ended")
-                    return
+                return lock.beat(name, owner, next(beats), ttl_ms)
             except StoreError as exc:  # the next renewal may succeed; the lock is not gone
                 log.debug("could not renew the token store lock: %s", exc)
+                return True
+
+        self._lease = _leases.hold(renew, lock.renew_every, lease_end, "token store lock")
 
     def stop(self) -> None:
-        """Stop renewing (and wait for the thread, unless it is the caller)."""
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        """Stop renewing; once this returns, no beat is being written or will be."""
+        self._lease.release()

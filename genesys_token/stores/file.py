@@ -290,10 +290,10 @@ class FileStore:
             finally:
                 # In a child forked inside this block, the fork hook already closed the
                 # descriptor (its number may now be someone else's), the parent still holds
-                # the lock and the heartbeat thread is the parent's: touch nothing.
+                # the lock and the heartbeat is the parent's: touch nothing.
                 if os.getpid() == pid:
                     if heartbeat is not None:
-                        heartbeat.stop()  # before the close: the thread uses the descriptor
+                        heartbeat.stop()  # before the close: the keeper uses the descriptor
                     self._close_lock_file(fd)
         finally:
             if os.getpid() == pid:
