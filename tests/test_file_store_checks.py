@@ -49,8 +49,7 @@ def library_threads(before: set[threading.Thread]) -> list[str]:
         t.name
         for t in threading.enumerate()
         if t not in before and t.name.startswith("genesys-token-") and t.is_alive()
-        and t.name != "genesys-token-reaper"
-    ]  # fmt: skip
+    ]
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
