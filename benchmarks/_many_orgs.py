@@ -199,8 +199,8 @@ def _short_tokens(
     import psutil
 
     from genesys_token import TokenManagerPool
-    from genesys_token._clock import elapsed
-    from genesys_token.events import TOKEN_REFRESH_SUCCESS
+    from genesys_token.core.clock import elapsed
+    from genesys_token.observability.events import TOKEN_REFRESH_SUCCESS
 
     token_url, api_url = urls
     port = int(token_url.split(":")[2].split("/")[0])

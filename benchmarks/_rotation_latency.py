@@ -88,7 +88,7 @@ def one_run(
     peer = make_peer(name, target)
     drain: dict[str, Any] = {}
     if name == "genesys-token":
-        from genesys_token.events import TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT
+        from genesys_token.observability.events import TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT
 
         for event in (TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT):
             peer.manager.on(event, lambda record: drain.update(record["data"]))  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import requests
 
 from genesys_token import GenesysAuth, GenesysTokenError, TokenManager
-from genesys_token.events import (
+from genesys_token.observability.events import (
     TOKEN_DRAIN_COMPLETE,
     TOKEN_DRAIN_TIMEOUT,
     TOKEN_REFRESH_FAILURE,

@@ -11,10 +11,8 @@
 
 import logging as _logging
 
-from ._gate import InFlight
-from ._secrets import SecretFile
-from .auth import GenesysAuth
-from .config import Settings
+from .core.uses import InFlight
+from .credentials import SecretFile
 from .errors import (
     ConfigurationError,
     DrainTimeoutError,
@@ -32,9 +30,11 @@ from .errors import (
     TokenValidationError,
     UnauthorizedClientError,
 )
+from .integrations.requests_auth import GenesysAuth
+from .integrations.requests_session import api_session
 from .manager import TokenManager
 from .pool import TokenManagerPool
-from .session import api_session
+from .settings import Settings
 from .token import Token
 
 __version__ = "0.2.0"

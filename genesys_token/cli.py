@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 import requests
 
 from . import __version__
-from ._http import shared_session, status_of
-from ._redact import redact
-from .config import ENV_CLIENT_SECRET
 from .errors import ConfigurationError, GenesysTokenError, InvalidClientError
+from .http.connections import shared_session, status_of
 from .manager import TokenManager
+from .observability.redaction import redact
+from .settings import ENV_CLIENT_SECRET
 from .stores.base import TokenStore
 from .testing._cli import add_arguments as add_emulator_arguments
 from .testing._cli import run_parsed as run_emulator_args
@@ -305,7 +305,9 @@ def _log_to_stderr(verbose: bool) -> tuple[logging.Handler, int]:
         # The audit records repeat the failure that main() reports in its one error line.
         # So does the rejection warning of a refused secret.
         handler.addFilter(
-            lambda record: not record.name.startswith((AUDIT_LOGGER, "genesys_token._rejections"))
+            lambda record: (
+                not record.name.startswith((AUDIT_LOGGER, "genesys_token.core.rejections"))
+            )
         )
     library_log.addHandler(handler)
     if verbose:

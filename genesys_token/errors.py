@@ -2,7 +2,8 @@
 
 Every error the SDK raises is a :class:`GenesysTokenError`. None of them ever carries a client
 secret or an access token: messages are built from status codes, OAuth error codes and
-descriptions, and response excerpts pass through :func:`genesys_token._redact.redact` first.
+descriptions, and response excerpts pass through
+:func:`genesys_token.observability.redaction.redact` first.
 """
 
 from __future__ import annotations

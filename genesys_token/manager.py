@@ -20,19 +20,24 @@ from typing import Any, NoReturn
 
 import requests
 
-from . import _http
-from ._acquire import Acquirer, flight_bound, lock_bound
-from ._clock import SYSTEM_CLOCK, Clock
-from ._flight import Replacing
-from ._gate import InFlight, UseGate
-from ._lifecycle import register_fork_handler
-from ._refresher import Refresher, check_timeout
-from ._rejections import RejectedCredentials
-from ._reporter import Reporter
-from ._rotation import rotate
-from ._scheduler import Job, scheduler
-from ._secrets import Secret, hide_text
-from .config import (
+from .core.acquisition import Acquirer, flight_bound, lock_bound
+from .core.clock import SYSTEM_CLOCK, Clock
+from .core.fork import register_fork_handler
+from .core.refresher import Refresher, check_timeout
+from .core.rejections import RejectedCredentials
+from .core.rotation import rotate
+from .core.scheduler import Job, scheduler
+from .core.single_flight import Replacing
+from .core.uses import InFlight, UseGate
+from .core.validation import TokenValidator
+from .credentials import Secret, hide_text
+from .errors import DrainTimeoutError, ManagerClosedError
+from .http import connections as _http
+from .http.token_endpoint import RetryNotice, TokenEndpoint
+from .observability.events import Listener
+from .observability.reporter import Reporter
+from .regions import warn_region_mismatch
+from .settings import (
     UNSET,
     Config,
     Credentials,
@@ -41,13 +46,8 @@ from .config import (
     given_settings,
     with_env_location,
 )
-from .errors import DrainTimeoutError, ManagerClosedError
-from .events import Listener
-from .regions import warn_region_mismatch
 from .stores.base import MemoryStore, TokenStore
 from .token import Token
-from .transport import RetryNotice, TokenEndpoint
-from .validation import TokenValidator
 
 
 class TokenManager:

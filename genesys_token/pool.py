@@ -27,12 +27,12 @@ from typing import Any
 
 import requests
 
-from ._clock import SYSTEM_CLOCK, Clock
-from ._held import HeldReads
-from ._lifecycle import register_fork_handler
-from ._proofs import SecretProofs, same_name, same_value, secret_name
-from ._scheduler import Job, scheduler
-from ._secrets import (
+from .core.clock import SYSTEM_CLOCK, Clock
+from .core.fork import register_fork_handler
+from .core.held_reads import HeldReads
+from .core.scheduler import Job, scheduler
+from .core.secret_proofs import SecretProofs, same_name, same_value, secret_name
+from .credentials import (
     Secret,
     SecretValue,
     check_secret,
@@ -41,10 +41,10 @@ from ._secrets import (
     hide_text,
     is_known,
 )
-from .config import UNSET, Config, Credentials, Settings, given_settings
 from .errors import ConfigurationError, ManagerClosedError, SecretSourceError
 from .manager import TokenManager
-from .metrics import COUNTERS
+from .observability.metrics import COUNTERS
+from .settings import UNSET, Config, Credentials, Settings, given_settings
 from .stores.base import MemoryStore, TokenStore
 
 __all__ = ["TokenManagerPool"]

@@ -1,234 +1,32 @@
-"""api_session(): a ``requests.Session`` for the Platform API: token, base URL, timeout, retries."""
+"""``genesys_token.session``: kept for the import path the README shows; the code lives in
+:mod:`genesys_token.integrations.requests_session`."""
 
-from __future__ import annotations
+from .integrations.requests_session import (
+    ANY_METHOD_STATUSES,
+    BACKOFF_MAX,
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
+    IDEMPOTENT_METHODS,
+    IDEMPOTENT_STATUSES,
+    ApiSession,
+    GenesysRetry,
+    api_session,
+    genesys_retry,
+)
 
-import logging
-import random
-from collections.abc import Collection, Iterable
-from itertools import takewhile
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
-
-import requests
-from urllib3.exceptions import InvalidHeader
-from urllib3.util.retry import Retry
-
-from ._http import LoopbackDirectAdapter
-from .auth import GenesysAuth
-
-if TYPE_CHECKING:
-    from .manager import TokenManager
-
-log = logging.getLogger("genesys_token.session")
-
-#: ``(connect, read)`` seconds: connect slightly above a multiple of 3 s (TCP's retransmit
-#: window); a read long enough for Genesys' slower queries (analytics, exports).
-DEFAULT_TIMEOUT = (3.05, 30.0)
-DEFAULT_MAX_RETRIES = 3
-#: Backoff between retries without ``Retry-After``: full jitter in 0..factor * 2**(n-1) s.
-DEFAULT_BACKOFF_FACTOR = 0.5
-#: No single backoff wait (without ``Retry-After``) is longer than this.
-BACKOFF_MAX = 10.0
-#: A ``Retry-After`` above this is waited for this long only: a thread should not disappear
-#: for minutes inside one API call; the caller gets the 429 back if it persists.
-DEFAULT_MAX_RETRY_AFTER = 60.0
-#: A 429 means Genesys did not process the request: safe to send again, whatever the method.
-ANY_METHOD_STATUSES = frozenset({429})
-#: A gateway or service error may come after the request was processed: idempotent methods.
-IDEMPOTENT_STATUSES = frozenset({502, 503, 504})
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-
-class GenesysRetry(Retry):
-    """``urllib3`` ``Retry`` for the Genesys Cloud API, on urllib3 1.26 and 2.x alike.
-
-    * 429 is retried for every method (the request was not processed); 502, 503 and 504 for
-      idempotent methods only (GET, HEAD, OPTIONS, PUT, DELETE, TRACE); a POST or PATCH that
-      met a gateway error may have been applied and is returned to the caller.
-    * ``Retry-After`` (seconds or an HTTP date) is honoured, capped at ``max_retry_after``; an
-      unparseable value falls back to the backoff instead of raising.
-    * Without ``Retry-After``, waits are exponential with full jitter:
-      ``uniform(0, min(BACKOFF_MAX, backoff_factor * 2 ** (n - 1)))`` before retry ``n``, so
-      clients that failed together do not come back together.
-
-    Like every ``Retry``, a value object: each retry makes a new one, so one policy is shared
-    safely by all threads.
-
-    Args:
-        max_retry_after: Longest ``Retry-After`` honoured, in seconds.
-        **kwargs: ``Retry`` arguments.
-    """
-
-    def __init__(self, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.max_retry_after = max_retry_after
-
-    def new(self, **kw: Any) -> GenesysRetry:
-        kw.setdefault("max_retry_after", self.max_retry_after)
-        new: GenesysRetry = super().new(**kw)
-        return new
-
-    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        if status_code in ANY_METHOD_STATUSES and status_code in (self.status_forcelist or ()):
-            return True
-        return bool(super().is_retry(method, status_code, has_retry_after))
-
-    def parse_retry_after(self, retry_after: str) -> float:
-        try:
-            seconds = float(super().parse_retry_after(retry_after))
-        except (InvalidHeader, ValueError, OverflowError):
-            log.debug("unparseable Retry-After ignored; backing off instead")
-            return 0.0  # falsy: urllib3 then sleeps the backoff
-        if seconds > self.max_retry_after:
-            log.info("Retry-After %.0fs capped at %.0fs", seconds, self.max_retry_after)
-        return min(seconds, self.max_retry_after)
-
-    def get_backoff_time(self) -> float:
-        errors = len(list(takewhile(lambda h: h.redirect_location is None, reversed(self.history))))
-        if errors == 0:
-            return 0.0
-        ceiling = min(BACKOFF_MAX, self.backoff_factor * 2 ** (errors - 1))
-        return random.uniform(0.0, ceiling)
-
-
-def genesys_retry(
-    max_retries: int = DEFAULT_MAX_RETRIES,
-    *,
-    backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
-    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
-) -> GenesysRetry:
-    """The retry policy :func:`api_session` mounts, for your own adapters.
-
-    Args:
-        max_retries: Retries after the first attempt (0: none).
-        backoff_factor: Scale of the jittered exponential backoff, in seconds.
-        max_retry_after: Longest ``Retry-After`` honoured, in seconds.
-
-    Returns:
-        A :class:`GenesysRetry` that returns the last response, not an exception, when it
-        gives up.
-    """
-    if max_retries < 0:
-        raise ValueError("max_retries must be >= 0")
-    return GenesysRetry(
-        total=max_retries,
-        # A read error (timeout, reset) is not retried: the request may be in progress, and
-        # requests would turn the exhausted retry into a ConnectionError, not a ReadTimeout.
-        read=False,
-        status_forcelist=sorted(ANY_METHOD_STATUSES | IDEMPOTENT_STATUSES),
-        allowed_methods=IDEMPOTENT_METHODS,
-        backoff_factor=backoff_factor,
-        raise_on_status=False,
-        respect_retry_after_header=True,
-        max_retry_after=max_retry_after,
-    )
-
-
-class ApiSession(requests.Session):
-    """A ``requests.Session`` bound to one Genesys Cloud API base URL (see :func:`api_session`).
-
-    Args:
-        base_url: What relative paths are resolved against.
-        timeout: The default ``(connect, read)`` timeout of every request.
-    """
-
-    def __init__(self, base_url: str, timeout: float | tuple[float, float]) -> None:
-        super().__init__()
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-
-    def resolve(self, url: str | bytes) -> str:
-        """Resolve ``url`` against :attr:`base_url` unless it is absolute.
-
-        ``"/api/v2/users"`` and ``"api/v2/users"`` both become ``base_url + "/api/v2/users"``
-        (a path in the base URL, such as a gateway prefix, is kept).
-        """
-        text = url.decode("utf-8") if isinstance(url, bytes) else str(url)
-        parts = urlsplit(text)
-        if parts.scheme:
-            return text
-        if parts.netloc:  # "//host/path": the base URL's scheme
-            return urljoin(self.base_url, text)
-        return f"{self.base_url}/{text.lstrip('/')}"
-
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        request.url = self.resolve(request.url)
-        return super().prepare_request(request)
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        # requests passes timeout=None when the caller gave none, redirects included.
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.timeout
-        return super().send(request, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
-
-
-def api_session(
-    manager: TokenManager,
-    *,
-    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-    backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
-    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
-    pool_maxsize: int = 10,
-    replay_401: bool = True,
-    retry_methods: Collection[str] | None = None,
-    allowed_origins: Iterable[str] = (),
-) -> ApiSession:
-    """A ``requests.Session`` ready for the Genesys Cloud Platform API.
-
-    ::
-
-        with api_session(manager) as session:
-            org = session.get("/api/v2/organizations/me").json()
-
-    * Authentication: :class:`~genesys_token.GenesysAuth` (bearer token, counted in flight,
-      one 401 replay), for requests to ``manager.api_base_url``'s origin (and
-      ``allowed_origins``) only: an absolute URL to another origin goes out without the
-      token, and a redirect to another host drops it (``requests`` strips the header).
-    * Relative paths (``"/api/v2/users"``) are resolved against ``manager.api_base_url``.
-    * Every request gets ``timeout`` unless it passes its own.
-    * Retries (:class:`GenesysRetry`): a 429 is retried for **every** method, since Genesys
-      did not process the request; 502, 503 and 504 for idempotent methods only (GET, HEAD,
-      OPTIONS, PUT, DELETE, TRACE), since a POST or PATCH may have been applied. Waits honour
-      ``Retry-After`` up to ``max_retry_after`` seconds, else back off exponentially with full
-      jitter. Connection errors are retried (the request never left); a read timeout or a
-      reset while reading is not (the request may be in progress): it raises
-      ``requests.ReadTimeout`` / ``requests.ConnectionError`` at once. After
-      ``max_retries`` the last response is returned (a 429 stays a 429; nothing raises). A
-      body sent as a generator cannot be sent twice: pass bytes or a file when a call may be
-      retried.
-
-    Args:
-        manager: The token manager.
-        timeout: Default ``(connect, read)`` seconds, or one number for both.
-        max_retries: Retries after the first attempt (0: none).
-        backoff_factor: Scale of the jittered backoff, in seconds.
-        max_retry_after: Longest ``Retry-After`` honoured, in seconds.
-        pool_maxsize: Connections kept per host (raise it for many threads).
-        replay_401: Passed to :class:`~genesys_token.GenesysAuth`.
-        retry_methods: Methods retried on 502/503/504 instead of the idempotent ones.
-        allowed_origins: Further origins that get the token (passed to
-            :class:`~genesys_token.GenesysAuth`).
-
-    Returns:
-        An :class:`ApiSession` (a ``requests.Session``); close it, or use it in ``with``.
-
-    Raises:
-        ValueError: ``max_retries`` is negative.
-        ConfigurationError: ``allowed_origins`` holds something that is not an origin.
-    """
-    retry = genesys_retry(
-        max_retries, backoff_factor=backoff_factor, max_retry_after=max_retry_after
-    )
-    if retry_methods is not None:
-        retry = retry.new(allowed_methods=frozenset(m.upper() for m in retry_methods))
-    session = ApiSession(manager.api_base_url, timeout)
-    # A loopback API host (a local gateway, the emulator) is never reached through a proxy.
-    adapter = LoopbackDirectAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.auth = GenesysAuth(manager, replay_401=replay_401, allowed_origins=allowed_origins)
-    return session
+__all__ = [
+    "ANY_METHOD_STATUSES",
+    "BACKOFF_MAX",
+    "DEFAULT_BACKOFF_FACTOR",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "DEFAULT_TIMEOUT",
+    "IDEMPOTENT_METHODS",
+    "IDEMPOTENT_STATUSES",
+    "ApiSession",
+    "GenesysRetry",
+    "api_session",
+    "genesys_retry",
+]

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ._clock import elapsed
-from .config import MAX_TOKEN_LIFETIME
+from .core.clock import elapsed
+from .settings import MAX_TOKEN_LIFETIME
 
 #: Share of a token's lifetime kept in reserve however large ``refresh_buffer`` is: a
 #: 5-minute buffer on a 5-minute token would otherwise refresh continuously.
@@ -60,7 +60,7 @@ class Token:
     claims: dict[str, Any] | None = None
     obtained_at: float = 0.0
     source: str = "network"
-    #: Expiry on the manager's clock (:data:`genesys_token._clock.elapsed`, which counts
+    #: Expiry on the manager's clock (:data:`genesys_token.core.clock.elapsed`, which counts
     #: suspend); this, not ``expires_at``, decides validity in-process, so a wall-clock jump
     #: cannot make a dead token look alive or a live one dead.
     monotonic_expiry: float = field(default=0.0)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from genesys_token import TokenManager
+from genesys_token.http.token_endpoint import Clock
 from genesys_token.testing import GenesysEmulator
-from genesys_token.transport import Clock
 
 MakeManager = Callable[..., TokenManager]
 

@@ -11,8 +11,8 @@ from conftest import MakeManager
 from urllib3.util.retry import RequestHistory
 
 from genesys_token import TokenManager, api_session
-from genesys_token import session as session_module
-from genesys_token.session import ApiSession, GenesysRetry, genesys_retry
+from genesys_token.integrations import requests_session as session_module
+from genesys_token.integrations.requests_session import ApiSession, GenesysRetry, genesys_retry
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"

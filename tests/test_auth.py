@@ -26,7 +26,7 @@ import trustme
 from conftest import MakeManager, in_background, in_child, poll, read_child
 
 from genesys_token import ConfigurationError, GenesysAuth, TokenManager
-from genesys_token import auth as auth_module
+from genesys_token.integrations import requests_auth as auth_module
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"

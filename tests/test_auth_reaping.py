@@ -18,9 +18,9 @@ import requests
 from conftest import MakeManager, in_background, in_child, poll
 
 from genesys_token import GenesysAuth, TokenManager
-from genesys_token import auth as auth_module
-from genesys_token._origins import NO_ORIGIN, ORIGIN_CACHE_SIZE, OriginCache, origin_of
-from genesys_token.events import TOKEN_DRAIN_COMPLETE, TOKEN_ROTATION_STARTED
+from genesys_token.http.origins import NO_ORIGIN, ORIGIN_CACHE_SIZE, OriginCache, origin_of
+from genesys_token.integrations import requests_auth as auth_module
+from genesys_token.observability.events import TOKEN_DRAIN_COMPLETE, TOKEN_ROTATION_STARTED
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from genesys_token import ConfigurationError, TokenManager
-from genesys_token.config import Config, Settings, credentials_from_env, with_env_location
 from genesys_token.regions import REGION_DOMAINS, check_url, is_loopback_host, resolve_region
+from genesys_token.settings import Config, Settings, credentials_from_env, with_env_location
 
 
 @pytest.mark.parametrize(

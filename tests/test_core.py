@@ -32,7 +32,7 @@ from genesys_token import (
     TokenRequestError,
     TokenTimeoutError,
 )
-from genesys_token._clock import SYSTEM_CLOCK
+from genesys_token.core.clock import SYSTEM_CLOCK
 from genesys_token.stores import FileStore, MemoryStore, store_key
 from genesys_token.stores._seal import Sealer
 from genesys_token.testing import Fault, GenesysEmulator

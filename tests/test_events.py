@@ -14,7 +14,7 @@ import pytest
 from conftest import MakeManager
 
 from genesys_token import ConfigurationError, InvalidClientError, TokenManager, TokenRequestError
-from genesys_token.events import (
+from genesys_token.observability.events import (
     EVENT_TYPES,
     TOKEN_DRAIN_COMPLETE,
     TOKEN_DRAIN_TIMEOUT,

@@ -88,7 +88,7 @@ def test_unwritable_cache_degrades_to_the_network_with_a_warning(
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.WARNING and r.name == "genesys_token._acquire"
+        if r.levelno == logging.WARNING and r.name == "genesys_token.core.acquisition"
     ]
     # One line per outage, not one per store call (read, lock, read again, write).
     assert len(warnings) == 1

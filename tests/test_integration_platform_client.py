@@ -13,7 +13,7 @@ import pytest
 from conftest import MakeManager
 from urllib3.exceptions import MaxRetryError
 
-from genesys_token.events import TOKEN_DRAIN_COMPLETE, TOKEN_REFRESH_SUCCESS
+from genesys_token.observability.events import TOKEN_DRAIN_COMPLETE, TOKEN_REFRESH_SUCCESS
 from genesys_token.testing import Fault, GenesysEmulator
 
 # Importing the SDK silences the urllib3 logger process-wide; undo that for the other tests.

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
-from genesys_token.events import TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT
+from genesys_token.observability.events import TOKEN_DRAIN_COMPLETE, TOKEN_DRAIN_TIMEOUT
 from genesys_token.testing import GenesysEmulator
 
 EXAMPLE = runpy.run_path(

@@ -19,8 +19,12 @@ import requests
 from conftest import MakeManager
 
 from genesys_token import GenesysAuth, GenesysTokenError
-from genesys_token.events import RECORD_FIELDS
-from genesys_token.logging import RedactingFilter, configure_json_logging, json_formatter
+from genesys_token.observability.events import RECORD_FIELDS
+from genesys_token.observability.logging import (
+    RedactingFilter,
+    configure_json_logging,
+    json_formatter,
+)
 from genesys_token.testing import Fault, GenesysEmulator
 
 TOKEN = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"
@@ -225,7 +229,7 @@ def test_filter_works_from_dictconfig():
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "filters": {"redact": {"()": "genesys_token.logging.RedactingFilter"}},
+            "filters": {"redact": {"()": "genesys_token.observability.logging.RedactingFilter"}},
             "handlers": {
                 "mine": {
                     "class": "logging.StreamHandler",
@@ -279,9 +283,11 @@ def test_filter_is_safe_across_threads():
 
 def test_importing_the_library_configures_no_logging_but_a_null_handler():
     code = (
-        "import logging, genesys_token, genesys_token.logging, genesys_token.webhook;"
-        "import genesys_token.events, genesys_token.metrics;"
-        "names = ['genesys_token', 'genesys_token.audit', 'genesys_token.webhook', ''];"
+        "import logging, genesys_token, genesys_token.observability.logging;"
+        "import genesys_token.observability.webhook;"
+        "import genesys_token.observability.events, genesys_token.observability.metrics;"
+        "names = ['genesys_token', 'genesys_token.audit',"
+        " 'genesys_token.observability.webhook', ''];"
         "loggers = [logging.getLogger(n) for n in names];"
         "assert [type(h).__name__ for h in loggers[0].handlers] == ['NullHandler'];"
         "assert all(not l.handlers for l in loggers[1:]), [l.handlers for l in loggers];"

@@ -21,10 +21,10 @@ import requests
 import trustme
 
 from genesys_token import TokenManager, TokenRequestError
-from genesys_token._http import LoopbackDirectAdapter, deadline_session, is_loopback_url
-from genesys_token.config import Config
+from genesys_token.http.connections import LoopbackDirectAdapter, deadline_session, is_loopback_url
+from genesys_token.http.token_endpoint import TokenEndpoint
+from genesys_token.settings import Config
 from genesys_token.testing import GenesysEmulator
-from genesys_token.transport import TokenEndpoint
 
 #: A host name that resolves nowhere: only a proxy can reach it.
 ELSEWHERE = "login.genesys-token.test"

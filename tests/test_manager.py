@@ -18,7 +18,11 @@ from genesys_token import (
     TokenManager,
     TokenRequestError,
 )
-from genesys_token.events import TOKEN_EXPIRED, TOKEN_REFRESH_FAILURE, TOKEN_REFRESH_SUCCESS
+from genesys_token.observability.events import (
+    TOKEN_EXPIRED,
+    TOKEN_REFRESH_FAILURE,
+    TOKEN_REFRESH_SUCCESS,
+)
 from genesys_token.testing import Fault, GenesysEmulator
 
 

@@ -19,13 +19,13 @@ from conftest import FakeClock, MakeManager, eventually, join_fetch_threads
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from genesys_token import ConfigurationError, ManagerClosedError, TokenManager, TokenValidationError
-from genesys_token.config import Config
+from genesys_token.core.validation import TokenValidator
+from genesys_token.http.token_endpoint import Clock, TokenResponse
+from genesys_token.settings import Config
 from genesys_token.stores import MemoryStore
 from genesys_token.stores.base import decode_token, encode_token, store_key
 from genesys_token.testing import GenesysEmulator
 from genesys_token.token import Token
-from genesys_token.transport import Clock, TokenResponse
-from genesys_token.validation import TokenValidator
 
 
 def test_close_interrupts_a_wait_for_the_store_lock(

@@ -23,7 +23,7 @@ import requests
 from conftest import MakeManager, join_fetch_threads
 
 from genesys_token import GenesysAuth, TokenManager, TokenRequestError
-from genesys_token.metrics import (
+from genesys_token.observability.metrics import (
     COUNTERS,
     LATENCY_BUCKETS,
     LATENCY_WINDOW,
@@ -315,11 +315,11 @@ def test_20000_forced_refreshes_keep_memory_flat_and_counters_exact(
 
 
 def test_prometheus_module_explains_the_missing_extra(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delitem(sys.modules, "genesys_token.prometheus", raising=False)
+    monkeypatch.delitem(sys.modules, "genesys_token.observability.prometheus", raising=False)
     for name in ("prometheus_client", "prometheus_client.core"):
         monkeypatch.setitem(sys.modules, name, None)  # what an absent package looks like
     with pytest.raises(ImportError, match=r"genesys-token\[prometheus\]"):
-        importlib.import_module("genesys_token.prometheus")
+        importlib.import_module("genesys_token.observability.prometheus")
 
 
 def test_prometheus_collector_exports_the_snapshot(
@@ -328,7 +328,7 @@ def test_prometheus_collector_exports_the_snapshot(
     pytest.importorskip("prometheus_client")
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from genesys_token.prometheus import GenesysTokenCollector
+    from genesys_token.observability.prometheus import GenesysTokenCollector
 
     emulator.add_client("second-client", "second-secret")
     manager = make_manager(background_refresh=False)

@@ -25,10 +25,10 @@ from genesys_token import (
     TokenManagerPool,
     TokenRequestError,
 )
+from genesys_token.http.token_endpoint import Clock
 from genesys_token.stores import FileStore, MemoryStore, RedisStore
 from genesys_token.stores._seal import Sealer
 from genesys_token.testing import GenesysEmulator
-from genesys_token.transport import Clock
 
 
 @pytest.fixture

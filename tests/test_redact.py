@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from genesys_token._redact import REDACTED, excerpt, redact
+from genesys_token.observability.redaction import REDACTED, excerpt, redact
 
 pytestmark = pytest.mark.legacy
 

@@ -11,7 +11,7 @@ import requests
 from conftest import MakeManager
 
 from genesys_token import GenesysAuth, GenesysTokenError, Token
-from genesys_token._cell import plan
+from genesys_token.core.schedule import plan
 from genesys_token.testing import Fault, GenesysEmulator
 
 

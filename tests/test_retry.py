@@ -17,10 +17,10 @@ import pytest
 from conftest import run_scheduled
 
 from genesys_token import InvalidClientError, RateLimitedError, TokenManager, TokenRequestError
-from genesys_token.config import Config, Credentials
 from genesys_token.errors import ManagerClosedError, UnauthorizedClientError
+from genesys_token.http.token_endpoint import Clock, RetryNotice, TokenEndpoint, TokenResponse
+from genesys_token.settings import Config, Credentials
 from genesys_token.testing import Fault, GenesysEmulator
-from genesys_token.transport import Clock, RetryNotice, TokenEndpoint, TokenResponse
 
 pytestmark = pytest.mark.legacy
 

@@ -34,11 +34,11 @@ from genesys_token import (
     TokenManager,
     TokenRequestError,
     TokenTimeoutError,
-    _http,
 )
-from genesys_token._flight import FetchedAfter
-from genesys_token._scheduler import scheduler
-from genesys_token.events import TOKEN_REFRESH_SUCCESS, TOKEN_ROTATION_STARTED
+from genesys_token.core.scheduler import scheduler
+from genesys_token.core.single_flight import FetchedAfter
+from genesys_token.http import connections as _http
+from genesys_token.observability.events import TOKEN_REFRESH_SUCCESS, TOKEN_ROTATION_STARTED
 from genesys_token.stores import MemoryStore
 from genesys_token.testing import Fault, GenesysEmulator
 

@@ -19,7 +19,7 @@ from genesys_token import (
     InvalidClientError,
     TokenManager,
 )
-from genesys_token.events import (
+from genesys_token.observability.events import (
     TOKEN_DRAIN_COMPLETE,
     TOKEN_DRAIN_TIMEOUT,
     TOKEN_REFRESH_SUCCESS,

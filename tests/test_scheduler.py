@@ -18,8 +18,8 @@ import pytest
 from conftest import MakeManager, in_child, join_fetch_threads, poll
 
 from genesys_token import TokenManager, TokenManagerPool, TokenTimeoutError
-from genesys_token._scheduler import Job, Scheduler, elapsed, scheduler
-from genesys_token.events import TOKEN_REFRESH_SUCCESS
+from genesys_token.core.scheduler import Job, Scheduler, elapsed, scheduler
+from genesys_token.observability.events import TOKEN_REFRESH_SUCCESS
 from genesys_token.testing import Fault, GenesysEmulator
 
 
@@ -78,7 +78,7 @@ def test_a_scheduler_thread_that_cannot_start_is_started_by_the_next_schedule(
 
     monkeypatch.setattr(threading.Thread, "start", refuse)
     later = Job(lambda: None, "later")
-    with caplog.at_level(logging.ERROR, logger="genesys_token._scheduler"):
+    with caplog.at_level(logging.ERROR, logger="genesys_token.core.scheduler"):
         sched.schedule(Job(first.set, "first"), 0.0)
         sched.schedule(later, 3600.0)
     assert sched.threads == 0 and sched.pending == 2
@@ -102,7 +102,7 @@ def test_a_job_that_raises_anything_is_logged_and_the_scheduler_goes_on(
 
         return run
 
-    with caplog.at_level(logging.ERROR, logger="genesys_token._scheduler"):
+    with caplog.at_level(logging.ERROR, logger="genesys_token.core.scheduler"):
         sched.schedule(Job(raises(RuntimeError("boom")), "runtime"), 0.0)
         sched.schedule(Job(raises(SystemExit(3)), "exit"), 0.01)
         sched.schedule(Job(raises(KeyboardInterrupt()), "interrupt"), 0.02)
@@ -360,7 +360,7 @@ def test_a_refresh_point_that_finds_a_callers_flight_running_looks_again_at_its_
     # A caller's flight hangs (a vault call with no timeout) and its caller gave up: nobody
     # waits on it, so nobody would abandon it. The refresh point that finds it running must
     # come back at its deadline, or background refresh stops until some caller comes.
-    from genesys_token._refresher import SCHEDULER_SLACK
+    from genesys_token.core.refresher import SCHEDULER_SLACK
 
     release = threading.Event()
     calls: list[int] = []

@@ -34,9 +34,9 @@ from genesys_token import (
     TokenManagerPool,
     TokenRequestError,
 )
-from genesys_token.config import Config
+from genesys_token.http.token_endpoint import Clock, TokenEndpoint
+from genesys_token.settings import Config
 from genesys_token.testing import Fault, GenesysEmulator
-from genesys_token.transport import Clock, TokenEndpoint
 
 pytestmark = pytest.mark.legacy
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from genesys_token import SecretFile, SecretSourceError
-from genesys_token._secrets import KnownSecrets, SecretValue, digest, read_secret
+from genesys_token.credentials import KnownSecrets, SecretValue, digest, read_secret
 
 SECRET = "hunter2+Plain/x"
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from genesys_token import ConfigurationError, Settings, TokenManager, TokenManagerPool
-from genesys_token._secrets import SecretValue
-from genesys_token.config import UNSET
+from genesys_token.credentials import SecretValue
 from genesys_token.integrations._common import manager_from_settings
+from genesys_token.settings import UNSET
 from genesys_token.testing import GenesysEmulator
 
 #: Distinctive: found by a plain substring search anywhere it leaks.

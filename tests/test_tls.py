@@ -13,9 +13,9 @@ import pytest
 import trustme
 
 from genesys_token import TokenEndpointTLSError, TokenManager
-from genesys_token.config import Config
+from genesys_token.http.token_endpoint import Clock, TokenEndpoint
+from genesys_token.settings import Config
 from genesys_token.testing import GenesysEmulator
-from genesys_token.transport import Clock, TokenEndpoint
 
 pytestmark = pytest.mark.legacy
 

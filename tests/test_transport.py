@@ -21,15 +21,15 @@ from conftest import TricklingServer
 from requests.adapters import HTTPAdapter
 
 from genesys_token import InvalidTokenResponseError, TokenRequestError
-from genesys_token._http import HostLimiter
-from genesys_token.config import MAX_TOKEN_LIFETIME, Config, Credentials
-from genesys_token.testing import Fault, GenesysEmulator
-from genesys_token.transport import (
+from genesys_token.http.connections import HostLimiter
+from genesys_token.http.token_endpoint import (
     TokenEndpoint,
     TokenResponse,
     basic_auth_header,
     parse_retry_after,
 )
+from genesys_token.settings import MAX_TOKEN_LIFETIME, Config, Credentials
+from genesys_token.testing import Fault, GenesysEmulator
 
 pytestmark = pytest.mark.legacy
 

@@ -21,12 +21,12 @@ from conftest import (
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from genesys_token import ManagerClosedError, Token, TokenManager, TokenValidationError
-from genesys_token.config import Config
+from genesys_token.core.validation import TokenValidator, looks_like_jwt
+from genesys_token.http.token_endpoint import TokenResponse
+from genesys_token.settings import Config
 from genesys_token.stores import MemoryStore
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.token import fingerprint_of, refresh_lead
-from genesys_token.transport import TokenResponse
-from genesys_token.validation import TokenValidator, looks_like_jwt
 
 NOW = 1_800_000_000.0
 GZIP = {"Content-Type": "application/json", "Content-Encoding": "gzip"}

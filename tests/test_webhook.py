@@ -19,16 +19,15 @@ import pytest
 import requests
 from conftest import HeldLookups, MakeManager, TricklingServer, eventually
 
-from genesys_token import InvalidClientError, TokenRequestError, webhook
-from genesys_token.config import Config
+from genesys_token import InvalidClientError, TokenRequestError
 from genesys_token.errors import ConfigurationError
-from genesys_token.events import (
+from genesys_token.observability import webhook
+from genesys_token.observability.events import (
     TOKEN_REFRESH_SUCCESS,
     WEBHOOK_DELIVERY_FAILED,
     make_record,
 )
-from genesys_token.testing import Fault, GenesysEmulator
-from genesys_token.webhook import (
+from genesys_token.observability.webhook import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -38,6 +37,8 @@ from genesys_token.webhook import (
     verify_signature,
     webhook_body,
 )
+from genesys_token.settings import Config
+from genesys_token.testing import Fault, GenesysEmulator
 
 HOOK_SECRET = "hook-secret-0123456789"
 

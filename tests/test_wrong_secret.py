@@ -20,7 +20,7 @@ from genesys_token import (
     TokenManagerPool,
     TokenRequestError,
 )
-from genesys_token import _proofs as proofs
+from genesys_token.core import secret_proofs as proofs
 from genesys_token.stores import MemoryStore, store_key
 from genesys_token.stores._seal import Sealer
 from genesys_token.testing import Fault, GenesysEmulator
@@ -294,7 +294,7 @@ def test_many_wrong_secrets_cost_a_request_per_pause_not_per_guess(
 ) -> None:
     # Review B (D3): rejections lived only in the probes, 4 per client, least recently used
     # forgotten first: 5 secrets round-robin evicted each other, a token request per get().
-    from genesys_token._proofs import PROBES_PER_CLIENT
+    from genesys_token.core.secret_proofs import PROBES_PER_CLIENT
 
     cid = emulator.client_id
     with TokenManagerPool(
@@ -535,7 +535,7 @@ def test_a_proven_source_is_what_becomes_current_not_a_source_that_joined_it(
 def test_two_valid_secrets_alternating_cost_a_proof_each_per_window_not_per_get(
     emulator: GenesysEmulator, fake_clock: FakeClock
 ) -> None:
-    from genesys_token._proofs import ACCEPTED_FOR
+    from genesys_token.core.secret_proofs import ACCEPTED_FOR
 
     cid, first = emulator.client_id, emulator.client_secret
     emulator.set_secret(cid, "second-secret", keep_old=True)  # a rollout in progress

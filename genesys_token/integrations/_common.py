@@ -9,12 +9,12 @@ from typing import Any
 
 import requests
 
-from .._http import LoopbackDirectAdapter
-from .._secrets import hide_text
-from ..auth import GenesysAuth
-from ..config import ENV_CLIENT_ID, ENV_CLIENT_SECRET, given_settings
+from ..credentials import hide_text
 from ..errors import ConfigurationError
+from ..http.connections import LoopbackDirectAdapter
 from ..manager import TokenManager
+from ..settings import ENV_CLIENT_ID, ENV_CLIENT_SECRET, given_settings
+from .requests_auth import GenesysAuth
 
 #: Setting name -> TokenManager argument. Unset (or empty) settings fall back to the
 #: ``GENESYSCLOUD_*`` environment variables, as :meth:`TokenManager.from_env` reads them.

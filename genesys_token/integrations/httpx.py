@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 from ..errors import GenesysTokenError, TokenTimeoutError
 
 if TYPE_CHECKING:
-    from .._gate import InFlight
+    from ..core.uses import InFlight
     from ..manager import TokenManager
 
 __all__ = ["GenesysHTTPXAuth"]

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._lifecycle import on_fork_in_child
+from ..core.fork import on_fork_in_child
 
 log = logging.getLogger("genesys_token.stores")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from .._lifecycle import on_fork_in_child
+from ..core.fork import on_fork_in_child
 from ..errors import StoreError
 from ..token import Token
 from ._seal import Sealer
@@ -49,7 +49,7 @@ class TokenStore(Protocol):
     ``None`` for a missing, expired or unreadable entry (a corrupt, foreign or tampered entry
     is never fatal); every method may raise :class:`~genesys_token.errors.StoreError` when
     the store itself fails (down, unwritable), which the caller logs and survives. Stores
-    log nothing above DEBUG: the caller reports an outage once.
+    log nothing above DEBUG for an outage: the caller reports it once.
 
     Shared stores (between processes or machines) keep entries sealed with a
     :class:`~genesys_token.stores._seal.Sealer` the caller passes; an in-process store may

@@ -1,7 +1,7 @@
 """What a manager tells the world: events (listeners, audit log, webhook) and metrics.
 
 Everything here runs with no manager lock held. A listener that raises anything is logged
-and skipped (see :class:`~genesys_token.events.EventBus`).
+and skipped (see :class:`~genesys_token.observability.events.EventBus`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._cell import Cell
-from ._redact import excerpt
-from .config import Config
-from .errors import GenesysTokenError, TokenRequestError
+from ..core.schedule import Cell
+from ..errors import GenesysTokenError, TokenRequestError
+from ..settings import Config
+from ..token import Token
 from .events import (
     TOKEN_EXPIRED,
     TOKEN_REFRESH_FAILURE,
@@ -24,7 +24,7 @@ from .events import (
     make_record,
 )
 from .metrics import Metrics
-from .token import Token
+from .redaction import excerpt
 
 if TYPE_CHECKING:
     from .webhook import WebhookSender

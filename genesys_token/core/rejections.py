@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .errors import InvalidClientError, TokenRejectedError
+from ..errors import InvalidClientError, TokenRejectedError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from ._secrets import digest, read_secret
-from .errors import SecretSourceError
+from ..credentials import digest, read_secret
+from ..errors import SecretSourceError
 
 #: A read of the held source answers the callers of this many seconds.
 HELD_READ_FRESH = 1.0

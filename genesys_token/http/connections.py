@@ -42,8 +42,8 @@ import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
 
-from ._lifecycle import on_fork_in_child
-from .regions import is_loopback_host
+from ..core.fork import on_fork_in_child
+from ..regions import is_loopback_host
 
 __all__ = [
     "ATTEMPT_SLACK",

@@ -14,11 +14,11 @@ from typing import Any
 import jwt
 import requests
 
-from ._http import json_of, shared_session
-from .config import Config
-from .errors import TokenValidationError
-from .token import Token
-from .transport import TokenResponse
+from ..errors import TokenValidationError
+from ..http.connections import json_of, shared_session
+from ..http.token_endpoint import TokenResponse
+from ..settings import Config
+from ..token import Token
 
 #: Asymmetric algorithms only: accepting HS256 with a public key as the secret is the
 #: classic JWT key-confusion attack.

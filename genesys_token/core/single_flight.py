@@ -34,9 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._cell import Cell
-from .config import Config, Credentials
-from .errors import (
+from ..errors import (
     GenesysTokenError,
     ManagerClosedError,
     SecretSourceError,
@@ -44,6 +42,8 @@ from .errors import (
     TokenTimeoutError,
     where_raised,
 )
+from ..settings import Config, Credentials
+from .schedule import Cell
 
 log = logging.getLogger(__name__)
 

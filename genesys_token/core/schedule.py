@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .token import Token, refresh_lead
+from ..token import Token, refresh_lead
 
 __all__ = ["HANDOUT_MARGIN_MAX", "HANDOUT_MARGIN_SHARE", "Cell", "handout_margin", "plan"]
 

@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus
 import requests
 import requests.auth
 
-from ._secrets import KnownSecrets, SecretValue
+from ..credentials import KnownSecrets, SecretValue
 
 __all__ = ["BasicAuth", "basic_value"]
 

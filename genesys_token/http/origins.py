@@ -1,9 +1,9 @@
 """Origins (scheme, host, port): where a request goes, as far as the bearer token is concerned.
 
 The token is a credential for one API origin. :class:`~genesys_token.GenesysAuth` and
-:func:`~genesys_token.session.api_session` put it only on calls to the manager's API origin
-and to the origins the caller names; this module is the one place that says what an origin
-is and which strings name one.
+:func:`~genesys_token.integrations.requests_session.api_session` put it only on calls to the
+manager's API origin and to the origins the caller names; this module is the one place that
+says what an origin is and which strings name one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}

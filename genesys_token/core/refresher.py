@@ -12,15 +12,8 @@ import copy
 import logging
 import time
 
-from ._cell import Cell
-from ._clock import Clock
-from ._flight import Acquire, AnyValid, FetchedAfter, Flight, NotDue, SingleFlight
-from ._rejections import RejectedCredentials, RejectedTokens
-from ._reporter import Reporter
-from ._scheduler import Job, scheduler
-from ._secrets import digest, is_known
-from .config import Config, Credentials
-from .errors import (
+from ..credentials import digest, is_known
+from ..errors import (
     ConfigurationError,
     GenesysTokenError,
     InvalidClientError,
@@ -29,6 +22,13 @@ from .errors import (
     SecretSourceError,
     TokenRejectedError,
 )
+from ..observability.reporter import Reporter
+from ..settings import Config, Credentials
+from .clock import Clock
+from .rejections import RejectedCredentials, RejectedTokens
+from .schedule import Cell
+from .scheduler import Job, scheduler
+from .single_flight import Acquire, AnyValid, FetchedAfter, Flight, NotDue, SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Refresher:
 
     Args:
         config: The manager's config.
-        acquire: Runs one acquisition (see :class:`~genesys_token._acquire.Acquirer`).
+        acquire: Runs one acquisition (see :class:`~genesys_token.core.acquisition.Acquirer`).
         rejected: The credentials cool-down the acquisitions record rejections in.
         reporter: Its events and metrics.
         clock: Its clock.

@@ -38,21 +38,9 @@ from typing import Any
 import requests
 import urllib3.exceptions
 
-from ._answers import (
-    RATE_LIMIT_PREFIX,
-    RETRY_STATUSES,
-    TokenResponse,
-    error_for,
-    parse_retry_after,
-    parse_success,
-)
-from ._basic import BasicAuth, basic_value
-from ._clock import SYSTEM_CLOCK, Clock
-from ._http import attempt_bound, deadline, no_proxy_for, shared_session, status_of
-from ._redact import excerpt
-from ._secrets import KnownSecrets, read_secret
-from .config import Config, Credentials
-from .errors import (
+from ..core.clock import SYSTEM_CLOCK, Clock
+from ..credentials import KnownSecrets, read_secret
+from ..errors import (
     GenesysTokenError,
     InvalidTokenResponseError,
     ManagerClosedError,
@@ -60,6 +48,18 @@ from .errors import (
     TokenRequestError,
     where_raised,
 )
+from ..observability.redaction import excerpt
+from ..settings import Config, Credentials
+from .answers import (
+    RATE_LIMIT_PREFIX,
+    RETRY_STATUSES,
+    TokenResponse,
+    error_for,
+    parse_retry_after,
+    parse_success,
+)
+from .basic_auth import BasicAuth, basic_value
+from .connections import attempt_bound, deadline, no_proxy_for, shared_session, status_of
 
 __all__ = [
     "RATE_LIMIT_PREFIX",

@@ -16,14 +16,14 @@ from urllib.parse import urljoin
 import requests
 from requests.cookies import extract_cookies_to_jar
 
-from ._gate import set_reaper
-from ._lifecycle import on_fork_in_child
-from ._origins import Origin, OriginCache, checked_origins, origin_of, show
-from .errors import GenesysTokenError
+from ..core.fork import on_fork_in_child
+from ..core.uses import set_reaper
+from ..errors import GenesysTokenError
+from ..http.origins import Origin, OriginCache, checked_origins, origin_of, show
 
 if TYPE_CHECKING:
-    from ._gate import InFlight
-    from .manager import TokenManager
+    from ..core.uses import InFlight
+    from ..manager import TokenManager
 
     _Finalizer = weakref.finalize[["_Watch"], requests.PreparedRequest]
 

@@ -10,7 +10,7 @@ limit) leaves the jobs in the heap and is tried again by the next :meth:`Schedul
 A manager's job holds it weakly, so a manager dropped without ``close()`` is collected and
 its job goes with it.
 
-Deadlines are on :data:`genesys_token._clock.elapsed` (counts suspend where the OS can); the
+Deadlines are on :data:`genesys_token.core.clock.elapsed` (counts suspend where the OS can); the
 thread never sleeps longer than :data:`MAX_SLEEP`, so a resumed machine is noticed soon, and so
 is a job forgotten while the lock was busy (a finalizer cannot wait for the lock, nor wake the
 thread without it).
@@ -24,8 +24,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ._clock import elapsed
-from ._lifecycle import on_fork_in_child
+from .clock import elapsed
+from .fork import on_fork_in_child
 
 log = logging.getLogger(__name__)
 

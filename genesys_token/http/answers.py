@@ -16,15 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._secrets import KnownSecrets
-from .config import MAX_TOKEN_LIFETIME
-from .errors import (
+from ..credentials import KnownSecrets
+from ..errors import (
     InvalidClientError,
     InvalidTokenResponseError,
     RateLimitedError,
     TokenRequestError,
     UnauthorizedClientError,
 )
+from ..settings import MAX_TOKEN_LIFETIME
 
 log = logging.getLogger(__name__)
 

@@ -18,24 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import _http
-from ._cell import Cell, plan
-from ._flight import Flight, Spec
-from ._redact import excerpt
-from ._rejections import RejectedCredentials
-from ._secrets import SecretValue, SourceReads, digest, read_secret
-from .config import Config, Credentials
-from .errors import (
+from ..credentials import SecretValue, SourceReads, digest, read_secret
+from ..errors import (
     InvalidClientError,
     ManagerClosedError,
     TokenRequestError,
     TokenValidationError,
 )
-from .metrics import Metrics
-from .stores._seal import Sealer
-from .stores.base import TokenStore, store_key
-from .token import Token
-from .transport import Clock, TokenEndpoint
+from ..http import connections as _http
+from ..http.token_endpoint import Clock, TokenEndpoint
+from ..observability.metrics import Metrics
+from ..observability.redaction import excerpt
+from ..settings import Config, Credentials
+from ..stores._seal import Sealer
+from ..stores.base import TokenStore, store_key
+from ..token import Token
+from .rejections import RejectedCredentials
+from .schedule import Cell, plan
+from .single_flight import Flight, Spec
 from .validation import TokenValidator
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ._secrets import (
+from .credentials import (
     Secret,
     SecretFile,
     SecretValue,

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeGuard
 
-from ._redact import excerpt
 from .errors import ConfigurationError, SecretSourceError
+from .observability.redaction import excerpt
 
 __all__ = [
     "KnownSecrets",
@@ -152,7 +152,8 @@ class KnownSecrets:
         return KnownSecrets(*self._values, SecretValue(value))
 
     def excerpt(self, value: bytes | str, limit: int = 200) -> str:
-        """:func:`genesys_token._redact.excerpt` of ``value``, every known secret redacted."""
+        """:func:`~genesys_token.observability.redaction.excerpt` of ``value``, every known
+        secret redacted."""
         return excerpt(value, limit, [secret.reveal() for secret in self._values])
 
     def __repr__(self) -> str:

@@ -29,9 +29,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from ._secrets import Secret, SecretValue, digest, hidden, is_known, read_secret
-from .errors import InvalidClientError, ManagerClosedError, RateLimitedError
-from .manager import TokenManager
+from ..credentials import Secret, SecretValue, digest, hidden, is_known, read_secret
+from ..errors import InvalidClientError, ManagerClosedError, RateLimitedError
+from ..manager import TokenManager
 
 #: Other secrets remembered per client, each with its own cool-down. Enough for a rotation
 #: and a few misconfigured callers; a bound, so guessing secrets cannot grow memory.

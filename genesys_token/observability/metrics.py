@@ -13,7 +13,7 @@ import math
 import threading
 from typing import Any
 
-from ._redact import excerpt
+from .redaction import excerpt
 
 #: Latency samples kept for the percentiles: enough for a stable p95, and a fixed memory
 #: cost however long the process runs (the original design kept every sample forever).

@@ -10,19 +10,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._gate import UseGate
-from ._reporter import Reporter
-from .errors import DrainTimeoutError, ManagerClosedError
-from .events import (
+from ..errors import DrainTimeoutError, ManagerClosedError
+from ..observability.events import (
     TOKEN_DRAIN_COMPLETE,
     TOKEN_DRAIN_TIMEOUT,
     TOKEN_REVOKED,
     TOKEN_ROTATION_STARTED,
 )
-from .token import Token
+from ..observability.reporter import Reporter
+from ..token import Token
+from .uses import UseGate
 
 if TYPE_CHECKING:
-    from ._refresher import Refresher
+    from .refresher import Refresher
 
 
 def rotate(
