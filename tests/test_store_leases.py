@@ -89,6 +89,24 @@ def hold(renew: Callable[[], bool], every: float = 0.02, lease: float = 30.0) ->
     return leases.hold(renew, every, time.monotonic() + lease, "test lock")
 
 
+def test_a_renewal_that_hangs_delays_no_lease_of_another_group() -> None:
+    # Review of issue 20: a hung Redis (no socket timeout) once stopped every FileStore
+    # heartbeat of the process, and a waiter elsewhere took over a live holder's lock.
+    hung, files = Counter(), Counter()
+    hung.proceed = threading.Event()
+    group = leases.Group()  # a RedisStore's locks
+    stuck = leases.hold(hung, 0.02, time.monotonic() + 30.0, "test lock", group)
+    touched = leases.hold(files, 0.02, time.monotonic() + 30.0, "test lock", leases.FILE_LOCKS)
+    try:
+        assert hung.entered.wait(2.0)
+        calls = files.calls
+        assert poll(lambda: files.calls >= calls + 5, 2.0)  # renewed while the other hangs
+    finally:
+        touched.release()
+        hung.proceed.set()
+        stuck.release()
+
+
 # -- many locks, one thread --------------------------------------------------------------
 
 
@@ -122,7 +140,7 @@ def test_many_locks_held_at_once_share_one_keeper_and_are_all_renewed(
     try:
         everyone_in.wait(5.0)
         assert leases.held() == 8
-        assert len(keepers()) == 1  # one thread for eight locks
+        assert len(keepers()) == 2  # eight locks: one thread for the files, one for Redis
         # Eight waiters at once, each waiting 1.2 s: three times the silence after which a
         # holder that is not renewed is given up on (files) or taken over (Redis).
         results: dict[str, object] = {}
@@ -141,7 +159,7 @@ def test_many_locks_held_at_once_share_one_keeper_and_are_all_renewed(
         for thread in waiters:
             thread.join(10.0)
         assert results == dict.fromkeys(file_keys + redis_keys, False)  # none taken over
-        assert len(keepers()) == 1
+        assert len(keepers()) == 2
     finally:
         done.set()
         for thread in threads:
@@ -450,7 +468,7 @@ def test_redis_outage_under_a_held_lock_keeps_the_keeper_and_other_leases(
                 assert leases.held() == 2
             mtime = lock_file.stat().st_mtime_ns
             assert poll(lambda: lock_file.stat().st_mtime_ns > mtime, 2.0)  # still touched
-            assert len(keepers()) == 1
+            assert len(keepers()) == 2  # the files' and this store's
         store.close()
 
 

@@ -103,7 +103,9 @@ class Heartbeat:
     def __init__(self, fd: int, lease: float) -> None:
         lease_end = time.monotonic() + lease
         _touch(fd)  # at once: a waiter must not take a fresh holder for a silent one
-        self._lease = _leases.hold(lambda: _touch(fd), HEARTBEAT, lease_end, "token cache lock")
+        self._lease = _leases.hold(
+            lambda: _touch(fd), HEARTBEAT, lease_end, "token cache lock", _leases.FILE_LOCKS
+        )
 
     def stop(self) -> None:
         """Stop touching the file; once this returns, the descriptor is no longer used."""

@@ -1,10 +1,12 @@
-"""The process-wide keeper of held store locks: one thread renews every lease.
+"""The keepers of held store locks: one thread per kind of lock renews every lease of it.
 
 A FileStore holder touches its lock file and a RedisStore holder writes a new beat while it
 is inside its lock block, so that waiters see it is alive (see ``_flock`` and
-``_redis_lock``). Both hand that renewal to :func:`hold`: one daemon thread,
-``genesys-token-lease-keeper``, keeps a heap of the held leases ordered by their next due
-time and calls each one's ``renew`` every ``every`` seconds after its previous renewal ended,
+``_redis_lock``). Both hand that renewal to :func:`hold`, naming a *group*: every FileStore
+lock of the process is one group (a touch is local and never stalls), each RedisStore's
+locks another (a Redis that stalls delays only the beats of its own store). A group's daemon
+thread, ``genesys-token-lease-keeper``, keeps a heap of its held leases ordered by their next
+due time and calls each one's ``renew`` every ``every`` seconds after its previous renewal ended,
 until the lease is released, its ``lease_end`` has passed, or ``renew`` returns False (the
 lock is lost). The thread starts with the first held lease and ends itself once none has
 been held for :data:`IDLE_EXIT` seconds: an idle process has no such thread.
@@ -14,8 +16,9 @@ lease and will never be called for it again; the caller closes the lock file or 
 key right after, so a renewal running meanwhile is waited for (never cut short: it is bounded
 by its own I/O timeout).
 
-Slow renewals: there is one thread, so a renewal that stalls delays the others while it
-runs. A beat on a Redis that does not answer waits out the client's socket timeout on its
+Slow renewals: a group has one thread, so a renewal that stalls delays the group's others
+while it runs (never another group's: a hung Redis once stopped every FileStore heartbeat of
+the process, and a waiter took over a live holder's lock after 4.2 s). A beat on a Redis that does not answer waits out the client's socket timeout on its
 try and its one retry: 2 s with a URL-built client (1 s timeouts). Leases run by due time,
 earliest first, but a lease whose last renewal took over :data:`SLOW_RENEWAL` goes after
 every quick lease half-way to its due time, so once a stall is known a quick lease is renewed
@@ -41,6 +44,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from ..core.fork import on_fork_in_child
@@ -92,13 +96,19 @@ class Lease:
         """Stop renewing; once this returns, ``renew`` is not running and never runs again
         for this lease (a renewal under way is waited for, unless the caller is that very
         renewal)."""
-        _keeper.release(self)
+        owner = self._owner
+        if owner.generation is not _generation:
+            self._active = False  # a parent's lease, in a forked child: never renewed here
+            return
+        owner.release(self)
 
 
 class _Keeper:
     """The heap of held leases and the one thread that renews them."""
 
     def __init__(self) -> None:
+        #: The process this keeper belongs to (a forked child makes new ones).
+        self.generation = _generation
         self._cond = threading.Condition(threading.Lock())
         #: (due, sequence, lease): stale entries (released leases) are skipped when reached.
         self._heap: list[tuple[float, int, Lease]] = []
@@ -117,9 +127,6 @@ class _Keeper:
             self._cond.notify_all()
 
     def release(self, lease: Lease) -> None:
-        if lease._owner is not self:
-            lease._active = False  # a parent's lease, in a forked child: never renewed here
-            return
         with self._cond:
             self._drop(lease)
             # Not when the caller is the renewal itself: it would wait for its own end.
@@ -238,11 +245,43 @@ class _Keeper:
         return None
 
 
-_keeper = _Keeper()
+class _Generation:
+    """One process's generation of keepers (a forked child starts a new one)."""
 
 
-def hold(renew: Callable[[], bool], every: float, lease_end: float, name: str) -> Lease:
-    """Renew a held lock from the keeper thread until released, lost, or out of lease.
+_generation = _Generation()
+
+
+class Group:
+    """What a lease's keeper is shared with: every lease of one group has one thread."""
+
+
+#: Every FileStore lock of the process: touching a file never stalls.
+FILE_LOCKS = Group()
+#: Leases that name no group.
+DEFAULT = Group()
+
+_keepers_lock = threading.Lock()
+_keepers: weakref.WeakKeyDictionary[object, _Keeper] = weakref.WeakKeyDictionary()
+
+
+def _keeper_of(group: object) -> _Keeper:
+    with _keepers_lock:
+        keeper = _keepers.get(group)
+        if keeper is None:
+            keeper = _keepers[group] = _Keeper()
+        return keeper
+
+
+def hold(
+    renew: Callable[[], bool],
+    every: float,
+    lease_end: float,
+    name: str,
+    group: object = DEFAULT,
+) -> Lease:
+    """Renew a held lock from its group's keeper thread until released, lost, or out of
+    lease.
 
     Args:
         renew: Renews the lock once (a touch, a beat); False when the lock is no longer
@@ -251,22 +290,28 @@ def hold(renew: Callable[[], bool], every: float, lease_end: float, name: str) -
         every: Seconds from the end of one renewal to the next (the first: from now).
         lease_end: ``time.monotonic()`` after which the lock is no longer renewed.
         name: What the lock is, for DEBUG logs.
+        group: Leases of one group share a thread (:data:`FILE_LOCKS`, or the RedisStore
+            lock object): a renewal that stalls delays only its own group. Kept weakly.
     """
-    keeper = _keeper
+    keeper = _keeper_of(group)
     lease = Lease(keeper, renew, every, lease_end, name)
     keeper.hold(lease)
     return lease
 
 
 def held() -> int:
-    """How many leases the keeper renews now."""
-    return _keeper.held
+    """How many leases the keepers renew now."""
+    with _keepers_lock:
+        keepers = list(_keepers.values())
+    return sum(keeper.held for keeper in keepers)
 
 
 def _forget_in_child() -> None:
     # In a forked child: only the forking thread exists, and the parent's locks are its own.
-    global _keeper
-    _keeper = _Keeper()
+    global _generation, _keepers_lock, _keepers
+    _generation = _Generation()
+    _keepers_lock = threading.Lock()
+    _keepers = weakref.WeakKeyDictionary()
 
 
 on_fork_in_child(_forget_in_child)

@@ -270,7 +270,7 @@ class _Renewal:
                 log.debug("could not renew the token store lock: %s", exc)
                 return True
 
-        self._lease = _leases.hold(renew, lock.renew_every, lease_end, "token store lock")
+        self._lease = _leases.hold(renew, lock.renew_every, lease_end, "token store lock", lock)
 
     def stop(self) -> None:
         """Stop renewing; once this returns, no beat is being written or will be."""
