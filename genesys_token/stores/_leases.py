@@ -18,16 +18,16 @@ by its own I/O timeout).
 
 Slow renewals: a group has one thread, so a renewal that stalls delays the group's others
 while it runs (never another group's: a hung Redis once stopped every FileStore heartbeat of
-the process, and a waiter took over a live holder's lock after 4.2 s). A beat on a Redis that does not answer waits out the client's socket timeout on its
-try and its one retry: 2 s with a URL-built client (1 s timeouts). Leases run by due time,
-earliest first, but a lease whose last renewal took over :data:`SLOW_RENEWAL` goes after
-every quick lease half-way to its due time, so once a stall is known a quick lease is renewed
-at most one stall plus half its interval apart (FileStore beside a stalled Redis, measured:
-2 s apart), however many leases stall. The first stall of each stalling lease is not known
-beforehand: until then a quick lease may wait for one interval plus every such first stall
-due before it (one stalled Redis lock: 2-3 s; two: 4 s). Waiters allow 3 s (FileStore: 3.25 s)
-before they give up on a holder, and giving up on a live one costs one extra token request,
-never a wrong token.
+the process, and a waiter took over a live holder's lock after 4.2 s). A beat on a Redis
+that does not answer waits out the client's socket timeout on its try and its one retry: 2 s
+with a URL-built client (1 s timeouts). Leases run by due time, earliest first, but a lease
+whose last renewal took over :data:`SLOW_RENEWAL` goes after every quick lease half-way to
+its due time, so once a stall is known a quick lease of the group is renewed at most one
+stall plus half its interval apart, however many leases stall. The first stall of each
+stalling lease is not known beforehand: until then a quick lease may wait for one interval
+plus every such first stall due before it. Waiters allow 3 s (FileStore: 3.25 s) before they
+give up on a holder, and giving up on a live one costs one extra token request, never a
+wrong token.
 
 A renew that raises is logged at DEBUG (its type only) and the lease kept: the keeper
 survives anything a renewal does. A thread that cannot start (``RuntimeError``: a pids or
