@@ -151,6 +151,13 @@ class _ProbedLock:
     def __exit__(self, *exc_info: object) -> None:
         self.inner.release()
 
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.waited_for.set()
+        return bool(self.inner.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self.inner.release()
+
 
 @pytest.mark.parametrize("ended_by", ["frame", "collector"])
 def test_a_reader_does_not_wait_for_another_threads_reap(
@@ -315,3 +322,34 @@ def test_the_remembered_origins_are_bounded():
     for n in range(10):
         assert fresh(f"https://host?page={n}") == fresh(f"https://host#part{n}") != NO_ORIGIN
     assert len(fresh._known) == 1
+
+
+def test_a_count_read_inside_the_collector_under_the_gate_lock_does_not_deadlock(
+    make_manager: MakeManager, make_session: MakeSession, closed_port: int
+) -> None:
+    # Review of issue 20: a gc callback (a metrics exporter, a __del__) that reads the count
+    # while its thread holds the gate's lock (a collection at any allocation there) reaped,
+    # and ending the use took that lock again: the thread waited for itself for good.
+    manager = make_manager(background_refresh=False)
+    session = make_session(manager)
+    kept = in_background(lambda: _refused(session, closed_port))[1]
+    assert poll(lambda: bool(kept), 5.0)
+    seen: list[int] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            seen.append(manager.in_flight_count)
+
+    def collect_under_the_lock() -> None:
+        with manager._gate.lock:
+            gc.collect(0)  # what any allocation under the lock may trigger
+
+    gc.callbacks.append(on_gc)
+    try:
+        thread, _ = in_background(collect_under_the_lock)
+        thread.join(5.0)
+        assert not thread.is_alive(), "the thread holding the gate lock waited for itself"
+    finally:
+        gc.callbacks.remove(on_gc)
+    assert seen and seen[-1] == 1  # left for the next reading, which ends it
+    assert manager.in_flight_count == 0

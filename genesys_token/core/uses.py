@@ -82,6 +82,13 @@ class InFlight:
         """
         self._gate.end(self)
 
+    def end_unless_busy(self, wait: float) -> bool:
+        """End this use unless the gate's lock stays taken for ``wait`` seconds; whether it
+        has ended. For a reaper that may run inside the collector, on a thread that holds
+        the gate's lock (a ``gc`` callback reading a count): it gives up instead of waiting
+        for itself, and the next reading ends the use."""
+        return self._gate.end(self, wait=wait)
+
     def __repr__(self) -> str:
         return f"InFlight(ended={self._ended}, rotation_pending={self._signalled})"
 
@@ -132,14 +139,23 @@ class UseGate:
             self._count += 1
             return use
 
-    def end(self, use: InFlight) -> None:
-        """End a use; idempotent, and ignores uses begun in a parent before a fork."""
+    def end(self, use: InFlight, *, wait: float = -1) -> bool:
+        """End a use; idempotent, and ignores uses begun in a parent before a fork.
+
+        Args:
+            wait: Give up if the lock is not free within this many seconds (-1: wait).
+
+        Returns:
+            Whether the use has ended (False only when ``wait`` ran out).
+        """
         if use._ended:  # only ever goes False -> True: safe to read without the lock
-            return
-        with self.lock:
+            return True
+        if not self.lock.acquire(timeout=wait):
+            return False
+        try:
             uses = self._uses.get(use.token)
             if use._ended or uses is None or use not in uses:
-                return
+                return True
             use._ended = True
             uses.discard(use)
             self._count -= 1
@@ -147,6 +163,9 @@ class UseGate:
                 del self._uses[use.token]
             if self._draining and use.token in self._draining and self._cond is not None:
                 self._cond.notify_all()
+            return True
+        finally:
+            self.lock.release()
 
     def retire(self, token: str, exclude_owner: int) -> int:
         """Tell the uses of ``token`` that a newer token is in place; returns how many

@@ -42,6 +42,9 @@ MAX_WARNED_ORIGINS = 16
 CALL_CHECK_SECONDS = 0.25
 #: How many watched calls make a new call reap first (then twice what the reap left).
 _REAP_AT_LEAST = 256
+#: How long a reap waits for a lock it needs before leaving the use to the next reading: a
+#: reap inside the collector on the thread that holds that lock would wait for itself.
+REAP_LOCK_WAIT = 0.05
 #: How far up the stack ``__call__`` looks for the ``requests`` call that prepares it (auth
 #: wrappers and ``Session`` subclasses add a frame or two to the usual four).
 _CALL_SEARCH_DEPTH = 12
@@ -107,6 +110,16 @@ class _Watch:
         self.use.end()
         self.reaper.unwatch(self)
 
+    def end_unless_busy(self) -> bool:
+        """:meth:`end` for the reaper: gives up (and the next reap tries again) when a lock
+        it needs stays taken for :data:`REAP_LOCK_WAIT`, as it does forever when the reap
+        runs inside the collector on the thread that holds it."""
+        if self.reaper is not _reaper:
+            return True
+        if not self.use.end_unless_busy(REAP_LOCK_WAIT):
+            return False
+        return self.reaper.unwatch(self, wait=REAP_LOCK_WAIT)
+
 
 def _collected(watch: _Watch) -> None:
     """The finalizer of a prepared request: it may run inside the collector, at any
@@ -164,14 +177,20 @@ class _Reaper:
         if piled_up:  # rare: the watched calls doubled since the last reap
             self.reap()
 
-    def unwatch(self, watch: _Watch) -> None:
-        """The use ended: neither its finalizer nor its frame is needed any more."""
+    def unwatch(self, watch: _Watch, wait: float = -1) -> bool:
+        """The use ended: neither its finalizer nor its frame is needed any more. False
+        when the lock stayed taken for ``wait`` seconds (-1: wait) and the watch is kept."""
         finalizer = watch.finalizer
         if finalizer is not None:
             finalizer.detach()
-        with self._lock:
+        if not self._lock.acquire(timeout=wait):
+            return False
+        try:
             watch.frame = None
             self._watches.discard(watch)
+        finally:
+            self._lock.release()
+        return True
 
     @property
     def watched(self) -> int:
@@ -196,18 +215,21 @@ class _Reaper:
         try:
             for watch in self._finished_calls():
                 try:
-                    watch.end()
+                    watch.end_unless_busy()
                 except Exception:  # a reader of a count must not fail for it
                     log.exception("could not end the use of a finished call")
-            with self._lock:
-                self._reap_at = max(_REAP_AT_LEAST, 2 * len(self._watches))
+            self._reap_at = max(_REAP_AT_LEAST, 2 * len(self._watches))
         finally:
             self._reaping.release()
 
     def _finished_calls(self) -> list[_Watch]:
         # The frames (and the snapshot of every thread's stack) are let go on return.
-        with self._lock:
+        if not self._lock.acquire(timeout=REAP_LOCK_WAIT):
+            return []  # taken by this very thread (a reap inside the collector): next time
+        try:
             watches = [(watch, watch.frame) for watch in self._watches]
+        finally:
+            self._lock.release()
         stacks: dict[int, FrameType] | None = None
         finished = []
         for watch, frame in watches:
