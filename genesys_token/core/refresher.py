@@ -22,6 +22,7 @@ from ..errors import (
     SecretSourceError,
     TokenRejectedError,
 )
+from ..http.retry_policy import FULL_JITTER, Backoff
 from ..observability.reporter import Reporter
 from ..settings import Config, Credentials
 from .clock import Clock
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 FAILURE_BACKOFF_BASE = 1.0
 FAILURE_BACKOFF_MAX = 60.0
 FAILURE_BACKOFF_MIN = 0.05
+FAILURE_BACKOFF = Backoff(
+    FAILURE_BACKOFF_BASE, FAILURE_BACKOFF_MAX, FULL_JITTER, minimum=FAILURE_BACKOFF_MIN
+)
 #: The scheduler looks at a background flight this long after its deadline.
 SCHEDULER_SLACK = 0.05
 #: During a credentials cool-down, a secret source (callable, file) is re-read at most this
@@ -354,11 +358,10 @@ class Refresher:
 
     def _back_off(self, error: GenesysTokenError, now: float) -> None:
         self._failures += 1
-        ceiling = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_BASE * 2.0 ** (self._failures - 1))
         cell = self._flight.cell
-        if cell is not None and cell.usable(now):
-            ceiling = min(ceiling, max(FAILURE_BACKOFF_MIN, (cell.usable_until - now) / 4))
-        delay = max(FAILURE_BACKOFF_MIN, ceiling * self._clock.random())
+        # Retries come before expiry: no wait longer than a quarter of what is left.
+        within = (cell.usable_until - now) / 4 if cell is not None and cell.usable(now) else None
+        delay = FAILURE_BACKOFF.delay(self._failures, self._clock.random, within=within)
         if isinstance(error, RateLimitedError) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
         if isinstance(error, InvalidClientError):

@@ -26,12 +26,16 @@ import threading
 from collections.abc import Callable
 
 from ..errors import InvalidClientError, TokenRejectedError
+from ..http.retry_policy import Backoff
 
 log = logging.getLogger(__name__)
 
 #: Cool-down after a rejected secret: doubling from the first to the cap, +-25% jitter.
 CREDENTIALS_COOLDOWN_FIRST = 1.0
 CREDENTIALS_COOLDOWN_MAX = 60.0
+CREDENTIALS_COOLDOWN = Backoff(
+    CREDENTIALS_COOLDOWN_FIRST, CREDENTIALS_COOLDOWN_MAX, jitter=(0.75, 1.25)
+)
 #: A token younger than this that the API rejects is "fresh"; at most one fresh token is
 #: replaced per this many seconds.
 FRESH_TOKEN_COOLDOWN = 60.0
@@ -141,11 +145,7 @@ class RejectedCredentials:
         self._strikes += 1
         self._digest = digest
         self._error = error
-        ceiling = min(
-            CREDENTIALS_COOLDOWN_MAX,
-            CREDENTIALS_COOLDOWN_FIRST * 2.0 ** (self._strikes - 1),
-        )
-        cooldown = ceiling * (0.75 + 0.5 * self._draw())
+        cooldown = CREDENTIALS_COOLDOWN.delay(self._strikes, self._draw)
         self._until = self._now() + cooldown
         return cooldown
 

@@ -60,6 +60,7 @@ from .answers import (
 )
 from .basic_auth import BasicAuth, basic_value
 from .connections import attempt_bound, deadline, no_proxy_for, shared_session, status_of
+from .retry_policy import FULL_JITTER, Backoff, RetryPolicy
 
 __all__ = [
     "RATE_LIMIT_PREFIX",
@@ -76,9 +77,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 8192
-#: 2**60 times any sane ``backoff_base`` is far past ``backoff_max``; a larger exponent only
-#: risks an OverflowError when ``max_retries`` is huge.
-_MAX_BACKOFF_EXPONENT = 60
 _READ_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
 #: More digits than any body length: such a ``Content-Length`` means "too large" (and
 #: ``int()`` refuses strings past 4300 digits).
@@ -147,6 +145,12 @@ class TokenEndpoint:
             session: A ``requests.Session`` to use instead of the shared one.
         """
         self._settings = settings
+        self._policy = RetryPolicy(
+            max_retries=settings.max_retries,
+            deadline=settings.retry_deadline,
+            max_retry_after=settings.max_retry_after,
+            backoff=Backoff(settings.backoff_base, settings.backoff_max, FULL_JITTER),
+        )
         self._clock = clock
         self._wait = wait or _sleep
         self._on_retry = on_retry
@@ -192,12 +196,12 @@ class TokenEndpoint:
             ManagerClosedError: The owner closed while we waited to retry.
             SecretSourceError: ``credentials`` hold a source that gave no usable secret.
         """
-        settings = self._settings
+        settings, policy = self._settings, self._policy
         secret = read_secret(credentials.client_secret)
         auth = BasicAuth(credentials.client_id, secret)
         known = auth.known(secret)
         wait = cancel.wait if cancel is not None else self._wait
-        give_up_at = self._clock.monotonic() + settings.retry_deadline
+        give_up_at = self._clock.monotonic() + policy.deadline
         attempt = 1
         while True:
             if cancel is not None and cancel.is_set():
@@ -209,10 +213,8 @@ class TokenEndpoint:
             except TokenRequestError as exc:
                 exc.attempts = attempt
                 delay = self._retry_delay(exc, attempt)
-                if (
-                    delay is None
-                    or attempt > settings.max_retries
-                    or self._clock.monotonic() + delay > give_up_at
+                if delay is None or not policy.allows(
+                    attempt, self._clock.monotonic() + delay, give_up_at
                 ):
                     raise
                 if cancel is not None and cancel.is_set():
@@ -223,7 +225,7 @@ class TokenEndpoint:
                     "token request failed (%s); retry %d of %d in %.2fs",
                     _describe(exc),
                     attempt,
-                    settings.max_retries,
+                    policy.max_retries,
                     delay,
                     extra={"attempt": attempt, "delay": round(delay, 3), "status": exc.status},
                 )
@@ -250,12 +252,8 @@ class TokenEndpoint:
         """Seconds to wait before the next attempt, or ``None`` when not retryable."""
         if not exc.retryable:
             return None
-        settings = self._settings
-        if exc.retry_after is not None:
-            return exc.retry_after  # already capped at max_retry_after
-        exponent = min(attempt - 1, _MAX_BACKOFF_EXPONENT)
-        ceiling = min(settings.backoff_max, settings.backoff_base * 2.0**exponent)
-        return ceiling * self._clock.random()  # "full jitter": spreads a herd of retries
+        # Without Retry-After, "full jitter": spreads a herd of retries.
+        return self._policy.wait(attempt, exc.retry_after, self._clock.random)
 
     def _attempt(self, auth: BasicAuth, known: KnownSecrets) -> TokenResponse:
         """One token request: the parsed token, or the typed error its answer means."""
@@ -271,7 +269,7 @@ class TokenEndpoint:
                 )
             return parse_success(body, status, sent_monotonic, sent_wall, known)
         error = error_for(status, body, retry_after, known)
-        cap = self._settings.max_retry_after
+        cap = self._policy.max_retry_after
         if error.retry_after is not None and error.retry_after > cap:
             # A hostile or broken server must not park the refresher for days.
             log.warning(

@@ -14,6 +14,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from ..http.connections import LoopbackDirectAdapter
+from ..http.retry_policy import FULL_JITTER, Backoff
 from .requests_auth import GenesysAuth
 
 if TYPE_CHECKING:
@@ -47,9 +48,10 @@ class GenesysRetry(Retry):
       met a gateway error may have been applied and is returned to the caller.
     * ``Retry-After`` (seconds or an HTTP date) is honoured, capped at ``max_retry_after``; an
       unparseable value falls back to the backoff instead of raising.
-    * Without ``Retry-After``, waits are exponential with full jitter:
-      ``uniform(0, min(BACKOFF_MAX, backoff_factor * 2 ** (n - 1)))`` before retry ``n``, so
-      clients that failed together do not come back together.
+    * Without ``Retry-After``, waits are exponential with full jitter: uniform between 0 and
+      ``backoff_factor`` doubled ``n - 1`` times (at most ``BACKOFF_MAX``) before retry
+      ``n`` (a :class:`~genesys_token.http.retry_policy.Backoff`), so clients that failed
+      together do not come back together.
 
     Like every ``Retry``, a value object: each retry makes a new one, so one policy is shared
     safely by all threads.
@@ -57,11 +59,15 @@ class GenesysRetry(Retry):
     Args:
         max_retry_after: Longest ``Retry-After`` honoured, in seconds.
         **kwargs: ``Retry`` arguments.
+
+    Raises:
+        ConfigurationError: ``backoff_factor`` is not a finite number >= 0.
     """
 
     def __init__(self, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_retry_after = max_retry_after
+        self._backoff = Backoff(self.backoff_factor, BACKOFF_MAX, FULL_JITTER)
 
     def new(self, **kw: Any) -> GenesysRetry:
         kw.setdefault("max_retry_after", self.max_retry_after)
@@ -87,8 +93,7 @@ class GenesysRetry(Retry):
         errors = len(list(takewhile(lambda h: h.redirect_location is None, reversed(self.history))))
         if errors == 0:
             return 0.0
-        ceiling = min(BACKOFF_MAX, self.backoff_factor * 2 ** (errors - 1))
-        return random.uniform(0.0, ceiling)
+        return random.uniform(*self._backoff.interval(errors))
 
 
 def genesys_retry(

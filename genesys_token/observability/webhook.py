@@ -67,6 +67,7 @@ import requests
 
 from ..errors import ConfigurationError
 from ..http.connections import attempt_bound, deadline, deadline_session
+from ..http.retry_policy import EQUAL_JITTER, Backoff
 from ..settings import Config
 from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
 
@@ -546,8 +547,9 @@ class WebhookSender:
         return self._session
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(BACKOFF_MAX, self._backoff_base * 2.0 ** (attempt - 2))
-        return ceiling * (0.5 + random.random() / 2)
+        """The wait before ``attempt`` (2 for the first retry): equal jitter, capped."""
+        backoff = Backoff(self._backoff_base, BACKOFF_MAX, EQUAL_JITTER)
+        return backoff.delay(attempt - 1, random.random)
 
     def _report_failure(self, data: dict[str, Any]) -> None:
         try:
