@@ -193,3 +193,9 @@ def test_unknown_settings_are_rejected_by_the_signature():
     # Named keyword-only parameters: IDEs, mypy and help() see them; a typo fails at once.
     with pytest.raises(TypeError, match="no_such_option"):
         TokenManager("id", "secret", no_such_option=1)  # type: ignore[call-arg]
+
+
+def test_a_bad_url_is_not_echoed_in_the_error():
+    with pytest.raises(ConfigurationError) as excinfo:
+        Config.build("c", "s", webhook_url="hooks.example.com/services/T0/B0/SECRETPATH")
+    assert "SECRETPATH" not in str(excinfo.value)

@@ -1,4 +1,5 @@
-"""The acquisition core at its edges: one test per defect of issue 11, and its guards.
+"""The acquisition core at its edges: single flight, the store and its lock, hand-outs
+near expiry, close() during a request, forks, caller bounds; and the guards of each.
 
 Each test forces its interleaving (events, a store lock held by the test, an injected clock,
 a hook in the fetch path) instead of hoping a stress loop hits it.
@@ -33,9 +34,11 @@ from genesys_token import (
     TokenTimeoutError,
 )
 from genesys_token.core.clock import SYSTEM_CLOCK
+from genesys_token.core.single_flight import FetchedAfter
 from genesys_token.stores import FileStore, MemoryStore, store_key
 from genesys_token.stores._seal import Sealer
 from genesys_token.testing import Fault, GenesysEmulator
+from genesys_token.token import Token
 
 # 1. Cross-client token ------------------------------------------------------------------
 
@@ -381,3 +384,67 @@ def test_the_settings_repr_shows_no_webhook_url(make_manager: MakeManager):
     )
     assert "SECRETPATH" not in repr(manager.settings)
     assert "SECRETPATH" not in repr(manager)
+
+
+def test_a_failed_on_demand_refresh_never_hands_out_a_token_past_its_usable_until(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    # Defect handout_past_usable_until: slow() returned the cell read before the refresh.
+    manager = make_manager(background_refresh=False, max_retries=0, clock=fake_clock.clock())
+    first = manager.get_token()
+    cell = manager._flight.cell
+    assert cell is not None
+    fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 0.1)  # in the refresh window
+    emulator.inject(Fault(status=503, delay=0.3))
+    caller, got = in_background(manager.get_token)
+    eventually(lambda: emulator.token_requests == 2)  # the refresh is under way...
+    fake_clock.advance(cell.usable_until - fake_clock.monotonic + 0.1)  # ...and slow
+    caller.join(5)
+    assert isinstance(got[0], TokenRequestError), got
+    assert got[0] != first
+
+
+def test_a_forced_refresh_never_returns_the_stores_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    # Defect forced_refresh_takes_store_token: a store-using flight that began just before
+    # the forced refresh joined it satisfied it with the peer's stored token.
+    store = MemoryStore()
+    options = {"store": store, "background_refresh": False, "clock": fake_clock.clock()}
+    m1, m2 = make_manager(**options), make_manager(**options)
+    t1 = m1.get_token()
+    cell = m1._flight.cell
+    assert cell is not None
+    fake_clock.advance(cell.refresh_at - fake_clock.monotonic + 0.1)  # m1's token is due
+    t2 = m2.refresh(force=True).access_token  # the peer saved a new one
+    original = m1._flight.obtain
+
+    def obtain(want: Any, **kwargs: Any) -> Any:
+        if isinstance(want, FetchedAfter):
+            use = m1.try_begin_use()  # another thread, at this instant: a store-using flight
+            if use is not None:
+                use.end()
+        return original(want, **kwargs)
+
+    m1._flight.obtain = obtain  # type: ignore[method-assign]
+    before = emulator.token_requests
+    got = m1.refresh(force=True).access_token
+    assert emulator.token_requests == before + 1
+    assert got not in (t1, t2)
+
+
+def test_a_store_that_raises_anything_degrades_to_the_network(make_manager: MakeManager):
+    class BrokenStore(MemoryStore):
+        def load(self, key: str, *, now_monotonic: float, now_wall: float) -> Token | None:
+            raise RuntimeError("corrupt")
+
+        def save(self, key: str, token: Token) -> None:
+            raise RuntimeError("disk on fire")
+
+        def lock(self, key: str, timeout: float) -> Any:
+            raise RuntimeError("no locks today")
+
+    manager = make_manager(store=BrokenStore())
+    assert manager.get_token()
+    assert manager.metrics()["store_errors"] >= 3
+    assert manager.refresh(force=True)

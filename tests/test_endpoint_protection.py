@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, join_fetch_threads, poll
+from conftest import FakeClock, MakeManager, eventually, in_background, join_fetch_threads, poll
 
 from genesys_token import (
     ConfigurationError,
     GenesysAuth,
     InvalidClientError,
+    RateLimitedError,
     SecretFile,
     SecretSourceError,
     TokenManager,
@@ -303,4 +304,63 @@ def test_a_token_that_arrives_already_due_is_taken_not_fetched_again(
     caller.join(5)
     assert not caller.is_alive()
     assert got and got[0] != first and emulator.is_token_valid(got[0])
+    assert emulator.token_requests == 2
+
+
+# -- callers with no valid token -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(status=429, headers={"Retry-After": "120"}),
+        Fault.rate_limited_token(retry_after=120),
+    ],
+    ids=["429", "genesys-400"],
+)
+def test_callers_without_a_token_honour_retry_after(
+    emulator: GenesysEmulator, make_manager: MakeManager, fault: Fault
+):
+    # Defect storm_retry_after: every get_token() without a token ignored Retry-After.
+    emulator.inject(fault, times=None)
+    manager = make_manager()
+    errors = []
+    for _ in range(10):
+        with pytest.raises(RateLimitedError) as excinfo:
+            manager.get_token(timeout=5)
+        errors.append(excinfo.value)
+    assert emulator.token_requests <= 2
+    assert all(error.retry_after == 60 for error in errors)  # capped at max_retry_after
+
+
+def test_callers_without_a_token_wait_out_the_failure_backoff(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    # Defect storm_401_and_503 (b): a 503 outage with no token made a request per call.
+    emulator.inject(Fault.server_error(503), times=None)
+    manager = make_manager(max_retries=0, clock=fake_clock.clock())
+    for _ in range(20):
+        with pytest.raises(TokenRequestError, match="503"):
+            manager.get_token(timeout=5)
+    assert emulator.token_requests == 1  # the rest got the failure within its backoff
+    fake_clock.advance(0.6)  # past the first backoff (1 s ceiling x draw 0.5)
+    with pytest.raises(TokenRequestError, match="503"):
+        manager.get_token(timeout=5)
+    assert emulator.token_requests == 2
+
+
+def test_set_credentials_during_a_rejected_flight_does_not_cool_down_the_new_secret(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # Defect set_credentials_cooldown_revived: the old secret's invalid_client, arriving
+    # after set_credentials(), put the new, good credentials in a cool-down.
+    manager = make_manager(client_secret="wrong-secret")
+    emulator.inject(Fault(delay=0.3, passthrough=True), times=1)  # the old-secret request
+    caller, got = in_background(manager.get_token)
+    eventually(lambda: emulator.token_requests == 1)
+    emulator.add_client("second-client", "second-secret-value")
+    manager.set_credentials("second-secret-value", client_id="second-client")
+    caller.join(5)
+    assert isinstance(got[0], InvalidClientError)
+    assert emulator.is_token_valid(manager.get_token())
     assert emulator.token_requests == 2

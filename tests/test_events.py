@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import MakeManager
+from conftest import MakeManager, in_background
 
 from genesys_token import ConfigurationError, InvalidClientError, TokenManager, TokenRequestError
 from genesys_token.observability.events import (
@@ -355,3 +355,45 @@ def test_nothing_is_formatted_when_the_audit_log_is_off(make_manager: MakeManage
 
 def _record(event_type: str) -> Record:
     return make_record(event_type, client_id="c", token_fingerprint=None, metrics={})
+
+
+def test_a_slow_listener_does_not_hold_the_callers_waiting_on_the_flight(
+    make_manager: MakeManager,
+):
+    # Defect listener_holds_waiters: listeners ran before the waiters woke.
+    manager = make_manager()
+    in_listener, release = threading.Event(), threading.Event()
+    waiting, go = threading.Semaphore(0), threading.Event()
+
+    def slow_listener(record: dict[str, Any]) -> None:
+        in_listener.set()
+        release.wait(5)
+
+    manager.on(TOKEN_REFRESH_SUCCESS, slow_listener)
+    acquire, wait = manager._flight._acquire, manager._flight._wait
+
+    def gated_acquire(*args: Any) -> Any:
+        assert go.wait(5)
+        return acquire(*args)
+
+    def counted_wait(*args: Any) -> None:
+        waiting.release()
+        wait(*args)
+
+    manager._flight._acquire = gated_acquire  # type: ignore[method-assign]
+    manager._flight._wait = counted_wait  # type: ignore[method-assign]
+    callers = [in_background(manager.get_token) for _ in range(5)]
+    try:
+        for _ in callers:
+            assert waiting.acquire(timeout=5)  # every caller waits on the one flight
+        go.set()
+        assert in_listener.wait(5)
+        deadline = time.monotonic() + 2
+        for thread, _ in callers:
+            thread.join(max(0.0, deadline - time.monotonic()))  # the listener still runs
+        assert [out for _, out in callers if not out] == []
+        assert all(isinstance(out[0], str) for _, out in callers)
+    finally:
+        release.set()
+        for thread, _ in callers:
+            thread.join(5)

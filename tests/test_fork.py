@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import select
+import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, in_child
+from conftest import MakeManager, in_background, in_child
 
+from genesys_token import TokenManager
+from genesys_token.core.scheduler import scheduler
 from genesys_token.testing import Fault, GenesysEmulator
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -84,3 +90,130 @@ def test_child_can_force_a_refresh_over_fresh_connections(
     assert emulator.token_requests == before + 1
     # The parent still works on its own pool.
     assert manager.refresh(force=True)
+
+
+# -- finalizers, locks copied at fork, first use in a child --------------------------------
+
+
+def test_dropping_a_manager_in_a_child_keeps_the_others_refreshing(emulator: GenesysEmulator):
+    # Defect fork_finalizer_kills_scheduler: the parent job's finalizer decremented the
+    # child's scheduler, which then stopped every other manager's refresh.
+    emulator.token_ttl = 1.0
+    options = {"token_url": emulator.token_url, "api_base_url": emulator.api_base_url}
+    # Not make_manager: its list would keep `a` alive in the child.
+    held = [TokenManager(emulator.client_id, emulator.client_secret, **options) for _ in "ab"]
+    b = held[1]
+    try:
+        for manager in held:
+            manager.get_token()  # both scheduled in the parent
+
+        def child() -> dict[str, Any]:
+            for manager in held:
+                manager.get_token()  # first use in the child: both re-arm
+            first = b.get_token()
+            held[0].close()
+            del held[0]  # the last reference: a's finalizers run now
+            gc.collect()
+            sched, job = scheduler(), b._refresher.job
+            assert job is not None
+            with sched._lock:  # b's job is out of the heap while its refresh runs (1 s tokens)
+                live = sched._live + (job.ticket is None)
+            deadline = time.monotonic() + 5
+            while b.get_token() == first and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return {"live": live, "refreshed": b.get_token() != first}
+
+        assert in_child(child) == {"live": 1, "refreshed": True}
+    finally:
+        for manager in held:
+            manager.close()
+
+
+def test_a_child_forked_while_a_thread_checks_the_cooldown_gets_tokens(
+    make_manager: MakeManager,
+):
+    # Defect fork_rejections_lock_inherited: the credentials cool-down lock was copied held.
+    manager = make_manager()
+    inside, leave = threading.Event(), threading.Event()
+
+    def in_check() -> None:
+        with manager._refresher.rejected._lock:  # a thread inside RejectedCredentials.check()
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=in_check)
+    holder.start()
+    try:
+        assert inside.wait(5)
+
+        def child() -> dict[str, Any]:
+            caller, got = in_background(lambda: manager.get_token(timeout=2))
+            caller.join(4)
+            return {"returned": not caller.is_alive(), "token": isinstance(got and got[0], str)}
+
+        result = in_child(child)
+    finally:
+        leave.set()
+        holder.join(5)
+    assert result == {"returned": True, "token": True}
+
+
+def test_replace_rejected_as_first_use_in_a_child_rearms_the_refresh(
+    make_manager: MakeManager,
+):
+    # Defect fork_first_use_paths: replace_rejected() of a stale 401 as the child's first
+    # use returned the current token without bringing the refresh back.
+    manager = make_manager()
+    stale = manager.get_token()
+    current = manager.refresh(force=True).access_token
+
+    def child() -> dict[str, Any]:
+        got = manager.replace_rejected(stale).access_token
+        job = manager._refresher.job
+        assert job is not None
+        return {
+            "current": got == current,
+            "armed": job.ticket is not None and job.owner is scheduler(),
+        }
+
+    assert in_child(child) == {"current": True, "armed": True}
+
+
+def test_child_survives_locks_held_by_parent_threads_at_fork(make_manager: MakeManager):
+    manager = make_manager()
+    manager.get_token()
+    use = manager.begin_use()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_locks() -> None:
+        with manager._gate.lock, manager._reporter.metrics._lock, manager._reporter.events._lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_locks)
+    holder.start()
+    assert holding.wait(5)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        signal.alarm(5)
+        try:
+            use.end()  # begun in the parent: ignored, without touching a copied lock
+            manager.metrics()
+            with manager.in_flight():
+                pass
+            code = 0 if manager.in_flight_count == 0 else 1
+        except BaseException:  # noqa: BLE001
+            code = 2
+        os._exit(code)
+    release.set()
+    holder.join(5)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung on a lock copied at fork")
+        select.select([], [], [], 0.01)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    use.end()
+    assert manager.in_flight_count == 0

@@ -9,7 +9,15 @@ import time
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager, join_fetch_threads, run_scheduled
+from conftest import (
+    FakeClock,
+    HeldLookups,
+    MakeManager,
+    eventually,
+    in_background,
+    join_fetch_threads,
+    run_scheduled,
+)
 
 from genesys_token import (
     ConfigurationError,
@@ -18,11 +26,13 @@ from genesys_token import (
     TokenManager,
     TokenRequestError,
 )
+from genesys_token.http.token_endpoint import Clock
 from genesys_token.observability.events import (
     TOKEN_EXPIRED,
     TOKEN_REFRESH_FAILURE,
     TOKEN_REFRESH_SUCCESS,
 )
+from genesys_token.stores import MemoryStore, store_key
 from genesys_token.testing import Fault, GenesysEmulator
 
 
@@ -551,3 +561,90 @@ def test_a_flight_ending_while_close_runs_installs_nothing(
     with pytest.raises(ManagerClosedError):
         manager.get_token()
     assert manager.token is None
+
+
+def test_close_during_a_connect_with_no_socket_yet_still_abandons_the_request(
+    emulator: GenesysEmulator, make_manager: MakeManager, held_lookups: HeldLookups
+):
+    # close() while the connection has no socket yet (a name lookup): once connected, the
+    # abandoned request must not go out.
+    manager = make_manager(max_retries=0)
+    held_lookups.port = emulator.port
+    caller, got = in_background(manager.get_token)
+    assert held_lookups.waiting.wait(5)
+    manager.close()
+    caller.join(5)
+    assert isinstance(got[0], ManagerClosedError)
+    held_lookups.release.set()  # the connect completes now, after close()
+    join_fetch_threads()
+    assert emulator.token_requests == 0  # abandoned before it was sent: never sent
+
+
+def test_close_interrupts_a_wait_for_the_store_lock(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    store = MemoryStore()
+    manager = make_manager(store=store)
+    manager.get_token()
+    key = store_key(emulator.client_id, emulator.token_url, ())
+    held, release = threading.Event(), threading.Event()
+
+    def peer_holding_the_lock() -> None:
+        with store.lock(key, 1) as ok:
+            assert ok
+            held.set()
+            release.wait(10)
+
+    peer = threading.Thread(target=peer_holding_the_lock)
+    peer.start()
+    assert held.wait(5)
+    outcome: list[BaseException | None] = []
+
+    def force() -> None:
+        try:
+            manager.refresh(force=True)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    forcing = threading.Thread(target=force)
+    forcing.start()
+    eventually(lambda: manager._flight is not None)
+    started = time.monotonic()
+    manager.close()
+    forcing.join(3)
+    release.set()
+    peer.join(5)
+    assert time.monotonic() - started < 2.5
+    assert len(outcome) == 1 and isinstance(outcome[0], ManagerClosedError)
+    assert emulator.token_requests == 1, "a closed manager still requested a token"
+
+
+# -- the refresh point ---------------------------------------------------------------------
+
+
+def test_a_small_refresh_buffer_never_leaves_a_token_unrefreshed(
+    make_manager: MakeManager, fake_clock: FakeClock
+):
+    manager = make_manager(clock=fake_clock.clock(), refresh_buffer=0, refresh_jitter=0)
+    manager.get_token()
+    current = manager._flight.cell
+    assert current is not None
+    assert current.refresh_at <= current.usable_until
+
+
+def test_a_stored_token_is_scheduled_once(emulator: GenesysEmulator, make_manager: MakeManager):
+    store = MemoryStore()
+    make_manager(store=store).get_token()
+    draws = [0]
+
+    def counting_draw() -> float:
+        draws[0] += 1
+        return 0.5
+
+    second = make_manager(
+        store=store, clock=Clock(monotonic=time.monotonic, time=time.time, random=counting_draw)
+    )
+    second.get_token()
+    assert emulator.token_requests == 1
+    assert draws[0] == 1, "the refresh point of a stored token was drawn twice"

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, TricklingServer, in_background, poll
+from conftest import MakeManager, TricklingServer, eventually, in_background, poll
 
 from genesys_token import (
     ConfigurationError,
     DrainTimeoutError,
     GenesysAuth,
     InvalidClientError,
+    ManagerClosedError,
     TokenManager,
 )
 from genesys_token.observability.events import (
@@ -645,3 +646,86 @@ def test_rotation_started_during_a_forced_refresh_retires_both_older_tokens(
     assert emulator.revoked_tokens == {old, forced[0]}
     assert emulator.is_token_valid(mine)
     assert manager.get_token() == mine
+
+
+# -- what a rotation retires and whom it tells; close() during its drain -------------------
+
+
+def test_rotate_retires_the_token_its_new_token_replaced(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # Defect rotate_retires_wrong_token: a refresh landing as rotate() began left its token
+    # (T2) undrained and unrevoked while T1, replaced already, was revoked. Both are older
+    # than the rotation's token: both are retired.
+    manager = make_manager()
+    t1 = manager.get_token()
+    seen: dict[str, Any] = {}
+    in_use = threading.Event()
+
+    def use_t2() -> None:
+        with manager.in_flight() as use:
+            seen["use"] = use
+            in_use.set()
+            seen["pending"] = use.rotation_pending.wait(3)
+
+    def on_started(record: dict[str, Any]) -> None:
+        if "t2" not in seen:
+            seen["t2"] = manager.refresh(force=True).access_token  # a refresh lands now
+            seen["user"] = threading.Thread(target=use_t2)
+            seen["user"].start()
+            assert in_use.wait(5)
+
+    manager.on(TOKEN_ROTATION_STARTED, on_started)
+    t3 = manager.rotate(drain_timeout=5, revoke_previous=True).access_token
+    seen["user"].join(5)
+    t2 = seen["t2"]
+    assert seen["use"].token == t2
+    assert seen["pending"] is True  # the use of T2 was told, and waited for
+    assert t3 not in (t1, t2)
+    assert emulator.revoked_tokens == {t1, t2}
+    assert not emulator.is_token_valid(t2)
+
+
+def test_close_during_a_rotations_drain_ends_the_rotation_and_holds_nobody(
+    make_manager: MakeManager,
+):
+    manager = make_manager()
+    old = manager.get_token()
+    use = manager.begin_use()  # a call that never ends
+    outcomes: dict[str, BaseException | str] = {}
+
+    def run(name: str, call: Any) -> None:
+        try:
+            outcomes[name] = call()
+        except BaseException as exc:  # noqa: BLE001
+            outcomes[name] = exc
+
+    rotation = threading.Thread(target=run, args=("rotate", lambda: manager.rotate(10)))
+    rotation.start()
+    eventually(lambda: use.rotation_pending.is_set())  # swapped: the drain is waiting for `use`
+    assert manager.get_token() != old  # nobody is held by the rotation
+    started = time.monotonic()
+    manager.close()
+    rotation.join(3)
+    assert time.monotonic() - started < 2.5
+    assert isinstance(outcomes["rotate"], ManagerClosedError)
+    with pytest.raises(ManagerClosedError):
+        manager.get_token()
+    use.end()
+
+
+def test_rotation_pending_reaches_holders_that_look_before_or_after_it_starts(
+    make_manager: MakeManager,
+):
+    manager = make_manager()
+    with manager.in_flight() as early, manager.in_flight() as late:
+        early_event = early.rotation_pending  # read before the rotation
+        assert not early_event.is_set()
+        rotation = threading.Thread(target=lambda: manager.rotate(drain_timeout=0.2))
+        rotation.start()
+        assert early_event.wait(5), "a holder that was already watching was not told"
+        assert late.rotation_pending.is_set(), "a holder looking later was not told"
+        rotation.join(5)
+    assert "rotation_pending=True" in repr(late)
+    with manager.in_flight() as fresh:
+        assert not fresh.rotation_pending.is_set()

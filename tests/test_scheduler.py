@@ -9,13 +9,14 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import MakeManager, in_child, join_fetch_threads, poll
+from conftest import MakeManager, eventually, in_child, join_fetch_threads, poll
 
 from genesys_token import TokenManager, TokenManagerPool, TokenTimeoutError
 from genesys_token.core.scheduler import Job, Scheduler, elapsed, scheduler
@@ -389,3 +390,57 @@ def test_a_refresh_point_that_finds_a_callers_flight_running_looks_again_at_its_
         assert abs((job.deadline - elapsed()) - expected) < 0.25
     finally:
         release.set()
+
+
+def test_close_racing_a_scheduled_rearm_leaves_nothing_scheduled(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+):
+    # Defect close_races_arm: close() between arm()'s closed-check and its schedule left a
+    # closed manager's job (and the scheduler thread) alive.
+    manager = make_manager()
+    manager.get_token()
+    job = manager._refresher.job
+    assert job is not None
+    sched = scheduler()
+    schedule = sched.schedule
+    entered, closers = threading.Event(), []
+
+    def closing() -> None:
+        entered.set()
+        manager.close()
+
+    def hooked(target: Any, delay: float) -> None:
+        # Right after arm()'s closed-check: close() runs to its end here unless arm() holds
+        # it off.
+        if target is job and not closers and sys._getframe(1).f_code.co_name == "arm":
+            closer = threading.Thread(target=closing)
+            closers.append(closer)
+            closer.start()
+            assert entered.wait(5)
+            closer.join(0.2)
+        schedule(target, delay)
+
+    monkeypatch.setattr(sched, "schedule", hooked)
+    # A worker runs the job on a stale plan (the token is fresh): it re-arms.
+    schedule(job, 0.0)
+    eventually(lambda: closers and not closers[0].is_alive())
+    assert manager.closed
+    assert job.ticket is None
+
+
+def test_the_scheduler_heap_stays_bounded_under_rearms_and_closed_managers(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # Defect scheduler_heap_growth: stale entries stayed until their deadline (up to a day).
+    emulator.token_ttl = 86400
+    keep = make_manager()
+    keep.get_token()
+    s = scheduler()
+    for _ in range(200):
+        keep.refresh(force=True)
+    assert len(s._heap) <= 2 * s._live + 65
+    for _ in range(100):
+        manager = make_manager()
+        manager.get_token()
+        manager.close()
+    assert len(s._heap) <= 2 * s._live + 65

@@ -1,4 +1,5 @@
-"""The token-endpoint client: request shape, hostile answers, size cap, slow bodies, proxies."""
+"""The token-endpoint client: request shape, hostile answers, size cap, slow bodies, proxies,
+connections shared by managers."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import TricklingServer
+from conftest import MakeManager, TricklingServer, eventually, in_background, join_fetch_threads
 from requests.adapters import HTTPAdapter
 
-from genesys_token import InvalidTokenResponseError, TokenRequestError
+from genesys_token import InvalidTokenResponseError, TokenRequestError, TokenTimeoutError
+from genesys_token.http import connections as _http
 from genesys_token.http.connections import HostLimiter
 from genesys_token.http.token_endpoint import (
     TokenEndpoint,
@@ -551,3 +553,79 @@ def test_requests_hanging_on_a_host_hold_its_slots_only_for_their_lease() -> Non
         release.set()
         for thread in threads:
             thread.join(5)
+
+
+# -- a manager's flight: trickled headers, the shared connection pool ----------------------
+
+
+def test_a_token_endpoint_trickling_its_headers_cannot_hold_the_flight(
+    make_manager: MakeManager,
+):
+    # Defect token_endpoint_trickled_headers: no per-read timeout fired, the flight ran forever.
+    server = TricklingServer(gap=0.05)
+    try:
+        manager = make_manager(
+            token_url=f"http://127.0.0.1:{server.port}/oauth/token",
+            api_base_url=f"http://127.0.0.1:{server.port}",
+            timeout=(0.2, 0.3),  # the watchdog: 0.2 + 2 x 0.3 + 1 = 1.8 s
+            max_retries=0,
+            retry_deadline=1.0,
+        )
+        started = time.monotonic()
+        with pytest.raises(TokenRequestError) as excinfo:
+            manager.get_token(timeout=4)
+        assert not isinstance(excinfo.value, TokenTimeoutError)
+        # A timeout (retryable), not the "2xx without a token" that the headers cut at the
+        # EOF look like.
+        assert type(excinfo.value) is TokenRequestError and excinfo.value.retryable
+        assert "timed out" in str(excinfo.value)
+        assert time.monotonic() - started < 3.5
+        eventually(lambda: not manager._flight.running, timeout=1)
+        join_fetch_threads()
+    finally:
+        server.stop()
+
+
+def test_close_of_one_manager_never_cuts_a_connection_another_took_from_the_pool(
+    emulator: GenesysEmulator, make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+):
+    # Defect cancel_cuts_other_managers_conn: a pooled connection kept its last user's tag,
+    # so that manager's close() shut the socket of the manager using it now.
+    a, b = make_manager(), make_manager()
+    a_read, a_resume = threading.Event(), threading.Event()
+    attempt = a._transport._attempt
+
+    def a_attempt(*args: Any) -> Any:
+        response = attempt(*args)  # read: its connection is back in the pool, tag and all
+        a_read.set()
+        assert a_resume.wait(5)
+        return response
+
+    a._transport._attempt = a_attempt  # type: ignore[method-assign]
+    taken, b_resume, reused = threading.Event(), threading.Event(), []
+    get_conn = _http._HTTPPool._get_conn
+
+    def hooked_get_conn(self: Any, timeout: float | None = None) -> Any:
+        conn = get_conn(self, timeout)
+        if a_read.is_set() and not taken.is_set():
+            reused.append(conn is not None)
+            taken.set()
+            assert b_resume.wait(5)
+        return conn
+
+    monkeypatch.setattr(_http._HTTPPool, "_get_conn", hooked_get_conn)
+    a_caller, _ = in_background(a.get_token)
+    try:
+        assert a_read.wait(5)
+        b_caller, b_got = in_background(b.get_token)
+        assert taken.wait(5)
+        assert reused == [True]  # B took A's connection from the pool
+        a.close()  # A's attempt is still open: its close() cuts what A's scope holds
+    finally:
+        a_resume.set()
+        b_resume.set()
+        a_caller.join(5)
+    b_caller.join(10)
+    assert isinstance(b_got[0], str), b_got
+    assert b.metrics()["retries"] == 0
+    assert emulator.token_requests == 2

@@ -1,8 +1,9 @@
-"""Token value object and JWT claim checks."""
+"""Token value object, its stored form, and JWT claim checks."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from genesys_token.core.validation import TokenValidator, looks_like_jwt
 from genesys_token.http.token_endpoint import TokenResponse
 from genesys_token.settings import Config
 from genesys_token.stores import MemoryStore
+from genesys_token.stores.base import decode_token, encode_token
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.token import fingerprint_of, refresh_lead
 
@@ -331,3 +333,56 @@ def test_refresh_lead_follows_the_timing_rule(
     lifetime: float, buffer: float, jitter: float, draw: float, lead: float
 ):
     assert refresh_lead(lifetime, buffer, jitter, draw) == pytest.approx(lead)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 100_000,
+        json.dumps({"format": "genesys-token/1", "token": {"access_token": "t"}}),
+        '{"format": "genesys-token/1", "token": {"access_token": "t", "token_type": "bearer", '
+        '"expires_in": 60, "expires_at": NaN, "obtained_at": 1, "scopes": []}}',
+        json.dumps(
+            {
+                "format": "genesys-token/1",
+                "token": {
+                    "access_token": "t",
+                    "token_type": "bearer",
+                    "expires_in": 60,
+                    "expires_at": 1e12,
+                    "obtained_at": 1,
+                    "scopes": [],
+                },
+            }
+        ),
+    ],
+    ids=["deeply-nested", "missing-fields", "nan-expiry", "absurd-expiry"],
+)
+def test_a_poisoned_store_entry_reads_as_missing(raw: str):
+    assert decode_token(raw, now_monotonic=100.0, now_wall=1_800_000_000.0) is None
+
+
+def test_a_stored_token_from_a_machine_with_a_faster_clock_is_accepted():
+    now = 1_800_000_000.0
+    token = Token.issued(
+        "t", token_type="bearer", lifetime=172800, sent_monotonic=5, sent_wall=now + 60
+    )
+    again = decode_token(encode_token(token), now_monotonic=10.0, now_wall=now)
+    assert again is not None  # 60 s of skew on a 48 h token is not a forgery
+
+
+def test_a_genuine_store_entry_round_trips():
+    token = Token.issued(
+        "t", token_type="bearer", lifetime=60, sent_monotonic=50, sent_wall=1_800_000_000.0
+    )
+    again = decode_token(encode_token(token), now_monotonic=60.0, now_wall=1_800_000_010.0)
+    assert again is not None and again.access_token == "t"
+
+
+def test_a_jwt_expired_within_the_leeway_is_rejected():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = 1_800_000_000.0
+    token = jwt.encode({"exp": now - 2}, key, algorithm="RS256")
+    validator = TokenValidator(Config.build("c", "s"))
+    with pytest.raises(TokenValidationError, match="expired"):
+        validator.build(TokenResponse(token, "bearer", 3600, None, 10.0, now), "c", now_wall=now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import socket
@@ -11,15 +12,16 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import requests
-from conftest import HeldLookups, MakeManager, TricklingServer, eventually
+from conftest import HeldLookups, MakeManager, TricklingServer, eventually, join_fetch_threads
 
-from genesys_token import InvalidClientError, TokenRequestError
+from genesys_token import InvalidClientError, TokenManager, TokenRequestError
 from genesys_token.errors import ConfigurationError
 from genesys_token.observability import webhook
 from genesys_token.observability.events import (
@@ -776,3 +778,44 @@ def test_the_answers_body_is_never_read() -> None:
     finally:
         sender.close()
         server.stop()
+
+
+def test_a_manager_with_a_webhook_is_collected_when_dropped(emulator: GenesysEmulator):
+    manager = TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        webhook_url=f"{emulator.url}/hook",
+        background_refresh=False,
+    )
+    manager.get_token()  # an event is queued: the webhook worker is running
+    join_fetch_threads()
+    ref = weakref.ref(manager)
+    del manager
+    gc.collect()
+    assert ref() is None, "the webhook worker kept the manager alive"
+
+
+def test_dropping_a_manager_does_not_wait_for_its_hanging_webhook(emulator: GenesysEmulator):
+    with socket.socket() as hanging:  # accepts connections (backlog), never answers
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(8)
+        port = hanging.getsockname()[1]
+        manager = TokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            webhook_url=f"http://127.0.0.1:{port}/hook",
+            background_refresh=False,
+            timeout=(1, 5),
+        )
+        manager.get_token()  # queues an event; the worker's POST now hangs
+        join_fetch_threads()
+        ref = weakref.ref(manager)
+        del manager
+        started = time.monotonic()
+        gc.collect()
+        assert time.monotonic() - started < 1.0, "the collector waited on the webhook"
+        assert ref() is None
