@@ -32,9 +32,9 @@ MINIMUM_STAMP := $(MINIMUM_VENV)/.installed
 MINIMUM_PYTHON := $(or $(call python_for,3.10),$(PYTHON))
 MINIMUM_TEST_DEPS := 'pytest>=7.4' 'pytest-timeout>=2.2' 'trustme>=1.1'
 MINIMUM_TESTS := $(LEGACY_TESTS) tests/test_validation.py tests/test_config.py \
-	tests/test_logging.py tests/test_events.py tests/test_rotation.py tests/test_manager_edges.py \
+	tests/test_logging.py tests/test_events.py tests/test_rotation.py tests/test_core.py \
 	tests/test_file_store.py tests/test_cli.py tests/test_redis_store.py tests/test_redis_tls.py \
-	tests/test_netrc_redirect.py
+	tests/test_netrc_redirect.py tests/test_webhook.py tests/test_fork.py
 
 .PHONY: install lint format typecheck unit soak test test-legacy test-versions test-minimum \
 	demo bench clean
