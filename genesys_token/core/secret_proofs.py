@@ -31,6 +31,7 @@ from collections.abc import Callable, Hashable
 
 from ..credentials import Secret, SecretValue, digest, hidden, is_known, read_secret
 from ..errors import InvalidClientError, ManagerClosedError, RateLimitedError
+from ..http.retry_policy import NO_JITTER, Backoff
 from ..manager import TokenManager
 
 #: Other secrets remembered per client, each with its own cool-down. Enough for a rotation
@@ -49,6 +50,10 @@ PAUSE_MAX = 60.0
 #: The longest the shared pause gets: how long a right secret (a rotation) can wait behind
 #: a stream of ever new wrong ones.
 SHARED_PAUSE_MAX = 10.0
+#: A rejected secret's own cool-down, doubling from PAUSE_FIRST to PAUSE_MAX.
+_COOL_DOWN = Backoff(PAUSE_FIRST, PAUSE_MAX, NO_JITTER)
+#: The pause of a client's proofs after each new wrong secret, up to SHARED_PAUSE_MAX.
+_SHARED_PAUSE = Backoff(PAUSE_FIRST, SHARED_PAUSE_MAX, NO_JITTER)
 
 MakeProbe = Callable[[Secret], TokenManager]
 
@@ -145,14 +150,14 @@ class SecretProofs:
             until, seen = rejected.get(name, (float("-inf"), 0))
             if until > now:
                 return
-            rejected[name] = (now + min(PAUSE_MAX, PAUSE_FIRST * 2.0 ** min(seen, 16)), seen + 1)
+            rejected[name] = (now + _COOL_DOWN.ceiling(seen + 1), seen + 1)
             rejected.move_to_end(name)
             if len(rejected) > REJECTED_PER_CLIENT:
                 rejected.popitem(last=False)
             if seen:
                 return  # a stale secret again: its own cool-down grows, the pause does not
             _, strikes = self._paused.get(client, (0.0, 0))
-            pause = min(SHARED_PAUSE_MAX, PAUSE_FIRST * 2.0 ** min(strikes, 16))
+            pause = _SHARED_PAUSE.ceiling(strikes + 1)
             self._paused[client] = (now + pause, strikes + 1)
 
     def settle(self, client: Hashable, name: Hashable) -> None:
