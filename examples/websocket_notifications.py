@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from genesys_token import GenesysTokenError, InFlight, ManagerClosedError, TokenManager
+from genesys_token.integrations import adapter_port
 
 log = logging.getLogger("genesys_token.examples.websocket")
 
@@ -127,7 +128,7 @@ class NotificationListener:
                     if exc.response.status_code != 401:
                         raise
                     log.info("WebSocket refused the token (401): replacing it")
-                    self._manager.replace_rejected(use.token)
+                    adapter_port(self._manager).replace_rejected(use.token)
         except ManagerClosedError:
             raise
         except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, GenesysTokenError) as exc:

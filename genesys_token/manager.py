@@ -2,18 +2,17 @@
 
 The hot path, :meth:`TokenManager.get_token` with a valid token, reads the current cell (one
 immutable value, replaced whole) and the clock, and takes no lock. The token state has one
-owner, the refresher (``_refresher``), whose single flight (``_flight``) holds the current
-cell, the credentials and the acquisition in progress; the manager delegates to it. The
-other parts each live in a module named after them: the schedule (``_cell``), one
-acquisition (``_acquire``), the process-wide scheduler (``_scheduler``), counted uses
-(``_gate``), rotation (``_rotation``), rejections (``_rejections``), events and metrics
-(``_reporter``).
+owner, the refresher (:mod:`.core.refresher`), whose single flight (:mod:`.core.single_flight`)
+holds the current cell, the credentials and the acquisition in progress; the manager
+delegates to it. The other parts live in :mod:`genesys_token.core` under names that say what
+they do: the schedule, one acquisition, the process-wide scheduler, counted uses, rotation,
+rejections; events and metrics in :mod:`genesys_token.observability`. What adapters need
+beyond the public API (counted uses, a 401's replacement) is :func:`adapter_port`.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -23,11 +22,11 @@ import requests
 from .core.acquisition import Acquirer, flight_bound, lock_bound
 from .core.clock import SYSTEM_CLOCK, Clock
 from .core.fork import register_fork_handler
+from .core.port import AdapterPort
 from .core.refresher import Refresher, check_timeout
 from .core.rejections import RejectedCredentials
 from .core.rotation import rotate
-from .core.scheduler import Job, scheduler
-from .core.single_flight import Replacing
+from .core.scheduler import Job, scheduler, weak_job
 from .core.uses import InFlight, UseGate
 from .core.validation import TokenValidator
 from .credentials import Secret, hide_text
@@ -126,29 +125,7 @@ class TokenManager:
         client_secret = hide_text(client_secret)  # type: ignore[assignment]
         webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
         credentials = Credentials(client_id, client_secret)
-        merged = given_settings(settings).merged(
-            {
-                "region": region,
-                "token_url": token_url,
-                "api_base_url": api_base_url,
-                "scopes": scopes,
-                "refresh_buffer": refresh_buffer,
-                "refresh_jitter": refresh_jitter,
-                "timeout": timeout,
-                "max_retries": max_retries,
-                "retry_deadline": retry_deadline,
-                "max_retry_after": max_retry_after,
-                "backoff_base": backoff_base,
-                "backoff_max": backoff_max,
-                "max_response_bytes": max_response_bytes,
-                "verify": verify,
-                "jwks_url": jwks_url,
-                "webhook_url": webhook_url,
-                "webhook_secret": webhook_secret,
-                "background_refresh": background_refresh,
-                "drain_timeout": drain_timeout,
-            }
-        )
+        merged = given_settings(settings).merged(locals())
         self._init(credentials, merged, store, clock, session)
 
     @classmethod
@@ -203,29 +180,7 @@ class TokenManager:
         credentials = credentials_from_env(
             environ, client_id=client_id, client_secret=client_secret
         )
-        merged = with_env_location(given_settings(settings), environ).merged(
-            {
-                "region": region,
-                "token_url": token_url,
-                "api_base_url": api_base_url,
-                "scopes": scopes,
-                "refresh_buffer": refresh_buffer,
-                "refresh_jitter": refresh_jitter,
-                "timeout": timeout,
-                "max_retries": max_retries,
-                "retry_deadline": retry_deadline,
-                "max_retry_after": max_retry_after,
-                "backoff_base": backoff_base,
-                "backoff_max": backoff_max,
-                "max_response_bytes": max_response_bytes,
-                "verify": verify,
-                "jwks_url": jwks_url,
-                "webhook_url": webhook_url,
-                "webhook_secret": webhook_secret,
-                "background_refresh": background_refresh,
-                "drain_timeout": drain_timeout,
-            }
-        )
+        merged = with_env_location(given_settings(settings), environ).merged(locals())
         manager = cls.__new__(cls)
         manager._init(credentials, merged, store, clock, session)
         return manager
@@ -274,6 +229,7 @@ class TokenManager:
         #: The token state (current cell, config with the credentials, acquisition, closed).
         self._flight = self._refresher.flight
         self._refresher.job = _job_for(self)
+        self._port = AdapterPort(self._refresher, self._gate, reporter.metrics, self._now)
         warn_region_mismatch(config.token_url, config.api_base_url)
         register_fork_handler(self)
 
@@ -356,20 +312,6 @@ class TokenManager:
             return cell.access_token
         return self._refresher.slow(timeout).access_token
 
-    def try_begin_use(self) -> InFlight | None:
-        """Count a use of a token that is usable now, without blocking or I/O.
-
-        For event loops: ``None`` means no token is usable now (or it was swapped this
-        instant); then call :meth:`begin_use` in a worker thread.
-        """
-        cell = self._flight.cell
-        if cell is None or self._flight.closed:
-            return None
-        now = self._now()
-        if not cell.usable(now) or not self._refresher.due_nowait(cell, now):
-            return None
-        return self._gate.begin(cell.access_token, self._is_current)
-
     def refresh(self, force: bool = False) -> Token:
         """Return the current token, refreshing it when due (or always, with ``force``).
 
@@ -386,29 +328,6 @@ class TokenManager:
         if self._flight.closed:
             raise ManagerClosedError("the token manager is closed")
         return self._refresher.fetch_new("forced").token
-
-    def replace_rejected(self, access_token: str, timeout: float | None = None) -> Token:
-        """Replace a token the API rejected (a 401), unless that already happened.
-
-        If ``access_token`` is no longer the current token, the current one is returned
-        without a request; otherwise one replacement runs, shared by every caller. A token
-        fetched moments ago is replaced at most once per cool-down (an API that rejects
-        every token must not turn each call into a token request).
-
-        Args:
-            access_token: The token the API rejected.
-            timeout: Seconds this caller waits at most (as for :meth:`get_token`).
-
-        Raises:
-            TokenRejectedError: The API keeps rejecting fresh tokens (no request made).
-            GenesysTokenError: Acquiring a token failed.
-        """
-        if self._flight.closed:
-            raise ManagerClosedError("the token manager is closed")
-        self._refresher.allow_replacement(access_token)
-        want = Replacing(access_token, self._flight.credentials)
-        deadline = self._refresher.deadline(timeout)
-        return self._flight.obtain(want, deadline=deadline, reason="rejected by the API").token
 
     # -- rotation and counted uses -------------------------------------------------------
 
@@ -464,24 +383,6 @@ class TokenManager:
         finally:
             self._rotate_lock.release()
 
-    def begin_use(self, timeout: float | None = None) -> InFlight:
-        """Count one use of the current token and return it (end it with
-        :meth:`InFlight.end`, from any thread). :class:`~genesys_token.GenesysAuth` and
-        :meth:`in_flight` do this for you.
-
-        Raises:
-            ManagerClosedError: The manager was closed.
-            GenesysTokenError: No valid token exists and acquiring one failed.
-        """
-        while True:
-            use = self._gate.begin(self.get_token(timeout), self._is_current)
-            if use is not None:
-                return use
-
-    def _is_current(self, access_token: str) -> bool:
-        cell = self._flight.cell
-        return cell is not None and cell.access_token == access_token
-
     @contextmanager
     def in_flight(self) -> Iterator[InFlight]:
         """Count a long-lived use of the token, such as a WebSocket, for rotations.
@@ -494,7 +395,7 @@ class TokenManager:
                 while not use.rotation_pending.is_set():
                     handle(ws.recv(timeout=1))
         """
-        use = self.begin_use()
+        use = self._port.begin_use()
         try:
             yield use
         finally:
@@ -522,10 +423,6 @@ class TokenManager:
             A callable that unsubscribes.
         """
         return self._reporter.on(event_type, callback)
-
-    def note_replay(self) -> None:
-        """Count a call replayed after a 401 (for adapters such as GenesysAuth)."""
-        self._reporter.metrics.incr("replays_401")
 
     def metrics(self) -> dict[str, Any]:
         """A snapshot of the counters (bounded memory however long the process runs)."""
@@ -585,6 +482,8 @@ class TokenManager:
         )
 
     def __repr__(self) -> str:
+        if "_flight" not in vars(self):  # still being built (a traceback's locals, a debugger)
+            return "TokenManager(state='initializing')"
         state = "closed" if self._flight.closed else "open"
         token = self.token
         return (
@@ -597,19 +496,10 @@ class TokenManager:
 def _job_for(manager: TokenManager) -> Job:
     """The manager's scheduler job; it holds the manager weakly, so a manager dropped
     without close() is collected and its refresh stops."""
-    ref = weakref.ref(manager)
-
-    def run() -> None:
-        target = ref()
-        if target is not None:
-            target._scheduled_refresh()
-
-    job = Job(run, manager.client_id[:16])
-    # Dropped without close(): the job goes too (forget() never blocks in a finalizer).
-    finalizer = weakref.finalize(manager, _forget_job, job)
-    finalizer.atexit = False
-    return job
+    return weak_job(manager, TokenManager._scheduled_refresh, manager.client_id[:16])
 
 
-def _forget_job(job: Job) -> None:
-    scheduler().forget(job)
+def adapter_port(manager: TokenManager) -> AdapterPort:
+    """What the adapters (GenesysAuth, the httpx auths, the SDK bridge) need of
+    ``manager`` beyond its public API: counted uses and a 401's replacement (internal)."""
+    return manager._port

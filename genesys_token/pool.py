@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ import requests
 from .core.clock import SYSTEM_CLOCK, Clock
 from .core.fork import register_fork_handler
 from .core.held_reads import HeldReads
-from .core.scheduler import Job, scheduler
+from .core.scheduler import scheduler, weak_job
 from .core.secret_proofs import SecretProofs, same_name, same_value, secret_name
 from .credentials import (
     Secret,
@@ -157,28 +156,7 @@ class TokenManagerPool:
     ) -> None:
         # Hidden first: no frame of ours holds a secret in clear, whatever error follows.
         webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
-        self._settings = given_settings(settings).merged(
-            {
-                "region": region,
-                "token_url": token_url,
-                "api_base_url": api_base_url,
-                "refresh_buffer": refresh_buffer,
-                "refresh_jitter": refresh_jitter,
-                "timeout": timeout,
-                "max_retries": max_retries,
-                "retry_deadline": retry_deadline,
-                "max_retry_after": max_retry_after,
-                "backoff_base": backoff_base,
-                "backoff_max": backoff_max,
-                "max_response_bytes": max_response_bytes,
-                "verify": verify,
-                "jwks_url": jwks_url,
-                "webhook_url": webhook_url,
-                "webhook_secret": webhook_secret,
-                "background_refresh": background_refresh,
-                "drain_timeout": drain_timeout,
-            }
-        )
+        self._settings = given_settings(settings).merged(locals())
         if self._settings.scopes:
             raise ConfigurationError(
                 "scopes is not a setting a pool can share (per client: pass it to get())",
@@ -197,7 +175,7 @@ class TokenManagerPool:
         self._created = 0
         self._evicted = 0
         self._sweep_armed = False
-        self._sweep = _sweep_job(self)
+        self._sweep = weak_job(self, TokenManagerPool._swept, "pool-sweep")
         self._proofs = SecretProofs(self._now)
         #: How long get() awaits a read of a manager's secret source (see ``_held``).
         self._read_bound = float(sum(self._settings.timeout))
@@ -522,7 +500,7 @@ class TokenManagerPool:
         """A fresh lock (a parent thread may have held it); the sweep comes back on the
         next get(), on the child's own scheduler."""
         self._lock = threading.Lock()
-        self._sweep = _sweep_job(self)
+        self._sweep = weak_job(self, TokenManagerPool._swept, "pool-sweep")
         self._sweep_armed = False
         self._proofs.after_fork()
         for entry in self._entries.values():
@@ -532,6 +510,8 @@ class TokenManagerPool:
         raise TypeError("a TokenManagerPool cannot be pickled: create one in each process")
 
     def __repr__(self) -> str:
+        if "_closed" not in vars(self):  # still being built (a traceback's locals, a debugger)
+            return "TokenManagerPool(state='initializing')"
         state = "closed" if self._closed else "open"
         return f"TokenManagerPool(managers={len(self._entries)}, state={state!r})"
 
@@ -619,25 +599,6 @@ def _max_idle(value: Any) -> float | None:
             "max_idle must be a number of seconds > 0, or None", field="max_idle"
         )
     return float(value)
-
-
-def _sweep_job(pool: TokenManagerPool) -> Job:
-    """The pool's eviction job on the process-wide scheduler; holds the pool weakly."""
-    ref = weakref.ref(pool)
-
-    def run() -> None:
-        target = ref()
-        if target is not None:
-            target._swept()
-
-    job = Job(run, "pool-sweep")
-    finalizer = weakref.finalize(pool, _forget_job, job)
-    finalizer.atexit = False
-    return job
-
-
-def _forget_job(job: Job) -> None:
-    scheduler().forget(job)
 
 
 def _kept(secret: Secret) -> Secret:

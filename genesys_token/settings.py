@@ -247,9 +247,13 @@ class Settings:
         return Settings(**values)
 
     def merged(self, given: Mapping[str, Any]) -> Settings:
-        """These settings with the keywords in ``given`` that were passed (not
-        :data:`UNSET`) applied: what a constructor's explicit keywords make of them."""
-        changes = {name: value for name, value in given.items() if value is not UNSET}
+        """These settings with the fields in ``given`` that were passed (not :data:`UNSET`)
+        applied: what a constructor's explicit keywords make of them. Other names in
+        ``given`` are ignored, so a constructor passes its ``locals()``: its signature names
+        every field (tests/test_settings.py checks that), and a field is written once."""
+        changes = {
+            name: given[name] for name in SETTING_NAMES if given.get(name, UNSET) is not UNSET
+        }
         return self.replace(**changes) if changes else self
 
 

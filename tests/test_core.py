@@ -35,6 +35,7 @@ from genesys_token import (
 )
 from genesys_token.core.clock import SYSTEM_CLOCK
 from genesys_token.core.single_flight import FetchedAfter
+from genesys_token.manager import adapter_port
 from genesys_token.stores import FileStore, MemoryStore, store_key
 from genesys_token.stores._seal import Sealer
 from genesys_token.testing import Fault, GenesysEmulator
@@ -278,7 +279,7 @@ def test_a_use_that_read_the_old_token_before_a_swap_is_not_counted_against_it(
         return original(token, still_current)
 
     gate.begin = paused_begin  # type: ignore[method-assign]
-    user, use = in_background(manager.begin_use)
+    user, use = in_background(adapter_port(manager).begin_use)
     assert read_token.wait(5)
     new = manager.rotate(drain_timeout=1, revoke_previous=True)  # swaps, drains (0), revokes
     go_on.set()
@@ -295,8 +296,8 @@ def test_one_replacement_for_many_callers_that_saw_the_same_token_rejected(
     # first caller's replacement, not make a replacement of the replacement.
     manager = make_manager()
     rejected = manager.get_token()
-    first = manager.replace_rejected(rejected)
-    second = manager.replace_rejected(rejected)
+    first = adapter_port(manager).replace_rejected(rejected)
+    second = adapter_port(manager).replace_rejected(rejected)
     assert first.access_token == second.access_token != rejected
     assert emulator.token_requests == 2
 
@@ -421,7 +422,9 @@ def test_a_forced_refresh_never_returns_the_stores_token(
 
     def obtain(want: Any, **kwargs: Any) -> Any:
         if isinstance(want, FetchedAfter):
-            use = m1.try_begin_use()  # another thread, at this instant: a store-using flight
+            use = adapter_port(
+                m1
+            ).try_begin_use()  # another thread, at this instant: a store-using flight
             if use is not None:
                 use.end()
         return original(want, **kwargs)

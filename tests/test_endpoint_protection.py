@@ -25,6 +25,7 @@ from genesys_token import (
     TokenManager,
     TokenRequestError,
 )
+from genesys_token.manager import adapter_port
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"
@@ -178,12 +179,12 @@ def test_a_token_that_lived_a_while_is_replaced_on_a_401(
     # A revoked token (not a fresh one) is always replaced: the cool-down is for fresh ones.
     manager = make_manager()
     first = manager.get_token()
-    second = manager.replace_rejected(first).access_token
+    second = adapter_port(manager).replace_rejected(first).access_token
     assert second != first
     cell = manager._flight.cell
     assert cell is not None
     manager._flight.cell = type(cell)(**{**_fields(cell), "installed_at": cell.installed_at - 3600})
-    third = manager.replace_rejected(second).access_token
+    third = adapter_port(manager).replace_rejected(second).access_token
     assert third != second
     assert emulator.token_requests == 3
 
@@ -278,7 +279,7 @@ def test_an_endpoint_that_re_issues_the_rejected_token_costs_one_request_per_401
     for timeout in (3.0, float("inf")):
         started = time.monotonic()
         with pytest.raises(TokenRequestError, match="the token the API rejected"):
-            manager.replace_rejected(rejected, timeout=timeout)
+            adapter_port(manager).replace_rejected(rejected, timeout=timeout)
         assert time.monotonic() - started < 1.0
     assert emulator.token_requests <= 3  # the first, then one per replacement asked for
 

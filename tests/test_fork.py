@@ -16,6 +16,7 @@ from conftest import MakeManager, in_background, in_child
 
 from genesys_token import TokenManager
 from genesys_token.core.scheduler import scheduler
+from genesys_token.manager import adapter_port
 from genesys_token.testing import Fault, GenesysEmulator
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -168,7 +169,7 @@ def test_replace_rejected_as_first_use_in_a_child_rearms_the_refresh(
     current = manager.refresh(force=True).access_token
 
     def child() -> dict[str, Any]:
-        got = manager.replace_rejected(stale).access_token
+        got = adapter_port(manager).replace_rejected(stale).access_token
         job = manager._refresher.job
         assert job is not None
         return {
@@ -182,7 +183,7 @@ def test_replace_rejected_as_first_use_in_a_child_rearms_the_refresh(
 def test_child_survives_locks_held_by_parent_threads_at_fork(make_manager: MakeManager):
     manager = make_manager()
     manager.get_token()
-    use = manager.begin_use()
+    use = adapter_port(manager).begin_use()
     holding, release = threading.Event(), threading.Event()
 
     def hold_locks() -> None:

@@ -14,7 +14,9 @@ import pytest
 from conftest import FakeClock, MakeManager
 
 from genesys_token import TokenManager
+from genesys_token.core.port import AdapterPort
 from genesys_token.integrations.httpx import GenesysHTTPXAuth
+from genesys_token.manager import adapter_port
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"
@@ -279,16 +281,26 @@ class _NoHotPathManager(TokenManager):
         self.release = threading.Event()
         self.release.set()
         self.returned = threading.Event()
+        self._port = _HeldPort(self, adapter_port(self))
 
-    def try_begin_use(self) -> None:  # type: ignore[override]
+
+class _HeldPort:
+    """The adapter port of a :class:`_NoHotPathManager` (the adapters' way in, hooked)."""
+
+    def __init__(self, owner: _NoHotPathManager, port: AdapterPort) -> None:
+        self._owner = owner
+        self._port = port
+        self.replace_rejected = port.replace_rejected
+
+    def try_begin_use(self) -> None:
         return None
 
     def begin_use(self, timeout: float | None = None) -> Any:
-        self.entered.set()
-        if not self.release.wait(5):
+        self._owner.entered.set()
+        if not self._owner.release.wait(5):
             raise TimeoutError("the test never released begin_use")
-        use = super().begin_use(timeout)
-        self.returned.set()
+        use = self._port.begin_use(timeout)
+        self._owner.returned.set()
         return use
 
 
@@ -419,15 +431,26 @@ class _ExpiringManager(TokenManager):
     def __init__(self, *args: Any, fake_clock: FakeClock, **kwargs: Any) -> None:
         super().__init__(*args, clock=fake_clock.clock(), background_refresh=False, **kwargs)
         self.fake_clock = fake_clock
+        self._port = _ExpiringPort(self, adapter_port(self))
 
-    def try_begin_use(self) -> None:  # type: ignore[override]
+
+class _ExpiringPort:
+    """The adapter port of an :class:`_ExpiringManager` (the adapters' way in, hooked)."""
+
+    def __init__(self, owner: _ExpiringManager, port: AdapterPort) -> None:
+        self._owner = owner
+        self._port = port
+        self.replace_rejected = port.replace_rejected
+
+    def try_begin_use(self) -> None:
         return None
 
     def begin_use(self, timeout: float | None = None) -> Any:
-        token = self.token
-        if token is not None and self.fake_clock.monotonic <= token.monotonic_expiry:
-            self.fake_clock.advance(token.monotonic_expiry - self.fake_clock.monotonic + 1)
-        return super().begin_use(timeout)
+        token = self._owner.token
+        clock = self._owner.fake_clock
+        if token is not None and clock.monotonic <= token.monotonic_expiry:
+            clock.advance(token.monotonic_expiry - clock.monotonic + 1)
+        return self._port.begin_use(timeout)
 
 
 def test_giving_up_on_begin_use_off_the_loop_leaves_no_executor_work_behind(

@@ -20,6 +20,7 @@ from genesys_token import (
     ManagerClosedError,
     TokenManager,
 )
+from genesys_token.manager import adapter_port
 from genesys_token.observability.events import (
     TOKEN_DRAIN_COMPLETE,
     TOKEN_DRAIN_TIMEOUT,
@@ -691,7 +692,7 @@ def test_close_during_a_rotations_drain_ends_the_rotation_and_holds_nobody(
 ):
     manager = make_manager()
     old = manager.get_token()
-    use = manager.begin_use()  # a call that never ends
+    use = adapter_port(manager).begin_use()  # a call that never ends
     outcomes: dict[str, BaseException | str] = {}
 
     def run(name: str, call: Any) -> None:

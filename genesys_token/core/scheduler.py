@@ -22,7 +22,9 @@ import heapq
 import itertools
 import logging
 import threading
+import weakref
 from collections.abc import Callable
+from typing import TypeVar
 
 from .clock import elapsed
 from .fork import on_fork_in_child
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 #: The scheduler re-reads the clock at least this often (suspend, jobs forgotten while its
 #: lock was busy): one wake-up a second for the whole process.
 MAX_SLEEP = 1.0
+
+_T = TypeVar("_T")
 
 
 class Job:
@@ -210,6 +214,27 @@ _scheduler = Scheduler()
 def scheduler() -> Scheduler:
     """The scheduler of this process (a fresh one in a forked child)."""
     return _scheduler
+
+
+def weak_job(target: _T, run: Callable[[_T], None], name: str) -> Job:
+    """A job that calls ``run(target)`` while ``target`` lives. It holds ``target`` weakly,
+    so a manager or pool dropped without ``close()`` is collected, and the job is forgotten
+    then (:meth:`Scheduler.forget` never blocks in a finalizer)."""
+    ref = weakref.ref(target)
+
+    def call() -> None:
+        alive = ref()
+        if alive is not None:
+            run(alive)
+
+    job = Job(call, name)
+    finalizer = weakref.finalize(target, _forget, job)
+    finalizer.atexit = False
+    return job
+
+
+def _forget(job: Job) -> None:
+    scheduler().forget(job)
 
 
 def _after_fork_in_child() -> None:

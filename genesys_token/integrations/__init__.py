@@ -16,4 +16,14 @@ The Flask extension and the Django helpers read the same settings: ``GENESYS_CLI
 (each falling back to its ``GENESYSCLOUD_*`` environment variable) and
 ``GENESYS_TOKEN_OPTIONS``, a dict of further :class:`~genesys_token.TokenManager` arguments
 (``settings``, ``store``, ``refresh_buffer``, ...).
+
+Writing an adapter of your own (a WebSocket client, another HTTP library)? Count each call
+with ``adapter_port(manager).begin_use()`` (so a rotation waits for it) and, on a
+401, call ``replace_rejected(use.token)``: it replaces the token once for every caller, and
+never turns an API that rejects every token into a stream of token requests.
 """
+
+from ..core.port import AdapterPort
+from ..manager import adapter_port
+
+__all__ = ["AdapterPort", "adapter_port"]

@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     ) from exc
 
 from ..errors import GenesysTokenError, TokenTimeoutError
+from ..manager import adapter_port
 
 if TYPE_CHECKING:
     from ..core.uses import InFlight
@@ -99,6 +100,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         origins: Iterable[str] | None = None,
     ) -> None:
         self._manager = manager
+        self._port = adapter_port(manager)
         self._replay_401 = replay_401
         urls = [manager.api_base_url] if origins is None else list(origins)
         self._origins = frozenset(_origin(httpx.URL(url)) for url in urls)
@@ -110,7 +112,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         if _origin(request.url) not in self._origins:
             yield request
             return
-        use = self._manager.begin_use()
+        use = self._port.begin_use()
         try:
             response = yield _authorize(request, use)
         finally:
@@ -119,13 +121,13 @@ class GenesysHTTPXAuth(httpx.Auth):
             return
         try:
             # Replaced even when the call cannot be replayed, so the next call works.
-            self._manager.replace_rejected(use.token)
+            self._port.replace_rejected(use.token)
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
             return
         if not _replayable(request, response):
             return
-        replay = self._manager.begin_use()
+        replay = self._port.begin_use()
         try:
             yield _authorize(request, replay)
         finally:
@@ -139,7 +141,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         if _origin(request.url) not in self._origins:
             yield request
             return
-        use = self._manager.try_begin_use() or await self._begin_use_async()
+        use = self._port.try_begin_use() or await self._begin_use_async()
         try:
             response = yield _authorize(request, use)
         finally:
@@ -151,7 +153,7 @@ class GenesysHTTPXAuth(httpx.Auth):
             await self._shared.run(
                 ("replace", rejected),
                 lambda stop: _in_slices(
-                    lambda t: self._manager.replace_rejected(rejected, timeout=t), stop
+                    lambda t: self._port.replace_rejected(rejected, timeout=t), stop
                 ),
             )
         except GenesysTokenError as exc:
@@ -159,7 +161,7 @@ class GenesysHTTPXAuth(httpx.Auth):
             return
         if not _replayable(request, response):
             return
-        replay = self._manager.try_begin_use() or await self._begin_use_async()
+        replay = self._port.try_begin_use() or await self._begin_use_async()
         try:
             yield _authorize(request, replay)
         finally:
@@ -168,13 +170,13 @@ class GenesysHTTPXAuth(httpx.Auth):
     async def _begin_use_async(self) -> InFlight:
         """The slow path: a token is fetched off the loop, once for all its coroutines."""
         await self._shared.run("token", lambda stop: _in_slices(self._manager.get_token, stop))
-        use = self._manager.try_begin_use()
+        use = self._port.try_begin_use()
         if use is not None:
             return use
         # Usable a moment ago but not now (a refresh or a rotation swapped it this instant,
         # or it is in its last moments): the blocking call, off the loop, for this
         # coroutine alone.
-        return await _owned_in_thread(lambda stop: _begin_in_slices(self._manager.begin_use, stop))
+        return await _owned_in_thread(lambda stop: _begin_in_slices(self._port.begin_use, stop))
 
     # -- shared ------------------------------------------------------------------------
 

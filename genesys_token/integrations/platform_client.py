@@ -41,7 +41,7 @@ from PureCloudPlatformClientV2.http_request_options import (  # type: ignore[imp
 from PureCloudPlatformClientV2.rest import ApiException  # type: ignore[import-untyped]
 
 from ..errors import GenesysTokenError
-from ..manager import TokenManager
+from ..manager import TokenManager, adapter_port
 
 __all__ = ["DEFAULT_API_TIMEOUT", "GenesysHttpClient", "bind_api_client"]
 
@@ -78,6 +78,7 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self.manager = manager
+        self._port = adapter_port(manager)
         self.inner = inner if inner is not None else default_http_client(timeout)
         self._replay_401 = replay_401
 
@@ -91,7 +92,7 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
         options = http_request_options
         if self.pre_hook is not None:
             options = self.pre_hook(options)
-        use = self.manager.begin_use()
+        use = self._port.begin_use()
         token = use.token
         try:
             response = self.inner.request(_with_token(options, token))
@@ -107,13 +108,13 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
 
     def _replay(self, options: Any, token: str, rejected: BaseException) -> Any:
         try:
-            self.manager.replace_rejected(token)
+            self._port.replace_rejected(token)
         except GenesysTokenError as exc:
             log.warning("401 not replayed: could not get a new token (%s)", type(exc).__name__)
             raise rejected from None
-        use = self.manager.begin_use()
+        use = self._port.begin_use()
         try:
-            self.manager.note_replay()
+            self._port.note_replay()
             return self.inner.request(_with_token(options, use.token))
         finally:
             use.end()

@@ -20,6 +20,7 @@ from ..core.fork import on_fork_in_child
 from ..core.uses import set_reaper
 from ..errors import GenesysTokenError
 from ..http.origins import Origin, OriginCache, checked_origins, origin_of, show
+from ..manager import adapter_port
 
 if TYPE_CHECKING:
     from ..core.uses import InFlight
@@ -420,6 +421,7 @@ class GenesysAuth(requests.auth.AuthBase):
         allowed_origins: Iterable[str] = (),
     ) -> None:
         self._manager = manager
+        self._port = adapter_port(manager)
         self._replay_401 = replay_401
         self._origins = checked_origins(allowed_origins) | {origin_of(manager.api_base_url)}
         self._warned: set[Origin] = set()
@@ -438,7 +440,7 @@ class GenesysAuth(requests.auth.AuthBase):
         if origin not in self._origins:
             self._refused(origin)
             return r
-        use = self._manager.begin_use()
+        use = self._port.begin_use()
         try:
             watch = _Watch(use, _reaper)
             call = _calling_frame()
@@ -512,7 +514,7 @@ class GenesysAuth(requests.auth.AuthBase):
         request = response.request
         try:
             # Replaced even when the call cannot be replayed, so the next call works.
-            self._manager.replace_rejected(rejected)
+            self._port.replace_rejected(rejected)
         except GenesysTokenError as exc:
             # The manager logged why (once); a line per call would flood the log.
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
@@ -526,10 +528,10 @@ class GenesysAuth(requests.auth.AuthBase):
         setattr(prep, _REPLAYED_ATTR, True)
         extract_cookies_to_jar(prep._cookies, request, response.raw)  # type: ignore[attr-defined,no-untyped-call]
         prep.prepare_cookies(prep._cookies)  # type: ignore[attr-defined]
-        use = self._manager.begin_use()
+        use = self._port.begin_use()
         try:
             prep.headers["Authorization"] = _BEARER + use.token
-            self._manager.note_replay()
+            self._port.note_replay()
             replayed: requests.Response = response.connection.send(prep, **kwargs)
         finally:
             use.end()
