@@ -197,7 +197,7 @@ def test_no_credential_in_logs_errors_reprs_events_or_metrics(
 _MAX_DEPTH = 8
 _MAX_NODES = 200_000
 #: Frames of the test's own (they hold the emulator, which knows the secret) and pytest's.
-_NOT_SDK_FRAMES = ("/tests/", "/_pytest/", "/pluggy/")
+_NOT_SDK_FRAMES = ("/tests/", "/_pytest/", "/pluggy/", "/xdist/", "/execnet/")
 _OPAQUE = (type, types.ModuleType, types.CodeType, types.FrameType, types.FunctionType)
 
 
