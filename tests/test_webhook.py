@@ -842,6 +842,9 @@ def test_invalid_arguments_are_refused_naming_the_field_never_the_secret(
     # No frame of the library holds the secret in clear for an error tracker to capture.
     tb = error.__traceback__
     while tb is not None:
+        half_built = tb.tb_frame.f_locals.get("self")
+        if isinstance(half_built, WebhookSender):  # an error tracker shows it: repr must work
+            assert repr(half_built).startswith("WebhookSender(delivered=0")
         if "/tests/" not in tb.tb_frame.f_code.co_filename:
             for name, value in tb.tb_frame.f_locals.items():
                 if isinstance(value, str | dict | list | tuple):  # as test_settings looks
