@@ -33,6 +33,7 @@ from .errors import (
 from .integrations.requests_auth import GenesysAuth
 from .integrations.requests_session import api_session
 from .manager import TokenManager
+from .observability.webhook import WebhookSender
 from .pool import TokenManagerPool
 from .settings import Settings
 from .token import Token
@@ -66,6 +67,7 @@ __all__ = [
     "TokenTimeoutError",
     "TokenValidationError",
     "UnauthorizedClientError",
+    "WebhookSender",
     "__version__",
     "api_session",
 ]

@@ -221,7 +221,12 @@ def test_webhook_waits_grow_from_base_with_equal_jitter_up_to_5s(
         webhook_url="http://127.0.0.1:9/",
         webhook_secret="webhook-signing-key",
     )
-    sender = WebhookSender(settings, on_failure=lambda data: None, backoff_base=0.5)
+    sender = WebhookSender(
+        settings.webhook_url,
+        settings.webhook_secret,
+        on_failure=lambda data: None,
+        backoff_base=0.5,
+    )
     try:
         for draw, share in ((0.0, 0.5), (ALMOST_ONE, 0.5 + ALMOST_ONE / 2)):
             monkeypatch.setattr(random, "random", lambda draw=draw: draw)

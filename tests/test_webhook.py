@@ -39,7 +39,6 @@ from genesys_token.observability.webhook import (
     verify_signature,
     webhook_body,
 )
-from genesys_token.settings import Config
 from genesys_token.testing import Fault, GenesysEmulator
 
 HOOK_SECRET = "hook-secret-0123456789"
@@ -105,10 +104,6 @@ def receiver() -> Iterator[Receiver]:
     server.stop()
 
 
-def _settings(url: str, **options: Any) -> Config:
-    return Config.build("client-id", "client-secret-value", webhook_url=url, **options)
-
-
 def _record(n: int = 0, **data: Any) -> dict[str, Any]:
     return make_record(
         TOKEN_REFRESH_SUCCESS,
@@ -129,8 +124,7 @@ def senders() -> Iterator[list[WebhookSender]]:
 
 def _sender(senders: list[WebhookSender], url: str, **kwargs: Any) -> WebhookSender:
     failures: list[dict[str, Any]] = kwargs.pop("failures", [])
-    options = kwargs.pop("options", {})
-    sender = WebhookSender(_settings(url, **options), on_failure=failures.append, **kwargs)
+    sender = WebhookSender(url, on_failure=failures.append, **kwargs)
     senders.append(sender)
     return sender
 
@@ -276,7 +270,7 @@ def test_verify_signature_rejects_replays_outside_the_tolerance():
 def test_verified_event_id_is_the_signed_one_and_a_replay_with_a_new_id_gets_none(
     receiver: Receiver, senders: list[WebhookSender]
 ):
-    sender = _sender(senders, receiver.url, options={"webhook_secret": HOOK_SECRET})
+    sender = _sender(senders, receiver.url, secret=HOOK_SECRET)
     record = _record()
     sender.submit(record)
     [(headers, body)] = receiver.wait_for(1)
@@ -386,14 +380,14 @@ def test_a_failure_hook_that_raises_does_not_stop_the_worker(
         raise RuntimeError("hook broke")
 
     receiver.statuses = [400]
-    sender = WebhookSender(_settings(receiver.url), on_failure=broken)
+    sender = WebhookSender(receiver.url, on_failure=broken)
     senders.append(sender)
     sender.submit(_record(0))
     sender.submit(_record(1))
     eventually(lambda: sender.failed == 1 and sender.delivered == 1)
 
 
-def test_manager_emits_delivery_failed_once_and_never_posts_it(
+def test_the_webhook_url_shorthand_emits_delivery_failed_once_and_counts_in_metrics(
     receiver: Receiver, make_manager: MakeManager
 ):
     receiver.statuses = [400]
@@ -413,7 +407,9 @@ def test_manager_emits_delivery_failed_once_and_never_posts_it(
     assert [b["event_type"] for b in bodies] == [TOKEN_REFRESH_SUCCESS] * 2
     assert seen[0]["data"]["status"] == 400
     assert seen[0]["data"]["event_id"] == bodies[0]["event_id"]
-    assert manager.metrics()["webhook_failures"] == 1
+    eventually(lambda: manager.metrics()["webhook_deliveries"] == 1)
+    metrics = manager.metrics()
+    assert (metrics["webhook_failures"], metrics["webhook_dropped"]) == (1, 0)
     assert len(seen) == 1
 
 
@@ -543,7 +539,7 @@ def test_no_worker_thread_until_the_first_record(receiver: Receiver, make_manage
 
 
 def test_close_flushes_the_queue(receiver: Receiver):
-    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    sender = WebhookSender(receiver.url, on_failure=lambda data: None)
     for n in range(20):
         sender.submit(_record(n))
     sender.close()
@@ -559,7 +555,7 @@ def test_close_interrupts_a_retry_backoff_at_once(receiver: Receiver):
     receiver.statuses = [503]
     failures: list[dict[str, Any]] = []
     # A backoff of several seconds: close() must not wait it out.
-    sender = WebhookSender(_settings(receiver.url), on_failure=failures.append, backoff_base=30.0)
+    sender = WebhookSender(receiver.url, on_failure=failures.append, backoff_base=30.0)
     sender.submit(_record())
     receiver.wait_for(1)
     [worker] = _workers(before)
@@ -575,7 +571,7 @@ def test_close_interrupts_a_retry_backoff_at_once(receiver: Receiver):
 def test_close_gives_up_on_a_hanging_receiver_after_about_two_seconds(receiver: Receiver):
     before = _threads()
     receiver.hang.set()
-    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    sender = WebhookSender(receiver.url, on_failure=lambda data: None)
     for n in range(3):
         sender.submit(_record(n))
     receiver.wait_for(1)
@@ -596,7 +592,7 @@ def _close_and_join(sender: WebhookSender, worker: threading.Thread) -> None:
 def test_an_answer_read_whole_before_close_cuts_counts_as_delivered(receiver: Receiver):
     # close() cuts the attempt in progress; one whose 200 is already read must stay
     # delivered (not dropped): the worker is held between the answer and its bookkeeping.
-    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    sender = WebhookSender(receiver.url, on_failure=lambda data: None)
     session = sender._get_session()
     real_post = session.post
     answered = threading.Event()
@@ -622,7 +618,7 @@ def test_an_answer_read_whole_before_close_cuts_counts_as_delivered(receiver: Re
 def test_abandon_ends_the_worker_without_another_attempt(receiver: Receiver):
     before = _threads()
     receiver.statuses = [503] * 5
-    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None, backoff_base=1.0)
+    sender = WebhookSender(receiver.url, on_failure=lambda data: None, backoff_base=1.0)
     sender.submit(_record())
     receiver.wait_for(1)
     eventually(lambda: len(_workers(before)) == 1)
@@ -639,7 +635,7 @@ def test_close_cuts_a_delivery_still_connecting_as_soon_as_it_has_a_socket(
 ):
     before = _threads()
     held_lookups.port = receiver.server.server_address[1]
-    sender = WebhookSender(_settings(receiver.url), on_failure=lambda data: None)
+    sender = WebhookSender(receiver.url, on_failure=lambda data: None)
     sender.submit(_record())
     assert held_lookups.waiting.wait(5)
     [worker] = _workers(before)
@@ -657,9 +653,7 @@ def test_close_ends_the_worker_of_a_receiver_that_trickles_its_answer() -> None:
     try:
         before = _threads()
         failures: list[dict[str, Any]] = []
-        sender = WebhookSender(
-            _settings(f"http://127.0.0.1:{server.port}/hook"), on_failure=failures.append
-        )
+        sender = WebhookSender(f"http://127.0.0.1:{server.port}/hook", on_failure=failures.append)
         sender.submit(_record())
         eventually(lambda: len(_workers(before)) == 1)
         [worker] = _workers(before)
@@ -674,7 +668,8 @@ def test_an_attempt_on_a_trickling_receiver_is_cut_and_reported() -> None:
     try:
         failures: list[dict[str, Any]] = []
         sender = WebhookSender(
-            _settings(f"http://127.0.0.1:{server.port}/hook", timeout=(0.2, 0.3)),
+            f"http://127.0.0.1:{server.port}/hook",
+            timeout=(0.2, 0.3),
             on_failure=failures.append,
             max_attempts=1,
         )
@@ -699,7 +694,7 @@ def test_after_fork_forgets_the_parents_queue_and_starts_its_own_worker(
     receiver.wait_for(1)
     sender.submit(_record(1))
     assert sender.pending == 1
-    sender.after_fork()  # what the manager calls in a forked child
+    sender.after_fork()  # what the fork handler calls in a forked child
     assert sender.pending == 0
     receiver.hang.clear()
     sender.submit(_record(2))
@@ -731,15 +726,189 @@ def test_forked_child_delivers_through_its_own_worker(
     assert len(receiver.wait_for(2)) == 2
 
 
-def test_sender_needs_a_url_and_keeps_it_out_of_its_repr():
-    with pytest.raises(ConfigurationError):
-        WebhookSender(Config.build("id", "secret"), on_failure=lambda data: None)
-    sender = WebhookSender(
-        _settings("http://127.0.0.1:9/hook-secret-path"), on_failure=lambda data: None
-    )
+def test_sender_keeps_its_url_out_of_its_repr():
+    sender = WebhookSender("http://127.0.0.1:9/hook-secret-path", HOOK_SECRET)
     assert "hook-secret-path" not in repr(sender)
+    assert HOOK_SECRET not in repr(sender)
     assert "delivered=0" in repr(sender)
     sender.close()
+
+
+# -- the listener form ----------------------------------------------------------------------
+
+
+def test_a_sender_attached_with_on_delivers_signed_records(
+    receiver: Receiver, make_manager: MakeManager
+):
+    manager = make_manager(background_refresh=False)  # no webhook_url: the user's listener
+    seen: list[dict[str, Any]] = []
+    manager.on("*", seen.append)
+    with WebhookSender(receiver.url, HOOK_SECRET, timeout=5) as sender:
+        unsubscribe = manager.on("*", sender)
+        manager.get_token()
+        manager.refresh(force=True)
+        requests = receiver.wait_for(2)
+        unsubscribe()
+        manager.refresh(force=True)  # no longer subscribed: not sent
+    assert (sender.delivered, sender.failed, sender.dropped) == (2, 0, 0)
+    assert len(receiver.requests) == 2
+    ids = [
+        verified_event_id(
+            HOOK_SECRET,
+            headers[TIMESTAMP_HEADER],
+            body,
+            headers[SIGNATURE_HEADER],
+            headers[EVENT_ID_HEADER],
+        )
+        for headers, body in requests
+    ]
+    assert ids == [record["event_id"] for record in seen[:2]]
+    assert manager.metrics()["webhook_deliveries"] == 0  # counts its own sender only
+
+
+def test_calling_the_sender_is_submit_and_with_closes_it(receiver: Receiver):
+    before = _threads()
+    with WebhookSender(receiver.url) as sender:
+        for n in range(3):
+            sender(_record(n))
+        [worker] = _workers(before)
+    # Leaving the block flushed the queue and ended the worker.
+    assert not worker.is_alive()
+    assert [b["data"]["n"] for b in receiver.bodies()] == [0, 1, 2]
+    assert (sender.delivered, sender.pending) == (3, 0)
+    sender(_record(3))
+    assert sender.dropped == 1  # closed
+
+
+def test_a_failure_without_on_failure_is_counted_and_logged_once(
+    receiver: Receiver, senders: list[WebhookSender], caplog: pytest.LogCaptureFixture
+):
+    receiver.statuses = [400]
+    sender = WebhookSender(receiver.url)
+    senders.append(sender)
+    sender(_record())
+    eventually(lambda: sender.failed == 1)
+    sender.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == webhook.log.name]
+    assert any("failed after 1 attempt(s): HTTP 400" in m for m in messages), messages
+    assert not any("failure handler raised" in m for m in messages), messages
+
+
+_BAD_ARGUMENTS = [
+    ("url", {"url": "ftp://127.0.0.1/hook"}),
+    ("url", {"url": "https:///no-host"}),
+    ("url", {"url": "http://example.com/PATHSECRET-9f3k"}),  # plain http off loopback
+    ("url", {"url": b"http://127.0.0.1/hook"}),
+    ("secret", {"secret": ""}),
+    ("secret", {"secret": f"{HOOK_SECRET}\n"}),
+    ("secret", {"secret": 5}),
+    ("timeout", {"timeout": -1}),
+    ("timeout", {"timeout": (3.0,)}),
+    ("timeout", {"timeout": "10"}),
+    ("verify", {"verify": 1}),
+    ("on_failure", {"on_failure": "log"}),
+    ("queue_size", {"queue_size": 0}),
+    ("queue_size", {"queue_size": 2.5}),
+    ("queue_size", {"queue_size": True}),
+    ("max_attempts", {"max_attempts": 0}),
+    ("max_attempts", {"max_attempts": "3"}),
+    ("backoff_base", {"backoff_base": -0.5}),
+    ("backoff_base", {"backoff_base": 0}),
+    ("backoff_base", {"backoff_base": float("nan")}),
+    ("backoff_base", {"backoff_base": float("inf")}),
+    ("backoff_base", {"backoff_base": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    _BAD_ARGUMENTS,
+    ids=[f"{field}-{n}" for n, (field, _) in enumerate(_BAD_ARGUMENTS)],
+)
+def test_invalid_arguments_are_refused_naming_the_field_never_the_secret(
+    field: str, bad: dict[str, Any]
+):
+    arguments: dict[str, Any] = {"url": "https://hooks.example.com/PATHSECRET-9f3k"}
+    arguments["secret"] = HOOK_SECRET
+    arguments.update(bad)
+    with pytest.raises(ConfigurationError) as caught:
+        WebhookSender(**arguments)
+    error = caught.value
+    assert error.field == field
+    assert error.__cause__ is None and error.__context__ is None
+    text = "\n".join([str(error), repr(error), repr(error.args), repr(vars(error))])
+    assert HOOK_SECRET not in text
+    assert "PATHSECRET" not in text
+    # No frame of the library holds the secret in clear for an error tracker to capture.
+    tb = error.__traceback__
+    while tb is not None:
+        half_built = tb.tb_frame.f_locals.get("self")
+        if isinstance(half_built, WebhookSender):  # an error tracker shows it: repr must work
+            assert repr(half_built).startswith("WebhookSender(delivered=0")
+        if "/tests/" not in tb.tb_frame.f_code.co_filename:
+            for name, value in tb.tb_frame.f_locals.items():
+                if isinstance(value, str | dict | list | tuple):  # as test_settings looks
+                    assert HOOK_SECRET not in repr(value), (tb.tb_frame.f_code.co_name, name)
+        tb = tb.tb_next
+
+
+def test_a_negative_backoff_base_is_refused_before_any_thread_or_retry(receiver: Receiver):
+    # It used to be accepted, and failed only at the first retry, on the worker.
+    before = _threads()
+    with pytest.raises(ConfigurationError, match="backoff_base"):
+        WebhookSender(receiver.url, backoff_base=-1.0)
+    assert _workers(before) == []
+
+
+def test_an_idle_worker_ends_and_a_dropped_sender_is_collected(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(webhook, "IDLE_WAIT", 0.1)
+    before = _threads()
+    sender = WebhookSender(receiver.url)
+    sender(_record(0))
+    receiver.wait_for(1)
+    [first] = _workers(before)
+    first.join(2.0)
+    assert not first.is_alive()  # idle: it ended without close()
+    sender(_record(1))  # the next record starts another
+    receiver.wait_for(2)
+    eventually(lambda s=sender: s.delivered == 2)
+    [second] = _workers(before)
+    second.join(2.0)
+    assert not second.is_alive()
+    ref = weakref.ref(sender)
+    del sender
+    gc.collect()
+    assert ref() is None, "an idle sender dropped without close() was kept alive"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_user_attached_sender_delivers_in_a_forked_child(receiver: Receiver):
+    receiver.hang.set()
+    sender = WebhookSender(receiver.url)
+    try:
+        sender(_record(0))
+        receiver.wait_for(1)  # the parent's worker is inside its request at the fork
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                sender(_record(1))
+                sender.close()  # flushes the child's queue through the child's own worker
+                code = 0 if sender.delivered == 1 else 3
+            finally:
+                os._exit(code)
+        receiver.hang.clear()
+        receiver.release.set()
+        deadline = time.monotonic() + 10
+        while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "child did not finish"
+            time.sleep(0.02)
+        assert os.waitstatus_to_exitcode(status[1]) == 0
+        assert sorted(b["data"]["n"] for b in receiver.bodies()) == [0, 1]
+    finally:
+        sender.close()
 
 
 def test_webhook_without_a_secret_warns_once_per_process_without_the_url(
@@ -759,6 +928,21 @@ def test_webhook_without_a_secret_warns_once_per_process_without_the_url(
     assert unsigned[0].filename.endswith("conftest.py")  # points at the TokenManager(...) call
 
 
+def test_a_sender_without_a_secret_warns_at_the_users_line(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook, "_unsigned_warned", threading.Event())  # a fresh process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        WebhookSender(receiver.url, HOOK_SECRET).close()
+        assert caught == []
+        WebhookSender(receiver.url).close()
+    [warning] = caught
+    assert issubclass(warning.category, webhook.UnsignedWebhookWarning)
+    assert warning.filename == __file__
+    assert receiver.url.split("//")[1] not in str(warning.message)
+
+
 def test_the_answers_body_is_never_read() -> None:
     # Only the status counts. A receiver answering with an endless body (review of issue
     # 22, A3: 3 GiB read into memory) is let go at once, and the delivery counts.
@@ -766,7 +950,8 @@ def test_the_answers_body_is_never_read() -> None:
     server = TricklingServer(gap=0.01, head=head)
     try:
         sender = WebhookSender(
-            _settings(f"http://127.0.0.1:{server.port}/hook", timeout=(1.0, 1.0)),
+            f"http://127.0.0.1:{server.port}/hook",
+            timeout=(1.0, 1.0),
             on_failure=lambda record: None,
             max_attempts=1,
         )

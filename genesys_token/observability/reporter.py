@@ -56,11 +56,19 @@ class Reporter:
                 if method is not None:
                     method(data)
 
-            self.webhook = WebhookSender(settings, on_failure=on_failure)
+            # The settings are the shorthand for a listener of the manager's own (checked
+            # already: the sender's checks are the settings' rules).
+            self.webhook = WebhookSender(
+                settings.webhook_url,
+                settings.webhook_secret,
+                timeout=settings.timeout,
+                verify=settings.verify,
+                on_failure=on_failure,
+            )
             # Not close(): a finalizer must take no lock and join nothing (see abandon()).
             self._finalizer = weakref.finalize(self, self.webhook.abandon)
             self._finalizer.atexit = False
-            self.events.on("*", self.webhook.submit)
+            self.events.on("*", self.webhook)
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
         """Subscribe (see :meth:`TokenManager.on`)."""
@@ -144,8 +152,7 @@ class Reporter:
             self.webhook.close()
 
     def after_fork(self) -> None:
-        """Fresh locks (a forked child)."""
+        """Fresh locks (a forked child); the webhook sender renews itself (it registers
+        with the fork handler, as every sender does)."""
         self.metrics.after_fork()
         self.events.after_fork()
-        if self.webhook is not None:
-            self.webhook.after_fork()

@@ -1,12 +1,14 @@
 """Background webhook delivery of event records, signed when a secret is set.
 
-The manager hands every event to :meth:`WebhookSender.submit`, which only queues it: one
-daemon worker thread POSTs the records, so a slow or broken receiver never delays a token
-refresh. The queue is bounded (the oldest record is dropped when it is full); each record
-is tried a few times with capped backoff; ``close()`` flushes for at most ~2 seconds.
+:class:`WebhookSender` is an event listener: ``manager.on("*", WebhookSender(url, secret))``
+(the ``webhook_url``/``webhook_secret`` settings are the shorthand: the manager then makes
+and closes one of its own). Calling it only queues the record: one daemon worker thread
+POSTs the records, so a slow or broken receiver never delays a token refresh. The queue is
+bounded (the oldest record is dropped when it is full); each record is tried a few times
+with capped backoff; ``close()`` flushes for at most ~2 seconds.
 
 What is sent
-    ``POST webhook_url`` with ``Content-Type: application/json``, the body being the event
+    ``POST <url>`` with ``Content-Type: application/json``, the body being the event
     record (``timestamp``, ``event_id``, ``event_type``, ``client_id``,
     ``token_fingerprint``, ``metrics``, ``data``) as compact JSON with sorted keys. Records
     carry a token's fingerprint, never the token; strings in ``data`` are redacted.
@@ -16,7 +18,7 @@ What is sent
     signature covers the body, not the header, so a replay within the tolerance with a
     new ``X-Event-Id`` would pass as a new event.
 
-What is signed (only when ``webhook_secret`` is set)
+What is signed (only when a secret is set: ``secret`` or ``webhook_secret``)
     ``X-Genesys-Token-Timestamp: <unix seconds>`` (an integer, the time of this attempt)
     and ``X-Genesys-Token-Signature: sha256=<hex>`` where ``<hex>`` is the lower-case hex
     HMAC-SHA256, keyed with the UTF-8 bytes of the secret, over the bytes::
@@ -53,6 +55,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -61,15 +64,19 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any
 
 import requests
 
+from ..core.fork import register_fork_handler
+from ..credentials import SecretValue, checked_value, hide_text
 from ..errors import ConfigurationError
 from ..http.connections import attempt_bound, deadline, deadline_session
 from ..http.retry_policy import EQUAL_JITTER, Backoff
-from ..settings import Config
-from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, redact_value
+from ..regions import check_url
+from ..settings import DEFAULT_TIMEOUT, Settings
+from .events import RECORD_FIELDS, WEBHOOK_DELIVERY_FAILED, Record, redact_value
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +97,8 @@ BACKOFF_MAX = 5.0
 CLOSE_FLUSH_TIMEOUT = 2.0
 #: How long close() waits for the stopped worker (it may be inside one HTTP call).
 CLOSE_JOIN_GRACE = 0.5
-#: The idle worker re-checks its stop flag at least this often.
+#: The worker ends once the queue has been empty this long (the next record starts another):
+#: a sender no one uses holds no thread, and one dropped without close() can be collected.
 IDLE_WAIT = 1.0
 #: Statuses worth another attempt; other 4xx answers mean the receiver refuses the record.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -99,7 +107,8 @@ DEFAULT_TOLERANCE = 300
 
 
 class UnsignedWebhookWarning(UserWarning):
-    """A webhook URL is set without ``webhook_secret``: deliveries go out unsigned.
+    """A webhook sender has no secret (``webhook_url`` without ``webhook_secret``, or
+    ``WebhookSender(url)`` alone): deliveries go out unsigned.
 
     Issued once per process (like urllib3's ``InsecureRequestWarning``, a warning and not a
     log line, so that it shows while logging is unconfigured). Silence it with
@@ -117,7 +126,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 
 def _user_stacklevel() -> int:
     """warnings.warn's stacklevel of the first caller outside this package (the line that
-    made the TokenManager), however deep the package's own frames are."""
+    made the TokenManager or the WebhookSender), however deep the package's own frames are."""
     frame = sys._getframe(1)
     level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
@@ -133,8 +142,9 @@ def _warn_unsigned_once() -> None:
         _unsigned_warned.set()
     # Never the URL: its path is often a credential.
     warnings.warn(
-        "webhook_url is set without webhook_secret: webhook deliveries are not signed, so "
-        "the receiver cannot tell them from forged ones; set webhook_secret",
+        "a webhook has no secret (webhook_url without webhook_secret, or WebhookSender "
+        "without secret): deliveries are not signed, so the receiver cannot tell them from "
+        "forged ones; set webhook_secret or pass a secret",
         UnsignedWebhookWarning,
         stacklevel=_user_stacklevel(),
     )
@@ -258,48 +268,124 @@ def webhook_body(record: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
+def _checked_secret(value: object) -> SecretValue | None:
+    """``value`` (already hidden) if it is a usable secret or None; the message names the
+    ``secret`` argument, never the value."""
+    if value is None:
+        return None
+    if not isinstance(value, SecretValue):
+        raise ConfigurationError(
+            f"secret must be a string, not {type(value).__name__}", field="secret"
+        )
+    return checked_value(value, "secret")
+
+
+def _checked_count(name: str, value: object) -> int:
+    """``value`` if it is an ``int`` >= 1 (not a bool), else ConfigurationError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            f"{name} must be an integer, not {type(value).__name__}", field=name
+        )
+    if value < 1:
+        raise ConfigurationError(f"{name} must be >= 1, got {value!r}", field=name)
+    return value
+
+
+def _checked_backoff_base(value: object) -> float:
+    """``value`` if it is a finite number > 0: a negative or NaN base would only fail (or
+    spin) at the first retry, on the worker, long after the mistake was made."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"backoff_base must be a number, not {type(value).__name__}", field="backoff_base"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"backoff_base must be a finite number > 0, got {value!r}", field="backoff_base"
+        )
+    return float(value)
+
+
 class WebhookSender:
-    """Delivers event records to ``settings.webhook_url`` from one background worker.
+    """A listener that delivers event records to a URL from one background worker.
+
+    Attach it to one manager or several; calling it (or :meth:`submit`) only queues the
+    record, so a slow or broken receiver never delays a token refresh::
+
+        with WebhookSender("https://hooks.example.com/genesys", secret) as sender:
+            unsubscribe = manager.on("*", sender)
+            ...
+
+    The worker starts with the first record and ends once the queue has stayed empty for
+    ``IDLE_WAIT`` seconds (the next record starts another). ``close()`` (or leaving the
+    ``with`` block) flushes what is queued for at most ~2 seconds. The ``webhook_url`` and
+    ``webhook_secret`` settings of a manager are the shorthand for a sender of its own.
 
     Args:
-        settings: ``webhook_url``, ``webhook_secret``, ``timeout`` and ``verify`` are used.
+        url: Where records are POSTed: an absolute ``https`` URL (plain ``http`` only to a
+            loopback host), as the ``webhook_url`` setting. Never shown in a repr, log line
+            or error: its path often is a credential itself.
+        secret: Signs each body (see the module documentation), a ``str`` or a
+            :class:`~genesys_token.credentials.SecretValue`; kept hidden. Without one the
+            deliveries go out unsigned (an :class:`UnsignedWebhookWarning`, once per process).
+        timeout: ``(connect, read)`` seconds, or one number for both, as the manager's.
+        verify: TLS verification: True, False or a CA bundle path, as the manager's.
         on_failure: Called from the worker with ``{"event_id", "event_type", "attempts",
-            "status", "error"}`` when a record could not be delivered; the manager emits
-            ``WEBHOOK_DELIVERY_FAILED`` with it.
-        queue_size: Records kept waiting at most (the oldest is dropped beyond it).
-        max_attempts: Tries per record.
-        backoff_base: First backoff in seconds (doubles per retry, capped, jittered).
+            "status", "error"}`` when a record could not be delivered (a manager's own
+            sender emits ``WEBHOOK_DELIVERY_FAILED`` with it). Without one, failures are
+            logged and counted in :attr:`failed`.
+        queue_size: Records kept waiting at most (the oldest is dropped beyond it), >= 1.
+        max_attempts: Tries per record, >= 1.
+        backoff_base: First backoff in seconds, > 0 (doubles per retry, capped at
+            ``BACKOFF_MAX``, jittered).
 
     Raises:
-        ConfigurationError: ``settings`` has no ``webhook_url``.
+        ConfigurationError: An argument is invalid; ``field`` names it (the message never
+            holds the secret or the URL's path).
     """
 
     def __init__(
         self,
-        settings: Config,
+        url: str,
+        secret: str | SecretValue | None = None,
         *,
-        on_failure: Callable[[dict[str, Any]], None],
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+        on_failure: Callable[[dict[str, Any]], None] | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff_base: float = DEFAULT_BACKOFF_BASE,
     ) -> None:
-        if not settings.webhook_url:
-            raise ConfigurationError("WebhookSender needs a webhook_url", field="webhook_url")
-        self._url = settings.webhook_url
-        self._secret = settings.webhook_secret
-        if self._secret is None:
-            _warn_unsigned_once()
-        self._timeout = settings.timeout
-        self._verify = settings.verify
-        self._on_failure = on_failure
-        self._queue_size = max(1, queue_size)
-        self._max_attempts = max(1, max_attempts)
-        self._backoff_base = backoff_base
+        # Hidden first: whatever error follows, no frame of ours holds it in clear.
+        secret = hide_text(secret)  # type: ignore[assignment]
+        # State first: the repr of a sender whose arguments are refused (an error tracker
+        # shows the frame's ``self``) must work.
         self._closed = False
         self._delivered = 0
         self._failed = 0
         self._dropped = 0
         self._new_state()
+        self._url = check_url(url, field="url")
+        self._secret = _checked_secret(secret)
+        # The manager's own checks (Settings validates them): one rule, not two.
+        checked = Settings(timeout=timeout, verify=verify)
+        self._timeout = checked.timeout
+        self._verify = checked.verify
+        if on_failure is not None and not callable(on_failure):
+            raise ConfigurationError(
+                f"on_failure must be callable, not {type(on_failure).__name__}",
+                field="on_failure",
+            )
+        self._on_failure = on_failure
+        self._queue_size = _checked_count("queue_size", queue_size)
+        self._max_attempts = _checked_count("max_attempts", max_attempts)
+        self._backoff_policy = Backoff(
+            _checked_backoff_base(backoff_base), BACKOFF_MAX, EQUAL_JITTER
+        )
+        if self._secret is None:
+            _warn_unsigned_once()
+        # A forked child renews this sender's lock, queue and worker (held weakly), whoever
+        # attached it: a parent's worker may have held the lock at the fork.
+        register_fork_handler(self)
 
     def _new_state(self) -> None:
         """Locks, queue and worker of this process (fresh again in a forked child)."""
@@ -339,9 +425,17 @@ class WebhookSender:
         """Records waiting in the queue."""
         return len(self._queue)
 
-    # -- the manager's side -----------------------------------------------------------------
+    # -- the listener's side ----------------------------------------------------------------
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def __call__(self, record: Record) -> None:
+        """Queue ``record`` (the listener form of :meth:`submit`: ``manager.on("*", sender)``).
+
+        Args:
+            record: An event record.
+        """
+        self.submit(record)
+
+    def submit(self, record: Record) -> None:
         """Queue ``record`` for delivery; returns at once and never raises.
 
         ``WEBHOOK_DELIVERY_FAILED`` records are not sent: a failing receiver would
@@ -426,24 +520,43 @@ class WebhookSender:
             finally:
                 lock.release()
 
+    def __enter__(self) -> WebhookSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def after_fork(self) -> None:
         """In a forked child: forget the parent's worker, queue and connections.
 
         The parent delivers what it queued; the child starts its own worker on its next
-        event. A sender closed before the fork stays closed.
+        event. A sender closed before the fork stays closed. Called for every sender by the
+        library's fork handler; calling it again is harmless.
         """
         self._new_state()
+
+    def _after_fork_in_child(self) -> None:
+        self.after_fork()
 
     # -- the worker -------------------------------------------------------------------------
 
     def _next(self) -> tuple[str, str, bytes] | None:
-        """The next record to send, or None when the worker should end."""
+        """The next record to send, or None when the worker should end: closed, or idle for
+        ``IDLE_WAIT`` (then it forgets itself, under the lock, so the next submit starts a
+        new worker)."""
         with self._cond:
-            while not self._queue:
-                if self._closed or self._stop.is_set():
-                    return None
+            if not self._queue and not (self._closed or self._stop.is_set()):
                 self._cond.wait(IDLE_WAIT)
             if self._stop.is_set():
+                return None
+            if not self._queue:
+                if not self._closed and self._worker is threading.current_thread():
+                    self._worker = None
                 return None
             return self._queue.popleft()
 
@@ -454,7 +567,12 @@ class WebhookSender:
             except Exception:  # one bad record must not end deliveries for good
                 log.exception("webhook worker error")
         with self._cond:
-            if self._closed and self._session is not None:
+            # Not a worker that ended idle (it forgot itself): another may use the session.
+            if (
+                self._closed
+                and self._session is not None
+                and self._worker is threading.current_thread()
+            ):
                 self._session.close()
 
     def _deliver(self, event_id: str, event_type: str, body: bytes) -> None:
@@ -548,10 +666,11 @@ class WebhookSender:
 
     def _backoff(self, attempt: int) -> float:
         """The wait before ``attempt`` (2 for the first retry): equal jitter, capped."""
-        backoff = Backoff(self._backoff_base, BACKOFF_MAX, EQUAL_JITTER)
-        return backoff.delay(attempt - 1, random.random)
+        return self._backoff_policy.delay(attempt - 1, random.random)
 
     def _report_failure(self, data: dict[str, Any]) -> None:
+        if self._on_failure is None:
+            return  # logged and counted already
         try:
             self._on_failure(data)
         except Exception:  # the worker must outlive a broken failure hook
