@@ -30,7 +30,12 @@ MINIMUM_VENV ?= .venv-minimum
 MINIMUM_BIN := $(MINIMUM_VENV)/bin
 MINIMUM_STAMP := $(MINIMUM_VENV)/.installed
 MINIMUM_PYTHON := $(or $(call python_for,3.10),$(PYTHON))
-MINIMUM_TEST_DEPS := 'pytest>=7.4' 'pytest-timeout>=2.2' 'trustme>=1.1'
+MINIMUM_TEST_DEPS := 'pytest>=7.4' 'pytest-timeout>=2.2' 'pytest-xdist>=3.5' 'trustme>=1.1'
+
+# Most tests wait (on sockets, deadlines, other processes) rather than compute: four workers
+# keep two cores busy. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 4
+XDIST := -n $(PYTEST_WORKERS)
 MINIMUM_TESTS := $(LEGACY_TESTS) tests/test_validation.py tests/test_config.py \
 	tests/test_logging.py tests/test_events.py tests/test_rotation.py tests/test_core.py \
 	tests/test_file_store.py tests/test_cli.py tests/test_redis_store.py tests/test_redis_tls.py \
@@ -62,16 +67,16 @@ typecheck: $(STAMP)
 # measured too; subprocesses and forked children report through coverage's patches.
 unit: $(STAMP)
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest -m "not slow"
+	$(BIN)/coverage run -m pytest $(XDIST) -m "not slow"
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --fail-under=90
 
 test: lint typecheck unit soak test-legacy
 
-# Long soak tests (20,000 refreshes under tracemalloc), run without coverage's tracer, which
-# would double their time.
+# Long soak tests (20,000 refreshes under tracemalloc, ten seconds of 2-second tokens, the
+# benchmarks' quick run), without coverage's tracer, which would double their time.
 soak: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m slow
 
 $(LEGACY_STAMP): setup.cfg setup.py pyproject.toml
 	rm -rf $(LEGACY_VENV)
@@ -84,7 +89,7 @@ $(LEGACY_STAMP): setup.cfg setup.py pyproject.toml
 # coverage gate: the main run measures coverage).
 test-legacy: $(LEGACY_STAMP)
 	$(LEGACY_BIN)/python -c 'import sys, urllib3; sys.exit(urllib3.__version__[:5] != "1.26.")'
-	$(LEGACY_BIN)/python -m pytest -q -p no:cacheprovider $(LEGACY_TESTS)
+	$(LEGACY_BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) $(LEGACY_TESTS)
 
 .venv-py%/.installed: setup.cfg setup.py pyproject.toml
 	rm -rf .venv-py$*
@@ -96,7 +101,7 @@ test-legacy: $(LEGACY_STAMP)
 test-versions: $(foreach v,$(FOUND_VERSIONS),.venv-py$(v)/.installed)
 	@echo "test-versions: Python $(or $(FOUND_VERSIONS),(none of $(TEST_VERSIONS) found))"
 	$(foreach v,$(FOUND_VERSIONS),.venv-py$(v)/bin/python -m pytest -q -p no:cacheprovider \
-		-m "not slow" &&) true
+		$(XDIST) -m "not slow" &&) true
 
 $(MINIMUM_STAMP): setup.cfg setup.py pyproject.toml .ci/lower_bounds.py
 	rm -rf $(MINIMUM_VENV)
@@ -108,7 +113,7 @@ $(MINIMUM_STAMP): setup.cfg setup.py pyproject.toml .ci/lower_bounds.py
 
 test-minimum: $(MINIMUM_STAMP)
 	$(MINIMUM_BIN)/python .ci/lower_bounds.py --check
-	$(MINIMUM_BIN)/python -m pytest -q -p no:cacheprovider $(MINIMUM_TESTS)
+	$(MINIMUM_BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) $(MINIMUM_TESTS)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

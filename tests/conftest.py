@@ -22,6 +22,31 @@ from genesys_token.testing import GenesysEmulator
 
 MakeManager = Callable[..., TokenManager]
 
+#: Modules whose tests run processes of their own (the CLI, examples, servers, packaging).
+SUBPROCESS_MODULES = frozenset(
+    {"test_cli", "test_demo", "test_packaging", "test_bench_smoke", "test_fork"}
+)
+SUBPROCESS_PREFIXES = ("test_examples_", "test_integration_")
+#: Words in a test's name (or parameter id) that say it starts processes or forks.
+SUBPROCESS_WORDS = ("process", "fork", "child", "cli_")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start ``redis-server`` processes ``server`` and those that run
+    processes of their own ``subprocess``, so each kind can be run apart (or left out:
+    ``pytest -m "not server and not subprocess"`` is the in-process suite)."""
+    for item in items:
+        module = item.module.__name__ if item.module is not None else ""  # type: ignore[attr-defined]
+        name = item.name.lower()
+        if module.startswith("test_redis_") or "redis" in name:
+            item.add_marker(pytest.mark.server)
+        if (
+            module in SUBPROCESS_MODULES
+            or module.startswith(SUBPROCESS_PREFIXES)
+            or any(word in name for word in SUBPROCESS_WORDS)
+        ):
+            item.add_marker(pytest.mark.subprocess)
+
 
 @pytest.fixture
 def emulator(genesys_emulator: GenesysEmulator) -> GenesysEmulator:

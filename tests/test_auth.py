@@ -838,6 +838,8 @@ def test_tokens_and_secret_stay_out_of_logs_and_reprs(
     assert "401 not replayed" in caplog.text
 
 
+# Ten seconds of real time (five token lives): in the soak leg, without coverage.
+@pytest.mark.slow
 def test_64_threads_for_10_seconds_with_2_second_tokens_get_no_error(
     emulator: GenesysEmulator, make_manager: MakeManager, make_session: MakeSession
 ):

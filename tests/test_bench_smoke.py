@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "benchmarks" / "run.py"
 
-pytestmark = pytest.mark.timeout(90)
+# A 30-second subprocess: in the soak leg (`make soak`), without coverage.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 for _module in ("authlib", "requests_auth", "matplotlib", "psutil"):
     pytest.importorskip(_module, reason="the [bench] extra is not installed")

@@ -220,6 +220,8 @@ def test_background_refresh_replaces_the_token_before_expiry(
     assert emulator.is_token_valid(first), "refreshed only after the old token died"
 
 
+# Ten seconds of real time (five token lives): in the soak leg, without coverage.
+@pytest.mark.slow
 def test_two_second_tokens_stay_valid_for_ten_seconds(
     emulator: GenesysEmulator, make_manager: MakeManager
 ):
