@@ -11,12 +11,15 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
+from redis_server import redis_server_or_skip
 
-from genesys_token import TokenManager
+from genesys_token import GenesysAuth, TokenManager
 from genesys_token.http.token_endpoint import Clock
 from genesys_token.testing import GenesysEmulator
 
@@ -46,6 +49,50 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or any(word in name for word in SUBPROCESS_WORDS)
         ):
             item.add_marker(pytest.mark.subprocess)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server shared by a module's tests (each uses its own :func:`prefix`);
+    a missing binary fails the test (see tests/redis_server.py)."""
+    with redis_server_or_skip() as server:
+        yield server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own in a shared Redis."""
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: Builds a requests.Session whose auth is a GenesysAuth of the given manager.
+MakeSession = Callable[[TokenManager], requests.Session]
+
+
+@pytest.fixture
+def make_session(closed_port: int) -> Iterator[MakeSession]:
+    """Sessions with :class:`GenesysAuth` of a manager, closed after the test. The closed
+    port's origin gets the token too: a call there is counted, then refused."""
+    sessions: list[requests.Session] = []
+    refused_origin = f"http://127.0.0.1:{closed_port}"
+
+    def make(manager: TokenManager) -> requests.Session:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager, allowed_origins=[refused_origin])
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.close()
 
 
 @pytest.fixture

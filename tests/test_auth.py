@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import os
-import socket
 import ssl
 import threading
 import time
@@ -23,7 +22,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 import trustme
-from conftest import MakeManager, in_background, in_child, poll, read_child
+from conftest import MakeManager, MakeSession, in_background, in_child, poll, read_child
 
 from genesys_token import ConfigurationError, GenesysAuth, TokenManager
 from genesys_token.integrations import requests_auth as auth_module
@@ -32,37 +31,10 @@ from genesys_token.testing import Fault, GenesysEmulator
 ORG_PATH = "/api/v2/organizations/me"
 SLOW_PATH = "/api/v2/echo/slow"
 ECHO_PATH = "/api/v2/echo"
-MakeSession = Callable[[TokenManager], requests.Session]
 
 
 def _count_back_to_zero(manager: TokenManager) -> bool:
     return poll(lambda: manager.in_flight_count == 0, 3.0)
-
-
-@pytest.fixture
-def make_session(closed_port: int) -> Iterator[MakeSession]:
-    sessions: list[requests.Session] = []
-    # The closed port's origin gets the token too: the tests of refused calls need a call
-    # that is counted and then fails.
-    refused_origin = f"http://127.0.0.1:{closed_port}"
-
-    def make(manager: TokenManager) -> requests.Session:
-        session = requests.Session()
-        session.auth = GenesysAuth(manager, allowed_origins=[refused_origin])
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A local port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _api_calls(emulator: GenesysEmulator) -> list[tuple[str, int]]:

@@ -6,50 +6,21 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, in_background, in_child, poll
+from conftest import MakeManager, MakeSession, in_background, in_child, poll
 
-from genesys_token import GenesysAuth, TokenManager
 from genesys_token.http.origins import NO_ORIGIN, ORIGIN_CACHE_SIZE, OriginCache, origin_of
 from genesys_token.integrations import requests_auth as auth_module
 from genesys_token.observability.events import TOKEN_DRAIN_COMPLETE, TOKEN_ROTATION_STARTED
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"
-MakeSession = Callable[[TokenManager], requests.Session]
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A local port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def make_session(closed_port: int) -> Iterator[MakeSession]:
-    sessions: list[requests.Session] = []
-    # The closed port's origin gets the token: a call there is counted, then refused.
-    refused_origin = f"http://127.0.0.1:{closed_port}"
-
-    def make(manager: TokenManager) -> requests.Session:
-        session = requests.Session()
-        session.auth = GenesysAuth(manager, allowed_origins=[refused_origin])
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def _reaper_threads() -> list[str]:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -28,11 +27,6 @@ def cluster() -> Iterator[RedisCluster3]:
     """Three masters on free ports, stopped at the end of the module."""
     with RedisCluster3() as started:
         yield started
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}:"
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 from conftest import poll
-from redis_server import redis_server_or_skip
 from store_helpers import KEY, load
 
 from genesys_token import TokenManager
@@ -28,18 +26,6 @@ from genesys_token.testing import GenesysEmulator
 MakeManager = Callable[..., TokenManager]
 #: Far over every cap, small enough for a test: 5 MB.
 HUGE = 5 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server shared by this module's tests (each uses its own prefix)."""
-    with redis_server_or_skip() as server:
-        yield server.url
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}:"
 
 
 @pytest.fixture

@@ -28,18 +28,6 @@ from genesys_token.testing import Fault, GenesysEmulator
 MakeManager = Callable[..., TokenManager]
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server shared by this module's tests (each uses its own prefix)."""
-    with redis_server_or_skip() as server:
-        yield server.url
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}:"
-
-
 @pytest.fixture
 def store(redis_url: str, prefix: str) -> Iterator[RedisStore]:
     store = RedisStore.from_url(redis_url, prefix=prefix)

@@ -15,12 +15,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from redis_server import redis_server_or_skip
 from store_helpers import SECRET, sealer
 
 from genesys_token import StoreError, Token, TokenManager
@@ -37,13 +36,6 @@ KEY = store_key("client-a", "https://login.example/oauth/token", ())
 OTHER_KEY = store_key("client-b", "https://login.example/oauth/token", ())
 #: Generous bound for subprocesses (an import of the package takes ~0.3 s each).
 PROCESS_TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module (skipped only if the binary is missing)."""
-    with redis_server_or_skip() as server:
-        yield server.url
 
 
 @dataclass

@@ -59,12 +59,6 @@ def quick_locks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redis_lock_module, "STALE_AFTER", 0.4)
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server_or_skip() as server:
-        yield server.url
-
-
 class Counter:
     """A renewal that counts its calls and can be told to fail, raise or block."""
 

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from .clock import elapsed
 from .fork import on_fork_in_child
+from .threads import DaemonStarter
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,12 @@ class Scheduler:
         self._tickets = itertools.count()
         self._thread: threading.Thread | None = None
         #: A thread start failed and no start succeeded since (logged once per outage).
-        self._start_failed = False
+        self._starter = DaemonStarter(
+            log,
+            "the refresh scheduler thread",
+            "refreshes wait until a thread can start",
+            logging.ERROR,
+        )
 
     @property
     def threads(self) -> int:
@@ -147,26 +153,10 @@ class Scheduler:
             self._live -= 1
 
     def _ensure_thread(self) -> None:
+        """Start the thread unless it runs (lock held: it waits for the lock to begin)."""
         thread = self._thread
-        if thread is not None and thread.is_alive():
-            return
-        thread = threading.Thread(target=self._loop, name="genesys-token-scheduler", daemon=True)
-        self._thread = thread
-        try:
-            thread.start()
-        except RuntimeError as exc:  # "can't start new thread": a pids or memory limit
-            self._thread = None
-            if not self._start_failed:
-                self._start_failed = True
-                log.error(
-                    "cannot start the refresh scheduler thread (%s); refreshes wait until "
-                    "a thread can start",
-                    exc,
-                )
-            return
-        if self._start_failed:
-            self._start_failed = False
-            log.warning("the refresh scheduler thread runs again")
+        if thread is None or not thread.is_alive():
+            self._thread = self._starter.start(self._loop, "genesys-token-scheduler")
 
     def _loop(self) -> None:
         me = threading.current_thread()

@@ -48,6 +48,7 @@ import weakref
 from collections.abc import Callable
 
 from ..core.fork import on_fork_in_child
+from ..core.threads import DaemonStarter
 
 log = logging.getLogger("genesys_token.stores")
 
@@ -117,7 +118,11 @@ class _Keeper:
         #: The lease whose ``renew`` runs now, outside the lock.
         self._running: Lease | None = None
         self._thread: threading.Thread | None = None
-        self._start_failed = False
+        self._starter = DaemonStarter(
+            log,
+            "the store lock keeper thread",
+            "held locks are not renewed until a thread can start",
+        )
 
     def hold(self, lease: Lease) -> None:
         with self._cond:
@@ -153,27 +158,10 @@ class _Keeper:
             self._held -= 1
 
     def _ensure_thread(self) -> None:
-        # Under the lock.
+        """Start the keeper unless it runs (lock held: it waits for the lock to begin)."""
         thread = self._thread
-        if thread is not None and thread.is_alive():
-            return
-        thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-        self._thread = thread
-        try:
-            thread.start()
-        except RuntimeError as exc:  # "can't start new thread": a pids or memory limit
-            self._thread = None
-            if not self._start_failed:
-                self._start_failed = True
-                log.warning(
-                    "cannot start the store lock keeper thread (%s); held locks are not "
-                    "renewed until a thread can start",
-                    exc,
-                )
-            return
-        if self._start_failed:
-            self._start_failed = False
-            log.warning("the store lock keeper thread runs again")
+        if thread is None or not thread.is_alive():
+            self._thread = self._starter.start(self._run, THREAD_NAME)
 
     def _run(self) -> None:
         me = threading.current_thread()
