@@ -163,9 +163,13 @@ def test_a_short_known_secret_never_mangles_prose(secret: str) -> None:
     assert excerpt(PROSE, known=[secret]) == PROSE
 
 
-def test_a_known_secret_inside_a_longer_run_is_not_cut_out_of_it() -> None:
-    text = "id abcdefgh12345678xyz"
+@pytest.mark.parametrize("text", ["id abcdefgh12345678", "id 12345678abcdefgh"])
+def test_a_known_secret_inside_a_longer_run_is_not_cut_out_of_it(text: str) -> None:
     assert redact(text, known=["abcdefgh"]) == text
+
+
+def test_a_known_secret_ending_in_punctuation_is_redacted_before_any_character() -> None:
+    assert redact("got hunter2hunter2!abc", known=["hunter2hunter2!"]) == f"got {REDACTED}abc"
 
 
 @pytest.mark.parametrize("around", ["{}", "'{}'", "secret was {}.", '"x": "{}",', "({})"])
@@ -238,6 +242,7 @@ B64URL_SECRET = "q3Zx_8RtYp2LmN-vWk9sJd4HfGc7BaE1oUiT6yXz0Q"  # 42, like a clien
         (f"sha256 {HEX} seen", HEX),
         (f"secret {B64URL_SECRET}", B64URL_SECRET),
         ("Zm9v/YmFy+YmF6cXV4Zm9vYmFyYmF6cXV4ab==", "YmF6cXV4Zm9v"),
+        ("TbpKo+AqdrNCn+PD/wvoXybivlbrRxji", "wvoXybivlbrRxji"),  # word-like but base64
         (f"Authorization: Bearer {OPAQUE}", OPAQUE),
         (f"token {JWT}", JWT),
         ("Authorization: Basic Y2xpZW50OnB3", "Y2xpZW50OnB3"),
