@@ -55,7 +55,10 @@ def _redact_run(match: re.Match[str]) -> str:
     """
     if "+" in match[0]:
         return REDACTED
+    # A piece over 64 characters is no word, and is never matched (bounded regex work).
     pieces = _PIECE.findall(match[0])
+    if any(len(p) > 64 for p in pieces):
+        return REDACTED
     words = sum(len(p) for p in pieces if _WORDISH.fullmatch(p))
     total = sum(len(p) for p in pieces)
     if all(_SHORT.fullmatch(p) or _WORDISH.fullmatch(p) for p in pieces) and 2 * words >= total:
