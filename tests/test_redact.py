@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
+import socket
+import tempfile
 
 import pytest
 
@@ -33,10 +37,14 @@ def test_credential_shapes_are_redacted(text: str, leak: str) -> None:
     assert REDACTED in out
 
 
-def test_known_values_are_redacted_however_short_or_plain() -> None:
+def test_known_values_are_redacted_as_whole_tokens() -> None:
+    out = redact("bad: pw1pw1pw1 (expected pw1pw1pw12)", known=["pw1pw1pw1", "pw1pw1pw12"])
+    assert out == f"bad: {REDACTED} (expected {REDACTED})"
+
+
+def test_short_known_values_are_left_to_the_structural_patterns() -> None:
     out = redact("bad secret: pw1 (expected pw12)", known=["pw1", "pw12"])
-    assert "pw1" not in out
-    assert out == f"bad secret: {REDACTED} (expected {REDACTED})"
+    assert out == f"bad secret: {REDACTED} (expected pw12)"
 
 
 def test_empty_known_values_are_ignored() -> None:
@@ -142,3 +150,117 @@ def test_credential_values_next_to_prose_are_redacted(text: str, leak: str) -> N
 def test_short_values_under_repr_or_camelcase_keys_are_redacted(text: str):
     value = text.split(":")[-1].split("=")[-1].strip(" '\"{}")
     assert value not in redact(text)
+
+
+# -- known secrets only as whole tokens, long runs only when not made of words -------------
+
+PROSE = "credentials rejected by Genesys: authentication failed"
+
+
+@pytest.mark.parametrize("secret", ["e", "y", "Gen", "ent"])
+def test_a_short_known_secret_never_mangles_prose(secret: str) -> None:
+    assert redact(PROSE, known=[secret]) == PROSE
+    assert excerpt(PROSE, known=[secret]) == PROSE
+
+
+@pytest.mark.parametrize("text", ["id abcdefgh12345678", "id 12345678abcdefgh"])
+def test_a_known_secret_inside_a_longer_run_is_not_cut_out_of_it(text: str) -> None:
+    assert redact(text, known=["abcdefgh"]) == text
+
+
+def test_a_known_secret_ending_in_punctuation_is_redacted_before_any_character() -> None:
+    assert redact("got hunter2hunter2!abc", known=["hunter2hunter2!"]) == f"got {REDACTED}abc"
+
+
+@pytest.mark.parametrize("around", ["{}", "'{}'", "secret was {}.", '"x": "{}",', "({})"])
+def test_a_known_secret_is_redacted_between_non_token_characters(around: str) -> None:
+    secret = "s3cr3t-Val_ue"
+    assert secret not in redact(around.format(secret), known=[secret])
+
+
+def _os_error_texts() -> list[str]:
+    directory = tempfile.mkdtemp()
+    texts = []
+    try:
+        with open(os.path.join(directory, "genesys-token", "cache", "entry.json")):
+            pass
+    except OSError as exc:
+        texts.append(str(exc))
+    locked = os.path.join(directory, "locked")
+    os.mkdir(locked, 0)
+    try:
+        os.listdir(locked)
+        texts.append(str(PermissionError(errno.EACCES, "Permission denied", locked)))
+    except PermissionError as exc:  # not root
+        texts.append(str(exc))
+    finally:
+        os.chmod(locked, 0o700)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError as exc:
+        texts.append(str(exc))
+    try:
+        socket.getaddrinfo("nosuch.invalid", 443)  # .invalid never resolves (RFC 6761)
+    except socket.gaierror as exc:
+        texts.append(f"cannot reach https://login.nosuch.invalid/oauth/token: {exc}")
+    return texts
+
+
+@pytest.mark.parametrize("text", _os_error_texts())
+def test_real_os_error_texts_survive(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "export GENESYSCLOUD_OAUTHCLIENT_SECRET or pass --secret-file",
+        "set GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE_PATH to a file",
+        "cannot read the secret file '/tmp/tmpk3j_9x2a/genesys-token/client-secret.txt'",
+        "cache in /var/folders/xy/tmp.abc123xy/genesys-token/cache/entries",
+        "genesys_token.observability.logging.RedactingFilter rejected a record",
+        "see /usr/lib/python3.12/site-packages/genesys_token/http/token_endpoint.py",
+        "use getClientCredentialsTokenWithRetries_and_CachedResult here",
+        "token acquired for client 0f8fad5b-d9cb-469f-a165-70867728950e, expires_in 86399",
+    ],
+)
+def test_identifiers_and_paths_made_of_words_survive(text: str) -> None:
+    assert redact(text) == text
+
+
+HEX = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+B64URL_SECRET = "q3Zx_8RtYp2LmN-vWk9sJd4HfGc7BaE1oUiT6yXz0Q"  # 42, like a client secret
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        (f"sha256 {HEX} seen", HEX),
+        (f"secret {B64URL_SECRET}", B64URL_SECRET),
+        ("Zm9v/YmFy+YmF6cXV4Zm9vYmFyYmF6cXV4ab==", "YmF6cXV4Zm9v"),
+        ("TbpKo+AqdrNCn+PD/wvoXybivlbrRxji", "wvoXybivlbrRxji"),  # word-like but base64
+        (f"Authorization: Bearer {OPAQUE}", OPAQUE),
+        (f"token {JWT}", JWT),
+        ("Authorization: Basic Y2xpZW50OnB3", "Y2xpZW50OnB3"),
+        ("client_secret=pw&grant_type=client_credentials", "pw"),
+        ('{"access_token": "t0k", "token_type": "bearer"}', "t0k"),
+    ],
+)
+def test_every_credential_kind_is_still_redacted(text: str, leak: str) -> None:
+    out = redact(text)
+    assert leak not in out, out
+    assert REDACTED in out
+
+
+def test_random_runs_are_never_taken_for_words() -> None:
+    import random
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    rng = random.Random(24)
+    for _ in range(2000):
+        run = "".join(rng.choice(alphabet) for _ in range(32))
+        assert redact(f"x {run} y") == f"x {REDACTED} y", run

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 REDACTED = "[REDACTED]"
 
@@ -18,7 +19,54 @@ REDACTED = "[REDACTED]"
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 _RUN_CHARS = r"A-Za-z0-9_\-+/"
 
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+#: Characters a Genesys secret or token (base64, base64url, JWT) is made of, bar the dot:
+#: a known value is replaced only where it is not glued to more of them.
+_TOKEN_CHARS = r"A-Za-z0-9_\-+/=~"
+#: The shortest known value searched for in text. Genesys client secrets are 43 characters
+#: and tokens about 100; below 8 a value is as likely a word (``Genesys`` has 7) as a secret.
+#: Shorter secrets are caught structurally only (Basic header, ``client_secret=`` keys).
+MIN_KNOWN = 8
+
+
+def _whole(value: str) -> re.Pattern[str]:
+    """A pattern for ``value`` as a whole token: not preceded or followed by token characters."""
+    token = re.compile(f"[{_TOKEN_CHARS}]")
+    before = f"(?<![{_TOKEN_CHARS}])" if token.match(value[0]) else ""
+    after = f"(?![{_TOKEN_CHARS}])" if token.match(value[-1]) else ""
+    return re.compile(before + re.escape(value) + after)
+
+
+#: One piece of a run between separators, and a piece made of a word (``SECRET``, ``cache``,
+#: ``Genesys``, ``getToken``): letters cased like a word or an identifier.
+_PIECE = re.compile(r"[^_\-+/=]+")
+_WORDISH = re.compile(r"(?:[A-Z]+|[A-Z]?[a-z]+)(?:[A-Z][a-z]{2,})*[A-Z]*")
+#: A short piece: at most 8 characters, or a temporary name (``tmpifwe3z2i``, lower case).
+_SHORT = re.compile(r".{1,8}|tmp[a-z0-9]{1,9}")
+
+
+def _redact_run(match: re.Match[str]) -> str:
+    """Redact a long run unless it is an identifier or path made of words.
+
+    Spared: no ``+`` (base64, not identifiers), every piece a word or short (<= 8 like
+    ``tmpk3j`` or ``9x2a``, or a temporary name like ``tmpifwe3z2i``), and words making at
+    least half of its letters. Random runs have long pieces mixing case and digits: of
+    50,000 random base64url runs each of 32, 43, 64 and 100 characters, 6 of the 32-long
+    pass and none longer (Genesys secrets are 43); no base64 or hex run passes.
+    """
+    if "+" in match[0]:
+        return REDACTED
+    # A piece over 64 characters is no word, and is never matched (bounded regex work).
+    pieces = _PIECE.findall(match[0])
+    if any(len(p) > 64 for p in pieces):
+        return REDACTED
+    words = sum(len(p) for p in pieces if _WORDISH.fullmatch(p))
+    total = sum(len(p) for p in pieces)
+    if all(_SHORT.fullmatch(p) or _WORDISH.fullmatch(p) for p in pieces) and 2 * words >= total:
+        return match[0]
+    return REDACTED
+
+
+_PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
     # Authorization header values.
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
     # JWTs.
@@ -28,7 +76,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(
             rf"(?<![{_RUN_CHARS}])(?!{_UUID}(?![{_RUN_CHARS}]))[{_RUN_CHARS}]{{32,}}={{0,2}}"
         ),
-        REDACTED,
+        _redact_run,
     ),
 )
 
@@ -60,14 +108,16 @@ def redact(text: str, known: Iterable[str] = ()) -> str:
 
     Args:
         text: Any text that may carry a credential.
-        known: Exact values to remove wherever they appear (secrets, tokens), longest first
-            so that a value containing another is removed whole.
+        known: Exact values to remove (secrets, tokens), longest first so that a value
+            containing another is removed whole. Only values of at least :data:`MIN_KNOWN`
+            characters, and only as whole tokens (not inside a longer run of token
+            characters): a one-letter secret must not eat every ``e`` of the prose.
 
     Returns:
         The text with every match replaced.
     """
-    for value in sorted({v for v in known if v}, key=len, reverse=True):
-        text = text.replace(value, REDACTED)
+    for value in sorted({v for v in known if len(v) >= MIN_KNOWN}, key=len, reverse=True):
+        text = _whole(value).sub(REDACTED, text)
     text = _KEY_VALUE.sub(_redact_value, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
