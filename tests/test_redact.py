@@ -210,7 +210,9 @@ def _os_error_texts() -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("text", _os_error_texts())
+@pytest.mark.parametrize(
+    "text", _os_error_texts(), ids=["missing file", "permission denied", "refused", "no such name"]
+)
 def test_real_os_error_texts_survive(text: str) -> None:
     assert redact(text) == text
 
