@@ -587,7 +587,7 @@ def test_emulator_command_as_a_process_with_a_negative_ttl_prints_no_traceback()
         )
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
-        assert "--token-ttl: -5 must be a number >= 0" in result.stderr
+        assert "--token-ttl: expected a number of seconds >= 0, got '-5'" in result.stderr
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
