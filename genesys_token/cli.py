@@ -3,9 +3,15 @@
 Configuration comes from the environment variables Genesys tooling uses
 (``GENESYSCLOUD_OAUTHCLIENT_ID``, ``GENESYSCLOUD_OAUTHCLIENT_SECRET``,
 ``GENESYSCLOUD_REGION``, ``GENESYSCLOUD_TOKEN_URL``, ``GENESYSCLOUD_API_URL``), plus
+``GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE`` (a file holding the secret) and
 ``GENESYSCLOUD_TOKEN_CACHE``: a cache directory, or ``off``. By default tokens are cached in
 a :class:`~genesys_token.stores.FileStore`, so running ``genesys-token token`` from a cron job
 every minute makes one token request per token lifetime, not one per run.
+
+Exit codes: 0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable
+(also when ``--timeout`` runs out: a login host that does not answer in time is
+unavailable, as when the library's own retry deadline runs out), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM); each failure prints one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
+import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 import requests
@@ -41,6 +49,8 @@ EXIT_OK = 0
 EXIT_CONFIGURATION = 2
 EXIT_CREDENTIALS = 3
 EXIT_UNAVAILABLE = 4
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as shells report a Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 ENV_TOKEN_CACHE = "GENESYSCLOUD_TOKEN_CACHE"
 AUDIT_LOGGER = "genesys_token.audit"
 #: Values of GENESYSCLOUD_TOKEN_CACHE that turn the file cache off.
@@ -50,14 +60,28 @@ CACHE_OFF = frozenset({"off", "none", "no", "false", "0"})
 library_log = logging.getLogger("genesys_token")
 
 _ENVIRONMENT_HELP = """\
-environment:
-  GENESYSCLOUD_OAUTHCLIENT_ID, GENESYSCLOUD_OAUTHCLIENT_SECRET   the OAuth client (required)
+environment (surrounding whitespace of the id and secret is stripped; a misspelt
+GENESYSCLOUD_* name close to one of these is reported on stderr):
+  GENESYSCLOUD_OAUTHCLIENT_ID           the OAuth client's id (required)
+  GENESYSCLOUD_OAUTHCLIENT_SECRET       its secret (required, or the next one)
+  GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE  a file holding the secret, read for each request
   GENESYSCLOUD_REGION      us-east-1, eu-west-1, mypurecloud.ie, ... (default us-east-1)
-  GENESYSCLOUD_TOKEN_URL   token endpoint override; GENESYSCLOUD_API_URL: API base override
+  GENESYSCLOUD_TOKEN_URL   token endpoint override (default: the region's)
+  GENESYSCLOUD_API_URL     API base override (default: the region's)
   GENESYSCLOUD_TOKEN_CACHE cache directory, or "off" (default ~/.cache/genesys-token)
 
 exit codes: 0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable
+(or --timeout ran out), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)
 """
+
+
+class Stopped(BaseException):
+    """A signal or the ``--timeout`` bound ended the command (a BaseException, so that no
+    ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UsageError(Exception):
@@ -98,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(handler=handler)
+        if name in ("token", "check"):
+            sub.add_argument(
+                "--timeout",
+                type=_seconds,
+                default=None,
+                metavar="SECONDS",
+                help="give up (exit 4) when the whole command takes longer than this"
+                " (default: no bound beyond the library's retry deadline)",
+            )
     emulator = commands.add_parser(
         "emulator",
         help="run a local Genesys Cloud OAuth emulator until Ctrl-C",
@@ -115,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments (default ``sys.argv[1:]``).
 
     Returns:
-        0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable.
+        0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable (or
+        ``--timeout`` ran out), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
     parser = build_parser()
     try:
@@ -130,9 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIGURATION
     handler, level = _log_to_stderr(args.verbose)
     try:
-        code = int(args.handler(args))
+        with _on_signals(), _bounded(getattr(args, "timeout", None)):
+            code = int(args.handler(args))
         sys.stdout.flush()  # here, where a closed pipe can still be handled quietly
         return code
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except Stopped as exc:
+        return _fail(str(exc), exc.code)
     except BrokenPipeError:
         return _stdout_closed()
     except ConfigurationError as exc:
@@ -237,6 +276,58 @@ def run_emulator(
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _on_signals() -> Iterator[None]:
+    """SIGTERM ends the command like Ctrl-C does: one line, exit 143, no traceback (Python's
+    default would die silently). Only in the main thread, where signals are handled."""
+    if not _in_main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Stopped("terminated (SIGTERM)", EXIT_TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _bounded(seconds: float | None) -> Iterator[None]:
+    """Bound the wall-clock time of the block: a SIGALRM timer interrupts even a blocked
+    socket read (POSIX, main thread; elsewhere the library's own deadlines apply)."""
+    if seconds is None or not _in_main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise Stopped(f"timed out: no answer within --timeout {seconds:g}s", EXIT_UNAVAILABLE)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def store_from_env(environ: dict[str, str] | None = None) -> TokenStore | None:

@@ -6,6 +6,7 @@ is what a manager works with: its credentials and its settings, the login host r
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -22,8 +23,11 @@ from .credentials import (
     is_known,
     read_secret,
 )
+from .env_names import warn_near_misses
 from .errors import ConfigurationError
 from .regions import DEFAULT_REGION, check_url, resolve_region
+
+log = logging.getLogger("genesys_token")
 
 ENV_CLIENT_ID = "GENESYSCLOUD_OAUTHCLIENT_ID"
 ENV_CLIENT_SECRET = "GENESYSCLOUD_OAUTHCLIENT_SECRET"
@@ -291,6 +295,7 @@ def with_env_location(settings: Settings, environ: Mapping[str, str] | None = No
 
 
 def _location_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    warn_near_misses(env)
     return {
         "region": env.get(ENV_REGION) or None,
         "token_url": env.get(ENV_TOKEN_URL) or None,
@@ -435,12 +440,25 @@ def _credentials_from_environment(
 ) -> tuple[Any, Any, str | None]:
     """The client id, the secret (already hidden) and the secret file's name the
     environment gives; no frame that outlives this call holds the environment (its repr
-    shows every variable, the secret among them)."""
+    shows every variable, the secret among them).
+
+    Surrounding whitespace of the id and the secret is stripped, as it is of the secret
+    file's text (a pasted ``secret `` would otherwise be sent as is and refused), with one
+    WARNING naming the variable, never its value."""
+    warn_near_misses(env)
     return (
-        env.get(ENV_CLIENT_ID),
-        hide_text(env.get(ENV_CLIENT_SECRET) or None),
+        _stripped(ENV_CLIENT_ID, env.get(ENV_CLIENT_ID)),
+        hide_text(_stripped(ENV_CLIENT_SECRET, env.get(ENV_CLIENT_SECRET)) or None),
         env.get(ENV_CLIENT_SECRET_FILE),
     )
+
+
+def _stripped(name: str, value: str | None) -> str | None:
+    """``value`` without surrounding whitespace; says so (by name only) when it had some."""
+    if value is None or value == value.strip():
+        return value
+    log.warning("%s had surrounding whitespace; it was stripped", name)
+    return value.strip()
 
 
 def _check_text(name: str, value: Any) -> None:

@@ -7,12 +7,13 @@ import contextlib
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from conftest import TricklingServer
 
 import genesys_token
 from genesys_token import TokenManager, cli
+from genesys_token.env_names import OWN_NAMES
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.testing import _cli as emulator_cli
 from genesys_token.token import fingerprint_of
@@ -585,7 +587,7 @@ def test_emulator_command_as_a_process_with_a_negative_ttl_prints_no_traceback()
         )
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
-        assert "--token-ttl: -5 must be a number >= 0" in result.stderr
+        assert "--token-ttl: expected a number of seconds >= 0, got '-5'" in result.stderr
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
@@ -597,3 +599,132 @@ def test_both_emulator_command_lines_share_one_parser() -> None:
     standalone = emulator_cli.build_parser()
     assert _options(commands["emulator"]) == _options(standalone)
     assert "--token-rate-limit" in _options(standalone)
+
+
+# -- timeouts, signals and messages (issue 24) ------------------------------------------------
+
+
+def _wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("name", ["token", "check"])
+def test_timeout_bounds_a_run_against_a_login_host_that_never_answers(
+    emulator: GenesysEmulator, tmp_path: Path, name: str
+) -> None:
+    emulator.inject(Fault(delay=20.0), times=None)
+    started = time.monotonic()
+    result = subprocess.run(
+        [*command(), name, "--timeout", "0.5"],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 4, result.stderr
+    assert elapsed < 5.0  # without --timeout: the ~55 s retry deadline
+    assert result.stderr.splitlines() == [
+        "genesys-token: error: timed out: no answer within --timeout 0.5s"
+    ]
+
+
+def test_timeout_must_be_a_positive_number() -> None:
+    result = subprocess.run(
+        [*command(), "token", "--timeout", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert "expected a number of seconds > 0, got 'soon'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        (signal.SIGINT, 130, "genesys-token: error: interrupted"),
+        (signal.SIGTERM, 143, "genesys-token: error: terminated (SIGTERM)"),
+    ],
+)
+def test_a_signal_ends_a_blocked_run_with_one_line_and_the_shell_code(
+    emulator: GenesysEmulator, signum: int, code: int, line: str
+) -> None:
+    emulator.inject(Fault(delay=20.0), times=None)
+    process = subprocess.Popen(
+        [*command(), "token"],
+        env=emulator_env(emulator, "off"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: emulator.token_requests >= 1)  # blocked in the token request
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == code
+    assert stdout == ""
+    assert stderr.splitlines() == [line]
+
+
+def test_a_failed_run_does_not_promise_a_next_try(
+    emulator: GenesysEmulator, env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The manager the command builds: no timer, so no next try will come.
+    emulator.inject(Fault(status=400, body={"error": "invalid_request"}), times=None)
+    caplog.set_level(logging.WARNING, logger="genesys_token")
+    with (
+        TokenManager.from_env(background_refresh=False) as manager,
+        pytest.raises(genesys_token.GenesysTokenError),
+    ):
+        manager.get_token()
+    # Logged by the flight after its waiters woke: wait for it.
+    _wait_for(lambda: any("token refresh failed" in r.getMessage() for r in caplog.records))
+    failed = [r.getMessage() for r in caplog.records if "token refresh failed" in r.getMessage()]
+    assert failed == ["token refresh failed (TokenRequestError)"]
+
+
+def test_help_lists_every_environment_variable_read() -> None:
+    result = subprocess.run(
+        [*command(), "token", "--help"], capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
+    assert result.returncode == 0
+    for name in sorted(OWN_NAMES):
+        assert name in result.stdout, name
+
+
+def test_a_secret_with_a_trailing_space_works_and_is_said_stripped(
+    emulator: GenesysEmulator,
+) -> None:
+    secret = emulator.client_secret
+    env = emulator_env(emulator, "off", GENESYSCLOUD_OAUTHCLIENT_SECRET=secret + " ")
+    result = subprocess.run(
+        [*command(), "token"], env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "genesys-token: WARNING: GENESYSCLOUD_OAUTHCLIENT_SECRET had surrounding whitespace;"
+        " it was stripped"
+    ]
+    assert secret not in result.stderr
+
+
+def test_a_misspelt_region_variable_is_reported_by_the_command(
+    emulator: GenesysEmulator,
+) -> None:
+    env = emulator_env(emulator, "off", GENESYSCLOUD_REGOIN="eu-west-1")
+    result = subprocess.run(
+        [*command(), "token"], env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "genesys-token: WARNING: environment variable GENESYSCLOUD_REGOIN is not read by"
+        " genesys_token; did you mean GENESYSCLOUD_REGION?"
+    ]

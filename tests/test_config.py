@@ -199,3 +199,67 @@ def test_a_bad_url_is_not_echoed_in_the_error():
     with pytest.raises(ConfigurationError) as excinfo:
         Config.build("c", "s", webhook_url="hooks.example.com/services/T0/B0/SECRETPATH")
     assert "SECRETPATH" not in str(excinfo.value)
+
+
+# -- near-miss names and surrounding whitespace (issue 24) ---------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_misspelt_region_variable_is_pointed_out(caplog: pytest.LogCaptureFixture):
+    env = {"GENESYSCLOUD_REGOIN": "eu-west-1", "GENESYSCLOUD_API_URI": "x"}
+    with caplog.at_level("WARNING", logger="genesys_token"):
+        Settings.from_env(env)
+        Settings.from_env(env)  # once per name, not once per read
+    assert _warnings(caplog) == [
+        "environment variable GENESYSCLOUD_API_URI is not read by genesys_token;"
+        " did you mean GENESYSCLOUD_API_URL?",
+        "environment variable GENESYSCLOUD_REGOIN is not read by genesys_token;"
+        " did you mean GENESYSCLOUD_REGION?",
+    ]
+    assert "eu-west-1" not in caplog.text
+
+
+def test_a_misspelt_credential_variable_is_pointed_out(caplog: pytest.LogCaptureFixture):
+    env = {
+        "GENESYSCLOUD_OAUTHCLIENT_ID": "id",
+        "GENESYSCLOUD_OATHCLIENT_SECRET": "s3cret-value",
+    }
+    with caplog.at_level("WARNING", logger="genesys_token"), pytest.raises(ConfigurationError):
+        credentials_from_env(env)
+    assert _warnings(caplog) == [
+        "environment variable GENESYSCLOUD_OATHCLIENT_SECRET is not read by genesys_token;"
+        " did you mean GENESYSCLOUD_OAUTHCLIENT_SECRET?"
+    ]
+    assert "s3cret-value" not in caplog.text
+
+
+def test_names_of_other_genesys_tools_and_far_names_are_left_alone(
+    caplog: pytest.LogCaptureFixture,
+):
+    env = {
+        "GENESYSCLOUD_ACCESS_TOKEN": "t",
+        "GENESYSCLOUD_SDK_DEBUG": "true",
+        "GENESYSCLOUD_PROXY_HOST": "p",
+        "GENESYSCLOUD_TOKEN_POOL_SIZE": "3",
+        "GENESYSCLOUD_SOMETHING_ELSE": "x",
+        "GENESYS_REGION": "eu-west-1",
+    }
+    with caplog.at_level("WARNING", logger="genesys_token"):
+        Settings.from_env(env)
+    assert _warnings(caplog) == []
+
+
+def test_surrounding_whitespace_of_id_and_secret_is_stripped(caplog: pytest.LogCaptureFixture):
+    env = {"GENESYSCLOUD_OAUTHCLIENT_ID": " the-id\t", "GENESYSCLOUD_OAUTHCLIENT_SECRET": "pw-x "}
+    with caplog.at_level("WARNING", logger="genesys_token"):
+        credentials = credentials_from_env(env)
+    assert credentials.client_id == "the-id"
+    assert credentials.resolve().client_secret.reveal() == "pw-x"  # type: ignore[union-attr]
+    assert _warnings(caplog) == [
+        "GENESYSCLOUD_OAUTHCLIENT_ID had surrounding whitespace; it was stripped",
+        "GENESYSCLOUD_OAUTHCLIENT_SECRET had surrounding whitespace; it was stripped",
+    ]
+    assert "pw-x" not in caplog.text

@@ -6,8 +6,10 @@ import base64
 import hashlib
 import http.client
 import runpy
+import signal
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -781,3 +783,104 @@ def test_pytest_plugin_fixture(request: pytest.FixtureRequest) -> None:
     emulator = request.getfixturevalue("genesys_emulator")
     assert isinstance(emulator, GenesysEmulator)
     assert grant(emulator).json()["expires_in"] == 123
+
+
+# -- the command line as a real process (issue 24) -------------------------------------------
+
+
+def _start_emulator_process(*options: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """``python -m genesys_token.testing``, and its exports once it serves."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genesys_token.testing", "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    exports = {}
+    for _ in range(5):  # the banner and four exports
+        line = process.stdout.readline()
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[name] = value
+    return process, exports
+
+
+def _stop(process: subprocess.Popen[str], signum: int) -> tuple[str, str]:
+    try:
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return out, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_emulator_command_logs_each_request_and_sums_up_on_exit(signum: int) -> None:
+    process, env = _start_emulator_process()
+    token_url = env["GENESYSCLOUD_TOKEN_URL"]
+    api = env["GENESYSCLOUD_API_URL"]
+    auth = (env["GENESYSCLOUD_OAUTHCLIENT_ID"], env["GENESYSCLOUD_OAUTHCLIENT_SECRET"])
+    token = requests.post(token_url, data=GRANT, auth=auth, timeout=5).json()["access_token"]
+    assert requests.post(token_url, data=GRANT, auth=("nobody", "x"), timeout=5).status_code == 401
+    me = requests.get(
+        api + "/api/v2/tokens/me", headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    assert me.status_code == 200
+    out, err = _stop(process, signum)
+    assert process.returncode == 0, err
+    assert err == ""
+    assert out.splitlines() == [
+        "POST /oauth/token 200 client=emulator-client",
+        "POST /oauth/token 401 client=nobody",
+        "GET /api/v2/tokens/me 200 client=emulator-client",
+        "summary: 2 token requests, 1 API calls, 1 answered 401, 0 answered 429",
+    ]
+
+
+def test_the_emulator_command_is_quiet_with_q() -> None:
+    process, env = _start_emulator_process("-q")
+    auth = (env["GENESYSCLOUD_OAUTHCLIENT_ID"], env["GENESYSCLOUD_OAUTHCLIENT_SECRET"])
+    requests.post(env["GENESYSCLOUD_TOKEN_URL"], data=GRANT, auth=auth, timeout=5)
+    out, err = _stop(process, signal.SIGTERM)
+    assert process.returncode == 0, err
+    assert out.splitlines() == [
+        "summary: 1 token requests, 0 API calls, 0 answered 401, 0 answered 429"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--token-ttl", "abc"], "--token-ttl: expected a number of seconds >= 0, got 'abc'"),
+        (["--token-ttl", "-1"], "--token-ttl: expected a number of seconds >= 0, got '-1'"),
+        (["--port", "http"], "--port: expected a port from 0 to 65535, got 'http'"),
+        (["--token-rate-limit", "x"], "--token-rate-limit: expected a whole number >= 1, got 'x'"),
+    ],
+)
+def test_the_emulator_command_says_what_is_wrong_with_an_option(
+    option: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "genesys_token.testing", *option],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "invalid _" not in result.stderr  # argparse: "invalid _non_negative value"
+
+
+def test_the_emulator_help_shows_the_defaults() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "genesys_token.testing", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    text = " ".join(result.stdout.split())
+    for default in ("127.0.0.1", "86399.0", "opaque", "emulator-client", "401", "unlimited"):
+        assert f"default {default}" in text or f"default: {default}" in text, default

@@ -349,10 +349,12 @@ class Refresher:
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
             self._reporter.failed(error, flight.reason, flight.requests, self._flight.cell, now)
             if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
-                log.warning(
-                    "token refresh failed (%s); next try in %.2fs",
+                log.warning(  # no timer, no next try to announce (the CLI exits)
+                    "token refresh failed (%s)%s",
                     type(error).__name__,
-                    max(0.0, (self._retry_at or now) - now),
+                    f"; next try in {max(0.0, (self._retry_at or now) - now):.2f}s"
+                    if self._flight.config.background_refresh
+                    else "",
                     extra={"failures": self._failures},
                 )
 

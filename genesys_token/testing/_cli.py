@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import shlex
+import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from genesys_token.testing.emulator import GenesysEmulator
+    from genesys_token.testing.emulator import ApiRequestRecord, GenesysEmulator
 
 __all__ = ["EXIT_USAGE", "add_arguments", "build_parser", "run", "run_parsed"]
 
@@ -22,23 +24,32 @@ _MAX_PORT = 65535
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if not 0 <= value <= _MAX_PORT:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to {_MAX_PORT})")
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to {_MAX_PORT}, got {text!r}")
     return value
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"{text} must be a number >= 0")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
 
 
@@ -48,18 +59,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     Returns:
         ``parser``, for chaining.
     """
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=0, help="port (default 0: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s)")
     parser.add_argument(
-        "--token-ttl", type=_non_negative, default=86399.0, help="token lifetime in seconds"
+        "--port", type=_port, default=0, help="port (default %(default)s: a free one)"
     )
-    parser.add_argument("--format", choices=("opaque", "jwt"), default="opaque")
-    parser.add_argument("--client-id", default="emulator-client")
-    parser.add_argument("--client-secret", default="emulator-secret")
+    parser.add_argument(
+        "--token-ttl",
+        type=_non_negative,
+        default=86399.0,
+        metavar="SECONDS",
+        help="token lifetime in seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("opaque", "jwt"),
+        default="opaque",
+        help="token format (default %(default)s)",
+    )
+    parser.add_argument(
+        "--client-id", default="emulator-client", help="OAuth client id (default %(default)s)"
+    )
+    parser.add_argument(
+        "--client-secret",
+        default="emulator-secret",
+        help="OAuth client secret (default %(default)s)",
+    )
     parser.add_argument(
         "--token-rate-limit",
         type=_positive_int,
         default=None,
+        metavar="N",
         help="token creations per minute per client (default: unlimited)",
     )
     parser.add_argument(
@@ -67,7 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=int,
         choices=(400, 401),
         default=401,
-        help="HTTP status of an invalid_client answer (default 401)",
+        help="HTTP status of an invalid_client answer (default %(default)s)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no line per request (default: one line per request: method, path, status,"
+        " client id); the summary on exit is printed either way",
     )
     return parser
 
@@ -131,7 +167,8 @@ def run_parsed(
         print(f"{prog}: error: cannot start on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     event = stop_event if stop_event is not None else threading.Event()
-    with emulator, contextlib.suppress(KeyboardInterrupt):
+    requests = RequestPrinter(emulator, None if getattr(args, "quiet", False) else sys.stdout)
+    with emulator, _stop_on_sigterm(event), contextlib.suppress(KeyboardInterrupt):
         exports = {
             "GENESYSCLOUD_OAUTHCLIENT_ID": emulator.client_id,
             "GENESYSCLOUD_OAUTHCLIENT_SECRET": emulator.client_secret,
@@ -145,4 +182,71 @@ def run_parsed(
             ready(emulator)
         while not event.is_set():
             event.wait(0.2)  # short waits so Ctrl-C is handled promptly everywhere
+            requests.poll()
+    requests.poll()
+    print(requests.summary(), flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(event: threading.Event) -> Iterator[None]:
+    """SIGTERM stops the emulator as Ctrl-C does (summary printed, exit 0); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class RequestPrinter:
+    """Prints one line per answered request, read from the emulator's request logs
+    (polled: the emulator has no per-request hook), and the summary on exit.
+
+    Token requests and API calls come from two logs, so a token request and an API call
+    answered within one poll (0.2 s) may be printed in the other order.
+    """
+
+    def __init__(self, emulator: GenesysEmulator, stream: TextIO | None) -> None:
+        self._emulator = emulator
+        self._stream = stream
+        self._tokens_seen = 0
+        self._api_seen = 0
+        self._statuses: list[int] = []
+        self._api_calls = 0
+
+    def poll(self) -> None:
+        """Print (when not quiet) the requests answered since the last poll."""
+        from genesys_token.testing._wire import TOKEN_PATH
+
+        tokens = self._emulator.token_request_log[self._tokens_seen :]
+        calls = self._emulator.api_request_log[self._api_seen :]
+        self._tokens_seen += len(tokens)
+        self._api_seen += len(calls)
+        self._api_calls += len(calls)
+        issued = set(self._emulator.issued_tokens) if calls else set()
+        lines = []
+        for record in tokens:
+            self._statuses.append(record.status)
+            lines.append(f"POST {TOKEN_PATH} {record.status} client={record.client_id or '-'}")
+        for call in calls:
+            self._statuses.append(call.status)
+            lines.append(
+                f"{call.method} {call.path} {call.status} client={self._client(call, issued)}"
+            )
+        if lines and self._stream is not None:
+            print("\n".join(lines), file=self._stream, flush=True)
+
+    def _client(self, call: ApiRequestRecord, issued: set[str]) -> str:
+        # The command line makes one client, so a token the emulator issued is its token.
+        return self._emulator.client_id if call.token_used in issued else "-"
+
+    def summary(self) -> str:
+        """One line: token requests, API calls, 401s and 429s answered."""
+        return (
+            f"summary: {self._emulator.token_requests} token requests,"
+            f" {self._api_calls} API calls, {self._statuses.count(401)} answered 401,"
+            f" {self._statuses.count(429)} answered 429"
+        )
