@@ -1,0 +1,125 @@
+"""Where and why a request failed, in words: the host asked and the low-level cause.
+
+requests wraps what the socket said several layers deep (``ConnectionError`` ->
+urllib3 ``MaxRetryError`` -> ``NewConnectionError``/``NameResolutionError`` ->
+``socket.gaierror``); urllib3 1.26 leaves the inner error as ``__context__`` or in
+``args`` (``ProtocolError("Connection aborted.", ConnectionResetError(...))``), urllib3 2.x
+as ``__cause__`` or ``reason``. :func:`cause_of` walks all of them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+
+__all__ = ["CORRELATION_HEADER", "cause_of", "host_of"]
+
+CORRELATION_HEADER = "ININ-Correlation-Id"
+"""The header Genesys tags every answer with; support asks for it."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_LINKS = 32
+_LOOKUP_TEXTS = (
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "getaddrinfo failed",
+    "no address associated",
+)
+
+
+def host_of(url: str) -> str:
+    """The host of ``url``, with ``:port`` when not the scheme's default; never userinfo.
+
+    Args:
+        url: An absolute URL (possibly ``https://user:pass@host:8443/path``).
+
+    Returns:
+        ``"host"`` or ``"host:port"``; ``"?"`` when the URL has no host.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "?"
+    host = parts.hostname or "?"  # .hostname drops "user:password@"
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):
+        return f"{host}:{port}"
+    return host
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps, breadth first, each once."""
+    seen: set[int] = set()
+    queue = [exc]
+    while queue and len(seen) < _MAX_LINKS:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked: list[object] = [
+            getattr(current, "reason", None),
+            current.__cause__,
+            current.__context__,
+            *current.args,
+        ]
+        queue.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def cause_of(exc: BaseException) -> str:
+    """The cause of a failed request in words.
+
+    Args:
+        exc: What requests (or urllib3, or the socket) raised.
+
+    Returns:
+        ``"name lookup failed"``, ``"TLS verification failed"``, ``"TLS handshake failed"``,
+        ``"connection refused"``, ``"connect timed out"``, ``"read timed out"``,
+        ``"connection dropped"``, or the innermost exception's type name.
+    """
+    links = list(_chain(exc))
+    texts = " ".join(str(link) for link in links).lower()
+
+    def found(*types: type[BaseException]) -> bool:
+        return any(isinstance(link, types) for link in links)
+
+    name_resolution = getattr(urllib3.exceptions, "NameResolutionError", socket.gaierror)
+    if found(socket.gaierror, name_resolution) or any(t in texts for t in _LOOKUP_TEXTS):
+        return "name lookup failed"
+    if found(ssl.SSLCertVerificationError, ssl.CertificateError) or (
+        "certificate_verify_failed" in texts
+    ):
+        return "TLS verification failed"
+    if found(ssl.SSLError, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    if found(ConnectionRefusedError) or "connection refused" in texts:
+        return "connection refused"
+    if found(requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timed out"
+    if found(
+        requests.exceptions.ReadTimeout,
+        urllib3.exceptions.ReadTimeoutError,
+        TimeoutError,
+        urllib3.exceptions.TimeoutError,
+    ):
+        return "read timed out"
+    if found(
+        ConnectionResetError,
+        ConnectionAbortedError,
+        BrokenPipeError,
+        http.client.RemoteDisconnected,
+        http.client.IncompleteRead,
+        urllib3.exceptions.ProtocolError,
+        requests.exceptions.ChunkedEncodingError,
+    ):
+        return "connection dropped"
+    return type(links[-1]).__name__
