@@ -10,6 +10,7 @@ as ``__cause__`` or ``reason``. :func:`cause_of` walks all of them.
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import ssl
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-__all__ = ["CORRELATION_HEADER", "cause_of", "host_of"]
+from ..observability.redaction import excerpt
+
+__all__ = ["CORRELATION_HEADER", "cause_of", "host_of", "log_failed_call"]
 
 CORRELATION_HEADER = "ININ-Correlation-Id"
 """The header Genesys tags every answer with; support asks for it."""
@@ -123,3 +126,36 @@ def cause_of(exc: BaseException) -> str:
     ):
         return "connection dropped"
     return type(links[-1]).__name__
+
+
+def log_failed_call(
+    logger: logging.Logger, method: str, url: str, status: int, correlation_id: str | None
+) -> None:
+    """Log an API answer with status >= 400 at WARNING, with its correlation id.
+
+    Names the method, host and path only: the query string may hold ids, and no header (so
+    no token) is ever logged. Does nothing for a status below 400.
+
+    Args:
+        logger: Where to log.
+        method: The request method.
+        url: The request URL (its userinfo and query are left out).
+        status: The answer's HTTP status.
+        correlation_id: The answer's ``ININ-Correlation-Id``, if any.
+    """
+    if status < 400:
+        return
+    try:
+        path = urlsplit(url).path or "/"
+    except ValueError:
+        path = "?"
+    shown = excerpt(correlation_id.strip(), 64) if correlation_id else None
+    logger.warning(
+        "API call %s %s%s failed: HTTP %d" + (" (correlation id %s)" if shown else ""),
+        method.upper(),
+        host_of(url),
+        excerpt(path, 200),
+        status,
+        *((shown,) if shown else ()),
+        extra={"status": status, "correlation_id": shown},
+    )
