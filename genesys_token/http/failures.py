@@ -28,6 +28,7 @@ CORRELATION_HEADER = "ININ-Correlation-Id"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MAX_LINKS = 32
+_VERIFY_TEXTS = ("certificate_verify_failed", "doesn't match", "hostname mismatch")
 _LOOKUP_TEXTS = (
     "name or service not known",
     "nodename nor servname",
@@ -98,8 +99,11 @@ def cause_of(exc: BaseException) -> str:
     name_resolution = getattr(urllib3.exceptions, "NameResolutionError", socket.gaierror)
     if found(socket.gaierror, name_resolution) or any(t in texts for t in _LOOKUP_TEXTS):
         return "name lookup failed"
-    if found(ssl.SSLCertVerificationError, ssl.CertificateError) or (
-        "certificate_verify_failed" in texts
+    # urllib3 1.26 checks the host name itself: its own CertificateError, "doesn't match".
+    if (
+        found(ssl.SSLCertVerificationError, ssl.CertificateError)
+        or any(type(link).__name__ == "CertificateError" for link in links)
+        or any(t in texts for t in _VERIFY_TEXTS)
     ):
         return "TLS verification failed"
     if found(ssl.SSLError, requests.exceptions.SSLError):
