@@ -300,3 +300,13 @@ def test_failed_call_logs_its_correlation_id_once_without_query_or_token(
     ]
     assert "private-id-7" not in caplog.text
     assert manager.token.access_token not in caplog.text
+
+
+def test_failed_call_after_a_redirect_is_logged_once(
+    emulator: GenesysEmulator, session: ApiSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.inject(Fault(status=302, headers={"Location": "/api/v2/nowhere"}), path=ORG_PATH)
+    with caplog.at_level(logging.INFO, logger="genesys_token.integrations"):
+        assert session.get(ORG_PATH).status_code == 404
+    shown = [r for r in caplog.records if r.name.startswith("genesys_token.integrations")]
+    assert len(shown) == 1 and "/api/v2/nowhere failed: HTTP 404" in shown[0].getMessage()
