@@ -31,12 +31,21 @@ class TokenRequestError(GenesysTokenError):
     Attributes:
         status: The HTTP status, or ``None`` when no answer arrived (network error, timeout).
         error: The OAuth ``error`` code of the answer, when it had one.
+        code: Genesys' ``code`` of a JSON error body (``"bad.request"``), when it had one.
         description: The ``error_description`` (or Genesys ``description``/``message``),
             redacted and cut to 120 characters, when present.
         body_excerpt: A short, redacted start of the response body, for diagnosis.
         retryable: Whether another attempt could succeed (5xx, 429, network, rate limit).
         attempts: How many requests this acquisition made before giving up.
         retry_after: Seconds the service asked us to wait (``Retry-After``), when it said.
+        host: The host asked (with ``:port`` when not the scheme's default, never userinfo);
+            empty when the error did not come from one request.
+        correlation_id: The answer's ``ININ-Correlation-Id`` header, when an answer came
+            (quote it to Genesys support); shown at the end of ``str(e)``.
+        cause: The low-level cause in words ("name lookup failed", "connection refused",
+            ...), when no answer came. The library does not chain the underlying exception
+            (``__cause__`` stays ``None``): its frames hold the prepared request and its
+            Basic header; the cause's words and type are in the message instead.
     """
 
     def __init__(
@@ -45,25 +54,39 @@ class TokenRequestError(GenesysTokenError):
         *,
         status: int | None = None,
         error: str | None = None,
+        code: str | None = None,
         description: str | None = None,
         body_excerpt: str | None = None,
         retryable: bool = False,
         attempts: int = 1,
         retry_after: float | None = None,
+        host: str = "",
+        correlation_id: str | None = None,
+        cause: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.host = host
+        self.correlation_id = correlation_id
+        self.cause = cause
         self.retry_after = retry_after
         self.status = status
         self.error = error
+        self.code = code
         self.description = description
         self.body_excerpt = body_excerpt
         self.retryable = retryable
         self.attempts = attempts
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.correlation_id:
+            text += f" [correlation id {self.correlation_id}]"
+        return text
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({str(self)!r}, status={self.status!r}, "
-            f"error={self.error!r}, attempts={self.attempts!r})"
+            f"error={self.error!r}, host={self.host!r}, attempts={self.attempts!r})"
         )
 
 

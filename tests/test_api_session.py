@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -275,3 +276,37 @@ def test_repr_shows_the_base_url_not_the_token(manager: TokenManager, session: A
     token = manager.get_token()
     assert manager.api_base_url in repr(session)
     assert token not in repr(session) + repr(session.auth)
+
+
+def test_failed_call_logs_its_correlation_id_once_without_query_or_token(
+    emulator: GenesysEmulator,
+    manager: TokenManager,
+    session: ApiSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="genesys_token.integrations"):
+        assert session.get(ORG_PATH).status_code == 200  # not logged
+        response = session.get("/api/v2/nowhere?userId=private-id-7")
+    assert response.status_code == 404
+    sent = response.headers["ININ-Correlation-Id"]
+    assert emulator.api_request_log[-1].correlation_id == sent
+    warnings = [r for r in caplog.records if r.name.startswith("genesys_token.integrations")]
+    assert [(r.levelno, r.getMessage()) for r in warnings] == [
+        (
+            logging.WARNING,
+            f"API call GET 127.0.0.1:{emulator.port}/api/v2/nowhere failed: HTTP 404"
+            f" (correlation id {sent})",
+        )
+    ]
+    assert "private-id-7" not in caplog.text
+    assert manager.token.access_token not in caplog.text
+
+
+def test_failed_call_after_a_redirect_is_logged_once(
+    emulator: GenesysEmulator, session: ApiSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.inject(Fault(status=302, headers={"Location": "/api/v2/nowhere"}), path=ORG_PATH)
+    with caplog.at_level(logging.INFO, logger="genesys_token.integrations"):
+        assert session.get(ORG_PATH).status_code == 404
+    shown = [r for r in caplog.records if r.name.startswith("genesys_token.integrations")]
+    assert len(shown) == 1 and "/api/v2/nowhere failed: HTTP 404" in shown[0].getMessage()

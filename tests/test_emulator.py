@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -767,7 +768,13 @@ def test_ipv6_loopback() -> None:
 def test_package_exports() -> None:
     testing = testing_package
     assert testing.GenesysEmulator is GenesysEmulator and testing.Fault is Fault
-    assert testing.ApiRequestRecord._fields == ("method", "path", "status", "token_used")
+    assert testing.ApiRequestRecord._fields == (
+        "method",
+        "path",
+        "status",
+        "token_used",
+        "correlation_id",
+    )
     with pytest.raises(AttributeError):
         _ = testing.EmulatorClient
 
@@ -884,3 +891,15 @@ def test_the_emulator_help_shows_the_defaults() -> None:
     text = " ".join(result.stdout.split())
     for default in ("127.0.0.1", "86399.0", "opaque", "emulator-client", "401", "unlimited"):
         assert f"default {default}" in text or f"default: {default}" in text, default
+
+
+def test_every_answer_carries_a_correlation_id_recorded_per_request(
+    emulator: GenesysEmulator,
+) -> None:
+    first, second = grant(emulator), grant(emulator)
+    api = requests.get(f"{emulator.url}/api/v2/nowhere", timeout=5)
+    sent = [first.headers["ININ-Correlation-Id"], second.headers["ININ-Correlation-Id"]]
+    assert all(uuid.UUID(value).version == 4 for value in sent)
+    assert sent[0] != sent[1]
+    assert [r.correlation_id for r in emulator.token_request_log][-2:] == sent
+    assert emulator.api_request_log[-1].correlation_id == api.headers["ININ-Correlation-Id"]

@@ -397,3 +397,31 @@ def test_a_slow_listener_does_not_hold_the_callers_waiting_on_the_flight(
         release.set()
         for thread, _ in callers:
             thread.join(5)
+
+
+def test_failure_event_and_log_lines_carry_the_correlation_id(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = make_manager(background_refresh=False, max_retries=0)
+    records = _recorder(manager, TOKEN_REFRESH_FAILURE)
+    emulator.inject(Fault.server_error(503))
+    with caplog.at_level(logging.INFO), pytest.raises(TokenRequestError):
+        manager.get_token()
+    deadline = time.monotonic() + 5
+    while not records and time.monotonic() < deadline:
+        time.sleep(0.005)
+    (sent,) = [r.correlation_id for r in emulator.token_request_log]
+    assert sent
+    host = f"127.0.0.1:{emulator.port}"
+    data = records[0]["data"]
+    assert (data["correlation_id"], data["host"], data["status"]) == (sent, host, 503)
+    lines = [r.getMessage() for r in caplog.records]
+    (failed,) = [line for line in lines if line.startswith("token refresh failed")]
+    assert failed.startswith(
+        f"token refresh failed (TokenRequestError host={host} status=503 correlation_id={sent})"
+    )
+    (audit,) = [line for line in lines if line.startswith(TOKEN_REFRESH_FAILURE)]
+    assert audit == f"{TOKEN_REFRESH_FAILURE} client_id={emulator.client_id}"  # no "=None"
+    assert not [line for line in lines if "=None" in line]

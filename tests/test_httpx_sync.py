@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -189,7 +190,11 @@ def test_401_is_returned_untouched_when_no_new_token_can_be_had(
 
     assert response.status_code == 401
     assert _statuses(emulator) == [401]
-    assert not [r for r in caplog.records if r.name.endswith("httpx") and r.levelname != "DEBUG"]
+    # Only the failed call's own line (with its correlation id), nothing about the token.
+    shown = [r for r in caplog.records if r.name.endswith("httpx") and r.levelname != "DEBUG"]
+    assert [r.getMessage().split(" (correlation id ")[0] for r in shown] == [
+        f"API call GET 127.0.0.1:{emulator.port}{ORG_PATH} failed: HTTP 401"
+    ]
 
 
 def test_unreplayable_body_gets_the_token_replaced_but_no_replay(
@@ -334,3 +339,40 @@ def test_genesys_token_imports_without_httpx_and_the_adapter_names_the_extra():
 def test_repr_shows_no_token(manager: TokenManager):
     token = manager.get_token()
     assert token not in repr(GenesysHTTPXAuth(manager))
+
+
+def test_failed_call_logs_its_correlation_id_once_without_query_or_token(
+    emulator: GenesysEmulator,
+    manager: TokenManager,
+    client: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="genesys_token.integrations"):
+        assert client.get(ORG_PATH).status_code == 200  # not logged
+        response = client.get("/api/v2/nowhere", params={"userId": "private-id-7"})
+    assert response.status_code == 404
+    sent = response.headers["ININ-Correlation-Id"]
+    assert emulator.api_request_log[-1].correlation_id == sent
+    warnings = [r for r in caplog.records if r.name.startswith("genesys_token.integrations")]
+    assert [(r.levelno, r.getMessage()) for r in warnings] == [
+        (
+            logging.WARNING,
+            f"API call GET 127.0.0.1:{emulator.port}/api/v2/nowhere failed: HTTP 404"
+            f" (correlation id {sent})",
+        )
+    ]
+    assert "private-id-7" not in caplog.text
+    assert manager.token.access_token not in caplog.text
+
+
+def test_replayed_401_logs_only_the_replays_answer(
+    emulator: GenesysEmulator,
+    manager: TokenManager,
+    client: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client.get(ORG_PATH)
+    emulator.inject(Fault(status=401, body={"code": "bad.credentials"}), path="/api/v2/", times=1)
+    with caplog.at_level(logging.INFO, logger="genesys_token.integrations"):
+        assert client.get(ORG_PATH).status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -175,7 +175,7 @@ _LAUNCH_EMULATOR = (
 def emulator_process() -> Iterator[dict[str, str]]:
     """A standalone emulator process; yields the GENESYSCLOUD_* variables it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCH_EMULATOR, "--token-ttl", "86399"],
+        [sys.executable, "-c", _LAUNCH_EMULATOR, "--token-ttl", "86399", "-q"],
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None

@@ -102,7 +102,11 @@ def test_certificate_for_another_host_fails_fast(ca: trustme.CA, ca_path: str) -
         endpoint.close()
         assert waits == []
         assert emulator.token_requests == 0
+        host = f"127.0.0.1:{emulator.port}"
     assert str(caught.value).startswith("TLS handshake with the token endpoint failed: ")
+    # Where and why: the host asked and the cause in words.
+    assert (caught.value.host, caught.value.cause) == (host, "TLS verification failed")
+    assert f"TLS verification failed for {host}" in str(caught.value)
 
 
 def test_https_url_to_a_plain_http_server_is_a_tls_error(emulator: GenesysEmulator) -> None:

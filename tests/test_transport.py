@@ -8,6 +8,7 @@ import email.utils
 import http.client
 import logging
 import re
+import socket
 import threading
 import time
 import tracemalloc
@@ -24,6 +25,7 @@ from requests.adapters import HTTPAdapter
 from genesys_token import InvalidTokenResponseError, TokenRequestError, TokenTimeoutError
 from genesys_token.http import connections as _http
 from genesys_token.http.connections import HostLimiter
+from genesys_token.http.failures import host_of
 from genesys_token.http.token_endpoint import (
     TokenEndpoint,
     TokenResponse,
@@ -629,3 +631,110 @@ def test_close_of_one_manager_never_cuts_a_connection_another_took_from_the_pool
     assert isinstance(b_got[0], str), b_got
     assert b.metrics()["retries"] == 0
     assert emulator.token_requests == 2
+
+
+# -- errors that say where and why ---------------------------------------------------------
+
+
+def _endpoint_for(token_url: str, **options: Any) -> tuple[TokenEndpoint, Credentials]:
+    options.setdefault("max_retries", 0)
+    options.setdefault("timeout", (2.0, 2.0))
+    settings = Config.build(
+        "cid", "s3cret-value", token_url=token_url, api_base_url="http://127.0.0.1:1", **options
+    )
+    return TokenEndpoint(settings), settings.credentials
+
+
+def _refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed on exit: nobody listens there
+
+
+def test_refused_connection_names_the_host_port_and_cause() -> None:
+    port = _refused_port()
+    endpoint, credentials = _endpoint_for(f"http://127.0.0.1:{port}/oauth/token")
+    try:
+        with pytest.raises(TokenRequestError) as caught:
+            endpoint.fetch(credentials)
+    finally:
+        endpoint.close()
+    error = caught.value
+    assert (error.host, error.cause, error.status) == (
+        f"127.0.0.1:{port}",
+        "connection refused",
+        None,
+    )
+    assert f"could not reach the token endpoint 127.0.0.1:{port}: connection refused" in str(error)
+    assert error.retryable and error.correlation_id is None
+    assert error.__cause__ is None  # hygiene: no chain to the frames holding the Basic header
+
+
+def test_failed_name_lookup_says_so_without_the_default_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_such_name(*_args: Any, **_kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    endpoint, credentials = _endpoint_for("https://login.nowhere.example/oauth/token")
+    try:
+        with pytest.raises(TokenRequestError) as caught:
+            endpoint.fetch(credentials)
+    finally:
+        endpoint.close()
+    error = caught.value
+    assert (error.host, error.cause) == ("login.nowhere.example", "name lookup failed")
+    assert "login.nowhere.example: name lookup failed" in str(error)
+
+
+def test_read_timeout_names_the_host_and_the_kind_of_timeout(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build(timeout=(2.0, 0.2))
+    emulator.inject(Fault(delay=0.5, passthrough=True))
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(credentials)
+    host = f"127.0.0.1:{emulator.port}"
+    assert (caught.value.host, caught.value.cause) == (host, "read timed out")
+    assert f"token request to {host} timed out: read timed out" in str(caught.value)
+
+
+def test_genesys_error_body_gives_code_host_and_correlation_id(
+    emulator: GenesysEmulator, build: Build
+) -> None:
+    endpoint, credentials = build()
+    body = {
+        "message": "The request could not be understood",
+        "code": "bad.request",
+        "status": 400,
+        "contextId": "c0ffee",
+        "details": [],
+        "errors": [],
+    }
+    emulator.inject(Fault(status=400, body=body))
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(credentials)
+    error = caught.value
+    (record,) = emulator.token_request_log
+    assert record.correlation_id and error.correlation_id == record.correlation_id
+    host = f"127.0.0.1:{emulator.port}"
+    assert (error.status, error.code, error.error, error.host) == (400, "bad.request", None, host)
+    assert str(error) == (
+        "token request failed (HTTP 400 bad.request: The request could not be understood)"
+        f" from {host} [correlation id {record.correlation_id}]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://user:pw@login.example.com/oauth/token", "login.example.com"),
+        ("https://login.example.com:443/x", "login.example.com"),
+        ("http://login.example.com:80/x", "login.example.com"),
+        ("https://login.example.com:8443/x", "login.example.com:8443"),
+        ("http://u:p@[::1]:9000/x", "[::1]:9000"),
+    ],
+)
+def test_host_of_drops_userinfo_and_default_ports(url: str, host: str) -> None:
+    assert host_of(url) == host

@@ -351,11 +351,14 @@ class Refresher:
             if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
                 log.warning(  # no timer, no next try to announce (the CLI exits)
                     "token refresh failed (%s)%s",
-                    type(error).__name__,
+                    _failure_fields(error),
                     f"; next try in {max(0.0, (self._retry_at or now) - now):.2f}s"
                     if self._flight.config.background_refresh
                     else "",
-                    extra={"failures": self._failures},
+                    extra={
+                        "failures": self._failures,
+                        "correlation_id": getattr(error, "correlation_id", None),
+                    },
                 )
 
     def _back_off(self, error: GenesysTokenError, now: float) -> None:
@@ -400,3 +403,13 @@ class Refresher:
             if self._flight.cell is shown:
                 self._flight.put(real)
         self.arm(real.refresh_at - self._now())
+
+
+def _failure_fields(error: GenesysTokenError) -> str:
+    """``"TokenRequestError host=h cause=c correlation_id=x"``: absent fields left out."""
+    parts = [type(error).__name__]
+    for name in ("host", "cause", "status", "correlation_id"):
+        value = getattr(error, name, None)
+        if value not in (None, ""):
+            parts.append(f"{name}={value}")
+    return " ".join(parts)

@@ -164,7 +164,12 @@ def _expires_in(value: Any, status: int, body: bytes, known: KnownSecrets) -> fl
 
 
 def error_for(
-    status: int, body: bytes, retry_after: float | None, known: KnownSecrets
+    status: int,
+    body: bytes,
+    retry_after: float | None,
+    known: KnownSecrets,
+    host: str = "",
+    correlation_id: str | None = None,
 ) -> TokenRequestError:
     """The typed error a non-2xx answer means (returned, not raised).
 
@@ -173,6 +178,8 @@ def error_for(
         body: The body read (possibly cut at the size cap).
         retry_after: Seconds from the ``Retry-After`` header, if any.
         known: Secrets to redact from the description and excerpt.
+        host: The host that answered (named in the message).
+        correlation_id: The answer's ``ININ-Correlation-Id``.
 
     Returns:
         :class:`UnauthorizedClientError` for ``unauthorized_client``,
@@ -182,6 +189,9 @@ def error_for(
     """
     payload = _json_object(body) or {}
     code = payload.get("error") if isinstance(payload.get("error"), str) else None
+    # The Genesys error body ({"code": "bad.request", "message": ...}): shown, never used
+    # to classify (a 401 without an OAuth error stays "credentials rejected").
+    genesys_code = payload["code"] if isinstance(payload.get("code"), str) else None
     description = next(
         (
             payload[key]
@@ -197,17 +207,26 @@ def error_for(
     fields: dict[str, Any] = {
         "status": status,
         "error": known.excerpt(code, 60) if code else None,
+        "code": known.excerpt(genesys_code, 60) if genesys_code else None,
         "description": shown,
         "body_excerpt": known.excerpt(body),
         "retry_after": retry_after,
+        "host": host,
+        "correlation_id": correlation_id,
     }
+    where = f" from {host}" if host else ""
     summary = (
-        f"HTTP {status}" + (f" {fields['error']}" if code else "") + (f": {shown}" if shown else "")
+        f"HTTP {status}"
+        + (f" {fields['error']}" if code else "")
+        + (f" {fields['code']}" if genesys_code and genesys_code != code else "")
+        + (f": {shown}" if shown else "")
     )
     if code == "unauthorized_client":
-        return UnauthorizedClientError(f"client not allowed this grant ({summary})", **fields)
+        return UnauthorizedClientError(
+            f"client not allowed this grant ({summary}){where}", **fields
+        )
     if code == "invalid_client" or (status == 401 and code is None):
-        return InvalidClientError(f"credentials rejected by Genesys ({summary})", **fields)
+        return InvalidClientError(f"credentials rejected by Genesys ({summary}){where}", **fields)
     throttled_400 = (
         status == 400
         and code == "invalid_request"
@@ -215,10 +234,12 @@ def error_for(
     )
     if status == 429 or throttled_400:
         return RateLimitedError(
-            f"token creation rate-limited ({summary})", retryable=True, **fields
+            f"token creation rate-limited ({summary}){where}", retryable=True, **fields
         )
     retryable = status in RETRY_STATUSES
-    return TokenRequestError(f"token request failed ({summary})", retryable=retryable, **fields)
+    return TokenRequestError(
+        f"token request failed ({summary}){where}", retryable=retryable, **fields
+    )
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

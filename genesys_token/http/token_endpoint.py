@@ -60,6 +60,7 @@ from .answers import (
 )
 from .basic_auth import BasicAuth, basic_value
 from .connections import attempt_bound, deadline, no_proxy_for, shared_session, status_of
+from .failures import CORRELATION_HEADER, cause_of, host_of
 from .retry_policy import FULL_JITTER, Backoff, RetryPolicy
 
 __all__ = [
@@ -259,16 +260,23 @@ class TokenEndpoint:
         """One token request: the parsed token, or the typed error its answer means."""
         sent_monotonic = self._clock.monotonic()
         sent_wall = self._clock.time()
-        status, retry_after, body, problem = self._post(auth)
+        host = host_of(self._settings.token_url)
+        status, retry_after, body, problem, correlation_id = self._post(auth, host)
         if 200 <= status < 300:
             if problem is not None:
                 raise InvalidTokenResponseError(
-                    f"unusable token answer: {problem}",
+                    f"unusable token answer from {host}: {problem}",
                     status=status,
                     body_excerpt=known.excerpt(body),
+                    host=host,
+                    correlation_id=correlation_id,
                 )
-            return parse_success(body, status, sent_monotonic, sent_wall, known)
-        error = error_for(status, body, retry_after, known)
+            try:
+                return parse_success(body, status, sent_monotonic, sent_wall, known)
+            except TokenRequestError as exc:
+                exc.host, exc.correlation_id = host, correlation_id
+                raise
+        error = error_for(status, body, retry_after, known, host, correlation_id)
         cap = self._policy.max_retry_after
         if error.retry_after is not None and error.retry_after > cap:
             # A hostile or broken server must not park the refresher for days.
@@ -278,8 +286,11 @@ class TokenEndpoint:
             error.retry_after = cap
         raise error
 
-    def _post(self, auth: BasicAuth) -> tuple[int, float | None, bytes, str | None]:
-        """POST the grant; returns status, ``Retry-After`` seconds, body and a read problem.
+    def _post(
+        self, auth: BasicAuth, host: str
+    ) -> tuple[int, float | None, bytes, str | None, str | None]:
+        """POST the grant; returns status, ``Retry-After`` seconds, body, a read problem and
+        the ``ININ-Correlation-Id`` of the answer.
 
         Raises:
             TokenRequestError: No answer: network error, timeout, TLS failure.
@@ -309,13 +320,16 @@ class TokenEndpoint:
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self._clock.time()
                 )
-                body, problem = self._read_capped(response)
-                return response.status_code, retry_after, body, problem
+                correlation_id = _correlation_id(response)
+                body, problem = self._read_capped(response, host, correlation_id)
+                return response.status_code, retry_after, body, problem, correlation_id
         except requests.exceptions.RequestException as exc:
-            failure = _no_answer(exc)
+            failure = _no_answer(exc, host)
         raise failure  # out of the handler: no chain holds the frames of requests
 
-    def _read_capped(self, response: requests.Response) -> tuple[bytes, str | None]:
+    def _read_capped(
+        self, response: requests.Response, host: str, correlation_id: str | None
+    ) -> tuple[bytes, str | None]:
         """Read the body; returns it and, when it was not read whole, why not.
 
         Each socket read waits at most what is left of the attempt's deadline (see
@@ -339,7 +353,7 @@ class TokenEndpoint:
             try:
                 chunk = read(_READ_CHUNK)
             except _READ_ERRORS as exc:
-                broken = _broken_read(exc, status)
+                broken = _broken_read(exc, status, host, correlation_id)
             if broken is not None:
                 raise broken  # out of the handler: no chain holds the reader's frames
             if not chunk:
@@ -351,9 +365,13 @@ class TokenEndpoint:
         if declared is not None and size < declared:
             # http.client (urllib3 1.26) reports a body cut short as a plain end of data.
             raise TokenRequestError(
-                f"token endpoint closed the connection mid-answer ({size} of {declared} bytes)",
+                f"token endpoint {host} closed the connection mid-answer: connection dropped"
+                f" ({size} of {declared} bytes)",
                 status=status,
                 retryable=True,
+                host=host,
+                correlation_id=correlation_id,
+                cause="connection dropped",
             )
         return b"".join(chunks), None
 
@@ -395,19 +413,41 @@ class TokenEndpoint:
             return None
 
 
-def _no_answer(exc: requests.exceptions.RequestException) -> TokenRequestError:
-    """The typed error of a request that brought no answer."""
-    if isinstance(exc, requests.exceptions.SSLError):
+def _no_answer(exc: requests.exceptions.RequestException, host: str) -> TokenRequestError:
+    """The typed error of a request that brought no answer, naming the host and the cause.
+
+    Not chained to ``exc``: its frames hold the prepared request (see ``TokenRequestError``).
+    """
+    cause = cause_of(exc)
+    kind = type(exc).__name__
+    if isinstance(exc, requests.exceptions.SSLError) or cause.startswith("TLS"):
         return TokenEndpointTLSError(
             f"TLS handshake with the token endpoint failed: {_tls_reason(exc)}"
+            f" ({cause} for {host})",
+            host=host,
+            cause=cause,
         )
     if isinstance(exc, requests.exceptions.Timeout):
-        return TokenRequestError(f"token request timed out ({type(exc).__name__})", retryable=True)
+        return TokenRequestError(
+            f"token request to {host} timed out: {cause} ({kind})",
+            retryable=True,
+            host=host,
+            cause=cause,
+        )
     if isinstance(exc, requests.exceptions.ConnectionError):
         return TokenRequestError(
-            f"could not reach the token endpoint ({type(exc).__name__})", retryable=True
+            f"could not reach the token endpoint {host}: {cause} ({kind})",
+            retryable=True,
+            host=host,
+            cause=cause,
         )
-    return TokenRequestError(f"token request failed ({type(exc).__name__})")
+    return TokenRequestError(f"token request to {host} failed: {cause} ({kind})", host=host)
+
+
+def _correlation_id(response: requests.Response) -> str | None:
+    """The answer's ``ININ-Correlation-Id``, cut to a sane length; ``None`` when absent."""
+    value = response.headers.get(CORRELATION_HEADER, "").strip()
+    return excerpt(value, 64) if value else None
 
 
 def _content_length(response: requests.Response) -> int | None:
@@ -431,13 +471,19 @@ def _raw_reader(response: requests.Response) -> Callable[[int], bytes | None]:
     return fp_read1
 
 
-def _broken_read(exc: BaseException, status: int) -> TokenRequestError:
+def _broken_read(
+    exc: BaseException, status: int, host: str, correlation_id: str | None
+) -> TokenRequestError:
     timed_out = isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError)
     what = "stalled" if timed_out else "broke off"
+    cause = "read timed out" if timed_out else cause_of(exc)
     return TokenRequestError(
-        f"token endpoint {what} while sending its answer ({type(exc).__name__})",
+        f"token endpoint {host} {what} while sending its answer: {cause} ({type(exc).__name__})",
         status=status,
         retryable=True,
+        host=host,
+        correlation_id=correlation_id,
+        cause=cause,
     )
 
 

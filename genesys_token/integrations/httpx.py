@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     ) from exc
 
 from ..errors import GenesysTokenError, TokenTimeoutError
+from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..manager import adapter_port
 
 if TYPE_CHECKING:
@@ -118,20 +119,24 @@ class GenesysHTTPXAuth(httpx.Auth):
         finally:
             use.end()  # on the final response, or when httpx closes the flow on an error
         if not self._rejected_here(request, response):
+            _log_if_failed(response)
             return
         try:
             # Replaced even when the call cannot be replayed, so the next call works.
             self._port.replace_rejected(use.token)
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
+            _log_if_failed(response)
             return
         if not _replayable(request, response):
+            _log_if_failed(response)
             return
         replay = self._port.begin_use()
         try:
-            yield _authorize(request, replay)
+            replayed = yield _authorize(request, replay)
         finally:
             replay.end()
+        _log_if_failed(replayed)
 
     # -- async -------------------------------------------------------------------------
 
@@ -147,6 +152,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         finally:
             use.end()
         if not self._rejected_here(request, response):
+            _log_if_failed(response)
             return
         rejected = use.token
         try:
@@ -158,14 +164,17 @@ class GenesysHTTPXAuth(httpx.Auth):
             )
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
+            _log_if_failed(response)
             return
         if not _replayable(request, response):
+            _log_if_failed(response)
             return
         replay = self._port.try_begin_use() or await self._begin_use_async()
         try:
-            yield _authorize(request, replay)
+            replayed = yield _authorize(request, replay)
         finally:
             replay.end()
+        _log_if_failed(replayed)
 
     async def _begin_use_async(self) -> InFlight:
         """The slow path: a token is fetched off the loop, once for all its coroutines."""
@@ -188,6 +197,16 @@ class GenesysHTTPXAuth(httpx.Auth):
 
     def __repr__(self) -> str:
         return f"GenesysHTTPXAuth({self._manager!r})"
+
+
+def _log_if_failed(response: httpx.Response) -> None:
+    log_failed_call(
+        log,
+        response.request.method,
+        str(response.request.url),
+        response.status_code,
+        response.headers.get(CORRELATION_HEADER),
+    )
 
 
 def _replayable(request: httpx.Request, response: httpx.Response) -> bool:

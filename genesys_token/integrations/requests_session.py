@@ -14,6 +14,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from ..http.connections import LoopbackDirectAdapter
+from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..http.retry_policy import FULL_JITTER, Backoff
 from .requests_auth import GenesysAuth
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from ..manager import TokenManager
 
 log = logging.getLogger("genesys_token.integrations.requests_session")
+
+_LOGGED = "genesys_token_failure_logged"
 
 #: ``(connect, read)`` seconds: connect slightly above a multiple of 3 s (TCP's retransmit
 #: window); a read long enough for Genesys' slower queries (analytics, exports).
@@ -164,7 +167,19 @@ class ApiSession(requests.Session):
         # requests passes timeout=None when the caller gave none, redirects included.
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        return super().send(request, **kwargs)
+        response = super().send(request, **kwargs)
+        # send() runs again for each redirect hop and returns the last hop's answer here
+        # too: the mark logs each answer once.
+        if not getattr(response, _LOGGED, False):
+            setattr(response, _LOGGED, True)
+            log_failed_call(
+                log,
+                response.request.method or "?",
+                response.request.url or "",
+                response.status_code,
+                response.headers.get(CORRELATION_HEADER),
+            )
+        return response
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"

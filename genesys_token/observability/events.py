@@ -234,12 +234,14 @@ def _audit(record: Record) -> None:
     level = logging.WARNING if event_type in _WARNING_EVENTS else logging.INFO
     if not audit_log.isEnabledFor(level):
         return
+    # Absent fields are left out of the text: "fingerprint=None" reads like a value.
+    shown = [("client_id", record["client_id"]), ("fingerprint", record["token_fingerprint"])]
+    present = [(name, value) for name, value in shown if value is not None]
     audit_log.log(
         level,
-        "%s client_id=%s fingerprint=%s",
+        "%s" + "".join(f" {name}=%s" for name, _ in present),
         event_type,
-        record["client_id"],
-        record["token_fingerprint"],
+        *(value for _, value in present),
         extra={
             "event_id": record["event_id"],
             "event_type": event_type,

@@ -114,6 +114,10 @@ class Reporter:
                 "status": getattr(error, "status", None),
                 "attempts": attempts,
                 "token_still_valid": current is not None and current.usable(now),
+                # Where and why; quote correlation_id to Genesys support.
+                "host": getattr(error, "host", None) or None,
+                "cause": getattr(error, "cause", None),
+                "correlation_id": getattr(error, "correlation_id", None),
             },
         )
 

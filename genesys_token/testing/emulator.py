@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from genesys_token.http.failures import CORRELATION_HEADER
 from genesys_token.testing._handler import EmulatorHTTPServer, Reply, Request
 from genesys_token.testing._jwt import SigningKey
 from genesys_token.testing._wire import (
@@ -50,7 +51,13 @@ from genesys_token.testing._wire import (
     url_host,
 )
 
-__all__ = ["ApiRequestRecord", "Fault", "GenesysEmulator", "TokenRequestRecord"]
+__all__ = [
+    "CORRELATION_HEADER",
+    "ApiRequestRecord",
+    "Fault",
+    "GenesysEmulator",
+    "TokenRequestRecord",
+]
 
 
 class TokenRequestRecord(NamedTuple):
@@ -62,6 +69,8 @@ class TokenRequestRecord(NamedTuple):
     scope: str | None
     grant_type: str | None
     auth_method: AuthMethod | None
+    correlation_id: str | None = None
+    """The ``ININ-Correlation-Id`` sent back (``None`` when no answer was sent)."""
 
 
 class ApiRequestRecord(NamedTuple):
@@ -71,6 +80,8 @@ class ApiRequestRecord(NamedTuple):
     path: str
     status: int
     token_used: str | None
+    correlation_id: str | None = None
+    """The ``ININ-Correlation-Id`` sent back (``None`` when no answer was sent)."""
 
 
 @dataclass
@@ -485,14 +496,28 @@ class GenesysEmulator:
             fault = self._take_fault(path, None if call is None else call.client_id)
         reply = self._answer(request, call, bearer, fault)
         status = 0 if reply is None else reply.status
+        correlation_id: str | None = None
+        if reply is not None:
+            # Genesys tags every answer so support can find the call in its logs.
+            correlation_id = str(uuid.uuid4())
+            reply.headers.setdefault(CORRELATION_HEADER, correlation_id)
+            correlation_id = reply.headers[CORRELATION_HEADER]
         with self._lock:
             if call is not None:
                 record = TokenRequestRecord(
-                    received, call.client_id, status, call.scope, call.grant_type, call.auth_method
+                    received,
+                    call.client_id,
+                    status,
+                    call.scope,
+                    call.grant_type,
+                    call.auth_method,
+                    correlation_id,
                 )
                 self._token_log.append(record)
             elif path != JWKS_PATH:
-                self._api_log.append(ApiRequestRecord(request.method, path, status, bearer))
+                self._api_log.append(
+                    ApiRequestRecord(request.method, path, status, bearer, correlation_id)
+                )
         return reply
 
     def _answer(
