@@ -8,7 +8,6 @@ the single flight's (``_flight``), which runs one acquisition at a time.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
@@ -29,7 +28,15 @@ from .clock import Clock
 from .rejections import RejectedCredentials, RejectedTokens
 from .schedule import Cell
 from .scheduler import Job, scheduler
-from .single_flight import Acquire, AnyValid, FetchedAfter, Flight, NotDue, SingleFlight
+from .single_flight import (
+    Acquire,
+    AnyValid,
+    FetchedAfter,
+    Flight,
+    NotDue,
+    SingleFlight,
+    copied_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +70,6 @@ def check_timeout(value: object, name: str) -> float:
     if not seconds >= 0:  # NaN too
         raise ConfigurationError(f"{name} must be a number >= 0 or None", field=name)
     return seconds
-
-
-def _copy(error: GenesysTokenError) -> GenesysTokenError:
-    """A copy per caller: one exception object raised in many threads shares a traceback."""
-    try:
-        duplicate = copy.copy(error)
-    except Exception:  # noqa: BLE001 - an exception that cannot be copied is raised as is
-        return error
-    return duplicate.with_traceback(None)
 
 
 class Refresher:
@@ -155,7 +153,7 @@ class Refresher:
             return  # the credentials cool-down decides (it knows when the secret changes)
         if error is not None and retry_at is not None and now < retry_at:
             self._reporter.metrics.incr("rejected_calls")
-            raise _copy(error)
+            raise copied_error(error)
 
     def due_nowait(self, cell: Cell, now: float) -> bool:
         """For a caller that must not block: get a due refresh going. False when the token

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..errors import (
     GenesysTokenError,
@@ -44,6 +44,8 @@ from ..errors import (
 )
 from ..settings import Config, Credentials
 from .schedule import Cell
+
+_E = TypeVar("_E", bound=BaseException)
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +328,7 @@ class SingleFlight:
                     # endpoint that re-issues the rejected token, or tokens that arrive
                     # already due, must not turn one call into a stream of requests).
                     if flight.error is not None:
-                        raise _copy(flight.error)
+                        raise copied_error(flight.error)
                     got = flight.cell
                     if (
                         isinstance(want, Replacing)
@@ -380,8 +382,9 @@ class SingleFlight:
                 target=self._run, args=(flight, cell), name=self._name, daemon=True
             ).start()
         except RuntimeError as exc:  # "can't start new thread": a pids or memory limit
-            self._fail(flight, TokenRequestError(f"could not start a token request ({exc})"))
-            raise _copy(flight.error) from None  # type: ignore[arg-type]
+            failure = TokenRequestError(f"could not start a token request ({exc})")
+            self._fail(flight, failure)
+            raise copied_error(flight.error or failure) from None
 
     def _begin(self, want: Want, cell: Cell | None, reason: str) -> Flight:
         self.generation = next(self._generations)
@@ -500,8 +503,9 @@ class SingleFlight:
         return True
 
 
-def _copy(error: BaseException) -> BaseException:
-    """A copy per waiter: one exception object raised in many threads shares a traceback."""
+def copied_error(error: _E) -> _E:
+    """A copy per caller: one exception object raised in many threads shares a traceback
+    (each raise appends to it). An exception that cannot be copied is raised as is."""
     try:
         duplicate = copy.copy(error)
     except Exception:  # noqa: BLE001 - an exception that cannot be copied is raised as is
