@@ -203,7 +203,7 @@ class TokenManager:
         self._gate = UseGate()
         self._rotate_lock = threading.Lock()
         self._transport = TokenEndpoint(
-            config, clock=clock, on_retry=self._on_retry, session=session
+            config, clock=clock, on_retry=_counter(reporter, "retries"), session=session
         )
         rejected = RejectedCredentials(clock.monotonic, clock.random)
         self._store: TokenStore = store if store is not None else MemoryStore()
@@ -438,9 +438,6 @@ class TokenManager:
         """Run by a scheduler worker at the planned refresh point."""
         self._refresher.scheduled()
 
-    def _on_retry(self, notice: RetryNotice) -> None:
-        self._reporter.metrics.incr("retries")
-
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -503,3 +500,13 @@ def adapter_port(manager: TokenManager) -> AdapterPort:
     """What the adapters (GenesysAuth, the httpx auths, the SDK bridge) need of
     ``manager`` beyond its public API: counted uses and a 401's replacement (internal)."""
     return manager._port
+
+
+def _counter(reporter: Reporter, name: str) -> Callable[[RetryNotice], None]:
+    """A retry callback that counts; it holds the reporter, never the manager (the parts
+    must not keep a manager dropped without close() alive: see :func:`adapter_port`)."""
+
+    def count(notice: RetryNotice) -> None:
+        reporter.metrics.incr(name)
+
+    return count

@@ -8,9 +8,11 @@ a hook in the fetch path) instead of hoping a stress loop hits it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from conftest import (
     MakeManager,
     eventually,
     in_background,
+    join_fetch_threads,
     poll,
     read_child,
     run_scheduled,
@@ -30,6 +33,7 @@ from conftest import (
 from genesys_token import (
     InvalidClientError,
     ManagerClosedError,
+    TokenManager,
     TokenRequestError,
     TokenTimeoutError,
 )
@@ -455,3 +459,19 @@ def test_a_store_that_raises_anything_degrades_to_the_network(make_manager: Make
     assert manager.get_token()
     assert manager.metrics()["store_errors"] >= 3
     assert manager.refresh(force=True)
+
+
+def test_a_held_adapter_port_does_not_keep_its_manager_alive(emulator: GenesysEmulator):
+    # An adapter of the user's own may keep only the port: a manager dropped without
+    # close() must still be collected (and its refresh stop), as without the port.
+    manager = TokenManager(emulator.client_id, emulator.client_secret, token_url=emulator.token_url)
+    manager.get_token()
+    port = adapter_port(manager)
+    collected = weakref.ref(manager)
+    del manager
+    join_fetch_threads()
+    gc.collect()
+    assert collected() is None
+    use = port.try_begin_use()  # the port itself still works on its parts
+    assert use is not None
+    use.end()
