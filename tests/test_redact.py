@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import os
 import socket
 import tempfile
@@ -37,7 +38,7 @@ def test_credential_shapes_are_redacted(text: str, leak: str) -> None:
     assert REDACTED in out
 
 
-def test_known_values_are_redacted_as_whole_tokens() -> None:
+def test_known_values_are_redacted_whole_longest_first() -> None:
     out = redact("bad: pw1pw1pw1 (expected pw1pw1pw12)", known=["pw1pw1pw1", "pw1pw1pw12"])
     assert out == f"bad: {REDACTED} (expected {REDACTED})"
 
@@ -54,6 +55,34 @@ def test_empty_known_values_are_ignored() -> None:
 def test_uuids_and_ordinary_text_are_kept() -> None:
     text = 'contextId "0f8fad5b-d9cb-469f-a165-70867728950e": token_type bearer, expires_in 3600'
     assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v2/users/3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21",
+        "/api/v2/conversations/calls/3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21"
+        "/participants/c0ffee00-1234-4abc-8def-0123456789ab",
+        "/api/v2/users/3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21/presences/purecloud",
+    ],
+)
+def test_uuids_inside_a_path_are_kept(path: str) -> None:
+    assert redact(f"GET {path} failed") == f"GET {path} failed"
+
+
+@pytest.mark.parametrize(
+    "glued",
+    [
+        "/api/v2/users/3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21" + "Zx9Qw8Er7Ty6Ui5Op4As3",
+        "/api/v2/users/3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21/" + "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1",
+        "/api/v2/users/Zx9Qw8Er7Ty6Ui5Op4As3-3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21",
+        # Not a UUID piece: no UUID is cut out of a longer run (what is left is short).
+        "/api/v2/users/3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21f00d1",
+        "/api/v2/users/f00d1-3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21",
+    ],
+)
+def test_a_uuid_in_a_path_spares_no_random_run_next_to_it(glued: str) -> None:
+    assert redact(glued) == REDACTED
 
 
 def test_base64_run_glued_to_uuid_is_still_redacted() -> None:
@@ -152,7 +181,7 @@ def test_short_values_under_repr_or_camelcase_keys_are_redacted(text: str):
     assert value not in redact(text)
 
 
-# -- known secrets only as whole tokens, long runs only when not made of words -------------
+# -- known secrets wherever they occur, long runs only when not made of words -------------
 
 PROSE = "credentials rejected by Genesys: authentication failed"
 
@@ -164,8 +193,38 @@ def test_a_short_known_secret_never_mangles_prose(secret: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["id abcdefgh12345678", "id 12345678abcdefgh"])
-def test_a_known_secret_inside_a_longer_run_is_not_cut_out_of_it(text: str) -> None:
-    assert redact(text, known=["abcdefgh"]) == text
+def test_a_known_secret_inside_a_longer_run_is_still_redacted(text: str) -> None:
+    # The safe side: a run holding the secret may be the secret glued to anything.
+    out = redact(text, known=["abcdefgh"])
+    assert "abcdefgh" not in out and REDACTED in out
+
+
+WORDLIKE = "Correct-Horse-Battery-Staple-Genesys-Secret"  # 43 characters, made of words
+
+
+@pytest.mark.parametrize(
+    ("secret", "around"),
+    [
+        ("emulator-secret", "https://login.example/x?cs={}&a=1"),
+        ("emulator-secret", "credentials={}"),
+        ("emulator-secret", "secret_{}"),
+        ("emulator-secret", "{}=="),
+        (WORDLIKE, "see /oauth/clients/{}"),
+        (WORDLIKE, "?cs={}"),
+    ],
+)
+def test_a_known_secret_glued_to_token_characters_is_redacted(secret: str, around: str) -> None:
+    assert secret not in redact(around.format(secret), known=[secret])
+    assert secret not in excerpt(around.format(secret), known=[secret])
+
+
+def test_a_known_secret_is_redacted_in_its_json_escaped_form() -> None:
+    secret = "Ab3dEfGh1jKlMnOpQrSt/UvWxYz0123456789abcdEF="
+    body = json.dumps({"message": f"bad secret {secret}"}).replace("/", "\\/")
+    escaped = secret.replace("/", "\\/")
+    assert escaped in body
+    assert escaped not in redact(body, known=[secret])
+    assert escaped not in excerpt(body, known=[secret])
 
 
 def test_a_known_secret_ending_in_punctuation_is_redacted_before_any_character() -> None:

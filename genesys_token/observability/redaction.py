@@ -19,21 +19,18 @@ REDACTED = "[REDACTED]"
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 _RUN_CHARS = r"A-Za-z0-9_\-+/"
 
-#: Characters a Genesys secret or token (base64, base64url, JWT) is made of, bar the dot:
-#: a known value is replaced only where it is not glued to more of them.
-_TOKEN_CHARS = r"A-Za-z0-9_\-+/=~"
 #: The shortest known value searched for in text. Genesys client secrets are 43 characters
 #: and tokens about 100; below 8 a value is as likely a word (``Genesys`` has 7) as a secret.
 #: Shorter secrets are caught structurally only (Basic header, ``client_secret=`` keys).
+#: Values of this length or more are replaced wherever they occur, even glued to other
+#: characters (``?cs=<secret>&a=1``, ``secret_<secret>``, ``/clients/<secret>``).
 MIN_KNOWN = 8
 
 
-def _whole(value: str) -> re.Pattern[str]:
-    """A pattern for ``value`` as a whole token: not preceded or followed by token characters."""
-    token = re.compile(f"[{_TOKEN_CHARS}]")
-    before = f"(?<![{_TOKEN_CHARS}])" if token.match(value[0]) else ""
-    after = f"(?![{_TOKEN_CHARS}])" if token.match(value[-1]) else ""
-    return re.compile(before + re.escape(value) + after)
+def _forms(value: str) -> tuple[str, ...]:
+    """``value`` and its JSON-escaped form (``/`` written ``\\/``), as a body may echo it."""
+    escaped = value.replace("/", "\\/")
+    return (value, escaped) if escaped != value else (value,)
 
 
 #: One piece of a run between separators, and a piece made of a word (``SECRET``, ``cache``,
@@ -42,6 +39,9 @@ _PIECE = re.compile(r"[^_\-+/=]+")
 _WORDISH = re.compile(r"(?:[A-Z]+|[A-Z]?[a-z]+)(?:[A-Z][a-z]{2,})*[A-Z]*")
 #: A short piece: at most 8 characters, or a temporary name (``tmpifwe3z2i``, lower case).
 _SHORT = re.compile(r".{1,8}|tmp[a-z0-9]{1,9}")
+#: A UUID standing as a piece of a path (``/api/v2/users/<uuid>``): an identifier, left out of
+#: the judgement of its run. Bounded so no UUID is cut out of a longer run of characters.
+_UUID_PIECE = re.compile(rf"(?<![A-Za-z0-9_\-]){_UUID}(?![A-Za-z0-9_\-])")
 
 
 def _redact_run(match: re.Match[str]) -> str:
@@ -49,14 +49,15 @@ def _redact_run(match: re.Match[str]) -> str:
 
     Spared: no ``+`` (base64, not identifiers), every piece a word or short (<= 8 like
     ``tmpk3j`` or ``9x2a``, or a temporary name like ``tmpifwe3z2i``), and words making at
-    least half of its letters. Random runs have long pieces mixing case and digits: of
-    50,000 random base64url runs each of 32, 43, 64 and 100 characters, 6 of the 32-long
-    pass and none longer (Genesys secrets are 43); no base64 or hex run passes.
+    least half of its letters. UUIDs between separators (``/api/v2/users/<uuid>``) are
+    identifiers and are left out of the judgement. Random runs have long pieces mixing case
+    and digits: of 50,000 random base64url runs each of 32, 43, 64 and 100 characters, 6 of
+    the 32-long pass and none longer (Genesys secrets are 43); no base64 or hex run passes.
     """
     if "+" in match[0]:
         return REDACTED
     # A piece over 64 characters is no word, and is never matched (bounded regex work).
-    pieces = _PIECE.findall(match[0])
+    pieces = _PIECE.findall(_UUID_PIECE.sub("/", match[0]))
     if any(len(p) > 64 for p in pieces):
         return REDACTED
     words = sum(len(p) for p in pieces if _WORDISH.fullmatch(p))
@@ -109,15 +110,16 @@ def redact(text: str, known: Iterable[str] = ()) -> str:
     Args:
         text: Any text that may carry a credential.
         known: Exact values to remove (secrets, tokens), longest first so that a value
-            containing another is removed whole. Only values of at least :data:`MIN_KNOWN`
-            characters, and only as whole tokens (not inside a longer run of token
-            characters): a one-letter secret must not eat every ``e`` of the prose.
+            containing another is removed whole, each also in its JSON-escaped form. Only
+            values of at least :data:`MIN_KNOWN` characters (a one-letter secret must not eat
+            every ``e`` of the prose), wherever they occur, glued to other characters too.
 
     Returns:
         The text with every match replaced.
     """
-    for value in sorted({v for v in known if len(v) >= MIN_KNOWN}, key=len, reverse=True):
-        text = _whole(value).sub(REDACTED, text)
+    values = {form for v in known if len(v) >= MIN_KNOWN for form in _forms(v)}
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
     text = _KEY_VALUE.sub(_redact_value, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
@@ -135,7 +137,7 @@ def excerpt(value: bytes | str, limit: int = 200, known: Iterable[str] = ()) -> 
     Returns:
         At most ``limit`` printable characters (plus ``...``), credentials replaced.
     """
-    known = tuple(k for k in known if k)
+    known = tuple(form for k in known if k for form in _forms(k))
     # Only a margin past the limit is redacted (bodies can be large), and redaction may
     # shrink the text, so what sat at the cut can move into view: a credential cut there
     # is no longer whole, and no pattern recognises half of one. Drop the cut-off tail.
