@@ -302,6 +302,33 @@ def test_failed_call_logs_its_correlation_id_once_without_query_or_token(
     assert manager.token.access_token not in caplog.text
 
 
+def test_failed_call_on_a_path_holding_uuids_is_logged_readable(
+    emulator: GenesysEmulator, session: ApiSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review api_path_uuid: the long-run rule took the whole path for a token.
+    path = "/api/v2/users/3f1c2b7e-8a4d-4c1e-9b2f-0e6d5a4c3b21/presences/purecloud"
+    with caplog.at_level(logging.INFO, logger="genesys_token.integrations"):
+        assert session.get(path).status_code == 404
+    (record,) = [r for r in caplog.records if r.name.startswith("genesys_token.integrations")]
+    assert f"API call GET 127.0.0.1:{emulator.port}{path} failed: HTTP 404" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "value", ["abc status=200 host=x) ok", "a b=c", "Bearer-" + "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0L"]
+)
+def test_failed_call_leaves_out_a_malformed_correlation_id(
+    emulator: GenesysEmulator, session: ApiSession, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    emulator.inject(Fault(status=500, headers={"ININ-Correlation-Id": value}), path=ORG_PATH)
+    with caplog.at_level(logging.INFO, logger="genesys_token.integrations"):
+        assert session.get(ORG_PATH).status_code == 500
+    (record,) = [r for r in caplog.records if r.name.startswith("genesys_token.integrations")]
+    assert record.getMessage() == (
+        f"API call GET 127.0.0.1:{emulator.port}{ORG_PATH} failed: HTTP 500"
+    )
+    assert record.correlation_id is None
+
+
 def test_failed_call_after_a_redirect_is_logged_once(
     emulator: GenesysEmulator, session: ApiSession, caplog: pytest.LogCaptureFixture
 ) -> None:

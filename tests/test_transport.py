@@ -726,6 +726,55 @@ def test_genesys_error_body_gives_code_host_and_correlation_id(
     )
 
 
+@pytest.mark.parametrize("shape", ["{}", "id-{}:1"])
+def test_a_correlation_id_holding_the_client_secret_is_dropped(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    caplog: pytest.LogCaptureFixture,
+    shape: str,
+) -> None:
+    # A hostile token endpoint echoes the secret in ININ-Correlation-Id: it must reach no
+    # error, event or log line (review: correlation_echo).
+    secret = emulator.client_secret
+    emulator.inject(
+        Fault(status=503, headers={"ININ-Correlation-Id": shape.format(secret)}), times=None
+    )
+    manager = make_manager(max_retries=0, background_refresh=False)
+    records: list[dict[str, Any]] = []
+    manager.on("*", records.append)
+    with caplog.at_level(logging.DEBUG, logger="genesys_token"):
+        with pytest.raises(TokenRequestError) as caught:
+            manager.get_token(timeout=5)
+        eventually(lambda: any(r["event_type"] == "TOKEN_REFRESH_FAILURE" for r in records))
+    error = caught.value
+    assert error.correlation_id is None
+    assert secret not in str(error) + repr(error)
+    assert secret not in repr(records)
+    assert secret not in caplog.text
+    assert all(getattr(r, "correlation_id", None) is None for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a b=c",
+        "abc status=200 host=login.mypurecloud.com) ok",
+        "abc\x1b[31m",
+        "caf\u00e9-1",
+        "A" * 65,
+    ],
+)
+def test_a_malformed_correlation_id_is_treated_as_absent(
+    emulator: GenesysEmulator, build: Build, value: str
+) -> None:
+    endpoint, credentials = build()
+    emulator.inject(Fault(status=503, headers={"ININ-Correlation-Id": value}))
+    with pytest.raises(TokenRequestError) as caught:
+        endpoint.fetch(credentials)
+    assert caught.value.correlation_id is None
+    assert "correlation id" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("url", "host"),
     [

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import requests
@@ -21,10 +22,14 @@ import urllib3
 
 from ..observability.redaction import excerpt
 
-__all__ = ["CORRELATION_HEADER", "cause_of", "host_of", "log_failed_call"]
+__all__ = ["CORRELATION_HEADER", "cause_of", "correlation_id_of", "host_of", "log_failed_call"]
 
 CORRELATION_HEADER = "ININ-Correlation-Id"
 """The header Genesys tags every answer with; support asks for it."""
+
+#: What a correlation id may be made of (Genesys sends a UUID): anything else in the header
+#: could forge log fields (``abc status=200 host=x``) or carry an echoed secret.
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MAX_LINKS = 32
@@ -58,6 +63,30 @@ def host_of(url: str) -> str:
     if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):
         return f"{host}:{port}"
     return host
+
+
+def correlation_id_of(
+    value: str | None, redact: Callable[[str], str] = lambda text: excerpt(text, 64)
+) -> str | None:
+    """An answer's ``ININ-Correlation-Id``, kept only when it is safe to show.
+
+    The header comes from the answering server, so it is untrusted: it is kept only if it
+    is 1 to 64 characters of ``[A-Za-z0-9._:-]`` and ``redact`` leaves it unchanged (no known
+    secret, nothing looking like a credential in it); otherwise it counts as absent.
+
+    Args:
+        value: The header's value, if any.
+        redact: The redaction to pass (a token request's passes the known secrets).
+
+    Returns:
+        The id, stripped, or ``None``.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not _CORRELATION_ID.fullmatch(value) or redact(value) != value:
+        return None
+    return value
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -145,7 +174,8 @@ def log_failed_call(
         method: The request method.
         url: The request URL (its userinfo and query are left out).
         status: The answer's HTTP status.
-        correlation_id: The answer's ``ININ-Correlation-Id``, if any.
+        correlation_id: The answer's ``ININ-Correlation-Id``, if any; left out unless
+            :func:`correlation_id_of` keeps it.
     """
     if status < 400:
         return
@@ -153,7 +183,7 @@ def log_failed_call(
         path = urlsplit(url).path or "/"
     except ValueError:
         path = "?"
-    shown = excerpt(correlation_id.strip(), 64) if correlation_id else None
+    shown = correlation_id_of(correlation_id)
     logger.warning(
         "API call %s %s%s failed: HTTP %d" + (" (correlation id %s)" if shown else ""),
         method.upper(),

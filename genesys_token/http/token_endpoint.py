@@ -60,7 +60,7 @@ from .answers import (
 )
 from .basic_auth import BasicAuth, basic_value
 from .connections import attempt_bound, deadline, no_proxy_for, shared_session, status_of
-from .failures import CORRELATION_HEADER, cause_of, host_of
+from .failures import CORRELATION_HEADER, cause_of, correlation_id_of, host_of
 from .retry_policy import FULL_JITTER, Backoff, RetryPolicy
 
 __all__ = [
@@ -261,7 +261,7 @@ class TokenEndpoint:
         sent_monotonic = self._clock.monotonic()
         sent_wall = self._clock.time()
         host = host_of(self._settings.token_url)
-        status, retry_after, body, problem, correlation_id = self._post(auth, host)
+        status, retry_after, body, problem, correlation_id = self._post(auth, host, known)
         if 200 <= status < 300:
             if problem is not None:
                 raise InvalidTokenResponseError(
@@ -287,7 +287,7 @@ class TokenEndpoint:
         raise error
 
     def _post(
-        self, auth: BasicAuth, host: str
+        self, auth: BasicAuth, host: str, known: KnownSecrets
     ) -> tuple[int, float | None, bytes, str | None, str | None]:
         """POST the grant; returns status, ``Retry-After`` seconds, body, a read problem and
         the ``ININ-Correlation-Id`` of the answer.
@@ -320,7 +320,7 @@ class TokenEndpoint:
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self._clock.time()
                 )
-                correlation_id = _correlation_id(response)
+                correlation_id = _correlation_id(response, known)
                 body, problem = self._read_capped(response, host, correlation_id)
                 return response.status_code, retry_after, body, problem, correlation_id
         except requests.exceptions.RequestException as exc:
@@ -444,10 +444,12 @@ def _no_answer(exc: requests.exceptions.RequestException, host: str) -> TokenReq
     return TokenRequestError(f"token request to {host} failed: {cause} ({kind})", host=host)
 
 
-def _correlation_id(response: requests.Response) -> str | None:
-    """The answer's ``ININ-Correlation-Id``, cut to a sane length; ``None`` when absent."""
-    value = response.headers.get(CORRELATION_HEADER, "").strip()
-    return excerpt(value, 64) if value else None
+def _correlation_id(response: requests.Response, known: KnownSecrets) -> str | None:
+    """The answer's ``ININ-Correlation-Id``; ``None`` when absent, malformed or holding a
+    known secret (a hostile endpoint may echo the client secret there)."""
+    return correlation_id_of(
+        response.headers.get(CORRELATION_HEADER), lambda text: known.excerpt(text, 64)
+    )
 
 
 def _content_length(response: requests.Response) -> int | None:
