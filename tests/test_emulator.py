@@ -27,7 +27,7 @@ import requests
 from conftest import eventually
 
 import genesys_token.testing as testing_package
-from genesys_token.testing import Fault, GenesysEmulator, TokenRequestRecord
+from genesys_token.testing import Fault, GenesysEmulator, TokenRequestRecord, _cli
 from genesys_token.testing._cli import RequestPrinter, run
 from genesys_token.testing._wire import url_host
 
@@ -896,6 +896,42 @@ def test_the_emulator_command_stops_on_sigterm_with_a_stdout_nobody_reads() -> N
         assert process.stderr is not None
         process.stderr.close()
         os.close(read_end)
+
+
+class _StuckStream(io.StringIO):
+    """A stream whose writes wait for ``gate``, as a pipe nobody reads does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        assert self.gate.wait(5)
+        return super().write(text)
+
+
+def test_request_lines_beyond_the_bound_are_dropped_and_counted_never_blocking(
+    emu: GenesysEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_cli, "LINE_QUEUE_SIZE", 3)
+    for _ in range(10):
+        grant(emu)
+    out = _StuckStream()
+    printer = RequestPrinter(emu, out)
+    started = time.monotonic()
+    printer.poll()  # 3 lines queued, 7 dropped; the writer takes the 3 and is stuck
+    assert out.entered.wait(5)
+    printer.finish(0.2)
+    assert time.monotonic() - started < 1.5
+    out.gate.set()
+    eventually(lambda: "summary" in out.getvalue())
+    assert out.getvalue().splitlines() == [
+        *["POST /oauth/token 200 client=emulator-client"] * 3,
+        "summary: 10 token requests, 0 API calls, 0 answered 401, 0 answered 429,"
+        " 7 request lines not printed (stdout was not read)",
+    ]
 
 
 def test_request_lines_print_a_hostile_client_id_escaped(emu: GenesysEmulator) -> None:
