@@ -53,6 +53,8 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as shells report a Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 ENV_TOKEN_CACHE = "GENESYSCLOUD_TOKEN_CACHE"
 AUDIT_LOGGER = "genesys_token.audit"
+#: The largest ``--timeout`` (a day): larger values overflow the SIGALRM timer.
+MAX_TIMEOUT = 86400.0
 #: Values of GENESYSCLOUD_TOKEN_CACHE that turn the file cache off.
 CACHE_OFF = frozenset({"off", "none", "no", "false", "0"})
 
@@ -128,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                 type=_seconds,
                 default=None,
                 metavar="SECONDS",
-                help="give up (exit 4) when the whole command takes longer than this"
-                " (default: no bound beyond the library's retry deadline)",
+                help="give up (exit 4) when the whole command takes longer than this, at most"
+                f" {MAX_TIMEOUT:g} (default: no bound beyond the library's retry deadline)",
             )
     emulator = commands.add_parser(
         "emulator",
@@ -283,8 +285,11 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    # Bounded: setitimer overflows on 1e10 (and a command bound beyond a day means none).
+    if not 0 < value <= MAX_TIMEOUT:  # also rejects nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0 and <= {MAX_TIMEOUT:g}, got {text!r}"
+        )
     return value
 
 
@@ -322,8 +327,9 @@ def _bounded(seconds: float | None) -> Iterator[None]:
         raise Stopped(f"timed out: no answer within --timeout {seconds:g}s", EXIT_UNAVAILABLE)
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
+        # Inside the try: a timer refused (an out-of-range value) still restores the handler.
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -375,8 +381,10 @@ def _stdout_closed() -> int:
 def _fail(message: str, code: int, stream: TextIO | None = None) -> int:
     """Print one redacted line to stderr and return ``code``."""
     text = redact(" ".join(message.split()))
-    secret = os.environ.get(ENV_CLIENT_SECRET, "")
-    if secret:
+    raw = os.environ.get(ENV_CLIENT_SECRET, "")
+    # The raw value and the stripped one, which is what the library sends and so what a
+    # server may echo back.
+    for secret in sorted({raw, raw.strip()} - {""}, key=len, reverse=True):
         text = text.replace(secret, "[REDACTED]")
     print(f"genesys-token: error: {text}", file=stream or sys.stderr)
     return code

@@ -338,6 +338,18 @@ def test_error_lines_redact_the_secret_and_tokens(
     assert err.count("\n") == 1
 
 
+def test_error_lines_redact_the_secret_stripped_as_it_was_sent(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The library strips the environment's secret before use, so a server echoing what it
+    # was sent echoes the stripped value, which the raw one (with its space) does not match.
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", " an-env-secret\t")
+    assert cli._fail("correlation id an-env-secret", 4) == 4
+    err = capsys.readouterr().err
+    assert "an-env-secret" not in err
+    assert err == "genesys-token: error: correlation id [REDACTED]\n"
+
+
 # -- inspect and check ---------------------------------------------------------------------
 
 
@@ -640,7 +652,36 @@ def test_timeout_must_be_a_positive_number() -> None:
         timeout=PROCESS_TIMEOUT,
     )
     assert result.returncode == 2
-    assert "expected a number of seconds > 0, got 'soon'" in result.stderr
+    assert "expected a number of seconds > 0 and <= 86400, got 'soon'" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["1e10", "86400.5", "inf", "nan", "0"])
+def test_timeout_beyond_a_day_is_a_usage_error_not_a_traceback(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 1e10 passed the parser and overflowed setitimer: a traceback and exit 1.
+    handler = signal.getsignal(signal.SIGALRM)
+    assert cli.main(["token", "--timeout", value]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"genesys-token: error: argument --timeout: expected a number of seconds > 0 and"
+        f" <= 86400, got '{value}'"
+    ) in err
+    assert "Traceback" not in err
+    assert signal.getsignal(signal.SIGALRM) is handler
+
+
+def test_timeout_of_a_day_is_accepted() -> None:
+    args = cli.build_parser().parse_args(["token", "--timeout", "86400"])
+    assert args.timeout == 86400.0
+
+
+def test_a_timer_that_cannot_be_set_still_restores_the_alarm_handler() -> None:
+    handler = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(OverflowError), cli._bounded(1e10):
+        pass  # pragma: no cover - setitimer refuses the value first
+    assert signal.getsignal(signal.SIGALRM) is handler
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import io
+import os
 import runpy
 import signal
 import socket
@@ -25,8 +27,8 @@ import requests
 from conftest import eventually
 
 import genesys_token.testing as testing_package
-from genesys_token.testing import Fault, GenesysEmulator, TokenRequestRecord
-from genesys_token.testing._cli import run
+from genesys_token.testing import Fault, GenesysEmulator, TokenRequestRecord, _cli
+from genesys_token.testing._cli import RequestPrinter, run
 from genesys_token.testing._wire import url_host
 
 GRANT = {"grant_type": "client_credentials"}
@@ -855,6 +857,94 @@ def test_the_emulator_command_is_quiet_with_q() -> None:
     assert process.returncode == 0, err
     assert out.splitlines() == [
         "summary: 1 token requests, 0 API calls, 0 answered 401, 0 answered 429"
+    ]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="F_SETPIPE_SZ is Linux's")
+def test_the_emulator_command_stops_on_sigterm_with_a_stdout_nobody_reads() -> None:
+    # A request line per request: once the pipe is full, a command printing from its main
+    # thread blocks in print() for good, and SIGTERM (which only sets an event) never ends it.
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: full after ~90 lines, not ~1400
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genesys_token.testing", "--port", "0"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    try:
+        head = b""
+        while b"GENESYSCLOUD_API_URL" not in head or not head.endswith(b"\n"):
+            chunk = os.read(read_end, 4096)
+            assert chunk, head
+            head += chunk
+        token_url = head.split(b"GENESYSCLOUD_TOKEN_URL=")[1].split(b"\n")[0].decode()
+        with requests.Session() as session:  # nobody reads stdout from here on
+            for _ in range(300):
+                session.post(token_url, data=GRANT, auth=("emulator-client", "x"), timeout=5)
+        time.sleep(0.5)  # a poll or two: the lines are queued (or dropped), stdout is full
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert process.wait(5) == 0
+        assert time.monotonic() - started < 3
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+        os.close(read_end)
+
+
+class _StuckStream(io.StringIO):
+    """A stream whose writes wait for ``gate``, as a pipe nobody reads does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        assert self.gate.wait(5)
+        return super().write(text)
+
+
+def test_request_lines_beyond_the_bound_are_dropped_and_counted_never_blocking(
+    emu: GenesysEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_cli, "LINE_QUEUE_SIZE", 3)
+    for _ in range(10):
+        grant(emu)
+    out = _StuckStream()
+    printer = RequestPrinter(emu, out)
+    started = time.monotonic()
+    printer.poll()  # 3 lines queued, 7 dropped; the writer takes the 3 and is stuck
+    assert out.entered.wait(5)
+    printer.finish(0.2)
+    assert time.monotonic() - started < 1.5
+    out.gate.set()
+    eventually(lambda: "summary" in out.getvalue())
+    assert out.getvalue().splitlines() == [
+        *["POST /oauth/token 200 client=emulator-client"] * 3,
+        "summary: 10 token requests, 0 API calls, 0 answered 401, 0 answered 429,"
+        " 7 request lines not printed (stdout was not read)",
+    ]
+
+
+def test_request_lines_print_a_hostile_client_id_escaped(emu: GenesysEmulator) -> None:
+    client_id = "x\nPOST /oauth/token 200 client=forged\x1b[2J"
+    basic = base64.b64encode(f"{client_id}:pw".encode()).decode()
+    requests.post(emu.token_url, data=GRANT, headers={"Authorization": f"Basic {basic}"}, timeout=5)
+    out = io.StringIO()
+    printer = RequestPrinter(emu, out)
+    printer.poll()
+    printer.finish(5.0)
+    assert out.getvalue().splitlines() == [
+        f"POST /oauth/token 401 client={client_id!r}",
+        "summary: 1 token requests, 0 API calls, 1 answered 401, 0 answered 429",
     ]
 
 

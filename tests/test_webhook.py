@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gc
 import json
+import logging
 import os
 import socket
 import sys
@@ -536,6 +537,38 @@ def test_no_worker_thread_until_the_first_record(receiver: Receiver, make_manage
     manager.get_token()
     receiver.wait_for(1)
     assert len(_workers(before)) == 1
+
+
+def test_a_worker_that_cannot_start_leaves_records_queued_for_the_next_submit(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # Under a pids limit Thread.start raises: submit() (documented never to raise) must not,
+    # the records must wait in the queue, the next submit must start the worker, and
+    # close() must not join a thread that never started.
+    real_start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if thread.name == "genesys-token-webhook":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    sender = WebhookSender(receiver.url, on_failure=lambda data: None)
+    stuck = WebhookSender(receiver.url, on_failure=lambda data: None)
+    with caplog.at_level(logging.WARNING, logger="genesys_token.observability.webhook"):
+        sender.submit(_record(0))
+        sender.submit(_record(1))
+        stuck.submit(_record(9))
+    assert sender.pending == 2 and stuck.pending == 1
+    assert len([r for r in caplog.records if "cannot start" in r.getMessage()]) == 2
+    stuck.close()  # never started: nothing to join, the record is dropped
+    assert stuck.dropped == 1 and stuck.pending == 0
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    sender.submit(_record(2))
+    receiver.wait_for(3)
+    sender.close()
+    assert sender.delivered == 3 and sender.dropped == 0
+    assert [b["data"]["n"] for b in receiver.bodies()] == [0, 1, 2]
 
 
 def test_close_flushes_the_queue(receiver: Receiver):

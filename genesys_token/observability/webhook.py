@@ -70,6 +70,7 @@ from typing import Any
 import requests
 
 from ..core.fork import register_fork_handler
+from ..core.threads import DaemonStarter
 from ..credentials import SecretValue, checked_value, hide_text
 from ..errors import ConfigurationError
 from ..http.connections import attempt_bound, deadline, deadline_session
@@ -401,6 +402,9 @@ class WebhookSender:
         # its connection go (its own thread sees this between reads).
         self._cut = threading.Event()
         self._worker: threading.Thread | None = None
+        self._starter = DaemonStarter(
+            log, "the webhook worker thread", "records stay queued until a thread can start"
+        )
         self._session: requests.Session | None = None
 
     # -- counters -------------------------------------------------------------------------
@@ -465,10 +469,9 @@ class WebhookSender:
             self._queue.append(item)
             self._cond.notify()
             if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._run, name="genesys-token-webhook", daemon=True
-                )
-                self._worker.start()
+                # None when it cannot start (a pids limit): the record stays queued and the
+                # next submit tries again; submit() never raises.
+                self._worker = self._starter.start(self._run, "genesys-token-webhook")
 
     def close(self) -> None:
         """Deliver what is queued for at most ~2 seconds, then stop the worker. Idempotent.

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
+import os
 import shlex
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TextIO
+
+from genesys_token.core.threads import DaemonStarter
 
 if TYPE_CHECKING:
     from genesys_token.testing.emulator import ApiRequestRecord, GenesysEmulator
@@ -21,6 +26,14 @@ __all__ = ["EXIT_USAGE", "add_arguments", "build_parser", "run", "run_parsed"]
 #: Exit code for a bad option or a port that cannot be bound (as argparse uses for usage).
 EXIT_USAGE = 2
 _MAX_PORT = 65535
+#: Request lines waiting for stdout at most; beyond this they are dropped (and counted): a
+#: stdout pipe nobody reads must neither block the command nor grow its memory.
+LINE_QUEUE_SIZE = 1000
+#: How long the command waits on exit for stdout to take the summary (a full pipe nobody
+#: reads must not keep a stopped emulator running).
+SUMMARY_WAIT = 0.5
+
+log = logging.getLogger(__name__)
 
 
 def _port(text: str) -> int:
@@ -167,7 +180,7 @@ def run_parsed(
         print(f"{prog}: error: cannot start on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     event = stop_event if stop_event is not None else threading.Event()
-    requests = RequestPrinter(emulator, None if getattr(args, "quiet", False) else sys.stdout)
+    requests = RequestPrinter(emulator, sys.stdout, quiet=getattr(args, "quiet", False))
     with emulator, _stop_on_sigterm(event), contextlib.suppress(KeyboardInterrupt):
         exports = {
             "GENESYSCLOUD_OAUTHCLIENT_ID": emulator.client_id,
@@ -184,7 +197,7 @@ def run_parsed(
             event.wait(0.2)  # short waits so Ctrl-C is handled promptly everywhere
             requests.poll()
     requests.poll()
-    print(requests.summary(), flush=True)
+    requests.finish(SUMMARY_WAIT)
     return 0
 
 
@@ -201,17 +214,112 @@ def _stop_on_sigterm(event: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _printable(text: str) -> str:
+    """``text`` as is when it is printable without spaces, else its repr: a client id or a
+    path from a request must not forge lines or send terminal escapes."""
+    return text if text.isprintable() and " " not in text else repr(text)
+
+
+class _LineWriter:
+    """Writes lines to a stream from a daemon thread, so that a stdout nobody reads never
+    blocks the caller; at most :data:`LINE_QUEUE_SIZE` lines wait, newer ones are dropped.
+
+    A stream with a file descriptor is written with ``os.write``: a thread blocked in
+    ``print`` on a full pipe would hold the stream's lock, which the interpreter's exit
+    (flushing stdout) then waits for, or aborts on.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: OSError
+            self._fd = None
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._cond = threading.Condition()
+        self._lines: deque[str] = deque()
+        self._closed = False
+        self.dropped = 0
+        starter = DaemonStarter(log, "the request line writer thread", "lines are dropped")
+        self._thread = starter.start(self._run, "genesys-token-emulator-stdout")
+
+    def write(self, lines: list[str]) -> None:
+        """Queue ``lines``; those beyond the bound are dropped and counted."""
+        with self._cond:
+            for line in lines:
+                if self._thread is None or len(self._lines) >= LINE_QUEUE_SIZE:
+                    self.dropped += 1
+                else:
+                    self._lines.append(line)
+            self._cond.notify()
+
+    def close(self, last: Callable[[int], str], timeout: float) -> None:
+        """Queue ``last(dropped)`` after what waits (dropping the newest line if the queue
+        is full), then wait at most ``timeout`` seconds for the writer to write it all."""
+        with self._cond:
+            if len(self._lines) >= LINE_QUEUE_SIZE:
+                self._lines.pop()
+                self.dropped += 1
+            line = last(self.dropped)
+            self._lines.append(line)
+            self._closed = True
+            self._cond.notify()
+        if self._thread is None:
+            self._emit(line)  # no thread could start: write it here, it is one line
+        else:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._lines and not self._closed:
+                    self._cond.wait()
+                lines = list(self._lines)
+                self._lines.clear()
+                closed = self._closed
+            if lines and not self._emit("\n".join(lines)):
+                return  # stdout is gone (a closed pipe): nothing more can be written
+            if closed:
+                with self._cond:
+                    if not self._lines:
+                        return
+
+    def _emit(self, text: str) -> bool:
+        """Write ``text`` and a newline; False when the stream is gone."""
+        try:
+            if self._fd is None:
+                self._stream.write(text + "\n")
+                self._stream.flush()
+                return True
+            data = (text + "\n").encode(self._encoding, "backslashreplace")
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except (OSError, ValueError):  # a closed pipe or stream
+            return False
+        return True
+
+
 class RequestPrinter:
     """Prints one line per answered request, read from the emulator's request logs
     (polled: the emulator has no per-request hook), and the summary on exit.
 
     Token requests and API calls come from two logs, so a token request and an API call
-    answered within one poll (0.2 s) may be printed in the other order.
+    answered within one poll (0.2 s) may be printed in the other order. Lines are written
+    by a daemon thread: a stream nobody reads never blocks :meth:`poll` (lines beyond
+    :data:`LINE_QUEUE_SIZE` waiting are dropped, and the summary counts them).
+
+    Args:
+        emulator: The emulator whose requests are printed.
+        stream: Where the lines and the summary go; None prints nothing.
+        quiet: No line per request, the summary only.
     """
 
-    def __init__(self, emulator: GenesysEmulator, stream: TextIO | None) -> None:
+    def __init__(
+        self, emulator: GenesysEmulator, stream: TextIO | None, *, quiet: bool = False
+    ) -> None:
         self._emulator = emulator
-        self._stream = stream
+        self._writer = _LineWriter(stream) if stream is not None else None
+        self._quiet = quiet
         self._tokens_seen = 0
         self._api_seen = 0
         self._statuses: list[int] = []
@@ -230,23 +338,33 @@ class RequestPrinter:
         lines = []
         for record in tokens:
             self._statuses.append(record.status)
-            lines.append(f"POST {TOKEN_PATH} {record.status} client={record.client_id or '-'}")
+            client = _printable(record.client_id) if record.client_id else "-"
+            lines.append(f"POST {TOKEN_PATH} {record.status} client={client}")
         for call in calls:
             self._statuses.append(call.status)
-            lines.append(
-                f"{call.method} {call.path} {call.status} client={self._client(call, issued)}"
-            )
-        if lines and self._stream is not None:
-            print("\n".join(lines), file=self._stream, flush=True)
+            method, path = _printable(call.method), _printable(call.path)
+            lines.append(f"{method} {path} {call.status} client={self._client(call, issued)}")
+        if lines and self._writer is not None and not self._quiet:
+            self._writer.write(lines)
 
     def _client(self, call: ApiRequestRecord, issued: set[str]) -> str:
         # The command line makes one client, so a token the emulator issued is its token.
         return self._emulator.client_id if call.token_used in issued else "-"
 
-    def summary(self) -> str:
-        """One line: token requests, API calls, 401s and 429s answered."""
-        return (
+    def summary(self, dropped: int = 0) -> str:
+        """One line: token requests, API calls, 401s and 429s answered (and the request
+        lines ``dropped`` unprinted, if any)."""
+        line = (
             f"summary: {self._emulator.token_requests} token requests,"
             f" {self._api_calls} API calls, {self._statuses.count(401)} answered 401,"
             f" {self._statuses.count(429)} answered 429"
         )
+        if dropped:
+            line += f", {dropped} request lines not printed (stdout was not read)"
+        return line
+
+    def finish(self, timeout: float) -> None:
+        """Print the summary after the lines still waiting, waiting at most ``timeout``
+        seconds for the stream to take them (a pipe nobody reads must not hang the exit)."""
+        if self._writer is not None:
+            self._writer.close(self.summary, timeout)
