@@ -98,18 +98,29 @@ def test_rotation_waits_for_an_sdk_call_in_flight(
     manager = make_manager()
     drained = threading.Event()
     manager.on(TOKEN_DRAIN_COMPLETE, lambda record: drained.set())
-    api = gc.TokensApi(bind_api_client(manager))
+    client = bind_api_client(manager)
+    api = gc.TokensApi(client)
+    answered = threading.Event()  # set as the SDK's own client returns the answer
+    sdk_client = client.http_client.inner
+
+    class Answered:
+        def request(self, options: Any) -> Any:
+            response = sdk_client.request(options)
+            answered.set()
+            return response
+
+    client.http_client.inner = Answered()
     old = manager.get_token()
     emulator.api_delay = 0.4
-    done = threading.Event()
-    slow = threading.Thread(target=lambda: (api.get_tokens_me(), done.set()))
+    slow = threading.Thread(target=api.get_tokens_me)
     slow.start()
     deadline = time.monotonic() + 5
     while manager.in_flight_count == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert manager.in_flight_count == 1
     new = manager.rotate(drain_timeout=5)
-    assert done.is_set(), "rotate() returned before the SDK call in flight had finished"
+    # Not "the caller's thread is done": the in-flight count ends before that thread runs on.
+    assert answered.is_set(), "rotate() returned before the SDK call in flight had its answer"
     assert drained.is_set()
     slow.join(5)
     assert new.access_token != old
