@@ -603,6 +603,8 @@ def test_stop_is_fast_while_a_handler_is_delayed() -> None:
     emulator.stop()  # idempotent
     with pytest.raises(RuntimeError):
         emulator.start()
+    # stop() returns before the handler threads have logged their cut calls.
+    eventually(lambda: len(emulator.api_request_log) == 2)
     assert [r.status for r in emulator.api_request_log] == [0, 0]
 
 

@@ -181,7 +181,8 @@ def test_keeper_starts_with_the_first_lease_and_ends_after_the_idle_time(
     released = time.monotonic()
     keeper.join(2.0)
     assert not keeper.is_alive()
-    assert time.monotonic() - released >= 0.09  # IDLE_EXIT (0.1 s), not at once
+    # IDLE_EXIT (0.1 s), not at once; "released" is read a moment after the release.
+    assert time.monotonic() - released >= 0.05
     # The next lock starts a keeper again, which renews it.
     counter = Counter()
     lease = hold(counter)

@@ -525,7 +525,7 @@ def test_one_worker_however_many_threads_submit_at_once(
     finally:
         sys.setswitchinterval(switch)
     assert len(_workers(before)) == 1
-    eventually(lambda: sender.delivered + sender.dropped == 400)
+    eventually(lambda: sender.delivered + sender.dropped == 400, 15.0)  # 400 POSTs, loaded
     assert sender.dropped == 0
     assert sorted(b["data"]["n"] for b in receiver.bodies()) == list(range(400))
 
