@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import MakeManager
+from conftest import MakeManager, in_child
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.metrics import MeterProvider
@@ -123,8 +123,9 @@ def test_a_store_acquisition_is_a_span_with_source_store(
     sdk: Sdk, emulator: GenesysEmulator, make_manager: MakeManager
 ):
     store = MemoryStore()
-    make_manager(store=store).get_token()
-    make_manager(store=store).get_token()  # a second process's manager, as it were
+    writer, reader = make_manager(store=store), make_manager(store=store)
+    writer.get_token()
+    reader.get_token()  # a second process's manager, as it were
     assert emulator.token_requests == 1
     network, stored = sdk.spans_of(emulator)
     assert network.attributes is not None and stored.attributes is not None
@@ -137,6 +138,11 @@ def test_a_store_acquisition_is_a_span_with_source_store(
         0,
     )
     assert stored.attributes["genesys_token.outcome"] == "success"
+    # The duration histogram counts what metrics()' latency histogram counts: network only
+    # (one series for both: same client, same host).
+    [duration] = points_of(sdk.collect(), "acquisition.duration", reader)
+    counted = [m.metrics()["latency_histogram"]["count"] for m in (writer, reader)]
+    assert (duration.count, counted) == (1, [1, 0])
 
 
 def test_a_failure_span_names_the_error_and_nothing_secret_is_exported(
@@ -291,3 +297,43 @@ def test_a_process_turned_off_imports_no_opentelemetry(emulator: GenesysEmulator
     assert run_child(emulator, "", GENESYSCLOUD_OTEL="off") == {"token": True, "loaded": []}
     on = run_child(emulator, "")
     assert "opentelemetry.trace" in on["loaded"]  # the switch, not luck, kept it out
+
+
+def test_the_refresh_events_carry_what_a_span_needs(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    records: list[dict[str, Any]] = []
+    manager = make_manager(store=MemoryStore(), max_retries=0)
+    manager.on("*", records.append)
+    manager.get_token()
+    peer = make_manager(store=manager.store)
+    peer.on("*", records.append)
+    peer.get_token()
+    emulator.remove_client(emulator.client_id)
+    with pytest.raises(InvalidClientError):
+        manager.refresh(force=True)
+    network, stored, failure = (r["data"] for r in records)
+    assert (network["source"], network["attempts"]) == ("network", 1)
+    assert (stored["source"], stored["attempts"]) == ("store", 0)
+    assert (failure["source"], failure["attempts"]) == ("network", 1)
+    assert all(data["duration_ms"] > 0 for data in (network, stored, failure))
+
+
+def test_a_forked_child_reports_though_a_lock_was_held_at_the_fork(
+    sdk: Sdk, emulator: GenesysEmulator
+):
+    def child() -> dict[str, Any]:
+        with TokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+        ) as manager:
+            manager.get_token()
+            return {"instrumented": len(points_of(sdk.collect(), "successes", manager))}
+
+    TokenManager("warm-up", "s", token_url=emulator.token_url).close()  # the process part made
+    telemetry = otel._state
+    assert isinstance(telemetry, otel._Telemetry)
+    with otel._lock, telemetry._lock:  # as another thread may hold them when fork() runs
+        assert in_child(child, timeout=5) == {"instrumented": 1}
