@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import MakeManager, in_child
+from conftest import MakeManager, in_child, poll
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.metrics import MeterProvider
@@ -48,12 +48,20 @@ class Sdk:
         trace_api.set_tracer_provider(tracer_provider)
         metrics_api.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
 
-    def spans_of(self, emulator: GenesysEmulator) -> list[ReadableSpan]:
-        return [
-            span
-            for span in self.spans.get_finished_spans()
-            if span.attributes is not None and span.attributes.get("server.port") == emulator.port
-        ]
+    def spans_of(self, emulator: GenesysEmulator, count: int = 0) -> list[ReadableSpan]:
+        """The spans of acquisitions from ``emulator``, once there are ``count`` (events
+        are delivered by the flight's thread, after its callers were woken)."""
+
+        def spans() -> list[ReadableSpan]:
+            return [
+                span
+                for span in self.spans.get_finished_spans()
+                if span.attributes is not None
+                and span.attributes.get("server.port") == emulator.port
+            ]
+
+        poll(lambda: len(spans()) >= count)
+        return spans()
 
     def collect(self) -> dict[str, list[Any]]:
         """Every ``genesys_token`` metric's data points, by name."""
@@ -98,7 +106,7 @@ def test_a_network_acquisition_is_a_span_with_its_attributes(
 ):
     manager = make_manager()
     manager.get_token()
-    [span] = sdk.spans_of(emulator)
+    [span] = sdk.spans_of(emulator, 1)
     assert span.name == otel.SPAN_NAME == "genesys_token.acquire"
     assert (
         span.instrumentation_scope is not None
@@ -127,7 +135,11 @@ def test_a_store_acquisition_is_a_span_with_source_store(
     writer.get_token()
     reader.get_token()  # a second process's manager, as it were
     assert emulator.token_requests == 1
-    network, stored = sdk.spans_of(emulator)
+    network, stored = sorted(
+        sdk.spans_of(emulator, 2),
+        key=lambda span: (span.attributes or {})["genesys_token.attempts"],
+        reverse=True,
+    )
     assert network.attributes is not None and stored.attributes is not None
     assert network.attributes["genesys_token.source"] == "network"
     assert (
@@ -153,7 +165,9 @@ def test_a_failure_span_names_the_error_and_nothing_secret_is_exported(
     rejected = make_manager(client_secret=wrong, max_retries=0)
     with pytest.raises(InvalidClientError):
         rejected.get_token()
-    _success, failure = sdk.spans_of(emulator)
+    [failure] = [
+        span for span in sdk.spans_of(emulator, 2) if span.status.status_code == StatusCode.ERROR
+    ]
     assert failure.attributes is not None
     assert failure.attributes["genesys_token.outcome"] == "failure"
     assert failure.attributes["error.type"] == "InvalidClientError"
@@ -235,7 +249,7 @@ def test_nothing_is_reported_when_turned_off(
 ):
     monkeypatch.setenv(otel.ENV_SWITCH, "off")
     manager = make_manager()
-    manager.get_token()
+    manager.refresh(force=True)  # its events are delivered before it returns
     with pytest.raises(InvalidClientError):
         make_manager(client_secret="wrong", max_retries=0).get_token()
     assert sdk.spans_of(emulator) == []
@@ -303,16 +317,18 @@ def test_the_refresh_events_carry_what_a_span_needs(
     emulator: GenesysEmulator, make_manager: MakeManager
 ):
     records: list[dict[str, Any]] = []
+    from_store: list[dict[str, Any]] = []
     manager = make_manager(store=MemoryStore(), max_retries=0)
     manager.on("*", records.append)
-    manager.get_token()
+    manager.refresh(force=True)  # forced: its events are delivered before it returns
     peer = make_manager(store=manager.store)
-    peer.on("*", records.append)
+    peer.on("*", from_store.append)
     peer.get_token()
     emulator.remove_client(emulator.client_id)
     with pytest.raises(InvalidClientError):
         manager.refresh(force=True)
-    network, stored, failure = (r["data"] for r in records)
+    assert poll(lambda: len(from_store) == 1)
+    network, failure, stored = (r["data"] for r in (*records, *from_store))
     assert (network["source"], network["attempts"]) == ("network", 1)
     assert (stored["source"], stored["attempts"]) == ("store", 0)
     assert (failure["source"], failure["attempts"]) == ("network", 1)
