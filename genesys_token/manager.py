@@ -33,6 +33,7 @@ from .credentials import Secret, hide_text
 from .errors import DrainTimeoutError, ManagerClosedError
 from .http import connections as _http
 from .http.token_endpoint import RetryNotice, TokenEndpoint
+from .observability import otel
 from .observability.events import Listener
 from .observability.reporter import Reporter
 from .regions import warn_region_mismatch
@@ -232,6 +233,7 @@ class TokenManager:
         self._port = AdapterPort(self._refresher, self._gate, reporter.metrics, self._now)
         warn_region_mismatch(config.token_url, config.api_base_url)
         register_fork_handler(self)
+        otel.instrument(self)  # spans and instruments, when opentelemetry is importable
 
     # -- public properties -------------------------------------------------------------
 

@@ -345,7 +345,9 @@ class Refresher:
         if cell is not None:
             self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
-            self._reporter.failed(error, flight.reason, flight.requests, self._flight.cell, now)
+            self._reporter.failed(
+                error, flight.reason, flight.requests, self._flight.cell, now, now - flight.started
+            )
             if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
                 log.warning(  # no timer, no next try to announce (the CLI exits)
                     "token refresh failed (%s)%s",

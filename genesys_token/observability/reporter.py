@@ -95,13 +95,27 @@ class Reporter:
         self.emit(
             TOKEN_REFRESH_SUCCESS,
             token,
-            {"reason": reason, "source": token.source, "expires_in": round(token.expires_in, 3)},
+            {
+                "reason": reason,
+                # Not token.source: a MemoryStore hands back the object saved, "network".
+                "source": "network" if requests else "store",
+                "expires_in": round(token.expires_in, 3),
+                "attempts": requests,  # token requests made (0: taken from the store)
+                "duration_ms": _ms(latency),
+            },
         )
 
     def failed(
-        self, error: GenesysTokenError, reason: str, requests: int, current: Cell | None, now: float
+        self,
+        error: GenesysTokenError,
+        reason: str,
+        requests: int,
+        current: Cell | None,
+        now: float,
+        latency: float = 0.0,
     ) -> None:
-        """An acquisition failed; ``current`` is the cell still in use."""
+        """An acquisition failed after ``latency`` seconds; ``current`` is the cell still in
+        use."""
         attempts = error.attempts if isinstance(error, TokenRequestError) else requests
         self.metrics.record_error(error, requests)
         self.emit(
@@ -113,6 +127,8 @@ class Reporter:
                 "message": excerpt(str(error), 160),
                 "status": getattr(error, "status", None),
                 "attempts": attempts,
+                "source": "network",  # the store gave no token (its failures are not raised)
+                "duration_ms": _ms(latency),
                 "token_still_valid": current is not None and current.usable(now),
                 # Where and why; quote correlation_id to Genesys support.
                 "host": getattr(error, "host", None) or None,
@@ -160,3 +176,8 @@ class Reporter:
         with the fork handler, as every sender does)."""
         self.metrics.after_fork()
         self.events.after_fork()
+
+
+def _ms(seconds: float) -> float:
+    """An acquisition's duration in milliseconds, as its event gives it."""
+    return round(seconds * 1000.0, 3)
