@@ -142,7 +142,9 @@ async def _replace_and_replay(
     return replayed
 
 
-async def _send(request: ClientRequest, handler: ClientHandlerType, use: InFlight) -> ClientResponse:
+async def _send(
+    request: ClientRequest, handler: ClientHandlerType, use: InFlight
+) -> ClientResponse:
     request.headers[hdrs.AUTHORIZATION] = _BEARER + use.token
     return await handler(request)
 
