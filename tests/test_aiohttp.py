@@ -232,7 +232,12 @@ def test_cancelled_while_waiting_for_a_token_leaks_no_use(
 def test_rotation_waits_for_an_aiohttp_call(emulator: GenesysEmulator, manager: TokenManager):
     old = manager.get_token()
     emulator.inject(Fault(delay=SLOW_TOKEN, passthrough=True), path=ORG_PATH)
+    fetched = threading.Event()
     rotated = threading.Event()
+    manager.on(
+        "TOKEN_REFRESH_SUCCESS",
+        lambda record: record["data"]["reason"] == "rotation" and fetched.set(),
+    )
 
     async def main() -> tuple[int, bool]:
         async with _session(manager, replay_401=False) as session:
@@ -243,12 +248,16 @@ def test_rotation_waits_for_an_aiohttp_call(emulator: GenesysEmulator, manager: 
                 target=lambda: (manager.rotate(revoke_previous=True), rotated.set())
             )
             thread.start()
+            while not fetched.is_set():  # the new token is in; the drain begins
+                await asyncio.sleep(TICK)
+            await asyncio.sleep(0.2)
+            drained_early = rotated.is_set() or slow.done()
             status = await slow
-            drained_after = rotated.is_set()
             await asyncio.to_thread(thread.join, 5)
-        return status, drained_after
+        return status, drained_early
 
-    status, rotated_before_call_ended = _run(main)
+    status, drained_early = _run(main)
     assert status == 200  # the old token lived until its call ended
-    assert not rotated_before_call_ended
+    assert not drained_early  # the rotation waited for the call in flight
+    assert rotated.is_set()
     assert old in emulator.revoked_tokens
