@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
@@ -75,14 +75,14 @@ def manager(make_manager: MakeManager) -> TokenManager:
     return make_manager()
 
 
-def test_calls_carry_the_token_and_share_one_token_request(
+def test_50_calls_on_a_cold_manager_carry_one_token(
     emulator: GenesysEmulator, manager: TokenManager
 ):
     async def main() -> list[int]:
         async with _session(manager) as session:
-            return await asyncio.gather(*(_status(session, "GET", ORG_PATH) for _ in range(20)))
+            return await asyncio.gather(*(_status(session, "GET", ORG_PATH) for _ in range(50)))
 
-    assert _run(main) == [200] * 20
+    assert _run(main) == [200] * 50
     assert emulator.token_requests == 1
     assert {r.token_used for r in emulator.api_request_log} == {manager.token.access_token}
     assert manager.in_flight_count == 0
@@ -261,3 +261,19 @@ def test_rotation_waits_for_an_aiohttp_call(emulator: GenesysEmulator, manager: 
     assert not drained_early  # the rotation waited for the call in flight
     assert rotated.is_set()
     assert old in emulator.revoked_tokens
+
+
+def test_unreplayable_body_is_not_sent_twice(emulator: GenesysEmulator, manager: TokenManager):
+    emulator.revoke(manager.get_token())
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"chunk"
+
+    async def main() -> int:
+        async with _session(manager) as session:
+            return await _status(session, "POST", ECHO_PATH, data=body())
+
+    assert _run(main) == 401
+    assert emulator.api_requests == 1
+    assert emulator.token_requests == 2  # replaced for the next call all the same
+    assert manager.in_flight_count == 0
