@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import aiohttp
@@ -70,6 +71,18 @@ class _Ticker:
         self._stop.set()
 
 
+class _CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting the calls sent to worker threads."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
+        self.submitted: list[object] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted.append(fn)
+        return super().submit(fn, *args, **kwargs)
+
+
 @pytest.fixture
 def manager(make_manager: MakeManager) -> TokenManager:
     return make_manager()
@@ -78,11 +91,15 @@ def manager(make_manager: MakeManager) -> TokenManager:
 def test_50_calls_on_a_cold_manager_carry_one_token(
     emulator: GenesysEmulator, manager: TokenManager
 ):
+    executor = _CountingExecutor()
+
     async def main() -> list[int]:
+        asyncio.get_running_loop().set_default_executor(executor)
         async with _session(manager) as session:
             return await asyncio.gather(*(_status(session, "GET", ORG_PATH) for _ in range(50)))
 
     assert _run(main) == [200] * 50
+    assert len(executor.submitted) == 1  # one worker-thread wait, shared by the 50
     assert emulator.token_requests == 1
     assert {r.token_used for r in emulator.api_request_log} == {manager.token.access_token}
     assert manager.in_flight_count == 0
@@ -276,4 +293,33 @@ def test_unreplayable_body_is_not_sent_twice(emulator: GenesysEmulator, manager:
     assert _run(main) == 401
     assert emulator.api_requests == 1
     assert emulator.token_requests == 2  # replaced for the next call all the same
+    assert manager.in_flight_count == 0
+
+
+#: How long the token endpoint stalls: far beyond the caller's bound and EXIT_BOUND.
+HANG = 5.0
+#: The callers' own bound (``asyncio.wait_for``).
+GIVE_UP = 0.4
+#: How soon after its callers gave up ``asyncio.run()`` must return.
+EXIT_BOUND = 1.0
+
+
+def test_giving_up_on_a_token_leaves_no_executor_work_behind(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    manager = make_manager(background_refresh=False)
+    emulator.inject(Fault(delay=HANG, passthrough=True), path=TOKEN_PATH)
+
+    async def main() -> float:
+        async with _session(manager) as session:
+            calls = asyncio.gather(*(_status(session, "GET", ORG_PATH) for _ in range(3)))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(calls, GIVE_UP)
+            return time.monotonic()
+
+    # asyncio.run() ends by waiting for the worker threads of its default executor.
+    gave_up = asyncio.run(main())
+    exit_delay = time.monotonic() - gave_up
+    assert emulator.token_requests == 1  # the wait did reach the token endpoint
+    assert exit_delay < EXIT_BOUND, f"asyncio.run() returned {exit_delay:.2f}s after giving up"
     assert manager.in_flight_count == 0

@@ -20,8 +20,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+import weakref
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 try:
     from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
@@ -93,11 +94,21 @@ def genesys_middleware(
     port = adapter_port(manager)
     urls = [manager.api_base_url] if origins is None else list(origins)
     allowed = frozenset(origin_of(url) for url in urls)
+    shared = _SharedWaits()
+
+    async def begin_use_off_loop() -> InFlight:
+        """The slow path: one worker-thread wait per loop for its coroutines, then the use
+        is counted inline; if the token was swapped that instant, counted in a thread."""
+        await shared.run("token", lambda stop: _in_slices(manager.get_token, stop))
+        use = port.try_begin_use()
+        if use is not None:
+            return use
+        return await _off_loop(lambda stop: _begin_in_slices(port, stop), _end_use)
 
     async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if origin_of(str(request.url)) not in allowed:
             return await handler(request)
-        use = port.try_begin_use() or await _begin_use_off_loop(port)
+        use = port.try_begin_use() or await begin_use_off_loop()
         try:
             response = await _send(request, handler, use)
         finally:
@@ -105,13 +116,17 @@ def genesys_middleware(
         if response.status != 401 or not replay_401:
             _log_if_failed(request, response)
             return response
-        return await _replace_and_replay(port, request, handler, response, use.token)
+        return await _replace_and_replay(
+            port, shared, begin_use_off_loop, request, handler, response, use.token
+        )
 
     return middleware
 
 
 async def _replace_and_replay(
     port: AdapterPort,
+    shared: _SharedWaits,
+    begin_use_off_loop: Callable[[], Awaitable[InFlight]],
     request: ClientRequest,
     handler: ClientHandlerType,
     response: ClientResponse,
@@ -120,8 +135,9 @@ async def _replace_and_replay(
     """After a 401: replace ``rejected`` (off the loop) and send ``request`` once more."""
     try:
         # Replaced even when the call cannot be replayed, so the next call works.
-        await _off_loop(
-            lambda stop: _in_slices(lambda t: port.replace_rejected(rejected, timeout=t), stop)
+        await shared.run(
+            ("replace", rejected),
+            lambda stop: _in_slices(lambda t: port.replace_rejected(rejected, timeout=t), stop),
         )
     except GenesysTokenError as exc:
         log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
@@ -133,7 +149,7 @@ async def _replace_and_replay(
         return response
     response.release()
     port.note_replay()
-    replay = port.try_begin_use() or await _begin_use_off_loop(port)
+    replay = port.try_begin_use() or await begin_use_off_loop()
     try:
         replayed = await _send(request, handler, replay)
     finally:
@@ -191,11 +207,6 @@ def _begin_in_slices(port: AdapterPort, stop: threading.Event) -> InFlight:
     return use
 
 
-async def _begin_use_off_loop(port: AdapterPort) -> InFlight:
-    """The slow path: wait for a token and count a use in a worker thread."""
-    return await _off_loop(lambda stop: _begin_in_slices(port, stop), _end_use)
-
-
 async def _off_loop(
     call: Callable[[threading.Event], _T],
     undo: Callable[[_T], None] | None = None,
@@ -221,3 +232,56 @@ def _settle(done: asyncio.Future[_T], undo: Callable[[_T], None] | None) -> None
 
 def _end_use(use: InFlight) -> None:
     use.end()
+
+
+class _Shared:
+    """One worker-thread wait, the number of coroutines awaiting it, and its ``stop``."""
+
+    __slots__ = ("future", "stop", "waiters")
+
+    def __init__(self, future: asyncio.Future[object], stop: threading.Event) -> None:
+        self.future = future
+        self.stop = stop
+        self.waiters = 0
+
+
+class _SharedWaits:
+    """One worker-thread wait per key and event loop, awaited by all its coroutines (so a
+    cold start of many coroutines holds one executor thread, not one each).
+
+    Only a loop's own thread touches its table; the lock guards the table of tables. A
+    cancelled coroutine leaves the wait to the others (``shield``); when the last one
+    leaves, the wait is told to stop and forgotten, so a later coroutine starts a new one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loops: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[Hashable, _Shared]
+        ] = weakref.WeakKeyDictionary()
+
+    async def run(self, key: Hashable, call: Callable[[threading.Event], _T]) -> _T:
+        """Await ``call(stop)`` in a worker thread, joining one already running for ``key``."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            calls = self._loops.setdefault(loop, {})
+        shared = calls.get(key)
+        if shared is None:
+            stop = threading.Event()
+            started = calls[key] = _Shared(loop.run_in_executor(None, call, stop), stop)
+            started.future.add_done_callback(lambda done: _settle(done, None))
+            started.future.add_done_callback(lambda _done: _forget(calls, key, started))
+            shared = started
+        shared.waiters += 1
+        try:
+            return cast(_T, await asyncio.shield(shared.future))
+        finally:
+            shared.waiters -= 1
+            if shared.waiters == 0 and not shared.future.done():
+                shared.stop.set()  # every waiter gave up: the worker thread stops waiting
+                _forget(calls, key, shared)
+
+
+def _forget(calls: dict[Hashable, _Shared], key: Hashable, shared: _Shared) -> None:
+    if calls.get(key) is shared:
+        del calls[key]
