@@ -79,9 +79,9 @@ def genesys_middleware(
 
     The event loop never waits on the manager: with a usable token the call is counted and
     authorized inline (no I/O); when a token must be fetched or replaced, the wait runs in a
-    worker thread of the loop's default executor. A caller cancelled while it waits leaves
-    no use counted and frees its thread within a tenth of a second (the token request goes
-    on in the manager, for the other callers).
+    worker thread of the loop's default executor, one for all its coroutines. A caller
+    cancelled while it waits leaves no use counted; once the last one gave up, the thread is
+    free within a tenth of a second (the token request goes on in the manager).
 
     Args:
         manager: The token manager.
