@@ -1,7 +1,8 @@
 """Ready-made glue between a :class:`~genesys_token.TokenManager` and frameworks.
 
 Each integration lives in its own module and imports its framework only there, so this
-package (and ``genesys_token`` itself) imports without Flask, Django, httpx or the official SDK:
+package (and ``genesys_token`` itself) imports without Flask, Django, httpx, aiohttp or the
+official SDK:
 
 * :mod:`genesys_token.integrations.flask`: the ``GenesysToken`` Flask extension.
 * :mod:`genesys_token.integrations.django`: ``get_manager()`` / ``get_session()`` from
@@ -10,6 +11,8 @@ package (and ``genesys_token`` itself) imports without Flask, Django, httpx or t
   ``PureCloudPlatformClientV2`` SDK.
 * :mod:`genesys_token.integrations.httpx`: ``GenesysHTTPXAuth``, an ``httpx.Auth`` for sync
   and async clients (the ``[httpx]`` extra).
+* :mod:`genesys_token.integrations.aiohttp`: ``genesys_middleware()``, an aiohttp (>= 3.12)
+  client middleware (the ``[aiohttp]`` extra).
 
 The Flask extension and the Django helpers read the same settings: ``GENESYS_CLIENT_ID``,
 ``GENESYS_CLIENT_SECRET``, ``GENESYS_REGION``, ``GENESYS_TOKEN_URL``, ``GENESYS_API_URL``
