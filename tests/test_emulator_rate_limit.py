@@ -131,13 +131,14 @@ def test_a_call_is_counted_when_it_arrives_not_when_it_is_answered(
 ) -> None:
     limited.api_rate_limit = (1, 60.0)
     token = _token(limited)
-    limited.api_delay = 0.3
+    limited.inject(Fault(delay=0.3, passthrough=True), path=ORG_PATH)
     slow: list[int] = []
     first = threading.Thread(target=lambda: slow.append(_get(limited, token).status_code))
     first.start()
     assert poll(lambda: limited.api_requests == 1)
 
-    second = _get(limited, token)  # arrives while the first is still being answered
+    # Arrives second, is answered first: the slot is the first arrival's.
+    second = _get(limited, token, "/api/v2/tokens/me")
     first.join(timeout=5)
 
     assert second.status_code == 429
