@@ -206,3 +206,18 @@ def test_a_loopback_api_host_is_not_reached_through_a_proxy(
     monkeypatch.delenv("no_proxy", raising=False)
     with api_client(manager) as client:
         assert client.get(ORG_PATH).status_code == 200
+
+
+def test_a_call_a_redirect_turned_into_a_get_is_not_retried(
+    emulator: GenesysEmulator, manager: TokenManager
+) -> None:
+    emulator.throttle_api(times=1, retry_after=0, path=ECHO_PATH)
+    target = emulator.api_base_url + ECHO_PATH
+    with api_client(manager, follow_redirects=True) as client:
+        response = client.post("/redirect", params={"to": target, "status": "303"}, content=b"x")
+
+    assert response.status_code == 429  # the POST was processed: not sent again
+    assert [(r.method, r.status) for r in emulator.api_request_log] == [
+        ("POST", 303),
+        ("GET", 429),
+    ]
