@@ -18,18 +18,23 @@ pair of fractions (the credentials cool-down uses 75% to 125%).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError
 
 __all__ = [
+    "ANY_METHOD_STATUSES",
+    "API_BACKOFF_MAX",
     "EQUAL_JITTER",
     "FULL_JITTER",
+    "IDEMPOTENT_METHODS",
+    "IDEMPOTENT_STATUSES",
     "MAX_EXPONENT",
     "NO_JITTER",
     "Backoff",
     "RetryPolicy",
+    "api_answer_retried",
 ]
 
 #: Anywhere from nothing to the whole ceiling ("full jitter").
@@ -41,6 +46,25 @@ NO_JITTER = (1.0, 1.0)
 #: The doubling stops here: 2**60 times any sane ``base`` is far past any ``maximum``, and a
 #: larger exponent only risks an OverflowError after very many failures.
 MAX_EXPONENT = 60
+
+# -- API calls (api_session's GenesysRetry and the httpx API clients) ---------------------------
+#: A 429 means Genesys did not process the request: safe to send again, whatever the method.
+ANY_METHOD_STATUSES = frozenset({429})
+#: A gateway or service error may come after the request was processed: idempotent methods.
+IDEMPOTENT_STATUSES = frozenset({502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: No single backoff wait of an API call (without ``Retry-After``) is longer than this.
+API_BACKOFF_MAX = 10.0
+
+
+def api_answer_retried(
+    method: str, status: int, methods: Collection[str] = IDEMPOTENT_METHODS
+) -> bool:
+    """Whether an API call that got ``status`` is sent again: a 429 whatever the method,
+    502/503/504 only for ``methods`` (the idempotent ones by default)."""
+    if status in ANY_METHOD_STATUSES:
+        return True
+    return status in IDEMPOTENT_STATUSES and method.upper() in methods
 
 
 def _seconds(name: str, value: object) -> float:

@@ -13,6 +13,13 @@
         await client.get("/api/v2/organizations/me")
 
 One auth object serves both kinds of client, any number of threads and event loops.
+
+:func:`api_client` and :func:`async_api_client` build such clients with what
+``api_session`` has: the API base URL, a default timeout, 429 retried for every method and
+502/503/504 for idempotent ones, ``Retry-After`` capped, failed calls logged once::
+
+    with api_client(manager) as client:
+        client.get("/api/v2/organizations/me")
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterable
-from typing import TYPE_CHECKING, TypeVar, cast
+from collections.abc import AsyncGenerator, Callable, Collection, Generator, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 try:
     import httpx
@@ -33,14 +40,22 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     ) from exc
 
 from ..errors import GenesysTokenError, TokenTimeoutError
+from ..http.connections import is_loopback_url
 from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..manager import adapter_port
+from .httpx_clients import ApiClient, ApiRetry, AsyncApiClient
+from .requests_session import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
+)
 
 if TYPE_CHECKING:
     from ..core.uses import InFlight
     from ..manager import TokenManager
 
-__all__ = ["GenesysHTTPXAuth"]
+__all__ = ["ApiClient", "AsyncApiClient", "GenesysHTTPXAuth", "api_client", "async_api_client"]
 
 log = logging.getLogger("genesys_token.integrations.httpx")
 
@@ -91,6 +106,8 @@ class GenesysHTTPXAuth(httpx.Auth):
         manager: The token manager.
         replay_401: Set False to return 401 answers untouched.
         origins: Base URLs whose origins get the token (default: ``manager.api_base_url``).
+        log_failures: Set False when the client logs failed answers itself (the clients of
+            :func:`api_client` do, once per call after their retries).
     """
 
     def __init__(
@@ -99,8 +116,10 @@ class GenesysHTTPXAuth(httpx.Auth):
         *,
         replay_401: bool = True,
         origins: Iterable[str] | None = None,
+        log_failures: bool = True,
     ) -> None:
         self._manager = manager
+        self._log_failures = log_failures
         self._port = adapter_port(manager)
         self._replay_401 = replay_401
         urls = [manager.api_base_url] if origins is None else list(origins)
@@ -119,24 +138,24 @@ class GenesysHTTPXAuth(httpx.Auth):
         finally:
             use.end()  # on the final response, or when httpx closes the flow on an error
         if not self._rejected_here(request, response):
-            _log_if_failed(response)
+            self._log(response)
             return
         try:
             # Replaced even when the call cannot be replayed, so the next call works.
             self._port.replace_rejected(use.token)
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
-            _log_if_failed(response)
+            self._log(response)
             return
         if not _replayable(request, response):
-            _log_if_failed(response)
+            self._log(response)
             return
         replay = self._port.begin_use()
         try:
             replayed = yield _authorize(request, replay)
         finally:
             replay.end()
-        _log_if_failed(replayed)
+        self._log(replayed)
 
     # -- async -------------------------------------------------------------------------
 
@@ -152,7 +171,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         finally:
             use.end()
         if not self._rejected_here(request, response):
-            _log_if_failed(response)
+            self._log(response)
             return
         rejected = use.token
         try:
@@ -164,17 +183,17 @@ class GenesysHTTPXAuth(httpx.Auth):
             )
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
-            _log_if_failed(response)
+            self._log(response)
             return
         if not _replayable(request, response):
-            _log_if_failed(response)
+            self._log(response)
             return
         replay = self._port.try_begin_use() or await self._begin_use_async()
         try:
             replayed = yield _authorize(request, replay)
         finally:
             replay.end()
-        _log_if_failed(replayed)
+        self._log(replayed)
 
     async def _begin_use_async(self) -> InFlight:
         """The slow path: a token is fetched off the loop, once for all its coroutines."""
@@ -194,6 +213,10 @@ class GenesysHTTPXAuth(httpx.Auth):
         if response.status_code != 401 or not self._replay_401:
             return False
         return _origin(response.request.url) == _origin(request.url)
+
+    def _log(self, response: httpx.Response) -> None:
+        if self._log_failures:
+            _log_if_failed(response)
 
     def __repr__(self) -> str:
         return f"GenesysHTTPXAuth({self._manager!r})"
@@ -330,3 +353,128 @@ def _forget(calls: dict[Hashable, _Shared], key: Hashable, shared: _Shared) -> N
 def _retrieve(done: asyncio.Future[object]) -> None:
     if not done.cancelled():
         done.exception()  # retrieved: no "never retrieved" warning if every waiter left
+
+
+# -- API clients -------------------------------------------------------------------------------
+
+
+def _client_options(
+    manager: TokenManager,
+    timeout: float | tuple[float, float] | httpx.Timeout | None,
+    retry: ApiRetry,
+    auth: GenesysHTTPXAuth,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        timeout = httpx.Timeout(read, connect=connect)
+    mounts = dict(kwargs.pop("mounts", None) or {})
+    base = httpx.URL(manager.api_base_url)
+    if is_loopback_url(manager.api_base_url):
+        # A loopback API host (a local gateway, the emulator) is never reached through a
+        # proxy, as with api_session: None routes it to the client's own transport.
+        host = f"[{base.host}]" if ":" in base.host else base.host
+        mounts.setdefault(f"all://{host}", None)
+    return {
+        "base_url": manager.api_base_url,
+        "auth": auth,
+        "timeout": timeout,
+        "retry": retry,
+        "mounts": mounts,
+        **kwargs,
+    }
+
+
+def api_client(
+    manager: TokenManager,
+    *,
+    timeout: float | tuple[float, float] | httpx.Timeout | None = DEFAULT_TIMEOUT,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    replay_401: bool = True,
+    retry_methods: Collection[str] | None = None,
+    allowed_origins: Iterable[str] = (),
+    **kwargs: Any,
+) -> ApiClient:
+    """An ``httpx.Client`` ready for the Genesys Cloud Platform API, like ``api_session``.
+
+    ::
+
+        with api_client(manager) as client:
+            org = client.get("/api/v2/organizations/me").json()
+
+    * Authentication: :class:`GenesysHTTPXAuth` (bearer token, counted in flight, one 401
+      replay) for ``manager.api_base_url``'s origin and ``allowed_origins`` only.
+    * Relative paths are resolved against ``manager.api_base_url`` (its path kept).
+    * Every request gets ``timeout`` unless it passes its own.
+    * Retries (:class:`~genesys_token.integrations.httpx_clients.ApiRetry`): a 429 for every
+      method, 502/503/504 for idempotent ones only (or ``retry_methods``); ``Retry-After``
+      honoured up to ``max_retry_after`` seconds, else jittered exponential backoff. After
+      ``max_retries`` the last response is returned (nothing raises). Each retry is a whole
+      new send through the auth flow (a new token use).
+    * A failed call's final answer is logged once at WARNING with its correlation id.
+    * A loopback API host is reached without a proxy.
+
+    Args:
+        manager: The token manager.
+        timeout: Default ``(connect, read)`` seconds, one number, or an ``httpx.Timeout``.
+        max_retries: Retries after the first attempt (0: none).
+        backoff_factor: Scale of the jittered backoff, in seconds.
+        max_retry_after: Longest ``Retry-After`` honoured, in seconds.
+        replay_401: Passed to :class:`GenesysHTTPXAuth`.
+        retry_methods: Methods retried on 502/503/504 instead of the idempotent ones.
+        allowed_origins: Further origins that get the token.
+        **kwargs: Further ``httpx.Client`` arguments (``headers``, ``limits``, ``verify``,
+            ``transport``, ``mounts``...); not ``base_url`` or ``auth``.
+
+    Returns:
+        An :class:`ApiClient`; close it, or use it in ``with``.
+
+    Raises:
+        ValueError: ``max_retries`` or ``max_retry_after`` is negative.
+    """
+    retry = ApiRetry(max_retries, backoff_factor, max_retry_after, retry_methods)
+    auth = GenesysHTTPXAuth(
+        manager,
+        replay_401=replay_401,
+        origins=[manager.api_base_url, *allowed_origins],
+        log_failures=False,
+    )
+    return ApiClient(**_client_options(manager, timeout, retry, auth, kwargs))
+
+
+def async_api_client(
+    manager: TokenManager,
+    *,
+    timeout: float | tuple[float, float] | httpx.Timeout | None = DEFAULT_TIMEOUT,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    replay_401: bool = True,
+    retry_methods: Collection[str] | None = None,
+    allowed_origins: Iterable[str] = (),
+    **kwargs: Any,
+) -> AsyncApiClient:
+    """:func:`api_client` for ``httpx.AsyncClient``: the same arguments and behaviour; waits
+    between retries do not block the event loop.
+
+    ::
+
+        async with async_api_client(manager) as client:
+            org = (await client.get("/api/v2/organizations/me")).json()
+
+    Returns:
+        An :class:`AsyncApiClient`; close it (``aclose``), or use it in ``async with``.
+
+    Raises:
+        ValueError: ``max_retries`` or ``max_retry_after`` is negative.
+    """
+    retry = ApiRetry(max_retries, backoff_factor, max_retry_after, retry_methods)
+    auth = GenesysHTTPXAuth(
+        manager,
+        replay_401=replay_401,
+        origins=[manager.api_base_url, *allowed_origins],
+        log_failures=False,
+    )
+    return AsyncApiClient(**_client_options(manager, timeout, retry, auth, kwargs))

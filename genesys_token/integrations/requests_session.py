@@ -15,7 +15,14 @@ from urllib3.util.retry import Retry
 
 from ..http.connections import LoopbackDirectAdapter
 from ..http.failures import CORRELATION_HEADER, log_failed_call
-from ..http.retry_policy import FULL_JITTER, Backoff
+from ..http.retry_policy import (
+    ANY_METHOD_STATUSES,
+    API_BACKOFF_MAX,
+    FULL_JITTER,
+    IDEMPOTENT_METHODS,
+    IDEMPOTENT_STATUSES,
+    Backoff,
+)
 from .requests_auth import GenesysAuth
 
 if TYPE_CHECKING:
@@ -32,15 +39,24 @@ DEFAULT_MAX_RETRIES = 3
 #: Backoff between retries without ``Retry-After``: full jitter in 0..factor * 2**(n-1) s.
 DEFAULT_BACKOFF_FACTOR = 0.5
 #: No single backoff wait (without ``Retry-After``) is longer than this.
-BACKOFF_MAX = 10.0
+BACKOFF_MAX = API_BACKOFF_MAX
 #: A ``Retry-After`` above this is waited for this long only: a thread should not disappear
 #: for minutes inside one API call; the caller gets the 429 back if it persists.
 DEFAULT_MAX_RETRY_AFTER = 60.0
-#: A 429 means Genesys did not process the request: safe to send again, whatever the method.
-ANY_METHOD_STATUSES = frozenset({429})
-#: A gateway or service error may come after the request was processed: idempotent methods.
-IDEMPOTENT_STATUSES = frozenset({502, 503, 504})
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+__all__ = [
+    "ANY_METHOD_STATUSES",
+    "BACKOFF_MAX",
+    "DEFAULT_BACKOFF_FACTOR",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "DEFAULT_TIMEOUT",
+    "IDEMPOTENT_METHODS",
+    "IDEMPOTENT_STATUSES",
+    "ApiSession",
+    "GenesysRetry",
+    "api_session",
+    "genesys_retry",
+]
 
 
 class GenesysRetry(Retry):

@@ -29,6 +29,9 @@ with Genesys' 429 (``Retry-After: 1``, code ``too.many.requests.retry.after``);
 ``emulator.inject(Fault.server_error(503), path="/api/v2/users")`` any other fault on one
 path; ``emulator.reject_all_tokens = True`` makes the API answer every token with 401
 ``bad.credentials`` (a storm of 401s, as from a wrong region).
+``GenesysEmulator(api_rate_limit=(300, 60.0))`` enforces Genesys' per-token API limit over
+a sliding window (429, ``Retry-After``, Genesys' body; ``emulator.api_429s`` counts them per
+token), so you can test your own pacing.
 
 With pytest, the ``genesys_emulator`` fixture (installed with the package) gives a started
 emulator per test and stops it afterwards; configure it with a marker::

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
 from genesys_token.core.threads import DaemonStarter
+from genesys_token.testing._rate import parse_rate_limit
 
 if TYPE_CHECKING:
     from genesys_token.testing.emulator import ApiRequestRecord, GenesysEmulator
@@ -66,6 +67,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rate_limit(text: str) -> tuple[int, float] | None:
+    try:
+        return parse_rate_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the emulator's options to ``parser`` (both command lines share them).
 
@@ -103,6 +111,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="token creations per minute per client (default: unlimited)",
+    )
+    parser.add_argument(
+        "--api-rate-limit",
+        type=_rate_limit,
+        default=None,
+        metavar="CALLS/SECONDS",
+        help="API calls per access token in any window of SECONDS, e.g. 300/60 (Genesys'"
+        " default); the next call is answered 429 with Retry-After (default: off)",
     )
     parser.add_argument(
         "--invalid-client-status",
@@ -173,6 +189,7 @@ def run_parsed(
             client_secret=args.client_secret,
             token_rate_limit=args.token_rate_limit,
             invalid_client_status=args.invalid_client_status,
+            api_rate_limit=getattr(args, "api_rate_limit", None),
         )
         emulator.start()
     except (ValueError, OSError) as exc:
@@ -189,6 +206,9 @@ def run_parsed(
             "GENESYSCLOUD_API_URL": emulator.api_base_url,
         }
         lines = [f"Genesys emulator on {emulator.url} (client id: {emulator.client_id})"]
+        if emulator.api_rate_limit is not None:
+            calls, window = emulator.api_rate_limit
+            lines.append(f"API rate limit: {calls} calls per {window:g} s per token")
         lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
         print("\n".join(lines), flush=True)
         if ready is not None:

@@ -6,7 +6,8 @@ It follows the real service (see the package docstring): Basic-authenticated
 error bodies. Faults (status codes, delays, dropped connections, huge or slow bodies) can be
 injected for the next requests to a path, token endpoint or API alike: :meth:`throttle_api`
 answers API calls with Genesys' 429 and ``Retry-After``; ``reject_all_tokens`` makes the API
-refuse every bearer token with 401 ``bad.credentials``.
+refuse every bearer token with 401 ``bad.credentials``. ``api_rate_limit=(calls, seconds)``
+enforces Genesys' per-token API limit (300 per 60 s in a real org) over a sliding window.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import math
 import secrets
 import ssl
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -28,6 +30,7 @@ from typing import Any, NamedTuple
 from genesys_token.http.failures import CORRELATION_HEADER
 from genesys_token.testing._handler import EmulatorHTTPServer, Reply, Request
 from genesys_token.testing._jwt import SigningKey
+from genesys_token.testing._rate import SlidingWindowLimit
 from genesys_token.testing._wire import (
     API_PREFIX,
     JWKS_PATH,
@@ -116,6 +119,11 @@ class GenesysEmulator:
     """A local Genesys Cloud login + API host (one server serves both).
 
     Bind is done by :meth:`start`; ``url``/``port`` are available once started.
+
+    ``api_rate_limit=(calls, seconds)`` answers an API call with Genesys' 429 when its
+    bearer token already made ``calls`` calls in the last ``seconds`` (see
+    :attr:`api_rate_limit`); ``api_rate_clock`` is the clock of that window (default
+    ``time.monotonic``; tests pass their own to move time by hand).
     """
 
     def __init__(
@@ -131,6 +139,8 @@ class GenesysEmulator:
         token_rate_limit: int | None = None,
         rate_limit_window: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
+        api_rate_limit: tuple[int, float] | None = None,
+        api_rate_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if token_format not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', got {token_format!r}")
@@ -166,6 +176,10 @@ class GenesysEmulator:
         self._api_delay = 0.0
         self._reject_all_tokens = False
         self._token_rate_limit: int | None = None
+        self._api_limit: SlidingWindowLimit | None = None
+        self._api_rate_clock = api_rate_clock
+        self._api_429s: Counter[str] = Counter()
+        self.api_rate_limit = api_rate_limit
         self.token_ttl = token_ttl
         self.token_rate_limit = token_rate_limit
         self.add_client(client_id, client_secret)
@@ -287,6 +301,43 @@ class GenesysEmulator:
         if value is not None and value < 0:
             raise ValueError("token_rate_limit must be >= 0 or None")
         self._token_rate_limit = value
+
+    @property
+    def api_rate_limit(self) -> tuple[int, float] | None:
+        """The per-token API limit, ``(calls, seconds)``, or ``None`` (the default: no limit).
+
+        Like Genesys' ``client.credentials.token.rate.per.minute`` (300 per 60 s), counted
+        per bearer token over a **sliding** window: a call is counted when it arrives (before
+        any injected fault or ``api_delay``), and the call that would be the ``calls + 1``-th
+        within ``seconds`` of the oldest one counted is answered 429 with ``Retry-After``
+        (whole seconds until that oldest one leaves the window, at least 1) and Genesys'
+        body (code ``too.many.requests.retry.after``). A call answered 429 is not counted.
+        Calls without a bearer token and token requests are not counted. Setting it starts
+        every token with an empty window.
+
+        Raises:
+            ValueError: ``calls`` is not a whole number >= 1 or ``seconds`` not > 0.
+        """
+        limit = self._api_limit
+        return None if limit is None else limit.as_tuple()
+
+    @api_rate_limit.setter
+    def api_rate_limit(self, value: tuple[int, float] | None) -> None:
+        if value is None:
+            limit = None
+        else:
+            if not isinstance(value, tuple) or len(value) != 2:
+                raise ValueError(f"api_rate_limit must be (calls, seconds) or None: {value!r}")
+            limit = SlidingWindowLimit(*value)
+        with self._lock:
+            self._api_limit = limit
+
+    @property
+    def api_429s(self) -> dict[str, int]:
+        """429 answers per bearer token (the rate limit's and injected ones alike), since the
+        start or :meth:`reset_counters`; a token never answered 429 is absent."""
+        with self._lock:
+            return dict(self._api_429s)
 
     @property
     def api_delay(self) -> float:
@@ -415,6 +466,7 @@ class GenesysEmulator:
         """Zero the counters and clear the logs and ``issued_tokens`` (tokens stay valid)."""
         with self._lock:
             self._token_requests = self._api_requests = 0
+            self._api_429s.clear()
             self._token_log.clear()
             self._api_log.clear()
             self._issued.clear()
@@ -493,7 +545,9 @@ class GenesysEmulator:
                 self._token_requests += 1
             elif path != JWKS_PATH:
                 self._api_requests += 1
-            fault = self._take_fault(path, None if call is None else call.client_id)
+            fault = self._rate_limited(bearer) if call is None and path != JWKS_PATH else None
+            if fault is None:
+                fault = self._take_fault(path, None if call is None else call.client_id)
         reply = self._answer(request, call, bearer, fault)
         status = 0 if reply is None else reply.status
         correlation_id: str | None = None
@@ -518,7 +572,21 @@ class GenesysEmulator:
                 self._api_log.append(
                     ApiRequestRecord(request.method, path, status, bearer, correlation_id)
                 )
+                if status == 429 and bearer is not None:
+                    self._api_429s[bearer] += 1
         return reply
+
+    def _rate_limited(self, bearer: str | None) -> Fault | None:
+        """Genesys' 429 when ``bearer`` has no room left in its window; else counts the call
+        (called under the lock, as the call arrives)."""
+        limit = self._api_limit
+        if limit is None or bearer is None:
+            return None
+        wait = limit.admit(bearer, self._api_rate_clock())
+        if wait is None:
+            return None
+        # Genesys names whole seconds; rounding down would send the client back too early.
+        return Fault.too_many_requests(max(1, math.ceil(round(wait, 6))))
 
     def _answer(
         self, request: Request, call: TokenCall | None, bearer: str | None, fault: Fault | None
