@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trustme
+from proxy_server import ProxyServer
 
 from genesys_token import (
     ConfigurationError,
@@ -25,8 +26,6 @@ from genesys_token.errors import TokenEndpointTLSError
 from genesys_token.http.failures import PROXY_AUTH_FAILED
 from genesys_token.observability.events import TOKEN_REFRESH_FAILURE
 from genesys_token.testing import GenesysEmulator
-
-from proxy_server import ProxyServer
 
 #: A host name that resolves nowhere: only the proxy can reach it.
 GATEWAY = "gateway.genesys-token.test"
