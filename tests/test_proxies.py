@@ -185,6 +185,48 @@ def test_an_mtls_gateway_gets_the_client_certificate_from_tokens_and_api_calls(
     assert tunnels == 2  # the token request's tunnel and the API call's (another session)
 
 
+def test_an_explicit_proxy_wins_over_https_proxy_even_as_all(
+    gateway: GenesysEmulator, bundle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests alone would let HTTPS_PROXY (key "https") win over an explicit "all".
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, DEAD_PROXY)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    with ProxyServer(gateway.port) as proxy:
+        with (
+            _manager(gateway, verify=bundle, proxies={"all": proxy.url()}) as manager,
+            api_session(manager, max_retries=0) as session,
+        ):
+            manager.get_token()
+            assert session.get("/api/v2/organizations/me").status_code == 200
+        assert len(proxy.seen) == 2
+    assert (gateway.token_requests, len(gateway.api_request_log)) == (1, 1)
+
+
+def test_a_token_endpoint_echoing_the_proxy_password_has_it_redacted(
+    gateway: GenesysEmulator, bundle: str, environment_elsewhere: None
+) -> None:
+    # The endpoint is untrusted: whatever it says lands in the error's excerpt.
+    gateway.inject(
+        status=400,
+        body={"error": "invalid_request", "error_description": f"via {PROXY_PASSWORD} no"},
+    )
+    with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        proxies = {"https": proxy.url(PROXY_USER, PROXY_PASSWORD)}
+        with (
+            _manager(gateway, verify=bundle, proxies=proxies) as manager,
+            pytest.raises(TokenRequestError) as caught,
+        ):
+            manager.get_token()
+    error = caught.value
+    assert error.status == 400
+    assert "[REDACTED]" in (error.body_excerpt or "")
+    for text in (str(error), repr(error), repr(vars(error))):
+        assert PROXY_PASSWORD not in text
+
+
 def test_without_the_certificate_the_mtls_gateway_refuses_the_handshake(
     mtls_gateway: GenesysEmulator, bundle: str, environment_elsewhere: None
 ) -> None:
