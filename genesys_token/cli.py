@@ -71,6 +71,17 @@ GENESYSCLOUD_* name close to one of these is reported on stderr):
   GENESYSCLOUD_TOKEN_URL   token endpoint override (default: the region's)
   GENESYSCLOUD_API_URL     API base override (default: the region's)
   GENESYSCLOUD_TOKEN_CACHE cache directory, or "off" (default ~/.cache/genesys-token)
+  GENESYSCLOUD_PROXY_HOST           a proxy for the token requests, winning over
+  GENESYSCLOUD_PROXY_PORT             HTTPS_PROXY; with GENESYSCLOUD_PROXY_PROTOCOL
+  GENESYSCLOUD_PROXY_PROTOCOL         (http, https, socks5; default http) and
+  GENESYSCLOUD_PROXY_AUTH_USERNAME    the proxy's credentials (the password is
+  GENESYSCLOUD_PROXY_AUTH_PASSWORD    never shown)
+  GENESYSCLOUD_GATEWAY_HOST         a gateway in front of the login and API hosts:
+  GENESYSCLOUD_GATEWAY_PORT           its port, GENESYSCLOUD_GATEWAY_PROTOCOL (default
+  GENESYSCLOUD_GATEWAY_PROTOCOL       https), and a path prefix GENESYSCLOUD_GATEWAY_PATH_VALUE
+  GENESYSCLOUD_GATEWAY_PATH_NAME      for the login (PATH_NAME=login) or API (=api) host
+  GENESYSCLOUD_GATEWAY_PATH_VALUE
+  HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE   as for requests
 
 exit codes: 0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable
 (or --timeout ran out), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)

@@ -22,7 +22,8 @@ log = logging.getLogger("genesys_token")
 
 PREFIX = "GENESYSCLOUD_"
 
-#: The names this package reads (the settings, the secret file and the CLI's cache).
+#: The names this package reads (the settings, the secret file, the CLI's cache, the proxy
+#: and the gateway).
 OWN_NAMES = frozenset(
     {
         "GENESYSCLOUD_OAUTHCLIENT_ID",
@@ -32,10 +33,23 @@ OWN_NAMES = frozenset(
         "GENESYSCLOUD_TOKEN_URL",
         "GENESYSCLOUD_API_URL",
         "GENESYSCLOUD_TOKEN_CACHE",
+        # The proxy and the gateway, read under the Terraform provider's names and meaning
+        # (genesyscloud/provider/provider_schema.go; see genesys_token.proxies).
+        "GENESYSCLOUD_GATEWAY_HOST",
+        "GENESYSCLOUD_GATEWAY_PORT",
+        "GENESYSCLOUD_GATEWAY_PROTOCOL",
+        "GENESYSCLOUD_GATEWAY_PATH_NAME",
+        "GENESYSCLOUD_GATEWAY_PATH_VALUE",
+        "GENESYSCLOUD_PROXY_HOST",
+        "GENESYSCLOUD_PROXY_PORT",
+        "GENESYSCLOUD_PROXY_PROTOCOL",
+        "GENESYSCLOUD_PROXY_AUTH_USERNAME",
+        "GENESYSCLOUD_PROXY_AUTH_PASSWORD",
     }
 )
 
-#: Names other Genesys tools read; never reported, however close to ours. Source: the
+#: Names other Genesys tools read and we do not (a gateway's credentials: the Go SDK builds
+#: no request with them either); never reported, however close to ours. Source: the
 #: Genesys Cloud Terraform provider, MyPureCloud/terraform-provider-genesyscloud,
 #: genesyscloud/provider/provider_env_vars.go (the ``*EnvVar`` constants), plus
 #: GENESYSCLOUD_SDK_CLIENT_POOL_DEBUG set by its acceptance tests.
@@ -49,18 +63,8 @@ OTHER_TOOLS_NAMES = frozenset(
         "GENESYSCLOUD_TOKEN_POOL_SIZE",
         "GENESYSCLOUD_LOG_STACK_TRACES",
         "GENESYSCLOUD_LOG_STACK_TRACES_FILE_PATH",
-        "GENESYSCLOUD_GATEWAY_HOST",
-        "GENESYSCLOUD_GATEWAY_PORT",
-        "GENESYSCLOUD_GATEWAY_PROTOCOL",
         "GENESYSCLOUD_GATEWAY_AUTH_USERNAME",
         "GENESYSCLOUD_GATEWAY_AUTH_PASSWORD",
-        "GENESYSCLOUD_GATEWAY_PATH_NAME",
-        "GENESYSCLOUD_GATEWAY_PATH_VALUE",
-        "GENESYSCLOUD_PROXY_HOST",
-        "GENESYSCLOUD_PROXY_PORT",
-        "GENESYSCLOUD_PROXY_PROTOCOL",
-        "GENESYSCLOUD_PROXY_AUTH_USERNAME",
-        "GENESYSCLOUD_PROXY_AUTH_PASSWORD",
     }
 )
 

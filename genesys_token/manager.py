@@ -36,6 +36,7 @@ from .http.token_endpoint import RetryNotice, TokenEndpoint
 from .observability import otel
 from .observability.events import Listener
 from .observability.reporter import Reporter
+from .proxies import Proxies
 from .regions import warn_region_mismatch
 from .settings import (
     UNSET,
@@ -83,6 +84,9 @@ class TokenManager:
         background_refresh: Refresh ahead of expiry on the process-wide scheduler; False
             refreshes on demand only (cron scripts).
         drain_timeout: Default bound of :meth:`rotate`'s wait for the old token's uses.
+        proxies: ``requests``-style proxies for the token requests and revokes of
+            the manager and :func:`~genesys_token.api_session`'s; a password never shows.
+        cert: Client certificate (a PEM path, or a ``(cert, key)`` pair) for an mTLS gateway.
         store: Where tokens are shared (default: a :class:`MemoryStore` of this process).
         clock: Clocks and randomness, for deterministic tests.
         session: A ``requests.Session`` for the token endpoint (default: the process-wide
@@ -118,6 +122,8 @@ class TokenManager:
         webhook_secret: str | None = UNSET,
         background_refresh: bool = UNSET,
         drain_timeout: float = UNSET,
+        proxies: Mapping[str, str] | Proxies | None = UNSET,
+        cert: str | tuple[str, str] | None = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -156,12 +162,17 @@ class TokenManager:
         webhook_secret: str | None = UNSET,
         background_refresh: bool = UNSET,
         drain_timeout: float = UNSET,
+        proxies: Mapping[str, str] | Proxies | None = UNSET,
+        cert: str | tuple[str, str] | None = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
     ) -> TokenManager:
         """Build a manager from ``GENESYSCLOUD_OAUTHCLIENT_ID``, ``_SECRET`` (or
-        ``_SECRET_FILE``), ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``.
+        ``_SECRET_FILE``), ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``, the
+        gateway ``GENESYSCLOUD_GATEWAY_HOST``, ``_PORT``, ``_PROTOCOL``, ``_PATH_NAME``,
+        ``_PATH_VALUE`` and the proxy ``GENESYSCLOUD_PROXY_HOST``, ``_PORT``, ``_PROTOCOL``,
+        ``_AUTH_USERNAME``, ``_AUTH_PASSWORD`` (the names of Genesys' Terraform provider).
 
         What wins: a keyword given explicitly, then a field ``settings`` sets, then the
         environment (it fills the location fields ``settings`` leaves None), then the

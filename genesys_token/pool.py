@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ from .credentials import (
 from .errors import ConfigurationError, ManagerClosedError, SecretSourceError
 from .manager import TokenManager
 from .observability.metrics import COUNTERS
+from .proxies import Proxies
 from .settings import UNSET, Config, Credentials, Settings, given_settings
 from .stores.base import MemoryStore, TokenStore
 
@@ -153,6 +154,8 @@ class TokenManagerPool:
         webhook_secret: str | None = UNSET,
         background_refresh: bool = UNSET,
         drain_timeout: float = UNSET,
+        proxies: Mapping[str, str] | Proxies | None = UNSET,
+        cert: str | tuple[str, str] | None = UNSET,
     ) -> None:
         # Hidden first: no frame of ours holds a secret in clear, whatever error follows.
         webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]

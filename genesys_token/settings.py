@@ -25,6 +25,7 @@ from .credentials import (
 )
 from .env_names import warn_near_misses
 from .errors import ConfigurationError
+from .proxies import Proxies, check_cert, checked_proxies, gateway_from_env, proxies_from_env
 from .regions import DEFAULT_REGION, check_url, resolve_region
 
 log = logging.getLogger("genesys_token")
@@ -131,6 +132,12 @@ class Settings:
         background_refresh: Refresh ahead of expiry on the process-wide scheduler; False
             refreshes on demand only (cron scripts).
         drain_timeout: Default bound of ``rotate()``'s wait for the old token's uses.
+        proxies: ``requests``-style proxies, ``{"https": "http://user:pass@proxy:3128"}``
+            (``http``, ``https`` or ``socks*`` URLs), kept as :class:`Proxies`: a password
+            never shows. The proxy named for a URL's scheme wins over ``HTTPS_PROXY`` and
+            ``NO_PROXY``; a loopback host is never proxied.
+        cert: Client certificate for an mTLS gateway: a PEM file holding the certificate
+            and its key, or a ``(certificate, key)`` pair of paths (``requests``' ``cert``).
     """
 
     region: str | None
@@ -152,6 +159,8 @@ class Settings:
     webhook_secret: SecretValue | None = field(repr=False)
     background_refresh: bool
     drain_timeout: float
+    proxies: Proxies | None
+    cert: str | tuple[str, str] | None
 
     def __init__(
         self,
@@ -175,6 +184,8 @@ class Settings:
         webhook_secret: str | SecretValue | None = None,
         background_refresh: bool = True,
         drain_timeout: float = 30.0,
+        proxies: Mapping[str, str] | Proxies | None = None,
+        cert: str | tuple[str, str] | None = None,
     ) -> None:
         """Check and normalise every value (see the class for what each one means).
 
@@ -183,6 +194,7 @@ class Settings:
         """
         # Hidden first: whatever error follows, no frame of ours holds it in clear.
         webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
+        proxies = checked_proxies(proxies)  # first too: a proxy's password, hidden
         put = object.__setattr__
         if region is not None:
             resolve_region(region)  # checked now; kept as given, resolved by the manager
@@ -217,12 +229,16 @@ class Settings:
             "drain_timeout",
             _number("drain_timeout", drain_timeout, positive=True),
         )
+        put(self, "proxies", proxies)
+        put(self, "cert", check_cert(cert))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from the ``GENESYSCLOUD_*`` variables that are not credentials:
         ``GENESYSCLOUD_REGION``, ``GENESYSCLOUD_TOKEN_URL`` and ``GENESYSCLOUD_API_URL``
-        (unset or empty: the default). Every other field has its default.
+        (unset or empty: the default), the gateway ``GENESYSCLOUD_GATEWAY_*`` (its URLs
+        when those two are unset) and the proxy ``GENESYSCLOUD_PROXY_*`` (see
+        :mod:`genesys_token.proxies`). Every other field has its default.
 
         Args:
             environ: The environment to read (default ``os.environ``).
@@ -283,8 +299,9 @@ def given_settings(settings: object) -> Settings:
 
 
 def with_env_location(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
-    """``settings`` with the location fields it leaves unset (None) taken from
-    ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``.
+    """``settings`` with the location fields and ``proxies`` it leaves unset (None) taken
+    from ``GENESYSCLOUD_REGION``, ``_TOKEN_URL``, ``_API_URL``, ``GENESYSCLOUD_GATEWAY_*``
+    and ``GENESYSCLOUD_PROXY_*``.
 
     Raises:
         ConfigurationError: A variable holds an invalid value.
@@ -296,10 +313,12 @@ def with_env_location(settings: Settings, environ: Mapping[str, str] | None = No
 
 def _location_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     warn_near_misses(env)
+    gateway = gateway_from_env(env)
     return {
         "region": env.get(ENV_REGION) or None,
-        "token_url": env.get(ENV_TOKEN_URL) or None,
-        "api_base_url": env.get(ENV_API_URL) or None,
+        "token_url": env.get(ENV_TOKEN_URL) or gateway.get("token_url"),
+        "api_base_url": env.get(ENV_API_URL) or gateway.get("api_base_url"),
+        "proxies": proxies_from_env(env),
     }
 
 
@@ -333,6 +352,9 @@ class Config:
     background_refresh: bool = True
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     drain_timeout: float = 30.0
+    #: Shown with ``***`` for a password.
+    proxies: Proxies | None = None
+    cert: str | tuple[str, str] | None = None
 
     @property
     def client_id(self) -> str:

@@ -77,6 +77,15 @@ def _bad_values() -> Iterator[Any]:
     yield pytest.param("webhook_secret", "", id="webhook_secret-empty")
     yield pytest.param("webhook_secret", "a\nb", id="webhook_secret-newline")
     yield pytest.param("webhook_secret", 5, id="webhook_secret-int")
+    yield pytest.param("proxies", "http://proxy:3128", id="proxies-str")
+    yield pytest.param("proxies", {"https": "ftp://proxy:21"}, id="proxies-scheme")
+    yield pytest.param("proxies", {"https": "proxy:3128"}, id="proxies-no-scheme")
+    yield pytest.param("proxies", {"https": 3128}, id="proxies-not-str")
+    yield pytest.param("proxies", {"ftp": "http://proxy:3128"}, id="proxies-key")
+    yield pytest.param("proxies", {"https": "http://proxy:port"}, id="proxies-port")
+    yield pytest.param("cert", 5, id="cert-int")
+    yield pytest.param("cert", "/no/such/client.pem", id="cert-missing-file")
+    yield pytest.param("cert", ("/no/such/c.pem", "/no/such/k.pem"), id="cert-missing-pair")
 
 
 @pytest.mark.parametrize(("name", "value"), list(_bad_values()))

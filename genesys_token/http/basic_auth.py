@@ -45,10 +45,12 @@ class BasicAuth(requests.auth.AuthBase):
         request.register_hook("response", _forget_authorization)  # type: ignore[no-untyped-call]
         return request
 
-    def known(self, secret: SecretValue) -> KnownSecrets:
-        """The secret in every form a hostile answer could echo it back in."""
+    def known(self, secret: SecretValue, *others: SecretValue) -> KnownSecrets:
+        """The secret in every form a hostile answer could echo it back in, and ``others``
+        (a proxy's password) as they are."""
         value = self._value
         return KnownSecrets(
+            *others,
             secret,
             secret.map(quote_plus),
             secret.map(lambda plain: quote(plain, safe="")),

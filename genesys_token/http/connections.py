@@ -43,6 +43,7 @@ import urllib3.connection
 import urllib3.connectionpool
 
 from ..core.fork import on_fork_in_child
+from ..proxies import Proxies
 from ..regions import is_loopback_host
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "deadline_session",
     "is_loopback_url",
     "json_of",
+    "proxies_for",
     "renew_adapters",
     "shared_session",
     "status_of",
@@ -280,6 +282,16 @@ def no_proxy_for(url: str) -> dict[str, str] | None:
     return cast("dict[str, str]", dict.fromkeys(keys))
 
 
+def proxies_for(url: str, explicit: Proxies | None) -> dict[str, str] | None:
+    """The ``proxies=`` of one of our requests to ``url``: none at all for a loopback host
+    (:func:`no_proxy_for`), else the proxy ``explicit`` (the ``proxies`` setting) names for
+    it, set so that it wins over the environment's; None leaves the choice to ``requests``
+    (``HTTPS_PROXY``, ``NO_PROXY``). The URL is in clear: pass it on at once."""
+    if is_loopback_url(url):
+        return no_proxy_for(url)
+    return None if explicit is None else explicit.requests_proxies(url)
+
+
 class LoopbackDirectAdapter(requests.adapters.HTTPAdapter):
     """An ``HTTPAdapter`` that reaches loopback hosts directly, never through a proxy,
     whatever the environment, the session's ``proxies`` or the call's ``proxies=`` say. Every
@@ -324,9 +336,12 @@ def status_of(
     headers: dict[str, str],
     timeout: tuple[float, float],
     verify: bool | str,
+    proxies: Proxies | None = None,
+    cert: str | tuple[str, str] | None = None,
 ) -> int:
     """The status of ``method url`` (the body is never read; no redirect is followed), the
-    whole call within :func:`attempt_bound`.
+    whole call within :func:`attempt_bound`, through the proxy ``proxies`` names for it (see
+    :func:`proxies_for`) with the client certificate ``cert``.
 
     Raises:
         requests.RequestException: No answer came in time.
@@ -341,7 +356,8 @@ def status_of(
             verify=verify,
             allow_redirects=False,
             stream=True,
-            proxies=no_proxy_for(url),
+            proxies=proxies_for(url, proxies),
+            cert=cert,
         ) as response,
     ):
         return response.status_code

@@ -21,8 +21,20 @@ import requests
 import urllib3
 
 from ..observability.redaction import excerpt
+from ..proxies import Proxies
 
-__all__ = ["CORRELATION_HEADER", "cause_of", "correlation_id_of", "host_of", "log_failed_call"]
+__all__ = [
+    "CORRELATION_HEADER",
+    "PROXY_AUTH_FAILED",
+    "cause_of",
+    "correlation_id_of",
+    "host_of",
+    "log_failed_call",
+    "proxy_host",
+]
+
+#: The cause of a request a proxy refused with 407: its credentials are wrong or missing.
+PROXY_AUTH_FAILED = "proxy authentication failed (407)"
 
 CORRELATION_HEADER = "ININ-Correlation-Id"
 """The header Genesys tags every answer with; support asks for it."""
@@ -125,6 +137,8 @@ def cause_of(exc: BaseException) -> str:
     def found(*types: type[BaseException]) -> bool:
         return any(isinstance(link, types) for link in links)
 
+    if found(urllib3.exceptions.ProxyError) and "407 proxy authentication" in texts:
+        return PROXY_AUTH_FAILED
     name_resolution = getattr(urllib3.exceptions, "NameResolutionError", socket.gaierror)
     if found(socket.gaierror, name_resolution) or any(t in texts for t in _LOOKUP_TEXTS):
         return "name lookup failed"
@@ -159,6 +173,15 @@ def cause_of(exc: BaseException) -> str:
     ):
         return "connection dropped"
     return type(links[-1]).__name__
+
+
+def proxy_host(url: str, proxies: Proxies | None) -> str:
+    """The host (``host:port``, never credentials) of the proxy a request to ``url`` went
+    through: the one ``proxies`` names for it, else the environment's; ``"?"`` if none."""
+    chosen = None if proxies is None else proxies.for_url(url)
+    if chosen is None:
+        chosen = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+    return "?" if chosen is None else host_of(chosen)
 
 
 def log_failed_call(

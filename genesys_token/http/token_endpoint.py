@@ -49,6 +49,7 @@ from ..errors import (
     where_raised,
 )
 from ..observability.redaction import excerpt
+from ..proxies import Proxies
 from ..settings import Config, Credentials
 from .answers import (
     RATE_LIMIT_PREFIX,
@@ -59,8 +60,15 @@ from .answers import (
     parse_success,
 )
 from .basic_auth import BasicAuth, basic_value
-from .connections import attempt_bound, deadline, no_proxy_for, shared_session, status_of
-from .failures import CORRELATION_HEADER, cause_of, correlation_id_of, host_of
+from .connections import attempt_bound, deadline, proxies_for, shared_session, status_of
+from .failures import (
+    CORRELATION_HEADER,
+    PROXY_AUTH_FAILED,
+    cause_of,
+    correlation_id_of,
+    host_of,
+    proxy_host,
+)
 from .retry_policy import FULL_JITTER, Backoff, RetryPolicy
 
 __all__ = [
@@ -200,7 +208,8 @@ class TokenEndpoint:
         settings, policy = self._settings, self._policy
         secret = read_secret(credentials.client_secret)
         auth = BasicAuth(credentials.client_id, secret)
-        known = auth.known(secret)
+        proxies = settings.proxies
+        known = auth.known(secret, *(proxies.passwords() if proxies is not None else ()))
         wait = cancel.wait if cancel is not None else self._wait
         give_up_at = self._clock.monotonic() + policy.deadline
         attempt = 1
@@ -315,7 +324,10 @@ class TokenEndpoint:
                 verify=settings.verify,
                 allow_redirects=False,
                 stream=True,
-                proxies=no_proxy_for(settings.token_url),  # on a session given to us too
+                # Loopback: no proxy, on a session given to us too; else ours wins over the
+                # environment's.
+                proxies=proxies_for(settings.token_url, settings.proxies),
+                cert=settings.cert,
             ) as response:
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self._clock.time()
@@ -324,7 +336,7 @@ class TokenEndpoint:
                 body, problem = self._read_capped(response, host, correlation_id)
                 return response.status_code, retry_after, body, problem, correlation_id
         except requests.exceptions.RequestException as exc:
-            failure = _no_answer(exc, host)
+            failure = _no_answer(exc, host, settings.token_url, settings.proxies)
         raise failure  # out of the handler: no chain holds the frames of requests
 
     def _read_capped(
@@ -407,19 +419,34 @@ class TokenEndpoint:
                 headers={"Authorization": f"Bearer {access_token}"},
                 timeout=self._settings.timeout,
                 verify=self._settings.verify,
+                proxies=self._settings.proxies,
+                cert=self._settings.cert,
             )
         except requests.exceptions.RequestException as exc:
             log.warning("%s /api/v2/tokens/me failed: %s", method, type(exc).__name__)
             return None
 
 
-def _no_answer(exc: requests.exceptions.RequestException, host: str) -> TokenRequestError:
-    """The typed error of a request that brought no answer, naming the host and the cause.
+def _no_answer(
+    exc: requests.exceptions.RequestException, host: str, url: str, proxies: Proxies | None
+) -> TokenRequestError:
+    """The typed error of a request that brought no answer, naming the host and the cause
+    (and the proxy's host, never its credentials, when the proxy failed it).
 
     Not chained to ``exc``: its frames hold the prepared request (see ``TokenRequestError``).
     """
     cause = cause_of(exc)
     kind = type(exc).__name__
+    if isinstance(exc, requests.exceptions.ProxyError):
+        proxy = proxy_host(url, proxies)
+        refused = cause == PROXY_AUTH_FAILED
+        return TokenRequestError(
+            f"could not reach the token endpoint {host} through the proxy {proxy}: {cause}"
+            f" ({kind})",
+            retryable=not refused,  # wrong proxy credentials stay wrong
+            host=host,
+            cause=cause,
+        )
     if isinstance(exc, requests.exceptions.SSLError) or cause.startswith("TLS"):
         return TokenEndpointTLSError(
             f"TLS handshake with the token endpoint failed: {_tls_reason(exc)}"

@@ -13,7 +13,7 @@ import requests
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
-from ..http.connections import LoopbackDirectAdapter
+from ..http.connections import LoopbackDirectAdapter, proxies_for
 from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..http.retry_policy import (
     ANY_METHOD_STATUSES,
@@ -23,6 +23,7 @@ from ..http.retry_policy import (
     IDEMPOTENT_STATUSES,
     Backoff,
 )
+from ..proxies import Proxies
 from .requests_auth import GenesysAuth
 
 if TYPE_CHECKING:
@@ -154,12 +155,32 @@ class ApiSession(requests.Session):
     Args:
         base_url: What relative paths are resolved against.
         timeout: The default ``(connect, read)`` timeout of every request.
+        proxies: The manager's ``proxies`` setting: the proxy it names for a URL wins over
+            the environment's (a plain ``session.proxies`` would not: ``requests`` lets
+            ``HTTPS_PROXY`` win over it); a ``proxies=`` of the call wins over both.
     """
 
-    def __init__(self, base_url: str, timeout: float | tuple[float, float]) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float | tuple[float, float],
+        proxies: Proxies | None = None,
+    ) -> None:
         super().__init__()
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._explicit_proxies = proxies
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        """``requests``' merge, the manager's proxy for ``url`` put before the environment's
+        (a loopback URL never gets one: the adapter drops it anyway)."""
+        text = url.decode("utf-8") if isinstance(url, bytes) else str(url or "")
+        ours = proxies_for(text, self._explicit_proxies) if self._explicit_proxies else None
+        if ours:
+            proxies = {**ours, **(proxies or {})}
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
     def resolve(self, url: str | bytes) -> str:
         """Resolve ``url`` against :attr:`base_url` unless it is absolute.
@@ -225,6 +246,7 @@ def api_session(
       ``allowed_origins``) only: an absolute URL to another origin goes out without the
       token, and a redirect to another host drops it (``requests`` strips the header).
     * Relative paths (``"/api/v2/users"``) are resolved against ``manager.api_base_url``.
+    * The manager's ``proxies`` and ``cert`` settings apply (see :class:`ApiSession`).
     * Every request gets ``timeout`` unless it passes its own.
     * Retries (:class:`GenesysRetry`): a 429 is retried for **every** method, since Genesys
       did not process the request; 502, 503 and 504 for idempotent methods only (GET, HEAD,
@@ -261,7 +283,9 @@ def api_session(
     )
     if retry_methods is not None:
         retry = retry.new(allowed_methods=frozenset(m.upper() for m in retry_methods))
-    session = ApiSession(manager.api_base_url, timeout)
+    settings = manager.settings
+    session = ApiSession(manager.api_base_url, timeout, settings.proxies)
+    session.cert = settings.cert  # an mTLS gateway asks API calls for it too
     # A loopback API host (a local gateway, the emulator) is never reached through a proxy.
     adapter = LoopbackDirectAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)

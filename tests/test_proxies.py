@@ -1,0 +1,371 @@
+"""Issue 24: proxies and gateways. ``proxies=`` and ``cert=`` carry the token requests, the
+revokes and :func:`api_session`'s calls through a real local proxy to an (mTLS) gateway;
+a proxy's password shows nowhere; ``from_env`` reads the Terraform provider's names."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from proxy_server import ProxyServer
+
+from genesys_token import (
+    ConfigurationError,
+    Settings,
+    TokenManager,
+    TokenRequestError,
+    api_session,
+)
+from genesys_token.env_names import near_misses
+from genesys_token.errors import TokenEndpointTLSError
+from genesys_token.http.failures import PROXY_AUTH_FAILED
+from genesys_token.observability.events import TOKEN_REFRESH_FAILURE
+from genesys_token.testing import GenesysEmulator
+
+#: A host name that resolves nowhere: only the proxy can reach it.
+GATEWAY = "gateway.genesys-token.test"
+PROXY_USER = "squid-user"
+PROXY_PASSWORD = "Pr0xy-Pa55word-never-shown"
+#: Where an environment proxy would be: nothing listens there.
+DEAD_PROXY = "http://127.0.0.1:9"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def bundle(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def client_pem(ca: trustme.CA, tmp_path: Path) -> str:
+    """The client certificate and its key, in one PEM file."""
+    path = tmp_path / "client.pem"
+    ca.issue_cert("client.genesys-token.test").private_key_and_cert_chain_pem.write_to_path(
+        str(path)
+    )
+    return str(path)
+
+
+def _gateway(ca: trustme.CA, *, mtls: bool) -> GenesysEmulator:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(GATEWAY).configure_cert(context)
+    if mtls:
+        context.verify_mode = ssl.CERT_REQUIRED
+        ca.configure_trust(context)
+    return GenesysEmulator(ssl_context=context)
+
+
+@pytest.fixture
+def gateway(ca: trustme.CA) -> Iterator[GenesysEmulator]:
+    with _gateway(ca, mtls=False) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def mtls_gateway(ca: trustme.CA) -> Iterator[GenesysEmulator]:
+    with _gateway(ca, mtls=True) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def environment_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment names a dead proxy and exempts the gateway: ours must win over both."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, DEAD_PROXY)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, GATEWAY)
+
+
+def _origin(emulator: GenesysEmulator) -> str:
+    return f"https://{GATEWAY}:{emulator.port}"
+
+
+def _manager(emulator: GenesysEmulator, **settings: Any) -> TokenManager:
+    origin = _origin(emulator)
+    return TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=origin + "/oauth/token",
+        api_base_url=origin,
+        max_retries=2,
+        backoff_base=0.01,
+        timeout=(2.0, 2.0),
+        **settings,
+    )
+
+
+def test_the_token_request_and_the_revoke_go_through_the_proxy_with_its_credentials(
+    gateway: GenesysEmulator, bundle: str, environment_elsewhere: None
+) -> None:
+    with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        proxies = {"https": proxy.url(PROXY_USER, PROXY_PASSWORD)}
+        with _manager(gateway, verify=bundle, proxies=proxies) as manager:
+            first = manager.get_token()
+            manager.rotate(revoke_previous=True)
+        lines = [seen.line for seen in proxy.seen]
+    assert first == gateway.issued_tokens[0]
+    assert first in gateway.revoked_tokens  # the revoke went through the proxy too
+    assert gateway.token_requests == 2
+    # The gateway's name resolves nowhere: only the proxy reached it (the token requests and
+    # the revoke share the tunnel's kept-alive connection).
+    assert lines
+    assert all(line.startswith(f"CONNECT {GATEWAY}:{gateway.port} ") for line in lines)
+    assert proxy.refused == 0
+
+
+def test_a_wrong_proxy_password_is_a_typed_error_naming_the_proxy_and_never_the_password(
+    gateway: GenesysEmulator,
+    bundle: str,
+    environment_elsewhere: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wrong = "Wr0ng-Proxy-Password-xyz"
+    events: list[Any] = []
+    caplog.set_level(logging.DEBUG)  # every logger, urllib3's included
+    with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        proxies = {"https": proxy.url(PROXY_USER, wrong)}
+        with _manager(gateway, verify=bundle, proxies=proxies) as manager:
+            manager.on(TOKEN_REFRESH_FAILURE, events.append)
+            with pytest.raises(TokenRequestError) as caught:
+                manager.get_token()
+            shown = [repr(manager.settings), repr(manager), str(manager.settings.proxies)]
+        refused = proxy.refused
+    error = caught.value
+    assert f"through the proxy 127.0.0.1:{proxy.port}" in str(error)
+    assert error.cause == PROXY_AUTH_FAILED
+    # Wrong proxy credentials stay wrong: not retried.
+    assert (error.retryable, error.attempts, refused) == (False, 1, 1)
+    assert gateway.token_requests == 0
+    assert f"{PROXY_USER}:***@127.0.0.1" in shown[0]
+    texts = [
+        str(error),
+        repr(error),
+        repr(vars(error)),
+        *shown,
+        *(repr(event) for event in events),
+        *(record.getMessage() for record in caplog.records),
+        caplog.text,
+    ]
+    assert events
+    for text in texts:
+        assert wrong not in text
+        assert "Wr0ng" not in text
+
+
+def test_an_mtls_gateway_gets_the_client_certificate_from_tokens_and_api_calls(
+    mtls_gateway: GenesysEmulator,
+    bundle: str,
+    client_pem: str,
+    environment_elsewhere: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # REQUESTS_CA_BUNDLE is how an api_session trusts a private CA (requests reads it).
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    with ProxyServer(mtls_gateway.port) as proxy:
+        with _manager(
+            mtls_gateway, verify=bundle, proxies={"all": proxy.url()}, cert=client_pem
+        ) as manager:
+            token = manager.get_token()
+            with api_session(manager, max_retries=0) as session:
+                answer = session.get("/api/v2/organizations/me")
+        tunnels = len(proxy.seen)
+    assert answer.status_code == 200
+    assert [record.token_used for record in mtls_gateway.api_request_log] == [token]
+    assert tunnels == 2  # the token request's tunnel and the API call's (another session)
+
+
+def test_an_explicit_proxy_wins_over_https_proxy_even_as_all(
+    gateway: GenesysEmulator, bundle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests alone would let HTTPS_PROXY (key "https") win over an explicit "all".
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, DEAD_PROXY)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    with ProxyServer(gateway.port) as proxy:
+        with (
+            _manager(gateway, verify=bundle, proxies={"all": proxy.url()}) as manager,
+            api_session(manager, max_retries=0) as session,
+        ):
+            manager.get_token()
+            assert session.get("/api/v2/organizations/me").status_code == 200
+        assert len(proxy.seen) == 2
+    assert (gateway.token_requests, len(gateway.api_request_log)) == (1, 1)
+
+
+def test_a_token_endpoint_echoing_the_proxy_password_has_it_redacted(
+    gateway: GenesysEmulator, bundle: str, environment_elsewhere: None
+) -> None:
+    # The endpoint is untrusted: whatever it says lands in the error's excerpt.
+    gateway.inject(
+        status=400,
+        body={"error": "invalid_request", "error_description": f"via {PROXY_PASSWORD} no"},
+    )
+    with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        proxies = {"https": proxy.url(PROXY_USER, PROXY_PASSWORD)}
+        with (
+            _manager(gateway, verify=bundle, proxies=proxies) as manager,
+            pytest.raises(TokenRequestError) as caught,
+        ):
+            manager.get_token()
+    error = caught.value
+    assert error.status == 400
+    assert "[REDACTED]" in (error.body_excerpt or "")
+    for text in (str(error), repr(error), repr(vars(error))):
+        assert PROXY_PASSWORD not in text
+
+
+def test_without_the_certificate_the_mtls_gateway_refuses_the_handshake(
+    mtls_gateway: GenesysEmulator, bundle: str, environment_elsewhere: None
+) -> None:
+    with (
+        ProxyServer(mtls_gateway.port) as proxy,
+        _manager(mtls_gateway, verify=bundle, proxies={"https": proxy.url()}) as manager,
+        pytest.raises((TokenEndpointTLSError, TokenRequestError)),
+    ):
+        manager.get_token()
+    assert mtls_gateway.token_requests == 0
+
+
+def test_api_session_takes_the_managers_proxy_over_the_environments(
+    gateway: GenesysEmulator,
+    bundle: str,
+    environment_elsewhere: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        proxies = {"https": proxy.url(PROXY_USER, PROXY_PASSWORD)}
+        with (
+            _manager(gateway, verify=bundle, proxies=proxies) as manager,
+            api_session(manager, max_retries=0) as session,
+        ):
+            assert session.get("/api/v2/organizations/me").status_code == 200
+            assert PROXY_PASSWORD not in repr(session)
+    assert len(gateway.api_request_log) == 1
+
+
+def test_from_env_builds_the_proxy_and_the_gateway_from_the_terraform_names(
+    gateway: GenesysEmulator, bundle: str, environment_elsewhere: None
+) -> None:
+    with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        environ = {
+            "GENESYSCLOUD_OAUTHCLIENT_ID": gateway.client_id,
+            "GENESYSCLOUD_OAUTHCLIENT_SECRET": gateway.client_secret,
+            "GENESYSCLOUD_REGION": "eu-west-1",  # the gateway's URLs win over the region's
+            "GENESYSCLOUD_GATEWAY_HOST": GATEWAY,
+            "GENESYSCLOUD_GATEWAY_PORT": str(gateway.port),
+            "GENESYSCLOUD_GATEWAY_PROTOCOL": "https",
+            "GENESYSCLOUD_PROXY_HOST": "127.0.0.1",
+            "GENESYSCLOUD_PROXY_PORT": str(proxy.port),
+            "GENESYSCLOUD_PROXY_PROTOCOL": "http",
+            "GENESYSCLOUD_PROXY_AUTH_USERNAME": PROXY_USER,
+            "GENESYSCLOUD_PROXY_AUTH_PASSWORD": PROXY_PASSWORD,
+        }
+        with TokenManager.from_env(environ, verify=bundle, max_retries=0) as manager:
+            assert manager.token_url == f"{_origin(gateway)}/oauth/token"
+            assert manager.api_base_url == _origin(gateway)
+            token = manager.get_token()
+            assert PROXY_PASSWORD not in repr(manager.settings)
+        assert proxy.refused == 0
+        assert len(proxy.seen) == 1
+    assert token == gateway.issued_tokens[-1]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "token_url", "api_base_url"),
+    [
+        ("login", "/edge/", "https://gw.example.com:8443/edge/oauth/token", None),
+        ("api", "genesys", None, "https://gw.example.com:8443/genesys"),
+        ("other", "x", None, None),  # the Go SDK uses only "login" and "api"
+    ],
+)
+def test_the_gateway_path_parameter_prefixes_the_login_or_the_api_path(
+    name: str, value: str, token_url: str | None, api_base_url: str | None
+) -> None:
+    settings = Settings.from_env(
+        {
+            "GENESYSCLOUD_GATEWAY_HOST": "gw.example.com",
+            "GENESYSCLOUD_GATEWAY_PORT": "8443",
+            "GENESYSCLOUD_GATEWAY_PATH_NAME": name,
+            "GENESYSCLOUD_GATEWAY_PATH_VALUE": value,
+        }
+    )
+    assert settings.token_url == (token_url or "https://gw.example.com:8443/oauth/token")
+    assert settings.api_base_url == (api_base_url or "https://gw.example.com:8443")
+
+
+def test_the_default_port_is_left_out_and_the_explicit_url_wins_over_the_gateway() -> None:
+    settings = Settings.from_env(
+        {
+            "GENESYSCLOUD_GATEWAY_HOST": "gw.example.com",
+            "GENESYSCLOUD_GATEWAY_PORT": "443",
+            "GENESYSCLOUD_API_URL": "https://api.example.com",
+        }
+    )
+    assert settings.token_url == "https://gw.example.com/oauth/token"
+    assert settings.api_base_url == "https://api.example.com"
+
+
+def test_a_bad_proxy_variable_is_refused_naming_the_setting_never_the_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(
+            {
+                "GENESYSCLOUD_PROXY_HOST": "proxy.example.com",
+                "GENESYSCLOUD_PROXY_PROTOCOL": "ftp",
+                "GENESYSCLOUD_PROXY_AUTH_USERNAME": PROXY_USER,
+                "GENESYSCLOUD_PROXY_AUTH_PASSWORD": PROXY_PASSWORD,
+            }
+        )
+    assert caught.value.field == "proxies"
+    assert PROXY_PASSWORD not in str(caught.value) + repr(caught.value.args)
+
+
+@pytest.mark.parametrize(
+    "proxies",
+    [
+        {"https": "ftp://user:Pr0xy-Pa55word-never-shown@proxy:21"},
+        {"https": "http://user:Pr0xy-Pa55word-never-shown@proxy:port"},
+        {"bogus": "http://user:Pr0xy-Pa55word-never-shown@proxy:3128"},
+    ],
+)
+def test_an_unusable_proxy_is_refused_without_showing_its_password(
+    proxies: dict[str, str],
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(proxies=proxies)
+    assert caught.value.field == "proxies"
+    assert PROXY_PASSWORD not in str(caught.value)
+
+
+def test_proxies_show_no_password_and_compare_by_value() -> None:
+    url = f"socks5h://{PROXY_USER}:{PROXY_PASSWORD}@proxy.example.com:1080"
+    settings = Settings(proxies={"HTTPS": url})
+    again = settings.replace(timeout=5)
+    assert again.proxies == settings.proxies
+    for text in (repr(settings), str(settings.proxies), repr(again)):
+        assert PROXY_PASSWORD not in text
+        assert f"{PROXY_USER}:***@proxy.example.com:1080" in text
+    assert settings.proxies is not None
+    assert settings.proxies.for_url("https://login.example.com/x") == url
+    assert settings.proxies.for_url("http://login.example.com/x") is None
+    assert Settings(proxies={}).proxies is None
+
+
+def test_the_proxy_and_gateway_names_are_read_so_near_misses_of_them_are_pointed_out() -> None:
+    assert near_misses(["GENESYSCLOUD_PROXY_HOST", "GENESYSCLOUD_GATEWAY_PATH_VALUE"]) == []
+    assert near_misses(["GENESYSCLOUD_PROXY_PROT"]) == [
+        ("GENESYSCLOUD_PROXY_PROT", "GENESYSCLOUD_PROXY_PORT")
+    ]
