@@ -409,7 +409,13 @@ class TokenEndpoint:
                 verify=self._settings.verify,
             )
         except requests.exceptions.RequestException as exc:
-            log.warning("%s /api/v2/tokens/me failed: %s", method, type(exc).__name__)
+            log.warning(
+                "%s /api/v2/tokens/me failed: %s (%s) on %s",
+                method,
+                cause_of(exc),
+                type(exc).__name__,
+                host_of(url),
+            )
             return None
 
 
