@@ -272,7 +272,7 @@ class TokenEndpoint:
                     correlation_id=correlation_id,
                 )
             try:
-                return parse_success(body, status, sent_monotonic, sent_wall, known)
+                return parse_success(body, status, sent_monotonic, sent_wall, known, host)
             except TokenRequestError as exc:
                 exc.host, exc.correlation_id = host, correlation_id
                 raise
