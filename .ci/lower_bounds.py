@@ -18,7 +18,10 @@ SETUP_CFG = Path(__file__).resolve().parent.parent / "setup.cfg"
 #: Extras whose lower bounds are pinned too: RedisStore's TLS host-name check depends on the
 #: redis-py version, so the oldest one allowed is tested.
 EXTRAS = ("redis",)
-_REQUIREMENT = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?P<extras>\[[^\]]*\])?>=(?P<bound>[0-9.]+)$")
+_REQUIREMENT = re.compile(
+    r"^(?P<name>[A-Za-z0-9_.-]+)(?P<extras>\[[^\]]*\])?>=(?P<bound>[0-9.]+)"
+    r'(\s*;\s*python_version\s*<\s*"(?P<below>[0-9.]+)")?$'
+)
 
 
 def lower_bounds() -> list[tuple[str, str, str]]:
@@ -37,6 +40,9 @@ def lower_bounds() -> list[tuple[str, str, str]]:
         match = _REQUIREMENT.match(line)
         if match is None:
             sys.exit(f"lower_bounds: {line!r} has no plain '>=' lower bound")
+        below = match["below"]
+        if below and sys.version_info >= tuple(int(p) for p in below.split(".")):
+            continue  # a backport this Python does not need (tomli before 3.11)
         bounds.append((match["name"], match["extras"] or "", match["bound"]))
     return bounds
 

@@ -33,6 +33,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -79,6 +80,8 @@ class NotificationListener:
         reconnect_delay: First backoff after a failed connection; doubles up to
             ``reconnect_max``.
         reconnect_max: Longest backoff.
+        give_up_after: Raise :class:`ConnectionError` after this many failed connects in a
+            row before any connection was ever open (a wrong or dead URL); None: retry on.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class NotificationListener:
         open_timeout: float = 10.0,
         reconnect_delay: float = 0.5,
         reconnect_max: float = 30.0,
+        give_up_after: int | None = None,
     ) -> None:
         self._manager = manager
         self._url = url
@@ -100,6 +104,8 @@ class NotificationListener:
         self._reconnect_delay = reconnect_delay
         self._reconnect_max = reconnect_max
         self._failures = 0
+        self._give_up_after = give_up_after
+        self._last_failure = ""
         self._logger = redacted_logger("websockets.client.genesys_token")
         #: Connections opened so far.
         self.connections = 0
@@ -114,6 +120,12 @@ class NotificationListener:
                 delay = self._connect_once(stop)
             except ManagerClosedError:
                 return
+            limit = self._give_up_after
+            if limit is not None and self.connections == 0 and self._failures >= limit:
+                raise ConnectionError(
+                    f"cannot connect to {_where(self._current_url())} "
+                    f"({self._failures} attempt(s)): {self._last_failure}"
+                )
 
     def _connect_once(self, stop: threading.Event) -> float:
         """Hold one connection until ``stop`` or a rotation; returns the wait before the next
@@ -132,12 +144,18 @@ class NotificationListener:
         except ManagerClosedError:
             raise
         except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, GenesysTokenError) as exc:
-            log.warning("WebSocket connection failed: %s", type(exc).__name__)
+            # The cause in words (no token: the handshake's headers are not in these texts).
+            self._last_failure = f"{type(exc).__name__}: {str(exc)[:200] or 'no detail'}"
+            log.warning("WebSocket connection failed: %s", self._last_failure)
         self._failures += 1
         return min(self._reconnect_max, self._reconnect_delay * 2.0 ** (self._failures - 1))
 
+    def _current_url(self) -> str:
+        return self._url() if callable(self._url) else self._url
+
     def _hold(self, use: InFlight, stop: threading.Event) -> None:
-        url = self._url() if callable(self._url) else self._url
+        url = self._current_url()
+        log.info("connecting to %s (open timeout %.0f s)", _where(url), self._open_timeout)
         headers = {"Authorization": f"Bearer {use.token}"}
         try:
             with connect(
@@ -164,16 +182,37 @@ class NotificationListener:
             self._on_message(message)
 
 
+def _where(url: str) -> str:
+    """``scheme://host:port`` of ``url``: its path and query may name a channel or a key."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.netloc else "?"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print every message of ``url`` until Ctrl-C (credentials from ``GENESYSCLOUD_*``)."""
+    """Print every message of ``url`` until Ctrl-C (credentials from ``GENESYSCLOUD_*``).
+
+    Progress goes to stderr; a URL that cannot be reached at the first connect ends the
+    program with status 1 and the cause, instead of retrying in silence.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("url", help="the WebSocket URL (ws:// or wss://)")
+    parser.add_argument("--open-timeout", type=float, default=10.0, help="connect seconds")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     stop = threading.Event()
     with TokenManager.from_env() as manager:
-        listener = NotificationListener(manager, args.url, lambda m: print(m, flush=True))
+        listener = NotificationListener(
+            manager,
+            args.url,
+            lambda m: print(m, flush=True),
+            open_timeout=args.open_timeout,
+            give_up_after=1,
+        )
         try:
             listener.run(stop)
+        except ConnectionError as exc:
+            print(f"websocket_notifications: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             stop.set()
     return 0

@@ -33,6 +33,7 @@ import requests
 from . import __version__
 from .errors import ConfigurationError, GenesysTokenError, InvalidClientError
 from .http.connections import shared_session, status_of
+from .http.failures import cause_of
 from .manager import TokenManager
 from .observability.redaction import redact
 from .settings import ENV_CLIENT_SECRET
@@ -249,7 +250,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         status = _head(url, token, settings.timeout, settings.verify)
     except requests.RequestException as exc:
-        message = f"HEAD {url} failed: no answer from the API ({type(exc).__name__})"
+        message = (
+            f"HEAD {url} failed: no answer from the API: {cause_of(exc)} ({type(exc).__name__})"
+        )
         return _fail(message, EXIT_UNAVAILABLE)
     print(f"api:         HEAD {url} answered {status}")
     if 200 <= status < 300:

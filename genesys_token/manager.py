@@ -12,6 +12,7 @@ beyond the public API (counted uses, a 401's replacement) is :func:`adapter_port
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from .http.token_endpoint import RetryNotice, TokenEndpoint
 from .observability import otel
 from .observability.events import Listener
 from .observability.reporter import Reporter
+from .profiles import DEFAULT_PROFILE, read_profile, with_profile_location
 from .proxies import Proxies
 from .regions import warn_region_mismatch
 from .settings import (
@@ -193,6 +195,63 @@ class TokenManager:
             environ, client_id=client_id, client_secret=client_secret
         )
         merged = with_env_location(given_settings(settings), environ).merged(locals())
+        manager = cls.__new__(cls)
+        manager._init(credentials, merged, store, clock, session)
+        return manager
+
+    @classmethod
+    def from_profile(
+        cls,
+        name: str = DEFAULT_PROFILE,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        settings: Settings | None = None,
+        region: str | None = UNSET,
+        token_url: str | None = UNSET,
+        api_base_url: str | None = UNSET,
+        scopes: str | Iterable[str] = UNSET,
+        refresh_buffer: float = UNSET,
+        refresh_jitter: float = UNSET,
+        timeout: float | tuple[float, float] = UNSET,
+        max_retries: int = UNSET,
+        retry_deadline: float = UNSET,
+        max_retry_after: float = UNSET,
+        backoff_base: float = UNSET,
+        backoff_max: float = UNSET,
+        max_response_bytes: int = UNSET,
+        verify: bool | str = UNSET,
+        jwks_url: str | None = UNSET,
+        webhook_url: str | None = UNSET,
+        webhook_secret: str | None = UNSET,
+        background_refresh: bool = UNSET,
+        drain_timeout: float = UNSET,
+        proxies: Mapping[str, str] | Proxies | None = UNSET,
+        cert: str | tuple[str, str] | None = UNSET,
+        store: TokenStore | None = None,
+        clock: Clock | None = None,
+        session: requests.Session | None = None,
+    ) -> TokenManager:
+        """Build a manager from a profile of the Genesys Cloud CLI (``gc``): its
+        ``client_credentials`` (the client id), ``client_secret`` and ``environment`` (see
+        :mod:`genesys_token.profiles`).
+
+        What wins: a keyword given explicitly, then a field ``settings`` sets, then the
+        profile's ``environment``, then the defaults. The other arguments are the
+        constructor's.
+
+        Args:
+            name: The profile, case-insensitive as in the CLI (its default is ``DEFAULT``).
+            path: The CLI's file (default ``~/.gc/config.toml``).
+
+        Raises:
+            ProfileError: The file or the profile cannot be used (a
+                :class:`~genesys_token.ConfigurationError` naming file, profile and key).
+            ConfigurationError: Another setting is invalid.
+        """
+        webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]
+        profile = read_profile(name, path)
+        credentials = Credentials(profile.client_id, profile.client_secret)
+        merged = with_profile_location(given_settings(settings).merged(locals()), profile)
         manager = cls.__new__(cls)
         manager._init(credentials, merged, store, clock, session)
         return manager

@@ -475,11 +475,18 @@ def _credentials_from_environment(
     )
 
 
+#: Variables already warned about (the warning is said once per process; tests clear it).
+WARNED_STRIPPED: set[str] = set()
+
+
 def _stripped(name: str, value: str | None) -> str | None:
-    """``value`` without surrounding whitespace; says so (by name only) when it had some."""
+    """``value`` without surrounding whitespace; says so (by name only, once per process and
+    variable: every manager built from the environment reads it again) when it had some."""
     if value is None or value == value.strip():
         return value
-    log.warning("%s had surrounding whitespace; it was stripped", name)
+    if name not in WARNED_STRIPPED:
+        WARNED_STRIPPED.add(name)
+        log.warning("%s had surrounding whitespace; it was stripped", name)
     return value.strip()
 
 

@@ -455,7 +455,10 @@ def test_check_without_an_api_answer_exits_4(
 ) -> None:
     emulator.inject(Fault(drop=True), times=None, path="/api/v2/tokens/me")
     assert cli.main(["check"]) == 4
-    assert "no answer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no answer" in err
+    # The cause in words, as token request errors give it, not only the type.
+    assert "no answer from the API: connection dropped (ConnectionError)" in err
 
 
 def test_checks_head_on_an_api_host_that_trickles_its_answer_is_cut_not_ok(

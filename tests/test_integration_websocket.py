@@ -292,3 +292,28 @@ def test_closing_the_manager_ends_the_listener(
     manager.close()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_dead_url_ends_the_example_at_once_with_its_cause(
+    emulator: GenesysEmulator,
+    closed_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 24: it used to retry in silence (no handler showed its warnings).
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_ID", emulator.client_id)
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", emulator.client_secret)
+    monkeypatch.setenv("GENESYSCLOUD_TOKEN_URL", emulator.token_url)
+    monkeypatch.setenv("GENESYSCLOUD_API_URL", emulator.api_base_url)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="genesys_token.examples.websocket"):
+        status = EXAMPLE["main"]([f"ws://127.0.0.1:{closed_port}/channels/abc?key=k"])
+    assert status == 1
+    assert time.monotonic() - started < 5.0
+    err = capsys.readouterr().err
+    assert f"cannot connect to ws://127.0.0.1:{closed_port} (1 attempt(s))" in err
+    assert "ConnectionRefusedError" in err
+    assert "channels/abc" not in err and "key=k" not in err
+    assert f"connecting to ws://127.0.0.1:{closed_port}" in caplog.text
+    assert emulator.token_requests == 1  # the token came; the URL was the problem

@@ -325,3 +325,34 @@ def test_random_runs_are_never_taken_for_words() -> None:
     for _ in range(2000):
         run = "".join(rng.choice(alphabet) for _ in range(32))
         assert redact(f"x {run} y") == f"x {REDACTED} y", run
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "basic authentication failed",
+        "Bearer token expired",
+        "HTTP Basic Auth is not supported for this grant",
+        "the bearer token was rejected: use a Bearer Token from login.mypurecloud.com",
+        "401 Unauthorized: bearer realm missing",
+    ],
+)
+def test_prose_after_bearer_or_basic_is_kept(text: str) -> None:
+    # Issue 24: the old pattern turned these into "basic [redacted] failed".
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("sent Bearer abc123def456 to the API", "abc123def456"),
+        ("basic dXNlcjpwYXNz failed", "dXNlcjpwYXNz"),
+        ("Bearer eu-west-1.Kx9_q", "eu-west-1.Kx9_q"),
+        ("Authorization: Bearer plainword", "plainword"),  # a header: always a credential
+        ('{"Authorization": "Basic token"}', "token"),
+    ],
+)
+def test_credentials_after_bearer_or_basic_are_still_redacted(text: str, leak: str) -> None:
+    out = redact(text)
+    assert leak not in out, out
+    assert REDACTED in out

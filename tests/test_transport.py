@@ -200,6 +200,10 @@ def test_unusable_2xx_answer_is_a_typed_error_after_one_request(
     assert error.body_excerpt is not None
     assert len(error.body_excerpt) <= 203
     assert emulator.token_requests == 1
+    # Named like every other token request error (issue 24): str(e) says which host.
+    host = f"127.0.0.1:{emulator.port}"
+    assert error.host == host
+    assert f" {host}" in str(error)
 
 
 @pytest.mark.parametrize(

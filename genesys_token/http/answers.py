@@ -92,7 +92,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def parse_success(
-    body: bytes, status: int, sent_monotonic: float, sent_wall: float, known: KnownSecrets
+    body: bytes,
+    status: int,
+    sent_monotonic: float,
+    sent_wall: float,
+    known: KnownSecrets,
+    host: str = "",
 ) -> TokenResponse:
     """Turn a 2xx body into a :class:`TokenResponse`.
 
@@ -102,6 +107,7 @@ def parse_success(
         sent_monotonic: Monotonic time the request was sent.
         sent_wall: Wall-clock time the request was sent.
         known: Secrets to redact from excerpts (the token found is added).
+        host: The host that answered (named in the error, as other token errors do).
 
     Returns:
         The parsed answer; ``expires_in`` capped at ``MAX_TOKEN_LIFETIME``.
@@ -113,24 +119,27 @@ def parse_success(
     payload = _json_object(body)
     if payload is None:
         raise InvalidTokenResponseError(
-            "token endpoint answered without a JSON object",
+            f"token endpoint {host or '?'} answered without a JSON object",
             status=status,
             body_excerpt=known.excerpt(body),
+            host=host,
         )
     access_token = payload.get("access_token")
     if isinstance(access_token, str) and access_token:
         known = known.plus(access_token)
     if not isinstance(access_token, str) or not access_token.strip():
-        raise _bad_field(status, body, "access_token is missing or empty", known)
+        raise _bad_field(status, host, body, "access_token is missing or empty", known)
     if any(ch.isspace() for ch in access_token) or not access_token.isprintable():
-        raise _bad_field(status, body, "access_token has whitespace or control characters", known)
+        raise _bad_field(
+            status, host, body, "access_token has whitespace or control characters", known
+        )
     if not access_token.isascii():  # RFC 6750: a header value; "€" failed every API call
-        raise _bad_field(status, body, "access_token is not ASCII", known)
+        raise _bad_field(status, host, body, "access_token is not ASCII", known)
     token_type = payload.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         shown = known.excerpt(str(token_type), 40)
-        raise _bad_field(status, body, f"token_type is not bearer ({shown})", known)
-    expires_in = _expires_in(payload.get("expires_in"), status, body, known)
+        raise _bad_field(status, host, body, f"token_type is not bearer ({shown})", known)
+    expires_in = _expires_in(payload.get("expires_in"), status, host, body, known)
     scope = payload.get("scope")
     return TokenResponse(
         access_token=access_token,
@@ -142,17 +151,17 @@ def parse_success(
     )
 
 
-def _expires_in(value: Any, status: int, body: bytes, known: KnownSecrets) -> float:
+def _expires_in(value: Any, status: int, host: str, body: bytes, known: KnownSecrets) -> float:
     if isinstance(value, str) and _DELTA_SECONDS.fullmatch(value.strip()):
         value = float(value.strip())  # a huge one is inf, refused below
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad_field(status, body, "expires_in is missing or not a number", known)
+        raise _bad_field(status, host, body, "expires_in is missing or not a number", known)
     # Compared before float(): an int of 400 digits would raise OverflowError there.
     if value > _ABSURD_SECONDS:
-        raise _bad_field(status, body, "expires_in is absurdly large", known)
+        raise _bad_field(status, host, body, "expires_in is absurdly large", known)
     number = float(value)
     if not math.isfinite(number) or number <= 0:
-        raise _bad_field(status, body, "expires_in is not a positive number", known)
+        raise _bad_field(status, host, body, "expires_in is not a positive number", known)
     if number > MAX_TOKEN_LIFETIME:
         log.warning(
             "token endpoint granted %.0fs; capping the lifetime at %.0fs",
@@ -251,8 +260,11 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def _bad_field(
-    status: int, body: bytes, what: str, known: KnownSecrets
+    status: int, host: str, body: bytes, what: str, known: KnownSecrets
 ) -> InvalidTokenResponseError:
     return InvalidTokenResponseError(
-        f"unusable token answer: {what}", status=status, body_excerpt=known.excerpt(body)
+        f"unusable token answer from {host or '?'}: {what}",
+        status=status,
+        body_excerpt=known.excerpt(body),
+        host=host,
     )

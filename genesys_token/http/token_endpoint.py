@@ -281,7 +281,7 @@ class TokenEndpoint:
                     correlation_id=correlation_id,
                 )
             try:
-                return parse_success(body, status, sent_monotonic, sent_wall, known)
+                return parse_success(body, status, sent_monotonic, sent_wall, known, host)
             except TokenRequestError as exc:
                 exc.host, exc.correlation_id = host, correlation_id
                 raise
@@ -423,7 +423,13 @@ class TokenEndpoint:
                 cert=self._settings.cert,
             )
         except requests.exceptions.RequestException as exc:
-            log.warning("%s /api/v2/tokens/me failed: %s", method, type(exc).__name__)
+            log.warning(
+                "%s /api/v2/tokens/me failed: %s (%s) on %s",
+                method,
+                cause_of(exc),
+                type(exc).__name__,
+                host_of(url),
+            )
             return None
 
 

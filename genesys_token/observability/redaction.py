@@ -67,9 +67,27 @@ def _redact_run(match: re.Match[str]) -> str:
     return REDACTED
 
 
+#: ``Bearer <value>`` / ``Basic <value>``, after an ``Authorization`` key or alone.
+_AUTH_SCHEME = re.compile(
+    r"(?i)(?P<header>\bauthorization[\"']?\s*[:=]\s*[\"']?)?"
+    r"\b(?P<scheme>bearer|basic)\s+(?P<value>[A-Za-z0-9._~+/=-]+)"
+)
+#: A word of prose ("Bearer token expired", "basic authentication failed"): letters, at most
+#: a leading capital, no longer than English words get. No token or base64 value looks so.
+_PROSE_AFTER_SCHEME = re.compile(r"[A-Za-z][a-z]{0,23}")
+
+
+def _redact_scheme(match: re.Match[str]) -> str:
+    """Redact what follows ``Bearer``/``Basic`` unless it is a word of prose (an
+    ``Authorization`` key before them means a credential, whatever it looks like)."""
+    if match["header"] is None and _PROSE_AFTER_SCHEME.fullmatch(match["value"]):
+        return match[0]
+    return f"{match['header'] or ''}{match['scheme']} {REDACTED}"
+
+
 _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
-    # Authorization header values.
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
+    # Authorization header values; prose such as "basic authentication failed" stays.
+    (_AUTH_SCHEME, _redact_scheme),
     # JWTs.
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
     # Long base64url runs: Genesys' opaque tokens are ~100 such characters. UUIDs stay.
