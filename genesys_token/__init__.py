@@ -14,6 +14,7 @@ import logging as _logging
 from .core.uses import InFlight
 from .credentials import SecretFile
 from .errors import (
+    ApiRateLimitedError,
     ConfigurationError,
     DrainTimeoutError,
     GenesysTokenError,
@@ -45,6 +46,7 @@ __version__ = "0.2.0"
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
+    "ApiRateLimitedError",
     "ConfigurationError",
     "DrainTimeoutError",
     "GenesysAuth",

@@ -110,8 +110,39 @@ class RateLimitedError(TokenRequestError):
 
     ``retry_after`` holds the seconds the service asked us to wait (``Retry-After``, or the
     "[N] seconds" of a Genesys 429 body), capped at ``max_retry_after``; ``None`` when it
-    did not say.
+    did not say. Its subclass :class:`ApiRateLimitedError` is the pacing of API calls
+    (``api_rate_limit``) giving up before anything was sent.
     """
+
+
+class ApiRateLimitedError(RateLimitedError):
+    """An API call found no room under ``api_rate_limit`` for its token within
+    ``api_rate_wait``: nothing was sent (``attempts`` is 0, ``status`` ``None``).
+
+    A :class:`RateLimitedError`, so one ``except RateLimitedError`` catches both limits.
+
+    Attributes:
+        limit: The limit that left no room: ``(calls, seconds)`` per token.
+        waited: Seconds this call waited for a slot.
+        token_fingerprint: The fingerprint of the token whose slots were taken (never the
+            token), or ``""`` when the pacer was not told it.
+        retry_after: Seconds until a slot frees, when known (a slot still held until its
+            answer frees at an unknown time: then ``None``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: tuple[int, float],
+        waited: float,
+        token_fingerprint: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retryable=True, attempts=0, retry_after=retry_after)
+        self.limit = limit
+        self.waited = waited
+        self.token_fingerprint = token_fingerprint
 
 
 class InvalidTokenResponseError(TokenRequestError):
