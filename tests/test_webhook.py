@@ -571,6 +571,27 @@ def test_a_worker_that_cannot_start_leaves_records_queued_for_the_next_submit(
     assert [b["data"]["n"] for b in receiver.bodies()] == [0, 1, 2]
 
 
+def test_close_starts_a_worker_that_could_not_start_before_and_flushes(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+):
+    real_start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if thread.name == "genesys-token-webhook":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    sender = WebhookSender(receiver.url, on_failure=lambda data: None)
+    sender.submit(_record(0))
+    sender.submit(_record(1))
+    assert sender.pending == 2
+    monkeypatch.setattr(threading.Thread, "start", real_start)  # threads can start again
+    sender.close()  # no submit in between: close() itself must start the worker
+    assert sender.delivered == 2 and sender.dropped == 0
+    assert [b["data"]["n"] for b in receiver.bodies()] == [0, 1]
+
+
 def test_close_flushes_the_queue(receiver: Receiver):
     sender = WebhookSender(receiver.url, on_failure=lambda data: None)
     for n in range(20):

@@ -486,6 +486,9 @@ class WebhookSender:
                 return
             self._closed = True
             self._flush_deadline = time.monotonic() + CLOSE_FLUSH_TIMEOUT
+            if self._worker is None and self._queue:
+                # Its start failed before (a pids limit): one more try, to flush the queue.
+                self._worker = self._starter.start(self._run, "genesys-token-webhook")
             worker = self._worker
             self._closing.set()
             self._cond.notify_all()
