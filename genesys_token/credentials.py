@@ -156,6 +156,11 @@ class KnownSecrets:
         secret redacted."""
         return excerpt(value, limit, [secret.reveal() for secret in self._values])
 
+    def found_in(self, text: str) -> bool:
+        """Whether any known secret, however short, occurs in ``text`` (for values that are
+        dropped whole rather than redacted, such as a correlation id)."""
+        return any((value := secret.reveal()) and value in text for secret in self._values)
+
     def __repr__(self) -> str:
         return f"KnownSecrets({len(self._values)} hidden)"
 

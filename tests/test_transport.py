@@ -22,7 +22,12 @@ import requests
 from conftest import MakeManager, TricklingServer, eventually, in_background, join_fetch_threads
 from requests.adapters import HTTPAdapter
 
-from genesys_token import InvalidTokenResponseError, TokenRequestError, TokenTimeoutError
+from genesys_token import (
+    InvalidTokenResponseError,
+    TokenManager,
+    TokenRequestError,
+    TokenTimeoutError,
+)
 from genesys_token.http import connections as _http
 from genesys_token.http.connections import HostLimiter
 from genesys_token.http.failures import host_of
@@ -756,6 +761,32 @@ def test_a_correlation_id_holding_the_client_secret_is_dropped(
     assert secret not in repr(records)
     assert secret not in caplog.text
     assert all(getattr(r, "correlation_id", None) is None for r in caplog.records)
+
+
+def test_a_correlation_id_holding_a_short_secret_is_dropped(caplog: pytest.LogCaptureFixture):
+    # Redaction spares known values under 8 characters (prose would be mangled); a
+    # correlation id holding one is dropped whole all the same (review D4).
+    secret = "hunter2"
+    with GenesysEmulator(client_secret=secret) as emulator:
+        emulator.inject(
+            Fault(status=503, headers={"ININ-Correlation-Id": f"id-{secret}-x"}), times=None
+        )
+        manager = TokenManager(
+            emulator.client_id,
+            secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            max_retries=0,
+            background_refresh=False,
+        )
+        try:
+            with caplog.at_level(logging.DEBUG, logger="genesys_token"):
+                with pytest.raises(TokenRequestError) as caught:
+                    manager.get_token(timeout=5)
+        finally:
+            manager.close()
+    assert caught.value.correlation_id is None
+    assert secret not in str(caught.value) + caplog.text
 
 
 @pytest.mark.parametrize(

@@ -480,9 +480,11 @@ def _no_answer(
 def _correlation_id(response: requests.Response, known: KnownSecrets) -> str | None:
     """The answer's ``ININ-Correlation-Id``; ``None`` when absent, malformed or holding a
     known secret (a hostile endpoint may echo the client secret there)."""
-    return correlation_id_of(
+    found = correlation_id_of(
         response.headers.get(CORRELATION_HEADER), lambda text: known.excerpt(text, 64)
     )
+    # Redaction spares secrets too short to search prose for; an id is dropped whole.
+    return None if found is None or known.found_in(found) else found
 
 
 def _content_length(response: requests.Response) -> int | None:
