@@ -995,3 +995,28 @@ def test_every_answer_carries_a_correlation_id_recorded_per_request(
     assert sent[0] != sent[1]
     assert [r.correlation_id for r in emulator.token_request_log][-2:] == sent
     assert emulator.api_request_log[-1].correlation_id == api.headers["ININ-Correlation-Id"]
+
+
+def test_the_cli_serves_when_stdout_is_closed_before_the_banner() -> None:
+    # `... | true`: the reader is gone before the banner; the banner's write failed with a
+    # BrokenPipeError traceback and the emulator never served (review D3).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genesys_token.testing", "--port", "0"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write_end)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=1.0)  # still serving
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert "Traceback" not in err

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import os
+import select
 import shlex
 import signal
 import sys
@@ -210,14 +211,16 @@ def run_parsed(
             calls, window = emulator.api_rate_limit
             lines.append(f"API rate limit: {calls} calls per {window:g} s per token")
         lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
-        print("\n".join(lines), flush=True)
+        with contextlib.suppress(OSError):  # stdout closed or full: serve all the same
+            print("\n".join(lines), flush=True)
         if ready is not None:
             ready(emulator)
         while not event.is_set():
             event.wait(0.2)  # short waits so Ctrl-C is handled promptly everywhere
             requests.poll()
-    requests.poll()
-    requests.finish(SUMMARY_WAIT)
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during the summary
+        requests.poll()
+        requests.finish(SUMMARY_WAIT)
     return 0
 
 
@@ -313,7 +316,10 @@ class _LineWriter:
                 return True
             data = (text + "\n").encode(self._encoding, "backslashreplace")
             while data:
-                data = data[os.write(self._fd, data) :]
+                try:
+                    data = data[os.write(self._fd, data) :]
+                except BlockingIOError:  # a non-blocking pipe that is full: wait for room
+                    select.select([], [self._fd], [], 1.0)
         except (OSError, ValueError):  # a closed pipe or stream
             return False
         return True
