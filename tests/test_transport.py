@@ -780,9 +780,11 @@ def test_a_correlation_id_holding_a_short_secret_is_dropped(caplog: pytest.LogCa
             background_refresh=False,
         )
         try:
-            with caplog.at_level(logging.DEBUG, logger="genesys_token"):
-                with pytest.raises(TokenRequestError) as caught:
-                    manager.get_token(timeout=5)
+            with (
+                caplog.at_level(logging.DEBUG, logger="genesys_token"),
+                pytest.raises(TokenRequestError) as caught,
+            ):
+                manager.get_token(timeout=5)
         finally:
             manager.close()
     assert caught.value.correlation_id is None
