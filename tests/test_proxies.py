@@ -4,6 +4,7 @@ a proxy's password shows nowhere; ``from_env`` reads the Terraform provider's na
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from genesys_token import (
 from genesys_token.env_names import near_misses
 from genesys_token.errors import TokenEndpointTLSError
 from genesys_token.http.failures import PROXY_AUTH_FAILED
+from genesys_token.integrations.httpx import api_client, async_api_client
 from genesys_token.observability.events import TOKEN_REFRESH_FAILURE
 from genesys_token.testing import GenesysEmulator
 
@@ -369,3 +371,23 @@ def test_the_proxy_and_gateway_names_are_read_so_near_misses_of_them_are_pointed
     assert near_misses(["GENESYSCLOUD_PROXY_PROT"]) == [
         ("GENESYSCLOUD_PROXY_PROT", "GENESYSCLOUD_PROXY_PORT")
     ]
+
+
+def test_httpx_api_clients_take_the_managers_proxy_and_client_certificate(
+    mtls_gateway: GenesysEmulator, bundle: str, client_pem: str, environment_elsewhere: None
+) -> None:
+    # Review: api_client / async_api_client ignored proxies= and cert= (api_session did not).
+    with ProxyServer(mtls_gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        proxies = {"https": proxy.url(PROXY_USER, PROXY_PASSWORD)}
+        with _manager(mtls_gateway, verify=bundle, proxies=proxies, cert=client_pem) as manager:
+            with api_client(manager, max_retries=0) as client:
+                assert client.get("/api/v2/organizations/me").status_code == 200
+
+            async def call() -> int:
+                async with async_api_client(manager, max_retries=0) as client:
+                    return (await client.get("/api/v2/organizations/me")).status_code
+
+            assert asyncio.run(call()) == 200
+        lines = [seen.line for seen in proxy.seen]
+    assert len(mtls_gateway.api_request_log) == 2
+    assert all(line.startswith(f"CONNECT {GATEWAY}:{mtls_gateway.port} ") for line in lines)

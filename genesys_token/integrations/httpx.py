@@ -26,10 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Collection, Generator, Hashable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Collection,
+    Generator,
+    Hashable,
+    Iterable,
+)
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 try:
@@ -358,23 +367,56 @@ def _retrieve(done: asyncio.Future[object]) -> None:
 # -- API clients -------------------------------------------------------------------------------
 
 
+def _api_host_transport(
+    manager: TokenManager, transport_type: type[httpx.HTTPTransport | httpx.AsyncHTTPTransport]
+) -> httpx.HTTPTransport | httpx.AsyncHTTPTransport | None:
+    """The transport for the API host when the manager's ``proxies`` or ``cert`` settings
+    apply to it (api_session honours them too), trusting what the manager's ``verify``
+    trusts; None: the client's own."""
+    settings = manager.settings
+    proxy = settings.proxies.for_url(manager.api_base_url) if settings.proxies else None
+    if proxy is None and settings.cert is None:
+        return None
+    # The manager's verify (a private CA of the gateway) applies as for its token requests.
+    verify = settings.verify
+    if isinstance(verify, str):
+        path = Path(verify)
+        context = ssl.create_default_context(
+            cafile=None if path.is_dir() else verify, capath=verify if path.is_dir() else None
+        )
+        if settings.cert is not None:
+            cert, key = settings.cert if isinstance(settings.cert, tuple) else (settings.cert, None)
+            context.load_cert_chain(cert, key)
+    else:
+        context = httpx.create_ssl_context(verify=verify, cert=settings.cert)
+    return transport_type(verify=context, proxy=proxy)
+
+
 def _client_options(
     manager: TokenManager,
     timeout: float | tuple[float, float] | httpx.Timeout | None,
     retry: ApiRetry,
     auth: GenesysHTTPXAuth,
     kwargs: dict[str, Any],
+    transport_type: type[httpx.HTTPTransport | httpx.AsyncHTTPTransport],
 ) -> dict[str, Any]:
     if isinstance(timeout, tuple):
         connect, read = timeout
         timeout = httpx.Timeout(read, connect=connect)
     mounts = dict(kwargs.pop("mounts", None) or {})
     base = httpx.URL(manager.api_base_url)
+    host = f"[{base.host}]" if ":" in base.host else base.host
     if is_loopback_url(manager.api_base_url):
         # A loopback API host (a local gateway, the emulator) is never reached through a
         # proxy, as with api_session: None routes it to the client's own transport.
-        host = f"[{base.host}]" if ":" in base.host else base.host
         mounts.setdefault(f"all://{host}", None)
+    else:
+        transport = _api_host_transport(manager, transport_type)
+        if transport is not None:
+            # The API origin itself: a key more specific than any the environment's
+            # HTTPS_PROXY / NO_PROXY give (the manager's proxy wins, as in api_session).
+            port = f":{base.port}" if base.port is not None else ""
+            mounts.setdefault(f"{base.scheme}://{host}{port}", transport)
     return {
         "base_url": manager.api_base_url,
         "auth": auth,
@@ -441,7 +483,8 @@ def api_client(
         origins=[manager.api_base_url, *allowed_origins],
         log_failures=False,
     )
-    return ApiClient(**_client_options(manager, timeout, retry, auth, kwargs))
+    options = _client_options(manager, timeout, retry, auth, kwargs, httpx.HTTPTransport)
+    return ApiClient(**options)
 
 
 def async_api_client(
@@ -477,4 +520,5 @@ def async_api_client(
         origins=[manager.api_base_url, *allowed_origins],
         log_failures=False,
     )
-    return AsyncApiClient(**_client_options(manager, timeout, retry, auth, kwargs))
+    options = _client_options(manager, timeout, retry, auth, kwargs, httpx.AsyncHTTPTransport)
+    return AsyncApiClient(**options)
