@@ -205,9 +205,30 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], str | None]:
 def _hidden(table: dict[str, Any]) -> dict[str, Any]:
     """``table`` with every value that is a credential hidden, before anything can raise."""
     return {
-        key: SecretValue(value) if key.lower() in _SECRET_KEYS and isinstance(value, str) else value
+        key: _hidden_value(value) if key.lower() in _SECRET_KEYS else value
         for key, value in table.items()
     }
+
+
+def _hidden_value(value: Any) -> Any:
+    """A secret key's value hidden: a string as a SecretValue, anything else (a list, an
+    inline table holding the secret) replaced by a stand-in naming only its type, so no
+    frame of a later error holds it in clear."""
+    if isinstance(value, str):
+        return SecretValue(value)
+    return _NotText(type(value).__name__)
+
+
+class _NotText:
+    """What a secret key held when it was not a string: only its type is kept."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name}, hidden>"
 
 
 def _mode_problem(status: os.stat_result) -> str | None:
@@ -218,6 +239,13 @@ def _mode_problem(status: os.stat_result) -> str | None:
         return (
             f"is writable by its group or others (mode {mode:04o}): refused, another user "
             "could put their credentials in it (chmod 600 it)"
+        )
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is not None and status.st_uid != geteuid():
+        # Its owner may write it whatever its mode: their credentials, our calls.
+        return (
+            f"belongs to another user (uid {status.st_uid}): refused, its owner could put "
+            "their credentials in it"
         )
     return None
 
@@ -271,7 +299,8 @@ def _profile(table: dict[str, Any], name: str, path: str, asked: str) -> Profile
                 return None
             raise fail(key, f"key {key!r} ({what}) is missing{_login_hint(keys)}")
         if not isinstance(table[keys[key]], str):
-            kind = type(table[keys[key]]).__name__
+            found = table[keys[key]]
+            kind = found.type_name if isinstance(found, _NotText) else type(found).__name__
             raise fail(key, f"key {key!r} ({what}) must be a string, not {kind}")
         value: str = table[keys[key]]
         if required and not value.strip():

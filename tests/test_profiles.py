@@ -224,6 +224,36 @@ def test_a_file_others_may_write_is_refused(tmp_path: Path, emulator: GenesysEmu
     assert "writable by its group or others (mode 0622)" in str(error)
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root"
+)
+def test_a_file_another_user_owns_is_refused(tmp_path: Path, emulator: GenesysEmulator) -> None:
+    # Review: mode 0644 but owned by nobody: its owner can put their credentials in it.
+    path = _cli_file(tmp_path, emulator, mode=0o600)
+    os.chown(path, 65534, -1)
+    error = _refusal(path)
+    assert "belongs to another user (uid 65534)" in str(error)
+
+
+def test_a_secret_that_is_not_a_string_is_held_by_no_frame(tmp_path: Path) -> None:
+    # Review: client_secret = ["..."] was named by type in the error, but the list stayed in
+    # clear in the frames of read_profile (what error trackers send).
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[default]\nclient_credentials = "some-id"\nclient_secret = ["TopSecretXyZ123"]\n'
+    )
+    path.chmod(0o600)
+    with pytest.raises(ConfigurationError) as caught:
+        read_profile("default", path)
+    assert "must be a string, not list" in str(caught.value)
+    seen = []
+    tb = caught.value.__traceback__
+    while tb is not None:
+        seen.append(repr(tb.tb_frame.f_locals))
+        tb = tb.tb_next
+    assert "TopSecretXyZ123" not in "".join(seen)
+
+
 def test_a_file_others_may_read_is_used_with_one_warning(
     tmp_path: Path, emulator: GenesysEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
