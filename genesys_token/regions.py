@@ -139,8 +139,8 @@ def check_url(url: str, *, field: str) -> str:
         The URL without a trailing slash.
 
     Raises:
-        ConfigurationError: Not a string, not an absolute http(s) URL, or plain http to a
-            host that is not loopback.
+        ConfigurationError: Not a string, not an absolute http(s) URL, a port that is not
+            1 to 65535, or plain http to a host that is not loopback.
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"{field} must be a string, not {type(url).__name__}", field=field)
@@ -153,6 +153,12 @@ def check_url(url: str, *, field: str) -> str:
         )
     if parts.username or parts.password:
         raise ConfigurationError(f"{field} must not carry credentials", field=field)
+    try:
+        port = parts.port  # raises for a port that is not a number or out of range
+    except ValueError:
+        port = 0
+    if port == 0 and parts.netloc.rpartition("]")[2].rpartition(":")[1]:
+        raise ConfigurationError(f"{field} has a port that is not 1 to 65535", field=field)
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigurationError(
             f"{field} uses plain http to {parts.hostname!r}; http is only allowed for loopback "

@@ -391,3 +391,13 @@ def test_httpx_api_clients_take_the_managers_proxy_and_client_certificate(
         lines = [seen.line for seen in proxy.seen]
     assert len(mtls_gateway.api_request_log) == 2
     assert all(line.startswith(f"CONNECT {GATEWAY}:{mtls_gateway.port} ") for line in lines)
+
+
+@pytest.mark.parametrize("port", ["bad", "99999", "-1", "1e3", "0"])
+def test_a_gateway_port_that_is_not_a_port_is_a_configuration_error(port: str) -> None:
+    # Review: the URL was accepted and failed later (a bare ValueError in the OTel hook, a
+    # traceback from the CLI, or a token request "to ?" at run time).
+    environ = {"GENESYSCLOUD_GATEWAY_HOST": "gw.example.com", "GENESYSCLOUD_GATEWAY_PORT": port}
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(environ)
+    assert caught.value.field == "token_url"
