@@ -262,3 +262,16 @@ def test_help_shows_the_flag_and_its_default(capsys: pytest.CaptureFixture[str])
     text = " ".join(capsys.readouterr().out.split())
     assert "--api-rate-limit CALLS/SECONDS" in text
     assert "(default: off)" in text
+
+
+def test_keys_of_bearers_gone_idle_are_swept() -> None:
+    # Review: 3000 junk bearers were kept forever by a long-running emulator CLI.
+    from genesys_token.testing._rate import SWEEP_MIN_KEYS, SlidingWindowLimit
+
+    limit = SlidingWindowLimit(1, 0.1)
+    for n in range(3000):
+        assert limit.admit(f"junk-{n}", 0.0) is None
+    for n in range(1200):  # every window passed: the next sweep drops the 3000
+        assert limit.admit(f"late-{n}", 1.0) is None
+    assert limit.keys_kept == 1200  # kept: at most twice the keys active, or SWEEP_MIN_KEYS
+    assert SWEEP_MIN_KEYS < 1200

@@ -7,6 +7,9 @@ from collections import deque
 
 __all__ = ["SlidingWindowLimit", "parse_rate_limit"]
 
+#: Below this many keys no sweep runs.
+SWEEP_MIN_KEYS = 1024
+
 
 class SlidingWindowLimit:
     """At most ``calls`` admitted per key in **any** window of ``window`` seconds.
@@ -34,6 +37,8 @@ class SlidingWindowLimit:
         self.calls = calls
         self.window = float(window)
         self._arrivals: dict[str, deque[float]] = {}
+        #: Keys are swept of idle ones when there are more than this (amortised O(1)).
+        self._sweep_at = SWEEP_MIN_KEYS
 
     def admit(self, key: str, now: float) -> float | None:
         """Count a call of ``key`` arriving at ``now``, if there is room.
@@ -42,6 +47,8 @@ class SlidingWindowLimit:
             ``None`` when admitted; else the seconds until the oldest counted call leaves
             the window (> 0), when the next call of ``key`` would be admitted.
         """
+        if len(self._arrivals) >= self._sweep_at:  # junk bearers must not grow it forever
+            self._sweep(now)
         arrivals = self._arrivals.setdefault(key, deque())
         while arrivals and arrivals[0] <= now - self.window:
             arrivals.popleft()
@@ -49,6 +56,17 @@ class SlidingWindowLimit:
             return arrivals[0] + self.window - now
         arrivals.append(now)
         return None
+
+    def _sweep(self, now: float) -> None:
+        idle = [k for k, arrivals in self._arrivals.items() if arrivals[-1] <= now - self.window]
+        for key in idle:
+            del self._arrivals[key]
+        self._sweep_at = max(SWEEP_MIN_KEYS, 2 * len(self._arrivals))
+
+    @property
+    def keys_kept(self) -> int:
+        """How many keys have calls counted (idle ones are swept as keys are added)."""
+        return len(self._arrivals)
 
     def as_tuple(self) -> tuple[int, float]:
         """``(calls, window)``."""
