@@ -420,8 +420,8 @@ def test_close_racing_a_scheduled_rearm_leaves_nothing_scheduled(
         # it off.
         if target is job and not closers and sys._getframe(1).f_code.co_name == "arm":
             closer = threading.Thread(target=closing)
-            closers.append(closer)
             closer.start()
+            closers.append(closer)  # after start(): a thread not started is not alive
             assert entered.wait(5)
             closer.join(0.2)
         schedule(target, delay)
