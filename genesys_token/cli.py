@@ -36,7 +36,7 @@ from .http.connections import shared_session, status_of
 from .http.failures import cause_of
 from .manager import TokenManager
 from .observability.redaction import redact
-from .settings import ENV_CLIENT_SECRET
+from .settings import ENV_CLIENT_SECRET, Settings
 from .stores.base import TokenStore
 from .testing._cli import add_arguments as add_emulator_arguments
 from .testing._cli import run_parsed as run_emulator_args
@@ -248,7 +248,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"cache:       {_describe_store(store)}")
     url = f"{manager.api_base_url}/api/v2/tokens/me"
     try:
-        status = _head(url, token, settings.timeout, settings.verify)
+        status = _head(url, token, settings)
     except requests.RequestException as exc:
         message = (
             f"HEAD {url} failed: no answer from the API: {cause_of(exc)} ({type(exc).__name__})"
@@ -262,15 +262,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return _fail(f"the API rejected a token just issued: HEAD {url} answered {status}", code)
 
 
-def _head(url: str, token: Token, timeout: tuple[float, float], verify: bool | str) -> int:
+def _head(url: str, token: Token, settings: Settings) -> int:
     """``HEAD url`` with the token (no redirect followed: the bearer token must not go
-    elsewhere); returns the status.
+    elsewhere), through the settings' proxy with their client certificate; returns the
+    status.
 
     Raises:
         requests.RequestException: No whole answer came within the attempt bound.
     """
     headers = {"Authorization": f"Bearer {token.access_token}"}
-    return status_of(shared_session(), "HEAD", url, headers=headers, timeout=timeout, verify=verify)
+    return status_of(
+        shared_session(),
+        "HEAD",
+        url,
+        headers=headers,
+        timeout=settings.timeout,
+        verify=settings.verify,
+        proxies=settings.proxies,
+        cert=settings.cert,
+    )
 
 
 def run_emulator(

@@ -401,3 +401,36 @@ def test_a_gateway_port_that_is_not_a_port_is_a_configuration_error(port: str) -
     with pytest.raises(ConfigurationError) as caught:
         Settings.from_env(environ)
     assert caught.value.field == "token_url"
+
+
+def test_the_cli_check_reaches_the_api_through_the_proxy(
+    gateway: GenesysEmulator,
+    bundle: str,
+    environment_elsewhere: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Its HEAD /api/v2/tokens/me went straight to the gateway (name lookup failed there).
+    from genesys_token import cli
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
+        for name, value in {
+            "GENESYSCLOUD_OAUTHCLIENT_ID": gateway.client_id,
+            "GENESYSCLOUD_OAUTHCLIENT_SECRET": gateway.client_secret,
+            "GENESYSCLOUD_GATEWAY_HOST": GATEWAY,
+            "GENESYSCLOUD_GATEWAY_PORT": str(gateway.port),
+            "GENESYSCLOUD_GATEWAY_PROTOCOL": "https",
+            "GENESYSCLOUD_PROXY_HOST": "127.0.0.1",
+            "GENESYSCLOUD_PROXY_PORT": str(proxy.port),
+            "GENESYSCLOUD_PROXY_PROTOCOL": "http",
+            "GENESYSCLOUD_PROXY_AUTH_USERNAME": PROXY_USER,
+            "GENESYSCLOUD_PROXY_AUTH_PASSWORD": PROXY_PASSWORD,
+            "GENESYSCLOUD_TOKEN_CACHE": "off",
+        }.items():
+            monkeypatch.setenv(name, value)
+        assert cli.main(["check", "--timeout", "10"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1].startswith("ok:")
+    assert PROXY_PASSWORD not in captured.out + captured.err
+    assert len(gateway.api_request_log) == 1
