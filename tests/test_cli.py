@@ -21,7 +21,7 @@ import requests
 from conftest import TricklingServer
 
 import genesys_token
-from genesys_token import TokenManager, cli
+from genesys_token import Settings, TokenManager, cli
 from genesys_token.env_names import OWN_NAMES
 from genesys_token.testing import Fault, GenesysEmulator
 from genesys_token.testing import _cli as emulator_cli
@@ -474,7 +474,8 @@ def test_checks_head_on_an_api_host_that_trickles_its_answer_is_cut_not_ok(
             token = manager.refresh()
         started = time.monotonic()
         with pytest.raises(requests.exceptions.ReadTimeout):
-            cli._head(f"http://127.0.0.1:{api.port}/api/v2/tokens/me", token, (0.2, 0.3), True)
+            url = f"http://127.0.0.1:{api.port}/api/v2/tokens/me"
+            cli._head(url, token, Settings(timeout=(0.2, 0.3)))
         assert time.monotonic() - started < 4.0
     finally:
         api.stop()
