@@ -45,6 +45,8 @@ OWN_NAMES = frozenset(
         "GENESYSCLOUD_PROXY_PROTOCOL",
         "GENESYSCLOUD_PROXY_AUTH_USERNAME",
         "GENESYSCLOUD_PROXY_AUTH_PASSWORD",
+        # OpenTelemetry off (genesys_token.observability.otel).
+        "GENESYSCLOUD_OTEL",
     }
 )
 
