@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trustme
+from conftest import eventually
 from proxy_server import ProxyServer
 
 from genesys_token import (
@@ -141,6 +142,8 @@ def test_a_wrong_proxy_password_is_a_typed_error_naming_the_proxy_and_never_the_
             manager.on(TOKEN_REFRESH_FAILURE, events.append)
             with pytest.raises(TokenRequestError) as caught:
                 manager.get_token()
+            # Events are delivered after the callers wake: wait for it before close().
+            eventually(lambda: bool(events))
             shown = [repr(manager.settings), repr(manager), str(manager.settings.proxies)]
         refused = proxy.refused
     error = caught.value
