@@ -73,7 +73,7 @@ unit: $(STAMP)
 
 test: lint typecheck unit soak test-legacy
 
-# Long soak tests (20,000 refreshes under tracemalloc, ten seconds of 2-second tokens, the
+# Long soak tests (20,000 refreshes under tracemalloc, ten seconds of 4-second tokens, the
 # benchmarks' quick run), without coverage's tracer, which would double their time.
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m slow
