@@ -12,45 +12,35 @@ enforces Genesys' per-token API limit (300 per 60 s in a real org) over a slidin
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import hmac
 import math
-import secrets
 import ssl
 import threading
 import time
 import uuid
-from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from genesys_token.http.failures import CORRELATION_HEADER
+from genesys_token.testing._api import api_reply
+from genesys_token.testing._faults import FaultBook
 from genesys_token.testing._handler import EmulatorHTTPServer, Reply, Request
+from genesys_token.testing._journal import ApiRequestRecord, Journal, TokenRequestRecord
 from genesys_token.testing._jwt import SigningKey
+from genesys_token.testing._ledger import GrantRules, Ledger
 from genesys_token.testing._rate import SlidingWindowLimit
 from genesys_token.testing._wire import (
     API_PREFIX,
     JWKS_PATH,
-    MISSING_TOKEN_MESSAGE,
-    RATE_LIMIT_DESCRIPTION,
     TOKEN_PATH,
-    AuthMethod,
     Fault,
     TokenCall,
     TokenFormat,
-    api_error,
     bearer_token,
-    granted_scopes,
     json_reply,
     not_found,
     oauth_error,
-    organization_body,
     parse_token_call,
-    redirect_reply,
-    token_info_body,
     url_host,
 )
 
@@ -61,58 +51,6 @@ __all__ = [
     "GenesysEmulator",
     "TokenRequestRecord",
 ]
-
-
-class TokenRequestRecord(NamedTuple):
-    """One request to ``/oauth/token``; ``status`` 0 means no answer was sent."""
-
-    time: float
-    client_id: str | None
-    status: int
-    scope: str | None
-    grant_type: str | None
-    auth_method: AuthMethod | None
-    correlation_id: str | None = None
-    """The ``ININ-Correlation-Id`` sent back (``None`` when no answer was sent)."""
-
-
-class ApiRequestRecord(NamedTuple):
-    """One request to any other path but ``/jwks``; ``status`` 0 means no answer was sent."""
-
-    method: str
-    path: str
-    status: int
-    token_used: str | None
-    correlation_id: str | None = None
-    """The ``ININ-Correlation-Id`` sent back (``None`` when no answer was sent)."""
-
-
-@dataclass
-class _Client:
-    secrets: list[str]
-    token_ttl: float | None
-    grant_allowed: bool
-    scopes: tuple[str, ...]
-    creations: deque[float] = field(default_factory=deque)
-
-    def accepts(self, secret: str) -> bool:
-        given = secret.encode("utf-8")
-        return any(hmac.compare_digest(s.encode("utf-8"), given) for s in self.secrets)
-
-
-@dataclass
-class _Token:
-    client_id: str
-    expires: float
-    scopes: tuple[str, ...]
-
-
-@dataclass
-class _FaultSlot:
-    path: str
-    fault: Fault
-    remaining: int | None
-    client_id: str | None = None
 
 
 class GenesysEmulator:
@@ -155,30 +93,21 @@ class GenesysEmulator:
         self._rate_window = rate_limit_window
         self._ssl_context = ssl_context
         self._client_id = client_id
-        self._client_secret = client_secret
         self.org_id = str(uuid.uuid4())
-        self._key = SigningKey()
+        self._ledger = Ledger(client_id, SigningKey(), self.org_id, lambda: self.url)
+        self._faults = FaultBook()
         self._lock = threading.Lock()
         self._lifecycle_lock = threading.Lock()
         self._stop_event = threading.Event()
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._clients: dict[str, _Client] = {}
-        self._tokens: dict[str, _Token] = {}
-        self._revoked: set[str] = set()
-        self._faults: list[_FaultSlot] = []
-        self._issued: list[str] = []
-        self._token_log: list[TokenRequestRecord] = []
-        self._api_log: list[ApiRequestRecord] = []
-        self._token_requests = 0
-        self._api_requests = 0
+        self._journal = Journal()
         self._token_ttl = 0.0
         self._api_delay = 0.0
         self._reject_all_tokens = False
         self._token_rate_limit: int | None = None
         self._api_limit: SlidingWindowLimit | None = None
         self._api_rate_clock = api_rate_clock
-        self._api_429s: Counter[str] = Counter()
         self.api_rate_limit = api_rate_limit
         self.token_ttl = token_ttl
         self.token_rate_limit = token_rate_limit
@@ -269,8 +198,7 @@ class GenesysEmulator:
     @property
     def client_secret(self) -> str:
         """The newest secret of the default client."""
-        with self._lock:
-            return self._client_secret
+        return self._ledger.default_secret
 
     @property
     def token_ttl(self) -> float:
@@ -336,8 +264,7 @@ class GenesysEmulator:
     def api_429s(self) -> dict[str, int]:
         """429 answers per bearer token (the rate limit's and injected ones alike), since the
         start or :meth:`reset_counters`; a token never answered 429 is absent."""
-        with self._lock:
-            return dict(self._api_429s)
+        return self._journal.api_429s
 
     @property
     def api_delay(self) -> float:
@@ -374,102 +301,68 @@ class GenesysEmulator:
         scopes: Sequence[str] = (),
     ) -> None:
         """Register (or replace) an OAuth client. ``token_ttl`` overrides the emulator's."""
-        if token_ttl is not None and token_ttl < 0:
-            raise ValueError("token_ttl must be >= 0")
-        if isinstance(scopes, str):
-            raise TypeError("scopes must be a sequence of scope names, not a string")
-        client = _Client([client_secret], token_ttl, grant_allowed, tuple(scopes))
-        with self._lock:
-            self._clients[client_id] = client
-            if client_id == self._client_id:
-                self._client_secret = client_secret
+        self._ledger.add_client(
+            client_id, client_secret, token_ttl=token_ttl, grant_allowed=grant_allowed,
+            scopes=scopes,
+        )  # fmt: skip
 
     def remove_client(self, client_id: str) -> None:
         """Delete a client; like Genesys, its tokens stop working."""
-        with self._lock:
-            del self._clients[client_id]
-            self._revoked.update(
-                t for t, info in self._tokens.items() if info.client_id == client_id
-            )
+        self._ledger.remove_client(client_id)
 
     def set_secret(self, client_id: str, new_secret: str, *, keep_old: bool = False) -> None:
         """Regenerate a client's secret; ``keep_old`` leaves the previous ones valid too."""
-        with self._lock:
-            client = self._clients[client_id]
-            client.secrets = [*client.secrets, new_secret] if keep_old else [new_secret]
-            if client_id == self._client_id:
-                self._client_secret = new_secret
+        self._ledger.set_secret(client_id, new_secret, keep_old=keep_old)
 
     # ----------------------------------------------------------------- tokens
     def revoke(self, token: str) -> None:
-        with self._lock:
-            self._revoked.add(token)
+        self._ledger.revoke(token)
 
     def expire(self, token: str) -> None:
         """Make an issued token expired now (KeyError if it was not issued here)."""
-        with self._lock:
-            self._tokens[token].expires = time.monotonic()
+        self._ledger.expire(token)
 
     def token_expiry(self, token: str) -> float | None:
         """When an issued token expires, on ``time.monotonic()`` of the emulator's process
         (one clock for every process of a Linux machine); None for a token not issued here.
         """
-        with self._lock:
-            info = self._tokens.get(token)
-            return None if info is None else info.expires
+        return self._ledger.expiry(token)
 
     def is_token_valid(self, token: str) -> bool:
-        with self._lock:
-            return self._valid_token(token) is not None
-
-    def _valid_token(self, token: str) -> _Token | None:
-        info = self._tokens.get(token)
-        if info is None or token in self._revoked or time.monotonic() >= info.expires:
-            return None
-        return info
+        return self._ledger.valid(token) is not None
 
     @property
     def revoked_tokens(self) -> set[str]:
-        with self._lock:
-            return set(self._revoked)
+        return self._ledger.revoked
 
     @property
     def issued_tokens(self) -> list[str]:
-        with self._lock:
-            return list(self._issued)
+        return self._ledger.issued
 
     # ----------------------------------------------------------------- counters
     @property
     def token_requests(self) -> int:
         """Token requests received (counted on arrival: a request still being answered, or
         hanging on a fault, is in; :attr:`token_request_log` has it only once answered)."""
-        with self._lock:
-            return self._token_requests
+        return self._journal.token_requests
 
     @property
     def token_request_log(self) -> list[TokenRequestRecord]:
         """A copy of the answered token requests, oldest first (see :attr:`token_requests`)."""
-        with self._lock:
-            return list(self._token_log)
+        return self._journal.token_log
 
     @property
     def api_requests(self) -> int:
-        with self._lock:
-            return self._api_requests
+        return self._journal.api_requests
 
     @property
     def api_request_log(self) -> list[ApiRequestRecord]:
-        with self._lock:
-            return list(self._api_log)
+        return self._journal.api_log
 
     def reset_counters(self) -> None:
         """Zero the counters and clear the logs and ``issued_tokens`` (tokens stay valid)."""
-        with self._lock:
-            self._token_requests = self._api_requests = 0
-            self._api_429s.clear()
-            self._token_log.clear()
-            self._api_log.clear()
-            self._issued.clear()
+        self._journal.reset()
+        self._ledger.forget_issued()
 
     # ----------------------------------------------------------------- faults
     def inject(
@@ -489,17 +382,9 @@ class GenesysEmulator:
         ``times=None`` keeps the fault until :meth:`clear_faults`. Faults are matched in the
         order they were injected.
         """
-        if fault is None:
-            fault = Fault(**fault_kwargs)
-        elif fault_kwargs:
-            fault = dataclasses.replace(fault, **fault_kwargs)
-        if times is not None and times < 1:
-            raise ValueError("times must be >= 1 or None")
-        if not path.startswith("/"):
-            raise ValueError("path must start with '/'")
-        with self._lock:
-            self._faults.append(_FaultSlot(path, fault, times, client_id))
-        return fault
+        return self._faults.add(
+            fault, times=times, path=path, client_id=client_id, fault_kwargs=fault_kwargs
+        )
 
     def throttle_api(
         self, times: int | None = 1, *, retry_after: int | str = 1, path: str = API_PREFIX
@@ -516,20 +401,7 @@ class GenesysEmulator:
         return self.inject(Fault.too_many_requests(retry_after), times=times, path=path)
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, path: str, client_id: str | None) -> Fault | None:
-        for slot in self._faults:
-            if slot.client_id is not None and slot.client_id != client_id:
-                continue
-            if path.startswith(slot.path):
-                if slot.remaining is not None:
-                    slot.remaining -= 1
-                    if slot.remaining == 0:
-                        self._faults.remove(slot)
-                return slot.fault
-        return None
+        self._faults.clear()
 
     def _wait(self, seconds: float) -> bool:
         return not self._stop_event.wait(seconds)
@@ -540,14 +412,12 @@ class GenesysEmulator:
         path = request.path
         call = parse_token_call(request) if path == TOKEN_PATH else None
         bearer = bearer_token(request) if call is None else None
+        if call is not None or path != JWKS_PATH:
+            self._journal.arrived(token_request=call is not None)
         with self._lock:
-            if call is not None:
-                self._token_requests += 1
-            elif path != JWKS_PATH:
-                self._api_requests += 1
             fault = self._rate_limited(bearer) if call is None and path != JWKS_PATH else None
             if fault is None:
-                fault = self._take_fault(path, None if call is None else call.client_id)
+                fault = self._faults.take(path, None if call is None else call.client_id)
         reply = self._answer(request, call, bearer, fault)
         status = 0 if reply is None else reply.status
         correlation_id: str | None = None
@@ -556,24 +426,16 @@ class GenesysEmulator:
             correlation_id = str(uuid.uuid4())
             reply.headers.setdefault(CORRELATION_HEADER, correlation_id)
             correlation_id = reply.headers[CORRELATION_HEADER]
-        with self._lock:
-            if call is not None:
-                record = TokenRequestRecord(
-                    received,
-                    call.client_id,
-                    status,
-                    call.scope,
-                    call.grant_type,
-                    call.auth_method,
-                    correlation_id,
+        if call is not None:
+            self._journal.answered_token_request(
+                TokenRequestRecord(
+                    received, call.client_id, status, call.scope, call.grant_type,
+                    call.auth_method, correlation_id,
                 )
-                self._token_log.append(record)
-            elif path != JWKS_PATH:
-                self._api_log.append(
-                    ApiRequestRecord(request.method, path, status, bearer, correlation_id)
-                )
-                if status == 429 and bearer is not None:
-                    self._api_429s[bearer] += 1
+            )  # fmt: skip
+        elif path != JWKS_PATH:
+            record = ApiRequestRecord(request.method, path, status, bearer, correlation_id)
+            self._journal.answered_api_call(record)
         return reply
 
     def _rate_limited(self, bearer: str | None) -> Fault | None:
@@ -602,11 +464,12 @@ class GenesysEmulator:
             return self._token_endpoint(request, call)
         if request.path == JWKS_PATH:
             if request.method in ("GET", "HEAD"):
-                return json_reply(200, self._key.jwks())
+                return json_reply(200, self._ledger.jwks())
             return not_found(request)
         if self._api_delay > 0 and not self._wait(self._api_delay):
             return None
-        return self._api_endpoint(request, bearer)
+        reject_all = self._reject_all_tokens
+        return api_reply(request, bearer, self._ledger, org_id=self.org_id, reject_all=reject_all)
 
     def _token_endpoint(self, request: Request, call: TokenCall) -> Reply:
         if request.method != "POST":
@@ -614,86 +477,11 @@ class GenesysEmulator:
         if not call.form_ok:
             description = "content type must be application/x-www-form-urlencoded"
             return oauth_error(400, "invalid_request", description)
-        now = time.monotonic()
-        client_id = call.client_id
-        with self._lock:
-            client = None if client_id is None else self._clients.get(client_id)
-            if client_id is None or client is None:
-                description = "authentication failed" if client_id is None else "client not found"
-                return oauth_error(self._invalid_client_status, "invalid_client", description)
-            if call.secret is None or not client.accepts(call.secret):
-                status = self._invalid_client_status
-                return oauth_error(status, "invalid_client", "authentication failed")
-            if not call.grant_type:
-                return oauth_error(400, "invalid_request", "grant_type is required")
-            if call.grant_type != "client_credentials":
-                return oauth_error(400, "unsupported_grant_type", "unsupported grant type")
-            if not client.grant_allowed:
-                description = "client is not authorized to use this grant type"
-                return oauth_error(400, "unauthorized_client", description)
-            limit = self._token_rate_limit
-            if limit is not None:
-                window = client.creations
-                while window and window[0] <= now - self._rate_window:
-                    window.popleft()
-                if len(window) >= limit:
-                    return oauth_error(400, "invalid_request", RATE_LIMIT_DESCRIPTION)
-                window.append(now)
-            ttl = self._token_ttl if client.token_ttl is None else client.token_ttl
-            scopes = granted_scopes(client.scopes, call.scope)
-            token_format = self._token_format
-        token = self._mint(token_format, client_id, ttl, scopes)
-        with self._lock:
-            self._tokens[token] = _Token(client_id, now + ttl, scopes)
-            self._issued.append(token)
-        body = {"access_token": token, "token_type": "bearer", "expires_in": int(ttl)}
-        return json_reply(200, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-    def _mint(
-        self, token_format: TokenFormat, client_id: str, ttl: float, scopes: tuple[str, ...]
-    ) -> str:
-        if token_format == "opaque":
-            return secrets.token_urlsafe(96)
-        now = time.time()
-        claims: dict[str, Any] = {
-            "iss": self.url,
-            "sub": client_id,
-            "client_id": client_id,
-            "iat": int(now),
-            "exp": int(now + ttl),
-            "jti": str(uuid.uuid4()),
-            "org_id": self.org_id,
-        }
-        if scopes:
-            claims["scope"] = " ".join(scopes)
-        return self._key.sign(claims)
-
-    def _api_endpoint(self, request: Request, bearer: str | None) -> Reply:
-        path, method = request.path, request.method
-        if path == "/redirect":
-            return redirect_reply(request)
-        if path == "/headers":
-            headers: dict[str, str] = {}
-            for name, value in request.headers.items():
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
-            return json_reply(200, headers)
-        if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
-            return not_found(request)
-        if bearer is None:
-            return api_error(401, "authentication.required", MISSING_TOKEN_MESSAGE)
-        with self._lock:
-            info = None if self._reject_all_tokens else self._valid_token(bearer)
-        if info is None:
-            return api_error(401, "bad.credentials", "Invalid login credentials.")
-        if path == API_PREFIX + "/echo" or path.startswith(API_PREFIX + "/echo/"):
-            digest = hashlib.sha256(request.body).hexdigest()
-            echo = {"method": method, "path": path, "length": len(request.body), "sha256": digest}
-            return json_reply(200, echo)
-        if path == API_PREFIX + "/tokens/me" and method in ("GET", "HEAD"):
-            return json_reply(200, token_info_body(self.org_id, info.client_id, info.scopes))
-        if path == API_PREFIX + "/tokens/me" and method == "DELETE":
-            self.revoke(bearer)
-            return Reply(204)
-        if path == API_PREFIX + "/organizations/me" and method in ("GET", "HEAD"):
-            return json_reply(200, organization_body(self.org_id))
-        return not_found(request)
+        rules = GrantRules(
+            token_ttl=self._token_ttl,
+            token_format=self._token_format,
+            invalid_client_status=self._invalid_client_status,
+            rate_limit=self._token_rate_limit,
+            rate_window=self._rate_window,
+        )
+        return self._ledger.grant(call, rules)
