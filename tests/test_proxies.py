@@ -437,3 +437,27 @@ def test_the_cli_check_reaches_the_api_through_the_proxy(
     assert captured.out.splitlines()[-1].startswith("ok:")
     assert PROXY_PASSWORD not in captured.out + captured.err
     assert len(gateway.api_request_log) == 1
+
+
+def test_the_jwks_fetch_goes_through_the_proxy_with_the_client_certificate(
+    ca: trustme.CA, bundle: str, client_pem: str, environment_elsewhere: None
+) -> None:
+    # The key set is fetched like a token: through the manager's proxy, with its client
+    # certificate (an mTLS gateway refuses the handshake without it).
+    with _gateway(ca, mtls=True) as gateway, ProxyServer(gateway.port) as proxy:
+        gateway.token_format = "jwt"
+        origin = _origin(gateway)
+        with _manager(
+            gateway,
+            verify=bundle,
+            proxies={"https": proxy.url()},
+            cert=client_pem,
+            jwks_url=origin + "/jwks",
+        ) as manager:
+            token = manager.get_token()
+        lines = [seen.line for seen in proxy.seen]
+    assert token == gateway.issued_tokens[0]
+    # The gateway's name resolves nowhere: the key set came through the proxy (on the token
+    # request's kept-alive tunnel) or the token would not have verified.
+    assert lines
+    assert all(line.startswith(f"CONNECT {GATEWAY}:{gateway.port} ") for line in lines)

@@ -185,6 +185,8 @@ class _JWKClient(jwt.PyJWKClient):
                 timeout=settings.timeout,
                 verify=settings.verify,
                 limit=JWKS_LIMIT,
+                proxies=settings.proxies,
+                cert=settings.cert,
             )
         except (requests.RequestException, ValueError) as exc:
             # The type only: messages of connection errors repeat the URL.

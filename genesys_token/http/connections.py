@@ -370,9 +370,12 @@ def json_of(
     timeout: tuple[float, float],
     verify: bool | str,
     limit: int,
+    proxies: Proxies | None = None,
+    cert: str | tuple[str, str] | None = None,
 ) -> Any:
     """``GET url``'s JSON body (no redirect followed), the whole call within
-    :func:`attempt_bound`.
+    :func:`attempt_bound`, through ``proxies`` (explicit ones win over the environment's, as
+    for token requests) with the client certificate ``cert``.
 
     The body is asked for and read as is (``identity``): a compressed answer could inflate
     past ``limit`` in one read on urllib3 1.26.
@@ -391,6 +394,8 @@ def json_of(
             headers={"Accept": "application/json", "Accept-Encoding": "identity"},
             timeout=timeout,
             verify=verify,
+            proxies=proxies_for(url, proxies),
+            cert=cert,
             allow_redirects=False,
             stream=True,
         ) as response,
