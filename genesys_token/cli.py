@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 import requests
 
 from . import __version__
+from .credentials import SecretFile
 from .errors import ConfigurationError, GenesysTokenError, InvalidClientError
 from .http.connections import shared_session, status_of
 from .http.failures import cause_of
 from .manager import TokenManager
 from .observability.redaction import redact
-from .settings import ENV_CLIENT_SECRET, Settings
+from .settings import ENV_CLIENT_SECRET, ENV_CLIENT_SECRET_FILE, Settings
 from .stores.base import TokenStore
 from .testing._cli import add_arguments as add_emulator_arguments
 from .testing._cli import run_parsed as run_emulator_args
@@ -405,14 +406,22 @@ def _stdout_closed() -> int:
 
 def _fail(message: str, code: int, stream: TextIO | None = None) -> int:
     """Print one redacted line to stderr and return ``code``."""
-    text = redact(" ".join(message.split()))
-    raw = os.environ.get(ENV_CLIENT_SECRET, "")
-    # The raw value and the stripped one, which is what the library sends and so what a
-    # server may echo back.
-    for secret in sorted({raw, raw.strip()} - {""}, key=len, reverse=True):
-        text = text.replace(secret, "[REDACTED]")
-    print(f"genesys-token: error: {text}", file=stream or sys.stderr)
+    print(f"genesys-token: error: {redact(' '.join(message.split()), _secrets())}",
+          file=stream or sys.stderr)  # fmt: skip
     return code
+
+
+def _secrets() -> list[str]:
+    """The secret as given (raw and stripped: what the library sends, so what a server may
+    echo back), from the variable or the secret file. ``redact`` replaces them as whole
+    values, and only when long enough to be one: a short secret must not eat the prose."""
+    raw = os.environ.get(ENV_CLIENT_SECRET, "")
+    found = [raw, raw.strip()]
+    path = os.environ.get(ENV_CLIENT_SECRET_FILE, "").strip()
+    if path:
+        with contextlib.suppress(GenesysTokenError, OSError, ValueError):
+            found.append(SecretFile(path)())
+    return [secret for secret in found if secret]
 
 
 def _log_to_stderr(verbose: bool) -> tuple[logging.Handler, int]:

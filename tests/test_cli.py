@@ -350,6 +350,26 @@ def test_error_lines_redact_the_secret_stripped_as_it_was_sent(
     assert err == "genesys-token: error: correlation id [REDACTED]\n"
 
 
+def test_error_lines_redact_the_secret_file_and_leave_prose_of_a_short_secret(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("a-file-secret-value\n", encoding="utf-8")
+    secret_file.chmod(0o600)
+    monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_SECRET")
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE", str(secret_file))
+    assert cli._fail("echoed a-file-secret-value back", 4) == 4
+    assert capsys.readouterr().err == "genesys-token: error: echoed [REDACTED] back\n"
+    # A one-letter secret is never searched in text: the line stays readable.
+    monkeypatch.delenv("GENESYSCLOUD_OAUTHCLIENT_SECRET_FILE")
+    monkeypatch.setenv("GENESYSCLOUD_OAUTHCLIENT_SECRET", "e")
+    assert cli._fail("credentials rejected by Genesys", 3) == 3
+    assert capsys.readouterr().err == "genesys-token: error: credentials rejected by Genesys\n"
+
+
 # -- inspect and check ---------------------------------------------------------------------
 
 
