@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -199,7 +200,13 @@ def _read_text(path: Path) -> tuple[str, str | None]:
     raised: an exception raised here would carry the bytes read in its frame)."""
     name = repr(str(path))
     try:
-        with path.open("rb") as handle:
+        # Non-blocking open, then only a regular file is read: a FIFO (or a device) put in the
+        # secret's place would otherwise hold the token request, and its lock, for good.
+        # Symbolic links are followed: Kubernetes mounts secrets through them.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return "", f"the secret file {name} is not a regular file"
             raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
         return "", f"cannot read the secret file {name}: {exc.strerror or type(exc).__name__}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,36 @@ def test_an_unreadable_secret_file_chains_nothing(tmp_path: Path) -> None:
     with pytest.raises(SecretSourceError, match="cannot read the secret file") as caught:
         SecretFile(tmp_path / "missing")()
     assert caught.value.__context__ is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_in_the_secret_files_place_is_refused_at_once(tmp_path: Path) -> None:
+    # Opened in blocking mode, a FIFO nobody writes holds the token request for good.
+    path = tmp_path / "secret"
+    os.mkfifo(path)
+    result: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            SecretFile(path)()
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            result.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(2.0)
+    if reader.is_alive():  # let the stuck reader go before failing
+        with open(path, "wb"):
+            pass
+    assert not reader.is_alive(), "reading a FIFO secret file blocked"
+    assert isinstance(result[0], SecretSourceError)
+    assert "not a regular file" in str(result[0])
+
+
+def test_a_symlinked_secret_file_is_read_as_kubernetes_mounts_it(tmp_path: Path) -> None:
+    target = tmp_path / "..data" / "secret"
+    target.parent.mkdir()
+    target.write_text(SECRET + "\n", encoding="utf-8")
+    link = tmp_path / "secret"
+    link.symlink_to(target)
+    assert SecretFile(link)() == SECRET
