@@ -19,6 +19,7 @@ before ``/oauth/token`` or ``/api/v2/...``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +35,8 @@ __all__ = [
     "gateway_from_env",
     "proxies_from_env",
 ]
+
+log = logging.getLogger("genesys_token")
 
 #: What ``requests`` can reach a proxy with (``socks*`` needs ``requests[socks]``).
 PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "socks5h"})
@@ -288,6 +291,12 @@ def proxies_from_env(env: Mapping[str, str]) -> Proxies | dict[str, str] | None:
     bare = f"{protocol}://{netloc}"
     user = env.get(ENV_PROXY_USERNAME) or ""
     if not user:
+        if env.get(ENV_PROXY_PASSWORD):
+            log.warning(
+                "%s is set but %s is not: the proxy is used without credentials",
+                ENV_PROXY_PASSWORD,
+                ENV_PROXY_USERNAME,
+            )
         return {"http": bare, "https": bare}
     password = env.get(ENV_PROXY_PASSWORD) or ""
     auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")

@@ -461,3 +461,23 @@ def test_the_jwks_fetch_goes_through_the_proxy_with_the_client_certificate(
     # request's kept-alive tunnel) or the token would not have verified.
     assert lines
     assert all(line.startswith(f"CONNECT {GATEWAY}:{gateway.port} ") for line in lines)
+
+
+def test_a_proxy_password_without_a_user_name_is_pointed_out_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    environ = {
+        "GENESYSCLOUD_PROXY_HOST": "proxy.corp",
+        "GENESYSCLOUD_PROXY_PORT": "3128",
+        "GENESYSCLOUD_PROXY_AUTH_PASSWORD": PROXY_PASSWORD,
+    }
+    with caplog.at_level(logging.WARNING, logger="genesys_token"):
+        settings = Settings.from_env(environ)
+    shown = repr(settings.proxies)
+    assert "http://proxy.corp:3128" in shown and "@" not in shown  # no credentials sent
+    warned = [r.getMessage() for r in caplog.records if "PROXY_AUTH_PASSWORD" in r.getMessage()]
+    assert warned == [
+        "GENESYSCLOUD_PROXY_AUTH_PASSWORD is set but GENESYSCLOUD_PROXY_AUTH_USERNAME is not: "
+        "the proxy is used without credentials"
+    ]
+    assert PROXY_PASSWORD not in caplog.text
