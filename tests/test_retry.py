@@ -350,11 +350,14 @@ def test_each_retry_is_reported_and_logged(
         (2, 1.0, 429),
     ]
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    # Each try's line names the answer's correlation id (what Genesys support asks for).
+    ids = [record.correlation_id for record in emulator.token_request_log[:2]]
     assert [r.getMessage() for r in retries] == [
-        "token request failed (HTTP 503); retry 1 of 4 in 0.25s",
-        "token request failed (HTTP 429); retry 2 of 4 in 1.00s",
+        f"token request failed (HTTP 503 correlation_id={ids[0]}); retry 1 of 4 in 0.25s",
+        f"token request failed (HTTP 429 correlation_id={ids[1]}); retry 2 of 4 in 1.00s",
     ]
     assert [r.__dict__["attempt"] for r in retries] == [1, 2]
+    assert [r.__dict__["correlation_id"] for r in retries] == ids
 
 
 def test_closing_during_a_retry_wait_raises_manager_closed(emulator: GenesysEmulator) -> None:

@@ -237,7 +237,12 @@ class TokenEndpoint:
                     attempt,
                     policy.max_retries,
                     delay,
-                    extra={"attempt": attempt, "delay": round(delay, 3), "status": exc.status},
+                    extra={
+                        "attempt": attempt,
+                        "delay": round(delay, 3),
+                        "status": exc.status,
+                        "correlation_id": exc.correlation_id,
+                    },
                 )
                 if self._on_retry is not None:
                     self._on_retry(RetryNotice(attempt, delay, exc))
@@ -527,7 +532,9 @@ def _broken_read(
 def _describe(exc: TokenRequestError) -> str:
     if exc.status is None:
         return str(exc)
-    return f"HTTP {exc.status}" + (f" {exc.error}" if exc.error else "")
+    described = f"HTTP {exc.status}" + (f" {exc.error}" if exc.error else "")
+    # What Genesys support asks for, on every try's line, not only the last one's.
+    return described + (f" correlation_id={exc.correlation_id}" if exc.correlation_id else "")
 
 
 def _tls_reason(exc: BaseException) -> str:
