@@ -57,10 +57,19 @@ def _fleet(
     argv = [sys.executable, "-c", _WORKER, kind, location, emulator.token_url,
             emulator.api_base_url, str(duration)]  # fmt: skip
     before = emulator.token_requests
+    run_together(argv, env, processes, PROCESS_TIMEOUT)
+    return emulator.token_requests - before
+
+
+def run_together(argv: list[str], env: dict[str, str], processes: int, timeout: float) -> list[str]:
+    """Start ``processes`` copies of ``argv``; once each has printed a line (ready), tell
+    them all to go (a line on stdin), wait for them and return what each printed after.
+    Stragglers are killed."""
     workers = [
         subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(processes)
     ]
+    outputs = []
     try:
         for worker in workers:
             assert worker.stdout is not None
@@ -70,17 +79,17 @@ def _fleet(
             worker.stdin.write("go\n")
             worker.stdin.flush()
         for worker in workers:
-            worker.communicate(timeout=PROCESS_TIMEOUT)
+            outputs.append(worker.communicate(timeout=timeout)[0])
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(5.0)
-    return emulator.token_requests - before
+    return outputs
 
 
 @contextmanager
-def _local_redis() -> Iterator[str | None]:
+def local_redis() -> Iterator[str | None]:
     """A throwaway redis-server on a free port, or None when it is not installed."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -133,7 +142,7 @@ def run(
     with GenesysEmulator(token_ttl=TOKEN_TTL) as emulator, tempfile.TemporaryDirectory() as tmp:
         requests["none"] = _fleet(emulator, "none", "", processes, duration)
         requests["file"] = _fleet(emulator, "file", tmp, processes, duration)
-        with _local_redis() if redis_url is None else _given(redis_url) as url:
+        with local_redis() if redis_url is None else _given(redis_url) as url:
             requests["redis"] = (
                 None if url is None else _fleet(emulator, "redis", url, processes, duration)
             )
