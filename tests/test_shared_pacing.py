@@ -435,3 +435,39 @@ def test_redis_slots_repr_and_backend_types(server: RedisServer, prefix: str) ->
     assert "prefix" in repr(slots)
     pacer = SharedPacer(*LIMIT, backend=slots)
     assert "SharedPacer(calls=10" in repr(pacer)
+
+
+def test_pacing_runs_on_a_redis_cluster_for_keys_on_every_master(prefix: str) -> None:
+    from redis.cluster import RedisCluster
+    from redis_server import RedisCluster3
+
+    with RedisCluster3() as cluster:
+        store = RedisStore.from_url(cluster.url, cluster=True, prefix=prefix)
+        pacer = SharedPacer(2, 1.0, wait=0.0, backend=store.slots())
+        look = RedisCluster.from_url(cluster.url, socket_timeout=2)
+        keys = [f"fp-{n}" for n in range(12)]
+        assert len({look.get_node_from_key(f"x{{{k}}}").name for k in keys}) == 3
+        for key in keys:
+            pacer.acquire(key).release()
+            pacer.penalize(key, 0.5)  # the penalty key shares the slots key's hash tag
+            assert pacer.try_acquire(key) is None
+            assert pacer.in_use(key) == 1
+        assert pacer.metrics()["shared"] is True
+        look.close()
+        store.close()
+
+
+def test_metrics_count_grants_waits_and_the_histogram(
+    server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    pacer = SharedPacer(2, 0.2, backend=_backend("redis", server, tmp_path, prefix))
+    for _ in range(4):
+        pacer.acquire("fp-metrics").release()
+    figures = pacer.metrics()
+    assert figures["calls_paced"] == 4
+    # The third waited for the first one's window; the fourth, at most microseconds more.
+    assert figures["calls_waited"] in (1, 2)
+    assert figures["wait_histogram"]["count"] == 4
+    assert 0.15 <= figures["wait_histogram"]["sum"] <= 0.6
+    assert figures["wait_histogram"]["buckets"][-1] == (float("inf"), 4)
+    assert figures["shared"] is True and figures["store_outages"] == 0

@@ -46,6 +46,8 @@ log = logging.getLogger("genesys_token.pacing")
 #: Longest a line's head sleeps before asking the backend again when the moment of room is
 #: unknown (every counted slot in flight): how soon an answer in another process is noticed.
 POLL_SLICE = 0.05
+#: Shortest sleep between two questions to the backend: never a busy loop.
+MIN_PAUSE = 0.001
 #: During an outage of the backend, it is asked again after this many seconds.
 RETRY_BACKEND = 1.0
 #: How long a granted slot is held at most before it counts as answered anyway: longer than
@@ -100,6 +102,7 @@ class SharedSlot:
         return f"SharedSlot(granted_at={self.granted_at!r}, done={self._done})"
 
 
+#: What a pacer hands out: its own slot, or the in-process fallback's during an outage.
 AnySlot = Slot | SharedSlot
 
 
@@ -216,9 +219,11 @@ class SharedPacer:
     def _wait_in_line(
         self, key: str, queue: deque[object], ticket: object, asked: float, deadline: float
     ) -> AnySlot:
+        waited = False  # in line, or for room: counted as a wait even if short
         while True:
             with self._lock:
                 while queue[0] is not ticket:
+                    waited = True
                     now = self._now()
                     if now >= deadline:
                         raise self._no_room(key, now - asked, None)
@@ -235,21 +240,28 @@ class SharedPacer:
                 with self._lock:
                     queue.remove(ticket)  # the next in line asks while this one sleeps
                     self._cond.notify_all()
-                return self._start(key, slot_id, answer.seconds, asked)
+                return self._start(key, slot_id, answer.seconds, asked, waited)
             now = self._now()
             if now >= deadline:
                 raise self._no_room(key, now - asked, answer.seconds)
             with self._lock:
-                self._wait_on(self._cond, min(answer.seconds, self._poll, deadline - now))
+                waited = True
+                pause = max(MIN_PAUSE, min(answer.seconds, self._poll))
+                self._wait_on(self._cond, min(pause, deadline - now))
 
-    def _start(self, key: str, slot_id: str, seconds: float, asked: float) -> SharedSlot:
-        """Sleep until a reserved slot starts; the slot goes back if the sleep is cut."""
+    def _start(
+        self, key: str, slot_id: str, seconds: float, asked: float, waited: bool
+    ) -> SharedSlot:
+        """Sleep until a reserved slot starts; the slot goes back if the sleep is cut.
+        ``waited``: whether the caller already waited in line or for room."""
         if seconds > 0:
             try:
                 self._sleep(seconds)
             except BaseException:
                 self._cancel_quietly(key, slot_id)
                 raise
+        if not waited and seconds <= 0:
+            return self._granted(key, slot_id, waited=None)
         return self._granted(key, slot_id, waited=self._now() - asked)
 
     def _granted(self, key: str, slot_id: str, *, waited: float | None) -> SharedSlot:
