@@ -471,3 +471,54 @@ def test_metrics_count_grants_waits_and_the_histogram(
     assert 0.15 <= figures["wait_histogram"]["sum"] <= 0.6
     assert figures["wait_histogram"]["buckets"][-1] == (float("inf"), 4)
     assert figures["shared"] is True and figures["store_outages"] == 0
+
+
+class CountingBackend:
+    """A real backend, with its questions counted."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.asked = 0
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        self.asked += 1
+        return self.inner.acquire(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("kind", ["redis", "file"])
+def test_slots_in_flight_are_not_polled_before_a_window_from_their_start(
+    kind: str, server: RedisServer, tmp_path: Path, prefix: str
+) -> None:
+    backend = CountingBackend(_backend(kind, server, tmp_path, prefix))
+    pacer = SharedPacer(*LIMIT, wait=0.5, backend=backend)  # type: ignore[arg-type]
+    held = [pacer.acquire("fp-flight") for _ in range(LIMIT[0])]  # calls in flight
+    backend.asked = 0
+    with pytest.raises(ApiRateLimitedError):
+        pacer.acquire("fp-flight")
+    # Room comes no sooner than a window after those calls started: one question only.
+    assert backend.asked == 1
+    for slot in held:
+        slot.cancel()
+
+
+@pytest.mark.parametrize("kind", ["redis", "file"])
+def test_a_waiter_behind_calls_in_flight_asks_again_a_window_after_they_started(
+    kind: str, server: RedisServer, tmp_path: Path, prefix: str
+) -> None:
+    backend = CountingBackend(_backend(kind, server, tmp_path, prefix))
+    pacer = SharedPacer(*LIMIT, wait=3.0, backend=backend)  # type: ignore[arg-type]
+    held = [pacer.acquire("fp-behind") for _ in range(LIMIT[0])]
+    answered = threading.Timer(0.1, lambda: [slot.release() for slot in held])
+    backend.asked = 0
+    started = time.monotonic()
+    answered.start()
+    pacer.acquire("fp-behind").release()
+    took = time.monotonic() - started
+    answered.join()
+    # Answered at ~0.1 s: room at ~1.1 s. The waiter asks at ~1.0 s (a window after the
+    # calls started), learns the moment, and takes it: a few questions, not one per slice.
+    assert 1.05 <= took <= 1.6, took
+    assert backend.asked <= 4, backend.asked

@@ -6,9 +6,10 @@ slots in a backend that every process sharing the store sees (``RedisStore.slots
 fleet; ``FileStore.slots()``: one machine). Within the process, callers queue first come,
 first served; the head of a token's line asks the backend, which grants a slot now, reserves
 one at the moment room appears (the caller then sleeps until it and sends; the next caller
-in line asks at once), or, when nobody can know that moment yet (every counted slot is in
-flight), hints at it: the head then asks again after at most :data:`POLL_SLICE`, or as soon
-as one of this process's calls of that token ends. A caller that finds no room within its
+in line asks at once), or, when nobody can know that moment yet (it waits on a call in
+flight), answers the earliest moment room can come: the head asks again then (after
+:data:`POLL_SLICE` once that moment has passed), or as soon as one of this process's calls
+of that token ends. A caller that finds no room within its
 wait gets :class:`~genesys_token.errors.ApiRateLimitedError` with nothing sent. A 429 told to
 any process (:meth:`SharedPacer.penalize`) holds that token's slots for every process; slots
 reserved before it still go out at their moment (at most ``calls`` of them).
@@ -43,8 +44,8 @@ __all__ = ["DEFAULT_HOLD", "POLL_SLICE", "RETRY_BACKEND", "SharedPacer", "Shared
 
 log = logging.getLogger("genesys_token.pacing")
 
-#: Longest a line's head sleeps before asking the backend again when the moment of room is
-#: unknown (every counted slot in flight): how soon an answer in another process is noticed.
+#: How long a line's head sleeps before asking the backend again when room may come at any
+#: moment (it waits on a call in flight): how soon an answer in another process is noticed.
 POLL_SLICE = 0.05
 #: Shortest sleep between two questions to the backend: never a busy loop.
 MIN_PAUSE = 0.001
@@ -244,10 +245,24 @@ class SharedPacer:
             now = self._now()
             if now >= deadline:
                 raise self._no_room(key, now - asked, answer.seconds)
-            with self._lock:
-                waited = True
-                pause = max(MIN_PAUSE, min(answer.seconds, self._poll))
-                self._wait_on(self._cond, min(pause, deadline - now))
+            waited = True
+            self._pause(answer.seconds, now, deadline)
+            if (later := self._now()) >= deadline:  # asking again could grant nothing now
+                free_in = max(0.0, answer.seconds - (later - now))
+                raise self._no_room(key, later - asked, free_in)
+
+    def _pause(self, earliest: float, now: float, deadline: float) -> None:
+        """The head's sleep before it asks again. ``earliest`` > 0: room comes no sooner,
+        whatever ends meanwhile, so it sleeps that long. 0: room may come any moment (a
+        call in flight): it sleeps a slice, or until a call of this process ends (its
+        release rides on the next question)."""
+        with self._lock:
+            if earliest <= 0:
+                self._wait_on(self._cond, min(self._poll, deadline - now))
+                return
+            until = min(now + max(MIN_PAUSE, earliest), deadline)
+            while (now := self._now()) < until:
+                self._wait_on(self._cond, until - now)
 
     def _start(
         self, key: str, slot_id: str, seconds: float, asked: float, waited: bool

@@ -113,13 +113,21 @@ class FileSlots:
             StoreError: The file cannot be used (see the module).
         """
         with self._locked(key, (calls, window)) as (state, now):
-            start = max(now, state.penalty)
+            start = earliest = max(now, state.penalty)
             later = sorted((s for s in state.slots.items() if s[1] > start), key=lambda s: -s[1])
             known = True
             if len(later) >= calls:
                 name, start = later[calls - 1]
                 known = name.startswith("e")
-            if not known or start - now > max_wait:
+            if not known:
+                # A held slot ends a window after its answer, so no sooner than a window
+                # after its start: room comes no sooner than the calls-th latest bound.
+                bounds = sorted(
+                    (until - hold if name.startswith("h") else until for name, until in later),
+                    reverse=True,
+                )
+                return Answer(False, max(0.0, bounds[calls - 1] - now, earliest - now))
+            if start - now > max_wait:
                 return Answer(False, start - now)
             state.slots["h" + slot_id] = start + hold + window
             return Answer(True, start - now)

@@ -55,11 +55,25 @@ if ARGV[5] ~= "" then
     if penalty > start then start = penalty end
     local counted = redis.call("ZCOUNT", KEYS[1], string.format("(%.6f", start), "+inf")
     local known = true
+    local earliest = start
     if counted >= calls then
-        local nth = redis.call("ZREVRANGEBYSCORE", KEYS[1], "+inf", string.format("(%.6f", start),
-                               "WITHSCORES", "LIMIT", calls - 1, 1)
-        start = tonumber(nth[2])
-        known = string.sub(nth[1], 1, 1) == "e"
+        local counted_slots = redis.call("ZREVRANGEBYSCORE", KEYS[1], "+inf",
+                                         string.format("(%.6f", start), "WITHSCORES")
+        known = string.sub(counted_slots[2 * calls - 1], 1, 1) == "e"
+        start = tonumber(counted_slots[2 * calls])
+        if not known then
+            -- A held slot ends a window after its answer, so no sooner than a window after
+            -- its start (its score less the hold): room comes no sooner than the calls-th
+            -- latest of those bounds. A hint for the caller's sleep, never a grant.
+            local bounds = {}
+            for i = 1, #counted_slots, 2 do
+                local bound = tonumber(counted_slots[i + 1])
+                if string.sub(counted_slots[i], 1, 1) == "h" then bound = bound - hold end
+                bounds[#bounds + 1] = bound
+            end
+            table.sort(bounds, function(x, y) return x > y end)
+            start = math.max(bounds[calls], earliest)
+        end
     end
     if known and start - now <= max_wait then
         redis.call("ZADD", KEYS[1], string.format("%.6f", start + hold + window), "h" .. ARGV[5])

@@ -18,9 +18,10 @@ then for a window: never lost, never counted forever), ``answer + window`` once 
 that moment (if it is within ``max_wait``) and the caller sends its call no earlier: one
 question to the backend per call, however long it waits, instead of one per poll. The
 reserved slot is counted from the moment it is granted (earlier than needed: safe). When the
-moment is not known (every counted slot is held by a call still in flight, whose answer time
-nobody knows yet), ``acquire`` grants nothing and hints how long room may take; the caller
-asks again after at most a short slice, or sooner when one of its own calls ends.
+moment is not known (the slot that would free it is held by a call in flight, whose answer
+time nobody knows yet), ``acquire`` grants nothing and answers the earliest moment room can
+come (a held slot counts at least a window past its start); the caller asks again then, or
+after a short slice when that moment has passed, or sooner when one of its own calls ends.
 
 Keys are token fingerprints, never tokens.
 """
@@ -38,8 +39,8 @@ class Answer(NamedTuple):
     Attributes:
         granted: Whether the slot is the caller's now.
         seconds: Granted: seconds until the slot may be used (0.0 at once; more for a
-            reservation). Not granted: a hint of when room may appear (releases elsewhere
-            may bring it sooner).
+            reservation). Not granted: the earliest moment room can come (0.0: any moment,
+            as soon as a call in flight is answered).
     """
 
     granted: bool
