@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ApiRateLimitedError, GenesysTokenError
 from .clock import SYSTEM_CLOCK, Clock
@@ -152,19 +152,14 @@ class SharedPacer:
         self._now = clock.monotonic
         self._hold = float(hold)
         self._poll = float(poll)
-        self._retry = float(retry_backend)
         self._wait_on = wait_on
         self._sleep = sleep
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queues: dict[str, deque[object]] = {}
         self._held: dict[str, int] = {}
-        self._throttled: dict[str, int] = {}
-        self._down = False
-        self._retry_at = 0.0
-        self._figures = {"paced": 0, "waited": 0, "gave_up": 0, "throttled": 0, "outages": 0}
-        self._wait_sum = 0.0
-        self._bucket_counts = [0] * (len(WAIT_BUCKETS) + 1)  # waiters' grants only
+        self._outages = _Outages(clock.monotonic, float(retry_backend))
+        self._figures = _Figures()  # under self._lock
 
     # -- taking slots ----------------------------------------------------------------------
 
@@ -283,11 +278,7 @@ class SharedPacer:
         now = self._now()
         with self._lock:
             self._held[key] = self._held.get(key, 0) + 1
-            self._figures["paced"] += 1
-            if waited is not None and waited > 0:
-                self._figures["waited"] += 1
-                self._wait_sum += waited
-                self._bucket_counts[bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
+            self._figures.granted(waited)
         return SharedSlot(self, key, slot_id, now)
 
     def _finish(self, slot: SharedSlot, *, stamp: bool, wait: float) -> bool:
@@ -326,13 +317,12 @@ class SharedPacer:
     # -- the backend and its outages -------------------------------------------------------
 
     def _shared_now(self) -> bool:
-        """Whether to ask the backend: it works, or it failed long enough ago to try."""
-        return not self._down or self._now() >= self._retry_at
+        return self._outages.usable()
 
     def _ask(self, key: str, slot_id: str, max_wait: float) -> Answer | None:
         """The backend's answer; None when it failed (and the outage is noted)."""
-        try:
-            answer = self._backend.acquire(
+        return self._outages.run(
+            lambda: self._backend.acquire(
                 key,
                 slot_id,
                 calls=self.calls,
@@ -340,29 +330,7 @@ class SharedPacer:
                 hold=self._hold,
                 max_wait=max(0.0, max_wait),
             )
-        except (GenesysTokenError, OSError) as exc:
-            self._outage(exc)
-            return None
-        if self._down:
-            with self._lock:
-                back, self._down = self._down, False
-            if back:
-                log.info("the pacing store answers again: API calls are paced with the fleet")
-        return answer
-
-    def _outage(self, exc: BaseException) -> None:
-        with self._lock:
-            first = not self._down
-            self._down = True
-            self._retry_at = self._now() + self._retry
-            if first:
-                self._figures["outages"] += 1
-        if first:
-            log.warning(
-                "the pacing store failed (%s): API calls are paced in this process alone "
-                "until it answers again",
-                type(exc).__name__ if not isinstance(exc, GenesysTokenError) else exc,
-            )
+        )
 
     # -- 429s and tokens -------------------------------------------------------------------
 
@@ -378,13 +346,9 @@ class SharedPacer:
         finite = retry_after is not None and math.isfinite(retry_after)
         pause = max(0.0, retry_after) if finite and retry_after is not None else self.seconds
         with self._lock:
-            self._throttled[key] = self._throttled.get(key, 0) + 1
-            self._figures["throttled"] += 1
+            self._figures.throttled(key)
         if self._shared_now():
-            try:
-                self._backend.penalize(key, pause)
-            except (GenesysTokenError, OSError) as exc:
-                self._outage(exc)
+            self._outages.run(lambda: self._backend.penalize(key, pause))
 
     def forget(self, key: str) -> None:
         """Drop what is kept of ``key``'s token (it is retired) unless calls here still
@@ -392,16 +356,15 @@ class SharedPacer:
         self._local.forget(key)
         with self._lock:
             if not self._held.get(key) and not self._queues.get(key):
-                self._throttled.pop(key, None)
+                self._figures.by_token.pop(key, None)
 
     def in_use(self, key: str) -> int:
         """Slots of ``key``'s token counted now by every process (this process's own
         count while the backend is down)."""
         if self._shared_now():
-            try:
-                return self._backend.in_use(key)
-            except (GenesysTokenError, OSError) as exc:
-                self._outage(exc)
+            count = self._outages.run(lambda: self._backend.in_use(key))
+            if count is not None:
+                return count
         return self._local.in_use(key)
 
     def after_fork(self) -> None:
@@ -411,13 +374,14 @@ class SharedPacer:
         self._queues = {}
         self._held = {}
         self._local.after_fork()
+        self._outages.after_fork()
         self._backend.after_fork()
 
     # -- reporting -------------------------------------------------------------------------
 
     def _no_room(self, key: str, waited: float, free_in: float | None) -> ApiRateLimitedError:
         with self._lock:
-            self._figures["gave_up"] += 1
+            self._figures.gave_up += 1
         return ApiRateLimitedError(
             f"no room to call the API with token {key}: at most {self.calls} calls per "
             f"{self.seconds:g} s (api_rate_limit) across the processes sharing its store; "
@@ -437,37 +401,110 @@ class SharedPacer:
         """
         local = self._local.metrics()
         with self._lock:
-            figures = dict(self._figures)
-            counts = list(self._bucket_counts)
-            total = self._wait_sum
-            by_token = dict(self._throttled)
             waiting = sum(len(q) for q in self._queues.values())
             kept = len(set(self._held) | set(self._queues))
-            shared = not self._down
-        counts[0] += figures["paced"] - figures["waited"]  # granted at once: waited 0 s
-        buckets, mine = [], 0
-        for (bound, count), own in zip(local["wait_histogram"]["buckets"], counts, strict=True):
-            mine += own
-            buckets.append((bound, count + mine))
-        return {
-            "calls_paced": local["calls_paced"] + figures["paced"],
-            "calls_waited": local["calls_waited"] + figures["waited"],
-            "rate_limited": local["rate_limited"] + figures["gave_up"],
-            "throttled": figures["throttled"],
-            "throttled_by_token": by_token,
-            "waiting": local["waiting"] + waiting,
-            "tokens": max(local["tokens"], kept),
-            "wait_histogram": {
-                "buckets": buckets,
-                "sum": local["wait_histogram"]["sum"] + total,
-                "count": buckets[-1][1] if buckets else 0,
-            },
-            "shared": shared,
-            "store_outages": figures["outages"],
-        }
+            figures = self._figures.merged(local, waiting=waiting, kept=kept)
+        return {**figures, "shared": not self._outages.down, "store_outages": self._outages.count}
 
     def __repr__(self) -> str:
         return (
             f"SharedPacer(calls={self.calls}, seconds={self.seconds:g}, wait={self.wait:g}, "
             f"backend={self._backend!r})"
         )
+
+
+class _Figures:
+    """The shared pacer's counts (kept under its lock), merged with its fallback's."""
+
+    def __init__(self) -> None:
+        self.paced = 0
+        self.waited = 0
+        self.gave_up = 0
+        self.throttled_total = 0
+        self.by_token: dict[str, int] = {}
+        self.wait_sum = 0.0
+        self.bucket_counts = [0] * (len(WAIT_BUCKETS) + 1)  # waiters' grants only
+
+    def granted(self, waited: float | None) -> None:
+        self.paced += 1
+        if waited is not None and waited > 0:
+            self.waited += 1
+            self.wait_sum += waited
+            self.bucket_counts[bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
+
+    def throttled(self, key: str) -> None:
+        self.by_token[key] = self.by_token.get(key, 0) + 1
+        self.throttled_total += 1
+
+    def merged(self, local: dict[str, Any], *, waiting: int, kept: int) -> dict[str, Any]:
+        counts = list(self.bucket_counts)
+        counts[0] += self.paced - self.waited  # granted at once: waited 0 s
+        buckets, mine = [], 0
+        for (bound, count), own in zip(local["wait_histogram"]["buckets"], counts, strict=True):
+            mine += own
+            buckets.append((bound, count + mine))
+        return {
+            "calls_paced": local["calls_paced"] + self.paced,
+            "calls_waited": local["calls_waited"] + self.waited,
+            "rate_limited": local["rate_limited"] + self.gave_up,
+            "throttled": self.throttled_total,
+            "throttled_by_token": dict(self.by_token),
+            "waiting": local["waiting"] + waiting,
+            "tokens": max(local["tokens"], kept),
+            "wait_histogram": {
+                "buckets": buckets,
+                "sum": local["wait_histogram"]["sum"] + self.wait_sum,
+                "count": buckets[-1][1] if buckets else 0,
+            },
+        }
+
+
+T = TypeVar("T")
+
+
+class _Outages:
+    """Whether the backend is usable: one WARNING when it fails, one INFO when it answers
+    again, and between the two it is tried again every ``retry`` seconds."""
+
+    def __init__(self, now: Callable[[], float], retry: float) -> None:
+        self._now = now
+        self._retry = retry
+        self._lock = threading.Lock()
+        self.down = False
+        self.count = 0
+        self._retry_at = 0.0
+
+    def usable(self) -> bool:
+        """It works, or it failed long enough ago to be tried again."""
+        return not self.down or self._now() >= self._retry_at
+
+    def run(self, call: Callable[[], T]) -> T | None:
+        """``call()``; None when the backend failed (noted, warned about once)."""
+        try:
+            result = call()
+        except (GenesysTokenError, OSError) as exc:
+            self._failed(exc)
+            return None
+        if self.down:
+            with self._lock:
+                back, self.down = self.down, False
+            if back:
+                log.info("the pacing store answers again: API calls are paced with the fleet")
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            first = not self.down
+            self.down = True
+            self._retry_at = self._now() + self._retry
+            self.count += first
+        if first:
+            log.warning(
+                "the pacing store failed (%s): API calls are paced in this process alone "
+                "until it answers again",
+                exc if isinstance(exc, GenesysTokenError) else type(exc).__name__,
+            )
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock."""
+        self._lock = threading.Lock()

@@ -2,7 +2,9 @@
 
 Layout: one directory (mode 0700) holding ``<key>.json`` (a sealed entry, mode 0600,
 replaced atomically) and ``<key>.lock`` (an ``flock`` target, never deleted: deleting a lock
-file while someone waits on it would let two processes hold "the" lock at once).
+file while someone waits on it would let two processes hold "the" lock at once). API-call
+pacing (:meth:`FileStore.slots`) adds ``<fingerprint>.slots`` per access token, shared by
+the processes of this machine (see ``_file_slots``).
 
 Trust: the directory and its files are checked before they are used (see ``_cachedir``). A
 directory or lock file that is not this user's own, or that its group or others can write,

@@ -2,7 +2,9 @@
 
 Keys (``{...}`` is a Redis Cluster hash tag: every key of one entry lives in one slot, so
 the scripts that touch them run on a Cluster): ``<prefix>{<key>}:token`` holds the sealed
-token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock.
+token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock. API-call
+pacing (:meth:`RedisStore.slots`) keeps ``<prefix>{<fingerprint>}:api-slots`` and
+``:api-penalty`` per access token (see ``_redis_slots``).
 
 The lock is a lease whose holder shows that it is alive (see
 :mod:`~genesys_token.stores._redis_lock`): it writes a new value every second while inside
