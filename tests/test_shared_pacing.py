@@ -522,3 +522,28 @@ def test_a_waiter_behind_calls_in_flight_asks_again_a_window_after_they_started(
     # calls started), learns the moment, and takes it: a few questions, not one per slice.
     assert 1.05 <= took <= 1.6, took
     assert backend.asked <= 4, backend.asked
+
+
+def test_a_forked_child_paces_with_the_fleet_and_leaves_the_parents_slots_alone(
+    server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    from conftest import in_child
+
+    store = RedisStore(server.url, prefix=prefix)
+    pacer = SharedPacer(2, 5.0, wait=0.0, backend=store.slots())
+    held = pacer.acquire("fp-fork")  # the parent's call in flight, as the child is forked
+
+    def child() -> dict[str, Any]:
+        pacer.after_fork()
+        mine = pacer.acquire("fp-fork")  # the second slot of two
+        mine.release()
+        store.slots().flush()
+        try:
+            pacer.acquire("fp-fork")
+        except ApiRateLimitedError:
+            return {"in_use": pacer.in_use("fp-fork"), "full": True}
+        return {"full": False}
+
+    assert in_child(child) == {"in_use": 2, "full": True}
+    assert pacer.in_use("fp-fork") == 2  # the parent's held slot still counts
+    held.release()
