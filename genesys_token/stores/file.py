@@ -2,7 +2,9 @@
 
 Layout: one directory (mode 0700) holding ``<key>.json`` (a sealed entry, mode 0600,
 replaced atomically) and ``<key>.lock`` (an ``flock`` target, never deleted: deleting a lock
-file while someone waits on it would let two processes hold "the" lock at once).
+file while someone waits on it would let two processes hold "the" lock at once). API-call
+pacing (:meth:`FileStore.slots`) adds ``<fingerprint>.slots`` per access token, shared by
+the processes of this machine (see ``_file_slots``).
 
 Trust: the directory and its files are checked before they are used (see ``_cachedir``). A
 directory or lock file that is not this user's own, or that its group or others can write,
@@ -51,6 +53,7 @@ from ._cachedir import (
     read_entry,
     write_entry,
 )
+from ._file_slots import FileSlots
 from ._seal import Sealer
 from .base import DEFAULT_LEASE, decode_token, encode_token, require_sealer, track_fork
 
@@ -131,6 +134,7 @@ class FileStore:
         self._warned: set[str] = set()
         #: Lock-file descriptors open now: a forked child closes its copies of them.
         self._open_fds: set[int] = set()
+        self._slots: FileSlots | None = None
         self._pid = os.getpid()
         track_fork(self)
 
@@ -334,6 +338,23 @@ class FileStore:
 
     def _error(self, action: str, exc: OSError) -> StoreError:
         return StoreError(f"cannot {action} the token cache in {self._dir}: {exc.strerror}")
+
+    def slots(self) -> FileSlots | None:
+        """The API-call slots of each token, shared by the processes of this machine (one
+        file per token in the cache directory; see :mod:`~genesys_token.stores.slots`), or
+        ``None`` when the cache is off."""
+        directory = self._dir
+        if directory is None:
+            return None
+        with self._guard:
+            if self._slots is None:
+                self._slots = FileSlots(lambda: self._open_slot_dir(directory), directory)
+            return self._slots
+
+    def _open_slot_dir(self, directory: Path) -> int:
+        fd = self._open_dir(directory, "pace calls in", create=True)
+        assert fd is not None  # created
+        return fd
 
     def close(self) -> None:
         """Nothing stays open between calls."""

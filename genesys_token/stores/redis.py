@@ -2,7 +2,9 @@
 
 Keys (``{...}`` is a Redis Cluster hash tag: every key of one entry lives in one slot, so
 the scripts that touch them run on a Cluster): ``<prefix>{<key>}:token`` holds the sealed
-token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock.
+token and expires with it (``PX``); ``<prefix>{<key>}:lock`` is the refresh lock. API-call
+pacing (:meth:`RedisStore.slots`) keeps ``<prefix>{<fingerprint>}:api-slots`` and
+``:api-penalty`` per access token (see ``_redis_slots``).
 
 The lock is a lease whose holder shows that it is alive (see
 :mod:`~genesys_token.stores._redis_lock`): it writes a new value every second while inside
@@ -52,6 +54,7 @@ from ..errors import ConfigurationError, StoreError
 from ..token import Token
 from ._redis_lock import RENEWALS_PER_TTL as RENEWALS_PER_TTL  # kept where it was
 from ._redis_lock import RedisLock
+from ._redis_slots import RedisSlots
 from ._seal import MAX_BLOB_BYTES, Sealer
 from .base import DEFAULT_LEASE, decode_token, encode_token, require_sealer, track_fork
 
@@ -167,6 +170,7 @@ class RedisStore:
         #: Token keys already warned about (a value that is not ours): one warning each.
         self._warned: set[str] = set()
         self._lock = RedisLock(self._call, lock_ttl=self._lock_ttl)
+        self._slots = RedisSlots(self._call, prefix)
         if client is not None:
             self._bind(client)
             _warn_without_timeouts(client)
@@ -325,6 +329,11 @@ class RedisStore:
             raise ConfigurationError("lease must be a positive number", field="lease")
         return self._lock.hold(self._key("lock", key), timeout, float(lease))
 
+    def slots(self) -> RedisSlots:
+        """The API-call slots of each token, shared by every process using this Redis (see
+        :mod:`~genesys_token.stores.slots`): one script per acquisition, on Redis's clock."""
+        return self._slots
+
     def close(self) -> None:
         """Close the connection pool of a client this store built (not a given one)."""
         if self._owns_client and self._client is not None:
@@ -341,6 +350,7 @@ class RedisStore:
         self._pid = os.getpid()
         self._guard = threading.Lock()
         self._lock.after_fork()
+        self._slots.after_fork()
         if self._owns_client:
             self._client = None
             if not self._cluster:

@@ -1,0 +1,510 @@
+"""Pacing shared by processes: the slots of each token counted in a store's ``SlotBackend``.
+
+:class:`SharedPacer` has the interface of :class:`~genesys_token.core.pacing.Pacer` and keeps
+its rule (a slot counts from its grant until its answer, then for a window), but counts the
+slots in a backend that every process sharing the store sees (``RedisStore.slots()``: a
+fleet; ``FileStore.slots()``: one machine). Within the process, callers queue first come,
+first served; the head of a token's line asks the backend, which grants a slot now, reserves
+one at the moment room appears (the caller then sleeps until it and sends; the next caller
+in line asks at once), or, when nobody can know that moment yet (it waits on a call in
+flight), answers the earliest moment room can come: the head asks again then (after
+:data:`POLL_SLICE` once that moment has passed), or as soon as one of this process's calls
+of that token ends. A caller that finds no room within its
+wait gets :class:`~genesys_token.errors.ApiRateLimitedError` with nothing sent. A 429 told to
+any process (:meth:`SharedPacer.penalize`) holds that token's slots for every process; slots
+reserved before it still go out at their moment (at most ``calls`` of them).
+
+If the backend fails (Redis down, a directory that cannot be written), pacing goes on in this
+process alone with an in-process :class:`~genesys_token.core.pacing.Pacer` of the same limit:
+one WARNING per outage, one INFO when the backend answers again (it is asked again every
+:data:`RETRY_BACKEND` seconds). Nothing fails because of it. Slots granted meanwhile are not
+known to the other processes: during an outage each process keeps the limit on its own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import ApiRateLimitedError, GenesysTokenError
+from .clock import SYSTEM_CLOCK, Clock
+from .pacing import WAIT_BUCKETS, Pacer, Slot, WaitOn
+
+if TYPE_CHECKING:  # stores sit above core: only their protocol's shape is needed here
+    from ..stores.slots import Answer, SlotBackend
+
+__all__ = ["DEFAULT_HOLD", "POLL_SLICE", "RETRY_BACKEND", "SharedPacer", "SharedSlot"]
+
+log = logging.getLogger("genesys_token.pacing")
+
+#: How long a line's head sleeps before asking the backend again when room may come at any
+#: moment (it waits on a call in flight): how soon an answer in another process is noticed.
+POLL_SLICE = 0.05
+#: Shortest sleep between two questions to the backend: never a busy loop.
+MIN_PAUSE = 0.001
+#: During an outage of the backend, it is asked again after this many seconds.
+RETRY_BACKEND = 1.0
+#: How long a granted slot is held at most before it counts as answered anyway: longer than
+#: any call lasts (the adapters' read timeouts are seconds), short enough that the slots of
+#: a process killed mid-call come back ``hold + window`` after their grant.
+DEFAULT_HOLD = 60.0
+
+
+def _wait_on_condition(cond: threading.Condition, timeout: float) -> object:
+    return cond.wait(min(timeout, threading.TIMEOUT_MAX))
+
+
+class SharedSlot:
+    """One call's place under the limit, counted in the shared backend; the same interface
+    as :class:`~genesys_token.core.pacing.Slot`.
+
+    Attributes:
+        granted_at: When it was granted (the pacer's clock; after a reservation's sleep).
+    """
+
+    __slots__ = ("_done", "_id", "_key", "_pacer", "granted_at")
+
+    def __init__(self, pacer: SharedPacer, key: str, slot_id: str, granted_at: float) -> None:
+        self._pacer = pacer
+        self._key = key
+        self._id = slot_id
+        self._done = False
+        self.granted_at = granted_at
+
+    @property
+    def done(self) -> bool:
+        """Whether it was released or cancelled."""
+        return self._done
+
+    def release(self, wait: float = -1) -> bool:
+        """The call's answer arrived (or it failed after sending): the slot's window starts
+        now. Idempotent, safe from any thread.
+
+        Args:
+            wait: Give up if the pacer's lock stays taken this many seconds (-1: wait).
+
+        Returns:
+            Whether the slot is done (False only when ``wait`` ran out).
+        """
+        return self._pacer._finish(self, stamp=True, wait=wait)
+
+    def cancel(self) -> None:
+        """Give the slot back unused: nothing was sent, so nothing starts a window."""
+        self._pacer._finish(self, stamp=False, wait=-1)
+
+    def __repr__(self) -> str:
+        return f"SharedSlot(granted_at={self.granted_at!r}, done={self._done})"
+
+
+#: What a pacer hands out: its own slot, or the in-process fallback's during an outage.
+AnySlot = Slot | SharedSlot
+
+
+class SharedPacer:
+    """Grants at most ``calls`` slots per token in any window of ``seconds``, counted across
+    every process sharing ``backend`` (see the module).
+
+    Args:
+        calls: Calls allowed per window and token (``api_rate_limit[0]``).
+        seconds: The window's length (``api_rate_limit[1]``).
+        wait: Longest a call waits for a slot (``api_rate_wait``).
+        backend: Where the slots are counted (``store.slots()``).
+        clock: Its ``monotonic`` clock times this process's waits (the backend keeps its
+            own clock for the slots).
+        hold: Seconds a slot counts as held at most (a process that dies holding slots
+            frees them ``hold + seconds`` later).
+        poll: Longest sleep between two questions to the backend while the moment of room
+            is unknown.
+        retry_backend: Seconds between tries of a backend that failed.
+        wait_on: How a waiter blocks on the pacer's condition (tests pass their own).
+        sleep: How a caller sleeps until its reserved slot starts.
+
+    Raises:
+        ConfigurationError: As :class:`~genesys_token.core.pacing.Pacer`.
+    """
+
+    def __init__(
+        self,
+        calls: int,
+        seconds: float,
+        wait: float = 30.0,
+        *,
+        backend: SlotBackend,
+        clock: Clock = SYSTEM_CLOCK,
+        hold: float = DEFAULT_HOLD,
+        poll: float = POLL_SLICE,
+        retry_backend: float = RETRY_BACKEND,
+        wait_on: WaitOn = _wait_on_condition,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        self._local = Pacer(calls, seconds, wait, clock=clock)  # validates; the fallback
+        self.calls = self._local.calls
+        self.seconds = self._local.seconds
+        self.wait = self._local.wait
+        self._backend = backend
+        self._now = clock.monotonic
+        self._hold = float(hold)
+        self._poll = float(poll)
+        self._wait_on = wait_on
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queues: dict[str, deque[object]] = {}
+        self._held: dict[str, int] = {}
+        self._outages = _Outages(clock.monotonic, float(retry_backend))
+        self._figures = _Figures()  # under self._lock
+
+    # -- taking slots ----------------------------------------------------------------------
+
+    def try_acquire(self, key: str) -> AnySlot | None:
+        """A slot for ``key`` if one is free now and nobody here waits for one (one
+        question to the backend; none while it is down)."""
+        if not self._shared_now():
+            return self._local.try_acquire(key)
+        with self._lock:
+            if self._queues.get(key):
+                return None
+        slot_id = secrets.token_hex(8)
+        answer = self._ask(key, slot_id, 0.0)
+        if answer is None:
+            return self._local.try_acquire(key)
+        if not answer.granted:
+            return None
+        if answer.seconds > 0:  # reserved ahead although asked for now: give it back
+            self._cancel_quietly(key, slot_id)
+            return None
+        return self._granted(key, slot_id, waited=None)
+
+    def acquire(self, key: str, timeout: float | None = None) -> AnySlot:
+        """A slot for ``key``, waiting in line for one if need be.
+
+        Args:
+            key: The token's fingerprint (never the token).
+            timeout: Waits at most this long, if shorter than the pacer's ``wait``.
+
+        Raises:
+            ApiRateLimitedError: No slot within the wait; nothing may be sent.
+        """
+        limit = self.wait if timeout is None else max(0.0, min(timeout, self.wait))
+        if not self._shared_now():
+            return self._local.acquire(key, limit)
+        asked = self._now()
+        deadline = asked + limit
+        ticket = object()
+        with self._lock:
+            queue = self._queues.setdefault(key, deque())
+            queue.append(ticket)
+        try:
+            return self._wait_in_line(key, queue, ticket, asked, deadline)
+        finally:
+            with self._lock:
+                if ticket in queue:
+                    queue.remove(ticket)
+                if queue:
+                    self._cond.notify_all()  # a new head: it asks at once
+                elif self._queues.get(key) is queue:
+                    del self._queues[key]
+
+    def _wait_in_line(
+        self, key: str, queue: deque[object], ticket: object, asked: float, deadline: float
+    ) -> AnySlot:
+        waited = False  # in line, or for room: counted as a wait even if short
+        while True:
+            with self._lock:
+                while queue[0] is not ticket:
+                    waited = True
+                    now = self._now()
+                    if now >= deadline:
+                        raise self._no_room(key, now - asked, None)
+                    self._wait_on(self._cond, deadline - now)
+            now = self._now()
+            slot_id = secrets.token_hex(8)
+            answer = self._ask(key, slot_id, deadline - now)
+            if answer is None:  # the backend failed: this process alone
+                with self._lock:
+                    queue.remove(ticket)
+                    self._cond.notify_all()
+                return self._local.acquire(key, max(0.0, deadline - self._now()))
+            if answer.granted:
+                with self._lock:
+                    queue.remove(ticket)  # the next in line asks while this one sleeps
+                    self._cond.notify_all()
+                return self._start(key, slot_id, answer.seconds, asked, waited)
+            now = self._now()
+            if now >= deadline:
+                raise self._no_room(key, now - asked, answer.seconds)
+            waited = True
+            self._pause(answer.seconds, now, deadline)
+            if (later := self._now()) >= deadline:  # asking again could grant nothing now
+                free_in = max(0.0, answer.seconds - (later - now))
+                raise self._no_room(key, later - asked, free_in)
+
+    def _pause(self, earliest: float, now: float, deadline: float) -> None:
+        """The head's sleep before it asks again. ``earliest`` > 0: room comes no sooner,
+        whatever ends meanwhile, so it sleeps that long. 0: room may come any moment (a
+        call in flight): it sleeps a slice, or until a call of this process ends (its
+        release rides on the next question)."""
+        with self._lock:
+            if earliest <= 0:
+                self._wait_on(self._cond, min(self._poll, deadline - now))
+                return
+            until = min(now + max(MIN_PAUSE, earliest), deadline)
+            while (now := self._now()) < until:
+                self._wait_on(self._cond, until - now)
+
+    def _start(
+        self, key: str, slot_id: str, seconds: float, asked: float, waited: bool
+    ) -> SharedSlot:
+        """Sleep until a reserved slot starts; the slot goes back if the sleep is cut.
+        ``waited``: whether the caller already waited in line or for room."""
+        if seconds > 0:
+            try:
+                self._sleep(seconds)
+            except BaseException:
+                self._cancel_quietly(key, slot_id)
+                raise
+        if not waited and seconds <= 0:
+            return self._granted(key, slot_id, waited=None)
+        return self._granted(key, slot_id, waited=self._now() - asked)
+
+    def _granted(self, key: str, slot_id: str, *, waited: float | None) -> SharedSlot:
+        now = self._now()
+        with self._lock:
+            self._held[key] = self._held.get(key, 0) + 1
+            self._figures.granted(waited)
+        return SharedSlot(self, key, slot_id, now)
+
+    def _finish(self, slot: SharedSlot, *, stamp: bool, wait: float) -> bool:
+        if slot.done:  # only ever goes False -> True: read without the lock
+            return True
+        if not self._lock.acquire(timeout=wait):
+            return False
+        try:
+            if slot._done:
+                return True
+            slot._done = True
+            held = self._held.get(slot._key, 1) - 1
+            if held > 0:
+                self._held[slot._key] = held
+            else:
+                self._held.pop(slot._key, None)
+            if self._queues.get(slot._key):
+                self._cond.notify_all()  # the head may learn of room sooner
+        finally:
+            self._lock.release()
+        try:
+            if stamp:
+                self._backend.release(slot._key, slot._id, window=self.seconds)
+            else:
+                self._backend.cancel(slot._key, slot._id)
+        except GenesysTokenError as exc:
+            log.debug("could not give a paced slot back (%s); it counts out its lease", exc)
+        return True
+
+    def _cancel_quietly(self, key: str, slot_id: str) -> None:
+        try:
+            self._backend.cancel(key, slot_id)
+        except GenesysTokenError as exc:
+            log.debug("could not cancel a paced slot (%s); it counts out its lease", exc)
+
+    # -- the backend and its outages -------------------------------------------------------
+
+    def _shared_now(self) -> bool:
+        return self._outages.usable()
+
+    def _ask(self, key: str, slot_id: str, max_wait: float) -> Answer | None:
+        """The backend's answer; None when it failed (and the outage is noted)."""
+        return self._outages.run(
+            lambda: self._backend.acquire(
+                key,
+                slot_id,
+                calls=self.calls,
+                window=self.seconds,
+                hold=self._hold,
+                max_wait=max(0.0, max_wait),
+            )
+        )
+
+    # -- 429s and tokens -------------------------------------------------------------------
+
+    def penalize(self, key: str, retry_after: float | None) -> None:
+        """A 429 came back for ``key``'s token: no slot of it starts for ``retry_after``
+        seconds (a window when the answer did not say), in any process.
+
+        Args:
+            key: The token's fingerprint.
+            retry_after: The answer's ``Retry-After`` in seconds (already capped).
+        """
+        self._local.penalize(key, retry_after)
+        finite = retry_after is not None and math.isfinite(retry_after)
+        pause = max(0.0, retry_after) if finite and retry_after is not None else self.seconds
+        with self._lock:
+            self._figures.throttled(key)
+        if self._shared_now():
+            self._outages.run(lambda: self._backend.penalize(key, pause))
+
+    def forget(self, key: str) -> None:
+        """Drop what is kept of ``key``'s token (it is retired) unless calls here still
+        hold or wait for its slots."""
+        self._local.forget(key)
+        with self._lock:
+            if not self._held.get(key) and not self._queues.get(key):
+                self._figures.by_token.pop(key, None)
+
+    def in_use(self, key: str) -> int:
+        """Slots of ``key``'s token counted now by every process (this process's own
+        count while the backend is down)."""
+        if self._shared_now():
+            count = self._outages.run(lambda: self._backend.in_use(key))
+            if count is not None:
+                return count
+        return self._local.in_use(key)
+
+    def after_fork(self) -> None:
+        """In a forked child: new locks, nothing held (the parent's calls are not ours)."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queues = {}
+        self._held = {}
+        self._local.after_fork()
+        self._outages.after_fork()
+        self._backend.after_fork()
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _no_room(self, key: str, waited: float, free_in: float | None) -> ApiRateLimitedError:
+        with self._lock:
+            self._figures.gave_up += 1
+        return ApiRateLimitedError(
+            f"no room to call the API with token {key}: at most {self.calls} calls per "
+            f"{self.seconds:g} s (api_rate_limit) across the processes sharing its store; "
+            f"waited {waited:.3f} s (api_rate_wait {self.wait:g} s); nothing was sent",
+            limit=(self.calls, self.seconds),
+            waited=waited,
+            token_fingerprint=key,
+            retry_after=free_in,
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        """The pacer's figures, the in-process fallback's included.
+
+        Returns:
+            What :meth:`~genesys_token.core.pacing.Pacer.metrics` returns, plus ``shared``
+            (whether the backend is in use now) and ``store_outages`` (outages seen).
+        """
+        local = self._local.metrics()
+        with self._lock:
+            waiting = sum(len(q) for q in self._queues.values())
+            kept = len(set(self._held) | set(self._queues))
+            figures = self._figures.merged(local, waiting=waiting, kept=kept)
+        return {**figures, "shared": not self._outages.down, "store_outages": self._outages.count}
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedPacer(calls={self.calls}, seconds={self.seconds:g}, wait={self.wait:g}, "
+            f"backend={self._backend!r})"
+        )
+
+
+class _Figures:
+    """The shared pacer's counts (kept under its lock), merged with its fallback's."""
+
+    def __init__(self) -> None:
+        self.paced = 0
+        self.waited = 0
+        self.gave_up = 0
+        self.throttled_total = 0
+        self.by_token: dict[str, int] = {}
+        self.wait_sum = 0.0
+        self.bucket_counts = [0] * (len(WAIT_BUCKETS) + 1)  # waiters' grants only
+
+    def granted(self, waited: float | None) -> None:
+        self.paced += 1
+        if waited is not None and waited > 0:
+            self.waited += 1
+            self.wait_sum += waited
+            self.bucket_counts[bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
+
+    def throttled(self, key: str) -> None:
+        self.by_token[key] = self.by_token.get(key, 0) + 1
+        self.throttled_total += 1
+
+    def merged(self, local: dict[str, Any], *, waiting: int, kept: int) -> dict[str, Any]:
+        counts = list(self.bucket_counts)
+        counts[0] += self.paced - self.waited  # granted at once: waited 0 s
+        buckets, mine = [], 0
+        for (bound, count), own in zip(local["wait_histogram"]["buckets"], counts, strict=True):
+            mine += own
+            buckets.append((bound, count + mine))
+        return {
+            "calls_paced": local["calls_paced"] + self.paced,
+            "calls_waited": local["calls_waited"] + self.waited,
+            "rate_limited": local["rate_limited"] + self.gave_up,
+            "throttled": self.throttled_total,
+            "throttled_by_token": dict(self.by_token),
+            "waiting": local["waiting"] + waiting,
+            "tokens": max(local["tokens"], kept),
+            "wait_histogram": {
+                "buckets": buckets,
+                "sum": local["wait_histogram"]["sum"] + self.wait_sum,
+                "count": buckets[-1][1] if buckets else 0,
+            },
+        }
+
+
+T = TypeVar("T")
+
+
+class _Outages:
+    """Whether the backend is usable: one WARNING when it fails, one INFO when it answers
+    again, and between the two it is tried again every ``retry`` seconds."""
+
+    def __init__(self, now: Callable[[], float], retry: float) -> None:
+        self._now = now
+        self._retry = retry
+        self._lock = threading.Lock()
+        self.down = False
+        self.count = 0
+        self._retry_at = 0.0
+
+    def usable(self) -> bool:
+        """It works, or it failed long enough ago to be tried again."""
+        return not self.down or self._now() >= self._retry_at
+
+    def run(self, call: Callable[[], T]) -> T | None:
+        """``call()``; None when the backend failed (noted, warned about once)."""
+        try:
+            result = call()
+        except (GenesysTokenError, OSError) as exc:
+            self._failed(exc)
+            return None
+        if self.down:
+            with self._lock:
+                back, self.down = self.down, False
+            if back:
+                log.info("the pacing store answers again: API calls are paced with the fleet")
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            first = not self.down
+            self.down = True
+            self._retry_at = self._now() + self._retry
+            self.count += first
+        if first:
+            log.warning(
+                "the pacing store failed (%s): API calls are paced in this process alone "
+                "until it answers again",
+                exc if isinstance(exc, GenesysTokenError) else type(exc).__name__,
+            )
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock."""
+        self._lock = threading.Lock()
