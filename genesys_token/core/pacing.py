@@ -49,11 +49,15 @@ from typing import Any
 from ..errors import ApiRateLimitedError, ConfigurationError
 from .clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["WAIT_BUCKETS", "Pacer", "Slot", "WaitOn"]
+__all__ = ["GIVE_UP_CHECK", "WAIT_BUCKETS", "Pacer", "Slot", "WaitOn"]
 
 #: Upper bounds (seconds) of the waited-time histogram's buckets: most paced calls wait not
 #: at all or a fraction of a window; ``api_rate_wait`` is 30 s by default. +Inf is implied.
 WAIT_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: How often a waiter with a ``give_up`` condition looks at it (seconds): a token swap is
+#: rare, so a tenth of a second late costs nothing that matters.
+GIVE_UP_CHECK = 0.1
 
 #: How a waiter waits: called with the pacer's condition held, it waits on it at most the
 #: seconds given and returns with it held (spurious returns are fine). Tests pass their own.
@@ -196,14 +200,30 @@ class Pacer:
         Raises:
             ApiRateLimitedError: No slot within the wait; nothing may be sent.
         """
+        slot = self.acquire_unless(key, timeout, None)
+        assert slot is not None  # only a give_up gives up without raising
+        return slot
+
+    def acquire_unless(
+        self, key: str, timeout: float | None, give_up: Callable[[], bool] | None
+    ) -> Slot | None:
+        """:meth:`acquire`, leaving the line with None once ``give_up()`` is true (looked at
+        least every :data:`GIVE_UP_CHECK` seconds): a caller whose token was replaced while
+        it waited stops waiting for that token's slots.
+
+        Raises:
+            ApiRateLimitedError: No slot within the wait; nothing may be sent.
+        """
         with self._lock:
             token = self._token(key)
             if not token.queue and self._has_room(token):
                 return self._grant(token)
             limit = self.wait if timeout is None else max(0.0, min(timeout, self.wait))
-            return self._wait_in_line(key, token, limit)
+            return self._wait_in_line(key, token, limit, give_up)
 
-    def _wait_in_line(self, key: str, token: _Token, limit: float) -> Slot:
+    def _wait_in_line(
+        self, key: str, token: _Token, limit: float, give_up: Callable[[], bool] | None = None
+    ) -> Slot | None:
         asked = self._now()
         deadline = asked + limit
         ticket = object()
@@ -217,10 +237,15 @@ class Pacer:
                     slot = self._grant(token, now)
                     self._note_wait(now - asked)
                     return slot
+                if give_up is not None and give_up():
+                    return None
                 if now >= deadline:
                     self._gave_up += 1
                     raise self._no_room(key, now - asked, free_at - now)
-                self._wait_on(self._cond, min(deadline, free_at) - now)
+                until = min(deadline, free_at)
+                if give_up is not None:
+                    until = min(until, now + GIVE_UP_CHECK)
+                self._wait_on(self._cond, until - now)
         finally:
             if ticket in token.queue:
                 token.queue.remove(ticket)
