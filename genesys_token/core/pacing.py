@@ -49,7 +49,7 @@ from typing import Any
 from ..errors import ApiRateLimitedError, ConfigurationError
 from .clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["GIVE_UP_CHECK", "WAIT_BUCKETS", "Pacer", "Slot", "WaitOn"]
+__all__ = ["GIVE_UP_CHECK", "WAIT_BUCKETS", "Pacer", "Slot", "Ticket", "WaitOn"]
 
 #: Upper bounds (seconds) of the waited-time histogram's buckets: most paced calls wait not
 #: at all or a fraction of a window; ``api_rate_wait`` is 30 s by default. +Inf is implied.
@@ -82,6 +82,22 @@ class _Token:
         #: No slot is granted before this (a 429's Retry-After); 0.0: no penalty.
         self.penalty_until = 0.0
         self.throttled = 0
+
+
+class Ticket:
+    """A place in a token's line for a caller that must not block (see :meth:`Pacer.line_up`).
+
+    Attributes:
+        asked: When it lined up (the pacer's clock).
+    """
+
+    __slots__ = ("asked",)
+
+    def __init__(self, asked: float) -> None:
+        self.asked = asked
+
+    def __repr__(self) -> str:
+        return f"Ticket(asked={self.asked!r})"
 
 
 class Slot:
@@ -220,6 +236,55 @@ class Pacer:
                 return self._grant(token)
             limit = self.wait if timeout is None else max(0.0, min(timeout, self.wait))
             return self._wait_in_line(key, token, limit, give_up)
+
+    # -- waiting without blocking (event loops) -----------------------------------------
+
+    def line_up(self, key: str) -> Ticket:
+        """Join ``key``'s line without blocking; then :meth:`poll` until a slot comes, and
+        :meth:`leave` in every case (a coroutine that waits with ``asyncio.sleep``). Threads
+        and tickets share one line, first come first served."""
+        ticket = Ticket(self._now())
+        with self._lock:
+            self._token(key).queue.append(ticket)
+        return ticket
+
+    def poll(self, key: str, ticket: Ticket) -> Slot | float:
+        """The slot, if ``ticket`` heads the line and there is room now; else the seconds
+        to sleep before polling again (until room may come, at most the wait left).
+
+        Raises:
+            ApiRateLimitedError: ``wait`` has passed since :meth:`line_up` (out of line).
+        """
+        with self._lock:
+            token = self._token(key)
+            if ticket not in token.queue:
+                token.queue.append(ticket)  # dropped by after_fork: line up again
+            now = self._now()
+            free_at = self._free_at(token, now) if token.queue[0] is ticket else math.inf
+            if free_at <= now:
+                token.queue.popleft()
+                slot = self._grant(token, now)
+                self._note_wait(now - ticket.asked)
+                if token.queue:
+                    self._cond.notify_all()
+                return slot
+            deadline = ticket.asked + self.wait
+            if now >= deadline:
+                token.queue.remove(ticket)
+                if token.queue:
+                    self._cond.notify_all()
+                self._gave_up += 1
+                raise self._no_room(key, now - ticket.asked, free_at - now)
+            return min(free_at, deadline) - now
+
+    def leave(self, key: str, ticket: Ticket) -> None:
+        """Leave ``key``'s line (no-op once served or given up)."""
+        with self._lock:
+            token = self._tokens.get(key)
+            if token is not None and ticket in token.queue:
+                token.queue.remove(ticket)
+                if token.queue:
+                    self._cond.notify_all()
 
     def _wait_in_line(
         self, key: str, token: _Token, limit: float, give_up: Callable[[], bool] | None = None

@@ -16,7 +16,7 @@ from ..http.answers import parse_retry_after
 from ..observability.events import API_RATE_LIMITED, API_THROTTLED
 from ..observability.metrics import Metrics
 from ..token import Token, fingerprint_of
-from .pacing import Pacer, Slot
+from .pacing import Pacer, Slot, Ticket
 from .refresher import Refresher
 from .schedule import Cell
 from .single_flight import Replacing
@@ -24,6 +24,19 @@ from .uses import InFlight, UseGate, reap_pending
 
 #: Emits an event: ``(event type, token fingerprint, data)``; never given a token.
 Emit = Callable[[str, str, dict[str, Any]], None]
+
+
+class Line:
+    """A place in the line for a slot of one token, for a caller that must not block."""
+
+    __slots__ = ("cell", "ticket")
+
+    def __init__(self, cell: Cell, ticket: Ticket) -> None:
+        self.cell = cell
+        self.ticket = ticket
+
+    def __repr__(self) -> str:
+        return f"Line(ticket={self.ticket!r})"
 
 
 class AdapterPort:
@@ -109,10 +122,54 @@ class AdapterPort:
                 lambda: self._flight.cell is not cell,
             )
         except ApiRateLimitedError as exc:
-            if self._emit is not None:
-                data = {"waited": round(exc.waited, 3), "limit": list(exc.limit)}
-                self._emit(API_RATE_LIMITED, key, data)
+            self._gave_up(key, exc)
             raise
+
+    def _gave_up(self, key: str, exc: ApiRateLimitedError) -> None:
+        if self._emit is not None:
+            data = {"waited": round(exc.waited, 3), "limit": list(exc.limit)}
+            self._emit(API_RATE_LIMITED, key, data)
+
+    def line_up(self) -> Line | None:
+        """For event loops: join the line for a slot of the current token without blocking
+        (then :meth:`poll_line`, and :meth:`leave_line` in every case). None when not paced
+        or no token is usable now (take the slow path). Reaps first (see :func:`reap_pending`)."""
+        pacer, cell = self.pacer, self._flight.cell
+        if pacer is None or cell is None or self._flight.closed:
+            return None
+        if not cell.usable(self._now()):
+            return None
+        reap_pending()
+        return Line(cell, pacer.line_up(cell.token.fingerprint))
+
+    def poll_line(self, line: Line) -> InFlight | float | None:
+        """The use, once ``line`` got its slot; else seconds to sleep before polling again;
+        None when the token was replaced meanwhile (line up again).
+
+        Raises:
+            ApiRateLimitedError: No slot within ``api_rate_wait``; nothing counted.
+        """
+        assert self.pacer is not None
+        cell = line.cell
+        if self._flight.cell is not cell:
+            return None
+        key = cell.token.fingerprint
+        try:
+            got = self.pacer.poll(key, line.ticket)
+        except ApiRateLimitedError as exc:
+            self._gave_up(key, exc)
+            raise
+        if not isinstance(got, Slot):
+            return got
+        use = self._gate.begin(cell.access_token, self._is_current, got)
+        if use is None:
+            got.cancel()
+        return use
+
+    def leave_line(self, line: Line) -> None:
+        """Leave ``line`` (a no-op once it got its slot or gave up)."""
+        if self.pacer is not None:
+            self.pacer.leave(line.cell.token.fingerprint, line.ticket)
 
     def next_slot(self, use: InFlight, timeout: float | None = None) -> None:
         """One leg of ``use`` was answered (a redirect) and the next goes out with the same

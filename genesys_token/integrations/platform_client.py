@@ -97,6 +97,7 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
         try:
             response = self.inner.request(_with_token(options, token))
         except ApiException as exc:
+            self._port.answered(token, exc.status, _retry_after(exc))
             if exc.status != 401 or not self._replay_401:
                 raise
             rejected = exc
@@ -116,6 +117,9 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
         try:
             self._port.note_replay()
             return self.inner.request(_with_token(options, use.token))
+        except ApiException as exc:
+            self._port.answered(use.token, exc.status, _retry_after(exc))
+            raise
         finally:
             use.end()
 
@@ -174,6 +178,16 @@ def bind_api_client(
     api_client.set_http_client(GenesysHttpClient(manager, inner))
     api_client.access_token = ""
     return api_client
+
+
+def _retry_after(exc: Any) -> str | None:
+    """The ``Retry-After`` of the SDK's ``ApiException``, if its headers say."""
+    headers = getattr(exc, "headers", None)
+    try:
+        value = headers.get("Retry-After") if headers is not None else None
+    except Exception:  # noqa: BLE001 - an SDK with other headers: no Retry-After then
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _with_token(options: Any, token: str) -> Any:
