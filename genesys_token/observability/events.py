@@ -86,8 +86,6 @@ _WARNING_EVENTS = frozenset(
         TOKEN_DRAIN_TIMEOUT,
         TOKEN_EXPIRED,
         WEBHOOK_DELIVERY_FAILED,
-        API_RATE_LIMITED,
-        API_THROTTLED,
     }
 )
 #: Nested event data deeper than this is cut: records stay small and a cyclic structure
