@@ -478,7 +478,8 @@ class TokenManager:
 
     @contextmanager
     def in_flight(self) -> Iterator[InFlight]:
-        """Count a long-lived use of the token, such as a WebSocket, for rotations.
+        """Count a long-lived use of the token, such as a WebSocket, for rotations. It takes
+        no pacing slot (``api_rate_limit``): it is not one API call.
 
         :meth:`rotate` swaps the token, sets ``rotation_pending`` on the yielded handle and
         waits (up to its ``drain_timeout``) for the block to end::
@@ -488,7 +489,7 @@ class TokenManager:
                 while not use.rotation_pending.is_set():
                     handle(ws.recv(timeout=1))
         """
-        use = self._port.begin_use()
+        use = self._port.begin_use(paced=False)  # not one API call: it holds no pacing slot
         try:
             yield use
         finally:

@@ -71,7 +71,7 @@ class AdapterPort:
         self.pacer = pacer
         self._emit = emit
 
-    def begin_use(self, timeout: float | None = None) -> InFlight:
+    def begin_use(self, timeout: float | None = None, *, paced: bool = True) -> InFlight:
         """Count one use of the current token and return it (end it with
         :meth:`InFlight.end`, from any thread). With pacing, the use holds a slot of its
         token (released when it ends): the caller waits for one, in line.
@@ -79,13 +79,15 @@ class AdapterPort:
         Args:
             timeout: Bounds the wait for a token and for a slot together (default: the
                 token wait of ``get_token``, and ``api_rate_wait`` for the slot).
+            paced: False for a use that is not one API call (``TokenManager.in_flight``: a
+                WebSocket held for minutes must not hold a slot all that time).
 
         Raises:
             ManagerClosedError: The manager was closed.
             ApiRateLimitedError: No slot within the wait; nothing counted, nothing to send.
             GenesysTokenError: No valid token exists and acquiring one failed.
         """
-        pacer = self.pacer
+        pacer = self.pacer if paced else None
         deadline = None if timeout is None or pacer is None else self._now() + timeout
         while True:
             cell = self._flight.cell
