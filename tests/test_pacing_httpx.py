@@ -147,3 +147,48 @@ def test_leaving_the_line_lets_the_next_one_in() -> None:
     first, second = pacer.line_up("k"), pacer.line_up("k")
     pacer.leave("k", first)
     assert isinstance(pacer.poll("k", second), Slot)
+
+
+def test_aiohttp_middleware_paced_draws_no_429(limited: GenesysEmulator) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    from genesys_token.integrations.aiohttp import genesys_middleware
+
+    async def run() -> list[int]:
+        statuses: list[int] = []
+        async with aiohttp.ClientSession(
+            base_url=limited.api_base_url + "/", middlewares=(genesys_middleware(manager),)
+        ) as session:
+            stop = time.monotonic() + 2.0
+
+            async def work() -> None:
+                while time.monotonic() < stop:
+                    async with session.get(ORG.lstrip("/")) as response:
+                        statuses.append(response.status)
+
+            await asyncio.gather(*(work() for _ in range(8)))
+        return statuses
+
+    with _manager(limited) as manager:
+        statuses = asyncio.run(run())
+        assert _429s(limited) == 0 and statuses.count(200) == len(statuses) >= 15
+        assert manager.metrics()["pacing"]["calls_waited"] > 0
+
+
+def test_aiohttp_tells_the_pacer_of_a_429(limited: GenesysEmulator) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    from genesys_token.integrations.aiohttp import genesys_middleware
+
+    async def run() -> list[int]:
+        async with aiohttp.ClientSession(
+            base_url=limited.api_base_url + "/", middlewares=(genesys_middleware(manager),)
+        ) as session:
+            found = []
+            for _ in range(11):
+                async with session.get(ORG.lstrip("/")) as response:
+                    found.append(response.status)
+            return found
+
+    with _manager(limited, calls=20) as manager:
+        assert asyncio.run(run())[-1] == 429
+        assert manager.metrics()["pacing"]["throttled"] == 1
+        assert manager.metrics()["api_429s"] == 1

@@ -263,3 +263,87 @@ def test_a_bad_variable_is_named(name: str, value: str, field: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         Settings.from_env({name: value})
     assert caught.value.field == field and name in str(caught.value)
+
+
+# -- every leg that reaches the wire takes a slot ------------------------------------------
+
+
+def test_each_followed_redirect_leg_takes_its_own_slot(limited: GenesysEmulator) -> None:
+    with _manager(limited, api_rate_limit=(3, 60.0), api_rate_wait=0.3) as manager:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        url = limited.api_base_url + "/redirect"
+        target = limited.api_base_url + ORG
+        response = session.get(url, params={"to": target}, timeout=5)
+        assert response.status_code == 200 and len(response.history) == 1
+        assert manager.metrics()["pacing"]["calls_paced"] == 2
+        assert manager.in_flight_count == 0
+        port = adapter_port(manager)
+        assert port.pacer is not None
+        assert port.pacer.in_use(manager.token.fingerprint) == 2  # type: ignore[union-attr]
+        # One slot left: the first leg takes it, the second finds none and raises.
+        with pytest.raises(ApiRateLimitedError):
+            session.get(url, params={"to": target}, timeout=5)
+        assert manager.in_flight_count == 0
+        session.close()
+
+
+def test_a_401_replay_takes_its_own_slot(limited: GenesysEmulator) -> None:
+    with _manager(limited, api_rate_limit=(5, 60.0)) as manager:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        first = manager.get_token()
+        limited.revoke(first)
+        assert session.get(limited.api_base_url + ORG, timeout=5).status_code == 200
+        assert manager.get_token() != first
+        assert manager.metrics()["pacing"]["calls_paced"] == 2
+        assert manager.metrics()["replays_401"] == 1
+        session.close()
+
+
+def test_in_flight_takes_no_slot(limited: GenesysEmulator) -> None:
+    with _manager(limited, api_rate_limit=(1, 60.0), api_rate_wait=0.0) as manager:
+        with manager.in_flight():
+            session = requests.Session()
+            session.auth = GenesysAuth(manager)
+            assert session.get(limited.api_base_url + ORG, timeout=5).status_code == 200
+            session.close()
+        assert manager.metrics()["pacing"]["calls_paced"] == 1
+
+
+def test_begin_use_timeout_bounds_the_slot_wait(limited: GenesysEmulator) -> None:
+    with _manager(limited, api_rate_limit=(1, 60.0), api_rate_wait=30.0) as manager:
+        port = adapter_port(manager)
+        port.begin_use().end()
+        started = time.monotonic()
+        with pytest.raises(ApiRateLimitedError):
+            port.begin_use(timeout=0.2)
+        assert time.monotonic() - started < 1.0
+
+
+# -- exports ----------------------------------------------------------------------------
+
+
+def test_prometheus_exports_the_pacing_figures_and_no_token(limited: GenesysEmulator) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from genesys_token.prometheus import GenesysTokenCollector
+
+    with _manager(limited, api_rate_limit=(20, 1.0), api_rate_wait=5.0) as manager:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        for _ in range(11):  # the 11th draws the emulator's 429
+            session.get(limited.api_base_url + ORG, timeout=5)
+        registry = prometheus_client.CollectorRegistry()
+        registry.register(GenesysTokenCollector(manager))
+        text = prometheus_client.generate_latest(registry).decode()
+        token = manager.get_token()
+        assert token not in text
+        client = f'client_id="{limited.client_id}"'
+        assert f"genesys_token_api_calls_paced_total{{{client}}} 11.0" in text
+        assert f"genesys_token_api_throttled_total{{{client}}} 1.0" in text
+        assert f"genesys_token_api_429s_total{{{client}}} 1.0" in text
+        fingerprint = manager.token.fingerprint  # type: ignore[union-attr]
+        assert f'token_fingerprint="{fingerprint}"' in text
+        assert "genesys_token_api_wait_seconds_bucket" in text
+        assert f"genesys_token_api_waiting{{{client}}} 0.0" in text
+        session.close()

@@ -100,10 +100,16 @@ def genesys_middleware(
     async def begin_use_off_loop() -> InFlight:
         """The slow path: one worker-thread wait per loop for its coroutines, then the use
         is counted inline; if the token was swapped that instant, counted in a thread."""
-        await shared.run("token", lambda stop: _in_slices(manager.get_token, stop))
-        use = port.try_begin_use() or await paced_use(port)
-        if use is not None:
-            return use
+        paced = manager.settings.api_rate_limit is not None
+        while True:
+            await shared.run("token", lambda stop: _in_slices(manager.get_token, stop))
+            use = port.try_begin_use() or await paced_use(port)
+            if use is not None:
+                return use
+            if not paced:
+                break
+            # Paced: never a thread per waiting coroutine (its sliced waits would also
+            # bound the slot wait); the token became unusable again: get one again.
         return await _off_loop(lambda stop: _begin_in_slices(port, stop), _end_use)
 
     async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:

@@ -219,10 +219,16 @@ class GenesysHTTPXAuth(httpx.Auth):
 
     async def _begin_use_async(self) -> InFlight:
         """The slow path: a token is fetched off the loop, once for all its coroutines."""
-        await self._shared.run("token", lambda stop: _in_slices(self._manager.get_token, stop))
-        use = self._port.try_begin_use() or await paced_use(self._port)
-        if use is not None:
-            return use
+        paced = self._manager.settings.api_rate_limit is not None
+        while True:
+            await self._shared.run("token", lambda stop: _in_slices(self._manager.get_token, stop))
+            use = self._port.try_begin_use() or await paced_use(self._port)
+            if use is not None:
+                return use
+            if not paced:
+                break
+            # Paced: never a thread per waiting coroutine (its sliced waits would also
+            # bound the slot wait); the token became unusable again: get one again.
         # Usable a moment ago but not now (a refresh or a rotation swapped it this instant,
         # or it is in its last moments): the blocking call, off the loop, for this
         # coroutine alone.
