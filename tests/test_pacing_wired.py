@@ -347,3 +347,35 @@ def test_prometheus_exports_the_pacing_figures_and_no_token(limited: GenesysEmul
         assert "genesys_token_api_wait_seconds_bucket" in text
         assert f"genesys_token_api_waiting{{{client}}} 0.0" in text
         session.close()
+
+
+def test_api_session_returns_the_429_when_no_slot_comes_for_its_retry(
+    limited: GenesysEmulator,
+) -> None:
+    with _manager(limited, api_rate_limit=(11, 60.0), api_rate_wait=0.2) as manager:
+        session = api_session(manager, max_retries=2, max_retry_after=2.0)
+        statuses = [session.get(ORG).status_code for _ in range(11)]
+        # The 11th met the emulator's limit; its retry found no slot within 0.2 s (all 11
+        # are in their minute): the 429 comes back, nothing more was sent.
+        assert statuses == [200] * 10 + [429]
+        assert limited.api_requests == 11
+        assert manager.metrics()["pacing"]["rate_limited"] == 1
+        session.close()
+
+
+def test_a_pool_paces_the_managers_it_makes(limited: GenesysEmulator) -> None:
+    from genesys_token import TokenManagerPool
+
+    with TokenManagerPool(
+        token_url=limited.token_url,
+        api_base_url=limited.api_base_url,
+        api_rate_limit=(2, 60.0),
+        api_rate_wait=0.1,
+    ) as pool:
+        manager = pool.get(limited.client_id, limited.client_secret)
+        assert manager.settings.api_rate_limit == (2, 60.0)
+        port = adapter_port(manager)
+        port.begin_use().end()
+        port.begin_use().end()
+        with pytest.raises(ApiRateLimitedError):
+            port.begin_use()

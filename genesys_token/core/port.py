@@ -232,7 +232,7 @@ class AdapterPort:
             return self._gate.begin(cell.access_token, self._is_current)
         slot = self.pacer.try_acquire(cell.token.fingerprint)
         if slot is None:
-            return None  # no room now: see slot_free_in
+            return None  # no room now: wait in line (see line_up)
         use = self._gate.begin(cell.access_token, self._is_current, slot)
         if use is None:
             slot.cancel()
