@@ -379,3 +379,17 @@ def test_a_pool_paces_the_managers_it_makes(limited: GenesysEmulator) -> None:
         port.begin_use().end()
         with pytest.raises(ApiRateLimitedError):
             port.begin_use()
+
+
+def test_a_429_from_another_origin_does_not_pause_the_token(limited: GenesysEmulator) -> None:
+    with GenesysEmulator() as other, _manager(limited, api_rate_limit=(5, 60.0)) as manager:
+        other.throttle_api(times=None, retry_after=30)
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        response = session.get(
+            limited.api_base_url + "/redirect", params={"to": other.api_base_url + ORG}, timeout=5
+        )
+        assert response.status_code == 429  # from the other host, sent without our token
+        assert manager.metrics()["pacing"]["throttled"] == 0
+        assert manager.metrics()["api_429s"] == 0
+        session.close()

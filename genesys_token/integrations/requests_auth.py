@@ -507,9 +507,11 @@ class GenesysAuth(requests.auth.AuthBase):
     ) -> requests.Response:
         request = response.request
         if watch is not None:
-            self._port.answered(
-                watch.use.token, response.status_code, response.headers.get("Retry-After")
-            )
+            if request.headers.get("Authorization") == _BEARER + watch.use.token:
+                # A 429 from where the token went (a redirect elsewhere went without it).
+                self._port.answered(
+                    watch.use.token, response.status_code, response.headers.get("Retry-After")
+                )
             if not response.is_redirect:
                 watch.end()
             else:  # ended unless requests follows it with the token
