@@ -184,7 +184,8 @@ class TokenManager:
         ``_SECRET_FILE``), ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``, the
         gateway ``GENESYSCLOUD_GATEWAY_HOST``, ``_PORT``, ``_PROTOCOL``, ``_PATH_NAME``,
         ``_PATH_VALUE`` and the proxy ``GENESYSCLOUD_PROXY_HOST``, ``_PORT``, ``_PROTOCOL``,
-        ``_AUTH_USERNAME``, ``_AUTH_PASSWORD`` (the names of Genesys' Terraform provider).
+        ``_AUTH_USERNAME``, ``_AUTH_PASSWORD`` (the names of Genesys' Terraform provider),
+        and the pacing ``GENESYSCLOUD_API_RATE_LIMIT`` (``"300/60"``) and ``_API_RATE_WAIT``.
 
         What wins: a keyword given explicitly, then a field ``settings`` sets, then the
         environment (it fills the location fields ``settings`` leaves None), then the
