@@ -23,7 +23,7 @@ import requests
 from .core.acquisition import Acquirer, flight_bound, lock_bound
 from .core.clock import SYSTEM_CLOCK, Clock
 from .core.fork import register_fork_handler
-from .core.pacing import Pacer
+from .core.pacing import Pacer, Pacing
 from .core.port import AdapterPort
 from .core.refresher import Refresher, check_timeout
 from .core.rejections import RejectedCredentials
@@ -589,7 +589,7 @@ class TokenManager:
         )
 
 
-def _make_pacer(settings: Settings, store: TokenStore, clock: Clock) -> Pacer | None:
+def _make_pacer(settings: Settings, store: TokenStore, clock: Clock) -> Pacing | None:
     """The one pacer of a manager with ``api_rate_limit``, None without. Pacing is per
     process for now (``store`` will let processes sharing it share the slots)."""
     if settings.api_rate_limit is None:

@@ -44,12 +44,21 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ApiRateLimitedError, ConfigurationError
 from .clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["GIVE_UP_CHECK", "WAIT_BUCKETS", "Pacer", "Slot", "Ticket", "WaitOn"]
+__all__ = [
+    "GIVE_UP_CHECK",
+    "WAIT_BUCKETS",
+    "PaceSlot",
+    "Pacer",
+    "Pacing",
+    "Slot",
+    "Ticket",
+    "WaitOn",
+]
 
 #: Upper bounds (seconds) of the waited-time histogram's buckets: most paced calls wait not
 #: at all or a fraction of a window; ``api_rate_wait`` is 30 s by default. +Inf is implied.
@@ -62,6 +71,48 @@ GIVE_UP_CHECK = 0.1
 #: How a waiter waits: called with the pacer's condition held, it waits on it at most the
 #: seconds given and returns with it held (spurious returns are fine). Tests pass their own.
 WaitOn = Callable[[threading.Condition, float], object]
+
+
+class PaceSlot(Protocol):
+    """What a pacer grants (a :class:`Slot` here): released at the answer, or cancelled."""
+
+    def release(self, wait: float = -1) -> bool:
+        """The answer arrived: the slot's window starts now (see :meth:`Slot.release`)."""
+
+    def cancel(self) -> None:
+        """Nothing was sent: the slot goes back unused."""
+
+
+class Pacing(Protocol):
+    """What the manager and its adapters use of a pacer: :class:`Pacer` in one process, or
+    one whose slots are shared between processes, built in one place (the manager's
+    ``_make_pacer``)."""
+
+    def try_acquire(self, key: str) -> PaceSlot | None:
+        """A slot now, or None (see :meth:`Pacer.try_acquire`)."""
+
+    def acquire_unless(
+        self, key: str, timeout: float | None, give_up: Callable[[], bool] | None
+    ) -> PaceSlot | None:
+        """A slot, waiting in line (see :meth:`Pacer.acquire_unless`)."""
+
+    def line_up(self, key: str) -> Ticket:
+        """Join the line without blocking (see :meth:`Pacer.line_up`)."""
+
+    def poll(self, key: str, ticket: Ticket) -> PaceSlot | float:
+        """The slot, or seconds to sleep (see :meth:`Pacer.poll`)."""
+
+    def leave(self, key: str, ticket: Ticket) -> None:
+        """Leave the line (see :meth:`Pacer.leave`)."""
+
+    def penalize(self, key: str, retry_after: float | None) -> None:
+        """A 429: hold the token's slots (see :meth:`Pacer.penalize`)."""
+
+    def after_fork(self) -> None:
+        """In a forked child (see :meth:`Pacer.after_fork`)."""
+
+    def metrics(self) -> dict[str, Any]:
+        """The figures (see :meth:`Pacer.metrics`)."""
 
 
 def _wait_on_condition(cond: threading.Condition, timeout: float) -> object:

@@ -16,7 +16,7 @@ from ..http.answers import parse_retry_after
 from ..observability.events import API_RATE_LIMITED, API_THROTTLED
 from ..observability.metrics import Metrics
 from ..token import Token, fingerprint_of
-from .pacing import Pacer, Slot, Ticket
+from .pacing import PaceSlot, Pacing, Ticket
 from .refresher import Refresher
 from .schedule import Cell
 from .single_flight import Replacing
@@ -59,7 +59,7 @@ class AdapterPort:
         gate: UseGate,
         metrics: Metrics,
         now: Callable[[], float],
-        pacer: Pacer | None = None,
+        pacer: Pacing | None = None,
         emit: Emit | None = None,
     ) -> None:
         self._refresher = refresher
@@ -108,7 +108,7 @@ class AdapterPort:
     def _left(self, deadline: float) -> float:
         return max(0.0, deadline - self._now())
 
-    def _slot(self, pacer: Pacer, cell: Cell, deadline: float | None) -> Slot | None:
+    def _slot(self, pacer: Pacing, cell: Cell, deadline: float | None) -> PaceSlot | None:
         """A slot of ``cell``'s token; None when that token was replaced meanwhile."""
         key = cell.token.fingerprint
         slot = pacer.try_acquire(key)
@@ -161,8 +161,8 @@ class AdapterPort:
         except ApiRateLimitedError as exc:
             self._gave_up(key, exc)
             raise
-        if not isinstance(got, Slot):
-            return got
+        if isinstance(got, float | int):
+            return float(got)
         use = self._gate.begin(cell.access_token, self._is_current, got)
         if use is None:
             got.cancel()
@@ -188,7 +188,11 @@ class AdapterPort:
         slot = pacer.try_acquire(key)
         if slot is None:
             reap_pending()
-            slot = pacer.acquire(key, timeout)
+            try:
+                slot = pacer.acquire_unless(key, timeout, None)
+            except ApiRateLimitedError as exc:
+                self._gave_up(key, exc)
+                raise
         use.slot = slot
 
     def answered(self, access_token: str, status: int, retry_after: str | None) -> None:
