@@ -47,6 +47,9 @@ OWN_NAMES = frozenset(
         "GENESYSCLOUD_PROXY_AUTH_PASSWORD",
         # OpenTelemetry off (genesys_token.observability.otel).
         "GENESYSCLOUD_OTEL",
+        # Pacing of API calls (genesys_token.api_rate).
+        "GENESYSCLOUD_API_RATE_LIMIT",
+        "GENESYSCLOUD_API_RATE_WAIT",
     }
 )
 

@@ -3,6 +3,8 @@
 
 from .observability.events import (
     ALL_EVENTS,
+    API_RATE_LIMITED,
+    API_THROTTLED,
     EVENT_TYPES,
     RECORD_FIELDS,
     TOKEN_DRAIN_COMPLETE,
@@ -23,6 +25,8 @@ from .observability.events import (
 
 __all__ = [
     "ALL_EVENTS",
+    "API_RATE_LIMITED",
+    "API_THROTTLED",
     "EVENT_TYPES",
     "RECORD_FIELDS",
     "TOKEN_DRAIN_COMPLETE",

@@ -23,6 +23,7 @@ import requests
 from .core.acquisition import Acquirer, flight_bound, lock_bound
 from .core.clock import SYSTEM_CLOCK, Clock
 from .core.fork import register_fork_handler
+from .core.pacing import Pacer, Pacing
 from .core.port import AdapterPort
 from .core.refresher import Refresher, check_timeout
 from .core.rejections import RejectedCredentials
@@ -89,6 +90,11 @@ class TokenManager:
         proxies: ``requests``-style proxies for the token requests and revokes of
             the manager and :func:`~genesys_token.api_session`'s; a password never shows.
         cert: Client certificate (a PEM path, or a ``(cert, key)`` pair) for an mTLS gateway.
+        api_rate_limit: ``(calls, seconds)``: every counted API call (GenesysAuth, the httpx
+            and aiohttp adapters, ``api_session``, the SDK bridge) takes a slot of its token,
+            at most ``calls`` in any window of ``seconds``; None (default) paces nothing.
+        api_rate_wait: Longest a call waits for a slot; then
+            :class:`~genesys_token.errors.ApiRateLimitedError`, nothing sent.
         store: Where tokens are shared (default: a :class:`MemoryStore` of this process).
         clock: Clocks and randomness, for deterministic tests.
         session: A ``requests.Session`` for the token endpoint (default: the process-wide
@@ -126,6 +132,8 @@ class TokenManager:
         drain_timeout: float = UNSET,
         proxies: Mapping[str, str] | Proxies | None = UNSET,
         cert: str | tuple[str, str] | None = UNSET,
+        api_rate_limit: tuple[int, float] | None = UNSET,
+        api_rate_wait: float = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -166,6 +174,8 @@ class TokenManager:
         drain_timeout: float = UNSET,
         proxies: Mapping[str, str] | Proxies | None = UNSET,
         cert: str | tuple[str, str] | None = UNSET,
+        api_rate_limit: tuple[int, float] | None = UNSET,
+        api_rate_wait: float = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -174,7 +184,8 @@ class TokenManager:
         ``_SECRET_FILE``), ``GENESYSCLOUD_REGION``, ``_TOKEN_URL`` and ``_API_URL``, the
         gateway ``GENESYSCLOUD_GATEWAY_HOST``, ``_PORT``, ``_PROTOCOL``, ``_PATH_NAME``,
         ``_PATH_VALUE`` and the proxy ``GENESYSCLOUD_PROXY_HOST``, ``_PORT``, ``_PROTOCOL``,
-        ``_AUTH_USERNAME``, ``_AUTH_PASSWORD`` (the names of Genesys' Terraform provider).
+        ``_AUTH_USERNAME``, ``_AUTH_PASSWORD`` (the names of Genesys' Terraform provider),
+        and the pacing ``GENESYSCLOUD_API_RATE_LIMIT`` (``"300/60"``) and ``_API_RATE_WAIT``.
 
         What wins: a keyword given explicitly, then a field ``settings`` sets, then the
         environment (it fills the location fields ``settings`` leaves None), then the
@@ -227,6 +238,8 @@ class TokenManager:
         drain_timeout: float = UNSET,
         proxies: Mapping[str, str] | Proxies | None = UNSET,
         cert: str | tuple[str, str] | None = UNSET,
+        api_rate_limit: tuple[int, float] | None = UNSET,
+        api_rate_wait: float = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -300,7 +313,16 @@ class TokenManager:
         #: The token state (current cell, config with the credentials, acquisition, closed).
         self._flight = self._refresher.flight
         self._refresher.job = _job_for(self)
-        self._port = AdapterPort(self._refresher, self._gate, reporter.metrics, self._now)
+        #: Paces every counted API call per token (``api_rate_limit``); None: not paced.
+        self._pacer = _make_pacer(settings, self._store, clock)
+        self._port = AdapterPort(
+            self._refresher,
+            self._gate,
+            reporter.metrics,
+            self._now,
+            pacer=self._pacer,
+            emit=reporter.emit_for,
+        )
         warn_region_mismatch(config.token_url, config.api_base_url)
         register_fork_handler(self)
         otel.instrument(self)  # spans and instruments, when opentelemetry is importable
@@ -457,7 +479,8 @@ class TokenManager:
 
     @contextmanager
     def in_flight(self) -> Iterator[InFlight]:
-        """Count a long-lived use of the token, such as a WebSocket, for rotations.
+        """Count a long-lived use of the token, such as a WebSocket, for rotations. It takes
+        no pacing slot (``api_rate_limit``): it is not one API call.
 
         :meth:`rotate` swaps the token, sets ``rotation_pending`` on the yielded handle and
         waits (up to its ``drain_timeout``) for the block to end::
@@ -467,7 +490,7 @@ class TokenManager:
                 while not use.rotation_pending.is_set():
                     handle(ws.recv(timeout=1))
         """
-        use = self._port.begin_use()
+        use = self._port.begin_use(paced=False)  # not one API call: it holds no pacing slot
         try:
             yield use
         finally:
@@ -502,6 +525,8 @@ class TokenManager:
             in_flight=self._gate.count, cell=self._flight.cell, now=self._now()
         )
         snap["credentials_cooldown"] = round(self._refresher.rejected.remaining, 3)
+        if self._pacer is not None:
+            snap["pacing"] = self._pacer.metrics()
         return snap
 
     # -- what the flights report (no lock held) ------------------------------------------
@@ -537,6 +562,8 @@ class TokenManager:
         """Fresh locks and no counted uses; the refresh comes back on first use."""
         self._acquirer.after_fork()
         self._gate.reset_after_fork()
+        if self._pacer is not None:
+            self._pacer.after_fork()  # the parent's slots are its own calls
         self._reporter.after_fork()
         self._rotate_lock = threading.Lock()
         if self._session is not None:
@@ -560,6 +587,15 @@ class TokenManager:
             f"token_url={self._config.token_url!r}, state={state!r}, "
             f"token={token.fingerprint if token else None!r})"
         )
+
+
+def _make_pacer(settings: Settings, store: TokenStore, clock: Clock) -> Pacing | None:
+    """The one pacer of a manager with ``api_rate_limit``, None without. Pacing is per
+    process for now (``store`` will let processes sharing it share the slots)."""
+    if settings.api_rate_limit is None:
+        return None
+    calls, seconds = settings.api_rate_limit
+    return Pacer(calls, seconds, settings.api_rate_wait, clock=clock)
 
 
 def _job_for(manager: TokenManager) -> Job:

@@ -13,6 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .api_rate import (
+    DEFAULT_API_RATE_WAIT,
+    api_rate_from_env,
+    check_api_rate_limit,
+    check_api_rate_wait,
+)
 from .credentials import (
     Secret,
     SecretFile,
@@ -138,6 +144,10 @@ class Settings:
             ``NO_PROXY``; a loopback host is never proxied.
         cert: Client certificate for an mTLS gateway: a PEM file holding the certificate
             and its key, or a ``(certificate, key)`` pair of paths (``requests``' ``cert``).
+        api_rate_limit: ``(calls, seconds)``: at most ``calls`` API calls per token in any
+            window of ``seconds`` (Genesys' default: ``(300, 60.0)``); None paces nothing.
+        api_rate_wait: Longest a call waits for room under ``api_rate_limit``; then
+            :class:`~genesys_token.errors.ApiRateLimitedError`, nothing sent.
     """
 
     region: str | None
@@ -161,6 +171,8 @@ class Settings:
     drain_timeout: float
     proxies: Proxies | None
     cert: str | tuple[str, str] | None
+    api_rate_limit: tuple[int, float] | None
+    api_rate_wait: float
 
     def __init__(
         self,
@@ -186,6 +198,8 @@ class Settings:
         drain_timeout: float = 30.0,
         proxies: Mapping[str, str] | Proxies | None = None,
         cert: str | tuple[str, str] | None = None,
+        api_rate_limit: tuple[int, float] | None = None,
+        api_rate_wait: float = DEFAULT_API_RATE_WAIT,
     ) -> None:
         """Check and normalise every value (see the class for what each one means).
 
@@ -231,6 +245,8 @@ class Settings:
         )
         put(self, "proxies", proxies)
         put(self, "cert", check_cert(cert))
+        put(self, "api_rate_limit", check_api_rate_limit(api_rate_limit))
+        put(self, "api_rate_wait", check_api_rate_wait(api_rate_wait))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -238,7 +254,9 @@ class Settings:
         ``GENESYSCLOUD_REGION``, ``GENESYSCLOUD_TOKEN_URL`` and ``GENESYSCLOUD_API_URL``
         (unset or empty: the default), the gateway ``GENESYSCLOUD_GATEWAY_*`` (its URLs
         when those two are unset) and the proxy ``GENESYSCLOUD_PROXY_*`` (see
-        :mod:`genesys_token.proxies`). Every other field has its default.
+        :mod:`genesys_token.proxies`), and the pacing ``GENESYSCLOUD_API_RATE_LIMIT``
+        (``"300/60"``: 300 calls per 60 s) and ``GENESYSCLOUD_API_RATE_WAIT`` (seconds).
+        Every other field has its default.
 
         Args:
             environ: The environment to read (default ``os.environ``).
@@ -299,15 +317,18 @@ def given_settings(settings: object) -> Settings:
 
 
 def with_env_location(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
-    """``settings`` with the location fields and ``proxies`` it leaves unset (None) taken
-    from ``GENESYSCLOUD_REGION``, ``_TOKEN_URL``, ``_API_URL``, ``GENESYSCLOUD_GATEWAY_*``
-    and ``GENESYSCLOUD_PROXY_*``.
+    """``settings`` with the location fields, ``proxies`` and the pacing fields it leaves
+    unset (None; ``api_rate_wait`` at its default) taken from ``GENESYSCLOUD_REGION``,
+    ``_TOKEN_URL``, ``_API_URL``, ``GENESYSCLOUD_GATEWAY_*``, ``GENESYSCLOUD_PROXY_*`` and
+    ``GENESYSCLOUD_API_RATE_LIMIT`` / ``_WAIT``.
 
     Raises:
         ConfigurationError: A variable holds an invalid value.
     """
     found = _location_from_env(os.environ if environ is None else environ)
     missing = {k: v for k, v in found.items() if getattr(settings, k) is None and v is not None}
+    if "api_rate_wait" in found and settings.api_rate_wait == DEFAULT_API_RATE_WAIT:
+        missing["api_rate_wait"] = found["api_rate_wait"]  # the default is "not set"
     return settings.replace(**missing) if missing else settings
 
 
@@ -319,6 +340,7 @@ def _location_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "token_url": env.get(ENV_TOKEN_URL) or gateway.get("token_url"),
         "api_base_url": env.get(ENV_API_URL) or gateway.get("api_base_url"),
         "proxies": proxies_from_env(env),
+        **api_rate_from_env(env),
     }
 
 
@@ -355,6 +377,8 @@ class Config:
     #: Shown with ``***`` for a password.
     proxies: Proxies | None = None
     cert: str | tuple[str, str] | None = None
+    api_rate_limit: tuple[int, float] | None = None
+    api_rate_wait: float = DEFAULT_API_RATE_WAIT
 
     @property
     def client_id(self) -> str:

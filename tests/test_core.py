@@ -280,11 +280,11 @@ def test_a_use_that_read_the_old_token_before_a_swap_is_not_counted_against_it(
     original = gate.begin
     read_token, go_on = threading.Event(), threading.Event()
 
-    def paused_begin(token: str, still_current: Any) -> Any:
+    def paused_begin(token: str, still_current: Any, slot: Any = None) -> Any:
         if token == old and not go_on.is_set():
             read_token.set()
             go_on.wait(5)
-        return original(token, still_current)
+        return original(token, still_current, slot)
 
     gate.begin = paused_begin  # type: ignore[method-assign]
     user, use = in_background(adapter_port(manager).begin_use)

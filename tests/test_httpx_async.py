@@ -291,9 +291,13 @@ class _HeldPort:
         self._owner = owner
         self._port = port
         self.replace_rejected = port.replace_rejected
+        self.answered = port.answered
 
     def try_begin_use(self) -> None:
         return None
+
+    def line_up(self) -> None:
+        return None  # not paced
 
     def begin_use(self, timeout: float | None = None) -> Any:
         self._owner.entered.set()
@@ -441,9 +445,13 @@ class _ExpiringPort:
         self._owner = owner
         self._port = port
         self.replace_rejected = port.replace_rejected
+        self.answered = port.answered
 
     def try_begin_use(self) -> None:
         return None
+
+    def line_up(self) -> None:
+        return None  # not paced
 
     def begin_use(self, timeout: float | None = None) -> Any:
         token = self._owner.token

@@ -259,3 +259,30 @@ def test_core_package_imports_no_framework():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.genesys_emulator(api_rate_limit=(3, 1.0))
+def test_sdk_calls_are_paced_and_a_429_is_resent_with_its_own_slot(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    from genesys_token.errors import ApiRateLimitedError
+
+    # The pacer allows more than the emulator: the 4th call draws a 429, waits it out in
+    # the pacer and is sent again, taking another slot.
+    manager = make_manager(api_rate_limit=(5, 1.0), api_rate_wait=5.0)
+    api = gc.OrganizationApi(bind_api_client(manager))
+    for _ in range(4):
+        assert api.get_organizations_me().id == emulator.org_id
+    assert [r.status for r in emulator.api_request_log] == [200, 200, 200, 429, 200]
+    pacing = manager.metrics()["pacing"]
+    assert pacing["throttled"] == 1 and pacing["calls_paced"] == 5
+    fast = make_manager(api_rate_limit=(5, 60.0), api_rate_wait=0.2)
+    fast_api = gc.OrganizationApi(bind_api_client(fast))
+    sent = emulator.api_requests
+    with pytest.raises(ApiRateLimitedError):
+        for _ in range(6):
+            try:
+                fast_api.get_organizations_me()
+            except ApiException as exc:
+                assert exc.status == 429
+    assert emulator.api_requests - sent <= 5

@@ -353,3 +353,22 @@ def test_a_forked_child_reports_though_a_lock_was_held_at_the_fork(
     assert isinstance(telemetry, otel._Telemetry)
     with otel._lock, telemetry._lock:  # as another thread may hold them when fork() runs
         assert in_child(child, timeout=5) == {"instrumented": 1}
+
+
+def test_the_pacing_figures_are_instruments(
+    sdk: Sdk, emulator: GenesysEmulator, make_manager: MakeManager
+):
+    from genesys_token.manager import adapter_port
+
+    manager = make_manager(api_rate_limit=(5, 60.0))
+    port = adapter_port(manager)
+    for _ in range(3):
+        port.begin_use().end()
+    port.throttled(manager.get_token(), 1.0)
+    points = sdk.collect()
+    assert [p.value for p in points_of(points, "api.calls_paced", manager)] == [3]
+    assert [p.value for p in points_of(points, "api.throttled", manager)] == [1]
+    assert [p.value for p in points_of(points, "api.calls_rate_limited", manager)] == [0]
+    assert [p.value for p in points_of(points, "api.waiting", manager)] == [0]
+    assert [p.value for p in points_of(points, "api.tokens_paced", manager)] == [1]
+    assert [p.value for p in points_of(points, "api_429s", manager)] == [1]

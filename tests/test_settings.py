@@ -86,6 +86,8 @@ def _bad_values() -> Iterator[Any]:
     yield pytest.param("cert", 5, id="cert-int")
     yield pytest.param("cert", "/no/such/client.pem", id="cert-missing-file")
     yield pytest.param("cert", ("/no/such/c.pem", "/no/such/k.pem"), id="cert-missing-pair")
+    yield pytest.param("api_rate_limit", (0, 1.0), id="api-rate-limit-zero")
+    yield pytest.param("api_rate_wait", -1, id="api-rate-wait-negative")
 
 
 @pytest.mark.parametrize(("name", "value"), list(_bad_values()))

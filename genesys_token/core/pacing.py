@@ -44,20 +44,75 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ApiRateLimitedError, ConfigurationError
 from .clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["WAIT_BUCKETS", "Pacer", "Slot", "WaitOn"]
+__all__ = [
+    "GIVE_UP_CHECK",
+    "WAIT_BUCKETS",
+    "PaceSlot",
+    "Pacer",
+    "Pacing",
+    "Slot",
+    "Ticket",
+    "WaitOn",
+]
 
 #: Upper bounds (seconds) of the waited-time histogram's buckets: most paced calls wait not
 #: at all or a fraction of a window; ``api_rate_wait`` is 30 s by default. +Inf is implied.
 WAIT_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+#: How often a waiter with a ``give_up`` condition looks at it (seconds): a token swap is
+#: rare, so a tenth of a second late costs nothing that matters.
+GIVE_UP_CHECK = 0.1
+
 #: How a waiter waits: called with the pacer's condition held, it waits on it at most the
 #: seconds given and returns with it held (spurious returns are fine). Tests pass their own.
 WaitOn = Callable[[threading.Condition, float], object]
+
+
+class PaceSlot(Protocol):
+    """What a pacer grants (a :class:`Slot` here): released at the answer, or cancelled."""
+
+    def release(self, wait: float = -1) -> bool:
+        """The answer arrived: the slot's window starts now (see :meth:`Slot.release`)."""
+
+    def cancel(self) -> None:
+        """Nothing was sent: the slot goes back unused."""
+
+
+class Pacing(Protocol):
+    """What the manager and its adapters use of a pacer: :class:`Pacer` in one process, or
+    one whose slots are shared between processes, built in one place (the manager's
+    ``_make_pacer``)."""
+
+    def try_acquire(self, key: str) -> PaceSlot | None:
+        """A slot now, or None (see :meth:`Pacer.try_acquire`)."""
+
+    def acquire_unless(
+        self, key: str, timeout: float | None, give_up: Callable[[], bool] | None
+    ) -> PaceSlot | None:
+        """A slot, waiting in line (see :meth:`Pacer.acquire_unless`)."""
+
+    def line_up(self, key: str) -> Ticket:
+        """Join the line without blocking (see :meth:`Pacer.line_up`)."""
+
+    def poll(self, key: str, ticket: Ticket) -> PaceSlot | float:
+        """The slot, or seconds to sleep (see :meth:`Pacer.poll`)."""
+
+    def leave(self, key: str, ticket: Ticket) -> None:
+        """Leave the line (see :meth:`Pacer.leave`)."""
+
+    def penalize(self, key: str, retry_after: float | None) -> None:
+        """A 429: hold the token's slots (see :meth:`Pacer.penalize`)."""
+
+    def after_fork(self) -> None:
+        """In a forked child (see :meth:`Pacer.after_fork`)."""
+
+    def metrics(self) -> dict[str, Any]:
+        """The figures (see :meth:`Pacer.metrics`)."""
 
 
 def _wait_on_condition(cond: threading.Condition, timeout: float) -> object:
@@ -78,6 +133,22 @@ class _Token:
         #: No slot is granted before this (a 429's Retry-After); 0.0: no penalty.
         self.penalty_until = 0.0
         self.throttled = 0
+
+
+class Ticket:
+    """A place in a token's line for a caller that must not block (see :meth:`Pacer.line_up`).
+
+    Attributes:
+        asked: When it lined up (the pacer's clock).
+    """
+
+    __slots__ = ("asked",)
+
+    def __init__(self, asked: float) -> None:
+        self.asked = asked
+
+    def __repr__(self) -> str:
+        return f"Ticket(asked={self.asked!r})"
 
 
 class Slot:
@@ -196,14 +267,79 @@ class Pacer:
         Raises:
             ApiRateLimitedError: No slot within the wait; nothing may be sent.
         """
+        slot = self.acquire_unless(key, timeout, None)
+        assert slot is not None  # only a give_up gives up without raising
+        return slot
+
+    def acquire_unless(
+        self, key: str, timeout: float | None, give_up: Callable[[], bool] | None
+    ) -> Slot | None:
+        """:meth:`acquire`, leaving the line with None once ``give_up()`` is true (looked at
+        least every :data:`GIVE_UP_CHECK` seconds): a caller whose token was replaced while
+        it waited stops waiting for that token's slots.
+
+        Raises:
+            ApiRateLimitedError: No slot within the wait; nothing may be sent.
+        """
         with self._lock:
             token = self._token(key)
             if not token.queue and self._has_room(token):
                 return self._grant(token)
             limit = self.wait if timeout is None else max(0.0, min(timeout, self.wait))
-            return self._wait_in_line(key, token, limit)
+            return self._wait_in_line(key, token, limit, give_up)
 
-    def _wait_in_line(self, key: str, token: _Token, limit: float) -> Slot:
+    # -- waiting without blocking (event loops) -----------------------------------------
+
+    def line_up(self, key: str) -> Ticket:
+        """Join ``key``'s line without blocking; then :meth:`poll` until a slot comes, and
+        :meth:`leave` in every case (a coroutine that waits with ``asyncio.sleep``). Threads
+        and tickets share one line, first come first served."""
+        ticket = Ticket(self._now())
+        with self._lock:
+            self._token(key).queue.append(ticket)
+        return ticket
+
+    def poll(self, key: str, ticket: Ticket) -> Slot | float:
+        """The slot, if ``ticket`` heads the line and there is room now; else the seconds
+        to sleep before polling again (until room may come, at most the wait left).
+
+        Raises:
+            ApiRateLimitedError: ``wait`` has passed since :meth:`line_up` (out of line).
+        """
+        with self._lock:
+            token = self._token(key)
+            if ticket not in token.queue:
+                token.queue.append(ticket)  # dropped by after_fork: line up again
+            now = self._now()
+            free_at = self._free_at(token, now) if token.queue[0] is ticket else math.inf
+            if free_at <= now:
+                token.queue.popleft()
+                slot = self._grant(token, now)
+                self._note_wait(now - ticket.asked)
+                if token.queue:
+                    self._cond.notify_all()
+                return slot
+            deadline = ticket.asked + self.wait
+            if now >= deadline:
+                token.queue.remove(ticket)
+                if token.queue:
+                    self._cond.notify_all()
+                self._gave_up += 1
+                raise self._no_room(key, now - ticket.asked, free_at - now)
+            return min(free_at, deadline) - now
+
+    def leave(self, key: str, ticket: Ticket) -> None:
+        """Leave ``key``'s line (no-op once served or given up)."""
+        with self._lock:
+            token = self._tokens.get(key)
+            if token is not None and ticket in token.queue:
+                token.queue.remove(ticket)
+                if token.queue:
+                    self._cond.notify_all()
+
+    def _wait_in_line(
+        self, key: str, token: _Token, limit: float, give_up: Callable[[], bool] | None = None
+    ) -> Slot | None:
         asked = self._now()
         deadline = asked + limit
         ticket = object()
@@ -217,10 +353,15 @@ class Pacer:
                     slot = self._grant(token, now)
                     self._note_wait(now - asked)
                     return slot
+                if give_up is not None and give_up():
+                    return None
                 if now >= deadline:
                     self._gave_up += 1
                     raise self._no_room(key, now - asked, free_at - now)
-                self._wait_on(self._cond, min(deadline, free_at) - now)
+                until = min(deadline, free_at)
+                if give_up is not None:
+                    until = min(until, now + GIVE_UP_CHECK)
+                self._wait_on(self._cond, until - now)
         finally:
             if ticket in token.queue:
                 token.queue.remove(ticket)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 #: Ends the uses whose end nobody reported (see :func:`set_reaper`); None: nothing to reap.
 _reap: Callable[[], None] | None = None
@@ -37,18 +38,37 @@ def _reap_pending() -> None:
         reap()
 
 
+def reap_pending() -> None:
+    """Run the reaper now (see :func:`set_reaper`): ends the uses whose end nobody reported,
+    giving back their pacing slots. Never call it with a gate's or a pacer's lock held."""
+    _reap_pending()
+
+
+class Releasable(Protocol):
+    """What a use may hold besides its count: a pacing slot
+    (:class:`~genesys_token.core.pacing.Slot`), released when the use ends."""
+
+    def release(self, wait: float = -1) -> bool:
+        """Give it back, stamped now; False when ``wait`` seconds passed first."""
+
+
 class InFlight:
     """One counted use of a token (see :meth:`TokenManager.in_flight`).
 
     Attributes:
         token: The access token this use holds.
         owner: The ident of the thread that began it.
+        slot: The pacing slot the use holds (with ``api_rate_limit``), released when the use
+            ends, however it ends; None when not paced.
     """
 
-    __slots__ = ("_ended", "_gate", "_pending", "_signalled", "owner", "token")
+    __slots__ = ("_ended", "_gate", "_pending", "_signalled", "owner", "slot", "token")
 
-    def __init__(self, gate: UseGate, token: str, owner: int) -> None:
+    def __init__(
+        self, gate: UseGate, token: str, owner: int, slot: Releasable | None = None
+    ) -> None:
         self._gate = gate
+        self.slot = slot
         self._ended = False
         self._signalled = False
         # Made on first read: most uses are HTTP calls that never look at it, and an Event
@@ -122,8 +142,14 @@ class UseGate:
         with self.lock:
             return len(self._uses.get(token, ()))
 
-    def begin(self, token: str, still_current: Callable[[str], bool]) -> InFlight | None:
-        """Count a use of ``token``; None when it stopped being current (retry with the new).
+    def begin(
+        self,
+        token: str,
+        still_current: Callable[[str], bool],
+        slot: Releasable | None = None,
+    ) -> InFlight | None:
+        """Count a use of ``token`` holding ``slot``; None when it stopped being current
+        (retry with the new; the caller still owns ``slot`` then).
 
         The check runs under the lock a drain takes after the swap, so a use either counts
         before the drain looks, or sees the new token: none slips past a drain.
@@ -131,7 +157,7 @@ class UseGate:
         with self.lock:
             if not still_current(token):
                 return None
-            use = InFlight(self, token, threading.get_ident())
+            use = InFlight(self, token, threading.get_ident(), slot)
             uses = self._uses.get(token)
             if uses is None:
                 uses = self._uses[token] = set()
@@ -150,6 +176,12 @@ class UseGate:
         """
         if use._ended:  # only ever goes False -> True: safe to read without the lock
             return True
+        slot = use.slot
+        # The slot first, and outside the gate's lock: the answer has arrived (or the call
+        # failed), so its window starts now; a use ended in a forked child releases a slot
+        # of the parent's pacer state, which the child's pacer has forgotten.
+        if slot is not None and not slot.release(wait):
+            return False
         if not self.lock.acquire(timeout=wait):
             return False
         try:

@@ -36,6 +36,7 @@ from ..errors import GenesysTokenError, TokenTimeoutError
 from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..http.origins import origin_of
 from ..manager import adapter_port
+from ._async_pacing import paced_use
 
 if TYPE_CHECKING:
     from aiohttp import ClientMiddlewareType
@@ -99,18 +100,25 @@ def genesys_middleware(
     async def begin_use_off_loop() -> InFlight:
         """The slow path: one worker-thread wait per loop for its coroutines, then the use
         is counted inline; if the token was swapped that instant, counted in a thread."""
-        await shared.run("token", lambda stop: _in_slices(manager.get_token, stop))
-        use = port.try_begin_use()
-        if use is not None:
-            return use
+        paced = manager.settings.api_rate_limit is not None
+        while True:
+            await shared.run("token", lambda stop: _in_slices(manager.get_token, stop))
+            use = port.try_begin_use() or await paced_use(port)
+            if use is not None:
+                return use
+            if not paced:
+                break
+            # Paced: never a thread per waiting coroutine (its sliced waits would also
+            # bound the slot wait); the token became unusable again: get one again.
         return await _off_loop(lambda stop: _begin_in_slices(port, stop), _end_use)
 
     async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if origin_of(str(request.url)) not in allowed:
             return await handler(request)
-        use = port.try_begin_use() or await begin_use_off_loop()
+        use = port.try_begin_use() or await paced_use(port) or await begin_use_off_loop()
         try:
             response = await _send(request, handler, use)
+            port.answered(use.token, response.status, response.headers.get("Retry-After"))
         finally:
             use.end()  # on the response, an exception or a cancellation
         if response.status != 401 or not replay_401:
@@ -149,9 +157,10 @@ async def _replace_and_replay(
         return response
     response.release()
     port.note_replay()
-    replay = port.try_begin_use() or await begin_use_off_loop()
+    replay = port.try_begin_use() or await paced_use(port) or await begin_use_off_loop()
     try:
         replayed = await _send(request, handler, replay)
+        port.answered(replay.token, replayed.status, replayed.headers.get("Retry-After"))
     finally:
         replay.end()
     _log_if_failed(request, replayed)

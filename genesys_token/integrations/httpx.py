@@ -52,6 +52,7 @@ from ..errors import GenesysTokenError, TokenTimeoutError
 from ..http.connections import is_loopback_url
 from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..manager import adapter_port
+from ._async_pacing import paced_use
 from .httpx_clients import ApiClient, ApiRetry, AsyncApiClient
 from .requests_session import (
     DEFAULT_BACKOFF_FACTOR,
@@ -144,6 +145,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         use = self._port.begin_use()
         try:
             response = yield _authorize(request, use)
+            self._answered(use, response)
         finally:
             use.end()  # on the final response, or when httpx closes the flow on an error
         if not self._rejected_here(request, response):
@@ -162,6 +164,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         replay = self._port.begin_use()
         try:
             replayed = yield _authorize(request, replay)
+            self._answered(replay, replayed)
         finally:
             replay.end()
         self._log(replayed)
@@ -174,9 +177,14 @@ class GenesysHTTPXAuth(httpx.Auth):
         if _origin(request.url) not in self._origins:
             yield request
             return
-        use = self._port.try_begin_use() or await self._begin_use_async()
+        use = (
+            self._port.try_begin_use()
+            or await paced_use(self._port)
+            or await self._begin_use_async()
+        )
         try:
             response = yield _authorize(request, use)
+            self._answered(use, response)
         finally:
             use.end()
         if not self._rejected_here(request, response):
@@ -197,25 +205,40 @@ class GenesysHTTPXAuth(httpx.Auth):
         if not _replayable(request, response):
             self._log(response)
             return
-        replay = self._port.try_begin_use() or await self._begin_use_async()
+        replay = (
+            self._port.try_begin_use()
+            or await paced_use(self._port)
+            or await self._begin_use_async()
+        )
         try:
             replayed = yield _authorize(request, replay)
+            self._answered(replay, replayed)
         finally:
             replay.end()
         self._log(replayed)
 
     async def _begin_use_async(self) -> InFlight:
         """The slow path: a token is fetched off the loop, once for all its coroutines."""
-        await self._shared.run("token", lambda stop: _in_slices(self._manager.get_token, stop))
-        use = self._port.try_begin_use()
-        if use is not None:
-            return use
+        paced = self._manager.settings.api_rate_limit is not None
+        while True:
+            await self._shared.run("token", lambda stop: _in_slices(self._manager.get_token, stop))
+            use = self._port.try_begin_use() or await paced_use(self._port)
+            if use is not None:
+                return use
+            if not paced:
+                break
+            # Paced: never a thread per waiting coroutine (its sliced waits would also
+            # bound the slot wait); the token became unusable again: get one again.
         # Usable a moment ago but not now (a refresh or a rotation swapped it this instant,
         # or it is in its last moments): the blocking call, off the loop, for this
         # coroutine alone.
         return await _owned_in_thread(lambda stop: _begin_in_slices(self._port.begin_use, stop))
 
     # -- shared ------------------------------------------------------------------------
+
+    def _answered(self, use: InFlight, response: httpx.Response) -> None:
+        """A 429 makes every caller of the token wait out its Retry-After."""
+        self._port.answered(use.token, response.status_code, response.headers.get("Retry-After"))
 
     def _rejected_here(self, request: httpx.Request, response: httpx.Response) -> bool:
         """A 401 from where our token went (not from a host a redirect led to)."""

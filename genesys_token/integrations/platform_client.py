@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: (connect, read) seconds for API calls. The SDK's own client sets no timeout at all, so a
 #: stalled Genesys endpoint would hang a worker thread forever.
 DEFAULT_API_TIMEOUT = (3.05, 30.0)
+#: With ``api_rate_limit``, a 429 is resent this many times at most (urllib3's default, in
+#: the SDK, resends it inside one call, which would send more than the slots taken).
+PACED_429_RETRIES = 3
 
 
 class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
@@ -79,7 +82,10 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
         super().__init__()
         self.manager = manager
         self._port = adapter_port(manager)
-        self.inner = inner if inner is not None else default_http_client(timeout)
+        self._paced = manager.settings.api_rate_limit is not None
+        if inner is None:
+            inner = default_http_client(timeout, paced=self._paced)
+        self.inner = inner
         self._replay_401 = replay_401
 
     def request(self, http_request_options: Any) -> Any:
@@ -92,19 +98,30 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
         options = http_request_options
         if self.pre_hook is not None:
             options = self.pre_hook(options)
-        use = self._port.begin_use()
-        token = use.token
-        try:
-            response = self.inner.request(_with_token(options, token))
-        except ApiException as exc:
-            if exc.status != 401 or not self._replay_401:
-                raise
-            rejected = exc
-        else:
-            return self._after(response)
-        finally:
-            use.end()
-        return self._after(self._replay(options, token, rejected))
+        retries = 0
+        while True:
+            use = self._port.begin_use()
+            token = use.token
+            try:
+                response = self.inner.request(_with_token(options, token))
+            except ApiException as exc:
+                self._port.answered(token, exc.status, _retry_after(exc))
+                if self._retries_429(exc, retries):
+                    retries += 1
+                    continue  # the next use waits out the Retry-After in the pacer
+                if exc.status != 401 or not self._replay_401:
+                    raise
+                rejected = exc
+            else:
+                return self._after(response)
+            finally:
+                use.end()
+            return self._after(self._replay(options, token, rejected))
+
+    def _retries_429(self, exc: Any, retries: int) -> bool:
+        """Paced, urllib3 no longer resends a 429 inside the call: it is resent here, each
+        attempt with its own slot, at most :data:`PACED_429_RETRIES` times."""
+        return self._paced and exc.status == 429 and retries < PACED_429_RETRIES
 
     def _replay(self, options: Any, token: str, rejected: BaseException) -> Any:
         try:
@@ -116,6 +133,9 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
         try:
             self._port.note_replay()
             return self.inner.request(_with_token(options, use.token))
+        except ApiException as exc:
+            self._port.answered(use.token, exc.status, _retry_after(exc))
+            raise
         finally:
             use.end()
 
@@ -126,17 +146,28 @@ class GenesysHttpClient(AbstractHttpClient):  # type: ignore[misc]
         return f"GenesysHttpClient({self.manager!r})"
 
 
-def default_http_client(timeout: tuple[float, float] = DEFAULT_API_TIMEOUT) -> Any:
+def default_http_client(
+    timeout: tuple[float, float] = DEFAULT_API_TIMEOUT, *, paced: bool = False
+) -> Any:
     """The SDK's ``DefaultHttpClient``, with a connect and read timeout on its connections.
 
     Args:
         timeout: ``(connect, read)`` seconds.
+        paced: For a manager with ``api_rate_limit``: urllib3 does not resend a 429 or 503
+            inside one call (every attempt must take its own slot);
+            :class:`GenesysHttpClient` retries a 429 itself.
     """
     client = DefaultHttpClient()
     # The SDK passes no timeout per request; a pool default applies to every connection.
     connect, read = timeout
     pool_manager = client.rest_client.pool_manager
     pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(connect=connect, read=read)
+    if paced:
+        retries = pool_manager.connection_pool_kw.get("retries")
+        if isinstance(retries, urllib3.util.Retry):
+            pool_manager.connection_pool_kw["retries"] = retries.new(
+                respect_retry_after_header=False, status_forcelist=None
+            )
     return client
 
 
@@ -169,11 +200,21 @@ def bind_api_client(
         inner = inner.inner
     if inner is None or type(inner) is DefaultHttpClient:
         hooks = (getattr(inner, "pre_hook", None), getattr(inner, "post_hook", None))
-        inner = default_http_client(timeout)
+        inner = default_http_client(timeout, paced=manager.settings.api_rate_limit is not None)
         inner.pre_hook, inner.post_hook = hooks
     api_client.set_http_client(GenesysHttpClient(manager, inner))
     api_client.access_token = ""
     return api_client
+
+
+def _retry_after(exc: Any) -> str | None:
+    """The ``Retry-After`` of the SDK's ``ApiException``, if its headers say."""
+    headers = getattr(exc, "headers", None)
+    try:
+        value = headers.get("Retry-After") if headers is not None else None
+    except Exception:  # noqa: BLE001 - an SDK with other headers: no Retry-After then
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _with_token(options: Any, token: str) -> Any:

@@ -7,8 +7,9 @@ import inspect
 import logging
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
@@ -18,7 +19,7 @@ from requests.cookies import extract_cookies_to_jar
 
 from ..core.fork import on_fork_in_child
 from ..core.uses import set_reaper
-from ..errors import GenesysTokenError
+from ..errors import ApiRateLimitedError, GenesysTokenError
 from ..http.origins import Origin, OriginCache, checked_origins, origin_of, show
 from ..manager import adapter_port
 
@@ -402,11 +403,21 @@ class GenesysAuth(requests.auth.AuthBase):
     API) goes out without it, uncounted, and the first such call to each origin logs a
     warning naming the origin.
 
+    With ``api_rate_limit`` set on the manager, each call takes a pacing slot of its token
+    before it is sent (waiting in line, up to ``api_rate_wait``, else
+    :class:`~genesys_token.errors.ApiRateLimitedError` with nothing sent), and so do the 401
+    replay and each same-origin redirect leg; the answer gives the slot back. A 429 answer
+    makes every caller of that token wait out its ``Retry-After``.
+
     Args:
         manager: The token manager.
         replay_401: Set False to return 401 answers untouched.
         allowed_origins: Further origins that get the token, as ``"https://host[:port]"``
             strings (a gateway in front of the API, say).
+        retry_wait: Retries an answer here, each attempt with its own use and slot:
+            ``retry_wait(response, retries made)`` gives the seconds to wait before sending
+            again, or None to return the answer (what :func:`~genesys_token.api_session`
+            passes when the manager is paced, instead of urllib3's in-send retries).
 
     Raises:
         ConfigurationError: ``allowed_origins`` is a single string or holds something that
@@ -419,9 +430,11 @@ class GenesysAuth(requests.auth.AuthBase):
         *,
         replay_401: bool = True,
         allowed_origins: Iterable[str] = (),
+        retry_wait: Callable[[requests.Response, int], float | None] | None = None,
     ) -> None:
         self._manager = manager
         self._port = adapter_port(manager)
+        self._retry_wait = retry_wait
         self._replay_401 = replay_401
         self._origins = checked_origins(allowed_origins) | {origin_of(manager.api_base_url)}
         self._warned: set[Origin] = set()
@@ -494,10 +507,18 @@ class GenesysAuth(requests.auth.AuthBase):
     ) -> requests.Response:
         request = response.request
         if watch is not None:
+            if request.headers.get("Authorization") == _BEARER + watch.use.token:
+                # A 429 from where the token went (a redirect elsewhere went without it).
+                self._port.answered(
+                    watch.use.token, response.status_code, response.headers.get("Retry-After")
+                )
             if not response.is_redirect:
                 watch.end()
             else:  # ended unless requests follows it with the token
                 _after_redirect(watch, response)
+                self._next_leg(watch)
+        if self._retry_wait is not None and not response.is_redirect:
+            response = self._retried(response, kwargs)
         if response.status_code != 401 or not self._replay_401:
             return response
         sent = request.headers.get("Authorization", "")
@@ -507,6 +528,44 @@ class GenesysAuth(requests.auth.AuthBase):
             # A redirect took the call elsewhere; our token is not that host's business.
             return response
         return self._replay(response, sent[len(_BEARER) :], kwargs)
+
+    def _next_leg(self, watch: _Watch) -> None:
+        """A redirect requests follows with the token: the next leg takes its own slot."""
+        if watch.use.ended or watch.use.slot is None:
+            return
+        try:
+            self._port.next_slot(watch.use)
+        except BaseException:
+            watch.end()  # nothing more goes out with this use
+            raise
+
+    def _retried(self, response: requests.Response, kwargs: dict[str, Any]) -> requests.Response:
+        """Send again while ``retry_wait`` says so, each attempt a use (and slot) of its
+        own; the last answer comes back (also when no slot is left within the wait)."""
+        assert self._retry_wait is not None
+        retries = 0
+        while (wait := self._retry_wait(response, retries)) is not None:
+            request = response.request
+            if not _rewind(request):
+                log.info("not retried: the request body cannot be sent again")
+                break
+            time.sleep(wait)
+            try:
+                use = self._port.begin_use()
+            except ApiRateLimitedError:
+                break  # the caller gets the last answer, nothing more was sent
+            response.content  # noqa: B018 - consume the body so the connection can be reused
+            response.close()
+            prep = request.copy()
+            try:
+                prep.headers["Authorization"] = _BEARER + use.token
+                again: requests.Response = response.connection.send(prep, **kwargs)
+            finally:
+                use.end()
+            self._port.answered(use.token, again.status_code, again.headers.get("Retry-After"))
+            again.request = prep
+            response, retries = again, retries + 1
+        return response
 
     def _replay(
         self, response: requests.Response, rejected: str, kwargs: dict[str, Any]
@@ -535,6 +594,7 @@ class GenesysAuth(requests.auth.AuthBase):
             replayed: requests.Response = response.connection.send(prep, **kwargs)
         finally:
             use.end()
+        self._port.answered(use.token, replayed.status_code, replayed.headers.get("Retry-After"))
         replayed.history.append(response)
         replayed.request = prep
         return replayed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
@@ -284,11 +284,38 @@ def api_session(
     if retry_methods is not None:
         retry = retry.new(allowed_methods=frozenset(m.upper() for m in retry_methods))
     settings = manager.settings
+    retry_wait = None
+    if settings.api_rate_limit is not None:
+        # Paced: every attempt that reaches the wire takes a slot. urllib3 retries inside
+        # one send, under one slot; so it retries only what never left (connect errors),
+        # and the status retries run in GenesysAuth, one use and slot per attempt.
+        retry_wait = _attempt_wait(retry)
+        retry = retry.new(status_forcelist=frozenset(), respect_retry_after_header=False)
     session = ApiSession(manager.api_base_url, timeout, settings.proxies)
     session.cert = settings.cert  # an mTLS gateway asks API calls for it too
     # A loopback API host (a local gateway, the emulator) is never reached through a proxy.
     adapter = LoopbackDirectAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    session.auth = GenesysAuth(manager, replay_401=replay_401, allowed_origins=allowed_origins)
+    session.auth = GenesysAuth(
+        manager, replay_401=replay_401, allowed_origins=allowed_origins, retry_wait=retry_wait
+    )
     return session
+
+
+def _attempt_wait(retry: GenesysRetry) -> Callable[[requests.Response, int], float | None]:
+    """``retry``'s status rules as a :class:`GenesysAuth` ``retry_wait``: the seconds to
+    wait before sending again (``Retry-After`` capped, else the jittered backoff)."""
+
+    def wait(response: requests.Response, retries: int) -> float | None:
+        if retries >= (retry.total or 0):
+            return None
+        method = response.request.method or ""
+        has_after = "Retry-After" in response.headers
+        if not retry.is_retry(method, response.status_code, has_after):
+            return None
+        header = response.headers.get("Retry-After")
+        seconds = retry.parse_retry_after(header) if header else 0.0
+        return seconds or random.uniform(*retry._backoff.interval(retries + 1))
+
+    return wait

@@ -47,6 +47,10 @@ TOKEN_DRAIN_TIMEOUT = "TOKEN_DRAIN_TIMEOUT"
 TOKEN_REVOKED = "TOKEN_REVOKED"
 TOKEN_EXPIRED = "TOKEN_EXPIRED"
 WEBHOOK_DELIVERY_FAILED = "WEBHOOK_DELIVERY_FAILED"
+#: A call gave up waiting for a pacing slot (``api_rate_wait``): data ``waited``, ``limit``.
+API_RATE_LIMITED = "API_RATE_LIMITED"
+#: The API answered 429: the token's slots wait out ``retry_after`` (data) for every caller.
+API_THROTTLED = "API_THROTTLED"
 
 #: Every event type, in the order of a token's life.
 EVENT_TYPES = (
@@ -58,6 +62,8 @@ EVENT_TYPES = (
     TOKEN_REVOKED,
     TOKEN_EXPIRED,
     WEBHOOK_DELIVERY_FAILED,
+    API_RATE_LIMITED,
+    API_THROTTLED,
 )
 #: Subscribe to this to receive every event type.
 ALL_EVENTS = "*"
@@ -75,7 +81,12 @@ RECORD_FIELDS = (
 
 #: Failures and timeouts are warnings in the audit log; the rest is routine.
 _WARNING_EVENTS = frozenset(
-    {TOKEN_REFRESH_FAILURE, TOKEN_DRAIN_TIMEOUT, TOKEN_EXPIRED, WEBHOOK_DELIVERY_FAILED}
+    {
+        TOKEN_REFRESH_FAILURE,
+        TOKEN_DRAIN_TIMEOUT,
+        TOKEN_EXPIRED,
+        WEBHOOK_DELIVERY_FAILED,
+    }
 )
 #: Nested event data deeper than this is cut: records stay small and a cyclic structure
 #: cannot make redaction recurse forever.

@@ -29,6 +29,7 @@ COUNTERS = (
     "rotations",
     "replays_401",
     "api_rejections",
+    "api_429s",
     "rejected_calls",
     "drain_timeouts",
     "revocations",

@@ -31,7 +31,11 @@ takes one ``metrics()`` snapshot per manager, whatever the number of instruments
 OpenTelemetry has no asynchronous histogram, so ``genesys_token.acquisition.duration``
 (seconds, the buckets of :data:`~genesys_token.observability.metrics.LATENCY_BUCKETS`) is
 recorded from the success events of network acquisitions: the acquisitions
-``metrics()["latency_histogram"]`` counts.
+``metrics()["latency_histogram"]`` counts. With ``api_rate_limit``, the pacing figures of
+``metrics()["pacing"]`` too: counters ``genesys_token.api.calls_paced``,
+``.api.calls_waited``, ``.api.calls_rate_limited``, ``.api.throttled`` and gauges
+``genesys_token.api.waiting``, ``.api.tokens_paced`` (the wait histogram is exported by the
+Prometheus collector only: it has no asynchronous counterpart here).
 """
 
 from __future__ import annotations
@@ -94,7 +98,20 @@ _COUNTERS = {
     "webhook_deliveries": ("{record}", "Webhook records delivered."),
     "webhook_failures": ("{record}", "Webhook records given up on."),
     "webhook_dropped": ("{record}", "Webhook records dropped unsent (queue full or closed)."),
+    "api_429s": ("{answer}", "API answers 429 seen by the adapters."),
 }
+#: ``metrics()["pacing"]`` counters (with ``api_rate_limit``): key, instrument, description.
+_PACING_COUNTERS = (
+    ("calls_paced", "api.calls_paced", "API calls that took a pacing slot."),
+    ("calls_waited", "api.calls_waited", "Paced API calls that waited for their slot."),
+    ("rate_limited", "api.calls_rate_limited", "API calls that found no slot: nothing sent."),
+    ("throttled", "api.throttled", "429s told to the pacer (every caller waits them out)."),
+)
+#: ``metrics()["pacing"]`` gauges: key, instrument, description.
+_PACING_GAUGES = (
+    ("waiting", "api.waiting", "API calls waiting for a pacing slot now."),
+    ("tokens", "api.tokens_paced", "Tokens the pacer keeps (in use, waited for, in a window)."),
+)
 _GAUGES = (
     ("error_rate", "1", "Failed share of token acquisitions."),
     ("expires_in", "s", "Seconds until the current token expires."),
@@ -218,6 +235,20 @@ class _Telemetry:
                 unit=unit,
                 description=description,
             )
+        for key, name, description in _PACING_COUNTERS:
+            meter.create_observable_counter(
+                f"{SCOPE}.{name}",
+                callbacks=[self._reader(key, part="pacing")],
+                unit="{call}",
+                description=description,
+            )
+        for key, name, description in _PACING_GAUGES:
+            meter.create_observable_gauge(
+                f"{SCOPE}.{name}",
+                callbacks=[self._reader(key, part="pacing")],
+                unit="1",
+                description=description,
+            )
         self.duration: Histogram = meter.create_histogram(
             f"{SCOPE}.acquisition.duration",
             unit="s",
@@ -244,14 +275,17 @@ class _Telemetry:
             self._managers.add(manager)
 
     def _reader(
-        self, key: str, *, leader: bool = False
+        self, key: str, *, leader: bool = False, part: str | None = None
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """Observes ``snap[key]`` (``snap[part][key]`` with ``part``) of each manager."""
+
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            return [
-                self._observation(float(snap[key]), attributes)
-                for attributes, snap in self._snapshots(fresh=leader)
-                if snap.get(key) is not None
-            ]
+            found = []
+            for attributes, snap in self._snapshots(fresh=leader):
+                values = snap if part is None else snap.get(part, {})
+                if values.get(key) is not None:
+                    found.append(self._observation(float(values[key]), attributes))
+            return found
 
         return observe
 

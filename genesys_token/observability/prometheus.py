@@ -19,7 +19,12 @@ yields, labelled with ``client_id``:
 * histogram ``genesys_token_latency_seconds`` (``_bucket{le=...}``, ``_sum``, ``_count``):
   how long successful token acquisitions took, since the manager started. A histogram, not
   quantile gauges, so that a fleet's latency can be aggregated across hosts
-  (``histogram_quantile(0.95, sum by (le) (rate(genesys_token_latency_seconds_bucket[5m])))``).
+  (``histogram_quantile(0.95, sum by (le) (rate(genesys_token_latency_seconds_bucket[5m])))``);
+* with ``api_rate_limit`` (pacing): counters ``genesys_token_api_calls_paced_total``,
+  ``_api_calls_waited_total``, ``_api_calls_rate_limited_total`` (gave up, nothing sent),
+  ``_api_throttled_total`` (429s, also by ``token_fingerprint``), gauges
+  ``genesys_token_api_waiting`` and ``_api_tokens_paced``, and the histogram
+  ``genesys_token_api_wait_seconds`` of the time calls waited for a slot.
 """
 
 from __future__ import annotations
@@ -62,7 +67,21 @@ _COUNTER_HELP = {
     "webhook_deliveries": "Webhook records delivered.",
     "webhook_failures": "Webhook records given up on.",
     "webhook_dropped": "Webhook records dropped unsent (queue full or closed).",
+    "api_429s": "API answers 429 seen by the adapters.",
 }
+
+#: ``metrics()["pacing"]`` counters -> (exported name, help).
+_PACING_COUNTERS = (
+    ("calls_paced", "api_calls_paced", "API calls that took a pacing slot."),
+    ("calls_waited", "api_calls_waited", "Paced API calls that waited for their slot."),
+    ("rate_limited", "api_calls_rate_limited", "API calls that found no slot: nothing sent."),
+    ("throttled", "api_throttled", "429s told to the pacer (every caller waits them out)."),
+)
+#: ``metrics()["pacing"]`` gauges -> (exported name, help).
+_PACING_GAUGES = (
+    ("waiting", "api_waiting", "API calls waiting for a pacing slot now."),
+    ("tokens", "api_tokens_paced", "Tokens the pacer keeps (in use, waited for or in a window)."),
+)
 
 
 class GenesysTokenCollector:
@@ -116,6 +135,40 @@ class GenesysTokenCollector:
             buckets = [(_bound(le), float(count)) for le, count in histogram["buckets"]]
             latency.add_metric([client_id], buckets, sum_value=histogram["sum"])
         yield latency
+        yield from _pacing_families(snapshots)
+
+
+def _pacing_families(snapshots: list[tuple[str, dict[str, Any]]]) -> Iterator[Any]:
+    """The pacing figures of the managers that pace (``metrics()["pacing"]``)."""
+    paced = [(client_id, snap["pacing"]) for client_id, snap in snapshots if "pacing" in snap]
+    labels = ["client_id"]
+    for key, name, help_text in _PACING_COUNTERS:
+        counter = CounterMetricFamily(f"{PREFIX}_{name}", help_text, labels=labels)
+        for client_id, pacing in paced:
+            counter.add_metric([client_id], float(pacing[key]))
+        yield counter
+    by_token = CounterMetricFamily(
+        f"{PREFIX}_api_throttled_by_token",
+        "429s told to the pacer, per token fingerprint (tokens still kept).",
+        labels=[*labels, "token_fingerprint"],
+    )
+    for client_id, pacing in paced:
+        for fingerprint, count in sorted(pacing["throttled_by_token"].items()):
+            by_token.add_metric([client_id, fingerprint], float(count))
+    yield by_token
+    for key, name, help_text in _PACING_GAUGES:
+        gauge = GaugeMetricFamily(f"{PREFIX}_{name}", help_text, labels=labels)
+        for client_id, pacing in paced:
+            gauge.add_metric([client_id], float(pacing[key]))
+        yield gauge
+    waits = HistogramMetricFamily(
+        f"{PREFIX}_api_wait_seconds", "Time paced API calls waited for a slot.", labels=labels
+    )
+    for client_id, pacing in paced:
+        histogram = pacing["wait_histogram"]
+        buckets = [(_bound(le), float(count)) for le, count in histogram["buckets"]]
+        waits.add_metric([client_id], buckets, sum_value=histogram["sum"])
+    yield waits
 
 
 def _bound(value: float) -> str:

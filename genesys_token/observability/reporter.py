@@ -85,6 +85,17 @@ class Reporter:
         )
         self.events.emit(record)
 
+    def emit_for(self, event_type: str, fingerprint: str, data: dict[str, Any]) -> None:
+        """Emit one event record about the token of ``fingerprint`` (never the token)."""
+        record = make_record(
+            event_type,
+            client_id=self.client_id,
+            token_fingerprint=fingerprint,
+            metrics=self._summary(),
+            data=data,
+        )
+        self.events.emit(record)
+
     def succeeded(self, cell: Cell, reason: str, requests: int, latency: float) -> None:
         """An acquisition installed ``cell``."""
         if requests:

@@ -1,0 +1,194 @@
+"""Pacing in the httpx clients (sync and async) and the pacer's non-blocking line."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from genesys_token import TokenManager
+from genesys_token.core.pacing import Pacer, Slot
+from genesys_token.errors import ApiRateLimitedError
+from genesys_token.integrations.httpx import api_client, async_api_client
+from genesys_token.testing import GenesysEmulator
+
+ORG = "/api/v2/organizations/me"
+
+
+@pytest.fixture
+def limited() -> Iterator[GenesysEmulator]:
+    with GenesysEmulator(api_rate_limit=(10, 1.0)) as emulator:
+        yield emulator
+
+
+def _manager(emulator: GenesysEmulator, calls: int = 10, wait: float = 30.0) -> TokenManager:
+    return TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        api_rate_limit=(calls, 1.0),
+        api_rate_wait=wait,
+    )
+
+
+def _429s(emulator: GenesysEmulator) -> int:
+    return sum(emulator.api_429s.values())
+
+
+def test_api_client_threads_paced_draw_no_429(limited: GenesysEmulator) -> None:
+    with _manager(limited) as manager, api_client(manager) as client:
+        stop = time.monotonic() + 2.0
+        statuses: list[int] = []
+
+        def work() -> None:
+            while time.monotonic() < stop:
+                statuses.append(client.get(ORG).status_code)
+
+        workers = [threading.Thread(target=work) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=15)
+        assert _429s(limited) == 0 and statuses.count(200) == len(statuses) >= 15
+
+
+def test_api_client_429_then_200_is_one_retry(limited: GenesysEmulator) -> None:
+    with _manager(limited, calls=20) as manager, api_client(manager, max_retry_after=2) as client:
+        statuses = [client.get(ORG).status_code for _ in range(11)]
+        assert statuses == [200] * 11 and _429s(limited) == 1
+        assert manager.metrics()["pacing"]["calls_paced"] == 12
+        assert manager.metrics()["pacing"]["throttled"] == 1
+
+
+def test_async_api_client_paced_without_a_thread_per_waiter(limited: GenesysEmulator) -> None:
+    async def run() -> tuple[list[int], int]:
+        async with async_api_client(manager) as client:
+            # Warm: the connections (and the resolver's worker threads) are made first.
+            await asyncio.gather(*(client.get(ORG) for _ in range(8)))
+            await asyncio.sleep(1.0)
+            peak = base = threading.active_count()
+            stop = time.monotonic() + 2.0
+            statuses: list[int] = []
+
+            async def work() -> None:
+                nonlocal peak
+                while time.monotonic() < stop:
+                    statuses.append((await client.get(ORG)).status_code)
+                    peak = max(peak, threading.active_count())
+
+            await asyncio.gather(*(work() for _ in range(8)))
+        return statuses, peak - base
+
+    with _manager(limited) as manager:
+        statuses, grown = asyncio.run(run())
+        assert _429s(limited) == 0 and statuses.count(200) == len(statuses) >= 15
+        assert grown <= 1  # no thread per waiting coroutine
+        assert manager.metrics()["pacing"]["calls_waited"] > 0
+
+
+def test_async_api_client_429_then_200_is_one_retry(limited: GenesysEmulator) -> None:
+    async def run() -> list[int]:
+        async with async_api_client(manager, max_retry_after=2) as client:
+            return [(await client.get(ORG)).status_code for _ in range(11)]
+
+    with _manager(limited, calls=20) as manager:
+        assert asyncio.run(run()) == [200] * 11 and _429s(limited) == 1
+
+
+def test_async_no_room_raises_after_the_wait(limited: GenesysEmulator) -> None:
+    async def run() -> None:
+        async with async_api_client(manager) as client:
+            await client.get(ORG)
+            await client.get(ORG)
+
+    with _manager(limited, calls=1, wait=0.3) as manager:
+        started = time.monotonic()
+        with pytest.raises(ApiRateLimitedError):
+            asyncio.run(run())
+        assert 0.25 <= time.monotonic() - started < 1.0
+        assert limited.api_requests == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_line_is_first_come_first_served() -> None:
+    clock = Clock()
+    pacer = Pacer(1, 1.0, 5.0, clock=clock)  # type: ignore[arg-type]
+    held = pacer.acquire("k")
+    first, second = pacer.line_up("k"), pacer.line_up("k")
+    assert pacer.try_acquire("k") is None  # someone waits: no overtaking
+    assert pacer.poll("k", second) == pytest.approx(5.0)  # not its turn: until the wait ends
+    assert isinstance(pacer.poll("k", first), float)
+    held.release()
+    clock.now += 0.5
+    assert pacer.poll("k", first) == pytest.approx(0.5)  # room when the window has passed
+    clock.now += 0.5
+    slot = pacer.poll("k", first)
+    assert isinstance(slot, Slot)  # held: no room for the second
+    clock.now += 6.0
+    with pytest.raises(ApiRateLimitedError):
+        pacer.poll("k", second)
+    pacer.leave("k", second)  # a no-op once out of line
+    assert pacer.metrics()["waiting"] == 0 and pacer.metrics()["rate_limited"] == 1
+
+
+def test_leaving_the_line_lets_the_next_one_in() -> None:
+    pacer = Pacer(1, 1.0, 5.0, clock=Clock())  # type: ignore[arg-type]
+    first, second = pacer.line_up("k"), pacer.line_up("k")
+    pacer.leave("k", first)
+    assert isinstance(pacer.poll("k", second), Slot)
+
+
+def test_aiohttp_middleware_paced_draws_no_429(limited: GenesysEmulator) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    from genesys_token.integrations.aiohttp import genesys_middleware
+
+    async def run() -> list[int]:
+        statuses: list[int] = []
+        async with aiohttp.ClientSession(
+            base_url=limited.api_base_url + "/", middlewares=(genesys_middleware(manager),)
+        ) as session:
+            stop = time.monotonic() + 2.0
+
+            async def work() -> None:
+                while time.monotonic() < stop:
+                    async with session.get(ORG.lstrip("/")) as response:
+                        statuses.append(response.status)
+
+            await asyncio.gather(*(work() for _ in range(8)))
+        return statuses
+
+    with _manager(limited) as manager:
+        statuses = asyncio.run(run())
+        assert _429s(limited) == 0 and statuses.count(200) == len(statuses) >= 15
+        assert manager.metrics()["pacing"]["calls_waited"] > 0
+
+
+def test_aiohttp_tells_the_pacer_of_a_429(limited: GenesysEmulator) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    from genesys_token.integrations.aiohttp import genesys_middleware
+
+    async def run() -> list[int]:
+        async with aiohttp.ClientSession(
+            base_url=limited.api_base_url + "/", middlewares=(genesys_middleware(manager),)
+        ) as session:
+            found = []
+            for _ in range(11):
+                async with session.get(ORG.lstrip("/")) as response:
+                    found.append(response.status)
+            return found
+
+    with _manager(limited, calls=20) as manager:
+        assert asyncio.run(run())[-1] == 429
+        assert manager.metrics()["pacing"]["throttled"] == 1
+        assert manager.metrics()["api_429s"] == 1
