@@ -29,6 +29,7 @@ from .core.refresher import Refresher, check_timeout
 from .core.rejections import RejectedCredentials
 from .core.rotation import rotate
 from .core.scheduler import Job, scheduler, weak_job
+from .core.shared_pacing import SharedPacer
 from .core.uses import InFlight, UseGate
 from .core.validation import TokenValidator
 from .credentials import Secret, hide_text
@@ -51,6 +52,7 @@ from .settings import (
     with_env_location,
 )
 from .stores.base import MemoryStore, TokenStore
+from .stores.slots import SlotBackend
 from .token import Token
 
 
@@ -590,11 +592,16 @@ class TokenManager:
 
 
 def _make_pacer(settings: Settings, store: TokenStore, clock: Clock) -> Pacing | None:
-    """The one pacer of a manager with ``api_rate_limit``, None without. Pacing is per
-    process for now (``store`` will let processes sharing it share the slots)."""
+    """The one pacer of a manager with ``api_rate_limit``, None without: the slots are
+    shared with every process using ``store`` when it offers them (``RedisStore``,
+    ``FileStore``: ``store.slots()``), else counted in this process."""
     if settings.api_rate_limit is None:
         return None
     calls, seconds = settings.api_rate_limit
+    slots = getattr(store, "slots", None)
+    backend = slots() if callable(slots) else None
+    if isinstance(backend, SlotBackend):
+        return SharedPacer(calls, seconds, settings.api_rate_wait, backend=backend, clock=clock)
     return Pacer(calls, seconds, settings.api_rate_wait, clock=clock)
 
 

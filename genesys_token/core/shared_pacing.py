@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ApiRateLimitedError, GenesysTokenError
 from .clock import SYSTEM_CLOCK, Clock
-from .pacing import WAIT_BUCKETS, Pacer, Slot, WaitOn
+from .pacing import GIVE_UP_CHECK, WAIT_BUCKETS, Pacer, Slot, Ticket, WaitOn
 
 if TYPE_CHECKING:  # stores sit above core: only their protocol's shape is needed here
     from ..stores.slots import Answer, SlotBackend
@@ -105,6 +105,21 @@ class SharedSlot:
 
 #: What a pacer hands out: its own slot, or the in-process fallback's during an outage.
 AnySlot = Slot | SharedSlot
+
+
+class _Booking(Ticket):
+    """A place in a token's line for a caller that must not block, with what the backend
+    answered it: a slot reserved ahead (``slot_id``, ``starts_at``), when to ask again
+    (``ask_at``), or the fallback's ticket once the backend failed (``local``)."""
+
+    __slots__ = ("ask_at", "local", "slot_id", "starts_at")
+
+    def __init__(self, asked: float) -> None:
+        super().__init__(asked)
+        self.ask_at = asked
+        self.slot_id: str | None = None
+        self.starts_at = 0.0
+        self.local: Ticket | None = None
 
 
 class SharedPacer:
@@ -192,9 +207,23 @@ class SharedPacer:
         Raises:
             ApiRateLimitedError: No slot within the wait; nothing may be sent.
         """
+        slot = self.acquire_unless(key, timeout, None)
+        assert slot is not None  # only a give_up condition makes it None
+        return slot
+
+    def acquire_unless(
+        self, key: str, timeout: float | None, give_up: Callable[[], bool] | None
+    ) -> AnySlot | None:
+        """:meth:`acquire`, leaving the line with None once ``give_up()`` is true (looked at
+        least every :data:`~genesys_token.core.pacing.GIVE_UP_CHECK` seconds): a caller whose
+        token was replaced while it waited stops waiting for that token's slots.
+
+        Raises:
+            ApiRateLimitedError: No slot within the wait; nothing may be sent.
+        """
         limit = self.wait if timeout is None else max(0.0, min(timeout, self.wait))
         if not self._shared_now():
-            return self._local.acquire(key, limit)
+            return self._local.acquire_unless(key, limit, give_up)
         asked = self._now()
         deadline = asked + limit
         ticket = object()
@@ -202,7 +231,7 @@ class SharedPacer:
             queue = self._queues.setdefault(key, deque())
             queue.append(ticket)
         try:
-            return self._wait_in_line(key, queue, ticket, asked, deadline)
+            return self._wait_in_line(key, queue, ticket, asked, deadline, give_up)
         finally:
             with self._lock:
                 if ticket in queue:
@@ -213,9 +242,16 @@ class SharedPacer:
                     del self._queues[key]
 
     def _wait_in_line(
-        self, key: str, queue: deque[object], ticket: object, asked: float, deadline: float
-    ) -> AnySlot:
+        self,
+        key: str,
+        queue: deque[object],
+        ticket: object,
+        asked: float,
+        deadline: float,
+        give_up: Callable[[], bool] | None,
+    ) -> AnySlot | None:
         waited = False  # in line, or for room: counted as a wait even if short
+        slice_ = math.inf if give_up is None else GIVE_UP_CHECK
         while True:
             with self._lock:
                 while queue[0] is not ticket:
@@ -223,7 +259,11 @@ class SharedPacer:
                     now = self._now()
                     if now >= deadline:
                         raise self._no_room(key, now - asked, None)
-                    self._wait_on(self._cond, deadline - now)
+                    if give_up is not None and give_up():
+                        return None
+                    self._wait_on(self._cond, min(deadline - now, slice_))
+            if give_up is not None and give_up():
+                return None
             now = self._now()
             slot_id = secrets.token_hex(8)
             answer = self._ask(key, slot_id, deadline - now)
@@ -231,7 +271,8 @@ class SharedPacer:
                 with self._lock:
                     queue.remove(ticket)
                     self._cond.notify_all()
-                return self._local.acquire(key, max(0.0, deadline - self._now()))
+                left = max(0.0, deadline - self._now())
+                return self._local.acquire_unless(key, left, give_up)
             if answer.granted:
                 with self._lock:
                     queue.remove(ticket)  # the next in line asks while this one sleeps
@@ -241,23 +282,29 @@ class SharedPacer:
             if now >= deadline:
                 raise self._no_room(key, now - asked, answer.seconds)
             waited = True
-            self._pause(answer.seconds, now, deadline)
+            self._pause(answer.seconds, now, deadline, give_up)
             if (later := self._now()) >= deadline:  # asking again could grant nothing now
                 free_in = max(0.0, answer.seconds - (later - now))
                 raise self._no_room(key, later - asked, free_in)
 
-    def _pause(self, earliest: float, now: float, deadline: float) -> None:
+    def _pause(
+        self, earliest: float, now: float, deadline: float, give_up: Callable[[], bool] | None
+    ) -> None:
         """The head's sleep before it asks again. ``earliest`` > 0: room comes no sooner,
-        whatever ends meanwhile, so it sleeps that long. 0: room may come any moment (a
-        call in flight): it sleeps a slice, or until a call of this process ends (its
-        release rides on the next question)."""
+        whatever ends meanwhile, so it sleeps that long (cut short once ``give_up()``, looked
+        at every :data:`~genesys_token.core.pacing.GIVE_UP_CHECK` seconds). 0: room may come
+        any moment (a call in flight): it sleeps a slice, or until a call of this process
+        ends (its release rides on the next question)."""
         with self._lock:
             if earliest <= 0:
                 self._wait_on(self._cond, min(self._poll, deadline - now))
                 return
             until = min(now + max(MIN_PAUSE, earliest), deadline)
             while (now := self._now()) < until:
-                self._wait_on(self._cond, until - now)
+                if give_up is not None and give_up():
+                    return
+                slice_ = until - now if give_up is None else min(until - now, GIVE_UP_CHECK)
+                self._wait_on(self._cond, slice_)
 
     def _start(
         self, key: str, slot_id: str, seconds: float, asked: float, waited: bool
@@ -273,6 +320,91 @@ class SharedPacer:
         if not waited and seconds <= 0:
             return self._granted(key, slot_id, waited=None)
         return self._granted(key, slot_id, waited=self._now() - asked)
+
+    # -- waiting without blocking (event loops) -----------------------------------------
+
+    def line_up(self, key: str) -> Ticket:
+        """Join ``key``'s line without blocking; then :meth:`poll` until a slot comes, and
+        :meth:`leave` in every case. Threads and tickets share one line, first come first
+        served (the in-process fallback's while the backend is down)."""
+        if not self._shared_now():
+            return self._local.line_up(key)
+        ticket = _Booking(self._now())
+        with self._lock:
+            self._queues.setdefault(key, deque()).append(ticket)
+        return ticket
+
+    def poll(self, key: str, ticket: Ticket) -> AnySlot | float:
+        """The slot, once ``ticket`` heads the line and the backend grants one; else the
+        seconds to sleep before polling again. The head asks the backend at most once per
+        answer it got (a reservation, or the earliest moment of room), not at every poll.
+
+        Raises:
+            ApiRateLimitedError: ``wait`` has passed since :meth:`line_up` (out of line).
+        """
+        if not isinstance(ticket, _Booking):
+            return self._local.poll(key, ticket)
+        if ticket.local is not None:
+            return self._local.poll(key, ticket.local)
+        now = self._now()
+        if ticket.slot_id is not None:  # reserved: it starts at its moment
+            if now < ticket.starts_at:
+                return ticket.starts_at - now
+            slot_id, ticket.slot_id = ticket.slot_id, None
+            return self._granted(key, slot_id, waited=now - ticket.asked)
+        deadline = ticket.asked + self.wait
+        with self._lock:
+            queue = self._queues.setdefault(key, deque())
+            if ticket not in queue:
+                queue.append(ticket)  # dropped by after_fork: line up again
+            head = queue[0] is ticket
+        if now >= deadline:
+            self._leave_queue(key, ticket)
+            raise self._no_room(key, now - ticket.asked, None)
+        if not head:
+            return min(self._poll, deadline - now)
+        if now < ticket.ask_at:  # the backend's last answer said: no room before then
+            return min(ticket.ask_at, deadline) - now
+        slot_id = secrets.token_hex(8)
+        answer = self._ask(key, slot_id, deadline - now)
+        if answer is None:  # the backend failed: this process alone, the wait going on
+            self._leave_queue(key, ticket)
+            ticket.local = self._local.line_up(key)
+            ticket.local.asked = ticket.asked
+            return self._local.poll(key, ticket.local)
+        if answer.granted:
+            self._leave_queue(key, ticket)  # the next in line asks while this one sleeps
+            if answer.seconds > 0:
+                ticket.slot_id, ticket.starts_at = slot_id, now + answer.seconds
+                return answer.seconds
+            return self._granted(key, slot_id, waited=now - ticket.asked)
+        pause = max(MIN_PAUSE, answer.seconds) if answer.seconds > 0 else self._poll
+        ticket.ask_at = now + pause
+        return min(ticket.ask_at, deadline) - now
+
+    def leave(self, key: str, ticket: Ticket) -> None:
+        """Leave ``key``'s line (a no-op once served or given up); a reserved slot not yet
+        started goes back unused."""
+        if not isinstance(ticket, _Booking):
+            self._local.leave(key, ticket)
+            return
+        if ticket.local is not None:
+            self._local.leave(key, ticket.local)
+        self._leave_queue(key, ticket)
+        if ticket.slot_id is not None:
+            slot_id, ticket.slot_id = ticket.slot_id, None
+            self._cancel_quietly(key, slot_id)
+
+    def _leave_queue(self, key: str, ticket: object) -> None:
+        with self._lock:
+            queue = self._queues.get(key)
+            if queue is None or ticket not in queue:
+                return
+            queue.remove(ticket)
+            if queue:
+                self._cond.notify_all()  # a new head: it asks at once
+            else:
+                del self._queues[key]
 
     def _granted(self, key: str, slot_id: str, *, waited: float | None) -> SharedSlot:
         now = self._now()

@@ -1,0 +1,231 @@
+"""Managers sharing a FileStore or a RedisStore share the API-call slots of their token.
+
+Two managers in one process stand for two processes here (each has its own pacer, as each
+process would; tests/test_shared_pacing.py runs real processes): they share the token through
+the store, so they must share its limit too, or together they send twice what it allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from genesys_token import GenesysAuth, TokenManager
+from genesys_token.core.pacing import Pacer
+from genesys_token.core.shared_pacing import SharedPacer
+from genesys_token.errors import StoreError
+from genesys_token.integrations.httpx import async_api_client
+from genesys_token.stores import FileStore, MemoryStore, RedisStore
+from genesys_token.stores.base import TokenStore
+from genesys_token.testing import GenesysEmulator
+
+ORG = "/api/v2/organizations/me"
+LIMIT = (10, 1.0)
+
+
+@pytest.fixture
+def limited() -> Iterator[GenesysEmulator]:
+    with GenesysEmulator(api_rate_limit=LIMIT) as emulator:
+        yield emulator
+
+
+def _manager(emulator: GenesysEmulator, store: TokenStore, **options: Any) -> TokenManager:
+    return TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        store=store,
+        api_rate_limit=LIMIT,
+        **options,
+    )
+
+
+def _stores(kind: str, tmp_path: Path, redis_url: str | None) -> tuple[TokenStore, TokenStore]:
+    if kind == "file":
+        return FileStore(tmp_path / "cache"), FileStore(tmp_path / "cache")
+    assert redis_url is not None
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    return RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+
+
+def _hammer(sessions: list[requests.Session], url: str, seconds: float) -> list[int]:
+    statuses: list[int] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def work(session: requests.Session) -> None:
+        while time.monotonic() < stop:
+            status = session.get(url, timeout=5).status_code
+            with lock:
+                statuses.append(status)
+
+    workers = [threading.Thread(target=work, args=(s,)) for s in sessions for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=seconds + 15)
+    return statuses
+
+
+@pytest.fixture(params=["file", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def maybe_redis(kind: str, request: pytest.FixtureRequest) -> str | None:
+    return str(request.getfixturevalue("redis_url")) if kind == "redis" else None
+
+
+def test_two_managers_on_one_store_keep_one_limit(
+    limited: GenesysEmulator, kind: str, maybe_redis: str | None, tmp_path: Path
+) -> None:
+    first_store, second_store = _stores(kind, tmp_path, maybe_redis)
+    with _manager(limited, first_store) as first, _manager(limited, second_store) as second:
+        assert first.get_token() == second.get_token()  # one token, through the store
+        sessions = []
+        for manager in (first, second):
+            session = requests.Session()
+            session.auth = GenesysAuth(manager)
+            sessions.append(session)
+        started = time.monotonic()
+        statuses = _hammer(sessions, limited.api_base_url + ORG, 3.0)
+        elapsed = time.monotonic() - started
+        figures = [manager.metrics()["pacing"] for manager in (first, second)]
+        for session in sessions:
+            session.close()
+    assert sum(limited.api_429s.values()) == 0
+    assert set(statuses) == {200}
+    assert len(statuses) >= 0.85 * LIMIT[0] * (elapsed - 0.5) / LIMIT[1]
+    assert limited.token_requests == 1
+    assert [f["shared"] for f in figures] == [True, True]
+    assert sum(f["calls_paced"] for f in figures) == len(statuses)
+
+
+def test_async_callers_of_two_managers_on_one_store_keep_one_limit(
+    limited: GenesysEmulator, kind: str, maybe_redis: str | None, tmp_path: Path
+) -> None:
+    first_store, second_store = _stores(kind, tmp_path, maybe_redis)
+    statuses: list[int] = []
+
+    async def run(manager: TokenManager, stop: float) -> None:
+        async with async_api_client(manager) as client:
+
+            async def caller() -> None:
+                while time.monotonic() < stop:
+                    statuses.append((await client.get(ORG)).status_code)
+
+            await asyncio.gather(*(caller() for _ in range(4)))
+
+    with _manager(limited, first_store) as first, _manager(limited, second_store) as second:
+        first.get_token()
+        threads_before = threading.active_count()
+        stop = time.monotonic() + 2.0
+
+        async def both() -> None:
+            await asyncio.gather(run(first, stop), run(second, stop))
+
+        asyncio.run(both())
+        assert threading.active_count() <= threads_before + 2  # no thread per waiter
+    assert sum(limited.api_429s.values()) == 0
+    assert set(statuses) == {200}
+    assert len(statuses) >= 15  # two seconds of a 10/s limit, the first window full at once
+
+
+def test_a_store_without_slots_paces_in_the_process(limited: GenesysEmulator) -> None:
+    with _manager(limited, MemoryStore()) as manager:
+        pacer = manager._pacer  # the kind of pacer is what this test is about
+        assert isinstance(pacer, Pacer) and not isinstance(pacer, SharedPacer)
+        assert "shared" not in manager.metrics()["pacing"]
+
+
+def test_a_file_store_with_its_cache_off_paces_in_the_process(
+    limited: GenesysEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path / "cache")
+    monkeypatch.setattr(store, "slots", lambda: None)
+    with _manager(limited, store) as manager:
+        assert isinstance(manager._pacer, Pacer)
+
+
+class _Counting:
+    """A real backend that counts the questions asked of it, and can be made to fail."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.asked = 0
+        self.failing = False
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        self.asked += 1
+        if self.failing:
+            raise StoreError("the slots file cannot be written")
+        return self.inner.acquire(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _file_backend(tmp_path: Path) -> _Counting:
+    slots = FileStore(tmp_path / "cache").slots()
+    assert slots is not None
+    return _Counting(slots)
+
+
+def test_an_event_loop_waiter_asks_once_per_answer_and_leaving_frees_its_reservation(
+    tmp_path: Path,
+) -> None:
+    backend = _file_backend(tmp_path)
+    pacer = SharedPacer(1, 1.0, 5.0, backend=backend)  # type: ignore[arg-type]
+    first = pacer.line_up("k")
+    slot = pacer.poll("k", first)
+    assert not isinstance(slot, float)
+    slot.release()
+    second = pacer.line_up("k")
+    wait = pacer.poll("k", second)
+    assert isinstance(wait, float) and 0.5 < wait <= 1.0  # reserved when the window ends
+    for _ in range(5):  # polls before the moment do not ask again
+        assert isinstance(pacer.poll("k", second), float)
+    assert backend.asked == 2
+    assert pacer.in_use("k") == 2  # the answered slot and the reservation
+    pacer.leave("k", second)
+    assert pacer.in_use("k") == 1  # the reservation went back unused
+
+
+def test_an_event_loop_waiter_paces_alone_when_the_store_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = _file_backend(tmp_path)
+    pacer = SharedPacer(2, 1.0, 5.0, backend=backend)  # type: ignore[arg-type]
+    backend.failing = True
+    ticket = pacer.line_up("k")
+    with caplog.at_level(logging.WARNING, logger="genesys_token.pacing"):
+        slot = pacer.poll("k", ticket)
+    assert not isinstance(slot, float)
+    slot.release()
+    pacer.leave("k", ticket)
+    figures = pacer.metrics()
+    assert (figures["shared"], figures["store_outages"]) == (False, 1)
+    assert len([r for r in caplog.records if "pacing store failed" in r.getMessage()]) == 1
+
+
+def test_a_thread_whose_token_is_replaced_stops_waiting_for_shared_slots(
+    tmp_path: Path,
+) -> None:
+    pacer = SharedPacer(1, 30.0, 5.0, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
+    pacer.acquire("k").release()  # the window is full for 30 s
+    replaced = threading.Event()
+    started = time.monotonic()
+    threading.Timer(0.2, replaced.set).start()
+    assert pacer.acquire_unless("k", None, replaced.is_set) is None
+    assert time.monotonic() - started < 1.0  # not the 5 s wait
