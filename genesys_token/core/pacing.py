@@ -86,7 +86,14 @@ class PaceSlot(Protocol):
 class Pacing(Protocol):
     """What the manager and its adapters use of a pacer: :class:`Pacer` in one process, or
     one whose slots are shared between processes, built in one place (the manager's
-    ``_make_pacer``)."""
+    ``_make_pacer``).
+
+    Attributes:
+        remote: Whether taking a slot asks a store (a round trip): callers then skip
+            :meth:`try_acquire` before a wait, which would make it two.
+    """
+
+    remote: bool
 
     def try_acquire(self, key: str) -> PaceSlot | None:
         """A slot now, or None (see :meth:`Pacer.try_acquire`)."""
@@ -207,6 +214,9 @@ class Pacer:
         ConfigurationError: ``calls`` < 1, ``seconds`` <= 0 (field ``api_rate_limit``), or
             ``wait`` < 0 (field ``api_rate_wait``); or any of them not a finite number.
     """
+
+    #: Slots are counted in this process: taking one asks no store.
+    remote = False
 
     def __init__(
         self,

@@ -111,9 +111,10 @@ class AdapterPort:
     def _slot(self, pacer: Pacing, cell: Cell, deadline: float | None) -> PaceSlot | None:
         """A slot of ``cell``'s token; None when that token was replaced meanwhile."""
         key = cell.token.fingerprint
-        slot = pacer.try_acquire(key)
-        if slot is not None:
-            return slot
+        if not pacer.remote:  # a shared pacer's try is a round trip: a waiter would make two
+            slot = pacer.try_acquire(key)
+            if slot is not None:
+                return slot
         # Uses that ended unreported (a requests call that raised) hold slots until reaped:
         # reap them before waiting, outside every lock (the reaper takes the gate's).
         reap_pending()
@@ -185,7 +186,7 @@ class AdapterPort:
             return
         old.release()
         key = fingerprint_of(use.token)
-        slot = pacer.try_acquire(key)
+        slot = None if pacer.remote else pacer.try_acquire(key)
         if slot is None:
             reap_pending()
             try:

@@ -145,6 +145,9 @@ class SharedPacer:
         ConfigurationError: As :class:`~genesys_token.core.pacing.Pacer`.
     """
 
+    #: Taking a slot asks the backend (one round trip): see ``Pacing.remote``.
+    remote = True
+
     def __init__(
         self,
         calls: int,
