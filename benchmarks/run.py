@@ -11,6 +11,8 @@ Scenarios (each prints its parameters, the machine, medians and ratios):
 7. Many orgs: 1,000 and 10,000 managers in one pool (threads, sockets, RSS per manager,
    first tokens), short tokens for 300 orgs, 16 orgs whose login host or secret source hangs
    (``_many_orgs.py``; genesys-token only: no peer has a many-org design).
+8. Throughput: API calls under Genesys' per-token limit (time-scaled), paced and not, one
+   process and fleets on FileStore / RedisStore, the cost of pacing (``_throughput.py``).
 
 Peers: genesys-token, authlib (OAuth2Session), requests-auth (OAuth2ClientCredentials) and
 the seed port (``seed_port.py``, the original design, defects included). Nothing asserts a
@@ -43,6 +45,9 @@ TOTAL_BUDGET = 270.0
 ASKED_ROTATION_SECONDS = 20.0
 #: Scenario 7's length with the full plan (10,000 first tokens are most of it).
 MANY_ORGS_SECONDS = 55.0
+#: Scenario 8's seconds per case with the full plan (four cases, plus start-ups: ~35 s).
+THROUGHPUT_SECONDS = 4.0
+THROUGHPUT_TOTAL = 35.0
 #: Quiet loggers: their warnings (a peer's failed refresh) are counted, not printed.
 QUIET_LOGGERS = ("genesys_token", "seed_port", "urllib3", "authlib", "requests_auth")
 
@@ -103,7 +108,7 @@ def _rotation_seconds(plan: Plan, elapsed: float, override: float | None) -> tup
         return override, " (set by --rotation-seconds)"
     # What is left after scenarios 5, 6 and 7 (measured: ~25 s, ~45 s and ~55 s on 2 cores).
     later = 3 * (plan.fleet_lifetimes * 2.0 + 2.0) + 4 * (plan.memory_budget + 3.0)
-    later += MANY_ORGS_SECONDS if plan is FULL else 0.0
+    later += MANY_ORGS_SECONDS + THROUGHPUT_TOTAL if plan is FULL else 0.0
     from _rotation_latency import COST_SECONDS  # scenario 4's latency-during-rotation part
 
     available = (TOTAL_BUDGET - elapsed - later - COST_SECONDS) / 4 - 2.0  # 4 peers, ~2 s each
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     import _overhead
     import _report
     import _rotation
+    import _throughput
     from _common import THREAD_ERRORS, Section, load_average, machine_line
     from _peers import Target
     from _servers import EmulatorProcess
@@ -174,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     attempt("6", lambda: _memory.run(
         warm=plan.memory_warm, goal=plan.memory_goal, budget=plan.memory_budget))  # fmt: skip
     attempt("7", lambda: _many_orgs.run(_many_orgs.QUICK if args.quick else _many_orgs.FULL))
+    attempt("8", lambda: _throughput.run(
+        seconds=1.0 if args.quick else THROUGHPUT_SECONDS, quick=args.quick))  # fmt: skip
 
     elapsed = time.monotonic() - clock
     print(f"\n== Results ({elapsed:.0f} s)\n")

@@ -49,7 +49,7 @@ def test_quick_bench_prints_the_table_with_every_peer_and_scenario(
         assert column in table
     for scenario in ("1. Hot path", "2. Auth overhead", "3. Cold-start herd",
                      "4. Rotation under load", "5. Fleet", "6. Memory",
-                     "7. Many orgs"):  # fmt: skip
+                     "7. Many orgs", "8. Throughput"):  # fmt: skip
         assert scenario in table
 
 
@@ -57,7 +57,7 @@ def test_every_scenario_prints_the_machine(
     quick_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     result, _ = quick_run
-    assert result.stdout.count("   machine: ") == 7
+    assert result.stdout.count("   machine: ") == 8
     assert "cores" in result.stdout
 
 
