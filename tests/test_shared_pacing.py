@@ -27,7 +27,7 @@ from redis_server import RedisServer, redis_server_or_skip
 
 from genesys_token.core.clock import Clock
 from genesys_token.core.shared_pacing import SharedPacer
-from genesys_token.errors import ApiRateLimitedError
+from genesys_token.errors import ApiRateLimitedError, StoreError
 from genesys_token.stores._file_slots import FileSlots
 from genesys_token.stores._redis_slots import RedisSlots
 from genesys_token.stores.file import FileStore
@@ -547,3 +547,25 @@ def test_a_forked_child_paces_with_the_fleet_and_leaves_the_parents_slots_alone(
     assert in_child(child) == {"in_use": 2, "full": True}
     assert pacer.in_use("fp-fork") == 2  # the parent's held slot still counts
     held.release()
+
+
+def test_a_slot_file_write_that_fails_keeps_the_slots_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that fills up mid-write (or a crash between two syscalls) must not leave an
+    # empty slot file: that reads as "no slot taken" and lets a whole window through again.
+    slots = FileStore(tmp_path / "cache").slots()
+    assert slots is not None
+    options: dict[str, Any] = {"calls": 2, "window": 30.0, "hold": 5.0, "max_wait": 0.0}
+    for name in ("a", "b"):
+        assert slots.acquire("fp-disk", name, **options).granted
+        slots.release("fp-disk", name, window=30.0)
+
+    def full_disk(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    with pytest.raises(StoreError):
+        slots.acquire("fp-disk", "c", **options)
+    monkeypatch.undo()
+    assert not slots.acquire("fp-disk", "d", **options).granted  # both still counted
