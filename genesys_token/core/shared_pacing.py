@@ -51,10 +51,16 @@ POLL_SLICE = 0.05
 MIN_PAUSE = 0.001
 #: During an outage of the backend, it is asked again after this many seconds.
 RETRY_BACKEND = 1.0
-#: How long a granted slot is held at most before it counts as answered anyway: longer than
-#: any call lasts (the adapters' read timeouts are seconds), short enough that the slots of
-#: a process killed mid-call come back ``hold + window`` after their grant.
-DEFAULT_HOLD = 60.0
+#: How long a granted slot is held at most before it counts as answered anyway. The service
+#: counts a call when it *arrives*: a slot held ``hold`` then counted a window covers every
+#: call that arrived within ``hold`` of its grant, however long its answer takes, so ``hold``
+#: must exceed a request's way there (connect and send: the adapters' connect timeouts are
+#: about 3 s), not its answer. The slots of a process killed mid-call come back ``hold +
+#: window`` after their grant (60 s held a fleet without calls for a minute).
+DEFAULT_HOLD = 15.0
+#: 429s are counted per token for this many of the latest tokens (a label each in the
+#: Prometheus export: retired tokens must not grow it for ever).
+KEPT_TOKENS = 64
 
 
 def _wait_on_condition(cond: threading.Condition, timeout: float) -> object:
@@ -568,7 +574,9 @@ class _Figures:
             self.bucket_counts[bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
 
     def throttled(self, key: str) -> None:
-        self.by_token[key] = self.by_token.get(key, 0) + 1
+        self.by_token[key] = self.by_token.pop(key, 0) + 1  # moved to the newest end
+        while len(self.by_token) > KEPT_TOKENS:
+            del self.by_token[next(iter(self.by_token))]
         self.throttled_total += 1
 
     def merged(self, local: dict[str, Any], *, waiting: int, kept: int) -> dict[str, Any]:
