@@ -286,3 +286,19 @@ def test_sdk_calls_are_paced_and_a_429_is_resent_with_its_own_slot(
             except ApiException as exc:
                 assert exc.status == 429
     assert emulator.api_requests - sent <= 5
+
+
+@pytest.mark.genesys_emulator(api_rate_limit=(5, 10.0))
+def test_a_paced_sdk_call_whose_read_fails_is_not_resent_under_its_slot(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # urllib3 inside the SDK resent a request whose read timed out (the request had reached
+    # the API, which counted it) up to 10 times, all under the one slot the call took.
+    manager = make_manager(api_rate_limit=(5, 10.0), api_rate_wait=1.0)
+    api = gc.OrganizationApi(bind_api_client(manager, timeout=(3.05, 0.2)))
+    emulator.api_delay = 0.3
+    with pytest.raises(Exception):  # noqa: B017 - the SDK wraps urllib3's error
+        api.get_organizations_me()
+    emulator.api_delay = 0.0
+    assert emulator.api_requests == manager.metrics()["pacing"]["calls_paced"] == 1
+    assert sum(emulator.api_429s.values()) == 0

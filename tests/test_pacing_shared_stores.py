@@ -21,7 +21,7 @@ import requests
 
 from genesys_token import GenesysAuth, TokenManager
 from genesys_token.core.pacing import Pacer
-from genesys_token.core.shared_pacing import SharedPacer
+from genesys_token.core.shared_pacing import KEPT_TOKENS, SharedPacer
 from genesys_token.errors import StoreError
 from genesys_token.integrations.httpx import async_api_client
 from genesys_token.stores import FileStore, MemoryStore, RedisStore
@@ -186,9 +186,10 @@ def test_an_event_loop_waiter_asks_once_per_answer_and_leaving_frees_its_reserva
     tmp_path: Path,
 ) -> None:
     backend = _file_backend(tmp_path)
+    other = SharedPacer(1, 1.0, 5.0, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
     pacer = SharedPacer(1, 1.0, 5.0, backend=backend)  # type: ignore[arg-type]
-    first = pacer.line_up("k")
-    slot = pacer.poll("k", first)
+    first = other.line_up("k")  # another process's call fills the window
+    slot = other.poll("k", first)
     assert not isinstance(slot, float)
     slot.release()
     second = pacer.line_up("k")
@@ -196,7 +197,7 @@ def test_an_event_loop_waiter_asks_once_per_answer_and_leaving_frees_its_reserva
     assert isinstance(wait, float) and 0.5 < wait <= 1.0  # reserved when the window ends
     for _ in range(5):  # polls before the moment do not ask again
         assert isinstance(pacer.poll("k", second), float)
-    assert backend.asked == 2
+    assert backend.asked == 1
     assert pacer.in_use("k") == 2  # the answered slot and the reservation
     pacer.leave("k", second)
     assert pacer.in_use("k") == 1  # the reservation went back unused
@@ -229,3 +230,14 @@ def test_a_thread_whose_token_is_replaced_stops_waiting_for_shared_slots(
     threading.Timer(0.2, replaced.set).start()
     assert pacer.acquire_unless("k", None, replaced.is_set) is None
     assert time.monotonic() - started < 1.0  # not the 5 s wait
+
+
+def test_429s_are_counted_for_the_latest_tokens_only(tmp_path: Path) -> None:
+    # One Prometheus label per token: retired tokens must not grow the export for ever.
+    pacer = SharedPacer(10, 1.0, 5.0, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
+    for index in range(200):
+        pacer.penalize(f"fp-{index}", 0.0)
+    by_token = pacer.metrics()["throttled_by_token"]
+    assert len(by_token) == KEPT_TOKENS
+    assert "fp-199" in by_token and "fp-0" not in by_token
+    assert pacer.metrics()["throttled"] == 200

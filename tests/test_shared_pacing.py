@@ -27,7 +27,7 @@ from redis_server import RedisServer, redis_server_or_skip
 
 from genesys_token.core.clock import Clock
 from genesys_token.core.shared_pacing import SharedPacer
-from genesys_token.errors import ApiRateLimitedError
+from genesys_token.errors import ApiRateLimitedError, StoreError
 from genesys_token.stores._file_slots import FileSlots
 from genesys_token.stores._redis_slots import RedisSlots
 from genesys_token.stores.file import FileStore
@@ -221,11 +221,12 @@ def test_a_full_window_reserves_the_slot_that_frees_first(
     kind: str, server: RedisServer, tmp_path: Path, prefix: str
 ) -> None:
     slept: list[float] = []
+    other = SharedPacer(*LIMIT, backend=_backend(kind, server, tmp_path, prefix))
     pacer = SharedPacer(
         *LIMIT, backend=_backend(kind, server, tmp_path, prefix), sleep=slept.append
     )
-    for _ in range(LIMIT[0]):
-        pacer.acquire("fp-res").release()
+    for _ in range(LIMIT[0]):  # another process fills the window
+        other.acquire("fp-res").release()
     slot = pacer.acquire("fp-res")
     # One question: the reservation starts when the first answer leaves its window.
     assert len(slept) == 1 and 0.9 <= slept[0] <= 1.0, slept
@@ -306,7 +307,8 @@ def test_redis_restart_warns_once_paces_locally_and_shares_again(
         pacer = SharedPacer(*LIMIT, wait=0.5, backend=store.slots(), retry_backend=0.1)
         pacer.acquire("fp-down").release()
         own.kill()
-        slots = [pacer.acquire("fp-down") for _ in range(LIMIT[0])]  # local, same limit
+        # This process's own count goes on: the call made before the outage still counts.
+        slots = [pacer.acquire("fp-down") for _ in range(LIMIT[0] - 1)]
         with pytest.raises(ApiRateLimitedError):
             pacer.acquire("fp-down")
         assert pacer.metrics()["shared"] is False
@@ -465,11 +467,13 @@ def test_metrics_count_grants_waits_and_the_histogram(
         pacer.acquire("fp-metrics").release()
     figures = pacer.metrics()
     assert figures["calls_paced"] == 4
-    # The third waited for the first one's window; the fourth, at most microseconds more.
-    assert figures["calls_waited"] in (1, 2)
-    assert figures["wait_histogram"]["count"] == 4
-    assert 0.15 <= figures["wait_histogram"]["sum"] <= 0.6
-    assert figures["wait_histogram"]["buckets"][-1] == (float("inf"), 4)
+    # The third waited for the first one's window (in this process's line, and maybe the
+    # shared one: Redis stamps a release up to 0.1 s late); the fourth, microseconds more.
+    assert 1 <= figures["calls_waited"] <= 4
+    count = figures["wait_histogram"]["count"]
+    assert 4 <= count <= 6
+    assert 0.15 <= figures["wait_histogram"]["sum"] <= 1.0
+    assert figures["wait_histogram"]["buckets"][-1] == (float("inf"), count)
     assert figures["shared"] is True and figures["store_outages"] == 0
 
 
@@ -493,8 +497,9 @@ def test_slots_in_flight_are_not_polled_before_a_window_from_their_start(
     kind: str, server: RedisServer, tmp_path: Path, prefix: str
 ) -> None:
     backend = CountingBackend(_backend(kind, server, tmp_path, prefix))
+    other = SharedPacer(*LIMIT, backend=_backend(kind, server, tmp_path, prefix))
     pacer = SharedPacer(*LIMIT, wait=0.5, backend=backend)  # type: ignore[arg-type]
-    held = [pacer.acquire("fp-flight") for _ in range(LIMIT[0])]  # calls in flight
+    held = [other.acquire("fp-flight") for _ in range(LIMIT[0])]  # another's calls in flight
     backend.asked = 0
     with pytest.raises(ApiRateLimitedError):
         pacer.acquire("fp-flight")
@@ -547,3 +552,41 @@ def test_a_forked_child_paces_with_the_fleet_and_leaves_the_parents_slots_alone(
     assert in_child(child) == {"in_use": 2, "full": True}
     assert pacer.in_use("fp-fork") == 2  # the parent's held slot still counts
     held.release()
+
+
+def test_a_slot_file_write_that_fails_keeps_the_slots_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that fills up mid-write (or a crash between two syscalls) must not leave an
+    # empty slot file: that reads as "no slot taken" and lets a whole window through again.
+    slots = FileStore(tmp_path / "cache").slots()
+    assert slots is not None
+    options: dict[str, Any] = {"calls": 2, "window": 30.0, "hold": 5.0, "max_wait": 0.0}
+    for name in ("a", "b"):
+        assert slots.acquire("fp-disk", name, **options).granted
+        slots.release("fp-disk", name, window=30.0)
+
+    def full_disk(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    with pytest.raises(StoreError):
+        slots.acquire("fp-disk", "c", **options)
+    monkeypatch.undo()
+    assert not slots.acquire("fp-disk", "d", **options).granted  # both still counted
+
+
+def test_a_redis_restarted_empty_lets_a_process_send_no_more_than_its_own_limit(
+    prefix: str,
+) -> None:
+    # Redis keeps the slots in memory: restarted, it answers again, with none of them. This
+    # process's own count (every shared slot takes one of it first) still holds its calls.
+    with redis_server_or_skip() as own:
+        pacer = SharedPacer(10, 30.0, wait=0.3, backend=RedisStore(own.url, prefix=prefix).slots())
+        for _ in range(10):
+            pacer.acquire("fp-restart").release()
+        own.kill()
+        own.start(own.port)
+        with pytest.raises(ApiRateLimitedError):
+            pacer.acquire("fp-restart")
+        assert pacer.metrics()["calls_paced"] == 10

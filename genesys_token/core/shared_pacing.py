@@ -14,8 +14,14 @@ wait gets :class:`~genesys_token.errors.ApiRateLimitedError` with nothing sent. 
 any process (:meth:`SharedPacer.penalize`) holds that token's slots for every process; slots
 reserved before it still go out at their moment (at most ``calls`` of them).
 
+**Every call takes a slot of this process's own count first** (an in-process
+:class:`~genesys_token.core.pacing.Pacer` of the same limit), then the shared one: a process
+never sends more than the limit by itself, whatever the store says (a Redis restarted empty
+forgets every slot and answers as if none were taken: the fleet may then exceed the limit
+for one window, each process never), and its count is right the moment the store fails.
+
 If the backend fails (Redis down, a directory that cannot be written), pacing goes on in this
-process alone with an in-process :class:`~genesys_token.core.pacing.Pacer` of the same limit:
+process alone with that in-process count:
 one WARNING per outage, one INFO when the backend answers again (it is asked again every
 :data:`RETRY_BACKEND` seconds). Nothing fails because of it. Slots granted meanwhile are not
 known to the other processes: during an outage each process keeps the limit on its own.
@@ -51,10 +57,16 @@ POLL_SLICE = 0.05
 MIN_PAUSE = 0.001
 #: During an outage of the backend, it is asked again after this many seconds.
 RETRY_BACKEND = 1.0
-#: How long a granted slot is held at most before it counts as answered anyway: longer than
-#: any call lasts (the adapters' read timeouts are seconds), short enough that the slots of
-#: a process killed mid-call come back ``hold + window`` after their grant.
-DEFAULT_HOLD = 60.0
+#: How long a granted slot is held at most before it counts as answered anyway. The service
+#: counts a call when it *arrives*: a slot held ``hold`` then counted a window covers every
+#: call that arrived within ``hold`` of its grant, however long its answer takes, so ``hold``
+#: must exceed a request's way there (connect and send: the adapters' connect timeouts are
+#: about 3 s), not its answer. The slots of a process killed mid-call come back ``hold +
+#: window`` after their grant (60 s held a fleet without calls for a minute).
+DEFAULT_HOLD = 15.0
+#: 429s are counted per token for this many of the latest tokens (a label each in the
+#: Prometheus export: retired tokens must not grow it for ever).
+KEPT_TOKENS = 64
 
 
 def _wait_on_condition(cond: threading.Condition, timeout: float) -> object:
@@ -69,12 +81,15 @@ class SharedSlot:
         granted_at: When it was granted (the pacer's clock; after a reservation's sleep).
     """
 
-    __slots__ = ("_done", "_id", "_key", "_pacer", "granted_at")
+    __slots__ = ("_done", "_id", "_key", "_local", "_pacer", "granted_at")
 
-    def __init__(self, pacer: SharedPacer, key: str, slot_id: str, granted_at: float) -> None:
+    def __init__(
+        self, pacer: SharedPacer, key: str, slot_id: str, granted_at: float, local: Slot
+    ) -> None:
         self._pacer = pacer
         self._key = key
         self._id = slot_id
+        self._local = local  # the same call in this process's own count (see the module)
         self._done = False
         self.granted_at = granted_at
 
@@ -108,18 +123,27 @@ AnySlot = Slot | SharedSlot
 
 
 class _Booking(Ticket):
-    """A place in a token's line for a caller that must not block, with what the backend
-    answered it: a slot reserved ahead (``slot_id``, ``starts_at``), when to ask again
-    (``ask_at``), or the fallback's ticket once the backend failed (``local``)."""
+    """A place in a token's lines for a caller that must not block: first in this process's
+    own line (``local``, until it holds ``held``), then in the shared one, with what the
+    backend answered it: a slot reserved ahead (``slot_id``, ``starts_at``) or when to ask
+    again (``ask_at``)."""
 
-    __slots__ = ("ask_at", "local", "slot_id", "starts_at")
+    __slots__ = ("ask_at", "held", "local", "slot_id", "starts_at")
 
-    def __init__(self, asked: float) -> None:
+    def __init__(self, asked: float, local: Ticket) -> None:
         super().__init__(asked)
         self.ask_at = asked
         self.slot_id: str | None = None
         self.starts_at = 0.0
-        self.local: Ticket | None = None
+        self.local = local
+        self.held: Slot | None = None
+
+
+class _BackendFailed:
+    """What a shared wait answers when the backend failed: the caller's local slot serves."""
+
+
+_FAILED = _BackendFailed()
 
 
 class SharedPacer:
@@ -184,21 +208,23 @@ class SharedPacer:
     def try_acquire(self, key: str) -> AnySlot | None:
         """A slot for ``key`` if one is free now and nobody here waits for one (one
         question to the backend; none while it is down)."""
-        if not self._shared_now():
-            return self._local.try_acquire(key)
+        local = self._local.try_acquire(key)
+        if local is None or not self._shared_now():
+            return local
         with self._lock:
             if self._queues.get(key):
+                local.cancel()
                 return None
         slot_id = secrets.token_hex(8)
         answer = self._ask(key, slot_id, 0.0)
         if answer is None:
-            return self._local.try_acquire(key)
-        if not answer.granted:
+            return local  # the backend failed: this process's own count serves
+        if not answer.granted or answer.seconds > 0:
+            if answer.granted:  # reserved ahead although asked for now: give it back
+                self._cancel_quietly(key, slot_id)
+            local.cancel()
             return None
-        if answer.seconds > 0:  # reserved ahead although asked for now: give it back
-            self._cancel_quietly(key, slot_id)
-            return None
-        return self._granted(key, slot_id, waited=None)
+        return self._granted(key, slot_id, local, waited=None)
 
     def acquire(self, key: str, timeout: float | None = None) -> AnySlot:
         """A slot for ``key``, waiting in line for one if need be.
@@ -225,16 +251,35 @@ class SharedPacer:
             ApiRateLimitedError: No slot within the wait; nothing may be sent.
         """
         limit = self.wait if timeout is None else max(0.0, min(timeout, self.wait))
-        if not self._shared_now():
-            return self._local.acquire_unless(key, limit, give_up)
         asked = self._now()
-        deadline = asked + limit
+        # This process's own calls first: never more than the limit, whatever the store says
+        # (a Redis restarted empty), and its count is right when the store fails.
+        local = self._local.acquire_unless(key, limit, give_up)
+        if local is None or not self._shared_now():
+            return local
+        try:
+            got = self._shared_acquire(key, asked, asked + limit, give_up, local)
+        except BaseException:
+            local.cancel()
+            raise
+        if got is None:
+            local.cancel()
+        return local if isinstance(got, _BackendFailed) else got
+
+    def _shared_acquire(
+        self,
+        key: str,
+        asked: float,
+        deadline: float,
+        give_up: Callable[[], bool] | None,
+        local: Slot,
+    ) -> SharedSlot | _BackendFailed | None:
         ticket = object()
         with self._lock:
             queue = self._queues.setdefault(key, deque())
             queue.append(ticket)
         try:
-            return self._wait_in_line(key, queue, ticket, asked, deadline, give_up)
+            return self._wait_in_line(key, queue, ticket, asked, deadline, give_up, local)
         finally:
             with self._lock:
                 if ticket in queue:
@@ -252,7 +297,8 @@ class SharedPacer:
         asked: float,
         deadline: float,
         give_up: Callable[[], bool] | None,
-    ) -> AnySlot | None:
+        local: Slot,
+    ) -> SharedSlot | _BackendFailed | None:
         waited = False  # in line, or for room: counted as a wait even if short
         slice_ = math.inf if give_up is None else GIVE_UP_CHECK
         while True:
@@ -270,17 +316,16 @@ class SharedPacer:
             now = self._now()
             slot_id = secrets.token_hex(8)
             answer = self._ask(key, slot_id, deadline - now)
-            if answer is None:  # the backend failed: this process alone
+            if answer is None:  # the backend failed: this process's own count serves
                 with self._lock:
                     queue.remove(ticket)
                     self._cond.notify_all()
-                left = max(0.0, deadline - self._now())
-                return self._local.acquire_unless(key, left, give_up)
+                return _FAILED
             if answer.granted:
                 with self._lock:
                     queue.remove(ticket)  # the next in line asks while this one sleeps
                     self._cond.notify_all()
-                return self._start(key, slot_id, answer.seconds, asked, waited)
+                return self._start(key, slot_id, answer.seconds, asked, waited, local)
             now = self._now()
             if now >= deadline:
                 raise self._no_room(key, now - asked, answer.seconds)
@@ -310,7 +355,7 @@ class SharedPacer:
                 self._wait_on(self._cond, slice_)
 
     def _start(
-        self, key: str, slot_id: str, seconds: float, asked: float, waited: bool
+        self, key: str, slot_id: str, seconds: float, asked: float, waited: bool, local: Slot
     ) -> SharedSlot:
         """Sleep until a reserved slot starts; the slot goes back if the sleep is cut.
         ``waited``: whether the caller already waited in line or for room."""
@@ -321,40 +366,46 @@ class SharedPacer:
                 self._cancel_quietly(key, slot_id)
                 raise
         if not waited and seconds <= 0:
-            return self._granted(key, slot_id, waited=None)
-        return self._granted(key, slot_id, waited=self._now() - asked)
+            return self._granted(key, slot_id, local, waited=None)
+        return self._granted(key, slot_id, local, waited=self._now() - asked)
 
     # -- waiting without blocking (event loops) -----------------------------------------
 
     def line_up(self, key: str) -> Ticket:
         """Join ``key``'s line without blocking; then :meth:`poll` until a slot comes, and
-        :meth:`leave` in every case. Threads and tickets share one line, first come first
-        served (the in-process fallback's while the backend is down)."""
+        :meth:`leave` in every case. Threads and tickets share the lines, first come first
+        served: this process's own first, then the shared one (as :meth:`acquire_unless`)."""
+        local = self._local.line_up(key)
         if not self._shared_now():
-            return self._local.line_up(key)
-        ticket = _Booking(self._now())
-        with self._lock:
-            self._queues.setdefault(key, deque()).append(ticket)
-        return ticket
+            return local
+        return _Booking(local.asked, local)
 
     def poll(self, key: str, ticket: Ticket) -> AnySlot | float:
-        """The slot, once ``ticket`` heads the line and the backend grants one; else the
-        seconds to sleep before polling again. The head asks the backend at most once per
-        answer it got (a reservation, or the earliest moment of room), not at every poll.
+        """The slot, once ``ticket`` holds one of this process's count and the backend grants
+        one; else the seconds to sleep before polling again. The head of the shared line asks
+        the backend at most once per answer it got (a reservation, or the earliest moment of
+        room), not at every poll.
 
         Raises:
             ApiRateLimitedError: ``wait`` has passed since :meth:`line_up` (out of line).
         """
         if not isinstance(ticket, _Booking):
             return self._local.poll(key, ticket)
-        if ticket.local is not None:
-            return self._local.poll(key, ticket.local)
+        if ticket.held is None:
+            got = self._local.poll(key, ticket.local)
+            if isinstance(got, float | int):
+                return float(got)
+            ticket.held = got
+            if not self._shared_now():
+                return self._hand_over(ticket)
+            with self._lock:
+                self._queues.setdefault(key, deque()).append(ticket)
         now = self._now()
         if ticket.slot_id is not None:  # reserved: it starts at its moment
             if now < ticket.starts_at:
                 return ticket.starts_at - now
             slot_id, ticket.slot_id = ticket.slot_id, None
-            return self._granted(key, slot_id, waited=now - ticket.asked)
+            return self._granted(key, slot_id, self._hand_over(ticket), waited=now - ticket.asked)
         deadline = ticket.asked + self.wait
         with self._lock:
             queue = self._queues.setdefault(key, deque())
@@ -370,33 +421,41 @@ class SharedPacer:
             return min(ticket.ask_at, deadline) - now
         slot_id = secrets.token_hex(8)
         answer = self._ask(key, slot_id, deadline - now)
-        if answer is None:  # the backend failed: this process alone, the wait going on
+        if answer is None:  # the backend failed: this process's own count serves
             self._leave_queue(key, ticket)
-            ticket.local = self._local.line_up(key)
-            ticket.local.asked = ticket.asked
-            return self._local.poll(key, ticket.local)
+            return self._hand_over(ticket)
         if answer.granted:
             self._leave_queue(key, ticket)  # the next in line asks while this one sleeps
             if answer.seconds > 0:
                 ticket.slot_id, ticket.starts_at = slot_id, now + answer.seconds
                 return answer.seconds
-            return self._granted(key, slot_id, waited=now - ticket.asked)
+            return self._granted(key, slot_id, self._hand_over(ticket), waited=now - ticket.asked)
         pause = max(MIN_PAUSE, answer.seconds) if answer.seconds > 0 else self._poll
         ticket.ask_at = now + pause
         return min(ticket.ask_at, deadline) - now
 
+    @staticmethod
+    def _hand_over(ticket: _Booking) -> Slot:
+        """The ticket's local slot, now the caller's (``leave`` no longer cancels it)."""
+        held, ticket.held = ticket.held, None
+        assert held is not None
+        ticket.local = Ticket(ticket.asked)  # served: leaving its local line is a no-op
+        return held
+
     def leave(self, key: str, ticket: Ticket) -> None:
-        """Leave ``key``'s line (a no-op once served or given up); a reserved slot not yet
-        started goes back unused."""
+        """Leave ``key``'s lines (a no-op once served or given up); a slot held or reserved
+        for a ticket that leaves before it is served goes back unused."""
         if not isinstance(ticket, _Booking):
             self._local.leave(key, ticket)
             return
-        if ticket.local is not None:
-            self._local.leave(key, ticket.local)
+        self._local.leave(key, ticket.local)
         self._leave_queue(key, ticket)
         if ticket.slot_id is not None:
             slot_id, ticket.slot_id = ticket.slot_id, None
             self._cancel_quietly(key, slot_id)
+        if ticket.held is not None:
+            ticket.held.cancel()
+            ticket.held = None
 
     def _leave_queue(self, key: str, ticket: object) -> None:
         with self._lock:
@@ -409,16 +468,21 @@ class SharedPacer:
             else:
                 del self._queues[key]
 
-    def _granted(self, key: str, slot_id: str, *, waited: float | None) -> SharedSlot:
+    def _granted(self, key: str, slot_id: str, local: Slot, *, waited: float | None) -> SharedSlot:
         now = self._now()
         with self._lock:
             self._held[key] = self._held.get(key, 0) + 1
             self._figures.granted(waited)
-        return SharedSlot(self, key, slot_id, now)
+        return SharedSlot(self, key, slot_id, now, local)
 
     def _finish(self, slot: SharedSlot, *, stamp: bool, wait: float) -> bool:
         if slot.done:  # only ever goes False -> True: read without the lock
             return True
+        # This process's count first (idempotent: a reaper that gives up comes back).
+        if stamp and not slot._local.release(wait):
+            return False
+        if not stamp:
+            slot._local.cancel()
         if not self._lock.acquire(timeout=wait):
             return False
         try:
@@ -568,18 +632,22 @@ class _Figures:
             self.bucket_counts[bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
 
     def throttled(self, key: str) -> None:
-        self.by_token[key] = self.by_token.get(key, 0) + 1
+        self.by_token[key] = self.by_token.pop(key, 0) + 1  # moved to the newest end
+        while len(self.by_token) > KEPT_TOKENS:
+            del self.by_token[next(iter(self.by_token))]
         self.throttled_total += 1
 
     def merged(self, local: dict[str, Any], *, waiting: int, kept: int) -> dict[str, Any]:
-        counts = list(self.bucket_counts)
-        counts[0] += self.paced - self.waited  # granted at once: waited 0 s
+        """Every call takes a slot of this process's own count (``local``) first: its
+        ``calls_paced`` counts them all; waits for the shared slot are added to its waits
+        and histogram (a call that waited in both lines counts twice there)."""
+        counts = list(self.bucket_counts)  # shared waits only: the calls are local's
         buckets, mine = [], 0
         for (bound, count), own in zip(local["wait_histogram"]["buckets"], counts, strict=True):
             mine += own
             buckets.append((bound, count + mine))
         return {
-            "calls_paced": local["calls_paced"] + self.paced,
+            "calls_paced": local["calls_paced"],
             "calls_waited": local["calls_waited"] + self.waited,
             "rate_limited": local["rate_limited"] + self.gave_up,
             "throttled": self.throttled_total,

@@ -153,9 +153,10 @@ def default_http_client(
 
     Args:
         timeout: ``(connect, read)`` seconds.
-        paced: For a manager with ``api_rate_limit``: urllib3 does not resend a 429 or 503
-            inside one call (every attempt must take its own slot);
-            :class:`GenesysHttpClient` retries a 429 itself.
+        paced: For a manager with ``api_rate_limit``: urllib3 resends nothing that may have
+            reached the API inside one call (a 429 or 503, a failed read, a redirect: every
+            attempt must take its own slot; a redirect comes back as it is), only what never
+            left (a refused connection); :class:`GenesysHttpClient` retries a 429 itself.
     """
     client = DefaultHttpClient()
     # The SDK passes no timeout per request; a pool default applies to every connection.
@@ -166,7 +167,7 @@ def default_http_client(
         retries = pool_manager.connection_pool_kw.get("retries")
         if isinstance(retries, urllib3.util.Retry):
             pool_manager.connection_pool_kw["retries"] = retries.new(
-                respect_retry_after_header=False, status_forcelist=None
+                read=0, redirect=False, respect_retry_after_header=False, status_forcelist=None
             )
     return client
 

@@ -22,6 +22,7 @@ this machine waits one window; the file is then rewritten clean.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -276,8 +277,13 @@ class FileSlots:
         data["slots"] = {name: until for name, until in state.slots.items() if until > now}
         blob = json.dumps(data, separators=(",", ":")).encode("ascii")
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, blob, 0)
+            # Written over the old state first, cut to length after: a write torn by a
+            # crash or a full disk leaves bytes that do not parse (read conservatively),
+            # never an empty file (which would read as "no slot taken").
+            written = os.pwrite(fd, blob, 0)
+            if written != len(blob):
+                raise OSError(errno.ENOSPC, "short write")
+            os.ftruncate(fd, len(blob))
         except OSError as exc:
             raise StoreError(f"cannot write slot file {path}: {exc.strerror}") from None
 
