@@ -261,6 +261,19 @@ def _api_host_transport(
     return transport_type(verify=context, proxy=proxy)
 
 
+def _api_auth(
+    manager: TokenManager, replay_401: bool, allowed_origins: Iterable[str]
+) -> GenesysHTTPXAuth:
+    """The auth of an API client: the API origin and ``allowed_origins``; no logging of
+    its own (the client logs a failed call once, after its retries)."""
+    return GenesysHTTPXAuth(
+        manager,
+        replay_401=replay_401,
+        origins=[manager.api_base_url, *allowed_origins],
+        log_failures=False,
+    )
+
+
 def _client_options(
     manager: TokenManager,
     timeout: float | tuple[float, float] | httpx.Timeout | None,
@@ -346,12 +359,7 @@ def api_client(
         ValueError: ``max_retries`` or ``max_retry_after`` is negative.
     """
     retry = ApiRetry(max_retries, backoff_factor, max_retry_after, retry_methods)
-    auth = GenesysHTTPXAuth(
-        manager,
-        replay_401=replay_401,
-        origins=[manager.api_base_url, *allowed_origins],
-        log_failures=False,
-    )
+    auth = _api_auth(manager, replay_401, allowed_origins)
     options = _client_options(manager, timeout, retry, auth, kwargs, httpx.HTTPTransport)
     return ApiClient(**options)
 
@@ -383,11 +391,6 @@ def async_api_client(
         ValueError: ``max_retries`` or ``max_retry_after`` is negative.
     """
     retry = ApiRetry(max_retries, backoff_factor, max_retry_after, retry_methods)
-    auth = GenesysHTTPXAuth(
-        manager,
-        replay_401=replay_401,
-        origins=[manager.api_base_url, *allowed_origins],
-        log_failures=False,
-    )
+    auth = _api_auth(manager, replay_401, allowed_origins)
     options = _client_options(manager, timeout, retry, auth, kwargs, httpx.AsyncHTTPTransport)
     return AsyncApiClient(**options)
