@@ -1,13 +1,18 @@
-"""Shared bits of the async adapter tests (httpx, aiohttp): a bounded runner, a loop
-ticker that shows a blocked loop, an executor that counts its jobs, the give-up timing."""
+"""Shared bits of the async adapter tests (httpx, aiohttp, their off-loop wait): a bounded
+runner, a loop ticker that shows a blocked loop, an executor that counts its jobs, the
+give-up timing, an adapter port that forces the slow path."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from genesys_token.core.port import AdapterPort
+from genesys_token.core.uses import InFlight
 
 #: How slow the token endpoint is made: long enough that a blocked loop would show.
 SLOW_TOKEN = 1.0
@@ -74,3 +79,36 @@ class CountingExecutor(ThreadPoolExecutor):
         """Note ``fn``, then run it in a worker thread."""
         self.submitted.append(fn)
         return super().submit(fn, *args, **kwargs)
+
+
+class HeldPort:
+    """A manager's adapter port whose non-blocking path always declines (not paced either),
+    and whose ``begin_use`` waits for :attr:`release` (set at first): the async adapters'
+    last resort, ``begin_use`` off the loop, made to run, deterministically."""
+
+    def __init__(self, port: AdapterPort) -> None:
+        self._port = port
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.returned = threading.Event()
+        self.replace_rejected = port.replace_rejected
+        self.answered = port.answered
+
+    def try_begin_use(self) -> None:
+        """Decline: no use without waiting."""
+        return None
+
+    def line_up(self) -> None:
+        """Not paced."""
+        return None
+
+    def begin_use(self, timeout: float | None = None) -> InFlight:
+        """Note the call (:attr:`entered`), wait for :attr:`release`, then count a use
+        (:attr:`returned`)."""
+        self.entered.set()
+        if not self.release.wait(5):
+            raise TimeoutError("the test never released begin_use")
+        use = self._port.begin_use(timeout)
+        self.returned.set()
+        return use

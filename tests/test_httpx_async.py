@@ -18,6 +18,7 @@ from async_helpers import (
     SLOW_TOKEN,
     TICK,
     CountingExecutor,
+    HeldPort,
     Ticker,
     run,
     run_and_time_exit,
@@ -243,35 +244,8 @@ class _NoHotPathManager(TokenManager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.release.set()
-        self.returned = threading.Event()
-        self._port = _HeldPort(self, adapter_port(self))
-
-
-class _HeldPort:
-    """The adapter port of a :class:`_NoHotPathManager` (the adapters' way in, hooked)."""
-
-    def __init__(self, owner: _NoHotPathManager, port: AdapterPort) -> None:
-        self._owner = owner
-        self._port = port
-        self.replace_rejected = port.replace_rejected
-        self.answered = port.answered
-
-    def try_begin_use(self) -> None:
-        return None
-
-    def line_up(self) -> None:
-        return None  # not paced
-
-    def begin_use(self, timeout: float | None = None) -> Any:
-        self._owner.entered.set()
-        if not self._owner.release.wait(5):
-            raise TimeoutError("the test never released begin_use")
-        use = self._port.begin_use(timeout)
-        self._owner.returned.set()
-        return use
+        self._port = held = HeldPort(adapter_port(self))
+        self.entered, self.release, self.returned = held.entered, held.release, held.returned
 
 
 @pytest.fixture

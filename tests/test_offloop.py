@@ -9,11 +9,10 @@ import threading
 from typing import Any
 
 import pytest
-from async_helpers import TICK, run
+from async_helpers import TICK, HeldPort, run
 from conftest import MakeManager
 
-from genesys_token import TokenManager, TokenTimeoutError
-from genesys_token.core.port import AdapterPort
+from genesys_token import TokenTimeoutError
 from genesys_token.core.uses import InFlight
 from genesys_token.integrations._offloop import (
     SLICE,
@@ -26,14 +25,10 @@ from genesys_token.manager import adapter_port
 from genesys_token.testing import GenesysEmulator
 
 
-@pytest.fixture
-def manager(make_manager: MakeManager) -> TokenManager:
-    return make_manager()
-
-
 def test_a_use_begun_after_its_caller_left_is_ended_in_the_worker_thread(
-    manager: TokenManager,
+    make_manager: MakeManager,
 ):
+    manager = make_manager()
     port = adapter_port(manager)
     stop = threading.Event()
 
@@ -48,35 +43,12 @@ def test_a_use_begun_after_its_caller_left_is_ended_in_the_worker_thread(
     assert manager.in_flight_count == 0
 
 
-class _DecliningPort:
-    """The manager's adapter port with no non-blocking use (the slow path taken every
-    time) and a ``begin_use`` held until the test releases it."""
-
-    def __init__(self, port: AdapterPort) -> None:
-        self._port = port
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.returned = threading.Event()
-
-    def try_begin_use(self) -> None:
-        return None
-
-    def line_up(self) -> None:
-        return None  # not paced
-
-    def begin_use(self, timeout: float | None = None) -> InFlight:
-        self.entered.set()
-        if not self.release.wait(5):
-            raise TimeoutError("the test never released begin_use")
-        use = self._port.begin_use(timeout)
-        self.returned.set()
-        return use
-
-
 def test_a_use_delivered_after_its_caller_was_cancelled_is_ended_on_the_loop(
-    emulator: GenesysEmulator, manager: TokenManager
+    emulator: GenesysEmulator, make_manager: MakeManager
 ):
-    port = _DecliningPort(adapter_port(manager))
+    manager = make_manager()
+    port = HeldPort(adapter_port(manager))
+    port.release.clear()
     tokens = OffLoopTokens(manager, port)  # type: ignore[arg-type]
     delivered = threading.Event()
 
