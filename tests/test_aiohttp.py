@@ -6,12 +6,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
+from async_helpers import (
+    EXIT_BOUND,
+    GIVE_UP,
+    HANG,
+    MAX_GAP,
+    SLOW_TOKEN,
+    TICK,
+    CountingExecutor,
+    Ticker,
+    run,
+    run_and_time_exit,
+)
 from conftest import MakeManager
 
 from genesys_token import TokenManager
@@ -22,18 +33,6 @@ ORG_PATH = "/api/v2/organizations/me"
 ECHO_PATH = "/api/v2/echo"
 TOKEN_PATH = "/oauth/token"
 TOKENS_ME = "/api/v2/tokens/me"
-#: How slow the token endpoint is made: long enough that a blocked loop would show.
-SLOW_TOKEN = 1.0
-#: The ticker sleeps this long; a gap much larger than it means the loop was blocked.
-TICK = 0.01
-#: A gap the loop may show on a busy CI machine without having been blocked by us.
-MAX_GAP = 0.6
-
-T = TypeVar("T")
-
-
-def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    return asyncio.run(asyncio.wait_for(coro_fn(), 15))
 
 
 def _session(manager: TokenManager, **kwargs: Any) -> aiohttp.ClientSession:
@@ -50,39 +49,6 @@ async def _status(session: aiohttp.ClientSession, method: str, path: str, **kw: 
         return response.status
 
 
-class _Ticker:
-    """Measures the longest pause of the event loop while it runs."""
-
-    def __init__(self) -> None:
-        self.max_gap = 0.0
-        self.ticks = 0
-        self._stop = asyncio.Event()
-
-    async def run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.is_set():
-            await asyncio.sleep(TICK)
-            now = time.monotonic()
-            self.max_gap = max(self.max_gap, now - last)
-            self.ticks += 1
-            last = now
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-class _CountingExecutor(ThreadPoolExecutor):
-    """The loop's default executor, counting the calls sent to worker threads."""
-
-    def __init__(self) -> None:
-        super().__init__(4)
-        self.submitted: list[object] = []
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        self.submitted.append(fn)
-        return super().submit(fn, *args, **kwargs)
-
-
 @pytest.fixture
 def manager(make_manager: MakeManager) -> TokenManager:
     return make_manager()
@@ -91,14 +57,14 @@ def manager(make_manager: MakeManager) -> TokenManager:
 def test_50_calls_on_a_cold_manager_carry_one_token(
     emulator: GenesysEmulator, manager: TokenManager
 ):
-    executor = _CountingExecutor()
+    executor = CountingExecutor()
 
     async def main() -> list[int]:
         asyncio.get_running_loop().set_default_executor(executor)
         async with _session(manager) as session:
             return await asyncio.gather(*(_status(session, "GET", ORG_PATH) for _ in range(50)))
 
-    assert _run(main) == [200] * 50
+    assert run(main) == [200] * 50
     assert len(executor.submitted) == 1  # one worker-thread wait, shared by the 50
     assert emulator.token_requests == 1
     assert {r.token_used for r in emulator.api_request_log} == {manager.token.access_token}
@@ -113,7 +79,7 @@ def test_no_token_to_another_origin(emulator: GenesysEmulator, manager: TokenMan
             async with _session(manager) as session, session.get(other.url + "/headers") as r:
                 return await r.json()  # type: ignore[no-any-return]
 
-        seen = _run(main)
+        seen = run(main)
     assert "Authorization" not in seen
     assert manager.in_flight_count == 0
 
@@ -122,7 +88,7 @@ def test_loop_never_stalls_while_the_token_request_is_slow(
     emulator: GenesysEmulator, manager: TokenManager
 ):
     emulator.inject(Fault(delay=SLOW_TOKEN, passthrough=True), path=TOKEN_PATH)
-    ticker = _Ticker()
+    ticker = Ticker()
 
     async def main() -> float:
         tick = asyncio.create_task(ticker.run())
@@ -135,7 +101,7 @@ def test_loop_never_stalls_while_the_token_request_is_slow(
         assert statuses == [200] * 5
         return elapsed
 
-    elapsed = _run(main)
+    elapsed = run(main)
     assert elapsed >= SLOW_TOKEN * 0.9  # the calls did wait for the slow token request...
     assert ticker.max_gap < MAX_GAP  # ...while the loop went on ticking
     assert ticker.ticks >= SLOW_TOKEN / TICK / 4
@@ -151,7 +117,7 @@ def test_401_replays_once_with_a_new_token(emulator: GenesysEmulator, manager: T
             calls = (_status(session, "POST", ECHO_PATH, data=b"abc") for _ in range(5))
             return await asyncio.gather(*calls)
 
-    assert _run(main) == [200] * 5
+    assert run(main) == [200] * 5
     assert emulator.token_requests == 2  # one replacement shared by the five
     assert manager.get_token() != first
     assert manager.metrics()["replays_401"] == 5
@@ -168,7 +134,7 @@ def test_401_returned_when_no_new_token_can_be_had(
         async with _session(manager) as session:
             return await _status(session, "GET", ORG_PATH)
 
-    assert _run(main) == 401
+    assert run(main) == 401
     assert emulator.api_requests == 1
     assert manager.in_flight_count == 0
 
@@ -180,7 +146,7 @@ def test_401_untouched_without_replay(emulator: GenesysEmulator, manager: TokenM
         async with _session(manager, replay_401=False) as session:
             return await _status(session, "GET", ORG_PATH)
 
-    assert _run(main) == 401
+    assert run(main) == 401
     assert emulator.token_requests == 1
 
 
@@ -196,7 +162,7 @@ def test_count_ends_when_the_call_raises(manager: TokenManager, closed_port: int
                 await _status(session, "GET", dead + ORG_PATH)
             assert manager.in_flight_count == 0
 
-    _run(main)
+    run(main)
 
 
 def test_a_call_in_flight_is_counted_until_it_ends(
@@ -214,7 +180,7 @@ def test_a_call_in_flight_is_counted_until_it_ends(
             await call
             return [during, manager.in_flight_count]
 
-    assert _run(main) == [1, 0]
+    assert run(main) == [1, 0]
 
 
 def test_cancelled_while_waiting_for_a_token_leaks_no_use(
@@ -240,7 +206,7 @@ def test_cancelled_while_waiting_for_a_token_leaks_no_use(
                 if manager.in_flight_count == 0:
                     break
 
-    _run(main)
+    run(main)
     assert done.is_set()
     assert manager.in_flight_count == 0
     assert emulator.api_requests == 0
@@ -273,7 +239,7 @@ def test_rotation_waits_for_an_aiohttp_call(emulator: GenesysEmulator, manager: 
             await asyncio.to_thread(thread.join, 5)
         return status, drained_early
 
-    status, drained_early = _run(main)
+    status, drained_early = run(main)
     assert status == 200  # the old token lived until its call ended
     assert not drained_early  # the rotation waited for the call in flight
     assert rotated.is_set()
@@ -290,18 +256,10 @@ def test_unreplayable_body_is_not_sent_twice(emulator: GenesysEmulator, manager:
         async with _session(manager) as session:
             return await _status(session, "POST", ECHO_PATH, data=body())
 
-    assert _run(main) == 401
+    assert run(main) == 401
     assert emulator.api_requests == 1
     assert emulator.token_requests == 2  # replaced for the next call all the same
     assert manager.in_flight_count == 0
-
-
-#: How long the token endpoint stalls: far beyond the caller's bound and EXIT_BOUND.
-HANG = 5.0
-#: The callers' own bound (``asyncio.wait_for``).
-GIVE_UP = 0.4
-#: How soon after its callers gave up ``asyncio.run()`` must return.
-EXIT_BOUND = 1.0
 
 
 def test_giving_up_on_a_token_leaves_no_executor_work_behind(
@@ -318,8 +276,7 @@ def test_giving_up_on_a_token_leaves_no_executor_work_behind(
             return time.monotonic()
 
     # asyncio.run() ends by waiting for the worker threads of its default executor.
-    gave_up = asyncio.run(main())
-    exit_delay = time.monotonic() - gave_up
+    exit_delay = run_and_time_exit(main)
     assert emulator.token_requests == 1  # the wait did reach the token endpoint
     assert exit_delay < EXIT_BOUND, f"asyncio.run() returned {exit_delay:.2f}s after giving up"
     assert manager.in_flight_count == 0

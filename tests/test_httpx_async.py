@@ -5,12 +5,24 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from async_helpers import (
+    EXIT_BOUND,
+    GIVE_UP,
+    HANG,
+    MAX_GAP,
+    SLOW_TOKEN,
+    TICK,
+    CountingExecutor,
+    HeldPort,
+    Ticker,
+    run,
+    run_and_time_exit,
+)
 from conftest import FakeClock, MakeManager
 
 from genesys_token import TokenManager
@@ -23,56 +35,11 @@ ORG_PATH = "/api/v2/organizations/me"
 ECHO_PATH = "/api/v2/echo"
 TOKEN_PATH = "/oauth/token"
 TOKENS_ME = "/api/v2/tokens/me"
-#: How slow the token endpoint is made: long enough that a blocked loop would show.
-SLOW_TOKEN = 1.0
-#: The ticker sleeps this long; a gap much larger than it means the loop was blocked.
-TICK = 0.01
-#: A gap the loop may show on a busy CI machine without having been blocked by us.
-MAX_GAP = 0.6
-
-T = TypeVar("T")
-
-
-def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    return asyncio.run(asyncio.wait_for(coro_fn(), 15))
 
 
 def _client(manager: TokenManager, **kwargs: Any) -> httpx.AsyncClient:
     auth = GenesysHTTPXAuth(manager, **kwargs)
     return httpx.AsyncClient(base_url=manager.api_base_url, auth=auth, timeout=10)
-
-
-class _Ticker:
-    """Measures the longest pause of the event loop while it runs."""
-
-    def __init__(self) -> None:
-        self.max_gap = 0.0
-        self.ticks = 0
-        self._stop = asyncio.Event()
-
-    async def run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.is_set():
-            await asyncio.sleep(TICK)
-            now = time.monotonic()
-            self.max_gap = max(self.max_gap, now - last)
-            self.ticks += 1
-            last = now
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-class _CountingExecutor(ThreadPoolExecutor):
-    """The loop's default executor, counting the calls sent to worker threads."""
-
-    def __init__(self) -> None:
-        super().__init__(4)
-        self.submitted: list[object] = []
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        self.submitted.append(fn)
-        return super().submit(fn, *args, **kwargs)
 
 
 @pytest.fixture
@@ -83,7 +50,7 @@ def manager(make_manager: MakeManager) -> TokenManager:
 def test_50_concurrent_calls_on_a_cold_manager_make_one_token_request(
     emulator: GenesysEmulator, manager: TokenManager
 ):
-    executor = _CountingExecutor()
+    executor = CountingExecutor()
 
     async def main() -> list[int]:
         asyncio.get_running_loop().set_default_executor(executor)
@@ -91,7 +58,7 @@ def test_50_concurrent_calls_on_a_cold_manager_make_one_token_request(
             responses = await asyncio.gather(*(client.get(ORG_PATH) for _ in range(50)))
         return [r.status_code for r in responses]
 
-    assert _run(main) == [200] * 50
+    assert run(main) == [200] * 50
     assert emulator.token_requests == 1
     assert len(executor.submitted) == 1  # one worker-thread call, awaited by all 50
     assert {r.token_used for r in emulator.api_request_log} == {manager.token.access_token}
@@ -102,7 +69,7 @@ def test_loop_never_stalls_while_the_token_request_is_slow(
     emulator: GenesysEmulator, manager: TokenManager
 ):
     emulator.inject(Fault(delay=SLOW_TOKEN, passthrough=True), path=TOKEN_PATH)
-    ticker = _Ticker()
+    ticker = Ticker()
 
     async def main() -> float:
         tick = asyncio.create_task(ticker.run())
@@ -115,7 +82,7 @@ def test_loop_never_stalls_while_the_token_request_is_slow(
         assert [r.status_code for r in responses] == [200] * 20
         return elapsed
 
-    elapsed = _run(main)
+    elapsed = run(main)
     assert elapsed >= SLOW_TOKEN * 0.9  # the calls did wait for the slow token request...
     assert ticker.max_gap < MAX_GAP  # ...while the loop went on ticking
     assert ticker.ticks >= SLOW_TOKEN / TICK / 4
@@ -124,7 +91,7 @@ def test_loop_never_stalls_while_the_token_request_is_slow(
 
 def test_hot_path_stays_on_the_loop(emulator: GenesysEmulator, manager: TokenManager):
     manager.get_token()
-    executor = _CountingExecutor()
+    executor = CountingExecutor()
 
     async def main() -> None:
         asyncio.get_running_loop().set_default_executor(executor)
@@ -132,7 +99,7 @@ def test_hot_path_stays_on_the_loop(emulator: GenesysEmulator, manager: TokenMan
             for _ in range(20):
                 assert (await client.get(ORG_PATH)).status_code == 200
 
-    _run(main)
+    run(main)
     assert executor.submitted == []  # no worker thread: counted and authorized inline
     assert emulator.token_requests == 1
 
@@ -147,7 +114,7 @@ def test_concurrent_401s_share_one_replacement(emulator: GenesysEmulator, manage
             responses = await asyncio.gather(*calls)
         return [r.status_code for r in responses]
 
-    assert _run(main) == [200] * 20
+    assert run(main) == [200] * 20
     assert emulator.token_requests == 2
     assert manager.get_token() != first
     assert manager.in_flight_count == 0
@@ -163,7 +130,7 @@ def test_401_returned_when_no_new_token_can_be_had(
         async with _client(manager) as client:
             return (await client.get(ORG_PATH)).status_code
 
-    assert _run(main) == 401
+    assert run(main) == 401
     assert emulator.api_requests == 1
 
 
@@ -177,7 +144,7 @@ def test_unreplayable_body_is_not_sent_twice(emulator: GenesysEmulator, manager:
         async with _client(manager) as client:
             return (await client.post(ECHO_PATH, content=body())).status_code
 
-    assert _run(main) == 401
+    assert run(main) == 401
     assert emulator.api_requests == 1
     assert emulator.token_requests == 2  # replaced for the next call all the same
 
@@ -191,7 +158,7 @@ def test_count_ends_when_the_call_raises(emulator: GenesysEmulator, manager: Tok
                 await client.get(ORG_PATH)
             assert manager.in_flight_count == 0
 
-    _run(main)
+    run(main)
 
 
 def test_a_cancelled_caller_leaves_the_fetch_to_the_others(
@@ -209,7 +176,7 @@ def test_a_cancelled_caller_leaves_the_fetch_to_the_others(
         assert isinstance(done[0], asyncio.CancelledError)
         return [r.status_code for r in done[1:] if isinstance(r, httpx.Response)]
 
-    assert _run(main) == [200] * 4
+    assert run(main) == [200] * 4
     assert emulator.token_requests == 1
     assert manager.in_flight_count == 0
 
@@ -222,7 +189,7 @@ def test_token_errors_reach_every_waiting_caller(emulator: GenesysEmulator, make
             calls = (client.get(ORG_PATH) for _ in range(5))
             return await asyncio.gather(*calls, return_exceptions=True)
 
-    errors = _run(main)
+    errors = run(main)
     assert {type(e).__name__ for e in errors} == {"InvalidClientError"}
     assert emulator.token_requests == 1
     assert emulator.api_requests == 0
@@ -233,7 +200,7 @@ def test_rotation_drains_async_calls_and_the_loop_keeps_ticking(
 ):
     old = manager.get_token()
     emulator.inject(Fault(delay=SLOW_TOKEN, passthrough=True), path=ORG_PATH)
-    ticker = _Ticker()
+    ticker = Ticker()
     rotated = threading.Event()
     started = threading.Event()
     # Make-before-break: the new token is in place once the rotation's fetch succeeded.
@@ -262,7 +229,7 @@ def test_rotation_drains_async_calls_and_the_loop_keeps_ticking(
         await tick
         return [first.status_code, during.status_code]
 
-    assert _run(main) == [200, 200]  # the old token lived until its call ended
+    assert run(main) == [200, 200]  # the old token lived until its call ended
     assert rotated.is_set()
     assert old in emulator.revoked_tokens
     during = [r for r in emulator.api_request_log if (r.method, r.path) == ("GET", TOKENS_ME)]
@@ -277,35 +244,8 @@ class _NoHotPathManager(TokenManager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.release.set()
-        self.returned = threading.Event()
-        self._port = _HeldPort(self, adapter_port(self))
-
-
-class _HeldPort:
-    """The adapter port of a :class:`_NoHotPathManager` (the adapters' way in, hooked)."""
-
-    def __init__(self, owner: _NoHotPathManager, port: AdapterPort) -> None:
-        self._owner = owner
-        self._port = port
-        self.replace_rejected = port.replace_rejected
-        self.answered = port.answered
-
-    def try_begin_use(self) -> None:
-        return None
-
-    def line_up(self) -> None:
-        return None  # not paced
-
-    def begin_use(self, timeout: float | None = None) -> Any:
-        self._owner.entered.set()
-        if not self._owner.release.wait(5):
-            raise TimeoutError("the test never released begin_use")
-        use = self._port.begin_use(timeout)
-        self._owner.returned.set()
-        return use
+        self._port = held = HeldPort(adapter_port(self))
+        self.entered, self.release, self.returned = held.entered, held.release, held.returned
 
 
 @pytest.fixture
@@ -328,7 +268,7 @@ def test_begin_use_runs_off_the_loop_when_the_hot_path_declines(
             responses = await asyncio.gather(*(client.get(ORG_PATH) for _ in range(3)))
         return [r.status_code for r in responses]
 
-    assert _run(main) == [200] * 3
+    assert run(main) == [200] * 3
     assert emulator.token_requests == 1
     assert declining_manager.in_flight_count == 0
 
@@ -354,7 +294,7 @@ def test_a_use_begun_for_a_cancelled_caller_is_ended(
                 if declining_manager.in_flight_count == 0:
                     break
 
-    _run(main)
+    run(main)
     assert declining_manager.returned.is_set()  # begin_use did count a use...
     assert declining_manager.in_flight_count == 0  # ...which was ended for the cancelled caller
     assert emulator.api_requests == 0
@@ -367,28 +307,13 @@ def test_no_token_to_another_origin(emulator: GenesysEmulator, manager: TokenMan
             async with _client(manager) as client:
                 return (await client.get(other.url + "/headers")).json()
 
-        seen = _run(main)
+        seen = run(main)
     assert "Authorization" not in seen
     assert emulator.token_requests == 0
     assert manager.in_flight_count == 0
 
 
 # -- giving up: nothing of the call outlives the caller's own bound ------------------------
-
-#: How long the token endpoint stalls: far beyond the callers' bound and EXIT_BOUND.
-HANG = 5.0
-#: The callers' own bound (``asyncio.wait_for``).
-GIVE_UP = 0.4
-#: How soon after its last task gave up ``asyncio.run()`` must return.
-EXIT_BOUND = 1.0
-
-
-def _run_and_time_exit(main: Callable[[], Coroutine[Any, Any, float]]) -> float:
-    """Seconds from the moment ``main`` gave up (the time it returns) to ``asyncio.run()``
-    returning (closing the client, then the loop's shutdown, which waits for the worker
-    threads of its default executor)."""
-    gave_up = asyncio.run(main())
-    return time.monotonic() - gave_up
 
 
 def test_giving_up_on_a_token_leaves_no_executor_work_behind(
@@ -404,7 +329,7 @@ def test_giving_up_on_a_token_leaves_no_executor_work_behind(
                 await asyncio.wait_for(calls, GIVE_UP)  # every waiter of the shared call
             return time.monotonic()
 
-    exit_delay = _run_and_time_exit(main)
+    exit_delay = run_and_time_exit(main)
     assert emulator.token_requests == 1  # the slow path did wait on the token endpoint
     assert exit_delay < EXIT_BOUND, f"asyncio.run() returned {exit_delay:.2f}s after giving up"
     assert manager.in_flight_count == 0
@@ -422,7 +347,7 @@ def test_a_caller_after_a_give_up_gets_the_same_fetch(
                 await asyncio.wait_for(client.get(ORG_PATH), GIVE_UP)
             return (await client.get(ORG_PATH)).status_code
 
-    assert _run(main) == 200
+    assert run(main) == 200
     assert emulator.token_requests == 1  # giving up did not cancel the manager's fetch
     assert manager.in_flight_count == 0
 
@@ -481,7 +406,7 @@ def test_giving_up_on_begin_use_off_the_loop_leaves_no_executor_work_behind(
                     await asyncio.wait_for(client.get(ORG_PATH), GIVE_UP)
                 return time.monotonic()
 
-        exit_delay = _run_and_time_exit(main)
+        exit_delay = run_and_time_exit(main)
         assert emulator.token_requests == 2  # begin_use did wait on a new token
         assert exit_delay < EXIT_BOUND, f"asyncio.run() returned {exit_delay:.2f}s after"
         assert manager.in_flight_count == 0

@@ -16,13 +16,9 @@ One middleware serves any number of sessions and event loops.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-import time
-import weakref
-from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import TYPE_CHECKING, TypeVar, cast
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 try:
     from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
@@ -32,11 +28,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'genesys-token[aiohttp]'"
     ) from exc
 
-from ..errors import GenesysTokenError, TokenTimeoutError
+from ..errors import GenesysTokenError
 from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..http.origins import origin_of
 from ..manager import adapter_port
-from ._async_pacing import paced_use
+from ._offloop import OffLoopTokens
 
 if TYPE_CHECKING:
     from aiohttp import ClientMiddlewareType
@@ -50,10 +46,6 @@ __all__ = ["genesys_middleware"]
 log = logging.getLogger("genesys_token.integrations.aiohttp")
 
 _BEARER = "Bearer "
-#: How long a worker thread waits on the manager at a time before it checks whether its
-#: coroutine still awaits it: a cancelled caller frees its thread within this long.
-_SLICE = 0.1
-_T = TypeVar("_T")
 
 
 def genesys_middleware(
@@ -95,27 +87,12 @@ def genesys_middleware(
     port = adapter_port(manager)
     urls = [manager.api_base_url] if origins is None else list(origins)
     allowed = frozenset(origin_of(url) for url in urls)
-    shared = _SharedWaits()
-
-    async def begin_use_off_loop() -> InFlight:
-        """The slow path: one worker-thread wait per loop for its coroutines, then the use
-        is counted inline; if the token was swapped that instant, counted in a thread."""
-        paced = manager.settings.api_rate_limit is not None
-        while True:
-            await shared.run("token", lambda stop: _in_slices(manager.get_token, stop))
-            use = port.try_begin_use() or await paced_use(port)
-            if use is not None:
-                return use
-            if not paced:
-                break
-            # Paced: never a thread per waiting coroutine (its sliced waits would also
-            # bound the slot wait); the token became unusable again: get one again.
-        return await _off_loop(lambda stop: _begin_in_slices(port, stop), _end_use)
+    tokens = OffLoopTokens(manager, port)
 
     async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if origin_of(str(request.url)) not in allowed:
             return await handler(request)
-        use = port.try_begin_use() or await paced_use(port) or await begin_use_off_loop()
+        use = await tokens.begin_use()
         try:
             response = await _send(request, handler, use)
             port.answered(use.token, response.status, response.headers.get("Retry-After"))
@@ -124,17 +101,14 @@ def genesys_middleware(
         if response.status != 401 or not replay_401:
             _log_if_failed(request, response)
             return response
-        return await _replace_and_replay(
-            port, shared, begin_use_off_loop, request, handler, response, use.token
-        )
+        return await _replace_and_replay(port, tokens, request, handler, response, use.token)
 
     return middleware
 
 
 async def _replace_and_replay(
     port: AdapterPort,
-    shared: _SharedWaits,
-    begin_use_off_loop: Callable[[], Awaitable[InFlight]],
+    tokens: OffLoopTokens,
     request: ClientRequest,
     handler: ClientHandlerType,
     response: ClientResponse,
@@ -143,10 +117,7 @@ async def _replace_and_replay(
     """After a 401: replace ``rejected`` (off the loop) and send ``request`` once more."""
     try:
         # Replaced even when the call cannot be replayed, so the next call works.
-        await shared.run(
-            ("replace", rejected),
-            lambda stop: _in_slices(lambda t: port.replace_rejected(rejected, timeout=t), stop),
-        )
+        await tokens.replace_rejected(rejected)
     except GenesysTokenError as exc:
         log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
         _log_if_failed(request, response)
@@ -157,7 +128,7 @@ async def _replace_and_replay(
         return response
     response.release()
     port.note_replay()
-    replay = port.try_begin_use() or await paced_use(port) or await begin_use_off_loop()
+    replay = await tokens.begin_use()
     try:
         replayed = await _send(request, handler, replay)
         port.answered(replay.token, replayed.status, replayed.headers.get("Retry-After"))
@@ -187,110 +158,3 @@ def _log_if_failed(request: ClientRequest, response: ClientResponse) -> None:
         response.status,
         response.headers.get(CORRELATION_HEADER),
     )
-
-
-class _Abandoned(Exception):
-    """The coroutine that awaited a worker-thread call stopped waiting."""
-
-
-def _in_slices(wait: Callable[[float], _T], stop: threading.Event) -> _T:
-    """``wait(_SLICE)`` until it returns or raises anything but its own timeout, or until
-    ``stop`` is set (then :class:`_Abandoned`). Each slice joins the manager's one
-    acquisition; only this thread's wait is cut short."""
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            return wait(_SLICE)
-        except TokenTimeoutError:
-            if time.monotonic() - started < _SLICE / 2:
-                raise  # not this slice running out: the error of a failed acquisition
-    raise _Abandoned
-
-
-def _begin_in_slices(port: AdapterPort, stop: threading.Event) -> InFlight:
-    """:func:`_in_slices` for ``begin_use``: a use begun after its caller left is ended."""
-    use = _in_slices(port.begin_use, stop)
-    if stop.is_set():
-        use.end()
-        raise _Abandoned
-    return use
-
-
-async def _off_loop(
-    call: Callable[[threading.Event], _T],
-    undo: Callable[[_T], None] | None = None,
-) -> _T:
-    """Run ``call(stop)`` in the loop's default executor. When the caller is cancelled,
-    ``stop`` is set and a result that arrives all the same is handed to ``undo``."""
-    stop = threading.Event()
-    future = asyncio.get_running_loop().run_in_executor(None, call, stop)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        stop.set()
-        future.add_done_callback(lambda done: _settle(done, undo))
-        raise
-
-
-def _settle(done: asyncio.Future[_T], undo: Callable[[_T], None] | None) -> None:
-    if done.cancelled():
-        return
-    if done.exception() is None and undo is not None:  # retrieves the exception, if any
-        undo(done.result())
-
-
-def _end_use(use: InFlight) -> None:
-    use.end()
-
-
-class _Shared:
-    """One worker-thread wait, the number of coroutines awaiting it, and its ``stop``."""
-
-    __slots__ = ("future", "stop", "waiters")
-
-    def __init__(self, future: asyncio.Future[object], stop: threading.Event) -> None:
-        self.future = future
-        self.stop = stop
-        self.waiters = 0
-
-
-class _SharedWaits:
-    """One worker-thread wait per key and event loop, awaited by all its coroutines (so a
-    cold start of many coroutines holds one executor thread, not one each).
-
-    Only a loop's own thread touches its table; the lock guards the table of tables. A
-    cancelled coroutine leaves the wait to the others (``shield``); when the last one
-    leaves, the wait is told to stop and forgotten, so a later coroutine starts a new one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loops: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[Hashable, _Shared]
-        ] = weakref.WeakKeyDictionary()
-
-    async def run(self, key: Hashable, call: Callable[[threading.Event], _T]) -> _T:
-        """Await ``call(stop)`` in a worker thread, joining one already running for ``key``."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            calls = self._loops.setdefault(loop, {})
-        shared = calls.get(key)
-        if shared is None:
-            stop = threading.Event()
-            started = calls[key] = _Shared(loop.run_in_executor(None, call, stop), stop)
-            started.future.add_done_callback(lambda done: _settle(done, None))
-            started.future.add_done_callback(lambda _done: _forget(calls, key, started))
-            shared = started
-        shared.waiters += 1
-        try:
-            return cast(_T, await asyncio.shield(shared.future))
-        finally:
-            shared.waiters -= 1
-            if shared.waiters == 0 and not shared.future.done():
-                shared.stop.set()  # every waiter gave up: the worker thread stops waiting
-                _forget(calls, key, shared)
-
-
-def _forget(calls: dict[Hashable, _Shared], key: Hashable, shared: _Shared) -> None:
-    if calls.get(key) is shared:
-        del calls[key]

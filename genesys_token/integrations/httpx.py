@@ -24,22 +24,11 @@ One auth object serves both kinds of client, any number of threads and event loo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
-import threading
-import time
-import weakref
-from collections.abc import (
-    AsyncGenerator,
-    Callable,
-    Collection,
-    Generator,
-    Hashable,
-    Iterable,
-)
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 try:
     import httpx
@@ -48,11 +37,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "genesys_token.integrations.httpx needs httpx: pip install 'genesys-token[httpx]'"
     ) from exc
 
-from ..errors import GenesysTokenError, TokenTimeoutError
+from ..errors import GenesysTokenError
 from ..http.connections import is_loopback_url
 from ..http.failures import CORRELATION_HEADER, log_failed_call
 from ..manager import adapter_port
-from ._async_pacing import paced_use
+from ._offloop import OffLoopTokens
 from .httpx_clients import ApiClient, ApiRetry, AsyncApiClient
 from .requests_session import (
     DEFAULT_BACKOFF_FACTOR,
@@ -70,10 +59,6 @@ __all__ = ["ApiClient", "AsyncApiClient", "GenesysHTTPXAuth", "api_client", "asy
 log = logging.getLogger("genesys_token.integrations.httpx")
 
 _BEARER = "Bearer "
-#: How long a worker thread waits on the manager at a time before it checks whether any
-#: coroutine still awaits it: once the last one gave up, the thread is free within this long.
-_SLICE = 0.1
-_T = TypeVar("_T")
 _Origin = tuple[str, str, int | None]
 
 
@@ -134,7 +119,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         self._replay_401 = replay_401
         urls = [manager.api_base_url] if origins is None else list(origins)
         self._origins = frozenset(_origin(httpx.URL(url)) for url in urls)
-        self._shared = _SharedCalls()
+        self._tokens = OffLoopTokens(manager, self._port)
 
     # -- sync --------------------------------------------------------------------------
 
@@ -177,11 +162,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         if _origin(request.url) not in self._origins:
             yield request
             return
-        use = (
-            self._port.try_begin_use()
-            or await paced_use(self._port)
-            or await self._begin_use_async()
-        )
+        use = await self._tokens.begin_use()
         try:
             response = yield _authorize(request, use)
             self._answered(use, response)
@@ -190,14 +171,9 @@ class GenesysHTTPXAuth(httpx.Auth):
         if not self._rejected_here(request, response):
             self._log(response)
             return
-        rejected = use.token
         try:
-            await self._shared.run(
-                ("replace", rejected),
-                lambda stop: _in_slices(
-                    lambda t: self._port.replace_rejected(rejected, timeout=t), stop
-                ),
-            )
+            # Replaced even when the call cannot be replayed, so the next call works.
+            await self._tokens.replace_rejected(use.token)
         except GenesysTokenError as exc:
             log.debug("401 not replayed: no new token (%s)", type(exc).__name__)
             self._log(response)
@@ -205,34 +181,13 @@ class GenesysHTTPXAuth(httpx.Auth):
         if not _replayable(request, response):
             self._log(response)
             return
-        replay = (
-            self._port.try_begin_use()
-            or await paced_use(self._port)
-            or await self._begin_use_async()
-        )
+        replay = await self._tokens.begin_use()
         try:
             replayed = yield _authorize(request, replay)
             self._answered(replay, replayed)
         finally:
             replay.end()
         self._log(replayed)
-
-    async def _begin_use_async(self) -> InFlight:
-        """The slow path: a token is fetched off the loop, once for all its coroutines."""
-        paced = self._manager.settings.api_rate_limit is not None
-        while True:
-            await self._shared.run("token", lambda stop: _in_slices(self._manager.get_token, stop))
-            use = self._port.try_begin_use() or await paced_use(self._port)
-            if use is not None:
-                return use
-            if not paced:
-                break
-            # Paced: never a thread per waiting coroutine (its sliced waits would also
-            # bound the slot wait); the token became unusable again: get one again.
-        # Usable a moment ago but not now (a refresh or a rotation swapped it this instant,
-        # or it is in its last moments): the blocking call, off the loop, for this
-        # coroutine alone.
-        return await _owned_in_thread(lambda stop: _begin_in_slices(self._port.begin_use, stop))
 
     # -- shared ------------------------------------------------------------------------
 
@@ -278,115 +233,6 @@ def _authorize(request: httpx.Request, use: InFlight) -> httpx.Request:
     return request
 
 
-class _Abandoned(Exception):
-    """No coroutine awaits a worker-thread call any more: it stopped waiting."""
-
-
-def _in_slices(wait: Callable[[float], _T], stop: threading.Event) -> _T:
-    """``wait(timeout=_SLICE)`` until it returns or raises anything but its own timeout, or
-    until ``stop`` is set (then :class:`_Abandoned`).
-
-    Each slice joins the manager's one acquisition (the manager's own thread runs it); only
-    this thread's wait is cut short.
-    """
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            return wait(_SLICE)
-        except TokenTimeoutError:
-            if time.monotonic() - started < _SLICE / 2:
-                raise  # not this slice running out: the error of a failed acquisition
-    raise _Abandoned
-
-
-def _begin_in_slices(begin: Callable[[float], InFlight], stop: threading.Event) -> InFlight:
-    """:func:`_in_slices` for ``begin_use``: a use begun after its caller left is ended."""
-    use = _in_slices(begin, stop)
-    if stop.is_set():
-        use.end()
-        raise _Abandoned
-    return use
-
-
-async def _owned_in_thread(begin: Callable[[threading.Event], InFlight]) -> InFlight:
-    """Run ``begin(stop)`` in a worker thread for this coroutine alone; when it is cancelled,
-    ``stop`` is set, and a use returned all the same is ended."""
-    stop = threading.Event()
-    future = asyncio.get_running_loop().run_in_executor(None, begin, stop)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        stop.set()
-        future.add_done_callback(_end_abandoned_use)
-        raise
-
-
-def _end_abandoned_use(future: asyncio.Future[InFlight]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().end()
-
-
-class _Shared:
-    """One worker-thread call, the coroutines awaiting it, and its ``stop``."""
-
-    __slots__ = ("future", "stop", "waiters")
-
-    def __init__(self, future: asyncio.Future[object], stop: threading.Event) -> None:
-        self.future = future
-        self.stop = stop
-        self.waiters = 0
-
-
-class _SharedCalls:
-    """One worker-thread call per key and event loop, awaited by all its coroutines.
-
-    Only the loop's own thread touches its table; the lock guards the table of tables, which
-    loops in other threads share. A coroutine that is cancelled leaves the call running for
-    the others (``shield``); when the last one leaves, the call is told to stop (its
-    ``stop`` event) and forgotten, so a later coroutine starts a new one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loops: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[Hashable, _Shared]
-        ] = weakref.WeakKeyDictionary()
-
-    async def run(self, key: Hashable, call: Callable[[threading.Event], _T]) -> _T:
-        """Await ``call(stop)`` run in a worker thread, joining one already running for
-        ``key``; ``stop`` is set once no coroutine awaits it any more."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            calls = self._loops.get(loop)
-            if calls is None:
-                calls = self._loops[loop] = {}
-        shared = calls.get(key)
-        if shared is None:
-            stop = threading.Event()
-            started = calls[key] = _Shared(loop.run_in_executor(None, call, stop), stop)
-            started.future.add_done_callback(_retrieve)
-            started.future.add_done_callback(lambda _done: _forget(calls, key, started))
-            shared = started
-        shared.waiters += 1
-        try:
-            return cast(_T, await asyncio.shield(shared.future))
-        finally:
-            shared.waiters -= 1
-            if shared.waiters == 0 and not shared.future.done():
-                shared.stop.set()  # every waiter gave up: the worker thread stops waiting
-                _forget(calls, key, shared)
-
-
-def _forget(calls: dict[Hashable, _Shared], key: Hashable, shared: _Shared) -> None:
-    if calls.get(key) is shared:
-        del calls[key]
-
-
-def _retrieve(done: asyncio.Future[object]) -> None:
-    if not done.cancelled():
-        done.exception()  # retrieved: no "never retrieved" warning if every waiter left
-
-
 # -- API clients -------------------------------------------------------------------------------
 
 
@@ -413,6 +259,19 @@ def _api_host_transport(
     else:
         context = httpx.create_ssl_context(verify=verify, cert=settings.cert)
     return transport_type(verify=context, proxy=proxy)
+
+
+def _api_auth(
+    manager: TokenManager, replay_401: bool, allowed_origins: Iterable[str]
+) -> GenesysHTTPXAuth:
+    """The auth of an API client: the API origin and ``allowed_origins``; no logging of
+    its own (the client logs a failed call once, after its retries)."""
+    return GenesysHTTPXAuth(
+        manager,
+        replay_401=replay_401,
+        origins=[manager.api_base_url, *allowed_origins],
+        log_failures=False,
+    )
 
 
 def _client_options(
@@ -500,12 +359,7 @@ def api_client(
         ValueError: ``max_retries`` or ``max_retry_after`` is negative.
     """
     retry = ApiRetry(max_retries, backoff_factor, max_retry_after, retry_methods)
-    auth = GenesysHTTPXAuth(
-        manager,
-        replay_401=replay_401,
-        origins=[manager.api_base_url, *allowed_origins],
-        log_failures=False,
-    )
+    auth = _api_auth(manager, replay_401, allowed_origins)
     options = _client_options(manager, timeout, retry, auth, kwargs, httpx.HTTPTransport)
     return ApiClient(**options)
 
@@ -537,11 +391,6 @@ def async_api_client(
         ValueError: ``max_retries`` or ``max_retry_after`` is negative.
     """
     retry = ApiRetry(max_retries, backoff_factor, max_retry_after, retry_methods)
-    auth = GenesysHTTPXAuth(
-        manager,
-        replay_401=replay_401,
-        origins=[manager.api_base_url, *allowed_origins],
-        log_failures=False,
-    )
+    auth = _api_auth(manager, replay_401, allowed_origins)
     options = _client_options(manager, timeout, retry, auth, kwargs, httpx.AsyncHTTPTransport)
     return AsyncApiClient(**options)
