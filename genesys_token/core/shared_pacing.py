@@ -202,6 +202,7 @@ class SharedPacer:
         self._held: dict[str, int] = {}
         self._outages = _Outages(clock.monotonic, float(retry_backend))
         self._figures = _Figures()  # under self._lock
+        self._loop_lines = _LoopLines(self)
 
     # -- taking slots ----------------------------------------------------------------------
 
@@ -369,93 +370,23 @@ class SharedPacer:
             return self._granted(key, slot_id, local, waited=None)
         return self._granted(key, slot_id, local, waited=self._now() - asked)
 
-    # -- waiting without blocking (event loops) -----------------------------------------
+    # -- waiting without blocking (event loops): see _LoopLines --------------------------
 
     def line_up(self, key: str) -> Ticket:
-        """Join ``key``'s line without blocking; then :meth:`poll` until a slot comes, and
-        :meth:`leave` in every case. Threads and tickets share the lines, first come first
-        served: this process's own first, then the shared one (as :meth:`acquire_unless`)."""
-        local = self._local.line_up(key)
-        if not self._shared_now():
-            return local
-        return _Booking(local.asked, local)
+        """Join ``key``'s line without blocking (see :meth:`_LoopLines.line_up`)."""
+        return self._loop_lines.line_up(key)
 
     def poll(self, key: str, ticket: Ticket) -> AnySlot | float:
-        """The slot, once ``ticket`` holds one of this process's count and the backend grants
-        one; else the seconds to sleep before polling again. The head of the shared line asks
-        the backend at most once per answer it got (a reservation, or the earliest moment of
-        room), not at every poll.
+        """The slot, or seconds to sleep (see :meth:`_LoopLines.poll`).
 
         Raises:
             ApiRateLimitedError: ``wait`` has passed since :meth:`line_up` (out of line).
         """
-        if not isinstance(ticket, _Booking):
-            return self._local.poll(key, ticket)
-        if ticket.held is None:
-            got = self._local.poll(key, ticket.local)
-            if isinstance(got, float | int):
-                return float(got)
-            ticket.held = got
-            if not self._shared_now():
-                return self._hand_over(ticket)
-            with self._lock:
-                self._queues.setdefault(key, deque()).append(ticket)
-        now = self._now()
-        if ticket.slot_id is not None:  # reserved: it starts at its moment
-            if now < ticket.starts_at:
-                return ticket.starts_at - now
-            slot_id, ticket.slot_id = ticket.slot_id, None
-            return self._granted(key, slot_id, self._hand_over(ticket), waited=now - ticket.asked)
-        deadline = ticket.asked + self.wait
-        with self._lock:
-            queue = self._queues.setdefault(key, deque())
-            if ticket not in queue:
-                queue.append(ticket)  # dropped by after_fork: line up again
-            head = queue[0] is ticket
-        if now >= deadline:
-            self._leave_queue(key, ticket)
-            raise self._no_room(key, now - ticket.asked, None)
-        if not head:
-            return min(self._poll, deadline - now)
-        if now < ticket.ask_at:  # the backend's last answer said: no room before then
-            return min(ticket.ask_at, deadline) - now
-        slot_id = secrets.token_hex(8)
-        answer = self._ask(key, slot_id, deadline - now)
-        if answer is None:  # the backend failed: this process's own count serves
-            self._leave_queue(key, ticket)
-            return self._hand_over(ticket)
-        if answer.granted:
-            self._leave_queue(key, ticket)  # the next in line asks while this one sleeps
-            if answer.seconds > 0:
-                ticket.slot_id, ticket.starts_at = slot_id, now + answer.seconds
-                return answer.seconds
-            return self._granted(key, slot_id, self._hand_over(ticket), waited=now - ticket.asked)
-        pause = max(MIN_PAUSE, answer.seconds) if answer.seconds > 0 else self._poll
-        ticket.ask_at = now + pause
-        return min(ticket.ask_at, deadline) - now
-
-    @staticmethod
-    def _hand_over(ticket: _Booking) -> Slot:
-        """The ticket's local slot, now the caller's (``leave`` no longer cancels it)."""
-        held, ticket.held = ticket.held, None
-        assert held is not None
-        ticket.local = Ticket(ticket.asked)  # served: leaving its local line is a no-op
-        return held
+        return self._loop_lines.poll(key, ticket)
 
     def leave(self, key: str, ticket: Ticket) -> None:
-        """Leave ``key``'s lines (a no-op once served or given up); a slot held or reserved
-        for a ticket that leaves before it is served goes back unused."""
-        if not isinstance(ticket, _Booking):
-            self._local.leave(key, ticket)
-            return
-        self._local.leave(key, ticket.local)
-        self._leave_queue(key, ticket)
-        if ticket.slot_id is not None:
-            slot_id, ticket.slot_id = ticket.slot_id, None
-            self._cancel_quietly(key, slot_id)
-        if ticket.held is not None:
-            ticket.held.cancel()
-            ticket.held = None
+        """Leave ``key``'s lines (see :meth:`_LoopLines.leave`)."""
+        self._loop_lines.leave(key, ticket)
 
     def _leave_queue(self, key: str, ticket: object) -> None:
         with self._lock:
@@ -610,6 +541,108 @@ class SharedPacer:
             f"SharedPacer(calls={self.calls}, seconds={self.seconds:g}, wait={self.wait:g}, "
             f"backend={self._backend!r})"
         )
+
+
+class _LoopLines:
+    """The lines of :class:`SharedPacer` for callers that must not block (event loops): a
+    ticket waits in this process's own line, then in the shared one, and the caller sleeps
+    with ``asyncio.sleep`` between polls. Part of the pacer (same module, its state)."""
+
+    def __init__(self, pacer: SharedPacer) -> None:
+        self._pacer = pacer
+
+    def line_up(self, key: str) -> Ticket:
+        """Join ``key``'s line without blocking; then :meth:`poll` until a slot comes, and
+        :meth:`leave` in every case. Threads and tickets share the lines, first come first
+        served: this process's own first, then the shared one (as :meth:`acquire_unless`)."""
+        pacer = self._pacer
+        local = pacer._local.line_up(key)
+        if not pacer._shared_now():
+            return local
+        return _Booking(local.asked, local)
+
+    def poll(self, key: str, ticket: Ticket) -> AnySlot | float:
+        """The slot, once ``ticket`` holds one of this process's count and the backend grants
+        one; else the seconds to sleep before polling again. The head of the shared line asks
+        the backend at most once per answer it got (a reservation, or the earliest moment of
+        room), not at every poll.
+
+        Raises:
+            ApiRateLimitedError: ``wait`` has passed since :meth:`line_up` (out of line).
+        """
+        pacer = self._pacer
+        if not isinstance(ticket, _Booking):
+            return pacer._local.poll(key, ticket)
+        if ticket.held is None:
+            got = pacer._local.poll(key, ticket.local)
+            if isinstance(got, float | int):
+                return float(got)
+            ticket.held = got
+            if not pacer._shared_now():
+                return _hand_over_ticket(ticket)
+            with pacer._lock:
+                pacer._queues.setdefault(key, deque()).append(ticket)
+        now = pacer._now()
+        if ticket.slot_id is not None:  # reserved: it starts at its moment
+            if now < ticket.starts_at:
+                return ticket.starts_at - now
+            slot_id, ticket.slot_id = ticket.slot_id, None
+            return pacer._granted(
+                key, slot_id, _hand_over_ticket(ticket), waited=now - ticket.asked
+            )
+        deadline = ticket.asked + pacer.wait
+        with pacer._lock:
+            queue = pacer._queues.setdefault(key, deque())
+            if ticket not in queue:
+                queue.append(ticket)  # dropped by after_fork: line up again
+            head = queue[0] is ticket
+        if now >= deadline:
+            pacer._leave_queue(key, ticket)
+            raise pacer._no_room(key, now - ticket.asked, None)
+        if not head:
+            return min(pacer._poll, deadline - now)
+        if now < ticket.ask_at:  # the backend's last answer said: no room before then
+            return min(ticket.ask_at, deadline) - now
+        slot_id = secrets.token_hex(8)
+        answer = pacer._ask(key, slot_id, deadline - now)
+        if answer is None:  # the backend failed: this process's own count serves
+            pacer._leave_queue(key, ticket)
+            return _hand_over_ticket(ticket)
+        if answer.granted:
+            pacer._leave_queue(key, ticket)  # the next in line asks while this one sleeps
+            if answer.seconds > 0:
+                ticket.slot_id, ticket.starts_at = slot_id, now + answer.seconds
+                return answer.seconds
+            return pacer._granted(
+                key, slot_id, _hand_over_ticket(ticket), waited=now - ticket.asked
+            )
+        pause = max(MIN_PAUSE, answer.seconds) if answer.seconds > 0 else pacer._poll
+        ticket.ask_at = now + pause
+        return min(ticket.ask_at, deadline) - now
+
+    def leave(self, key: str, ticket: Ticket) -> None:
+        """Leave ``key``'s lines (a no-op once served or given up); a slot held or reserved
+        for a ticket that leaves before it is served goes back unused."""
+        pacer = self._pacer
+        if not isinstance(ticket, _Booking):
+            pacer._local.leave(key, ticket)
+            return
+        pacer._local.leave(key, ticket.local)
+        pacer._leave_queue(key, ticket)
+        if ticket.slot_id is not None:
+            slot_id, ticket.slot_id = ticket.slot_id, None
+            pacer._cancel_quietly(key, slot_id)
+        if ticket.held is not None:
+            ticket.held.cancel()
+            ticket.held = None
+
+
+def _hand_over_ticket(ticket: _Booking) -> Slot:
+    """The ticket's local slot, now the caller's (``leave`` no longer cancels it)."""
+    held, ticket.held = ticket.held, None
+    assert held is not None
+    ticket.local = Ticket(ticket.asked)  # served: leaving its local line is a no-op
+    return held
 
 
 class _Figures:
