@@ -118,6 +118,7 @@ def test_concurrent_401s_share_one_replacement(emulator: GenesysEmulator, manage
     assert emulator.token_requests == 2
     assert manager.get_token() != first
     assert manager.in_flight_count == 0
+    assert manager.metrics()["replays_401"] == 20  # each call replayed once
 
 
 def test_401_returned_when_no_new_token_can_be_had(

@@ -164,6 +164,7 @@ def test_401_replaces_the_token_and_replays_once(
     assert emulator.token_requests == 2
     assert manager.in_flight_count == 0
     assert manager.metrics()["token_requests"] == 2
+    assert manager.metrics()["replays_401"] == 1  # as GenesysAuth and aiohttp count it
 
 
 def test_a_second_401_is_returned(emulator: GenesysEmulator, manager, client: httpx.Client):

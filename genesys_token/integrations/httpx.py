@@ -146,6 +146,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         if not _replayable(request, response):
             self._log(response)
             return
+        self._port.note_replay()
         replay = self._port.begin_use()
         try:
             replayed = yield _authorize(request, replay)
@@ -181,6 +182,7 @@ class GenesysHTTPXAuth(httpx.Auth):
         if not _replayable(request, response):
             self._log(response)
             return
+        self._port.note_replay()
         replay = await self._tokens.begin_use()
         try:
             replayed = yield _authorize(request, replay)
