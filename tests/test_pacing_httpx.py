@@ -192,3 +192,41 @@ def test_aiohttp_tells_the_pacer_of_a_429(limited: GenesysEmulator) -> None:
         assert asyncio.run(run())[-1] == 429
         assert manager.metrics()["pacing"]["throttled"] == 1
         assert manager.metrics()["api_429s"] == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_api_clients_give_each_redirect_leg_its_own_slot(kind: str) -> None:
+    # httpx follows a redirect inside one auth step: the second leg went out under the
+    # first leg's slot (5 calls through a redirect at 5 per 10 s: one 429). The API clients
+    # follow redirects themselves, one send (one use, one slot) per leg.
+    with GenesysEmulator(api_rate_limit=(5, 10.0)) as emulator:
+        manager = _manager(emulator, calls=5, wait=0.3)
+        path = "/redirect?to=" + emulator.api_base_url + ORG
+        outcomes: list[object] = []
+
+        def sync_calls() -> None:
+            with api_client(manager, follow_redirects=True, max_retries=0) as client:
+                for _ in range(3):
+                    try:
+                        response = client.get(path)
+                        outcomes.append((response.status_code, len(response.history)))
+                    except ApiRateLimitedError:
+                        outcomes.append("rate limited")
+
+        async def async_calls() -> None:
+            async with async_api_client(manager, follow_redirects=True, max_retries=0) as client:
+                for _ in range(3):
+                    try:
+                        response = await client.get(path)
+                        outcomes.append((response.status_code, len(response.history)))
+                    except ApiRateLimitedError:
+                        outcomes.append("rate limited")
+
+        if kind == "sync":
+            sync_calls()
+        else:
+            asyncio.run(async_calls())
+        manager.close()
+        assert outcomes == [(200, 1), (200, 1), "rate limited"]
+        assert _429s(emulator) == 0
+        assert emulator.api_requests == 5  # 2 + 2 + the third call's first leg

@@ -116,10 +116,13 @@ class ApiClient(httpx.Client):
         self.retry = retry
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        """Send ``request`` (and again, while :attr:`retry` says so)."""
+        """Send ``request`` (and again, while :attr:`retry` says so). Redirects, when
+        followed, are followed here, each leg a send of its own through the auth flow: its
+        own token use and pacing slot (httpx would send them inside one auth step)."""
+        follow = kwargs.pop("follow_redirects", self.follow_redirects)
         retries = 0
         while True:
-            response = super().send(request, **kwargs)
+            response = self._send_legs(request, follow, kwargs)
             wait = self.retry.wait(request, response, retries)
             if wait is None:
                 _log_if_failed(response)
@@ -127,6 +130,19 @@ class ApiClient(httpx.Client):
             response.close()
             retries += 1
             time.sleep(wait)
+
+    def _send_legs(
+        self, request: httpx.Request, follow: bool, kwargs: dict[str, Any]
+    ) -> httpx.Response:
+        history: list[httpx.Response] = []
+        while True:
+            response = super().send(request, follow_redirects=False, **kwargs)
+            nxt = _next_leg(response, follow, history, self.max_redirects)
+            if nxt is None:
+                return response
+            response.read()
+            response.close()
+            request = nxt
 
 
 class AsyncApiClient(httpx.AsyncClient):
@@ -143,10 +159,12 @@ class AsyncApiClient(httpx.AsyncClient):
         self.retry = retry
 
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        """Send ``request`` (and again, while :attr:`retry` says so)."""
+        """Send ``request`` (and again, while :attr:`retry` says so); redirects as
+        :meth:`ApiClient.send` follows them, one send per leg."""
+        follow = kwargs.pop("follow_redirects", self.follow_redirects)
         retries = 0
         while True:
-            response = await super().send(request, **kwargs)
+            response = await self._send_legs(request, follow, kwargs)
             wait = self.retry.wait(request, response, retries)
             if wait is None:
                 _log_if_failed(response)
@@ -154,3 +172,31 @@ class AsyncApiClient(httpx.AsyncClient):
             await response.aclose()
             retries += 1
             await anyio.sleep(wait)
+
+    async def _send_legs(
+        self, request: httpx.Request, follow: bool, kwargs: dict[str, Any]
+    ) -> httpx.Response:
+        history: list[httpx.Response] = []
+        while True:
+            response = await super().send(request, follow_redirects=False, **kwargs)
+            nxt = _next_leg(response, follow, history, self.max_redirects)
+            if nxt is None:
+                return response
+            await response.aread()
+            await response.aclose()
+            request = nxt
+
+
+def _next_leg(
+    response: httpx.Response, follow: bool, history: list[httpx.Response], max_redirects: int
+) -> httpx.Request | None:
+    """The redirect's next request when it is to be followed (``response`` joins
+    ``history``); None when ``response`` is the answer (it gets the ``history``)."""
+    nxt = response.next_request
+    if not follow or nxt is None:
+        response.history = list(history)
+        return None
+    if len(history) >= max_redirects:
+        raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=nxt)
+    history.append(response)
+    return nxt
