@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -136,6 +137,12 @@ class RedisServer:
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+
+    def hang(self, hung: bool = True) -> None:
+        """Stop the server answering (SIGSTOP: connections stay open, nothing comes back), or
+        let it go on (SIGCONT)."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGSTOP if hung else signal.SIGCONT)
 
     def kill(self) -> None:
         """Kill the server with SIGKILL (a crash: no clean shutdown) and wait for it to go.

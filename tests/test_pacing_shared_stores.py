@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from redis_server import redis_server_or_skip
 
 from genesys_token import GenesysAuth, TokenManager
 from genesys_token.core.pacing import Pacer
@@ -241,3 +242,43 @@ def test_429s_are_counted_for_the_latest_tokens_only(tmp_path: Path) -> None:
     assert len(by_token) == KEPT_TOKENS
     assert "fp-199" in by_token and "fp-0" not in by_token
     assert pacer.metrics()["throttled"] == 200
+
+
+def test_a_hung_redis_stalls_paced_event_loop_calls_a_quarter_second_at_most(
+    limited: GenesysEmulator,
+) -> None:
+    # A paced call on an event loop asks Redis inline: with the store's 1 s timeout and one
+    # retry, a Redis that stopped answering froze the loop 2 s (review: max gap 2,007 ms).
+    # The pacing scripts have their own connections: 0.25 s, no retry, then the outage.
+    gaps: list[float] = []
+    statuses: list[int] = []
+    with redis_server_or_skip() as own:
+        store = RedisStore(own.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+        with _manager(limited, store) as manager:
+
+            async def main() -> None:
+                async with async_api_client(manager) as client:
+                    statuses.append((await client.get(ORG)).status_code)  # token, scripts
+                    own.hang()
+                    try:
+                        stop = time.monotonic() + 1.5
+
+                        async def beat() -> None:
+                            last = time.monotonic()
+                            while time.monotonic() < stop:
+                                await asyncio.sleep(0.01)
+                                gaps.append(time.monotonic() - last)
+                                last = time.monotonic()
+
+                        async def caller() -> None:
+                            while time.monotonic() < stop:
+                                statuses.append((await client.get(ORG)).status_code)
+
+                        await asyncio.gather(beat(), caller(), caller())
+                    finally:
+                        own.hang(False)
+
+            asyncio.run(main())
+    assert max(gaps) < 0.6, max(gaps)
+    assert set(statuses) == {200} and len(statuses) > 5
+    assert sum(limited.api_429s.values()) == 0

@@ -69,6 +69,10 @@ SOCKET_TIMEOUT = 1.0
 LOCK_TTL = 30.0
 #: After a connection failure, Redis is not tried again for this long.
 OUTAGE_BACKOFF = 5.0
+#: The pacing scripts' own connections (when the store builds a plain client): a paced call
+#: on an event loop asks Redis inline, so a Redis that stops answering must cost it this much
+#: at most (connect or read, no retry), not the token path's timeout twice.
+SLOTS_SOCKET_TIMEOUT = 0.25
 #: A sealed entry is a few kilobytes; a larger value at the token key is not ours and is
 #: never sent to the client (the same cap as the sealer's and FileStore's).
 MAX_ENTRY_BYTES = MAX_BLOB_BYTES
@@ -170,7 +174,8 @@ class RedisStore:
         #: Token keys already warned about (a value that is not ours): one warning each.
         self._warned: set[str] = set()
         self._lock = RedisLock(self._call, lock_ttl=self._lock_ttl)
-        self._slots = RedisSlots(self._call, prefix)
+        self._slots_client: Any = None
+        self._slots = RedisSlots(self._slots_call, prefix)
         if client is not None:
             self._bind(client)
             _warn_without_timeouts(client)
@@ -194,15 +199,16 @@ class RedisStore:
         """
         return cls(url, cluster=cluster, **options)
 
-    def _build_client(self) -> Any:
+    def _build_client(self, timeout: float | None = None, retries: int = 1) -> Any:
         redis = self._redis
         # redis-py retries 3-10 times with backoff by default: seconds of waiting while
         # Redis is down. One immediate retry still heals a stale pooled connection after a
         # Redis restart.
+        timeout = self._socket_timeout if timeout is None else timeout
         options = {
-            "socket_timeout": self._socket_timeout,
-            "socket_connect_timeout": self._socket_timeout,
-            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 1),
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), retries),
             **self._tls,
         }
         try:
@@ -223,11 +229,14 @@ class RedisStore:
     def _key(self, kind: str, key: str) -> str:
         return f"{self._prefix}{{{key}}}:{kind}"
 
-    def _call(self, what: str, run: Callable[[Any], Any], *, always: bool = False) -> Any:
+    def _call(
+        self, what: str, run: Callable[[Any], Any], *, always: bool = False, client: Any = None
+    ) -> Any:
         """Run ``run(client)``, turning every Redis failure into a StoreError.
 
         ``always``: try even during the outage backoff (renewing a held lock: skipping it
-        would let the lock lapse under its live holder).
+        would let the lock lapse under its live holder). ``client``: another client than the
+        store's (the pacing scripts').
         """
         if not always and time.monotonic() < self._down_until:
             raise StoreError(f"redis unavailable; not retrying for up to {self._outage_backoff:g}s")
@@ -241,12 +250,26 @@ class RedisStore:
             OSError,
         )
         try:
-            return run(self._ready_client())
+            return run(client if client is not None else self._ready_client())
         except unreachable as exc:
             self._down_until = time.monotonic() + self._outage_backoff
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
         except errors.RedisError as exc:
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
+
+    def _slots_call(self, what: str, run: Callable[[Any], Any], *, always: bool = False) -> Any:
+        """:meth:`_call` for the pacing scripts: on a client of their own with
+        :data:`SLOTS_SOCKET_TIMEOUT` and no retry when this store built a plain client (a
+        given client or a Cluster's keeps its own timeouts)."""
+        if not self._owns_client or self._cluster:
+            return self._call(what, run, always=always)
+        client = self._slots_client
+        if client is None:
+            with self._guard:
+                if self._slots_client is None:
+                    self._slots_client = self._build_client(SLOTS_SOCKET_TIMEOUT, retries=0)
+                client = self._slots_client
+        return self._call(what, run, always=always, client=client)
 
     def _ready_client(self) -> Any:
         client = self._client
@@ -338,6 +361,8 @@ class RedisStore:
         """Close the connection pool of a client this store built (not a given one)."""
         if self._owns_client and self._client is not None:
             self._client.close()
+        if self._slots_client is not None:
+            self._slots_client.close()
 
     def _after_fork(self) -> None:
         """In a forked child: its own connections, no outage remembered.
@@ -351,6 +376,7 @@ class RedisStore:
         self._guard = threading.Lock()
         self._lock.after_fork()
         self._slots.after_fork()
+        self._slots_client = None  # the parent's connections stay its own
         if self._owns_client:
             self._client = None
             if not self._cluster:
