@@ -282,3 +282,39 @@ def test_a_hung_redis_stalls_paced_event_loop_calls_a_quarter_second_at_most(
     assert max(gaps) < 0.6, max(gaps)
     assert set(statuses) == {200} and len(statuses) > 5
     assert sum(limited.api_429s.values()) == 0
+
+
+def test_a_call_that_waited_is_counted_once_in_the_metrics(tmp_path: Path) -> None:
+    # Every shared grant takes a slot of the process's own count first: that count must
+    # not count the call again (review: 1 call sent, calls_paced 2, 3 wait observations).
+    other = SharedPacer(1, 0.5, 5.0, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
+    pacer = SharedPacer(1, 0.5, 5.0, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
+    other.acquire("k").release()  # another process fills the window
+    assert pacer.try_acquire("k") is None  # no room: nothing sent, nothing counted
+    pacer.acquire("k").release()  # waits for the window, then sends
+    figures = pacer.metrics()
+    assert (figures["calls_paced"], figures["calls_waited"]) == (1, 1)
+    histogram = figures["wait_histogram"]
+    assert histogram["count"] == 1 and 0.3 <= histogram["sum"] <= 1.0
+    assert figures["rate_limited"] == 0
+
+
+def test_two_managers_count_each_call_they_sent_once(
+    limited: GenesysEmulator, tmp_path: Path
+) -> None:
+    first_store, second_store = _stores("file", tmp_path, None)
+    with _manager(limited, first_store) as first, _manager(limited, second_store) as second:
+        first.get_token()
+        sessions = []
+        for manager in (first, second):
+            session = requests.Session()
+            session.auth = GenesysAuth(manager)
+            sessions.append(session)
+        statuses = _hammer(sessions, limited.api_base_url + ORG, 2.0)
+        figures = [manager.metrics()["pacing"] for manager in (first, second)]
+        for session in sessions:
+            session.close()
+    assert sum(f["calls_paced"] for f in figures) == len(statuses) == limited.api_requests
+    for f in figures:
+        assert f["calls_waited"] <= f["calls_paced"]
+        assert f["wait_histogram"]["count"] == f["calls_paced"]

@@ -348,8 +348,8 @@ def _file_pacer(tmp_path: Path) -> tuple[SharedPacer, Path]:
 
 @pytest.mark.parametrize(
     "content",
-    [b"{not json", b'{"format": 1}', b"[1, 2]", None],
-    ids=["not-json", "no-slots", "not-an-object", "oversized"],
+    [b"{not json", b'{"format": 1}', b"[1, 2]", b"[" * 200_000, None],
+    ids=["not-json", "no-slots", "not-an-object", "nested-too-deep", "oversized"],
 )
 def test_garbage_in_a_slot_file_warns_and_takes_a_whole_window(
     content: bytes | None, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -209,6 +209,8 @@ class Pacer:
         wait: Longest a call waits for a slot (``api_rate_wait``).
         clock: Its ``monotonic`` clock times windows, waits and penalties.
         wait_on: How a waiter blocks (see :data:`WaitOn`).
+        counted: Whether its grants, waits and give-ups count in :meth:`metrics` (False for
+            the process's own count under a shared pacer, which counts each call once).
 
     Raises:
         ConfigurationError: ``calls`` < 1, ``seconds`` <= 0 (field ``api_rate_limit``), or
@@ -226,6 +228,7 @@ class Pacer:
         *,
         clock: Clock = SYSTEM_CLOCK,
         wait_on: WaitOn = _wait_on_condition,
+        counted: bool = True,
     ) -> None:
         if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
             raise ConfigurationError(
@@ -246,6 +249,7 @@ class Pacer:
         self.wait = float(wait)
         self._now = clock.monotonic
         self._wait_on = wait_on
+        self._counted = counted
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._tokens: dict[str, _Token] = {}
@@ -334,7 +338,7 @@ class Pacer:
                 token.queue.remove(ticket)
                 if token.queue:
                     self._cond.notify_all()
-                self._gave_up += 1
+                self._gave_up += self._counted
                 raise self._no_room(key, now - ticket.asked, free_at - now)
             return min(free_at, deadline) - now
 
@@ -366,7 +370,7 @@ class Pacer:
                 if give_up is not None and give_up():
                     return None
                 if now >= deadline:
-                    self._gave_up += 1
+                    self._gave_up += self._counted
                     raise self._no_room(key, now - asked, free_at - now)
                 until = min(deadline, free_at)
                 if give_up is not None:
@@ -402,7 +406,7 @@ class Pacer:
     def _grant(self, token: _Token, now: float | None = None) -> Slot:
         slot = Slot(self, token, self._now() if now is None else now)
         token.held += 1
-        self._paced += 1
+        self._paced += self._counted
         return slot
 
     def _finish(self, slot: Slot, *, stamp: bool, wait: float) -> bool:
@@ -500,6 +504,8 @@ class Pacer:
         )
 
     def _note_wait(self, waited: float) -> None:
+        if not self._counted:
+            return
         self._waited += 1
         self._bucket_counts[bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
         self._wait_sum += waited

@@ -186,7 +186,9 @@ class SharedPacer:
         wait_on: WaitOn = _wait_on_condition,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        self._local = Pacer(calls, seconds, wait, clock=clock)  # validates; the fallback
+        # Validates; the process's own count (and all there is during an outage). Its grants
+        # are not counted in metrics: this pacer counts each call once, at its final grant.
+        self._local = Pacer(calls, seconds, wait, clock=clock, counted=False)
         self.calls = self._local.calls
         self.seconds = self._local.seconds
         self.wait = self._local.wait
@@ -211,15 +213,15 @@ class SharedPacer:
         question to the backend; none while it is down)."""
         local = self._local.try_acquire(key)
         if local is None or not self._shared_now():
-            return local
+            return self._local_final(local, None)
         with self._lock:
             if self._queues.get(key):
                 local.cancel()
                 return None
         slot_id = secrets.token_hex(8)
         answer = self._ask(key, slot_id, 0.0)
-        if answer is None:
-            return local  # the backend failed: this process's own count serves
+        if answer is None:  # the backend failed: this process's own count serves
+            return self._local_final(local, None)
         if not answer.granted or answer.seconds > 0:
             if answer.granted:  # reserved ahead although asked for now: give it back
                 self._cancel_quietly(key, slot_id)
@@ -255,9 +257,13 @@ class SharedPacer:
         asked = self._now()
         # This process's own calls first: never more than the limit, whatever the store says
         # (a Redis restarted empty), and its count is right when the store fails.
-        local = self._local.acquire_unless(key, limit, give_up)
+        try:
+            local = self._local.acquire_unless(key, limit, give_up)
+        except ApiRateLimitedError:
+            self._note_gave_up()
+            raise
         if local is None or not self._shared_now():
-            return local
+            return self._local_final(local, self._now() - asked)
         try:
             got = self._shared_acquire(key, asked, asked + limit, give_up, local)
         except BaseException:
@@ -265,7 +271,22 @@ class SharedPacer:
             raise
         if got is None:
             local.cancel()
-        return local if isinstance(got, _BackendFailed) else got
+        if isinstance(got, _BackendFailed):
+            return self._local_final(local, self._now() - asked)
+        return got
+
+    def _local_final(self, local: Slot | None, waited: float | None) -> Slot | None:
+        """``local`` handed out alone (no store now): counted here, once."""
+        return None if local is None else self._count_alone(local, waited)
+
+    def _count_alone(self, local: Slot, waited: float | None) -> Slot:
+        with self._lock:
+            self._figures.granted(waited if waited is not None and waited > MIN_PAUSE else None)
+        return local
+
+    def _note_gave_up(self) -> None:
+        with self._lock:
+            self._figures.gave_up += 1
 
     def _shared_acquire(
         self,
@@ -300,7 +321,8 @@ class SharedPacer:
         give_up: Callable[[], bool] | None,
         local: Slot,
     ) -> SharedSlot | _BackendFailed | None:
-        waited = False  # in line, or for room: counted as a wait even if short
+        # In this process's line before, in the shared one, or for room: a wait, even short.
+        waited = self._now() - asked > MIN_PAUSE
         slice_ = math.inf if give_up is None else GIVE_UP_CHECK
         while True:
             with self._lock:
@@ -434,15 +456,15 @@ class SharedPacer:
                 self._backend.release(slot._key, slot._id, window=self.seconds)
             else:
                 self._backend.cancel(slot._key, slot._id)
-        except GenesysTokenError as exc:
-            log.debug("could not give a paced slot back (%s); it counts out its lease", exc)
+        except Exception as exc:  # noqa: BLE001 - a backend failure never fails a call
+            log.debug("could not give a paced slot back (%s); it counts out its lease", _what(exc))
         return True
 
     def _cancel_quietly(self, key: str, slot_id: str) -> None:
         try:
             self._backend.cancel(key, slot_id)
-        except GenesysTokenError as exc:
-            log.debug("could not cancel a paced slot (%s); it counts out its lease", exc)
+        except Exception as exc:  # noqa: BLE001 - a backend failure never fails a call
+            log.debug("could not cancel a paced slot (%s); it counts out its lease", _what(exc))
 
     # -- the backend and its outages -------------------------------------------------------
 
@@ -571,15 +593,19 @@ class _LoopLines:
             ApiRateLimitedError: ``wait`` has passed since :meth:`line_up` (out of line).
         """
         pacer = self._pacer
-        if not isinstance(ticket, _Booking):
-            return pacer._local.poll(key, ticket)
+        if not isinstance(ticket, _Booking):  # lined up during an outage: local alone
+            alone = self._local_poll(key, ticket)
+            if isinstance(alone, float):
+                return alone
+            return pacer._count_alone(alone, _waited(pacer._now(), ticket.asked))
         if ticket.held is None:
-            got = pacer._local.poll(key, ticket.local)
-            if isinstance(got, float | int):
-                return float(got)
+            got = self._local_poll(key, ticket.local)
+            if isinstance(got, float):
+                return got
             ticket.held = got
             if not pacer._shared_now():
-                return _hand_over_ticket(ticket)
+                held = _hand_over_ticket(ticket)
+                return pacer._count_alone(held, _waited(pacer._now(), ticket.asked))
             with pacer._lock:
                 pacer._queues.setdefault(key, deque()).append(ticket)
         now = pacer._now()
@@ -587,9 +613,8 @@ class _LoopLines:
             if now < ticket.starts_at:
                 return ticket.starts_at - now
             slot_id, ticket.slot_id = ticket.slot_id, None
-            return pacer._granted(
-                key, slot_id, _hand_over_ticket(ticket), waited=now - ticket.asked
-            )
+            held = _hand_over_ticket(ticket)
+            return pacer._granted(key, slot_id, held, waited=_waited(now, ticket.asked))
         deadline = ticket.asked + pacer.wait
         with pacer._lock:
             queue = pacer._queues.setdefault(key, deque())
@@ -607,18 +632,26 @@ class _LoopLines:
         answer = pacer._ask(key, slot_id, deadline - now)
         if answer is None:  # the backend failed: this process's own count serves
             pacer._leave_queue(key, ticket)
-            return _hand_over_ticket(ticket)
+            return pacer._count_alone(_hand_over_ticket(ticket), _waited(now, ticket.asked))
         if answer.granted:
             pacer._leave_queue(key, ticket)  # the next in line asks while this one sleeps
             if answer.seconds > 0:
                 ticket.slot_id, ticket.starts_at = slot_id, now + answer.seconds
                 return answer.seconds
-            return pacer._granted(
-                key, slot_id, _hand_over_ticket(ticket), waited=now - ticket.asked
-            )
+            held = _hand_over_ticket(ticket)
+            return pacer._granted(key, slot_id, held, waited=_waited(now, ticket.asked))
         pause = max(MIN_PAUSE, answer.seconds) if answer.seconds > 0 else pacer._poll
         ticket.ask_at = now + pause
         return min(ticket.ask_at, deadline) - now
+
+    def _local_poll(self, key: str, ticket: Ticket) -> Slot | float:
+        """The process's own line's answer; its give-up counted here (it counts nothing)."""
+        try:
+            got = self._pacer._local.poll(key, ticket)
+        except ApiRateLimitedError:
+            self._pacer._note_gave_up()
+            raise
+        return float(got) if isinstance(got, float | int) else got
 
     def leave(self, key: str, ticket: Ticket) -> None:
         """Leave ``key``'s lines (a no-op once served or given up); a slot held or reserved
@@ -635,6 +668,18 @@ class _LoopLines:
         if ticket.held is not None:
             ticket.held.cancel()
             ticket.held = None
+
+
+def _what(exc: BaseException) -> object:
+    """A backend failure as logged: our own errors' messages, others' type only."""
+    return exc if isinstance(exc, GenesysTokenError) else type(exc).__name__
+
+
+def _waited(now: float, asked: float) -> float | None:
+    """How long a call waited for its slot, None when it did not wait (a millisecond or less:
+    the time it takes to ask)."""
+    waited = now - asked
+    return waited if waited > MIN_PAUSE else None
 
 
 def _hand_over_ticket(ticket: _Booking) -> Slot:
@@ -671,16 +716,17 @@ class _Figures:
         self.throttled_total += 1
 
     def merged(self, local: dict[str, Any], *, waiting: int, kept: int) -> dict[str, Any]:
-        """Every call takes a slot of this process's own count (``local``) first: its
-        ``calls_paced`` counts them all; waits for the shared slot are added to its waits
-        and histogram (a call that waited in both lines counts twice there)."""
-        counts = list(self.bucket_counts)  # shared waits only: the calls are local's
+        """Each call counted once, at its final grant (shared, or local alone), here; the
+        process's own count under it counts nothing (``local``: zeros but for ``waiting``
+        and ``tokens``)."""
+        counts = list(self.bucket_counts)
+        counts[0] += self.paced - self.waited  # granted at once: waited 0 s
         buckets, mine = [], 0
         for (bound, count), own in zip(local["wait_histogram"]["buckets"], counts, strict=True):
             mine += own
             buckets.append((bound, count + mine))
         return {
-            "calls_paced": local["calls_paced"],
+            "calls_paced": local["calls_paced"] + self.paced,
             "calls_waited": local["calls_waited"] + self.waited,
             "rate_limited": local["rate_limited"] + self.gave_up,
             "throttled": self.throttled_total,
@@ -718,7 +764,7 @@ class _Outages:
         """``call()``; None when the backend failed (noted, warned about once)."""
         try:
             result = call()
-        except (GenesysTokenError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a backend's failure must not fail a call
             self._failed(exc)
             return None
         if self.down:
@@ -738,7 +784,7 @@ class _Outages:
             log.warning(
                 "the pacing store failed (%s): API calls are paced in this process alone "
                 "until it answers again",
-                exc if isinstance(exc, GenesysTokenError) else type(exc).__name__,
+                _what(exc),
             )
 
     def after_fork(self) -> None:

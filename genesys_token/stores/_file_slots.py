@@ -253,7 +253,7 @@ class FileSlots:
             return _State({}, 0.0)
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # "[[[[..." under the size cap nests too deep
             raise _Garbage("is not JSON") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise _Garbage("is not a slot file of this version")
