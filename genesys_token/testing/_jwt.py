@@ -29,6 +29,11 @@ class SigningKey:
                 self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             return self._key
 
+    def warm(self) -> None:
+        """Generate the key now (tens to hundreds of milliseconds), not in the first token
+        request, whose client may have a short read timeout."""
+        self._private_key()
+
     def sign(self, claims: Mapping[str, Any]) -> str:
         return jwt.encode(
             dict(claims), self._private_key(), algorithm="RS256", headers={"kid": self.kid}

@@ -129,6 +129,10 @@ class Ledger:
             if client_id == self._default_client_id:
                 self._default_secret = new_secret
 
+    def warm_key(self) -> None:
+        """Generate the signing key now (JWT mode): not inside a timed token request."""
+        self._key.warm()
+
     def jwks(self) -> dict[str, Any]:
         """The public key set that verifies the JWTs issued here."""
         return self._key.jwks()

@@ -95,6 +95,8 @@ class GenesysEmulator:
         self._client_id = client_id
         self.org_id = str(uuid.uuid4())
         self._ledger = Ledger(client_id, SigningKey(), self.org_id, lambda: self.url)
+        if token_format == "jwt":
+            self._ledger.warm_key()
         self._faults = FaultBook()
         self._lock = threading.Lock()
         self._lifecycle_lock = threading.Lock()
@@ -218,6 +220,10 @@ class GenesysEmulator:
     def token_format(self, value: TokenFormat) -> None:
         if value not in ("opaque", "jwt"):
             raise ValueError(f"token_format must be 'opaque' or 'jwt', got {value!r}")
+        if value == "jwt":
+            # Generated here, not in the first token request: a loaded CI took longer than
+            # a test's 0.3 s read timeout to make an RSA key there.
+            self._ledger.warm_key()
         self._token_format = value
 
     @property
