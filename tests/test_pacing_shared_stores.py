@@ -318,3 +318,20 @@ def test_two_managers_count_each_call_they_sent_once(
     for f in figures:
         assert f["calls_waited"] <= f["calls_paced"]
         assert f["wait_histogram"]["count"] == f["calls_paced"]
+
+
+def test_a_backend_that_raises_anything_is_an_outage_not_a_failed_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(_Counting):
+        def acquire(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug in a store, not a StoreError")
+
+    pacer = SharedPacer(2, 1.0, 1.0, backend=Broken(_file_backend(tmp_path).inner))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="genesys_token.pacing"):
+        slot = pacer.acquire("k")  # this process's own count serves
+    slot.release()
+    assert pacer.metrics()["shared"] is False
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "RuntimeError" in warned[0]
+    assert "a bug in a store" not in warned[0]  # another library's message is not repeated
