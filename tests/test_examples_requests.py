@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from example_runner import run_example
 
 from genesys_token.testing import GenesysEmulator
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "requests_session.py"
 ORG_NAME = "Emulated Org"
 
 
-def _run(emulator: GenesysEmulator, secret: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENESYSCLOUD_")}
-    env.update(
-        GENESYSCLOUD_OAUTHCLIENT_ID=emulator.client_id,
-        GENESYSCLOUD_OAUTHCLIENT_SECRET=secret,
-        GENESYSCLOUD_TOKEN_URL=emulator.token_url,
-        GENESYSCLOUD_API_URL=emulator.api_base_url,
-    )
-    return subprocess.run(
-        [sys.executable, str(EXAMPLE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_example_prints_the_org_name(emulator: GenesysEmulator):
-    result = _run(emulator, emulator.client_secret)
+    result = run_example("requests_session.py", emulator)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ORG_NAME + "\n"
     assert emulator.token_requests == 1
@@ -43,7 +21,7 @@ def test_example_prints_the_org_name(emulator: GenesysEmulator):
 
 def test_example_reports_rejected_credentials_without_the_secret(emulator: GenesysEmulator):
     secret = "wrong-secret-value-1234"
-    result = _run(emulator, secret)
+    result = run_example("requests_session.py", emulator, secret=secret)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines()[-1].startswith("error: ")
