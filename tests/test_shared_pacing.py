@@ -295,6 +295,29 @@ def test_redis_keys_are_the_fingerprints_under_one_hash_tag_and_expire(
     assert all(0 < client.pttl(key) <= (60 + 2) * 1000 for key in keys)
 
 
+def test_redis_entries_that_are_not_ours_do_not_hold_the_tokens_slots(
+    server: RedisServer, prefix: str
+) -> None:
+    # Slots scored years ahead and a penalty a year long (a broken or hostile writer) would
+    # hold the token's slots for as long as they say: nothing of ours counts a day ahead.
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    slots_key, penalty_key = (
+        f"{prefix}{{fp-hostile}}:api-slots",
+        f"{prefix}{{fp-hostile}}:api-penalty",
+    )
+    far = 4_000_000_000.0  # the year 2096, in Redis's TIME seconds
+    client.zadd(slots_key, {f"hX{i}": far for i in range(LIMIT[0])})
+    client.set(penalty_key, str(far))
+    pacer = SharedPacer(*LIMIT, wait=0.3, backend=RedisStore(server.url, prefix=prefix).slots())
+    pacer.acquire("fp-hostile").release()
+    assert pacer.metrics()["shared"] is True
+    assert client.zcount(slots_key, far - 1, "+inf") == 0
+    assert client.get(penalty_key) is None
+    client.close()
+
+
 # -- outages -------------------------------------------------------------------------------
 
 

@@ -48,10 +48,18 @@ for i = 6, #ARGV do
     redis.call("ZADD", KEYS[1], string.format("%.6f", now + window), "e" .. ARGV[i])
 end
 redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", string.format("%.6f", now))
+-- No slot of ours counts a day ahead (nor does a penalty): such entries are not ours (a
+-- broken or hostile writer) and would hold the token's slots for as long as they say.
+local horizon = now + 86400
+redis.call("ZREMRANGEBYSCORE", KEYS[1], string.format("(%.6f", horizon), "+inf")
 local answer = {0, "0"}
 if ARGV[5] ~= "" then
     local start = now
     local penalty = tonumber(redis.call("GET", KEYS[2]) or "0") or (now + window)
+    if penalty > horizon then
+        redis.call("DEL", KEYS[2])
+        penalty = 0
+    end
     if penalty > start then start = penalty end
     local counted = redis.call("ZCOUNT", KEYS[1], string.format("(%.6f", start), "+inf")
     local known = true
