@@ -25,6 +25,7 @@ from genesys_token.core.pacing import Pacer
 from genesys_token.core.shared_pacing import KEPT_TOKENS, SharedPacer
 from genesys_token.errors import StoreError
 from genesys_token.integrations.httpx import async_api_client
+from genesys_token.manager import adapter_port
 from genesys_token.stores import FileStore, MemoryStore, RedisStore
 from genesys_token.stores.base import TokenStore
 from genesys_token.testing import GenesysEmulator
@@ -335,3 +336,22 @@ def test_a_backend_that_raises_anything_is_an_outage_not_a_failed_call(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "RuntimeError" in warned[0]
     assert "a bug in a store" not in warned[0]  # another library's message is not repeated
+
+
+def test_a_caller_that_must_wait_asks_a_shared_store_once(
+    limited: GenesysEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A try before the wait would be a second round trip to the store for every caller that
+    # finds no room: a shared pacer is asked once (Pacing.remote).
+    store = FileStore(tmp_path / "cache")
+    counting = _Counting(store.slots())
+    monkeypatch.setattr(store, "slots", lambda: counting)
+    with _manager(limited, store, api_rate_wait=3.0) as manager:
+        key = manager.refresh().fingerprint
+        other = SharedPacer(*LIMIT, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
+        for _ in range(LIMIT[0]):  # another process fills the window
+            other.acquire(key).release()
+        counting.asked = 0
+        use = adapter_port(manager).begin_use()  # reserved when the window ends, then sent
+        use.end()
+    assert counting.asked == 1
