@@ -6,7 +6,9 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
+import httpx
 import pytest
 
 from genesys_token import TokenManager
@@ -230,3 +232,39 @@ def test_api_clients_give_each_redirect_leg_its_own_slot(kind: str) -> None:
         assert outcomes == [(200, 1), (200, 1), "rate limited"]
         assert _429s(emulator) == 0
         assert emulator.api_requests == 5  # 2 + 2 + the third call's first leg
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_api_clients_follow_no_redirect_unless_asked(kind: str) -> None:
+    # httpx passes USE_CLIENT_DEFAULT (a true object) from get(): read as "follow", every
+    # default call followed up to 20 redirects, a POST after a 303 resent as a GET.
+    with GenesysEmulator() as emulator:
+        manager = _manager(emulator)
+        path = "/redirect?to=" + emulator.api_base_url + ORG
+
+        async def async_get() -> httpx.Response:
+            async with async_api_client(manager) as client:
+                return await client.get(path)
+
+        if kind == "sync":
+            with api_client(manager) as client:
+                response = client.get(path)
+        else:
+            response = asyncio.run(async_get())
+        manager.close()
+    assert (response.status_code, len(response.history)) == (302, 0)
+    assert emulator.api_requests == 1
+
+
+def test_too_many_redirects_gives_a_streamed_legs_connection_back() -> None:
+    with GenesysEmulator() as emulator:
+        manager = _manager(emulator)
+        inner = emulator.api_base_url + "/redirect?to=" + quote(emulator.api_base_url + ORG)
+        path = "/redirect?to=" + quote(inner, safe="")  # two redirects, then the answer
+        options = {"limits": httpx.Limits(max_connections=1), "timeout": httpx.Timeout(5, pool=1)}
+        with api_client(manager, follow_redirects=True, max_redirects=1, **options) as client:
+            for _ in range(2):  # a leaked connection: PoolTimeout the second time
+                with pytest.raises(httpx.TooManyRedirects):
+                    client.send(client.build_request("GET", path), stream=True)
+            assert client.get(ORG).status_code == 200
+        manager.close()

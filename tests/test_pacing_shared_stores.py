@@ -355,3 +355,47 @@ def test_a_caller_that_must_wait_asks_a_shared_store_once(
         use = adapter_port(manager).begin_use()  # reserved when the window ends, then sent
         use.end()
     assert counting.asked == 1
+
+
+def test_a_pacing_timeout_does_not_take_the_token_store_down(limited: GenesysEmulator) -> None:
+    # The pacing scripts time out after 0.25 s; a Redis busy for 0.6 s must cost pacing a
+    # moment per process, not the token store its 5 s outage backoff (review 3: a second
+    # manager then made a token request of its own).
+    with redis_server_or_skip() as own:
+        store = RedisStore(own.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+        with _manager(limited, store) as first, _manager(limited, store) as second:
+            first.get_token()
+            own.hang()
+            resume = threading.Timer(0.6, own.hang, args=(False,))
+            resume.start()
+            try:
+                adapter_port(first).begin_use().end()  # paced in the process: Redis is silent
+                assert first.metrics()["pacing"]["shared"] is False
+            finally:
+                resume.join()
+            second.get_token()  # from the store, which answers again
+        assert limited.token_requests == 1
+
+
+def test_closing_a_redis_store_pushes_pending_releases_and_reconnects_nothing(
+    limited: GenesysEmulator,
+) -> None:
+    import redis
+
+    with redis_server_or_skip() as own:
+        admin = redis.Redis.from_url(own.url)
+        store = RedisStore(own.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+        with _manager(limited, store) as manager:
+            session = requests.Session()
+            session.auth = GenesysAuth(manager)
+            for _ in range(3):
+                session.get(limited.api_base_url + ORG, timeout=5)
+            session.close()
+            key = manager.token.fingerprint if manager.token else ""
+        store.close()
+        time.sleep(0.3)  # the lease keeper's flush period is 0.1 s: it would have run
+        others = [c for c in admin.client_list() if c["cmd"] != "client|list"]
+        counted = admin.zrange(f"{store._prefix}{{{key}}}:api-slots", 0, -1)
+        admin.close()
+    assert others == []  # no connection left open or reopened by a late flush
+    assert counted and all(member.startswith(b"e") for member in counted)  # all released

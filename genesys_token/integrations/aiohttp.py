@@ -127,8 +127,8 @@ async def _replace_and_replay(
         _log_if_failed(request, response)
         return response
     response.release()
-    port.note_replay()
     replay = await tokens.begin_use()
+    port.note_replay()  # once it can go out (a use, a slot)
     try:
         replayed = await _send(request, handler, replay)
         port.answered(replay.token, replayed.status, replayed.headers.get("Retry-After"))

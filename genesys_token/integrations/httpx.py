@@ -146,8 +146,8 @@ class GenesysHTTPXAuth(httpx.Auth):
         if not _replayable(request, response):
             self._log(response)
             return
-        self._port.note_replay()
         replay = self._port.begin_use()
+        self._port.note_replay()  # once it can go out (a use, a slot)
         try:
             replayed = yield _authorize(request, replay)
             self._answered(replay, replayed)
@@ -182,8 +182,8 @@ class GenesysHTTPXAuth(httpx.Auth):
         if not _replayable(request, response):
             self._log(response)
             return
-        self._port.note_replay()
         replay = await self._tokens.begin_use()
+        self._port.note_replay()
         try:
             replayed = yield _authorize(request, replay)
             self._answered(replay, replayed)

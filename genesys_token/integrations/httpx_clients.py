@@ -119,7 +119,7 @@ class ApiClient(httpx.Client):
         """Send ``request`` (and again, while :attr:`retry` says so). Redirects, when
         followed, are followed here, each leg a send of its own through the auth flow: its
         own token use and pacing slot (httpx would send them inside one auth step)."""
-        follow = kwargs.pop("follow_redirects", self.follow_redirects)
+        follow = _follows(self, kwargs)
         retries = 0
         while True:
             response = self._send_legs(request, follow, kwargs)
@@ -137,7 +137,11 @@ class ApiClient(httpx.Client):
         history: list[httpx.Response] = []
         while True:
             response = super().send(request, follow_redirects=False, **kwargs)
-            nxt = _next_leg(response, follow, history, self.max_redirects)
+            try:
+                nxt = _next_leg(response, follow, history, self.max_redirects)
+            except BaseException:
+                response.close()  # too many redirects: a streamed leg's connection goes back
+                raise
             if nxt is None:
                 return response
             response.read()
@@ -161,7 +165,7 @@ class AsyncApiClient(httpx.AsyncClient):
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         """Send ``request`` (and again, while :attr:`retry` says so); redirects as
         :meth:`ApiClient.send` follows them, one send per leg."""
-        follow = kwargs.pop("follow_redirects", self.follow_redirects)
+        follow = _follows(self, kwargs)
         retries = 0
         while True:
             response = await self._send_legs(request, follow, kwargs)
@@ -179,12 +183,23 @@ class AsyncApiClient(httpx.AsyncClient):
         history: list[httpx.Response] = []
         while True:
             response = await super().send(request, follow_redirects=False, **kwargs)
-            nxt = _next_leg(response, follow, history, self.max_redirects)
+            try:
+                nxt = _next_leg(response, follow, history, self.max_redirects)
+            except BaseException:
+                await response.aclose()
+                raise
             if nxt is None:
                 return response
             await response.aread()
             await response.aclose()
             request = nxt
+
+
+def _follows(client: httpx.Client | httpx.AsyncClient, kwargs: dict[str, Any]) -> bool:
+    """Whether this send follows redirects: its ``follow_redirects``, or the client's when
+    it passes httpx's ``USE_CLIENT_DEFAULT`` (``get()`` and ``request()`` always pass one)."""
+    follow = kwargs.pop("follow_redirects", httpx.USE_CLIENT_DEFAULT)
+    return bool(client.follow_redirects if follow is httpx.USE_CLIENT_DEFAULT else follow)
 
 
 def _next_leg(

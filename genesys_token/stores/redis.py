@@ -73,6 +73,9 @@ OUTAGE_BACKOFF = 5.0
 #: on an event loop asks Redis inline, so a Redis that stops answering must cost it this much
 #: at most (connect or read, no retry), not the token path's timeout twice.
 SLOTS_SOCKET_TIMEOUT = 0.25
+#: After such a timeout the pacing scripts rest this long (pacing goes per process), as
+#: the pacer itself retries a failed store (``RETRY_BACKEND``).
+SLOTS_OUTAGE_BACKOFF = 1.0
 #: A sealed entry is a few kilobytes; a larger value at the token key is not ours and is
 #: never sent to the client (the same cap as the sealer's and FileStore's).
 MAX_ENTRY_BYTES = MAX_BLOB_BYTES
@@ -168,6 +171,10 @@ class RedisStore:
         self._socket_timeout = float(socket_timeout)
         self._owns_client = client is None
         self._down_until = 0.0
+        #: The pacing client's own outage: its 0.25 s timeouts must not mark the token store
+        #: down (its 1 s client may well answer a Redis busy for half a second).
+        self._slots_down_until = 0.0
+        self._closed = False
         self._guard = threading.Lock()
         self._client: Any = None
         self._read: Any = None
@@ -238,7 +245,10 @@ class RedisStore:
         would let the lock lapse under its live holder). ``client``: another client than the
         store's (the pacing scripts').
         """
-        if not always and time.monotonic() < self._down_until:
+        slots = client is not None
+        if not always and time.monotonic() < (
+            self._slots_down_until if slots else self._down_until
+        ):
             raise StoreError(f"redis unavailable; not retrying for up to {self._outage_backoff:g}s")
         errors = self._redis.exceptions
         # RedisClusterException ("no reachable node", "slot not covered") is no RedisError.
@@ -252,7 +262,10 @@ class RedisStore:
         try:
             return run(client if client is not None else self._ready_client())
         except unreachable as exc:
-            self._down_until = time.monotonic() + self._outage_backoff
+            if slots:  # pacing goes per process for a moment; tokens are not concerned
+                self._slots_down_until = time.monotonic() + SLOTS_OUTAGE_BACKOFF
+            else:
+                self._down_until = time.monotonic() + self._outage_backoff
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
         except errors.RedisError as exc:
             raise StoreError(f"redis {what} failed: {type(exc).__name__}") from None
@@ -261,6 +274,8 @@ class RedisStore:
         """:meth:`_call` for the pacing scripts: on a client of their own with
         :data:`SLOTS_SOCKET_TIMEOUT` and no retry when this store built a plain client (a
         given client or a Cluster's keeps its own timeouts)."""
+        if self._closed:
+            raise StoreError("the store is closed")  # a late release must not reconnect
         if not self._owns_client or self._cluster:
             return self._call(what, run, always=always)
         client = self._slots_client
@@ -358,7 +373,10 @@ class RedisStore:
         return self._slots
 
     def close(self) -> None:
-        """Close the connection pool of a client this store built (not a given one)."""
+        """Close the connection pool of a client this store built (not a given one), once
+        the paced releases still pending have reached Redis."""
+        self._slots.flush()
+        self._closed = True
         if self._owns_client and self._client is not None:
             self._client.close()
         if self._slots_client is not None:
@@ -381,7 +399,7 @@ class RedisStore:
             self._client = None
             if not self._cluster:
                 self._bind(self._build_client())
-        self._down_until = 0.0
+        self._down_until = self._slots_down_until = 0.0
 
     def __repr__(self) -> str:
         return (
