@@ -174,6 +174,24 @@ class _Counting:
             raise StoreError("the slots file cannot be written")
         return self.inner.acquire(*args, **kwargs)
 
+    # Spelled out, not only through __getattr__: from Python 3.12 a runtime-checkable
+    # Protocol's isinstance looks attributes up statically, and the manager checks
+    # store.slots() against SlotBackend.
+    def release(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.release(*args, **kwargs)
+
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.cancel(*args, **kwargs)
+
+    def penalize(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.penalize(*args, **kwargs)
+
+    def in_use(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.in_use(*args, **kwargs)
+
+    def after_fork(self) -> Any:
+        return self.inner.after_fork()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
