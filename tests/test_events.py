@@ -409,8 +409,11 @@ def test_failure_event_and_log_lines_carry_the_correlation_id(
     emulator.inject(Fault.server_error(503))
     with caplog.at_level(logging.INFO), pytest.raises(TokenRequestError):
         manager.get_token()
+    # The event and the refresher's log line come after the caller wakes: wait for both.
     deadline = time.monotonic() + 5
-    while not records and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (
+        records and any(r.getMessage().startswith("token refresh failed") for r in caplog.records)
+    ):
         time.sleep(0.005)
     (sent,) = [r.correlation_id for r in emulator.token_request_log]
     assert sent
