@@ -55,6 +55,23 @@ def test_three_tokens_take_three_requests_and_get_token_cycles_over_them(
     assert "tokens=3" in repr(manager) and not any(token in repr(manager) for token in got)
 
 
+def test_prometheus_exports_the_tokens_in_use(make_manager: MakeManager) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+
+    from genesys_token.observability.prometheus import GenesysTokenCollector
+
+    manager = make_manager(tokens=2)
+    registry = CollectorRegistry()
+    registry.register(GenesysTokenCollector(manager))
+    labels = {"client_id": manager.client_id}
+    assert registry.get_sample_value("genesys_token_tokens_in_use", labels) == 0
+    manager.get_token()
+    assert registry.get_sample_value("genesys_token_tokens_in_use", labels) == 1
+    manager.get_token()
+    assert registry.get_sample_value("genesys_token_tokens_in_use", labels) == 2
+
+
 def test_one_token_is_unchanged(emulator: GenesysEmulator, make_manager: MakeManager) -> None:
     manager = make_manager()
     assert len({manager.get_token() for _ in range(5)}) == 1
