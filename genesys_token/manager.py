@@ -13,25 +13,22 @@ beyond the public API (counted uses, a 401's replacement) is :func:`adapter_port
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import requests
 
-from .core.acquisition import lock_bound
 from .core.clock import SYSTEM_CLOCK, Clock
 from .core.fork import register_fork_handler
 from .core.lanes import build_lanes
 from .core.port import AdapterPort
-from .core.refresher import check_timeout
-from .core.rotation import rotate
+from .core.rotation import Rotator
 from .core.scheduler import Job, weak_job
 from .core.shared_pacing import make_pacer
 from .core.uses import InFlight, UseGate
 from .credentials import Secret, hide_text
-from .errors import DrainTimeoutError, ManagerClosedError
+from .errors import ManagerClosedError
 from .http import connections as _http
 from .http.token_endpoint import RetryNotice, TokenEndpoint
 from .observability import otel
@@ -292,7 +289,6 @@ class TokenManager:
         self._session = session
         self._reporter = reporter = Reporter(config)
         self._gate = UseGate()
-        self._rotate_lock = threading.Lock()
         self._transport = TokenEndpoint(
             config, clock=clock, on_retry=_counter(reporter, "retries"), session=session
         )
@@ -312,6 +308,8 @@ class TokenManager:
         self._flight = self._lanes.first.flight
         if self._lanes.count > 1:  # round-robin; the class's get_token serves one token as is
             self.get_token = self._lanes.get_token  # type: ignore[method-assign]
+        refreshers = [lane.refresher for lane in self._lanes.all]
+        self._rotator = Rotator(refreshers, self._gate, reporter, self._transport.revoke)
         #: Paces every counted API call per token (``api_rate_limit``); None: not paced.
         self._pacer = make_pacer(settings.api_rate_limit, settings.api_rate_wait, store, clock)
         self._port = AdapterPort(
@@ -459,29 +457,7 @@ class TokenManager:
             DrainTimeoutError: ``strict`` and the drain timed out.
             GenesysTokenError: Fetching the new token failed (the old token stays).
         """
-        if self._flight.closed:
-            raise ManagerClosedError("the token manager is closed")
-        timeout = (
-            self._config.drain_timeout
-            if drain_timeout is None
-            else check_timeout(drain_timeout, "drain_timeout")
-        )
-        # Another rotation's fetch and drain, at most (no bound of its own with inf).
-        wait = min(timeout + 2 * lock_bound(self._config), threading.TIMEOUT_MAX)
-        if not self._rotate_lock.acquire(timeout=wait):
-            raise DrainTimeoutError("another rotation is still running")
-        try:
-            return rotate(
-                refreshers=[lane.refresher for lane in self._lanes.all],
-                gate=self._gate,
-                reporter=self._reporter,
-                revoke=self._transport.revoke,
-                drain_timeout=timeout,
-                revoke_previous=revoke_previous,
-                strict=strict,
-            )
-        finally:
-            self._rotate_lock.release()
+        return self._rotator.run(drain_timeout, revoke_previous, strict)
 
     @contextmanager
     def in_flight(self) -> Iterator[InFlight]:
@@ -568,7 +544,7 @@ class TokenManager:
         if self._pacer is not None:
             self._pacer.after_fork()  # the parent's slots are its own calls
         self._reporter.after_fork()
-        self._rotate_lock = threading.Lock()
+        self._rotator.after_fork()
         if self._session is not None:
             _http.renew_adapters(self._session)  # the parent's keep-alive sockets stay its own
         self._lanes.after_fork(lambda lane: _job_for(self, lane, self.client_id))

@@ -19,11 +19,69 @@ from ..observability.events import (
 )
 from ..observability.reporter import Reporter
 from ..token import Token
+from .acquisition import lock_bound
+from .refresher import check_timeout
 from .uses import UseGate
 
 if TYPE_CHECKING:
     from .refresher import Refresher
     from .single_flight import SingleFlight
+
+
+class Rotator:
+    """Runs a manager's rotations, one at a time, over all its tokens (``rotate()``).
+
+    Args:
+        refreshers: One per token, lane 0's first.
+        gate: The manager's counted uses.
+        reporter: Its events and metrics.
+        revoke: Revokes an access token; True if it did.
+    """
+
+    def __init__(
+        self,
+        refreshers: Sequence[Refresher],
+        gate: UseGate,
+        reporter: Reporter,
+        revoke: Callable[[str], bool],
+    ) -> None:
+        self._refreshers = tuple(refreshers)
+        self._gate = gate
+        self._reporter = reporter
+        self._revoke = revoke
+        self._lock = threading.Lock()
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent thread may have held this one)."""
+        self._lock = threading.Lock()
+
+    def run(self, drain_timeout: float | None, revoke_previous: bool, strict: bool) -> Token:
+        """``TokenManager.rotate`` (see there): waits for a rotation in progress first."""
+        state = self._refreshers[0].flight
+        if state.closed:
+            raise ManagerClosedError("the token manager is closed")
+        config = state.config
+        timeout = (
+            config.drain_timeout
+            if drain_timeout is None
+            else check_timeout(drain_timeout, "drain_timeout")
+        )
+        # Another rotation's fetches and drain, at most (no bound of its own with inf).
+        fetches = 2 * lock_bound(config) * len(self._refreshers)
+        if not self._lock.acquire(timeout=min(timeout + fetches, threading.TIMEOUT_MAX)):
+            raise DrainTimeoutError("another rotation is still running")
+        try:
+            return rotate(
+                refreshers=self._refreshers,
+                gate=self._gate,
+                reporter=self._reporter,
+                revoke=self._revoke,
+                drain_timeout=timeout,
+                revoke_previous=revoke_previous,
+                strict=strict,
+            )
+        finally:
+            self._lock.release()
 
 
 def rotate(
