@@ -4,6 +4,7 @@ rejected secret; rotation drains every old token within one bound."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from genesys_token import (
 from genesys_token.core.scheduler import scheduler
 from genesys_token.errors import ApiRateLimitedError
 from genesys_token.events import TOKEN_DRAIN_TIMEOUT
+from genesys_token.integrations.httpx import async_api_client
 from genesys_token.manager import adapter_port
 from genesys_token.stores import FileStore, RedisStore
 from genesys_token.stores.base import TokenStore
@@ -101,6 +103,31 @@ def test_two_managers_with_two_tokens_on_one_store_make_two_requests_in_all(
     theirs = {second.get_token() for _ in range(4)}
     assert emulator.token_requests == 2  # lane k of each shares lane k's key and lock
     assert mine == theirs and len(mine) == 2
+
+
+def test_a_process_with_two_tokens_takes_both_from_another_process_file_store(
+    emulator: GenesysEmulator, tmp_path: Path
+) -> None:
+    def manager() -> TokenManager:
+        return TokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            token_url=emulator.token_url,
+            api_base_url=emulator.api_base_url,
+            tokens=2,
+            store=FileStore(tmp_path / "tokens"),
+        )
+
+    with manager() as first:
+        mine = {first.get_token() for _ in range(2)}
+
+        def child() -> dict[str, Any]:
+            with manager() as second:
+                return {"tokens": sorted({second.get_token() for _ in range(4)})}
+
+        result = in_child(child)
+    assert set(result["tokens"]) == mine and len(mine) == 2
+    assert emulator.token_requests == 2  # two per lifetime for both processes
 
 
 # -- one cool-down for a rejected secret ----------------------------------------------------
@@ -266,6 +293,25 @@ def test_three_paced_tokens_give_three_limits_in_one_window_without_429s(
         assert elapsed < 0.8 * LIMIT[1]  # 3L in one window: nobody waited for a second one
         assert limited.token_requests == 3
         session.close()
+
+
+def test_async_api_client_spreads_paced_calls_over_three_tokens(limited: GenesysEmulator) -> None:
+    calls = 3 * LIMIT[0]
+
+    async def run() -> tuple[list[int], float]:
+        async with async_api_client(manager) as client:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(client.get(ORG) for _ in range(calls)))
+            return [a.status_code for a in answers], time.monotonic() - started
+
+    with _paced(limited, tokens=3) as manager:
+        for _ in range(3):
+            manager.get_token()
+        statuses, elapsed = asyncio.run(run())
+    assert statuses == [200] * calls and sum(limited.api_429s.values()) == 0
+    assert elapsed < 0.8 * LIMIT[1]  # no waiting for a second window
+    used = [record.token_used for record in limited.api_request_log]
+    assert sorted(used.count(token) for token in set(used)) == [LIMIT[0]] * 3
 
 
 def test_a_paced_use_takes_a_token_with_room_rather_than_wait_for_its_turn(
