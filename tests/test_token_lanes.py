@@ -130,6 +130,15 @@ def test_a_process_with_two_tokens_takes_both_from_another_process_file_store(
     assert emulator.token_requests == 2  # two per lifetime for both processes
 
 
+def test_the_first_token_keeps_the_store_key_of_one_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, tmp_path: Path
+) -> None:
+    before = make_manager(store=FileStore(tmp_path / "tokens")).get_token()  # tokens=1
+    after = make_manager(tokens=2, store=FileStore(tmp_path / "tokens"))
+    assert after.get_token() == before  # a fleet moving to tokens=2 keeps its token
+    assert after.get_token() != before and emulator.token_requests == 2
+
+
 # -- one cool-down for a rejected secret ----------------------------------------------------
 
 
@@ -331,6 +340,23 @@ def test_a_paced_use_takes_a_token_with_room_rather_than_wait_for_its_turn(
         assert held not in uses and len(set(uses)) == 2
         with pytest.raises(ApiRateLimitedError):
             port.begin_use()  # now no token has room
+
+
+def test_try_begin_use_takes_a_token_with_room_rather_than_give_up(
+    limited: GenesysEmulator,
+) -> None:
+    with _paced(limited, tokens=3) as manager:
+        held = manager.get_token()
+        for _ in range(2):
+            manager.get_token()
+        port = adapter_port(manager)
+        port.throttled(held, 30.0)
+        uses = [port.try_begin_use() for _ in range(6)]  # what an event loop tries first
+        assert all(use is not None for use in uses)
+        assert held not in {use.token for use in uses if use is not None}
+        for use in uses:
+            assert use is not None
+            use.end()
 
 
 # -- close and fork -------------------------------------------------------------------------
