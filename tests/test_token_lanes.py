@@ -30,7 +30,7 @@ from genesys_token.events import TOKEN_DRAIN_TIMEOUT
 from genesys_token.integrations.httpx import async_api_client
 from genesys_token.manager import adapter_port
 from genesys_token.stores import FileStore, RedisStore
-from genesys_token.stores.base import TokenStore
+from genesys_token.stores.base import TokenStore, store_key
 from genesys_token.testing import GenesysEmulator
 
 ORG = "/api/v2/organizations/me"
@@ -137,6 +137,11 @@ def test_the_first_token_keeps_the_store_key_of_one_token(
     after = make_manager(tokens=2, store=FileStore(tmp_path / "tokens"))
     assert after.get_token() == before  # a fleet moving to tokens=2 keeps its token
     assert after.get_token() != before and emulator.token_requests == 2
+    # The key of before lanes existed (what stores written by earlier versions hold).
+    key = store_key(emulator.client_id, emulator.token_url, ())
+    names = {path.name for path in (tmp_path / "tokens").iterdir()}
+    assert any(name.startswith(key + ".") for name in names), names
+    assert any(name.startswith(key + "-1.") for name in names), names
 
 
 # -- one cool-down for a rejected secret ----------------------------------------------------
