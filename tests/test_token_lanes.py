@@ -254,6 +254,21 @@ def test_rotate_swaps_every_token_and_drains_them_within_one_bound(
     assert manager.metrics()["rotations"] == 1
 
 
+def test_a_forced_refresh_replaces_every_token_with_the_credentials_set(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    manager = make_manager(tokens=2)
+    old = {manager.get_token(), manager.get_token()}
+    emulator.set_secret(emulator.client_id, "the-new-secret")
+    manager.set_credentials("the-new-secret")
+    fresh = manager.refresh(force=True)  # every token, each with the new secret
+    now = {manager.get_token(), manager.get_token()}
+    assert not now & old and len(now) == 2 and fresh.access_token in now
+    assert emulator.token_requests == 4
+    assert manager.refresh().access_token == fresh.access_token  # none due: no request
+    assert emulator.token_requests == 4
+
+
 # -- pacing over three tokens ---------------------------------------------------------------
 
 
