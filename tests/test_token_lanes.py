@@ -379,6 +379,23 @@ def test_try_begin_use_takes_a_token_with_room_rather_than_give_up(
             use.end()
 
 
+def test_paced_callers_with_no_room_wait_in_turn_on_every_token(
+    limited: GenesysEmulator,
+) -> None:
+    with _paced(limited, tokens=2, api_rate_wait=0.01) as manager:
+        port = adapter_port(manager)
+        held = [port.begin_use() for _ in range(2 * LIMIT[0])]  # every slot of both taken
+        assert limited.token_requests == 2  # a token not fetched yet is fetched on its turn
+        gave_up_on = []
+        for _ in range(4):
+            with pytest.raises(ApiRateLimitedError) as caught:
+                port.begin_use()
+            gave_up_on.append(caught.value.token_fingerprint)
+        for use in held:
+            use.end()
+        assert len(set(gave_up_on)) == 2  # the waiters' lines alternate between the tokens
+
+
 # -- close and fork -------------------------------------------------------------------------
 
 

@@ -80,9 +80,12 @@ class Lanes:
 
     def from_next(self) -> Iterator[Lane]:
         """Every lane once, starting at the one whose turn it is."""
-        start = next(self._turn) % self.count
+        return self.starting_at(self.next())
+
+    def starting_at(self, first: Lane) -> Iterator[Lane]:
+        """Every lane once, starting at ``first``."""
         for offset in range(self.count):
-            yield self.all[(start + offset) % self.count]
+            yield self.all[(first.index + offset) % self.count]
 
     def get_token(self, timeout: float | None = None) -> str:
         """``TokenManager.get_token`` with more than one token: the turn's lane's token, by

@@ -96,8 +96,9 @@ class AdapterPort:
         deadline = None if timeout is None or pacer is None else self._now() + timeout
         lane = self._lanes.next()
         while True:
-            if pacer is not None and self._lanes.count > 1 and not pacer.remote:
-                use = self._with_room(pacer)
+            many = self._lanes.count > 1 and lane.flight.cell is not None  # else: fetch it
+            if many and pacer is not None and not pacer.remote:
+                use = self._with_room(pacer, lane)
                 if use is not None:
                     return use
             cell = lane.flight.cell
@@ -116,11 +117,12 @@ class AdapterPort:
             if slot is not None:
                 slot.cancel()  # the token was swapped while we waited: nothing was sent
 
-    def _with_room(self, pacer: Pacing) -> InFlight | None:
-        """A use of the first lane from the turn whose token is fresh and has a slot free
-        now (no wait, no I/O); None when none has."""
+    def _with_room(self, pacer: Pacing, turn: Lane) -> InFlight | None:
+        """A use of the first lane from ``turn`` on whose token is fresh and has a slot
+        free now (no wait, no I/O); None when none has. The turn is the one the caller
+        waits on then: taking another would make waiters of N=2 all wait on one lane."""
         now = self._now()
-        for lane in self._lanes.from_next():
+        for lane in self._lanes.starting_at(turn):
             cell = lane.flight.cell
             if cell is None or not now < cell.refresh_at:
                 continue
