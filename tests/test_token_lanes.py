@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, in_background, in_child
+from conftest import FakeClock, MakeManager, in_background, in_child, poll
 from redis_server import redis_server_or_skip
 
 from genesys_token import (
@@ -360,6 +360,25 @@ def test_a_paced_use_takes_a_token_with_room_rather_than_wait_for_its_turn(
         assert held not in uses and len(set(uses)) == 2
         with pytest.raises(ApiRateLimitedError):
             port.begin_use()  # now no token has room
+
+
+def test_event_loop_uses_fetch_every_token_without_blocking(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    manager = make_manager(tokens=3)
+    manager.get_token()  # the first token; an event loop only ever tries the others
+    port = adapter_port(manager)
+    seen: set[str] = set()
+
+    def three_tokens_served() -> bool:
+        use = port.try_begin_use()
+        if use is not None:
+            seen.add(use.token)
+            use.end()
+        return len(seen) == 3
+
+    assert poll(three_tokens_served)
+    assert emulator.token_requests == 3
 
 
 def test_try_begin_use_takes_a_token_with_room_rather_than_give_up(

@@ -261,7 +261,10 @@ class AdapterPort:
         instant); then call :meth:`begin_use` in a worker thread. With several tokens, the
         first from the turn that is usable (and, paced, has room) serves.
         """
-        for lane in self._lanes.from_next():
+        turn = self._lanes.next()
+        if turn.flight.cell is None and self._lanes.count > 1:
+            turn.refresher.prefetch()  # its first token, meanwhile another serves
+        for lane in self._lanes.starting_at(turn):
             use = self._try_lane(lane)
             if use is not None:
                 return use
