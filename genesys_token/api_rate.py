@@ -1,9 +1,12 @@
-"""The pacing settings, ``api_rate_limit`` and ``api_rate_wait``: checks and environment.
+"""The throughput settings, ``api_rate_limit``, ``api_rate_wait`` and ``tokens``: checks and
+environment.
 
 ``api_rate_limit`` is ``(calls, seconds)``: at most ``calls`` API calls per token in any window
 of ``seconds`` (Genesys' default is ``(300, 60.0)``); ``None`` paces nothing.
 ``api_rate_wait`` is the longest a call waits for room before it gives up with
 :class:`~genesys_token.errors.ApiRateLimitedError`, having sent nothing.
+``tokens`` is how many tokens of one client a manager holds (Genesys limits each token on its
+own, so N tokens give N times the calls).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .errors import ConfigurationError
 
 ENV_API_RATE_LIMIT = "GENESYSCLOUD_API_RATE_LIMIT"
 ENV_API_RATE_WAIT = "GENESYSCLOUD_API_RATE_WAIT"
+ENV_TOKENS = "GENESYSCLOUD_TOKENS"
 
 #: ``api_rate_wait``'s default: long enough to ride out a window of Genesys' default limit
 #: half spent, short enough that a thread does not vanish for minutes.
@@ -25,9 +29,11 @@ __all__ = [
     "DEFAULT_API_RATE_WAIT",
     "ENV_API_RATE_LIMIT",
     "ENV_API_RATE_WAIT",
+    "ENV_TOKENS",
     "api_rate_from_env",
     "check_api_rate_limit",
     "check_api_rate_wait",
+    "check_tokens",
 ]
 
 
@@ -73,9 +79,21 @@ def check_api_rate_wait(value: Any) -> float:
     return float(value)
 
 
+def check_tokens(value: Any) -> int:
+    """``value`` as a ``tokens``: an integer >= 1 (a bool is not one).
+
+    Raises:
+        ConfigurationError: Anything else (``field="tokens"``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"tokens must be an integer >= 1, got {value!r}", field="tokens")
+    return value
+
+
 def api_rate_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """The pacing fields ``GENESYSCLOUD_API_RATE_LIMIT`` (``"300/60"``: 300 calls per 60 s)
-    and ``GENESYSCLOUD_API_RATE_WAIT`` (seconds) set; unset or empty ones are left out.
+    and ``GENESYSCLOUD_API_RATE_WAIT`` (seconds), and ``tokens`` from ``GENESYSCLOUD_TOKENS``
+    (an integer >= 1), when set; unset or empty ones are left out.
 
     Raises:
         ConfigurationError: A value that does not parse, naming the variable.
@@ -96,6 +114,14 @@ def api_rate_from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 field="api_rate_wait",
             )
         found["api_rate_wait"] = seconds
+    tokens = (env.get(ENV_TOKENS) or "").strip()
+    if tokens:
+        count = int(tokens) if tokens.isascii() and tokens.isdigit() else 0
+        if count < 1:
+            raise ConfigurationError(
+                f"{ENV_TOKENS} must be an integer >= 1 (e.g. 3), got {tokens!r}", field="tokens"
+            )
+        found["tokens"] = count
     return found
 
 

@@ -86,6 +86,7 @@ GENESYSCLOUD_* name close to one of these is reported on stderr):
   GENESYSCLOUD_OTEL        "off" turns the OpenTelemetry spans and instruments off
   GENESYSCLOUD_API_RATE_LIMIT  pace API calls: CALLS/SECONDS per token, e.g. 300/60
   GENESYSCLOUD_API_RATE_WAIT   longest a call waits for room, seconds (default 30)
+  GENESYSCLOUD_TOKENS          tokens per client, calls round-robin over them (default 1)
   HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE   as for requests
 
 exit codes: 0 ok, 2 configuration error, 3 credentials rejected, 4 service unavailable

@@ -50,6 +50,8 @@ OWN_NAMES = frozenset(
         # Pacing of API calls (genesys_token.api_rate).
         "GENESYSCLOUD_API_RATE_LIMIT",
         "GENESYSCLOUD_API_RATE_WAIT",
+        # Tokens per client (genesys_token.api_rate).
+        "GENESYSCLOUD_TOKENS",
     }
 )
 

@@ -13,27 +13,22 @@ beyond the public API (counted uses, a 401's replacement) is :func:`adapter_port
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import requests
 
-from .core.acquisition import Acquirer, flight_bound, lock_bound
 from .core.clock import SYSTEM_CLOCK, Clock
 from .core.fork import register_fork_handler
-from .core.pacing import Pacer, Pacing
+from .core.lanes import build_lanes
 from .core.port import AdapterPort
-from .core.refresher import Refresher, check_timeout
-from .core.rejections import RejectedCredentials
-from .core.rotation import rotate
-from .core.scheduler import Job, scheduler, weak_job
-from .core.shared_pacing import SharedPacer
+from .core.rotation import Rotator
+from .core.scheduler import Job, weak_job
+from .core.shared_pacing import make_pacer
 from .core.uses import InFlight, UseGate
-from .core.validation import TokenValidator
 from .credentials import Secret, hide_text
-from .errors import DrainTimeoutError, ManagerClosedError
+from .errors import ManagerClosedError
 from .http import connections as _http
 from .http.token_endpoint import RetryNotice, TokenEndpoint
 from .observability import otel
@@ -52,7 +47,6 @@ from .settings import (
     with_env_location,
 )
 from .stores.base import MemoryStore, TokenStore
-from .stores.slots import SlotBackend
 from .token import Token
 
 
@@ -97,6 +91,10 @@ class TokenManager:
             at most ``calls`` in any window of ``seconds``; None (default) paces nothing.
         api_rate_wait: Longest a call waits for a slot; then
             :class:`~genesys_token.errors.ApiRateLimitedError`, nothing sent.
+        tokens: How many tokens of this client to hold (default 1): calls go round-robin
+            over them, each token with its own refresh, 401 replacement and pacing slots
+            (Genesys limits each token on its own); a rejected secret cools all of them down.
+            Shared through ``store``: a fleet makes ``tokens`` requests per lifetime in all.
         store: Where tokens are shared (default: a :class:`MemoryStore` of this process).
         clock: Clocks and randomness, for deterministic tests.
         session: A ``requests.Session`` for the token endpoint (default: the process-wide
@@ -136,6 +134,7 @@ class TokenManager:
         cert: str | tuple[str, str] | None = UNSET,
         api_rate_limit: tuple[int, float] | None = UNSET,
         api_rate_wait: float = UNSET,
+        tokens: int = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -178,6 +177,7 @@ class TokenManager:
         cert: str | tuple[str, str] | None = UNSET,
         api_rate_limit: tuple[int, float] | None = UNSET,
         api_rate_wait: float = UNSET,
+        tokens: int = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -187,7 +187,8 @@ class TokenManager:
         gateway ``GENESYSCLOUD_GATEWAY_HOST``, ``_PORT``, ``_PROTOCOL``, ``_PATH_NAME``,
         ``_PATH_VALUE`` and the proxy ``GENESYSCLOUD_PROXY_HOST``, ``_PORT``, ``_PROTOCOL``,
         ``_AUTH_USERNAME``, ``_AUTH_PASSWORD`` (the names of Genesys' Terraform provider),
-        and the pacing ``GENESYSCLOUD_API_RATE_LIMIT`` (``"300/60"``) and ``_API_RATE_WAIT``.
+        the pacing ``GENESYSCLOUD_API_RATE_LIMIT`` (``"300/60"``) and ``_API_RATE_WAIT``,
+        and ``GENESYSCLOUD_TOKENS``.
 
         What wins: a keyword given explicitly, then a field ``settings`` sets, then the
         environment (it fills the location fields ``settings`` leaves None), then the
@@ -242,6 +243,7 @@ class TokenManager:
         cert: str | tuple[str, str] | None = UNSET,
         api_rate_limit: tuple[int, float] | None = UNSET,
         api_rate_wait: float = UNSET,
+        tokens: int = UNSET,
         store: TokenStore | None = None,
         clock: Clock | None = None,
         session: requests.Session | None = None,
@@ -287,38 +289,31 @@ class TokenManager:
         self._session = session
         self._reporter = reporter = Reporter(config)
         self._gate = UseGate()
-        self._rotate_lock = threading.Lock()
         self._transport = TokenEndpoint(
             config, clock=clock, on_retry=_counter(reporter, "retries"), session=session
         )
-        rejected = RejectedCredentials(clock.monotonic, clock.random)
         self._store: TokenStore = store if store is not None else MemoryStore()
-        self._acquirer = Acquirer(
+        #: The tokens (``tokens``), each owned by its lane's refresher; the manager delegates.
+        self._lanes = build_lanes(
+            count=settings.tokens,
+            config=config,
             store=self._store,
             transport=self._transport,
-            validator=TokenValidator(config),
-            clock=clock,
-            rejections=rejected,
-            metrics=reporter.metrics,
-        )
-        # The owner of the token state; the manager only delegates to it.
-        self._refresher = Refresher(
-            config=config,
-            acquire=self._acquirer.acquire,
-            rejected=rejected,
             reporter=reporter,
             clock=clock,
-            name=f"genesys-token-fetch-{config.client_id[:16]}",
-            bound=flight_bound(config),
-            wait_bound=2 * lock_bound(config) + 30.0,
+            job_for=lambda lane: _job_for(self, lane, config.client_id),
         )
-        #: The token state (current cell, config with the credentials, acquisition, closed).
-        self._flight = self._refresher.flight
-        self._refresher.job = _job_for(self)
+        # Lane 0's refresher and token state (current cell, credentials, acquisition, closed).
+        self._refresher = self._lanes.first.refresher
+        self._flight = self._lanes.first.flight
+        if self._lanes.count > 1:  # round-robin; the class's get_token serves one token as is
+            self.get_token = self._lanes.get_token  # type: ignore[method-assign]
+        refreshers = [lane.refresher for lane in self._lanes.all]
+        self._rotator = Rotator(refreshers, self._gate, reporter, self._transport.revoke)
         #: Paces every counted API call per token (``api_rate_limit``); None: not paced.
-        self._pacer = _make_pacer(settings, self._store, clock)
+        self._pacer = make_pacer(settings.api_rate_limit, settings.api_rate_wait, store, clock)
         self._port = AdapterPort(
-            self._refresher,
+            self._lanes,
             self._gate,
             reporter.metrics,
             self._now,
@@ -367,7 +362,8 @@ class TokenManager:
 
     @property
     def token(self) -> Token | None:
-        """The current token, without any network call (``None`` before the first one)."""
+        """The current token (lane 0's with ``tokens`` > 1), without any network call
+        (``None`` before the first one)."""
         cell = self._flight.cell
         return cell.token if cell is not None else None
 
@@ -389,7 +385,8 @@ class TokenManager:
         With a valid token this takes no lock and does no I/O. Near expiry the still-valid
         token is returned while a refresh runs on the scheduler (or in this call, with
         ``background_refresh=False``). Callers block only when no valid token exists; then
-        they all share one acquisition, each for at most ``timeout`` seconds.
+        they all share one acquisition, each for at most ``timeout`` seconds. With
+        ``tokens`` > 1 each call returns the next token in turn (round-robin, no lock).
 
         Args:
             timeout: Seconds this caller waits at most when no valid token exists (default:
@@ -413,17 +410,20 @@ class TokenManager:
 
         A forced refresh makes a token request (it never takes the shared store's token),
         with the credentials in place when it is called; it raises when that fails, and
-        the current token stays.
+        the current token stays. With ``tokens`` > 1 every token is refreshed when due (all
+        of them with ``force``, one request each) and lane 0's is returned.
 
         Raises:
             ManagerClosedError: The manager was closed.
             GenesysTokenError: Acquiring a token failed.
         """
-        if not force:
-            return self._refresher.slow(None).token
-        if self._flight.closed:
+        if force and self._flight.closed:
             raise ManagerClosedError("the token manager is closed")
-        return self._refresher.fetch_new("forced").token
+        cells = [
+            lane.refresher.fetch_new("forced") if force else lane.refresher.slow(None)
+            for lane in self._lanes.all
+        ]
+        return cells[0].token
 
     # -- rotation and counted uses -------------------------------------------------------
 
@@ -434,7 +434,9 @@ class TokenManager:
         *,
         strict: bool = False,
     ) -> Token:
-        """Replace the token make-before-break, then retire the old one.
+        """Replace the token make-before-break, then retire the old one. With ``tokens`` >
+        1 every token in turn; their old ones drain within one ``drain_timeout``; lane 0's
+        new token is returned.
 
         Fetches a new token while calls go on with the old one, swaps it in (every new call
         gets it at once: no caller is held), sets ``rotation_pending`` on the old token's
@@ -455,29 +457,7 @@ class TokenManager:
             DrainTimeoutError: ``strict`` and the drain timed out.
             GenesysTokenError: Fetching the new token failed (the old token stays).
         """
-        if self._flight.closed:
-            raise ManagerClosedError("the token manager is closed")
-        timeout = (
-            self._config.drain_timeout
-            if drain_timeout is None
-            else check_timeout(drain_timeout, "drain_timeout")
-        )
-        # Another rotation's fetch and drain, at most (no bound of its own with inf).
-        wait = min(timeout + 2 * lock_bound(self._config), threading.TIMEOUT_MAX)
-        if not self._rotate_lock.acquire(timeout=wait):
-            raise DrainTimeoutError("another rotation is still running")
-        try:
-            return rotate(
-                refresher=self._refresher,
-                gate=self._gate,
-                reporter=self._reporter,
-                revoke=self._transport.revoke,
-                drain_timeout=timeout,
-                revoke_previous=revoke_previous,
-                strict=strict,
-            )
-        finally:
-            self._rotate_lock.release()
+        return self._rotator.run(drain_timeout, revoke_previous, strict)
 
     @contextmanager
     def in_flight(self) -> Iterator[InFlight]:
@@ -509,7 +489,7 @@ class TokenManager:
             ConfigurationError: An empty or mistyped value.
         """
         new = Credentials(client_id or self._config.client_id, client_secret)
-        self._refresher.use_credentials(new)
+        self._lanes.use_credentials(new)
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:
         """Call ``callback(record)`` for each event of ``event_type`` (``"*"``: all).
@@ -522,20 +502,20 @@ class TokenManager:
         return self._reporter.on(event_type, callback)
 
     def metrics(self) -> dict[str, Any]:
-        """A snapshot of the counters (bounded memory however long the process runs)."""
+        """A snapshot of the counters (bounded memory however long the process runs);
+        ``tokens`` is the setting, ``tokens_in_use`` how many hold a usable token now."""
         snap = self._reporter.snapshot(
             in_flight=self._gate.count, cell=self._flight.cell, now=self._now()
         )
+        snap["tokens"], snap["tokens_in_use"] = self._lanes.count, self._lanes.in_use()
         snap["credentials_cooldown"] = round(self._refresher.rejected.remaining, 3)
         if self._pacer is not None:
             snap["pacing"] = self._pacer.metrics()
         return snap
 
-    # -- what the flights report (no lock held) ------------------------------------------
-
-    def _scheduled_refresh(self) -> None:
-        """Run by a scheduler worker at the planned refresh point."""
-        self._refresher.scheduled()
+    def _scheduled_refresh(self, lane: int = 0) -> None:
+        """Run by a scheduler worker at token ``lane``'s planned refresh point."""
+        self._lanes.scheduled(lane)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -546,10 +526,8 @@ class TokenManager:
         brings back is installed or saved. Later calls raise :class:`ManagerClosedError`; so
         do callers waiting for a token, at once.
         """
-        if not self._flight.close():  # parks the cell: the hot path takes the slow path
+        if not self._lanes.close():  # parks the cells: the hot path takes the slow path
             return
-        if self._refresher.job is not None:
-            scheduler().cancel(self._refresher.job)
         self._gate.wake_all()
         self._reporter.close()
         self._transport.close()
@@ -561,16 +539,15 @@ class TokenManager:
         self.close()
 
     def _after_fork_in_child(self) -> None:
-        """Fresh locks and no counted uses; the refresh comes back on first use."""
-        self._acquirer.after_fork()
+        """Fresh locks and no counted uses; each token's refresh comes back on first use."""
         self._gate.reset_after_fork()
         if self._pacer is not None:
             self._pacer.after_fork()  # the parent's slots are its own calls
         self._reporter.after_fork()
-        self._rotate_lock = threading.Lock()
+        self._rotator.after_fork()
         if self._session is not None:
             _http.renew_adapters(self._session)  # the parent's keep-alive sockets stay its own
-        self._refresher.after_fork(_job_for(self))
+        self._lanes.after_fork(lambda lane: _job_for(self, lane, self.client_id))
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(
@@ -587,28 +564,19 @@ class TokenManager:
         return (
             f"TokenManager(client_id={self._config.client_id!r}, "
             f"token_url={self._config.token_url!r}, state={state!r}, "
-            f"token={token.fingerprint if token else None!r})"
+            f"token={token.fingerprint if token else None!r}, tokens={self._lanes.count})"
         )
 
 
-def _make_pacer(settings: Settings, store: TokenStore, clock: Clock) -> Pacing | None:
-    """The one pacer of a manager with ``api_rate_limit``, None without: the slots are
-    shared with every process using ``store`` when it offers them (``RedisStore``,
-    ``FileStore``: ``store.slots()``), else counted in this process."""
-    if settings.api_rate_limit is None:
-        return None
-    calls, seconds = settings.api_rate_limit
-    slots = getattr(store, "slots", None)
-    backend = slots() if callable(slots) else None
-    if isinstance(backend, SlotBackend):
-        return SharedPacer(calls, seconds, settings.api_rate_wait, backend=backend, clock=clock)
-    return Pacer(calls, seconds, settings.api_rate_wait, clock=clock)
-
-
-def _job_for(manager: TokenManager) -> Job:
-    """The manager's scheduler job; it holds the manager weakly, so a manager dropped
+def _job_for(manager: TokenManager, lane: int, client_id: str) -> Job:
+    """Token ``lane``'s scheduler job; it holds the manager weakly, so a manager dropped
     without close() is collected and its refresh stops."""
-    return weak_job(manager, TokenManager._scheduled_refresh, manager.client_id[:16])
+
+    def run(alive: TokenManager) -> None:
+        alive._scheduled_refresh(lane)
+
+    suffix = f"-{lane}" if lane else ""
+    return weak_job(manager, run, client_id[:16] + suffix)
 
 
 def adapter_port(manager: TokenManager) -> AdapterPort:

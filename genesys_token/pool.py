@@ -158,6 +158,7 @@ class TokenManagerPool:
         cert: str | tuple[str, str] | None = UNSET,
         api_rate_limit: tuple[int, float] | None = UNSET,
         api_rate_wait: float = UNSET,
+        tokens: int = UNSET,
     ) -> None:
         # Hidden first: no frame of ours holds a secret in clear, whatever error follows.
         webhook_secret = hide_text(webhook_secret)  # type: ignore[assignment]

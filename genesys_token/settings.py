@@ -18,6 +18,7 @@ from .api_rate import (
     api_rate_from_env,
     check_api_rate_limit,
     check_api_rate_wait,
+    check_tokens,
 )
 from .credentials import (
     Secret,
@@ -148,6 +149,10 @@ class Settings:
             window of ``seconds`` (Genesys' default: ``(300, 60.0)``); None paces nothing.
         api_rate_wait: Longest a call waits for room under ``api_rate_limit``; then
             :class:`~genesys_token.errors.ApiRateLimitedError`, nothing sent.
+        tokens: How many tokens of the client the manager holds (each with its own
+            refresh, rejection and 401 replacement, shared through the store: a fleet makes
+            ``tokens`` requests per token lifetime in all); calls go round-robin over them,
+            so each token's own API limit adds up. An integer >= 1 (default 1).
     """
 
     region: str | None
@@ -173,6 +178,7 @@ class Settings:
     cert: str | tuple[str, str] | None
     api_rate_limit: tuple[int, float] | None
     api_rate_wait: float
+    tokens: int
 
     def __init__(
         self,
@@ -200,6 +206,7 @@ class Settings:
         cert: str | tuple[str, str] | None = None,
         api_rate_limit: tuple[int, float] | None = None,
         api_rate_wait: float = DEFAULT_API_RATE_WAIT,
+        tokens: int = 1,
     ) -> None:
         """Check and normalise every value (see the class for what each one means).
 
@@ -247,6 +254,7 @@ class Settings:
         put(self, "cert", check_cert(cert))
         put(self, "api_rate_limit", check_api_rate_limit(api_rate_limit))
         put(self, "api_rate_wait", check_api_rate_wait(api_rate_wait))
+        put(self, "tokens", check_tokens(tokens))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -255,8 +263,8 @@ class Settings:
         (unset or empty: the default), the gateway ``GENESYSCLOUD_GATEWAY_*`` (its URLs
         when those two are unset) and the proxy ``GENESYSCLOUD_PROXY_*`` (see
         :mod:`genesys_token.proxies`), and the pacing ``GENESYSCLOUD_API_RATE_LIMIT``
-        (``"300/60"``: 300 calls per 60 s) and ``GENESYSCLOUD_API_RATE_WAIT`` (seconds).
-        Every other field has its default.
+        (``"300/60"``: 300 calls per 60 s) and ``GENESYSCLOUD_API_RATE_WAIT`` (seconds),
+        and ``GENESYSCLOUD_TOKENS`` (how many tokens). Every other field has its default.
 
         Args:
             environ: The environment to read (default ``os.environ``).
@@ -320,7 +328,8 @@ def with_env_location(settings: Settings, environ: Mapping[str, str] | None = No
     """``settings`` with the location fields, ``proxies`` and the pacing fields it leaves
     unset (None; ``api_rate_wait`` at its default) taken from ``GENESYSCLOUD_REGION``,
     ``_TOKEN_URL``, ``_API_URL``, ``GENESYSCLOUD_GATEWAY_*``, ``GENESYSCLOUD_PROXY_*`` and
-    ``GENESYSCLOUD_API_RATE_LIMIT`` / ``_WAIT``.
+    ``GENESYSCLOUD_API_RATE_LIMIT`` / ``_WAIT`` and ``GENESYSCLOUD_TOKENS`` (``tokens`` at
+    its default 1 counts as unset).
 
     Raises:
         ConfigurationError: A variable holds an invalid value.
@@ -329,6 +338,8 @@ def with_env_location(settings: Settings, environ: Mapping[str, str] | None = No
     missing = {k: v for k, v in found.items() if getattr(settings, k) is None and v is not None}
     if "api_rate_wait" in found and settings.api_rate_wait == DEFAULT_API_RATE_WAIT:
         missing["api_rate_wait"] = found["api_rate_wait"]  # the default is "not set"
+    if "tokens" in found and settings.tokens == 1:
+        missing["tokens"] = found["tokens"]  # likewise
     return settings.replace(**missing) if missing else settings
 
 
@@ -379,6 +390,7 @@ class Config:
     cert: str | tuple[str, str] | None = None
     api_rate_limit: tuple[int, float] | None = None
     api_rate_wait: float = DEFAULT_API_RATE_WAIT
+    tokens: int = 1
 
     @property
     def client_id(self) -> str:

@@ -88,6 +88,7 @@ def _bad_values() -> Iterator[Any]:
     yield pytest.param("cert", ("/no/such/c.pem", "/no/such/k.pem"), id="cert-missing-pair")
     yield pytest.param("api_rate_limit", (0, 1.0), id="api-rate-limit-zero")
     yield pytest.param("api_rate_wait", -1, id="api-rate-wait-negative")
+    yield pytest.param("tokens", 0, id="tokens-zero")
 
 
 @pytest.mark.parametrize(("name", "value"), list(_bad_values()))

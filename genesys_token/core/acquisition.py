@@ -103,7 +103,7 @@ class StoreHealth:
 
 
 class Acquirer:
-    """Runs acquisitions for one manager (see the module docstring)."""
+    """Runs acquisitions for one token of a manager (see the module docstring)."""
 
     def __init__(
         self,
@@ -114,8 +114,12 @@ class Acquirer:
         clock: Clock,
         rejections: RejectedCredentials,
         metrics: Metrics,
+        lane: int = 0,
     ) -> None:
         self._store = store
+        #: Which of the manager's tokens (``tokens=N``) this acquires: 0 keeps the plain
+        #: store key (stores and fleets of before lanes unaffected), k > 0 adds ``-k``.
+        self._lane = lane
         self._transport = transport
         self._validator = validator
         self._clock = clock
@@ -137,7 +141,9 @@ class Acquirer:
         """
         config = flight.config
         credentials = self._resolve(config.credentials, flight)
-        key = store_key(credentials.client_id, config.token_url, config.scopes)
+        key = lane_key(
+            store_key(credentials.client_id, config.token_url, config.scopes), self._lane
+        )
         return Snapshot(config, credentials, key, Sealer(_secret(credentials).reveal(), key))
 
     def _resolve(self, credentials: Credentials, flight: Flight) -> Credentials:
@@ -321,6 +327,12 @@ class Acquirer:
             context.__exit__(None, None, None)
         except Exception as exc:  # noqa: BLE001 - the token is already saved; keep it
             self._health.failed("unlock", exc)
+
+
+def lane_key(key: str, lane: int) -> str:
+    """The store key of token ``lane`` of a client whose key is ``key``: lane 0's is ``key``
+    itself; lane k's is ``key-k`` (a safe file name; no store key ends so otherwise)."""
+    return key if lane == 0 else f"{key}-{lane}"
 
 
 def _secret(credentials: Credentials) -> SecretValue:

@@ -1,6 +1,10 @@
 """What the adapters (GenesysAuth, the httpx auths, the official-SDK bridge) need of a
 manager beyond its public API: counted uses, a 401's replacement, the replay counter.
 
+With ``tokens=N`` it serves every lane (:mod:`.lanes`): a use takes the turn's lane, or, when
+paced in this process, the first lane from the turn whose token has room now, so N tokens
+give N times the calls; a 401 replaces the token of the lane that holds it.
+
 It is internal: adapters reach it with :func:`genesys_token.manager.adapter_port`, users never
 need it. It holds the manager's parts, never the manager (a manager dropped without
 ``close()`` must still be collected).
@@ -16,8 +20,8 @@ from ..http.answers import parse_retry_after
 from ..observability.events import API_RATE_LIMITED, API_THROTTLED
 from ..observability.metrics import Metrics
 from ..token import Token, fingerprint_of
+from .lanes import Lane, Lanes
 from .pacing import PaceSlot, Pacing, Ticket
-from .refresher import Refresher
 from .schedule import Cell
 from .single_flight import Replacing
 from .uses import InFlight, UseGate, reap_pending
@@ -27,23 +31,25 @@ Emit = Callable[[str, str, dict[str, Any]], None]
 
 
 class Line:
-    """A place in the line for a slot of one token, for a caller that must not block."""
+    """A place in the line for a slot of one token (of ``lane``), for a caller that must
+    not block."""
 
-    __slots__ = ("cell", "ticket")
+    __slots__ = ("cell", "lane", "ticket")
 
-    def __init__(self, cell: Cell, ticket: Ticket) -> None:
+    def __init__(self, cell: Cell, ticket: Ticket, lane: Lane) -> None:
         self.cell = cell
         self.ticket = ticket
+        self.lane = lane
 
     def __repr__(self) -> str:
         return f"Line(ticket={self.ticket!r})"
 
 
 class AdapterPort:
-    """Counted uses and 401 replacement of one manager.
+    """Counted uses and 401 replacement of one manager, over all its tokens.
 
     Args:
-        refresher: The manager's refresher (owner of the token state).
+        lanes: The manager's tokens (each lane's refresher owns its token's state).
         gate: The manager's counted uses.
         metrics: The manager's counters.
         now: The manager's monotonic clock.
@@ -51,19 +57,18 @@ class AdapterPort:
         emit: Emits the pacing events (``API_RATE_LIMITED``, ``API_THROTTLED``).
     """
 
-    __slots__ = ("_emit", "_flight", "_gate", "_metrics", "_now", "_refresher", "pacer")
+    __slots__ = ("_emit", "_gate", "_lanes", "_metrics", "_now", "pacer")
 
     def __init__(
         self,
-        refresher: Refresher,
+        lanes: Lanes,
         gate: UseGate,
         metrics: Metrics,
         now: Callable[[], float],
         pacer: Pacing | None = None,
         emit: Emit | None = None,
     ) -> None:
-        self._refresher = refresher
-        self._flight = refresher.flight
+        self._lanes = lanes
         self._gate = gate
         self._metrics = metrics
         self._now = now
@@ -89,26 +94,53 @@ class AdapterPort:
         """
         pacer = self.pacer if paced else None
         deadline = None if timeout is None or pacer is None else self._now() + timeout
+        lane = self._lanes.next()
         while True:
-            cell = self._flight.cell
+            many = self._lanes.count > 1 and lane.flight.cell is not None  # else: fetch it
+            if many and pacer is not None and not pacer.remote:
+                use = self._with_room(pacer, lane)
+                if use is not None:
+                    return use
+            cell = lane.flight.cell
             if cell is None or not self._now() < cell.refresh_at:
                 # The manager's get_token, slow path.
-                cell = self._refresher.slow(timeout if deadline is None else self._left(deadline))
+                left = timeout if deadline is None else self._left(deadline)
+                cell = lane.refresher.slow(left)
             slot = None
             if pacer is not None:
-                slot = self._slot(pacer, cell, deadline)
+                slot = self._slot(pacer, lane, cell, deadline)
                 if slot is None:
                     continue  # the token was replaced while this caller waited for a slot
-            use = self._gate.begin(cell.access_token, self._is_current, slot)
+            use = self._gate.begin(cell.access_token, lane.is_current, slot)
             if use is not None:
                 return use
             if slot is not None:
                 slot.cancel()  # the token was swapped while we waited: nothing was sent
 
+    def _with_room(self, pacer: Pacing, turn: Lane) -> InFlight | None:
+        """A use of the first lane from ``turn`` on whose token is fresh and has a slot
+        free now (no wait, no I/O); None when none has. The turn is the one the caller
+        waits on then: taking another would make waiters of N=2 all wait on one lane."""
+        now = self._now()
+        for lane in self._lanes.starting_at(turn):
+            cell = lane.flight.cell
+            if cell is None or not now < cell.refresh_at:
+                continue
+            slot = pacer.try_acquire(cell.token.fingerprint)
+            if slot is None:
+                continue
+            use = self._gate.begin(cell.access_token, lane.is_current, slot)
+            if use is not None:
+                return use
+            slot.cancel()  # swapped this instant: nothing was sent
+        return None
+
     def _left(self, deadline: float) -> float:
         return max(0.0, deadline - self._now())
 
-    def _slot(self, pacer: Pacing, cell: Cell, deadline: float | None) -> PaceSlot | None:
+    def _slot(
+        self, pacer: Pacing, lane: Lane, cell: Cell, deadline: float | None
+    ) -> PaceSlot | None:
         """A slot of ``cell``'s token; None when that token was replaced meanwhile."""
         key = cell.token.fingerprint
         if not pacer.remote:  # a shared pacer's try is a round trip: a waiter would make two
@@ -122,7 +154,7 @@ class AdapterPort:
             return pacer.acquire_unless(
                 key,
                 None if deadline is None else self._left(deadline),
-                lambda: self._flight.cell is not cell,
+                lambda: lane.flight.cell is not cell,
             )
         except ApiRateLimitedError as exc:
             self._gave_up(key, exc)
@@ -137,13 +169,14 @@ class AdapterPort:
         """For event loops: join the line for a slot of the current token without blocking
         (then :meth:`poll_line`, and :meth:`leave_line` in every case). None when not paced
         or no token is usable now (take the slow path). Reaps first (see :func:`reap_pending`)."""
-        pacer, cell = self.pacer, self._flight.cell
-        if pacer is None or cell is None or self._flight.closed:
+        lane = self._lanes.next()
+        pacer, cell = self.pacer, lane.flight.cell
+        if pacer is None or cell is None or lane.flight.closed:
             return None
         if not cell.usable(self._now()):
             return None
         reap_pending()
-        return Line(cell, pacer.line_up(cell.token.fingerprint))
+        return Line(cell, pacer.line_up(cell.token.fingerprint), lane)
 
     def poll_line(self, line: Line) -> InFlight | float | None:
         """The use, once ``line`` got its slot; else seconds to sleep before polling again;
@@ -154,7 +187,7 @@ class AdapterPort:
         """
         assert self.pacer is not None
         cell = line.cell
-        if self._flight.cell is not cell:
+        if line.lane.flight.cell is not cell:
             return None
         key = cell.token.fingerprint
         try:
@@ -164,7 +197,7 @@ class AdapterPort:
             raise
         if isinstance(got, float | int):
             return float(got)
-        use = self._gate.begin(cell.access_token, self._is_current, got)
+        use = self._gate.begin(cell.access_token, line.lane.is_current, got)
         if use is None:
             got.cancel()
         return use
@@ -203,7 +236,7 @@ class AdapterPort:
             return
         seconds = parse_retry_after(retry_after)
         if seconds is not None:
-            seconds = min(seconds, self._flight.config.max_retry_after)
+            seconds = min(seconds, self._lanes.first.flight.config.max_retry_after)
         self.throttled(access_token, seconds)
 
     def throttled(self, access_token: str, retry_after: float | None) -> None:
@@ -225,20 +258,31 @@ class AdapterPort:
         """Count a use of a token that is usable now, without blocking or I/O.
 
         For event loops: ``None`` means no token is usable now (or it was swapped this
-        instant); then call :meth:`begin_use` in a worker thread.
+        instant); then call :meth:`begin_use` in a worker thread. With several tokens, the
+        first from the turn that is usable (and, paced, has room) serves.
         """
-        cell = self._flight.cell
-        if cell is None or self._flight.closed:
+        turn = self._lanes.next()
+        if turn.flight.cell is None and self._lanes.count > 1:
+            turn.refresher.prefetch()  # its first token, meanwhile another serves
+        for lane in self._lanes.starting_at(turn):
+            use = self._try_lane(lane)
+            if use is not None:
+                return use
+        return None
+
+    def _try_lane(self, lane: Lane) -> InFlight | None:
+        cell = lane.flight.cell
+        if cell is None or lane.flight.closed:
             return None
         now = self._now()
-        if not cell.usable(now) or not self._refresher.due_nowait(cell, now):
+        if not cell.usable(now) or not lane.refresher.due_nowait(cell, now):
             return None
         if self.pacer is None:
-            return self._gate.begin(cell.access_token, self._is_current)
+            return self._gate.begin(cell.access_token, lane.is_current)
         slot = self.pacer.try_acquire(cell.token.fingerprint)
         if slot is None:
             return None  # no room now: wait in line (see line_up)
-        use = self._gate.begin(cell.access_token, self._is_current, slot)
+        use = self._gate.begin(cell.access_token, lane.is_current, slot)
         if use is None:
             slot.cancel()
         return use
@@ -246,8 +290,9 @@ class AdapterPort:
     def replace_rejected(self, access_token: str, timeout: float | None = None) -> Token:
         """Replace a token the API rejected (a 401), unless that already happened.
 
-        If ``access_token`` is no longer the current token, the current one is returned
-        without a request; otherwise one replacement runs, shared by every caller. A token
+        If no lane holds ``access_token`` any more, a current token is returned without a
+        request; otherwise one replacement of that lane's token runs, shared by every
+        caller (the other lanes' tokens stay). A token
         fetched moments ago is replaced at most once per cool-down (an API that rejects
         every token must not turn each call into a token request).
 
@@ -260,17 +305,15 @@ class AdapterPort:
             TokenRejectedError: The API keeps rejecting fresh tokens (no request made).
             GenesysTokenError: Acquiring a token failed.
         """
-        if self._flight.closed:
+        lane = self._lanes.holding(access_token) or self._lanes.first
+        flight = lane.flight
+        if flight.closed:
             raise ManagerClosedError("the token manager is closed")
-        self._refresher.allow_replacement(access_token)
-        want = Replacing(access_token, self._flight.credentials)
-        deadline = self._refresher.deadline(timeout)
-        return self._flight.obtain(want, deadline=deadline, reason="rejected by the API").token
+        lane.refresher.allow_replacement(access_token)
+        want = Replacing(access_token, flight.credentials)
+        deadline = lane.refresher.deadline(timeout)
+        return flight.obtain(want, deadline=deadline, reason="rejected by the API").token
 
     def note_replay(self) -> None:
         """Count a call replayed after a 401."""
         self._metrics.incr("replays_401")
-
-    def _is_current(self, access_token: str) -> bool:
-        cell = self._flight.cell
-        return cell is not None and cell.access_token == access_token

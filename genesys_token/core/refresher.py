@@ -290,6 +290,16 @@ class Refresher:
                 if not flight.done:
                     self.arm(flight.deadline - time.monotonic() + SCHEDULER_SLACK)
 
+    def prefetch(self) -> None:
+        """Start fetching a first token in the background when there is none yet (an event
+        loop's turn on a token of ``tokens=N`` not fetched yet); never waits, and starts
+        nothing during a backoff (a rejected secret's cool-down fails it at once)."""
+        if self._flight.cell is not None or self._flight.closed:
+            return
+        if self._retry_at is not None and self._now() < self._retry_at:
+            return
+        self._flight.start(NotDue(self._flight.credentials), "first use")
+
     def arm(self, delay: float) -> None:
         """Plan the next scheduled refresh in ``delay`` seconds (background mode only).
 

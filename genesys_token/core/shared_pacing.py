@@ -41,12 +41,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ApiRateLimitedError, GenesysTokenError
 from .clock import SYSTEM_CLOCK, Clock
-from .pacing import GIVE_UP_CHECK, WAIT_BUCKETS, Pacer, Slot, Ticket, WaitOn
+from .pacing import GIVE_UP_CHECK, WAIT_BUCKETS, Pacer, Pacing, Slot, Ticket, WaitOn
 
 if TYPE_CHECKING:  # stores sit above core: only their protocol's shape is needed here
     from ..stores.slots import Answer, SlotBackend
 
-__all__ = ["DEFAULT_HOLD", "POLL_SLICE", "RETRY_BACKEND", "SharedPacer", "SharedSlot"]
+__all__ = ["DEFAULT_HOLD", "POLL_SLICE", "RETRY_BACKEND", "SharedPacer", "SharedSlot", "make_pacer"]
 
 log = logging.getLogger("genesys_token.pacing")
 
@@ -790,3 +790,21 @@ class _Outages:
     def after_fork(self) -> None:
         """In a forked child: a new lock."""
         self._lock = threading.Lock()
+
+
+def make_pacer(
+    limit: tuple[int, float] | None, wait: float, store: object, clock: Clock
+) -> Pacing | None:
+    """The one pacer of a manager with ``api_rate_limit`` (``limit``), None without: the
+    slots are shared with every process using ``store`` when it offers them (``RedisStore``,
+    ``FileStore``: ``store.slots()``), else counted in this process."""
+    from ..stores.slots import SlotBackend  # at run time only: stores sit above core
+
+    if limit is None:
+        return None
+    calls, seconds = limit
+    slots = getattr(store, "slots", None)
+    backend = slots() if callable(slots) else None
+    if isinstance(backend, SlotBackend):
+        return SharedPacer(calls, seconds, wait, backend=backend, clock=clock)
+    return Pacer(calls, seconds, wait, clock=clock)

@@ -15,7 +15,8 @@ yields, labelled with ``client_id``:
   :data:`genesys_token.observability.metrics.COUNTERS` (``successes``, ``errors``,
   ``token_requests``, ...);
 * gauges ``genesys_token_error_rate``, ``genesys_token_in_flight``,
-  ``genesys_token_expires_in_seconds`` (absent before the first token);
+  ``genesys_token_expires_in_seconds`` (absent before the first token),
+  ``genesys_token_tokens_in_use`` (tokens of the client usable now: ``tokens=N``);
 * histogram ``genesys_token_latency_seconds`` (``_bucket{le=...}``, ``_sum``, ``_count``):
   how long successful token acquisitions took, since the manager started. A histogram, not
   quantile gauges, so that a fleet's latency can be aggregated across hosts
@@ -118,6 +119,7 @@ class GenesysTokenCollector:
             ("error_rate", "error_rate", "Failed share of token acquisitions."),
             ("in_flight", "in_flight", "Counted uses of the token in progress."),
             ("expires_in", "expires_in_seconds", "Seconds until the current token expires."),
+            ("tokens_in_use", "tokens_in_use", "Tokens of the client usable now (tokens=N)."),
         )
         for key, name, help_text in gauges:
             gauge = GaugeMetricFamily(f"{PREFIX}_{name}", help_text, labels=labels)
