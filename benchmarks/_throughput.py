@@ -9,7 +9,9 @@ second against the limit's LIMIT / WINDOW, and the 429s the emulator sent:
 * one process, one token, paced at the limit (``api_rate_limit``);
 * the same load without pacing (what the 429s cost: the headline ratio);
 * ``api_rate_wait=0.5`` with no room: how long until ``RateLimitedError`` and what was sent;
-* a fleet of processes sharing one token through a FileStore, then a RedisStore;
+* three tokens of one client in one process (``tokens=3``): three times the calls;
+* a fleet of processes sharing one token through a FileStore, then a RedisStore, and two
+  tokens (``tokens=2``) through each;
 * the cost of pacing per call when there is room (``benchmarks/pacing.py``), and the Redis
   commands per paced call across processes.
 """
@@ -41,7 +43,7 @@ _CALLER = """
 import json, os, sys, threading, time
 from genesys_token import TokenManager, api_session
 from genesys_token.errors import GenesysTokenError
-kind, location, token_url, api_url, seconds, threads, paced = sys.argv[1:8]
+kind, location, token_url, api_url, seconds, threads, paced, tokens = sys.argv[1:9]
 limit, window = json.loads(os.environ["BENCH_LIMIT"])
 store = None
 if kind == "file":
@@ -51,9 +53,12 @@ elif kind == "redis":
     from genesys_token.stores import RedisStore
     store = RedisStore.from_url(location)
 pacing = {"api_rate_limit": (limit, window)} if paced == "1" else {}
+if tokens != "1":
+    pacing["tokens"] = int(tokens)
 manager = TokenManager(os.environ["BENCH_CLIENT_ID"], os.environ["BENCH_CLIENT_SECRET"],
                        token_url=token_url, api_base_url=api_url, store=store, **pacing)
-manager.get_token()
+for _ in range(int(tokens)):
+    manager.get_token()  # one per token: round-robin
 print("ready", flush=True)
 sys.stdin.readline()
 ok, failed, lock = [0], [0], threading.Lock()
@@ -89,8 +94,10 @@ def _fleet(
     processes: int,
     seconds: float,
     paced: bool,
+    tokens: int = 1,
 ) -> dict[str, Any]:
-    """Run ``processes`` callers at once; their 200s, failures and the emulator's 429s."""
+    """Run ``processes`` callers at once, each with ``tokens`` tokens of the client; their
+    200s, failures, the emulator's 429s and token requests."""
     env = dict(
         os.environ,
         BENCH_CLIENT_ID=emulator.client_id,
@@ -100,17 +107,17 @@ def _fleet(
         PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
     )
     argv = [sys.executable, "-c", _CALLER, kind, location, emulator.token_url, emulator.url,
-            str(seconds), str(THREADS), "1" if paced else "0"]  # fmt: skip
+            str(seconds), str(THREADS), "1" if paced else "0", str(tokens)]  # fmt: skip
     emulator.reset()
     outputs = run_together(argv, env, processes, seconds + 60.0)
     answers = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     statuses = emulator.api_statuses()
     took = max(answer["seconds"] for answer in answers)
     ok = sum(answer["ok"] for answer in answers)
-    # The most a sliding limit lets through in `took` seconds: LIMIT in each window begun
-    # (the first window's calls all go at once). Calls answered after the seconds are over
-    # (callers still in line at the end) are not counted.
-    allowed = LIMIT * math.ceil(took / WINDOW - 1e-9)
+    # The most a sliding limit lets through in `took` seconds: LIMIT per token in each window
+    # begun (the first window's calls all go at once). Calls answered after the seconds are
+    # over (callers still in line at the end) are not counted.
+    allowed = tokens * LIMIT * math.ceil(took / WINDOW - 1e-9)
     return {
         "ok": ok,
         "allowed": allowed,
@@ -225,6 +232,14 @@ def run(*, seconds: float = 4.0, quick: bool = False) -> Section:
                 f"{unpaced['rate'] / paced['rate']:.2f}x",
                 f"{unpaced['429s']} 429s vs {paced['429s']}",
             )
+        three = _fleet(emulator, "none", "", processes=1, seconds=seconds, paced=True, tokens=3)
+        _row(
+            section,
+            "1 process, 3 tokens (tokens=3), paced",
+            _case(three),
+            f"{three['token_requests']} token requests",
+        )
+        rates["3 tokens"] = three["rate"]
         no_room = _no_room(emulator)
         _row(
             section,
@@ -250,6 +265,19 @@ def run(*, seconds: float = 4.0, quick: bool = False) -> Section:
                         per_call = (_script_calls(location) - scripts) / max(1, fleet["paced"])
                         _row(section, "Redis scripts per paced call (fleet)", f"{per_call:.2f}")
                     rates[f"fleet {kind}"] = fleet["rate"]
+                    # A fresh store: the one-token run's token must not count as lane 0's.
+                    fresh = os.path.join(location, "two") if kind == "file" else location[:-1] + "1"
+                    two = _fleet(
+                        emulator, kind, fresh, processes=PROCESSES, seconds=seconds,
+                        paced=True, tokens=2,
+                    )  # fmt: skip
+                    _row(
+                        section,
+                        f"{PROCESSES} processes, 2 tokens (tokens=2), {kind.title()}Store, paced",
+                        _case(two),
+                        f"{two['token_requests']} token requests",
+                    )
+                    rates[f"fleet {kind}, 2 tokens"] = two["rate"]
     cost = {} if quick else _pacing_cost()
     if cost:
         _row(
