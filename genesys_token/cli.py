@@ -34,7 +34,7 @@ from . import __version__
 from .credentials import SecretFile
 from .errors import ConfigurationError, GenesysTokenError, InvalidClientError
 from .http.connections import shared_session, status_of
-from .http.failures import cause_of
+from .http.failures import cause_of, host_of
 from .manager import TokenManager
 from .observability.redaction import redact
 from .settings import ENV_CLIENT_SECRET, ENV_CLIENT_SECRET_FILE, Settings
@@ -57,6 +57,8 @@ ENV_TOKEN_CACHE = "GENESYSCLOUD_TOKEN_CACHE"
 AUDIT_LOGGER = "genesys_token.audit"
 #: The largest ``--timeout`` (a day): larger values overflow the SIGALRM timer.
 MAX_TIMEOUT = 86400.0
+#: The library's default retry deadline, which a shorter ``--timeout`` replaces.
+RETRY_DEADLINE = Settings().retry_deadline
 #: Values of GENESYSCLOUD_TOKEN_CACHE that turn the file cache off.
 CACHE_OFF = frozenset({"off", "none", "no", "false", "0"})
 
@@ -101,6 +103,33 @@ class Stopped(BaseException):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Progress(logging.Handler):
+    """What a ``--timeout`` line names: the host the command waits on, and why the last
+    failed attempt of its token request failed (from the library's retry notices, which
+    carry it as their ``failure`` field)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)  # retry notices are warnings
+        self.host: str | None = None
+        self.failure: str | None = None
+
+    def waiting_on(self, url: str) -> None:
+        """The command now waits on ``url``'s host (no failure of its seen yet)."""
+        self.host, self.failure = host_of(url), None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the failure a retry notice names."""
+        failure = getattr(record, "failure", None)
+        if isinstance(failure, str):
+            self.failure = failure
+
+    def timed_out(self, seconds: float) -> str:
+        """The line of a run that ``--timeout`` ended."""
+        where = f" from {self.host}" if self.host else ""
+        last = f" (last failure: {self.failure})" if self.failure else ""
+        return f"timed out: no answer{where} within --timeout {seconds:g}s{last}"
 
 
 class UsageError(Exception):
@@ -182,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_CONFIGURATION
     handler, level = _log_to_stderr(args.verbose)
+    args.progress = progress = Progress()
+    library_log.addHandler(progress)
     try:
-        with _on_signals(), _bounded(getattr(args, "timeout", None)):
+        with _on_signals(), _bounded(getattr(args, "timeout", None), progress):
             code = int(args.handler(args))
         sys.stdout.flush()  # here, where a closed pipe can still be handled quietly
         return code
@@ -200,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     except GenesysTokenError as exc:
         return _fail(_describe(exc), EXIT_UNAVAILABLE)
     finally:
+        library_log.removeHandler(progress)
         library_log.removeHandler(handler)
         library_log.setLevel(level)
 
@@ -208,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    with _manager(store_from_env()) as manager:
+    with _manager(store_from_env(), args) as manager:
         token = manager.get_token()
     sys.stdout.write(token + "\n")
     sys.stdout.flush()
@@ -217,7 +249,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     store = store_from_env()
-    with _manager(store) as manager:
+    with _manager(store, args) as manager:
         token = manager.refresh()
     lines = [
         f"client_id:   {manager.client_id}",
@@ -238,7 +270,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     store = store_from_env()
-    with _manager(store) as manager:
+    with _manager(store, args) as manager:
         token = manager.refresh()
         cached = token.source != "network"
         if cached:
@@ -252,6 +284,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"token:       fingerprint {token.fingerprint}, expires in {life}s (from {origin})")
     print(f"cache:       {_describe_store(store)}")
     url = f"{manager.api_base_url}/api/v2/tokens/me"
+    args.progress.waiting_on(url)
     try:
         status = _head(url, token, settings)
     except requests.RequestException as exc:
@@ -345,15 +378,17 @@ def _on_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _bounded(seconds: float | None) -> Iterator[None]:
+def _bounded(seconds: float | None, progress: Progress | None = None) -> Iterator[None]:
     """Bound the wall-clock time of the block: a SIGALRM timer interrupts even a blocked
-    socket read (POSIX, main thread; elsewhere the library's own deadlines apply)."""
+    socket read (POSIX, main thread; elsewhere the library's own deadlines apply). The line
+    names what ``progress`` knows then."""
     if seconds is None or not _in_main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
 
     def expired(signum: int, frame: object) -> None:
-        raise Stopped(f"timed out: no answer within --timeout {seconds:g}s", EXIT_UNAVAILABLE)
+        line = (progress or Progress()).timed_out(seconds)
+        raise Stopped(line, EXIT_UNAVAILABLE)
 
     previous = signal.signal(signal.SIGALRM, expired)
     try:
@@ -381,9 +416,14 @@ def store_from_env(environ: dict[str, str] | None = None) -> TokenStore | None:
     return FileStore(value or None)
 
 
-def _manager(store: TokenStore | None) -> TokenManager:
-    # No timer thread: a command lives for one token, and must exit promptly.
-    return TokenManager.from_env(store=store, background_refresh=False)
+def _manager(store: TokenStore | None, args: argparse.Namespace) -> TokenManager:
+    # No timer thread: a command lives for one token, and must exit promptly. No retry wait
+    # that would end past --timeout is begun (nor announced): the run would end first.
+    timeout = getattr(args, "timeout", None)
+    bound = {} if timeout is None else {"retry_deadline": min(timeout, RETRY_DEADLINE)}
+    manager = TokenManager.from_env(store=store, background_refresh=False, **bound)
+    args.progress.waiting_on(manager.token_url)
+    return manager
 
 
 def _describe_store(store: TokenStore | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import stat
 import threading
@@ -32,7 +33,10 @@ __all__ = [
     "hidden",
     "is_known",
     "read_secret",
+    "warn_if_padded",
 ]
+
+log = logging.getLogger(__name__)
 
 #: A mounted secret is a few hundred bytes; anything far larger is not a secret file.
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -235,6 +239,39 @@ def check_secret(value: object) -> SecretValue | Callable[[], str]:
         f"client_secret must be a string or a zero-argument callable, not {type(value).__name__}",
         field="client_secret",
     )
+
+
+def warn_if_padded(client_id: str, secret: object) -> None:
+    """Log one WARNING when the id or the secret a caller gave has surrounding whitespace.
+
+    Both are kept as given (they are what was asked for), but Genesys ids and secrets never
+    have any: a pasted ``"secret "`` would be refused with no hint. The variables and the
+    secret file are stripped instead (see ``settings``); a source is not read here. The
+    warning names the fields, never a value.
+
+    Args:
+        client_id: The client id as given.
+        secret: The secret as given (plain or hidden), or a source (then not checked).
+    """
+    fields = [
+        name
+        for name, padded in (
+            ("client_id", isinstance(client_id, str) and _padded(client_id)),
+            ("client_secret", isinstance(secret, SecretValue) and _padded(secret.reveal())),
+        )
+        if padded
+    ]
+    if fields:
+        log.warning(
+            "%s %s surrounding whitespace, which Genesys %s never have; sent as given",
+            " and ".join(fields),
+            "have" if len(fields) > 1 else "has",
+            "client ids and secrets" if len(fields) > 1 else fields[0].replace("_", " ") + "s",
+        )
+
+
+def _padded(value: str) -> bool:
+    return value != value.strip()
 
 
 def hidden(secret: str | SecretValue) -> SecretValue:

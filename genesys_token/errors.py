@@ -168,7 +168,18 @@ class TokenTimeoutError(GenesysTokenError):
     """``get_token(timeout=...)`` (or an internal bound) passed while no valid token existed.
 
     Only this caller gave up: the token request goes on, and later callers get its token.
+
+    Attributes:
+        host: The token endpoint's host (with ``:port`` when not the scheme's default), or
+            empty when not known.
+        cause: Why the last failed attempt of the token request in progress failed, in
+            words ("connection refused", "HTTP 503"), or ``None`` when none failed yet.
     """
+
+    def __init__(self, message: str, *, host: str = "", cause: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.cause = cause
 
 
 class TokenRejectedError(GenesysTokenError):

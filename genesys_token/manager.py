@@ -27,7 +27,7 @@ from .core.rotation import Rotator
 from .core.scheduler import Job, weak_job
 from .core.shared_pacing import make_pacer
 from .core.uses import InFlight, UseGate
-from .credentials import Secret, hide_text
+from .credentials import Secret, hide_text, warn_if_padded
 from .errors import ManagerClosedError
 from .http import connections as _http
 from .http.token_endpoint import RetryNotice, TokenEndpoint
@@ -282,6 +282,7 @@ class TokenManager:
         session: requests.Session | None,
     ) -> None:
         config = Config.of(credentials, settings)
+        warn_if_padded(credentials.client_id, credentials.client_secret)
         #: The settings as given (keywords merged); ``config`` holds them resolved.
         self._settings = settings
         clock = clock or SYSTEM_CLOCK
@@ -489,6 +490,7 @@ class TokenManager:
             ConfigurationError: An empty or mistyped value.
         """
         new = Credentials(client_id or self._config.client_id, client_secret)
+        warn_if_padded(new.client_id, new.client_secret)
         self._lanes.use_credentials(new)
 
     def on(self, event_type: str, callback: Listener) -> Callable[[], None]:

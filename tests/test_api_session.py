@@ -167,6 +167,34 @@ def test_no_retry_beyond_max_retries(emulator: GenesysEmulator, manager: TokenMa
     assert _calls(emulator) == [("GET", ORG_PATH, 429)] * 3
 
 
+def test_429s_retried_within_one_call_are_counted_and_logged_with_their_ids(
+    emulator: GenesysEmulator, manager: TokenManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager.get_token()
+    emulator.throttle_api(times=None, retry_after=0)
+    with (
+        caplog.at_level(logging.INFO, logger="genesys_token.integrations"),
+        api_session(manager, max_retries=3, backoff_factor=0) as session,
+    ):
+        assert session.get(f"{ORG_PATH}?userId=private-id-7").status_code == 429
+    # Three retried inside urllib3 (no adapter saw them), and the last one returned.
+    assert manager.metrics()["api_429s"] == 4
+    ids = [r.correlation_id for r in emulator.api_request_log]
+    assert len(ids) == 4 and all(ids)
+    retried = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("genesys_token.integrations") and r.levelno == logging.INFO
+    ]
+    assert retried == [
+        f"API call GET 127.0.0.1:{emulator.port}{ORG_PATH} answered HTTP 429; retry {n} of 3"
+        f" (correlation id {ids[n - 1]})"
+        for n in (1, 2, 3)
+    ]
+    assert "private-id-7" not in caplog.text
+    assert manager.token is not None and manager.token.access_token not in caplog.text
+
+
 def test_max_retries_zero_sends_once(emulator: GenesysEmulator, manager: TokenManager):
     emulator.throttle_api(times=None, retry_after=0)
     with api_session(manager, max_retries=0) as session:

@@ -663,9 +663,72 @@ def test_timeout_bounds_a_run_against_a_login_host_that_never_answers(
     elapsed = time.monotonic() - started
     assert result.returncode == 4, result.stderr
     assert elapsed < 5.0  # without --timeout: the ~55 s retry deadline
+    host = emulator.token_url.split("/")[2]
     assert result.stderr.splitlines() == [
-        "genesys-token: error: timed out: no answer within --timeout 0.5s"
+        f"genesys-token: error: timed out: no answer from {host} within --timeout 0.5s"
     ]
+
+
+def test_timeout_names_the_last_failure_and_announces_no_retry_past_it(
+    emulator: GenesysEmulator,
+) -> None:
+    # A 503 asking for 1 s, then a host that hangs: the run ends at --timeout during the
+    # second attempt. The first retry fits in 2 s and is announced; none past it would be.
+    emulator.inject(Fault(status=503, headers={"Retry-After": "1"}), times=1)
+    emulator.inject(Fault(delay=20.0), times=None)
+    result = subprocess.run(
+        [*command(), "token", "--timeout", "2"],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 4, result.stderr
+    host = emulator.token_url.split("/")[2]
+    lines = result.stderr.splitlines()
+    assert lines[-1] == (
+        f"genesys-token: error: timed out: no answer from {host} within --timeout 2s"
+        " (last failure: HTTP 503 service.unavailable)"
+    ), result.stderr
+    retries = [line for line in lines if "retry" in line]
+    assert len(retries) == 1 and retries[0].endswith("; retry 1 of 4 in 1.00s"), retries
+
+
+def test_timeout_during_checks_api_call_blames_no_token_failure(
+    emulator: GenesysEmulator,
+) -> None:
+    # The token came after a 503; the API call then hangs: that 503 is not its cause.
+    emulator.inject(Fault(status=503, headers={"Retry-After": "0"}), times=1)
+    emulator.inject(Fault(delay=20.0), times=None, path="/api/v2/tokens/me")
+    result = subprocess.run(
+        [*command(), "check", "--timeout", "2"],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 4, result.stderr
+    assert emulator.token_requests == 2
+    host = emulator.api_base_url.split("/")[2]
+    assert result.stderr.splitlines()[-1] == (
+        f"genesys-token: error: timed out: no answer from {host} within --timeout 2s"
+    )
+
+
+def test_a_retry_that_would_end_past_the_timeout_is_not_announced(
+    emulator: GenesysEmulator,
+) -> None:
+    emulator.inject(Fault(status=503, headers={"Retry-After": "5"}), times=None)
+    result = subprocess.run(
+        [*command(), "token", "--timeout", "3"],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert result.returncode == 4, result.stderr
+    assert "retry" not in result.stderr
+    assert emulator.token_requests == 1
 
 
 def test_timeout_must_be_a_positive_number() -> None:

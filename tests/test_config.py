@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import MakeManager
 
-from genesys_token import ConfigurationError, TokenManager
+from genesys_token import ConfigurationError, InvalidClientError, TokenManager
 from genesys_token import settings as settings_module
 from genesys_token.regions import REGION_DOMAINS, check_url, is_loopback_host, resolve_region
 from genesys_token.settings import Config, Settings, credentials_from_env, with_env_location
+from genesys_token.testing import GenesysEmulator
 
 
 @pytest.mark.parametrize(
@@ -207,6 +209,34 @@ def test_a_bad_url_is_not_echoed_in_the_error():
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+PADDED_SECRET = (
+    "client_secret has surrounding whitespace, which Genesys client secrets never have;"
+    " sent as given"
+)
+
+
+def test_a_given_secret_with_surrounding_whitespace_is_kept_and_said_once(
+    emulator: GenesysEmulator, make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    padded = emulator.client_secret + " "
+    with caplog.at_level("WARNING", logger="genesys_token"):
+        manager = make_manager(client_secret=padded)
+    assert _warnings(caplog) == [PADDED_SECRET]
+    with pytest.raises(InvalidClientError):
+        manager.get_token()  # sent as given: the emulator, like Genesys, refuses it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="genesys_token"):
+        manager.set_credentials(emulator.client_secret)
+        assert _warnings(caplog) == []
+        manager.set_credentials("\tpw-y", client_id=" the-id")
+        make_manager(client_secret=lambda: padded)  # a source is not read at construction
+    assert _warnings(caplog) == [
+        "client_id and client_secret have surrounding whitespace, which Genesys client ids"
+        " and secrets never have; sent as given"
+    ]
+    assert "pw-y" not in caplog.text and emulator.client_secret not in caplog.text
 
 
 def test_a_misspelt_region_variable_is_pointed_out(caplog: pytest.LogCaptureFixture):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import (
@@ -25,6 +27,7 @@ from genesys_token import (
     ManagerClosedError,
     TokenManager,
     TokenRequestError,
+    TokenTimeoutError,
 )
 from genesys_token.http.token_endpoint import Clock
 from genesys_token.observability.events import (
@@ -510,6 +513,29 @@ def test_rotation_does_not_take_a_flight_that_started_before_it(
 
 
 # -- caller bounds and close() ------------------------------------------------------------
+
+
+def test_a_caller_that_gives_up_names_the_host_and_the_last_failure(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # A slow 429 asking for 30 s: the first caller gives up before any attempt failed, the
+    # second while the flight waits to retry (close() ends that wait).
+    throttled = Fault.too_many_requests(retry_after=30)
+    emulator.inject(dataclasses.replace(throttled, delay=0.5), times=1)
+    manager = make_manager(background_refresh=False)
+    host = urlsplit(emulator.token_url).netloc
+    with pytest.raises(TokenTimeoutError) as early:
+        manager.get_token(timeout=0.05)
+    assert (early.value.host, early.value.cause) == (host, None)
+    assert f"from {host} " in str(early.value) and "last failure" not in str(early.value)
+    eventually(lambda: manager.metrics()["retries"] >= 1)
+    with pytest.raises(TokenTimeoutError) as late:
+        manager.get_token(timeout=0.05)
+    assert late.value.cause == "HTTP 429 too.many.requests.retry.after"
+    assert str(late.value) == (
+        f"gave up waiting for a token from {host} (the token request goes on for the others;"
+        " last failure: HTTP 429 too.many.requests.retry.after)"
+    )
 
 
 @pytest.mark.parametrize("timeout", [float("inf"), 1e300, 10**400])

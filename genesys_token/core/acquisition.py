@@ -220,7 +220,9 @@ class Acquirer:
         host = urlsplit(config.token_url).netloc
         with _http.LIMITER.slot(host, flight.cancel, config.retry_deadline):
             try:
-                response = self._transport.fetch(credentials, cancel=flight.cancel)
+                response = self._transport.fetch(
+                    credentials, cancel=flight.cancel, on_retry=flight.attempt_failed
+                )
             except TokenRequestError as exc:
                 flight.requests += exc.attempts
                 raise

@@ -254,6 +254,13 @@ class AdapterPort:
         if self._emit is not None:
             self._emit(API_THROTTLED, key, {"retry_after": retry_after})
 
+    def throttled_unseen(self) -> None:
+        """The API answered 429 to a call that was then sent again beneath the adapter
+        (``api_session``'s urllib3 retries, not paced), so no adapter saw the answer: it is
+        counted in ``api_429s``. The token it carried is not known there, so no pacer is
+        told and no event is emitted (unpaced, the pacer would ignore it anyway)."""
+        self._metrics.incr("api_429s")
+
     def try_begin_use(self) -> InFlight | None:
         """Count a use of a token that is usable now, without blocking or I/O.
 

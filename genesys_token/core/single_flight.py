@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ..errors import (
     GenesysTokenError,
@@ -42,8 +42,12 @@ from ..errors import (
     TokenTimeoutError,
     where_raised,
 )
+from ..http.failures import failure_in_words, host_of
 from ..settings import Config, Credentials
 from .schedule import Cell
+
+if TYPE_CHECKING:
+    from ..http.token_endpoint import RetryNotice
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -148,6 +152,7 @@ class Flight:
         "done",
         "error",
         "generation",
+        "last_failure",
         "reading_secret",
         "reason",
         "reported",
@@ -182,12 +187,18 @@ class Flight:
         self.cancel = threading.Event()
         #: Whether it is waiting for the secret source now (names the abandonment's cause).
         self.reading_secret = False
+        #: Why its last failed attempt failed, in words (a waiter that gives up names it).
+        self.last_failure: str | None = None
         self.done = False
         self.error: BaseException | None = None
         #: The cell this flight installed.
         self.cell: Cell | None = None
         #: Set once its events were delivered (its listeners ran).
         self.reported = threading.Event()
+
+    def attempt_failed(self, notice: RetryNotice) -> None:
+        """Keep why an attempt failed before a retry (the transport's ``on_retry``)."""
+        self.last_failure = failure_in_words(notice.error)
 
 
 Acquire = Callable[[Flight, Cell | None], Cell]
@@ -410,9 +421,7 @@ class SingleFlight:
                 return
             remaining = deadline - now
             if remaining <= 0:
-                raise TokenTimeoutError(
-                    "gave up waiting for a token (the token request goes on for the others)"
-                )
+                raise _timed_out(flight)
             self._cond.wait(min(remaining, flight.deadline - now))
 
     def _abandon(self, flight: Flight) -> None:
@@ -501,6 +510,19 @@ class SingleFlight:
         if flight is not None:
             flight.cancel.set()
         return True
+
+
+def _timed_out(flight: Flight) -> TokenTimeoutError:
+    """The error of a waiter that gives up on ``flight``: the host it asks, and why its last
+    attempt failed when one did."""
+    host = host_of(flight.config.token_url)
+    cause = flight.last_failure
+    last = f"; last failure: {cause}" if cause else ""
+    return TokenTimeoutError(
+        f"gave up waiting for a token from {host} (the token request goes on for the others{last})",
+        host=host,
+        cause=cause,
+    )
 
 
 def copied_error(error: _E) -> _E:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from ..errors import TokenRequestError
 from ..observability.redaction import excerpt
 from ..proxies import Proxies
 
@@ -28,6 +29,7 @@ __all__ = [
     "PROXY_AUTH_FAILED",
     "cause_of",
     "correlation_id_of",
+    "failure_in_words",
     "host_of",
     "log_failed_call",
     "proxy_host",
@@ -173,6 +175,25 @@ def cause_of(exc: BaseException) -> str:
     ):
         return "connection dropped"
     return type(links[-1]).__name__
+
+
+def failure_in_words(error: TokenRequestError) -> str:
+    """Why one token request failed, in a few words, for a line that names it briefly.
+
+    Args:
+        error: The failure of one attempt.
+
+    Returns:
+        The low-level cause (``"connection refused"``) when no answer came, else the HTTP
+        status with Genesys' ``code`` or the OAuth ``error`` (``"HTTP 503"``,
+        ``"HTTP 400 invalid_client"``); the error's type name when it says neither.
+    """
+    if error.cause:
+        return error.cause
+    if error.status is None:
+        return type(error).__name__
+    code = error.code or error.error
+    return f"HTTP {error.status}" + (f" {excerpt(code, 40)}" if code else "")
 
 
 def proxy_host(url: str, proxies: Proxies | None) -> str:

@@ -66,6 +66,7 @@ from .failures import (
     PROXY_AUTH_FAILED,
     cause_of,
     correlation_id_of,
+    failure_in_words,
     host_of,
     proxy_host,
 )
@@ -176,7 +177,11 @@ class TokenEndpoint:
     # -- token acquisition -------------------------------------------------------------
 
     def fetch(
-        self, credentials: Credentials, *, cancel: threading.Event | None = None
+        self,
+        credentials: Credentials,
+        *,
+        cancel: threading.Event | None = None,
+        on_retry: Callable[[RetryNotice], None] | None = None,
     ) -> TokenResponse:
         """Run the client-credentials grant, retrying what is worth retrying.
 
@@ -190,6 +195,8 @@ class TokenEndpoint:
             cancel: Set when the request is abandoned (``close()`` of the manager): no retry
                 wait or new attempt follows, and an attempt in progress lets its connection
                 go within ``_http.READ_SLICE``.
+            on_retry: Called before each retry wait of this call, before the endpoint's own
+                ``on_retry`` (an acquisition keeps the last failure for its waiters).
 
         Returns:
             The parsed token answer.
@@ -242,10 +249,14 @@ class TokenEndpoint:
                         "delay": round(delay, 3),
                         "status": exc.status,
                         "correlation_id": exc.correlation_id,
+                        "host": exc.host,
+                        "failure": failure_in_words(exc),
                     },
                 )
-                if self._on_retry is not None:
-                    self._on_retry(RetryNotice(attempt, delay, exc))
+                notice = RetryNotice(attempt, delay, exc)
+                for notify in (on_retry, self._on_retry):
+                    if notify is not None:
+                        notify(notice)
                 if wait(delay):
                     raise ManagerClosedError("closed while waiting to retry") from None
                 attempt += 1

@@ -14,7 +14,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from ..http.connections import LoopbackDirectAdapter, proxies_for
-from ..http.failures import CORRELATION_HEADER, log_failed_call
+from ..http.failures import CORRELATION_HEADER, correlation_id_of, host_of, log_failed_call
 from ..http.retry_policy import (
     ANY_METHOD_STATUSES,
     API_BACKOFF_MAX,
@@ -23,6 +23,8 @@ from ..http.retry_policy import (
     IDEMPOTENT_STATUSES,
     Backoff,
 )
+from ..manager import adapter_port
+from ..observability.redaction import excerpt
 from ..proxies import Proxies
 from .requests_auth import GenesysAuth
 
@@ -73,26 +75,87 @@ class GenesysRetry(Retry):
       ``n`` (a :class:`~genesys_token.http.retry_policy.Backoff`), so clients that failed
       together do not come back together.
 
+    * Each answer it retries is logged at INFO with its ``ININ-Correlation-Id`` (no adapter
+      sees it: it never leaves ``urllib3``), and each retried 429 is passed to
+      ``on_throttled``. INFO, not WARNING: a retry is the normal course of a throttled
+      call, and each line stands for a wait of its own (``Retry-After``, or the backoff).
+
     Like every ``Retry``, a value object: each retry makes a new one, so one policy is shared
     safely by all threads.
 
     Args:
         max_retry_after: Longest ``Retry-After`` honoured, in seconds.
+        on_throttled: Called for each 429 answer that is retried (:func:`api_session`
+            counts it in the manager's ``api_429s``).
         **kwargs: ``Retry`` arguments.
 
     Raises:
         ConfigurationError: ``backoff_factor`` is not a finite number >= 0.
     """
 
-    def __init__(self, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+        on_throttled: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.max_retry_after = max_retry_after
+        self.on_throttled = on_throttled
         self._backoff = Backoff(self.backoff_factor, BACKOFF_MAX, FULL_JITTER)
 
     def new(self, **kw: Any) -> GenesysRetry:
         kw.setdefault("max_retry_after", self.max_retry_after)
+        kw.setdefault("on_throttled", self.on_throttled)
         new: GenesysRetry = super().new(**kw)
         return new
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> GenesysRetry:
+        new: GenesysRetry = super().increment(  # raises when exhausted: nothing retried
+            method, url, response, error, _pool, _stacktrace
+        )
+        status = getattr(response, "status", None)
+        if response is not None and isinstance(status, int):
+            # ``total`` counts down: what is left after this retry.
+            left = new.total if type(new.total) is int else 0
+            retry = (len(new.history), len(new.history) + left)
+            self._retried(method, url, response, status, _pool, retry)
+        return new
+
+    def _retried(
+        self,
+        method: str | None,
+        url: str | None,
+        response: Any,
+        status: int,
+        pool: Any,
+        retry: tuple[int, int],
+    ) -> None:
+        """An answer with ``status`` is about to be retried (``retry``: n of at most m)."""
+        if status == 429 and self.on_throttled is not None:
+            self.on_throttled()
+        path = urlsplit(url or "/").path or "/"
+        shown = correlation_id_of(response.headers.get(CORRELATION_HEADER))
+        log.info(
+            "API call %s %s%s answered HTTP %d; retry %d of %d"
+            + (" (correlation id %s)" if shown else ""),
+            (method or "?").upper(),
+            _pool_host(pool),
+            excerpt(path, 200),
+            status,
+            *retry,
+            *((shown,) if shown else ()),
+            extra={"status": status, "correlation_id": shown, "retry": retry[0]},
+        )
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if status_code in ANY_METHOD_STATUSES and status_code in (self.status_forcelist or ()):
@@ -114,6 +177,15 @@ class GenesysRetry(Retry):
         if errors == 0:
             return 0.0
         return random.uniform(*self._backoff.interval(errors))
+
+
+def _pool_host(pool: Any) -> str:
+    """``host`` or ``host:port`` (not the default) of a urllib3 connection pool."""
+    host = str(getattr(pool, "host", None) or "?")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = getattr(pool, "port", None)
+    return host_of(f"{getattr(pool, 'scheme', 'https')}://{host}" + (f":{port}" if port else ""))
 
 
 def genesys_retry(
@@ -291,6 +363,9 @@ def api_session(
         # and the status retries run in GenesysAuth, one use and slot per attempt.
         retry_wait = _attempt_wait(retry)
         retry = retry.new(status_forcelist=frozenset(), respect_retry_after_header=False)
+    else:
+        # urllib3 retries statuses inside one send, unseen by GenesysAuth: count its 429s.
+        retry = retry.new(on_throttled=adapter_port(manager).throttled_unseen)
     session = ApiSession(manager.api_base_url, timeout, settings.proxies)
     session.cert = settings.cert  # an mTLS gateway asks API calls for it too
     # A loopback API host (a local gateway, the emulator) is never reached through a proxy.
