@@ -175,3 +175,31 @@ def test_tokens_is_capped_at_50(tokens: int):
 
 def test_fifty_tokens_are_allowed():
     TokenManager("id", "secret", tokens=50).close()
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_a_secret_source_is_reread_once_a_second_whatever_the_tokens(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+):
+    # D4: each lane re-read the source once a second during a cool-down (81 reads vs 12).
+    reads = [0]
+
+    def wrong() -> str:
+        reads[0] += 1
+        return "a-wrong-secret"
+
+    manager = make_manager(
+        tokens=tokens, client_secret=wrong, max_retries=0, clock=fake_clock.clock()
+    )
+    for _ in range(2):  # two rejections: a cool-down of about 2 s
+        with pytest.raises(InvalidClientError):
+            manager.get_token()
+        fake_clock.advance(1.5)
+    assert emulator.token_requests == 2
+    fake_clock.advance(-1.5 + 1.1)  # within the cool-down, past the re-read's second
+    before = reads[0]
+    for _ in range(3 * tokens):  # every lane's callers, one after another
+        with pytest.raises(InvalidClientError):
+            manager.get_token()
+    assert reads[0] - before == 1
+    assert emulator.token_requests == 2
