@@ -89,11 +89,7 @@ def check_tokens(value: Any) -> int:
     Raises:
         ConfigurationError: Anything else (``field="tokens"``).
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not 1 <= value <= MAX_TOKENS
-    ):
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
         raise ConfigurationError(
             f"tokens must be an integer from 1 to {MAX_TOKENS}, got {value!r}", field="tokens"
         )
