@@ -7,6 +7,7 @@ probe (genesys_token/core/outage.py), so N tokens do not make N times the reques
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -203,3 +204,20 @@ def test_a_secret_source_is_reread_once_a_second_whatever_the_tokens(
             manager.get_token()
     assert reads[0] - before == 1
     assert emulator.token_requests == 2
+
+
+def test_a_failed_probe_is_reported_once_not_once_per_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    # The lanes that waited for the probe fail with its error, without an event, an error
+    # count or a log line of their own: one failure, one report.
+    emulator.inject(Fault(status=503, delay=0.2), times=None)
+    manager = make_manager(tokens=3, max_retries=0)
+    failures: list[object] = []
+    manager.on("TOKEN_REFRESH_FAILURE", failures.append)
+    with caplog.at_level(logging.WARNING, logger="genesys_token.core.refresher"):
+        assert len(_together(manager, 3)) == 3
+    assert emulator.token_requests == 1
+    assert len(failures) == 1
+    assert manager.metrics()["errors"] == 1
+    assert len([r for r in caplog.records if "token refresh failed" in r.message]) == 1

@@ -379,13 +379,13 @@ class Refresher:
         now = self._now()
         if cell is not None:
             self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
+        elif self._deferred is flight:
+            return  # the probe's failure: reported once, by the token that probed
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
             self._reporter.failed(
                 error, flight.reason, flight.requests, self._flight.cell, now, now - flight.started
             )
-            if not isinstance(error, InvalidClientError) and self._deferred is not flight:
-                # An InvalidClientError logs once per cool-down; the probe's failure once,
-                # by the token that probed.
+            if not isinstance(error, InvalidClientError):  # that one logs once per cool-down
                 log.warning(  # no timer, no next try to announce (the CLI exits)
                     "token refresh failed (%s)%s",
                     _failure_fields(error),
