@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 
+from ..errors import GenesysTokenError, ManagerClosedError
 from ..http.token_endpoint import TokenEndpoint
 from ..observability.reporter import Reporter
 from ..settings import Config, Credentials
@@ -96,7 +97,7 @@ class Lanes:
             return cell.access_token
         return self.serve(lane, timeout)[1].access_token
 
-    def serve(self, turn: Lane, timeout: float | None) -> tuple[Lane, Cell]:
+    def serve(self, turn: Lane, timeout: float | None, *, join: bool = False) -> tuple[Lane, Cell]:
         """The slow path of a turn whose token is not fresh: the lane that serves and its
         usable token.
 
@@ -107,6 +108,9 @@ class Lanes:
         usable token does the caller block, on lane 0's slow path: one flight for every
         caller while the client has no token at all.
 
+        ``join``: wait for ``turn``'s first token if its fetch is under way (a paced caller
+        whose other tokens have no room soon); if that fails, serve as above.
+
         Raises:
             ManagerClosedError: The manager was closed.
             GenesysTokenError: No lane holds a usable token and acquiring one failed.
@@ -115,7 +119,14 @@ class Lanes:
         cell = turn.flight.cell
         if cell is not None and cell.usable(now):
             return turn, turn.refresher.slow(timeout)
-        if turn is not self.first and not turn.flight.closed:
+        if join and cell is None and turn.flight.running:
+            try:
+                return turn, turn.refresher.slow(timeout)
+            except ManagerClosedError:
+                raise
+            except GenesysTokenError:
+                now = self._now()  # failed or timed out: another lane's token serves
+        elif turn is not self.first and not turn.flight.closed:
             _fetch_behind(turn, cell, now)
         usable = None
         for lane in self.starting_at(turn):
