@@ -206,8 +206,6 @@ class AdapterPort:
         (then :meth:`poll_line`, and :meth:`leave_line` in every case). None when not paced
         or no token is usable now (take the slow path). Reaps first (see :func:`reap_pending`)."""
         lane, pacer = self._lanes.next(), self.pacer
-        if lane.flight.cell is None and self._lanes.count > 1:
-            lane.refresher.prefetch()
         if pacer is not None and self._lanes.count > 1:
             lane = self._soonest(pacer, lane, usable=True)
         cell = lane.flight.cell
