@@ -8,7 +8,9 @@ counted uses, credentials cool-down (a rejected secret cools every lane down: no
 requests) and pacer (its slots are keyed by token, so each token has its own room).
 
 The turn is one ``itertools.count()``: ``next()`` on it is atomic in CPython, so picking a
-lane takes no lock.
+lane takes no lock. A turn whose lane holds no usable token is served by another lane's while
+its own is fetched in the background (:meth:`Lanes.serve`): a caller waits for a fetch only
+when no lane holds a usable token.
 """
 
 from __future__ import annotations
