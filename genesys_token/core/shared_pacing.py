@@ -510,6 +510,12 @@ class SharedPacer:
             if not self._held.get(key) and not self._queues.get(key):
                 self._figures.by_token.pop(key, None)
 
+    def room_in(self, key: str) -> float:
+        """Seconds until ``key``'s token may have a slot, as far as this process knows (its
+        own count and the 429s it saw; no question to the backend): see
+        :meth:`~genesys_token.core.pacing.Pacer.room_in`."""
+        return self._local.room_in(key)
+
     def in_use(self, key: str) -> int:
         """Slots of ``key``'s token counted now by every process (this process's own
         count while the backend is down)."""
