@@ -406,6 +406,33 @@ def test_a_slot_time_far_ahead_is_garbage_not_a_slot_counted_for_ever(
     assert poll(lambda: _granted(pacer, "fp-file"), timeout=2.0)
 
 
+def test_a_slot_file_written_in_another_time_namespace_takes_a_whole_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Same boot, another time namespace (unshare --time, a restored container): its
+    # monotonic clock runs 1000 s behind ours, so its fresh slots would read as long expired.
+    from genesys_token.stores import _file_slots
+
+    monkeypatch.setattr(_file_slots, "_time_namespace", lambda: "4026531999")
+    other = FileStore(tmp_path / "cache").slots()
+    monkeypatch.undo()
+    ours = FileStore(tmp_path / "cache").slots()
+    assert other is not None and ours is not None
+    options: dict[str, Any] = {"calls": 2, "window": 30.0, "hold": 5.0, "max_wait": 0.0}
+    for name in ("a", "b"):
+        assert other.acquire("fp-ns", name, **options).granted
+        other.release("fp-ns", name, window=30.0)
+    path = tmp_path / "cache" / "fp-ns.slots"
+    data = json.loads(path.read_bytes())
+    data["slots"] = {name: until - 1000.0 for name, until in data["slots"].items()}
+    path.write_text(json.dumps(data))
+    caplog.clear()
+    assert not ours.acquire("fp-ns", "c", **options).granted  # the whole window is taken
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "time namespace" in warnings[0], warnings
+    assert not ours.acquire("fp-ns", "d", **options).granted  # rewritten on our clock
+
+
 def _granted(pacer: SharedPacer, key: str) -> bool:
     slot = pacer.try_acquire(key)
     if slot is None:

@@ -8,10 +8,15 @@ regular file of this user's that others cannot write: see ``_cachedir``), takes 
 ``flock``, reads, updates and rewrites it in place, and closes it: a process that dies
 mid-way lets go of the lock at once.
 
-Time is ``time.monotonic()``, which is boot-wide on Linux, macOS and Windows: **a FileStore
-shares slots among the processes of one machine** (as it shares tokens), never across
-machines (use a RedisStore). The file records the boot it was written in (Linux's
-``boot_id``); a file from an earlier boot is read as a full window from now.
+Time is ``time.monotonic()``: **a FileStore shares slots among the processes of one machine
+that share that clock** (as it shares tokens), never across machines (use a RedisStore). On
+Linux the clock is not boot-wide: a process in another time namespace (``unshare --time``, a
+container restored by CRIU or ``podman container restore``) has its own ``CLOCK_MONOTONIC``
+offset, under the same boot. So the file records the clock it was written on: the boot
+(Linux's ``boot_id``) and the time namespace (the inode of ``/proc/self/ns/time``, where
+there is one). A file written on another clock (an earlier boot, another time namespace) is
+garbage (below); processes of two time namespaces sharing a cache directory pace as if each
+rewrote the other's file: at worst a whole window each time the writer changes.
 
 Garbage (not our JSON, a file over :data:`MAX_BYTES`, a time past anything we write, a crash
 mid-write): one WARNING naming the file, then **the conservative reading: the token's whole
@@ -62,6 +67,20 @@ def _boot_id() -> str:
         return ""
 
 
+def _time_namespace() -> str:
+    """This process's time namespace (Linux >= 5.6), "" where there is none to tell."""
+    try:
+        return str(os.stat("/proc/self/ns/time").st_ino)
+    except OSError:
+        return ""
+
+
+def _clock_identity() -> str:
+    """What tells two processes' ``time.monotonic()`` apart on this machine: the boot and
+    the time namespace (one offset of ``CLOCK_MONOTONIC`` each)."""
+    return f"{_boot_id()}/{_time_namespace()}"
+
+
 class _Garbage(Exception):
     """The slot file holds what we did not write."""
 
@@ -95,7 +114,7 @@ class FileSlots:
         self._open_dir = open_dir
         self._dir = directory
         self._now = clock
-        self._boot = _boot_id()
+        self._clock_id = _clock_identity()
         self._guard = threading.Lock()
         self._warned: set[str] = set()
 
@@ -171,8 +190,11 @@ class FileSlots:
             return len(state.slots)
 
     def after_fork(self) -> None:
-        """Nothing is kept between operations; only the guard is renewed."""
+        """Nothing is kept between operations; the guard and the clock's identity are
+        renewed (a parent that called ``unshare(CLONE_NEWTIME)`` forks its children into
+        the new time namespace)."""
         self._guard = threading.Lock()
+        self._clock_id = _clock_identity()
 
     def __repr__(self) -> str:
         return f"FileSlots(path={str(self._dir)!r})"
@@ -257,11 +279,11 @@ class FileSlots:
             raise _Garbage("is not JSON") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise _Garbage("is not a slot file of this version")
-        slots, penalty, boot = data.get("slots"), data.get("penalty"), data.get("boot")
-        if not isinstance(slots, dict) or not _number(penalty) or not isinstance(boot, str):
+        slots, penalty, clock = data.get("slots"), data.get("penalty"), data.get("clock")
+        if not isinstance(slots, dict) or not _number(penalty) or not isinstance(clock, str):
             raise _Garbage("is not shaped as a slot file")
-        if boot != self._boot:
-            raise _Garbage("was written in another boot of this machine")
+        if clock != self._clock_id:
+            raise _Garbage("was written on another clock (another boot or time namespace)")
         if penalty > now + MAX_AHEAD:
             raise _Garbage("holds a time that no process of ours wrote")
         kept: dict[str, float] = {}
@@ -273,7 +295,7 @@ class FileSlots:
         return _State(kept, float(penalty) if penalty > now else 0.0)
 
     def _write(self, fd: int, path: Path, state: _State, now: float) -> None:
-        data = {"format": FORMAT, "boot": self._boot, "penalty": state.penalty}
+        data = {"format": FORMAT, "clock": self._clock_id, "penalty": state.penalty}
         data["slots"] = {name: until for name, until in state.slots.items() if until > now}
         blob = json.dumps(data, separators=(",", ":")).encode("ascii")
         try:

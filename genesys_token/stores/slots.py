@@ -3,7 +3,7 @@
 A :class:`~genesys_token.core.shared_pacing.SharedPacer` keeps ``calls`` per ``window`` per
 token across every process that shares a store, by keeping each token's slots in the store
 rather than in memory: ``RedisStore.slots()`` (a fleet; Redis's own clock) and
-``FileStore.slots()`` (the processes of one machine; its boot-wide monotonic clock).
+``FileStore.slots()`` (the processes of one machine sharing its monotonic clock).
 ``MemoryStore`` has none: a process alone paces with an in-process
 :class:`~genesys_token.core.pacing.Pacer`.
 
