@@ -342,6 +342,7 @@ def test_redis_restart_warns_once_paces_locally_and_shares_again(
             pacer.acquire("fp-down").cancel()
         own.start(own.port)
         assert poll(lambda: _paced_shared(pacer, "fp-down"), timeout=5.0)
+        store.close()  # its pending slots end with it, not with the server
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     infos = [r for r in caplog.records if r.levelno == logging.INFO and "again" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -632,7 +633,8 @@ def test_a_redis_restarted_empty_lets_a_process_send_no_more_than_its_own_limit(
     # Redis keeps the slots in memory: restarted, it answers again, with none of them. This
     # process's own count (every shared slot takes one of it first) still holds its calls.
     with redis_server_or_skip() as own:
-        pacer = SharedPacer(10, 30.0, wait=0.3, backend=RedisStore(own.url, prefix=prefix).slots())
+        store = RedisStore(own.url, prefix=prefix)
+        pacer = SharedPacer(10, 30.0, wait=0.3, backend=store.slots())
         for _ in range(10):
             pacer.acquire("fp-restart").release()
         own.kill()
@@ -640,3 +642,4 @@ def test_a_redis_restarted_empty_lets_a_process_send_no_more_than_its_own_limit(
         with pytest.raises(ApiRateLimitedError):
             pacer.acquire("fp-restart")
         assert pacer.metrics()["calls_paced"] == 10
+        store.close()

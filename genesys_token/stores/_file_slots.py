@@ -18,6 +18,11 @@ there is one). A file written on another clock (an earlier boot, another time na
 garbage (below); processes of two time namespaces sharing a cache directory pace as if each
 rewrote the other's file: at worst a whole window each time the writer changes.
 
+A release or a cancel that cannot take the lock (held past :data:`LOCK_WAIT` by a stuck
+process) or write the file is kept in this process (see ``_pending_slots``) and applied by
+its next operation on that token's file that succeeds: its slot does not count
+``hold + window`` meanwhile, only until then (later: it only over-counts).
+
 Garbage (not our JSON, a file over :data:`MAX_BYTES`, a time past anything we write, a crash
 mid-write): one WARNING naming the file, then **the conservative reading: the token's whole
 window is taken from now** (``calls`` slots answered just now), so at worst the fleet on
@@ -43,6 +48,7 @@ from typing import Any, TypeGuard
 from ..errors import ConfigurationError, StoreError
 from . import _flock
 from ._cachedir import open_lock_file
+from ._pending_slots import Pending, PendingSlots
 from .slots import Answer
 
 log = logging.getLogger("genesys_token.stores")
@@ -117,6 +123,8 @@ class FileSlots:
         self._clock_id = _clock_identity()
         self._guard = threading.Lock()
         self._warned: set[str] = set()
+        self._pending = PendingSlots(f"slot files in {directory}")
+        self._keep = 0.0  # how long a pending entry matters (see _pending_slots)
 
     def _name(self, key: str) -> str:
         safe = key if _SAFE.match(key) else hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -132,6 +140,17 @@ class FileSlots:
         Raises:
             StoreError: The file cannot be used (see the module).
         """
+        keep = hold + window + max(0.0, max_wait)
+        self._keep = max(self._keep, keep)
+        try:
+            return self._acquire(key, slot_id, calls, window, hold, max_wait)
+        except StoreError:
+            self._pending.drop(key, slot_id, keep)  # a write cut short may have left it behind
+            raise
+
+    def _acquire(
+        self, key: str, slot_id: str, calls: int, window: float, hold: float, max_wait: float
+    ) -> Answer:
         with self._locked(key, (calls, window)) as (state, now):
             start = earliest = max(now, state.penalty)
             later = sorted((s for s in state.slots.items() if s[1] > start), key=lambda s: -s[1])
@@ -153,23 +172,24 @@ class FileSlots:
             return Answer(True, start - now)
 
     def release(self, key: str, slot_id: str, *, window: float) -> None:
-        """The slot's call was answered: it counts ``window`` seconds from now.
-
-        Raises:
-            StoreError: The file cannot be used (the slot counts out its lease).
-        """
-        with self._locked(key) as (state, now):
-            state.slots.pop("h" + slot_id, None)
-            state.slots["e" + slot_id] = now + window
+        """The slot's call was answered: it counts ``window`` seconds from now (from the next
+        operation that succeeds, if the file cannot be used now)."""
+        try:
+            with self._locked(key) as (state, now):
+                _apply(state, [Pending(slot_id, float(window), math.inf)], now)
+        except StoreError as exc:
+            log.debug("could not release a paced slot (%s); the next lock will", exc)
+            self._pending.release(key, slot_id, window, max(self._keep, window))
 
     def cancel(self, key: str, slot_id: str) -> None:
-        """Remove the slot: nothing was sent.
-
-        Raises:
-            StoreError: The file cannot be used (the slot counts out its lease).
-        """
-        with self._locked(key) as (state, _):
-            state.slots.pop("h" + slot_id, None)
+        """Remove the slot: nothing was sent (by the next operation that succeeds, if the
+        file cannot be used now)."""
+        try:
+            with self._locked(key) as (state, now):
+                _apply(state, [Pending(slot_id, None, math.inf)], now)
+        except StoreError as exc:
+            log.debug("could not cancel a paced slot (%s); the next lock will", exc)
+            self._pending.drop(key, slot_id, self._keep)
 
     def penalize(self, key: str, seconds: float) -> None:
         """No slot of ``key`` starts within ``seconds``, in any process of this machine.
@@ -195,6 +215,7 @@ class FileSlots:
         the new time namespace)."""
         self._guard = threading.Lock()
         self._clock_id = _clock_identity()
+        self._pending.after_fork()
 
     def __repr__(self) -> str:
         return f"FileSlots(path={str(self._dir)!r})"
@@ -222,9 +243,16 @@ class FileSlots:
                 raise StoreError(f"cannot lock slot file {path}: {exc.strerror}") from None
             now = self._now()
             state = self._read(fd, path, now, limit)
-            yield (_State({}, 0.0) if state is None else state), now
-            if state is not None:
-                self._write(fd, path, state, now)
+            carried = [] if state is None else self._pending.take(key)
+            try:
+                if state is not None:
+                    _apply(state, carried, now)
+                yield (_State({}, 0.0) if state is None else state), now
+                if state is not None:
+                    self._write(fd, path, state, now)
+            except BaseException:
+                self._pending.put_back(key, carried)
+                raise
         finally:
             with contextlib.suppress(OSError):
                 _flock.unlock(fd)
@@ -316,6 +344,14 @@ class FileSlots:
                 return
             self._warned.add(what)
         log.warning(message, *args)
+
+
+def _apply(state: _State, entries: list[Pending], now: float) -> None:
+    """Releases (answered now: a window from now) and drops of held slots."""
+    for entry in entries:
+        state.slots.pop("h" + entry.slot_id, None)
+        if entry.window is not None:
+            state.slots["e" + entry.slot_id] = now + entry.window
 
 
 def _number(value: Any) -> TypeGuard[int | float]:
