@@ -197,6 +197,20 @@ def test_status_retries_of_a_users_adapter_are_charged_and_warned_about_once(
         session.close()
 
 
+def test_a_429_retried_by_a_users_adapter_pauses_every_caller_of_the_token(
+    limited: GenesysEmulator,
+) -> None:
+    limited.inject(Fault(status=429), times=1, path="/api/v2/organizations")
+    with _manager(limited, api_rate_limit=(50, 60.0)) as manager:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        retries = Retry(total=2, status_forcelist=[429], backoff_factor=0)
+        session.mount("http://", HTTPAdapter(max_retries=retries))
+        assert session.get(limited.api_base_url + ORG, timeout=5).status_code == 200
+        assert manager.metrics()["pacing"]["throttled"] == 1  # as if answered here
+        session.close()
+
+
 def test_token_swapped_while_waiting_for_a_slot_goes_round(limited: GenesysEmulator) -> None:
     with _manager(limited, api_rate_limit=(1, 60.0), api_rate_wait=5.0) as manager:
         port = adapter_port(manager)

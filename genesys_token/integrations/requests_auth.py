@@ -411,8 +411,9 @@ class GenesysAuth(requests.auth.AuthBase):
     makes every caller of that token wait out its ``Retry-After``. Status retries of the
     session's own ``HTTPAdapter`` (a urllib3 ``Retry`` with a ``status_forcelist``, or
     ``genesys_retry()``) resend inside one send, under one slot, unpaced: each such attempt
-    is charged a slot afterwards (as far as the window has room) and one WARNING per auth
-    says so; :func:`~genesys_token.api_session` moves those retries here, paced.
+    is charged a slot afterwards (as far as the window has room), a 429 among them pauses
+    the token's callers as one answered here does, and one WARNING per auth says so;
+    :func:`~genesys_token.api_session` moves those retries here, paced.
 
     Args:
         manager: The token manager.
@@ -548,6 +549,10 @@ class GenesysAuth(requests.auth.AuthBase):
         answered = sum(1 for attempt in history if getattr(attempt, "status", None) is not None)
         if not answered:  # connect errors only: nothing reached the API
             return
+        if any(getattr(attempt, "status", None) == 429 for attempt in history):
+            # The API throttled the token on the way: every caller waits, as for a 429
+            # answered here (its Retry-After is lost with the attempt: a window).
+            self._port.answered(access_token, 429, None)
         key = fingerprint_of(access_token)
         for _ in range(answered):
             slot = pacer.try_acquire(key)
