@@ -23,6 +23,7 @@ from redis_server import RedisServer, redis_server_or_skip
 from genesys_token.core.shared_pacing import SharedPacer
 from genesys_token.errors import StoreError
 from genesys_token.stores import _file_slots
+from genesys_token.stores import _leases as leases
 from genesys_token.stores._pending_slots import PendingSlots
 from genesys_token.stores.file import FileStore
 from genesys_token.stores.redis import RedisStore
@@ -111,6 +112,21 @@ def test_an_acquisition_that_timed_out_but_ran_on_redis_does_not_keep_its_slot(
     assert poll(shared_again, timeout=COMES_BACK_WITHIN)
     assert poll(lambda: not _held(client, prefix, "fp-o"), timeout=0.5)
     store.close()
+
+
+def test_closing_the_store_ends_the_retries_of_releases_redis_never_took(
+    own: RedisServer, prefix: str
+) -> None:
+    store = RedisStore(own.url, prefix=prefix)
+    pacer = SharedPacer(*LIMIT, backend=store.slots())
+    slot, late = pacer.acquire("fp-gone"), pacer.acquire("fp-gone")
+    own.stop()
+    slot.release()  # kept: the keeper retries while it matters (hold + window)
+    assert leases.held() == 1
+    store.close()
+    assert poll(lambda: leases.held() == 0, timeout=1.0)
+    late.release()  # after close: nothing is kept, no keeper starts
+    assert not poll(lambda: leases.held() > 0, timeout=0.3)
 
 
 def test_a_release_kept_from_a_locked_slot_file_is_applied_by_the_next_lock(
