@@ -457,14 +457,16 @@ class SharedPacer:
             else:
                 self._backend.cancel(slot._key, slot._id)
         except Exception as exc:  # noqa: BLE001 - a backend failure never fails a call
-            log.debug("could not give a paced slot back (%s); it counts out its lease", _what(exc))
+            # Our backends keep what they cannot write (see SlotBackend.release); another
+            # backend's slot counts out its lease.
+            log.debug("could not give a paced slot back (%s)", _what(exc))
         return True
 
     def _cancel_quietly(self, key: str, slot_id: str) -> None:
         try:
             self._backend.cancel(key, slot_id)
         except Exception as exc:  # noqa: BLE001 - a backend failure never fails a call
-            log.debug("could not cancel a paced slot (%s); it counts out its lease", _what(exc))
+            log.debug("could not cancel a paced slot (%s)", _what(exc))
 
     # -- the backend and its outages -------------------------------------------------------
 
