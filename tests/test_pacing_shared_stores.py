@@ -298,6 +298,7 @@ def test_a_hung_redis_stalls_paced_event_loop_calls_a_quarter_second_at_most(
                         own.hang(False)
 
             asyncio.run(main())
+        store.close()  # its pending slots end with it, not with the server
     assert max(gaps) < 0.6, max(gaps)
     assert set(statuses) == {200} and len(statuses) > 5
     assert sum(limited.api_429s.values()) == 0
@@ -392,6 +393,7 @@ def test_a_pacing_timeout_does_not_take_the_token_store_down(limited: GenesysEmu
             finally:
                 resume.join()
             second.get_token()  # from the store, which answers again
+        store.close()
         assert limited.token_requests == 1
 
 

@@ -3,6 +3,7 @@ against the emulator's per-token limit (10 calls per 1 s here)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -11,12 +12,14 @@ from typing import Any
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from genesys_token import ConfigurationError, GenesysAuth, Settings, TokenManager, api_session
 from genesys_token.errors import ApiRateLimitedError
 from genesys_token.events import API_RATE_LIMITED, API_THROTTLED
 from genesys_token.manager import adapter_port
-from genesys_token.testing import GenesysEmulator
+from genesys_token.testing import Fault, GenesysEmulator
 
 ORG = "/api/v2/organizations/me"
 LIMIT = (10, 1.0)
@@ -172,6 +175,39 @@ def test_api_session_paced_retries_a_429_with_a_slot_per_attempt(
         assert statuses == [200] * 11
         assert sum(limited.api_429s.values()) == 1
         assert manager.metrics()["pacing"]["calls_paced"] == 12
+        session.close()
+
+
+def test_status_retries_of_a_users_adapter_are_charged_and_warned_about_once(
+    limited: GenesysEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # urllib3 resends a 503 inside one adapter.send, under the call's one slot: the pacer
+    # cannot hold those attempts back, but it counts them afterwards and says so, once.
+    limited.inject(Fault.server_error(503), times=None, path="/api/v2/organizations")
+    with _manager(limited, api_rate_limit=(50, 60.0)) as manager:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        retries = Retry(total=2, status_forcelist=[503], backoff_factor=0, raise_on_status=False)
+        session.mount("http://", HTTPAdapter(max_retries=retries))
+        for _ in range(2):
+            assert session.get(limited.api_base_url + ORG, timeout=5).status_code == 503
+        assert manager.metrics()["pacing"]["calls_paced"] == 6  # 2 calls, 3 attempts each
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "api_session" in warnings[0], warnings
+        session.close()
+
+
+def test_a_429_retried_by_a_users_adapter_pauses_every_caller_of_the_token(
+    limited: GenesysEmulator,
+) -> None:
+    limited.inject(Fault(status=429), times=1, path="/api/v2/organizations")
+    with _manager(limited, api_rate_limit=(50, 60.0)) as manager:
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        retries = Retry(total=2, status_forcelist=[429], backoff_factor=0)
+        session.mount("http://", HTTPAdapter(max_retries=retries))
+        assert session.get(limited.api_base_url + ORG, timeout=5).status_code == 200
+        assert manager.metrics()["pacing"]["throttled"] == 1  # as if answered here
         session.close()
 
 

@@ -342,6 +342,7 @@ def test_redis_restart_warns_once_paces_locally_and_shares_again(
             pacer.acquire("fp-down").cancel()
         own.start(own.port)
         assert poll(lambda: _paced_shared(pacer, "fp-down"), timeout=5.0)
+        store.close()  # its pending slots end with it, not with the server
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     infos = [r for r in caplog.records if r.levelno == logging.INFO and "again" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -404,6 +405,33 @@ def test_a_slot_time_far_ahead_is_garbage_not_a_slot_counted_for_ever(
     assert pacer.try_acquire("fp-file") is None
     assert any("no process of ours" in r.getMessage() for r in caplog.records)
     assert poll(lambda: _granted(pacer, "fp-file"), timeout=2.0)
+
+
+def test_a_slot_file_written_in_another_time_namespace_takes_a_whole_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Same boot, another time namespace (unshare --time, a restored container): its
+    # monotonic clock runs 1000 s behind ours, so its fresh slots would read as long expired.
+    from genesys_token.stores import _file_slots
+
+    monkeypatch.setattr(_file_slots, "_time_namespace", lambda: "4026531999")
+    other = FileStore(tmp_path / "cache").slots()
+    monkeypatch.undo()
+    ours = FileStore(tmp_path / "cache").slots()
+    assert other is not None and ours is not None
+    options: dict[str, Any] = {"calls": 2, "window": 30.0, "hold": 5.0, "max_wait": 0.0}
+    for name in ("a", "b"):
+        assert other.acquire("fp-ns", name, **options).granted
+        other.release("fp-ns", name, window=30.0)
+    path = tmp_path / "cache" / "fp-ns.slots"
+    data = json.loads(path.read_bytes())
+    data["slots"] = {name: until - 1000.0 for name, until in data["slots"].items()}
+    path.write_text(json.dumps(data))
+    caplog.clear()
+    assert not ours.acquire("fp-ns", "c", **options).granted  # the whole window is taken
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "time namespace" in warnings[0], warnings
+    assert not ours.acquire("fp-ns", "d", **options).granted  # rewritten on our clock
 
 
 def _granted(pacer: SharedPacer, key: str) -> bool:
@@ -605,7 +633,8 @@ def test_a_redis_restarted_empty_lets_a_process_send_no_more_than_its_own_limit(
     # Redis keeps the slots in memory: restarted, it answers again, with none of them. This
     # process's own count (every shared slot takes one of it first) still holds its calls.
     with redis_server_or_skip() as own:
-        pacer = SharedPacer(10, 30.0, wait=0.3, backend=RedisStore(own.url, prefix=prefix).slots())
+        store = RedisStore(own.url, prefix=prefix)
+        pacer = SharedPacer(10, 30.0, wait=0.3, backend=store.slots())
         for _ in range(10):
             pacer.acquire("fp-restart").release()
         own.kill()
@@ -613,3 +642,4 @@ def test_a_redis_restarted_empty_lets_a_process_send_no_more_than_its_own_limit(
         with pytest.raises(ApiRateLimitedError):
             pacer.acquire("fp-restart")
         assert pacer.metrics()["calls_paced"] == 10
+        store.close()

@@ -40,6 +40,12 @@ def _lane_jobs(manager: TokenManager) -> list[Any]:
     return [lane.refresher.job for lane in manager._lanes.all]
 
 
+def _fetch_every_token(manager: TokenManager) -> list[str]:
+    """Each lane's token, lane 0 first, fetched now if need be (a turn whose lane has no
+    token yet is served by another lane's while its own is fetched in the background)."""
+    return [lane.refresher.slow(None).access_token for lane in manager._lanes.all]
+
+
 # -- round-robin over N tokens --------------------------------------------------------------
 
 
@@ -47,6 +53,7 @@ def test_three_tokens_take_three_requests_and_get_token_cycles_over_them(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=3)
+    _fetch_every_token(manager)
     got = [manager.get_token() for _ in range(9)]
     assert emulator.token_requests == 3
     assert len(set(got)) == 3
@@ -70,8 +77,8 @@ def test_prometheus_exports_the_tokens_in_use(make_manager: MakeManager) -> None
     assert registry.get_sample_value("genesys_token_tokens_in_use", labels) == 0
     manager.get_token()
     assert registry.get_sample_value("genesys_token_tokens_in_use", labels) == 1
-    manager.get_token()
-    assert registry.get_sample_value("genesys_token_tokens_in_use", labels) == 2
+    manager.get_token()  # lane 1's turn: lane 0's token serves, lane 1's comes meanwhile
+    assert poll(lambda: registry.get_sample_value("genesys_token_tokens_in_use", labels) == 2)
 
 
 def test_one_token_is_unchanged(emulator: GenesysEmulator, make_manager: MakeManager) -> None:
@@ -99,8 +106,8 @@ def test_two_managers_with_two_tokens_on_one_store_make_two_requests_in_all(
     emulator: GenesysEmulator, make_manager: MakeManager, shared_stores: list[TokenStore]
 ) -> None:
     first, second = (make_manager(tokens=2, store=store) for store in shared_stores)
-    mine = {first.get_token() for _ in range(4)}
-    theirs = {second.get_token() for _ in range(4)}
+    mine = set(_fetch_every_token(first))
+    theirs = set(_fetch_every_token(second))
     assert emulator.token_requests == 2  # lane k of each shares lane k's key and lock
     assert mine == theirs and len(mine) == 2
 
@@ -119,11 +126,11 @@ def test_a_process_with_two_tokens_takes_both_from_another_process_file_store(
         )
 
     with manager() as first:
-        mine = {first.get_token() for _ in range(2)}
+        mine = set(_fetch_every_token(first))
 
         def child() -> dict[str, Any]:
             with manager() as second:
-                return {"tokens": sorted({second.get_token() for _ in range(4)})}
+                return {"tokens": sorted(set(_fetch_every_token(second)))}
 
         result = in_child(child)
     assert set(result["tokens"]) == mine and len(mine) == 2
@@ -136,7 +143,7 @@ def test_the_first_token_keeps_the_store_key_of_one_token(
     before = make_manager(store=FileStore(tmp_path / "tokens")).get_token()  # tokens=1
     after = make_manager(tokens=2, store=FileStore(tmp_path / "tokens"))
     assert after.get_token() == before  # a fleet moving to tokens=2 keeps its token
-    assert after.get_token() != before and emulator.token_requests == 2
+    assert _fetch_every_token(after)[1] != before and emulator.token_requests == 2
     # The key of before lanes existed (what stores written by earlier versions hold).
     key = store_key(emulator.client_id, emulator.token_url, ())
     names = {path.name for path in (tmp_path / "tokens").iterdir()}
@@ -183,7 +190,7 @@ def test_a_401_on_the_second_token_replaces_that_token_only(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2)
-    first, second = manager.get_token(), manager.get_token()
+    first, second = _fetch_every_token(manager)
     assert first != second
     emulator.revoke(second)
     session = requests.Session()
@@ -228,7 +235,7 @@ def test_rotate_swaps_every_token_and_drains_them_within_one_bound(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2)
-    old = {manager.get_token(), manager.get_token()}
+    old = set(_fetch_every_token(manager))
     holders = [Holder(manager), Holder(manager)]
     assert {h.token for h in holders} == old  # one use in flight on each old token
     timeouts: list[dict[str, Any]] = []
@@ -258,7 +265,7 @@ def test_a_forced_refresh_replaces_every_token_with_the_credentials_set(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2)
-    old = {manager.get_token(), manager.get_token()}
+    old = set(_fetch_every_token(manager))
     emulator.set_secret(emulator.client_id, "the-new-secret")
     manager.set_credentials("the-new-secret")
     fresh = manager.refresh(force=True)  # every token, each with the new secret
@@ -297,8 +304,7 @@ def test_three_paced_tokens_give_three_limits_in_one_window_without_429s(
 ) -> None:
     calls = 3 * LIMIT[0]
     with _paced(limited, tokens=3) as manager:
-        for _ in range(3):
-            manager.get_token()
+        _fetch_every_token(manager)
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         statuses: list[int] = []
@@ -334,8 +340,7 @@ def test_async_api_client_spreads_paced_calls_over_three_tokens(limited: Genesys
             return [a.status_code for a in answers], time.monotonic() - started
 
     with _paced(limited, tokens=3) as manager:
-        for _ in range(3):
-            manager.get_token()
+        _fetch_every_token(manager)
         statuses, elapsed = asyncio.run(run())
     assert statuses == [200] * calls and sum(limited.api_429s.values()) == 0
     assert elapsed < 0.8 * LIMIT[1]  # no waiting for a second window
@@ -347,9 +352,7 @@ def test_a_paced_use_takes_a_token_with_room_rather_than_wait_for_its_turn(
     limited: GenesysEmulator,
 ) -> None:
     with _paced(limited, tokens=3, api_rate_wait=0.0) as manager:
-        held = manager.get_token()
-        for _ in range(2):
-            manager.get_token()
+        held = _fetch_every_token(manager)[0]
         port = adapter_port(manager)
         port.throttled(held, 30.0)  # that token has no room for 30 s
         uses = []
@@ -385,9 +388,7 @@ def test_try_begin_use_takes_a_token_with_room_rather_than_give_up(
     limited: GenesysEmulator,
 ) -> None:
     with _paced(limited, tokens=3) as manager:
-        held = manager.get_token()
-        for _ in range(2):
-            manager.get_token()
+        held = _fetch_every_token(manager)[0]
         port = adapter_port(manager)
         port.throttled(held, 30.0)
         uses = [port.try_begin_use() for _ in range(6)]  # what an event loop tries first
@@ -420,8 +421,7 @@ def test_paced_callers_with_no_room_wait_in_turn_on_every_token(
 
 def test_close_cancels_every_tokens_refresh(make_manager: MakeManager) -> None:
     manager = make_manager(tokens=3)
-    for _ in range(3):
-        manager.get_token()
+    _fetch_every_token(manager)
     jobs = _lane_jobs(manager)
     assert all(job is not None and job.ticket is not None for job in jobs)
     pending = scheduler().pending
@@ -434,7 +434,7 @@ def test_a_forked_child_gets_fresh_lanes(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2)
-    parent = {manager.get_token(), manager.get_token()}
+    parent = set(_fetch_every_token(manager))
     parent_jobs = [id(job) for job in _lane_jobs(manager)]
 
     def child() -> dict[str, Any]:
@@ -494,7 +494,7 @@ def test_tokens_reach_every_way_of_building_a_manager(emulator: GenesysEmulator)
     assert Settings.from_env(env).tokens == 2
     with TokenManager.from_env(env) as manager:
         assert manager.settings.tokens == 2
-        assert len({manager.get_token() for _ in range(4)}) == 2
+        assert len(set(_fetch_every_token(manager))) == 2
     with TokenManager.from_env(env, tokens=3) as manager:  # a keyword wins
         assert manager.settings.tokens == 3
     with TokenManagerPool(tokens=2) as pool:
@@ -504,4 +504,4 @@ def test_tokens_reach_every_way_of_building_a_manager(emulator: GenesysEmulator)
             token_url=emulator.token_url,
             api_base_url=emulator.api_base_url,
         )
-        assert len({pooled.get_token() for _ in range(4)}) == 2
+        assert len(set(_fetch_every_token(pooled))) == 2

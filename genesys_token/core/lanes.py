@@ -8,7 +8,9 @@ counted uses, credentials cool-down (a rejected secret cools every lane down: no
 requests) and pacer (its slots are keyed by token, so each token has its own room).
 
 The turn is one ``itertools.count()``: ``next()`` on it is atomic in CPython, so picking a
-lane takes no lock.
+lane takes no lock. A turn whose lane holds no usable token is served by another lane's while
+its own is fetched in the background (:meth:`Lanes.serve`): a caller waits for a fetch only
+when no lane holds a usable token.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 
+from ..errors import GenesysTokenError, ManagerClosedError
 from ..http.token_endpoint import TokenEndpoint
 from ..observability.reporter import Reporter
 from ..settings import Config, Credentials
@@ -95,7 +98,49 @@ class Lanes:
         cell = lane.flight.cell
         if cell is not None and self._now() < cell.refresh_at:
             return cell.access_token
-        return lane.refresher.slow(timeout).access_token
+        return self.serve(lane, timeout)[1].access_token
+
+    def serve(self, turn: Lane, timeout: float | None, *, join: bool = False) -> tuple[Lane, Cell]:
+        """The slow path of a turn whose token is not fresh: the lane that serves and its
+        usable token.
+
+        A usable token of ``turn`` takes ``turn``'s slow path (a due refresh). Without one,
+        ``turn``'s fetch starts in the background and the next lane with a fresh token
+        serves, read without a lock (a caller never fails or waits while another token is
+        valid); then one with a usable token, by its slow path. Only when no lane holds a
+        usable token does the caller block, on lane 0's slow path: one flight for every
+        caller while the client has no token at all.
+
+        ``join``: wait for ``turn``'s first token if its fetch is under way (a paced caller
+        whose other tokens have no room soon); if that fails, serve as above.
+
+        Raises:
+            ManagerClosedError: The manager was closed.
+            GenesysTokenError: No lane holds a usable token and acquiring one failed.
+        """
+        now = self._now()
+        cell = turn.flight.cell
+        if cell is not None and cell.usable(now):
+            return turn, turn.refresher.slow(timeout)
+        if join and cell is None and turn.flight.running:
+            try:
+                return turn, turn.refresher.slow(timeout)
+            except ManagerClosedError:
+                raise
+            except GenesysTokenError:
+                now = self._now()  # failed or timed out: another lane's token serves
+        elif turn is not self.first and not turn.flight.closed:
+            _fetch_behind(turn, cell, now)
+        usable = None
+        for lane in self.starting_at(turn):
+            cell = lane.flight.cell
+            if cell is None or not cell.usable(now):
+                continue
+            if now < cell.refresh_at:
+                return lane, cell
+            usable = usable or lane
+        lane = usable or self.first
+        return lane, lane.refresher.slow(timeout)
 
     def holding(self, access_token: str) -> Lane | None:
         """The lane whose current token is ``access_token``; None if none holds it now."""
@@ -187,6 +232,15 @@ def build_lanes(
         refresher.job = job_for(index)
         lanes.append(Lane(index, acquirer, refresher))
     return Lanes(lanes, clock.monotonic)
+
+
+def _fetch_behind(lane: Lane, cell: Cell | None, now: float) -> None:
+    """Start ``lane``'s fetch (its first, or of an expired token) in the background; nothing
+    during a backoff."""
+    if cell is None:
+        lane.refresher.prefetch()
+    else:
+        lane.refresher.due_nowait(cell, now)
 
 
 def _usable(cell: Cell | None, now: float) -> bool:

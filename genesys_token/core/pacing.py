@@ -112,6 +112,10 @@ class Pacing(Protocol):
     def leave(self, key: str, ticket: Ticket) -> None:
         """Leave the line (see :meth:`Pacer.leave`)."""
 
+    def room_in(self, key: str) -> float:
+        """Seconds until a slot may be free, as far as this process knows; no I/O (see
+        :meth:`Pacer.room_in`)."""
+
     def penalize(self, key: str, retry_after: float | None) -> None:
         """A 429: hold the token's slots (see :meth:`Pacer.penalize`)."""
 
@@ -474,6 +478,21 @@ class Pacer:
         ]
         for key in idle:
             del self._tokens[key]
+
+    def room_in(self, key: str) -> float:
+        """Seconds until ``key``'s token may have a slot for one more caller: 0 when it has
+        room now; a 429's pause counts whole; each caller already in its line adds one
+        slot's share of the window (``seconds / calls``), every slot held one window. A cheap
+        estimate (no wait, no I/O) to choose among tokens which one to wait on."""
+        with self._lock:
+            token = self._tokens.get(key)
+            if token is None:
+                return 0.0
+            now = self._now()
+            free_at = self._free_at(token, now)
+            if math.isinf(free_at):  # every slot held: room a window after an answer
+                free_at = max(now + self.seconds, token.penalty_until)
+            return free_at - now + len(token.queue) * self.seconds / self.calls
 
     def in_use(self, key: str) -> int:
         """Slots of ``key``'s token held or still in their window (at most ``calls``)."""

@@ -3,7 +3,10 @@ manager beyond its public API: counted uses, a 401's replacement, the replay cou
 
 With ``tokens=N`` it serves every lane (:mod:`.lanes`): a use takes the turn's lane, or, when
 paced in this process, the first lane from the turn whose token has room now, so N tokens
-give N times the calls; a 401 replaces the token of the lane that holds it.
+give N times the calls; with no room now, the caller waits on the token that has room soonest
+as far as this process knows (a token held by a 429 waits last); a turn without a usable
+token is served by another lane's (see ``Lanes.serve``); a 401 replaces the token of the
+lane that holds it.
 
 It is internal: adapters reach it with :func:`genesys_token.manager.adapter_port`, users never
 need it. It holds the manager's parts, never the manager (a manager dropped without
@@ -12,6 +15,7 @@ need it. It holds the manager's parts, never the manager (a manager dropped with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +29,11 @@ from .pacing import PaceSlot, Pacing, Ticket
 from .schedule import Cell
 from .single_flight import Replacing
 from .uses import InFlight, UseGate, reap_pending
+
+#: Seconds a lane whose first token is being fetched is taken to need before it has room
+#: (about one token request; its slots are all free): a caller with no room now waits for
+#: that fetch rather than for a token with no room sooner (a 429's pause, a full window).
+FETCH_GUESS = 0.1
 
 #: Emits an event: ``(event type, token fingerprint, data)``; never given a token.
 Emit = Callable[[str, str, dict[str, Any]], None]
@@ -94,18 +103,22 @@ class AdapterPort:
         """
         pacer = self.pacer if paced else None
         deadline = None if timeout is None or pacer is None else self._now() + timeout
-        lane = self._lanes.next()
+        turn = self._lanes.next()
+        if turn.flight.cell is None and self._lanes.count > 1:
+            turn.refresher.prefetch()  # its first token, meanwhile another lane's serves
         while True:
-            many = self._lanes.count > 1 and lane.flight.cell is not None  # else: fetch it
-            if many and pacer is not None and not pacer.remote:
-                use = self._with_room(pacer, lane)
-                if use is not None:
-                    return use
+            lane = turn
+            if pacer is not None and self._lanes.count > 1:
+                if not pacer.remote:
+                    use = self._with_room(pacer, turn)
+                    if use is not None:
+                        return use
+                lane = self._soonest(pacer, turn)  # a local estimate: no round trip
             cell = lane.flight.cell
             if cell is None or not self._now() < cell.refresh_at:
-                # The manager's get_token, slow path.
+                # The manager's get_token, slow path (another lane's token if the turn has none).
                 left = timeout if deadline is None else self._left(deadline)
-                cell = lane.refresher.slow(left)
+                lane, cell = self._lanes.serve(lane, left, join=pacer is not None)
             slot = None
             if pacer is not None:
                 slot = self._slot(pacer, lane, cell, deadline)
@@ -118,9 +131,8 @@ class AdapterPort:
                 slot.cancel()  # the token was swapped while we waited: nothing was sent
 
     def _with_room(self, pacer: Pacing, turn: Lane) -> InFlight | None:
-        """A use of the first lane from ``turn`` on whose token is fresh and has a slot
-        free now (no wait, no I/O); None when none has. The turn is the one the caller
-        waits on then: taking another would make waiters of N=2 all wait on one lane."""
+        """A use of the first lane from ``turn`` whose token is fresh and has a slot free
+        now (no wait, no I/O); None when none has (then see :meth:`_soonest`)."""
         now = self._now()
         for lane in self._lanes.starting_at(turn):
             cell = lane.flight.cell
@@ -134,6 +146,30 @@ class AdapterPort:
                 return use
             slot.cancel()  # swapped this instant: nothing was sent
         return None
+
+    def _soonest(self, pacer: Pacing, turn: Lane, usable: bool = False) -> Lane:
+        """The lane to wait on: the one from ``turn`` whose token has room soonest as far as
+        this process knows (``Pacing.room_in``: a 429's pause, its slots, its line), ties to
+        the earliest from the turn so waiters spread; among fresh tokens (``usable``: usable
+        ones, for a caller that must not block), and a lane whose first token is being
+        fetched counts as :data:`FETCH_GUESS`; ``turn`` when none is."""
+        now = self._now()
+        best, best_in = turn, math.inf
+        for lane in self._lanes.starting_at(turn):
+            cell = lane.flight.cell
+            if cell is None:
+                if usable or not lane.flight.running:
+                    continue
+                room_in = FETCH_GUESS  # its first token is on its way, its room is whole
+            elif not (cell.usable(now) if usable else now < cell.refresh_at):
+                continue
+            else:
+                room_in = pacer.room_in(cell.token.fingerprint)
+            if room_in < best_in:
+                best, best_in = lane, room_in
+                if room_in <= 0.0:
+                    break
+        return best
 
     def _left(self, deadline: float) -> float:
         return max(0.0, deadline - self._now())
@@ -169,8 +205,10 @@ class AdapterPort:
         """For event loops: join the line for a slot of the current token without blocking
         (then :meth:`poll_line`, and :meth:`leave_line` in every case). None when not paced
         or no token is usable now (take the slow path). Reaps first (see :func:`reap_pending`)."""
-        lane = self._lanes.next()
-        pacer, cell = self.pacer, lane.flight.cell
+        lane, pacer = self._lanes.next(), self.pacer
+        if pacer is not None and self._lanes.count > 1:
+            lane = self._soonest(pacer, lane, usable=True)
+        cell = lane.flight.cell
         if pacer is None or cell is None or lane.flight.closed:
             return None
         if not cell.usable(self._now()):

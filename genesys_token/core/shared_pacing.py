@@ -457,14 +457,16 @@ class SharedPacer:
             else:
                 self._backend.cancel(slot._key, slot._id)
         except Exception as exc:  # noqa: BLE001 - a backend failure never fails a call
-            log.debug("could not give a paced slot back (%s); it counts out its lease", _what(exc))
+            # Our backends keep what they cannot write (see SlotBackend.release); another
+            # backend's slot counts out its lease.
+            log.debug("could not give a paced slot back (%s)", _what(exc))
         return True
 
     def _cancel_quietly(self, key: str, slot_id: str) -> None:
         try:
             self._backend.cancel(key, slot_id)
         except Exception as exc:  # noqa: BLE001 - a backend failure never fails a call
-            log.debug("could not cancel a paced slot (%s); it counts out its lease", _what(exc))
+            log.debug("could not cancel a paced slot (%s)", _what(exc))
 
     # -- the backend and its outages -------------------------------------------------------
 
@@ -509,6 +511,12 @@ class SharedPacer:
         with self._lock:
             if not self._held.get(key) and not self._queues.get(key):
                 self._figures.by_token.pop(key, None)
+
+    def room_in(self, key: str) -> float:
+        """Seconds until ``key``'s token may have a slot, as far as this process knows (its
+        own count and the 429s it saw; no question to the backend): see
+        :meth:`~genesys_token.core.pacing.Pacer.room_in`."""
+        return self._local.room_in(key)
 
     def in_use(self, key: str) -> int:
         """Slots of ``key``'s token counted now by every process (this process's own

@@ -22,6 +22,7 @@ from ..core.uses import set_reaper
 from ..errors import ApiRateLimitedError, GenesysTokenError
 from ..http.origins import Origin, OriginCache, checked_origins, origin_of, show
 from ..manager import adapter_port
+from ..token import fingerprint_of
 
 if TYPE_CHECKING:
     from ..core.uses import InFlight
@@ -407,7 +408,12 @@ class GenesysAuth(requests.auth.AuthBase):
     before it is sent (waiting in line, up to ``api_rate_wait``, else
     :class:`~genesys_token.errors.ApiRateLimitedError` with nothing sent), and so do the 401
     replay and each same-origin redirect leg; the answer gives the slot back. A 429 answer
-    makes every caller of that token wait out its ``Retry-After``.
+    makes every caller of that token wait out its ``Retry-After``. Status retries of the
+    session's own ``HTTPAdapter`` (a urllib3 ``Retry`` with a ``status_forcelist``, or
+    ``genesys_retry()``) resend inside one send, under one slot, unpaced: each such attempt
+    is charged a slot afterwards (as far as the window has room), a 429 among them pauses
+    the token's callers as one answered here does, and one WARNING per auth says so;
+    :func:`~genesys_token.api_session` moves those retries here, paced.
 
     Args:
         manager: The token manager.
@@ -438,6 +444,7 @@ class GenesysAuth(requests.auth.AuthBase):
         self._replay_401 = replay_401
         self._origins = checked_origins(allowed_origins) | {origin_of(manager.api_base_url)}
         self._warned: set[Origin] = set()
+        self._warned_retries = False
         self._local = threading.local()
         #: origin_of for every call, remembered by the URL's scheme://authority.
         self._origin_of = OriginCache()
@@ -512,6 +519,7 @@ class GenesysAuth(requests.auth.AuthBase):
                 self._port.answered(
                     watch.use.token, response.status_code, response.headers.get("Retry-After")
                 )
+                self._charge_adapter_retries(response, watch.use.token)
             if not response.is_redirect:
                 watch.end()
             else:  # ended unless requests follows it with the token
@@ -528,6 +536,38 @@ class GenesysAuth(requests.auth.AuthBase):
             # A redirect took the call elsewhere; our token is not that host's business.
             return response
         return self._replay(response, sent[len(_BEARER) :], kwargs)
+
+    def _charge_adapter_retries(self, response: requests.Response, access_token: str) -> None:
+        """The adapter's urllib3 retried statuses inside one send: those attempts reached
+        the API under this call's one slot. Each takes a slot now, given back at once (it
+        counts a window from now: late, so it only over-counts), while the window has room,
+        so the fleet's count is right afterwards; and the user is told once."""
+        pacer = self._port.pacer
+        history = getattr(getattr(response.raw, "retries", None), "history", None)
+        if pacer is None or not history:
+            return
+        answered = sum(1 for attempt in history if getattr(attempt, "status", None) is not None)
+        if not answered:  # connect errors only: nothing reached the API
+            return
+        if any(getattr(attempt, "status", None) == 429 for attempt in history):
+            # The API throttled the token on the way: every caller waits, as for a 429
+            # answered here (its Retry-After is lost with the attempt: a window).
+            self._port.answered(access_token, 429, None)
+        key = fingerprint_of(access_token)
+        for _ in range(answered):
+            slot = pacer.try_acquire(key)
+            if slot is None:
+                break  # the window is full already: the next calls wait anyway
+            slot.release()
+        if not self._warned_retries:
+            self._warned_retries = True  # two threads may both warn once: harmless
+            log.warning(
+                "GenesysAuth: the session's HTTPAdapter retried a paced call's status %d "
+                "time(s) inside one send, under one pacing slot: status retries in the "
+                "adapter bypass api_rate_limit; use api_session(manager), or an adapter "
+                "without status retries (status_forcelist)",
+                answered,
+            )
 
     def _next_leg(self, watch: _Watch) -> None:
         """A redirect requests follows with the token: the next leg takes its own slot."""

@@ -8,10 +8,20 @@ regular file of this user's that others cannot write: see ``_cachedir``), takes 
 ``flock``, reads, updates and rewrites it in place, and closes it: a process that dies
 mid-way lets go of the lock at once.
 
-Time is ``time.monotonic()``, which is boot-wide on Linux, macOS and Windows: **a FileStore
-shares slots among the processes of one machine** (as it shares tokens), never across
-machines (use a RedisStore). The file records the boot it was written in (Linux's
-``boot_id``); a file from an earlier boot is read as a full window from now.
+Time is ``time.monotonic()``: **a FileStore shares slots among the processes of one machine
+that share that clock** (as it shares tokens), never across machines (use a RedisStore). On
+Linux the clock is not boot-wide: a process in another time namespace (``unshare --time``, a
+container restored by CRIU or ``podman container restore``) has its own ``CLOCK_MONOTONIC``
+offset, under the same boot. So the file records the clock it was written on: the boot
+(Linux's ``boot_id``) and the time namespace (the inode of ``/proc/self/ns/time``, where
+there is one). A file written on another clock (an earlier boot, another time namespace) is
+garbage (below); processes of two time namespaces sharing a cache directory pace as if each
+rewrote the other's file: at worst a whole window each time the writer changes.
+
+A release or a cancel that cannot take the lock (held past :data:`LOCK_WAIT` by a stuck
+process) or write the file is kept in this process (see ``_pending_slots``) and applied by
+its next operation on that token's file that succeeds: its slot does not count
+``hold + window`` meanwhile, only until then (later: it only over-counts).
 
 Garbage (not our JSON, a file over :data:`MAX_BYTES`, a time past anything we write, a crash
 mid-write): one WARNING naming the file, then **the conservative reading: the token's whole
@@ -38,6 +48,7 @@ from typing import Any, TypeGuard
 from ..errors import ConfigurationError, StoreError
 from . import _flock
 from ._cachedir import open_lock_file
+from ._pending_slots import Pending, PendingSlots
 from .slots import Answer
 
 log = logging.getLogger("genesys_token.stores")
@@ -60,6 +71,20 @@ def _boot_id() -> str:
             return file.read(64).strip()
     except OSError:  # not Linux: monotonic time alone
         return ""
+
+
+def _time_namespace() -> str:
+    """This process's time namespace (Linux >= 5.6), "" where there is none to tell."""
+    try:
+        return str(os.stat("/proc/self/ns/time").st_ino)
+    except OSError:
+        return ""
+
+
+def _clock_identity() -> str:
+    """What tells two processes' ``time.monotonic()`` apart on this machine: the boot and
+    the time namespace (one offset of ``CLOCK_MONOTONIC`` each)."""
+    return f"{_boot_id()}/{_time_namespace()}"
 
 
 class _Garbage(Exception):
@@ -95,9 +120,11 @@ class FileSlots:
         self._open_dir = open_dir
         self._dir = directory
         self._now = clock
-        self._boot = _boot_id()
+        self._clock_id = _clock_identity()
         self._guard = threading.Lock()
         self._warned: set[str] = set()
+        self._pending = PendingSlots(f"slot files in {directory}")
+        self._keep = 0.0  # how long a pending entry matters (see _pending_slots)
 
     def _name(self, key: str) -> str:
         safe = key if _SAFE.match(key) else hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -113,6 +140,17 @@ class FileSlots:
         Raises:
             StoreError: The file cannot be used (see the module).
         """
+        keep = hold + window + max(0.0, max_wait)
+        self._keep = max(self._keep, keep)
+        try:
+            return self._acquire(key, slot_id, calls, window, hold, max_wait)
+        except StoreError:
+            self._pending.drop(key, slot_id, keep)  # a write cut short may have left it behind
+            raise
+
+    def _acquire(
+        self, key: str, slot_id: str, calls: int, window: float, hold: float, max_wait: float
+    ) -> Answer:
         with self._locked(key, (calls, window)) as (state, now):
             start = earliest = max(now, state.penalty)
             later = sorted((s for s in state.slots.items() if s[1] > start), key=lambda s: -s[1])
@@ -134,23 +172,24 @@ class FileSlots:
             return Answer(True, start - now)
 
     def release(self, key: str, slot_id: str, *, window: float) -> None:
-        """The slot's call was answered: it counts ``window`` seconds from now.
-
-        Raises:
-            StoreError: The file cannot be used (the slot counts out its lease).
-        """
-        with self._locked(key) as (state, now):
-            state.slots.pop("h" + slot_id, None)
-            state.slots["e" + slot_id] = now + window
+        """The slot's call was answered: it counts ``window`` seconds from now (from the next
+        operation that succeeds, if the file cannot be used now)."""
+        try:
+            with self._locked(key) as (state, now):
+                _apply(state, [Pending(slot_id, float(window), math.inf)], now)
+        except StoreError as exc:
+            log.debug("could not release a paced slot (%s); the next lock will", exc)
+            self._pending.release(key, slot_id, window, max(self._keep, window))
 
     def cancel(self, key: str, slot_id: str) -> None:
-        """Remove the slot: nothing was sent.
-
-        Raises:
-            StoreError: The file cannot be used (the slot counts out its lease).
-        """
-        with self._locked(key) as (state, _):
-            state.slots.pop("h" + slot_id, None)
+        """Remove the slot: nothing was sent (by the next operation that succeeds, if the
+        file cannot be used now)."""
+        try:
+            with self._locked(key) as (state, now):
+                _apply(state, [Pending(slot_id, None, math.inf)], now)
+        except StoreError as exc:
+            log.debug("could not cancel a paced slot (%s); the next lock will", exc)
+            self._pending.drop(key, slot_id, self._keep)
 
     def penalize(self, key: str, seconds: float) -> None:
         """No slot of ``key`` starts within ``seconds``, in any process of this machine.
@@ -171,8 +210,12 @@ class FileSlots:
             return len(state.slots)
 
     def after_fork(self) -> None:
-        """Nothing is kept between operations; only the guard is renewed."""
+        """Nothing is kept between operations; the guard and the clock's identity are
+        renewed (a parent that called ``unshare(CLONE_NEWTIME)`` forks its children into
+        the new time namespace)."""
         self._guard = threading.Lock()
+        self._clock_id = _clock_identity()
+        self._pending.after_fork()
 
     def __repr__(self) -> str:
         return f"FileSlots(path={str(self._dir)!r})"
@@ -200,9 +243,16 @@ class FileSlots:
                 raise StoreError(f"cannot lock slot file {path}: {exc.strerror}") from None
             now = self._now()
             state = self._read(fd, path, now, limit)
-            yield (_State({}, 0.0) if state is None else state), now
-            if state is not None:
-                self._write(fd, path, state, now)
+            carried = [] if state is None else self._pending.take(key)
+            try:
+                if state is not None:
+                    _apply(state, carried, now)
+                yield (_State({}, 0.0) if state is None else state), now
+                if state is not None:
+                    self._write(fd, path, state, now)
+            except BaseException:
+                self._pending.put_back(key, carried)
+                raise
         finally:
             with contextlib.suppress(OSError):
                 _flock.unlock(fd)
@@ -257,11 +307,11 @@ class FileSlots:
             raise _Garbage("is not JSON") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise _Garbage("is not a slot file of this version")
-        slots, penalty, boot = data.get("slots"), data.get("penalty"), data.get("boot")
-        if not isinstance(slots, dict) or not _number(penalty) or not isinstance(boot, str):
+        slots, penalty, clock = data.get("slots"), data.get("penalty"), data.get("clock")
+        if not isinstance(slots, dict) or not _number(penalty) or not isinstance(clock, str):
             raise _Garbage("is not shaped as a slot file")
-        if boot != self._boot:
-            raise _Garbage("was written in another boot of this machine")
+        if clock != self._clock_id:
+            raise _Garbage("was written on another clock (another boot or time namespace)")
         if penalty > now + MAX_AHEAD:
             raise _Garbage("holds a time that no process of ours wrote")
         kept: dict[str, float] = {}
@@ -273,7 +323,7 @@ class FileSlots:
         return _State(kept, float(penalty) if penalty > now else 0.0)
 
     def _write(self, fd: int, path: Path, state: _State, now: float) -> None:
-        data = {"format": FORMAT, "boot": self._boot, "penalty": state.penalty}
+        data = {"format": FORMAT, "clock": self._clock_id, "penalty": state.penalty}
         data["slots"] = {name: until for name, until in state.slots.items() if until > now}
         blob = json.dumps(data, separators=(",", ":")).encode("ascii")
         try:
@@ -294,6 +344,14 @@ class FileSlots:
                 return
             self._warned.add(what)
         log.warning(message, *args)
+
+
+def _apply(state: _State, entries: list[Pending], now: float) -> None:
+    """Releases (answered now: a window from now) and drops of held slots."""
+    for entry in entries:
+        state.slots.pop("h" + entry.slot_id, None)
+        if entry.window is not None:
+            state.slots["e" + entry.slot_id] = now + entry.window
 
 
 def _number(value: Any) -> TypeGuard[int | float]:

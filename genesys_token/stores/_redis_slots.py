@@ -13,6 +13,12 @@ carried by this process's next acquisition of that token (one round trip for bot
 keeper thread (``_leases``) pushes those still pending every :data:`FLUSH_EVERY` seconds when
 no acquisition comes. A deferred release is stamped when it reaches Redis, later than the
 answer: it only over-counts.
+
+A hiccup of Redis loses no slot for ``hold + window`` (see ``_pending_slots``): releases
+carried by a script that failed, or by a flush that failed, wait for the next script or
+flush; so does a cancel that failed; and an acquisition that failed on the client (a
+timeout: the script may still run on the server, leaving its ``h<id>`` behind) has its slot
+removed by the next script that succeeds.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 from ..errors import StoreError
 from . import _leases
+from ._pending_slots import Pending, PendingSlots
 from .slots import Answer
 
 log = logging.getLogger("genesys_token.stores")
@@ -37,15 +44,20 @@ FLUSH_EVERY = 0.1
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 #: KEYS: slots, penalty. ARGV: calls, window, hold, max_wait, slot id ("" only releases),
-#: then the ids of slots answered. Returns {granted (0/1), seconds (a string: a float)}.
+#: the number n of slots answered, their n ids, then the ids of held slots to drop.
+#: Returns {granted (0/1), seconds (a string: a float)}.
 _ACQUIRE = """
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local calls, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local hold, max_wait = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 6, #ARGV do
+local answered = tonumber(ARGV[6])
+for i = 7, 6 + answered do
     redis.call("ZREM", KEYS[1], "h" .. ARGV[i])
     redis.call("ZADD", KEYS[1], string.format("%.6f", now + window), "e" .. ARGV[i])
+end
+for i = 7 + answered, #ARGV do
+    redis.call("ZREM", KEYS[1], "h" .. ARGV[i])
 end
 redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", string.format("%.6f", now))
 -- No slot of ours counts a day ahead (nor does a penalty): such entries are not ours (a
@@ -133,9 +145,13 @@ class RedisSlots:
         self._call = call
         self._prefix = prefix
         self._lock = threading.Lock()
-        #: Answered slots not yet told to Redis, by (token key, window).
-        self._pending: dict[tuple[str, float], list[str]] = {}
+        #: Releases and drops not yet told to Redis, by token key.
+        self._pending = PendingSlots(f"redis pacing {prefix!r}")
         self._flusher: _leases.Lease | None = None
+        self._closed = False
+        #: How long a pending entry matters: the longest a slot of ours counts (see
+        #: ``_pending_slots``), from the acquisitions seen.
+        self._keep = 0.0
         self._scripts: tuple[Any, dict[str, Any]] | None = None
 
     def _names(self, key: str) -> tuple[str, str]:
@@ -166,53 +182,92 @@ class RedisSlots:
         """Take (or reserve) a slot, carrying this process's pending releases of ``key``.
 
         Raises:
-            StoreError: Redis failed (the carried releases are dropped: their slots count
-                until their lease runs out, which only over-counts).
+            StoreError: Redis failed (the carried releases stay pending, and the slot, which
+                the script may still have taken on the server, is dropped by the next one).
         """
         window = float(window)
-        with self._lock:
-            released = self._pending.pop((key, window), [])
-        args = [calls, repr(window), repr(float(hold)), repr(max(0.0, max_wait))]
-        raw = self._run("acquire", list(self._names(key)), [*args, slot_id, *released])
-        return _answer(raw)
+        keep = float(hold) + window + max(0.0, max_wait)
+        self._keep = max(self._keep, keep)
+        carried: list[Pending] = []
+        other_windows: list[Pending] = []
+        for entry in self._pending.take(key):
+            fits = entry.window is None or entry.window == window
+            (carried if fits else other_windows).append(entry)
+        self._pending.put_back(key, other_windows)
+        args = [calls, repr(window), repr(float(hold)), repr(max(0.0, max_wait)), slot_id]
+        try:
+            raw = self._run("acquire", list(self._names(key)), [*args, *_carried(carried)])
+            return _answer(raw)
+        except StoreError:
+            self._pending.put_back(key, carried)
+            self._pending.drop(key, slot_id, keep)
+            self._keep_flushing()
+            raise
 
     def release(self, key: str, slot_id: str, *, window: float) -> None:
         """Defer the release: the next acquisition of ``key`` carries it, or the keeper
         pushes it within about :data:`FLUSH_EVERY` seconds."""
+        self._pending.release(key, slot_id, window, max(self._keep, float(window)))
+        self._keep_flushing()
+
+    def _keep_flushing(self) -> None:
         with self._lock:
-            self._pending.setdefault((key, float(window)), []).append(slot_id)
-            if self._flusher is None:
+            if self._flusher is None and not self._closed:
                 self._flusher = _leases.hold(
                     self._flush, FLUSH_EVERY, math.inf, "pacing releases", self
                 )
 
     def _flush(self) -> bool:
-        """Push every pending release (on the keeper thread); False once none is left."""
+        """Push every pending entry (on the keeper thread); those that fail stay pending.
+        False once none is left (or the store is closed)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
-            if not pending:
+            if self._closed or not len(self._pending):
                 self._flusher = None
                 return False
-        for (key, window), released in pending.items():
-            args = [1, repr(window), "1", "0", "", *released]
+        for key, entries in self._pending.take_all().items():
+            self._pending.put_back(key, self._push(key, entries))
+        return True
+
+    def _push(self, key: str, entries: list[Pending]) -> list[Pending]:
+        """One release script per window among ``entries`` (the drops ride on the first).
+
+        Returns:
+            The entries not pushed (Redis failed).
+        """
+        windows = sorted({e.window for e in entries if e.window is not None}) or [1.0]
+        for n, window in enumerate(windows):
+            batch = [e for e in entries if e.window == window or (n == 0 and e.window is None)]
+            args = [1, repr(window), "1", "0", "", *_carried(batch)]
             try:
                 self._run("release", list(self._names(key)), args)
             except StoreError as exc:
-                log.debug("could not push paced releases (%s); they count out their lease", exc)
-        return True
+                log.debug("could not push paced releases (%s); they wait for the next try", exc)
+                return entries
+            entries = [e for e in entries if e not in batch]
+        return entries
 
     def flush(self) -> None:
         """Push pending releases now (tests, and a clean shutdown)."""
         self._flush()
 
-    def cancel(self, key: str, slot_id: str) -> None:
-        """Remove the slot: its call was never sent.
+    def close(self) -> None:
+        """Push pending releases a last time; then nothing is pushed any more (what could
+        not be pushed counts out its lease)."""
+        self._flush()
+        with self._lock:
+            self._closed = True
+        self._pending.take_all()
 
-        Raises:
-            StoreError: Redis failed (the slot counts until its lease runs out).
-        """
+    def cancel(self, key: str, slot_id: str) -> None:
+        """Remove the slot: its call was never sent. If Redis fails, the next script or
+        flush removes it."""
         name = self._names(key)[0]
-        self._call("pacing cancel", lambda client: client.zrem(name, "h" + slot_id))
+        try:
+            self._call("pacing cancel", lambda client: client.zrem(name, "h" + slot_id))
+        except StoreError as exc:
+            log.debug("could not cancel a paced slot (%s); the next script will", exc)
+            self._pending.drop(key, slot_id, self._keep)
+            self._keep_flushing()
 
     def penalize(self, key: str, seconds: float) -> None:
         """No slot of ``key`` starts within ``seconds``, in any process.
@@ -233,12 +288,18 @@ class RedisSlots:
     def after_fork(self) -> None:
         """In a forked child: the parent's pending releases and keeper are not ours."""
         self._lock = threading.Lock()
-        self._pending = {}
+        self._pending.after_fork()
         self._flusher = None
         self._scripts = None
 
     def __repr__(self) -> str:
         return f"RedisSlots(prefix={self._prefix!r})"
+
+
+def _carried(entries: list[Pending]) -> list[str]:
+    """The script's tail for ``entries``: how many are answered, their ids, the ids to drop."""
+    answered = [e.slot_id for e in entries if e.window is not None]
+    return [str(len(answered)), *answered, *(e.slot_id for e in entries if e.window is None)]
 
 
 def _answer(raw: Any) -> Answer:

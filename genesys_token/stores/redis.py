@@ -375,7 +375,7 @@ class RedisStore:
     def close(self) -> None:
         """Close the connection pool of a client this store built (not a given one), once
         the paced releases still pending have reached Redis."""
-        self._slots.flush()
+        self._slots.close()
         self._closed = True
         if self._owns_client and self._client is not None:
             self._client.close()

@@ -3,7 +3,7 @@
 A :class:`~genesys_token.core.shared_pacing.SharedPacer` keeps ``calls`` per ``window`` per
 token across every process that shares a store, by keeping each token's slots in the store
 rather than in memory: ``RedisStore.slots()`` (a fleet; Redis's own clock) and
-``FileStore.slots()`` (the processes of one machine; its boot-wide monotonic clock).
+``FileStore.slots()`` (the processes of one machine sharing its monotonic clock).
 ``MemoryStore`` has none: a process alone paces with an in-process
 :class:`~genesys_token.core.pacing.Pacer`.
 
@@ -81,11 +81,13 @@ class SlotBackend(Protocol):
     def release(self, key: str, slot_id: str, *, window: float) -> None:
         """The slot's call was answered: it counts for ``window`` seconds from now on. A
         backend may defer the write (never stamping it earlier than now) for a short,
-        bounded time."""
+        bounded time; one that cannot write it now keeps it and writes it with its next
+        operation that succeeds, rather than letting the slot count ``hold + window``."""
         ...
 
     def cancel(self, key: str, slot_id: str) -> None:
-        """Give the slot back unused: nothing was sent."""
+        """Give the slot back unused: nothing was sent. Kept for later as a release is,
+        when it cannot be written now."""
         ...
 
     def penalize(self, key: str, seconds: float) -> None:
