@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, join_fetch_threads
+from conftest import FakeClock, MakeManager, join_fetch_threads, poll
 
 from genesys_token import (
     ConfigurationError,
@@ -119,8 +119,8 @@ def test_an_api_rejecting_every_token_gets_one_replacement_per_cool_down(
 ):
     # D3: one fresh-401 rule per lane let each lane replace its token: 2N requests, not 2.
     manager = make_manager(tokens=tokens)
-    for _ in range(tokens):  # every lane has its token first: those requests are due
-        manager.get_token()
+    # Every lane has its token first (fetched in the background): those requests are due.
+    assert poll(lambda: manager.get_token() and manager.metrics()["tokens_in_use"] == tokens, 5)
     assert emulator.token_requests == tokens
     emulator.reject_all_tokens = True
     if client == "auth":
