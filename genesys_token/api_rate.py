@@ -24,12 +24,16 @@ ENV_TOKENS = "GENESYSCLOUD_TOKENS"
 #: ``api_rate_wait``'s default: long enough to ride out a window of Genesys' default limit
 #: half spent, short enough that a thread does not vanish for minutes.
 DEFAULT_API_RATE_WAIT = 30.0
+#: The most tokens one manager holds (Genesys' Terraform provider's largest pool): each is a
+#: token request per lifetime, and every failure path is bounded per client, not per token.
+MAX_TOKENS = 50
 
 __all__ = [
     "DEFAULT_API_RATE_WAIT",
     "ENV_API_RATE_LIMIT",
     "ENV_API_RATE_WAIT",
     "ENV_TOKENS",
+    "MAX_TOKENS",
     "api_rate_from_env",
     "check_api_rate_limit",
     "check_api_rate_wait",
@@ -80,13 +84,15 @@ def check_api_rate_wait(value: Any) -> float:
 
 
 def check_tokens(value: Any) -> int:
-    """``value`` as a ``tokens``: an integer >= 1 (a bool is not one).
+    """``value`` as a ``tokens``: an integer from 1 to :data:`MAX_TOKENS` (a bool is not one).
 
     Raises:
         ConfigurationError: Anything else (``field="tokens"``).
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"tokens must be an integer >= 1, got {value!r}", field="tokens")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+        raise ConfigurationError(
+            f"tokens must be an integer from 1 to {MAX_TOKENS}, got {value!r}", field="tokens"
+        )
     return value
 
 
@@ -117,9 +123,10 @@ def api_rate_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     tokens = (env.get(ENV_TOKENS) or "").strip()
     if tokens:
         count = int(tokens) if tokens.isascii() and tokens.isdigit() else 0
-        if count < 1:
+        if not 1 <= count <= MAX_TOKENS:
             raise ConfigurationError(
-                f"{ENV_TOKENS} must be an integer >= 1 (e.g. 3), got {tokens!r}", field="tokens"
+                f"{ENV_TOKENS} must be an integer from 1 to {MAX_TOKENS} (e.g. 3), got {tokens!r}",
+                field="tokens",
             )
         found["tokens"] = count
     return found

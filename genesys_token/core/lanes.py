@@ -25,6 +25,7 @@ from ..settings import Config, Credentials
 from ..stores.base import TokenStore
 from .acquisition import Acquirer, flight_bound, lock_bound
 from .clock import Clock
+from .outage import Outage
 from .refresher import Refresher
 from .rejections import RejectedCredentials
 from .schedule import Cell
@@ -199,9 +200,11 @@ def build_lanes(
     job_for: Callable[[int], Job],
 ) -> Lanes:
     """The ``count`` lanes of a manager, sharing ``transport``, ``reporter``, one token
-    validator and one credentials cool-down; ``job_for(index)`` makes lane ``index``'s
-    scheduler job."""
+    validator, one credentials cool-down and one :class:`~genesys_token.core.outage.Outage`
+    (a failure backs every lane off; one lane at a time probes a failing or unproven client);
+    ``job_for(index)`` makes lane ``index``'s scheduler job."""
     rejected = RejectedCredentials(clock.monotonic, clock.random)
+    outage = Outage()
     validator = TokenValidator(config)
     lanes = []
     for index in range(count):
@@ -224,6 +227,7 @@ def build_lanes(
             name=f"genesys-token-fetch-{config.client_id[:16]}{suffix}",
             bound=flight_bound(config),
             wait_bound=2 * lock_bound(config) + 30.0,
+            outage=outage,
         )
         refresher.job = job_for(index)
         lanes.append(Lane(index, acquirer, refresher))

@@ -25,7 +25,8 @@ from ..http.retry_policy import FULL_JITTER, Backoff
 from ..observability.reporter import Reporter
 from ..settings import Config, Credentials
 from .clock import Clock
-from .rejections import RejectedCredentials, RejectedTokens
+from .outage import Outage
+from .rejections import RejectedCredentials
 from .schedule import Cell
 from .scheduler import Job, scheduler
 from .single_flight import (
@@ -86,6 +87,8 @@ class Refresher:
         name: Names the flights' threads.
         bound: Seconds a flight may run before it is abandoned.
         wait_bound: The longest a caller waits when it gave no timeout.
+        outage: The backoff, fresh-401 rule and probe shared with the manager's other
+            tokens (:class:`~genesys_token.core.outage.Outage`); its own when None.
     """
 
     def __init__(
@@ -99,10 +102,15 @@ class Refresher:
         name: str,
         bound: float,
         wait_bound: float,
+        outage: Outage | None = None,
     ) -> None:
+        self._outage = outage if outage is not None else Outage()
+        self._inner = acquire
+        #: The acquisition that failed with the probe's error (not a failure of its own).
+        self._deferred: Flight | None = None
         self.flight = self._flight = SingleFlight(
             config=config,
-            acquire=acquire,
+            acquire=self._acquire,
             outcome=self,
             now=clock.monotonic,
             name=name,
@@ -113,14 +121,21 @@ class Refresher:
         self._now = clock.monotonic
         self._wait_bound = wait_bound
         self.rejected = rejected
-        self._fresh_401 = RejectedTokens()
         self.job: Job | None = None
-        self._failures = 0
-        self._retry_at: float | None = None
-        self._last_error: GenesysTokenError | None = None
         self._nudged: Cell | None = None
         self._parked: tuple[Cell, Cell] | None = None
-        self._recheck_at = float("-inf")
+
+    @property
+    def _retry_at(self) -> float | None:
+        return self._outage.retry_at
+
+    def _acquire(self, flight: Flight, held: Cell | None) -> Cell:
+        """The acquisition, once the shared probe lets it go (see ``Outage.admit``)."""
+        error = self._outage.admit(self, flight)
+        if error is not None:
+            self._deferred = flight
+            raise error
+        return self._inner(flight, held)
 
     # -- callers -------------------------------------------------------------------------
 
@@ -148,7 +163,7 @@ class Refresher:
         """After a failed acquisition, callers with no valid token get its error until the
         backoff (Retry-After included) has passed: an outage must not turn every call into
         token requests."""
-        error, retry_at = self._last_error, self._retry_at
+        error, retry_at = self._outage.last_error, self._outage.retry_at
         if isinstance(error, InvalidClientError):
             return  # the credentials cool-down decides (it knows when the secret changes)
         if error is not None and retry_at is not None and now < retry_at:
@@ -204,7 +219,8 @@ class Refresher:
             now = self._now()
             if cell is not None and cell.access_token == access_token:
                 try:
-                    self._fresh_401.allow(access_token, now - cell.installed_at, now)
+                    with self._outage.lock:
+                        self._outage.fresh_401.allow(access_token, now - cell.installed_at, now)
                 except TokenRejectedError:
                     self._reporter.metrics.incr("api_rejections")
                     raise
@@ -223,9 +239,10 @@ class Refresher:
             return
         if not is_known(secret) and self.rejected.open_to_another:
             now = self._now()
-            if now >= self._recheck_at:
-                self._recheck_at = now + SECRET_RECHECK
-                return  # let this caller's acquisition read the source again
+            with self._outage.lock:  # one re-read per second for all the tokens
+                if now >= self._outage.recheck_at:
+                    self._outage.recheck_at = now + SECRET_RECHECK
+                    return  # let this caller's acquisition read the source again
         self._reporter.metrics.incr("rejected_calls")
         raise error
 
@@ -238,9 +255,9 @@ class Refresher:
             return
         self._reporter.client_id = new.client_id
         self.rejected.clear()
-        if isinstance(self._last_error, InvalidClientError):
-            self._failures, self._retry_at, self._last_error = 0, None, None
-        self._recheck_at = float("-inf")
+        if isinstance(self._outage.last_error, InvalidClientError):
+            self._outage.forgive()
+        self._outage.recheck_at = float("-inf")
 
     def deadline(self, timeout: float | None) -> float:
         """The ``time.monotonic()`` at which a caller with ``timeout`` gives up.
@@ -315,11 +332,19 @@ class Refresher:
     def settle(self, flight: Flight, cell: Cell | None, error: BaseException | None) -> None:
         """After each acquisition, before its waiters wake: the backoff, the next refresh."""
         now = self._now()
+        deferred = self._deferred is flight
         if cell is not None:
             self._parked = None  # a new cell: nothing is parked any more
-            self._failures, self._retry_at, self._last_error = 0, None, None
+            self._outage.succeeded(self, flight.config.credentials)
             self.arm(cell.refresh_at - now)
-        elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
+        elif deferred or not isinstance(error, GenesysTokenError):
+            self._outage.ended(self)  # the probe's failure, counted once by its lane
+            retry_at = self._outage.retry_at
+            if retry_at is not None and self._flight.cell is not None:
+                self.arm(max(0.0, retry_at - now))
+        elif isinstance(error, ManagerClosedError):
+            self._outage.ended(self)
+        else:
             self._back_off(self._rejection_kept(flight, error) or error, now)
 
     def _rejection_kept(
@@ -354,6 +379,8 @@ class Refresher:
         now = self._now()
         if cell is not None:
             self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
+        elif self._deferred is flight:
+            return  # the probe's failure: reported once, by the token that probed
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
             self._reporter.failed(
                 error, flight.reason, flight.requests, self._flight.cell, now, now - flight.started
@@ -366,23 +393,22 @@ class Refresher:
                     if self._flight.config.background_refresh
                     else "",
                     extra={
-                        "failures": self._failures,
+                        "failures": self._outage.failures,
                         "correlation_id": getattr(error, "correlation_id", None),
                     },
                 )
 
     def _back_off(self, error: GenesysTokenError, now: float) -> None:
-        self._failures += 1
+        failures = self._outage.failures + 1
         cell = self._flight.cell
         # Retries come before expiry: no wait longer than a quarter of what is left.
         within = (cell.usable_until - now) / 4 if cell is not None and cell.usable(now) else None
-        delay = FAILURE_BACKOFF.delay(self._failures, self._clock.random, within=within)
+        delay = FAILURE_BACKOFF.delay(failures, self._clock.random, within=within)
         if isinstance(error, RateLimitedError) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
         if isinstance(error, InvalidClientError):
             delay = max(delay, self.rejected.remaining)
-        self._retry_at = now + delay
-        self._last_error = error
+        self._outage.failed(self, error, now + delay)
         if cell is not None:
             self.arm(delay)
 
@@ -396,6 +422,7 @@ class Refresher:
         self.job = job
         self._nudged = None
         self.rejected.after_fork()
+        self._outage.after_fork()
         cell = self._flight.cell
         if cell is None or self._flight.closed or not self._flight.config.background_refresh:
             return

@@ -1,0 +1,135 @@
+"""What one client's failures leave behind, shared by the tokens (lanes) of a manager.
+
+A login host that is down, a secret Genesys rejects, an API that rejects every token: each
+is a fact about the client, not about one of its tokens. With ``tokens=N``, a backoff or
+cool-down kept per token would let each token try on its own, N token requests where one
+token makes one. :class:`Outage` keeps them once per manager:
+
+* the failure count, the end of the backoff (``retry_at``) and the error callers get
+  meanwhile (``last_error``);
+* the fresh-token 401 rule (:class:`~genesys_token.core.rejections.RejectedTokens`): at most
+  one fresh token replaced per cool-down, whichever token the API rejected;
+* when a secret source may next be re-read during a credentials cool-down (``recheck_at``);
+* the probe: until a token was acquired with the credentials in use, and while acquisitions
+  fail, ONE acquisition at a time may go to the network (or the store); the acquisitions of
+  the other tokens wait for its outcome and fail with its error, or go on once it succeeded.
+  A wrong secret costs one token request, not N; an outage one per backoff, not N.
+
+With ``tokens=1`` the one acquisition is always the probe: nothing changes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..errors import GenesysTokenError, ManagerClosedError
+from ..settings import Credentials
+from .rejections import RejectedTokens
+from .single_flight import Flight, copied_error
+
+#: The longest an acquisition waiting for the probe sleeps before it looks at whether it was
+#: abandoned (close() does not wake it).
+PROBE_POLL = 0.25
+
+
+class Outage:
+    """The backoff, fresh-401 rule, secret re-read time and probe of one manager's client
+    (thread-safe; see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.after_fork()
+        #: Consecutive failed acquisitions (0: none since the last success).
+        self.failures = 0
+        #: When (manager clock) the backoff after the last failure ends; None: no backoff.
+        self.retry_at: float | None = None
+        #: The last failure's error, raised to callers with no valid token until ``retry_at``.
+        self.last_error: GenesysTokenError | None = None
+        #: At most one fresh token replaced per cool-down (use under ``lock``).
+        self.fresh_401 = RejectedTokens()
+        #: During a credentials cool-down, a secret source is re-read no earlier than this.
+        self.recheck_at = float("-inf")
+        #: The credentials a token was last acquired with (None: none yet).
+        self._proven: Credentials | None = None
+        #: The lane (any object) whose acquisition is the probe now; None: no probe.
+        self._prober: Any = None
+
+    def after_fork(self) -> None:
+        """Fresh lock, no probe (a forked child has none of the parent's threads)."""
+        self.lock = threading.Lock()
+        self._cond = threading.Condition(self.lock)
+        self._prober = None
+
+    def admit(self, lane: object, flight: Flight) -> GenesysTokenError | None:
+        """Before ``lane``'s acquisition ``flight`` goes to the network or the store, on the
+        flight's thread: return at once while the client is known good (its credentials
+        proven, no failure since), or when this one becomes the probe; otherwise wait for
+        the probe in progress (until the flight is abandoned or its deadline).
+
+        Returns:
+            None: go on. An error: the probe failed (its error, a copy); fail with it
+            without counting another failure (see :meth:`is_own`).
+        """
+        credentials = flight.config.credentials
+        with self._cond:
+            if self._healthy(credentials):
+                return None
+            if self._prober is None or self._prober is lane:
+                self._prober = lane
+                return None
+            while (
+                self._prober is not None
+                and not flight.cancel.is_set()
+                and (left := flight.deadline - time.monotonic()) > 0
+            ):
+                self._cond.wait(min(left, PROBE_POLL))
+            if flight.cancel.is_set():
+                return ManagerClosedError("the token acquisition was abandoned")
+            if self._healthy(credentials):
+                return None
+            if self.failures and self.last_error is not None:
+                return copied_error(self.last_error)
+            if self._prober is None:
+                self._prober = lane
+                return None
+            return None  # past its deadline: abandoned already, its result is discarded
+
+    def _healthy(self, credentials: Credentials) -> bool:
+        return self.failures == 0 and self._proven == credentials
+
+    def succeeded(self, lane: object, credentials: Credentials) -> None:
+        """``lane`` got a token with ``credentials``: the backoff ends, the credentials are
+        proven, the probe (if it was ``lane``'s) ends; the waiting acquisitions go on."""
+        with self._cond:
+            self.failures, self.retry_at, self.last_error = 0, None, None
+            self._proven = credentials
+            if self._prober is lane:
+                self._prober = None
+            self._cond.notify_all()
+
+    def failed(self, lane: object, error: GenesysTokenError, retry_at: float) -> None:
+        """``lane``'s acquisition failed with ``error``; the next may start at ``retry_at``.
+        Ends ``lane``'s probe; the waiting acquisitions fail with ``error``."""
+        with self._cond:
+            self.failures += 1
+            self.retry_at, self.last_error = retry_at, error
+            self._release(lane)
+
+    def ended(self, lane: object) -> None:
+        """``lane``'s acquisition ended with nothing to count (closed, or failed with the
+        probe's error): ends its probe if it was one."""
+        with self._cond:
+            self._release(lane)
+
+    def _release(self, lane: object) -> None:
+        if self._prober is lane:
+            self._prober = None
+        self._cond.notify_all()
+
+    def forgive(self) -> None:
+        """New credentials after a rejection: its backoff ends (``set_credentials``)."""
+        with self._cond:
+            self.failures, self.retry_at, self.last_error = 0, None, None
+            self.recheck_at = float("-inf")
+            self._cond.notify_all()

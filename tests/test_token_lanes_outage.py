@@ -1,0 +1,223 @@
+"""tokens=N on failure paths: as many token requests as tokens=1 (review 5: D1, D3, D4, D6).
+
+A login host that is down, a rejected secret, an API that rejects every token are facts
+about the client: the tokens of a manager share one backoff, one fresh-401 rule and one
+probe (genesys_token/core/outage.py), so N tokens do not make N times the requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+from conftest import FakeClock, MakeManager, join_fetch_threads, poll
+
+from genesys_token import (
+    ConfigurationError,
+    GenesysAuth,
+    GenesysTokenError,
+    InvalidClientError,
+    TokenManager,
+    api_session,
+)
+from genesys_token.api_rate import api_rate_from_env
+from genesys_token.testing import Fault, GenesysEmulator
+
+ORG_PATH = "/api/v2/organizations/me"
+
+
+def _together(manager: TokenManager, callers: int) -> list[BaseException]:
+    """``callers`` threads call get_token() at once (one per lane first); their errors."""
+    start = threading.Barrier(callers)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        start.wait(5)
+        try:
+            manager.get_token(timeout=5)
+        except GenesysTokenError as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    join_fetch_threads()
+    return errors
+
+
+def _rounds(
+    emulator: GenesysEmulator,
+    manager: TokenManager,
+    clock: FakeClock,
+    step: float,
+    rounds: int = 6,
+) -> list[int]:
+    """Token requests after each round of concurrent calls, the clock moved ``step`` s."""
+    seen = []
+    for _ in range(rounds):
+        errors = _together(manager, 6)
+        assert len(errors) == 6  # every call failed: nothing was granted
+        seen.append(emulator.token_requests)
+        clock.advance(step)
+    return seen
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_a_login_host_down_costs_tokens3_what_it_costs_tokens1(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+):
+    # D1: each lane kept its own backoff: 9 requests in 6 s with tokens=1, 28 with 3. The
+    # answers are slow, so the lanes' first acquisitions overlap (the probe's guard).
+    emulator.inject(Fault(status=503, delay=0.2), times=None)
+    manager = make_manager(tokens=tokens, max_retries=0, clock=fake_clock.clock())
+    # FakeClock's draw 0.5: backoffs of 0.5, 1, 2, 4 s (from the failure); a round a second.
+    assert _rounds(emulator, manager, fake_clock, 1.0) == [1, 2, 3, 3, 4, 4]
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("source", [False, True], ids=["string", "callable"])
+def test_a_wrong_secret_costs_tokens3_what_it_costs_tokens1(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    fake_clock: Any,
+    tokens: int,
+    source: bool,
+):
+    # D4: every lane passed the cool-down check before the first rejection was recorded (7
+    # requests at t=0.01 s with tokens=10), and each cool-down's end let every lane try.
+    reads = [0]
+
+    def wrong() -> str:
+        reads[0] += 1
+        return "a-wrong-secret"
+
+    secret: str | Callable[[], str] = wrong if source else "a-wrong-secret"
+    emulator.inject(Fault(passthrough=True, delay=0.2), times=None)
+    manager = make_manager(
+        tokens=tokens, client_secret=secret, max_retries=0, clock=fake_clock.clock()
+    )
+    # Cool-downs of about 1, 2, 4 s: each round ends one (the clock moves 5 s).
+    seen = _rounds(emulator, manager, fake_clock, 5.0, rounds=4)
+    assert seen == [1, 2, 3, 4]
+    if source:
+        assert reads[0] <= 3 * len(seen)  # was 81 reads against 12 for tokens=1
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("client", ["auth", "api_session"])
+def test_an_api_rejecting_every_token_gets_one_replacement_per_cool_down(
+    emulator: GenesysEmulator, make_manager: MakeManager, tokens: int, client: str
+):
+    # D3: one fresh-401 rule per lane let each lane replace its token: 2N requests, not 2.
+    manager = make_manager(tokens=tokens)
+    # Every lane has its token first (fetched in the background): those requests are due.
+    assert poll(lambda: manager.get_token() and manager.metrics()["tokens_in_use"] == tokens, 5)
+    assert emulator.token_requests == tokens
+    emulator.reject_all_tokens = True
+    if client == "auth":
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+    else:
+        session = api_session(manager, max_retries=0)
+    with session:
+        statuses = [
+            session.get(emulator.api_base_url + ORG_PATH, timeout=5).status_code
+            for _ in range(4 * tokens)
+        ]
+    assert set(statuses) == {401}
+    assert emulator.token_requests == tokens + 1  # one replacement in all (was 2 * tokens)
+
+
+def test_the_lanes_wait_for_the_probe_and_then_fetch_their_own_tokens(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # Cold start with a good secret: one probe, then each lane its own token.
+    emulator.inject(Fault(passthrough=True, delay=0.2), times=3)
+    manager = make_manager(tokens=3)
+    assert _together(manager, 3) == []
+    assert emulator.token_requests == 3
+    assert len({manager.get_token() for _ in range(3)}) == 3
+
+
+def test_new_credentials_after_a_rejection_are_probed_once(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any
+):
+    manager = make_manager(
+        tokens=3, client_secret="a-wrong-secret", max_retries=0, clock=fake_clock.clock()
+    )
+    with pytest.raises(InvalidClientError):
+        manager.get_token()
+    manager.set_credentials(emulator.client_secret)
+    emulator.inject(Fault(passthrough=True, delay=0.2), times=3)
+    assert _together(manager, 3) == []
+    assert emulator.token_requests == 1 + 3
+
+
+@pytest.mark.parametrize("tokens", [0, 51, 100_000])
+def test_tokens_is_capped_at_50(tokens: int):
+    # D6: tokens=100000 took 9.2 s and 352 MiB to build, and as many token requests.
+    with pytest.raises(ConfigurationError) as caught:
+        TokenManager("id", "secret", tokens=tokens)
+    assert caught.value.field == "tokens"
+    assert "50" in str(caught.value)
+    with pytest.raises(ConfigurationError) as caught:
+        api_rate_from_env({"GENESYSCLOUD_TOKENS": str(tokens)})
+    assert caught.value.field == "tokens"
+
+
+def test_fifty_tokens_are_allowed():
+    TokenManager("id", "secret", tokens=50).close()
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_a_secret_source_is_reread_once_a_second_whatever_the_tokens(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+):
+    # D4: each lane re-read the source once a second during a cool-down (81 reads vs 12).
+    reads = [0]
+
+    def wrong() -> str:
+        reads[0] += 1
+        return "a-wrong-secret"
+
+    manager = make_manager(
+        tokens=tokens, client_secret=wrong, max_retries=0, clock=fake_clock.clock()
+    )
+    for _ in range(2):  # two rejections: a cool-down of about 2 s
+        with pytest.raises(InvalidClientError):
+            manager.get_token()
+        fake_clock.advance(1.5)
+    assert emulator.token_requests == 2
+    fake_clock.advance(-1.5 + 1.1)  # within the cool-down, past the re-read's second
+    before = reads[0]
+    for _ in range(3 * tokens):  # every lane's callers, one after another
+        with pytest.raises(InvalidClientError):
+            manager.get_token()
+    assert reads[0] - before == 1
+    assert emulator.token_requests == 2
+
+
+def test_a_failed_probe_is_reported_once_not_once_per_token(
+    emulator: GenesysEmulator, make_manager: MakeManager, caplog: pytest.LogCaptureFixture
+):
+    # The lanes that waited for the probe fail with its error, without an event, an error
+    # count or a log line of their own: one failure, one report.
+    emulator.inject(Fault(status=503, delay=0.2), times=None)
+    manager = make_manager(tokens=3, max_retries=0)
+    failures: list[object] = []
+    manager.on("TOKEN_REFRESH_FAILURE", failures.append)
+    with caplog.at_level(logging.WARNING, logger="genesys_token.core.refresher"):
+        assert len(_together(manager, 3)) == 3
+    assert emulator.token_requests == 1
+    assert len(failures) == 1
+    assert manager.metrics()["errors"] == 1
+    assert len([r for r in caplog.records if "token refresh failed" in r.message]) == 1
