@@ -4,8 +4,11 @@ Each lane owns one token: its acquisitions under its own store key (lane 0 keeps
 client's key, so stores and fleets of one token are unaffected; lane k adds ``-k``: lane k
 of every process sharing a store shares lane k's token and lock), its refresher with its
 single flight, and its scheduler job. The lanes share the manager's transport, reporter,
-counted uses, credentials cool-down (a rejected secret cools every lane down: no storm of N
-requests) and pacer (its slots are keyed by token, so each token has its own room).
+counted uses, credentials cool-down, pacer (its slots are keyed by token, so each token has
+its own room) and one outage state (:mod:`.outage`: the failure backoff, the fresh-401 rule,
+the secret source's re-read time, and a probe: while the credentials are unproven or fetches
+fail, one fetch at a time goes out; a rejected secret or a login host that is down costs
+about as many token requests as with one token).
 
 The turn is one ``itertools.count()``: ``next()`` on it is atomic in CPython, so picking a
 lane takes no lock. A turn whose lane holds no usable token is served by another lane's while
