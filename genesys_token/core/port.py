@@ -294,9 +294,10 @@ class AdapterPort:
 
     def throttled_unseen(self) -> None:
         """The API answered 429 to a call that was then sent again beneath the adapter
-        (``api_session``'s urllib3 retries, not paced), so no adapter saw the answer: it is
-        counted in ``api_429s``. The token it carried is not known there, so no pacer is
-        told and no event is emitted (unpaced, the pacer would ignore it anyway)."""
+        (``api_session``'s urllib3 retries, not paced; a user's ``HTTPAdapter`` retries), so
+        no adapter saw the answer: it is counted in ``api_429s``. No pacer is told and no
+        event is emitted: the retry already waited out its ``Retry-After``, and a 429 that is
+        the final answer reaches :meth:`answered` with its own."""
         self._metrics.incr("api_429s")
 
     def try_begin_use(self) -> InFlight | None:
