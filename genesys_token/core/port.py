@@ -123,7 +123,10 @@ class AdapterPort:
             if pacer is not None:
                 slot = self._slot(pacer, lane, cell, deadline)
                 if slot is None:
-                    continue  # the token was replaced while this caller waited for a slot
+                    continue  # replaced or no longer usable while this caller waited: serve again
+                if not cell.usable(self._now()):
+                    slot.cancel()  # it expired as the slot came: nothing was sent
+                    continue
             use = self._gate.begin(cell.access_token, lane.is_current, slot)
             if use is not None:
                 return use
@@ -177,7 +180,8 @@ class AdapterPort:
     def _slot(
         self, pacer: Pacing, lane: Lane, cell: Cell, deadline: float | None
     ) -> PaceSlot | None:
-        """A slot of ``cell``'s token; None when that token was replaced meanwhile."""
+        """A slot of ``cell``'s token; None when that token was replaced meanwhile or is no
+        longer usable (a failed refresh: the slot would come after its expiry)."""
         key = cell.token.fingerprint
         if not pacer.remote:  # a shared pacer's try is a round trip: a waiter would make two
             slot = pacer.try_acquire(key)
@@ -190,7 +194,7 @@ class AdapterPort:
             return pacer.acquire_unless(
                 key,
                 None if deadline is None else self._left(deadline),
-                lambda: lane.flight.cell is not cell,
+                lambda: lane.flight.cell is not cell or not cell.usable(self._now()),
             )
         except ApiRateLimitedError as exc:
             self._gave_up(key, exc)
@@ -218,14 +222,14 @@ class AdapterPort:
 
     def poll_line(self, line: Line) -> InFlight | float | None:
         """The use, once ``line`` got its slot; else seconds to sleep before polling again;
-        None when the token was replaced meanwhile (line up again).
+        None when the token was replaced meanwhile or is no longer usable (line up again).
 
         Raises:
             ApiRateLimitedError: No slot within ``api_rate_wait``; nothing counted.
         """
         assert self.pacer is not None
         cell = line.cell
-        if line.lane.flight.cell is not cell:
+        if line.lane.flight.cell is not cell or not cell.usable(self._now()):
             return None
         key = cell.token.fingerprint
         try:
