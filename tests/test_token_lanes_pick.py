@@ -147,7 +147,7 @@ def test_an_event_loop_waits_on_the_token_a_429_does_not_hold(
 def test_a_paced_caller_waits_for_a_token_on_its_way_rather_than_a_429s_pause(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
-    manager = make_manager(tokens=2, api_rate_limit=LIMIT, api_rate_wait=0.05)
+    manager = make_manager(tokens=2, api_rate_limit=LIMIT, api_rate_wait=WAIT)
     held = manager.get_token()  # lane 0
     emulator.inject(status=200, passthrough=True, delay=0.3)  # lane 1's first fetch is slow
     assert manager.get_token() == held  # lane 1's turn: served by lane 0, lane 1 fetches
@@ -156,6 +156,34 @@ def test_a_paced_caller_waits_for_a_token_on_its_way_rather_than_a_429s_pause(
     use = port.begin_use()  # lane 0's turn, held for 20 s: waits for lane 1's token instead
     assert use.token != held
     use.end()
+
+
+@pytest.mark.parametrize("wait", [5.0, 0.3])
+def test_a_paced_caller_joins_a_slow_fetch_no_longer_than_another_token_needs_for_room(
+    emulator: GenesysEmulator, make_manager: MakeManager, wait: float
+) -> None:
+    # Lane 0's window is full for ~1 s, lane 1's first token takes 2 s: the caller waits
+    # for lane 0's room (not the fetch), and never longer than api_rate_wait in all.
+    manager = make_manager(tokens=2, api_rate_limit=(2, 1.0), api_rate_wait=wait)
+    held = manager.get_token()  # lane 0
+    emulator.inject(status=200, passthrough=True, delay=2.0)  # lane 1's first fetch
+    port = adapter_port(manager)
+    for _ in range(2):
+        use = port.begin_use()
+        assert use.token == held
+        use.end()
+    started = time.monotonic()
+    if wait > 1.0:
+        use = port.begin_use()
+        waited = time.monotonic() - started
+        assert use.token == held and 0.5 < waited < 1.5, waited
+        use.end()
+    else:
+        with pytest.raises(ApiRateLimitedError):
+            port.begin_use()
+        waited = time.monotonic() - started
+        assert waited < wait + 0.2, waited
+    assert poll(lambda: manager.metrics()["tokens_in_use"] == 2)  # lane 1's came all the same
 
 
 def test_waiters_with_no_room_anywhere_still_spread_over_the_tokens(

@@ -32,7 +32,8 @@ from .uses import InFlight, UseGate, reap_pending
 
 #: Seconds a lane whose first token is being fetched is taken to need before it has room
 #: (about one token request; its slots are all free): a caller with no room now waits for
-#: that fetch rather than for a token with no room sooner (a 429's pause, a full window).
+#: that fetch rather than for a token with no room sooner (a 429's pause, a full window),
+#: but no longer than another token needs for room, nor than its ``api_rate_wait``.
 FETCH_GUESS = 0.1
 
 #: Emits an event: ``(event type, token fingerprint, data)``; never given a token.
@@ -103,6 +104,7 @@ class AdapterPort:
         """
         pacer = self.pacer if paced else None
         deadline = None if timeout is None or pacer is None else self._now() + timeout
+        joined = 0.0  # seconds spent waiting for a fetch instead of a slot (pacing waits)
         turn = self._lanes.next()
         if turn.flight.cell is None and self._lanes.count > 1:
             turn.refresher.prefetch()  # its first token, meanwhile another lane's serves
@@ -118,10 +120,18 @@ class AdapterPort:
             if cell is None or not self._now() < cell.refresh_at:
                 # The manager's get_token, slow path (another lane's token if the turn has none).
                 left = timeout if deadline is None else self._left(deadline)
-                lane, cell = self._lanes.serve(lane, left, join=pacer is not None)
+                within = None
+                if pacer is not None and cell is None:
+                    within = self._join_within(pacer, lane, deadline, joined)
+                began = self._now()
+                lane, cell = self._lanes.serve(
+                    lane, left, join=pacer is not None, join_within=within
+                )
+                if within is not None:
+                    joined += self._now() - began
             slot = None
             if pacer is not None:
-                slot = self._slot(pacer, lane, cell, deadline)
+                slot = self._slot(pacer, lane, cell, self._slot_wait(pacer, deadline, joined))
                 if slot is None:
                     continue  # replaced or no longer usable while this caller waited: serve again
                 if not cell.usable(self._now()):
@@ -174,12 +184,39 @@ class AdapterPort:
                     break
         return best
 
+    def _join_within(
+        self, pacer: Pacing, lane: Lane, deadline: float | None, joined: float
+    ) -> float | None:
+        """How long a paced caller may wait for ``lane``'s first token: no longer than until
+        another lane's fresh token has room (as far as this process knows), nor than its
+        pacing wait left (``api_rate_wait`` less what it joined already, the ``timeout``);
+        None when no other lane holds a fresh token (then it is a wait for any token)."""
+        now = self._now()
+        held_in = math.inf
+        for other in self._lanes.all:
+            cell = other.flight.cell
+            if other is not lane and cell is not None and now < cell.refresh_at:
+                held_in = min(held_in, pacer.room_in(cell.token.fingerprint))
+        if held_in == math.inf:
+            return None
+        within = min(held_in, pacer.wait - joined)
+        if deadline is not None:
+            within = min(within, deadline - now)
+        return max(0.0, within)
+
+    def _slot_wait(self, pacer: Pacing, deadline: float | None, joined: float) -> float | None:
+        """Seconds the slot wait may take: the ``timeout`` left, and ``api_rate_wait`` less
+        the time spent joining a fetch; None: the pacer's own wait."""
+        left = None if deadline is None else self._left(deadline)
+        if not joined:
+            return left
+        rest = max(0.0, pacer.wait - joined)
+        return rest if left is None else min(left, rest)
+
     def _left(self, deadline: float) -> float:
         return max(0.0, deadline - self._now())
 
-    def _slot(
-        self, pacer: Pacing, lane: Lane, cell: Cell, deadline: float | None
-    ) -> PaceSlot | None:
+    def _slot(self, pacer: Pacing, lane: Lane, cell: Cell, wait: float | None) -> PaceSlot | None:
         """A slot of ``cell``'s token; None when that token was replaced meanwhile or is no
         longer usable (a failed refresh: the slot would come after its expiry)."""
         key = cell.token.fingerprint
@@ -193,7 +230,7 @@ class AdapterPort:
         try:
             return pacer.acquire_unless(
                 key,
-                None if deadline is None else self._left(deadline),
+                wait,
                 lambda: lane.flight.cell is not cell or not cell.usable(self._now()),
             )
         except ApiRateLimitedError as exc:
