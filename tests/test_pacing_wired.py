@@ -197,17 +197,51 @@ def test_status_retries_of_a_users_adapter_are_charged_and_warned_about_once(
         session.close()
 
 
-def test_a_429_retried_by_a_users_adapter_pauses_every_caller_of_the_token(
+def test_a_429_a_users_adapter_waited_out_does_not_pause_the_token(
     limited: GenesysEmulator,
 ) -> None:
+    # The adapter already honoured the 429 and got a 200: pausing the token for a window
+    # (fleet-wide with a shared store) would fail the next calls with nothing sent.
     limited.inject(Fault(status=429), times=1, path="/api/v2/organizations")
-    with _manager(limited, api_rate_limit=(50, 60.0)) as manager:
+    with _manager(limited, api_rate_limit=(50, 60.0), api_rate_wait=0.5) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         retries = Retry(total=2, status_forcelist=[429], backoff_factor=0)
         session.mount("http://", HTTPAdapter(max_retries=retries))
-        assert session.get(limited.api_base_url + ORG, timeout=5).status_code == 200
-        assert manager.metrics()["pacing"]["throttled"] == 1  # as if answered here
+        url = limited.api_base_url + ORG
+        assert session.get(url, timeout=5).status_code == 200
+        started = time.monotonic()
+        assert [session.get(url, timeout=5).status_code for _ in range(2)] == [200, 200]
+        assert time.monotonic() - started < 0.5
+        assert manager.metrics()["pacing"]["throttled"] == 0
+        assert manager.metrics()["api_429s"] == 1  # counted all the same
+        session.close()
+
+
+def test_a_final_429_after_a_users_adapter_retries_pauses_for_its_retry_after(
+    limited: GenesysEmulator,
+) -> None:
+    limited.throttle_api(times=3, retry_after=1)
+    seen: list[dict[str, Any]] = []
+    with _manager(limited, api_rate_limit=(50, 60.0), api_rate_wait=5.0) as manager:
+        manager.on(API_THROTTLED, seen.append)
+        session = requests.Session()
+        session.auth = GenesysAuth(manager)
+        retries = Retry(
+            total=2,
+            status_forcelist=[429],
+            backoff_factor=0,
+            raise_on_status=False,
+            respect_retry_after_header=False,
+        )
+        session.mount("http://", HTTPAdapter(max_retries=retries))
+        url = limited.api_base_url + ORG
+        assert session.get(url, timeout=5).status_code == 429
+        assert [r["data"]["retry_after"] for r in seen] == [1.0]  # its own, not a window
+        started = time.monotonic()
+        assert session.get(url, timeout=5).status_code == 200
+        assert 0.5 <= time.monotonic() - started < 2.0
+        assert manager.metrics()["api_429s"] == 3
         session.close()
 
 

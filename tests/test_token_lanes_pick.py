@@ -19,7 +19,7 @@ from redis_server import redis_server_or_skip
 
 from genesys_token import GenesysAuth, TokenManager
 from genesys_token.core.pacing import Pacer
-from genesys_token.errors import ApiRateLimitedError
+from genesys_token.errors import ApiRateLimitedError, GenesysTokenError
 from genesys_token.integrations.httpx import async_api_client
 from genesys_token.manager import adapter_port
 from genesys_token.stores import FileStore, RedisStore
@@ -147,7 +147,7 @@ def test_an_event_loop_waits_on_the_token_a_429_does_not_hold(
 def test_a_paced_caller_waits_for_a_token_on_its_way_rather_than_a_429s_pause(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
-    manager = make_manager(tokens=2, api_rate_limit=LIMIT, api_rate_wait=0.05)
+    manager = make_manager(tokens=2, api_rate_limit=LIMIT, api_rate_wait=WAIT)
     held = manager.get_token()  # lane 0
     emulator.inject(status=200, passthrough=True, delay=0.3)  # lane 1's first fetch is slow
     assert manager.get_token() == held  # lane 1's turn: served by lane 0, lane 1 fetches
@@ -156,6 +156,34 @@ def test_a_paced_caller_waits_for_a_token_on_its_way_rather_than_a_429s_pause(
     use = port.begin_use()  # lane 0's turn, held for 20 s: waits for lane 1's token instead
     assert use.token != held
     use.end()
+
+
+@pytest.mark.parametrize("wait", [5.0, 0.3])
+def test_a_paced_caller_joins_a_slow_fetch_no_longer_than_another_token_needs_for_room(
+    emulator: GenesysEmulator, make_manager: MakeManager, wait: float
+) -> None:
+    # Lane 0's window is full for ~1 s, lane 1's first token takes 2 s: the caller waits
+    # for lane 0's room (not the fetch), and never longer than api_rate_wait in all.
+    manager = make_manager(tokens=2, api_rate_limit=(2, 1.0), api_rate_wait=wait)
+    held = manager.get_token()  # lane 0
+    emulator.inject(status=200, passthrough=True, delay=2.0)  # lane 1's first fetch
+    port = adapter_port(manager)
+    for _ in range(2):
+        use = port.begin_use()
+        assert use.token == held
+        use.end()
+    started = time.monotonic()
+    if wait > 1.0:
+        use = port.begin_use()
+        waited = time.monotonic() - started
+        assert use.token == held and 0.5 < waited < 1.5, waited
+        use.end()
+    else:
+        with pytest.raises(ApiRateLimitedError):
+            port.begin_use()
+        waited = time.monotonic() - started
+        assert waited < wait + 0.2, waited
+    assert poll(lambda: manager.metrics()["tokens_in_use"] == 2)  # lane 1's came all the same
 
 
 def test_waiters_with_no_room_anywhere_still_spread_over_the_tokens(
@@ -183,6 +211,77 @@ def test_a_paced_use_served_by_another_token_gets_its_turns_token_fetched(
     for _ in range(2):  # lane 1's turn has room on lane 0's token: that serves it
         port.begin_use().end()
     assert poll(lambda: manager.metrics()["tokens_in_use"] == 2)  # lane 1's came behind
+
+
+# -- a slot waited for is never one of an unusable token ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tokens", "window"),
+    [(1, 1e9), (2, 1e9), (1, 60.0)],
+    ids=["expires-while-waiting", "two-tokens", "expires-as-the-slot-comes"],
+)
+def test_a_slot_wait_never_hands_out_a_token_that_stopped_being_usable(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    fake_clock: FakeClock,
+    tokens: int,
+    window: float,
+) -> None:
+    # Every token's window is full; the login host goes down; a caller waits for a slot and
+    # the tokens pass their usable-until before (1e9) or as (60 s) a slot comes: the caller
+    # gets the refresh's error, never an expired token the API would answer 401.
+    manager = make_manager(
+        tokens=tokens,
+        api_rate_limit=(1, window),
+        api_rate_wait=1e9,
+        max_retries=0,
+        background_refresh=False,
+        clock=fake_clock.clock(),
+    )
+    _fetch_every_token(manager)
+    cells = [lane.flight.cell for lane in manager._lanes.all]
+    port = adapter_port(manager)
+    for _ in range(tokens):
+        port.begin_use().end()
+    emulator.inject(status=503, times=None)
+    pacer = port.pacer
+    assert pacer is not None
+    thread, out = in_background(port.begin_use)
+    assert poll(lambda: pacer.metrics()["waiting"] == 1)
+    last = max(cell.usable_until for cell in cells if cell is not None)
+    fake_clock.advance(last - fake_clock.monotonic + 1.0)
+    thread.join(timeout=3)
+    still_waiting = thread.is_alive()  # for a slot of a token it can no longer use
+    if still_waiting:  # let the slot come so the thread ends
+        fake_clock.advance(2e9)
+        thread.join(timeout=5)
+    assert not still_waiting
+    assert out and isinstance(out[0], GenesysTokenError), out
+
+
+def test_an_event_loops_place_in_line_ends_when_its_token_stops_being_usable(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+) -> None:
+    manager = make_manager(
+        api_rate_limit=(1, 1e9),
+        api_rate_wait=1e9,
+        background_refresh=False,
+        clock=fake_clock.clock(),
+    )
+    port = adapter_port(manager)
+    port.begin_use().end()  # the window is full
+    cell = manager._lanes.first.flight.cell
+    assert cell is not None
+    line = port.line_up()
+    assert line is not None
+    try:
+        assert isinstance(port.poll_line(line), float)  # no room: sleep and poll again
+        fake_clock.advance(cell.usable_until - fake_clock.monotonic + 1.0)
+        assert port.poll_line(line) is None  # line up again: the slow path refreshes
+    finally:
+        port.leave_line(line)
+    assert port.line_up() is None
 
 
 # -- the estimate -------------------------------------------------------------------------

@@ -103,7 +103,14 @@ class Lanes:
             return cell.access_token
         return self.serve(lane, timeout)[1].access_token
 
-    def serve(self, turn: Lane, timeout: float | None, *, join: bool = False) -> tuple[Lane, Cell]:
+    def serve(
+        self,
+        turn: Lane,
+        timeout: float | None,
+        *,
+        join: bool = False,
+        join_within: float | None = None,
+    ) -> tuple[Lane, Cell]:
         """The slow path of a turn whose token is not fresh: the lane that serves and its
         usable token.
 
@@ -115,7 +122,9 @@ class Lanes:
         caller while the client has no token at all.
 
         ``join``: wait for ``turn``'s first token if its fetch is under way (a paced caller
-        whose other tokens have no room soon); if that fails, serve as above.
+        whose other tokens have no room soon), at most ``join_within`` seconds if given (the
+        time until another token has room, the caller's pacing wait: no join when <= 0);
+        if that fails or takes longer, serve as above.
 
         Raises:
             ManagerClosedError: The manager was closed.
@@ -125,9 +134,17 @@ class Lanes:
         cell = turn.flight.cell
         if cell is not None and cell.usable(now):
             return turn, turn.refresher.slow(timeout)
-        if join and cell is None and turn.flight.running:
+        if (
+            join
+            and cell is None
+            and turn.flight.running
+            and (join_within is None or join_within > 0)
+        ):
+            wait = timeout
+            if join_within is not None and (timeout is None or join_within < timeout):
+                wait = join_within
             try:
-                return turn, turn.refresher.slow(timeout)
+                return turn, turn.refresher.slow(wait)
             except ManagerClosedError:
                 raise
             except GenesysTokenError:

@@ -91,9 +91,11 @@ class Pacing(Protocol):
     Attributes:
         remote: Whether taking a slot asks a store (a round trip): callers then skip
             :meth:`try_acquire` before a wait, which would make it two.
+        wait: Seconds a caller waits for a slot at most (``api_rate_wait``).
     """
 
     remote: bool
+    wait: float
 
     def try_acquire(self, key: str) -> PaceSlot | None:
         """A slot now, or None (see :meth:`Pacer.try_acquire`)."""

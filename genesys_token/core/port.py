@@ -32,7 +32,8 @@ from .uses import InFlight, UseGate, reap_pending
 
 #: Seconds a lane whose first token is being fetched is taken to need before it has room
 #: (about one token request; its slots are all free): a caller with no room now waits for
-#: that fetch rather than for a token with no room sooner (a 429's pause, a full window).
+#: that fetch rather than for a token with no room sooner (a 429's pause, a full window),
+#: but no longer than another token needs for room, nor than its ``api_rate_wait``.
 FETCH_GUESS = 0.1
 
 #: Emits an event: ``(event type, token fingerprint, data)``; never given a token.
@@ -103,6 +104,7 @@ class AdapterPort:
         """
         pacer = self.pacer if paced else None
         deadline = None if timeout is None or pacer is None else self._now() + timeout
+        joined = 0.0  # seconds spent waiting for a fetch instead of a slot (pacing waits)
         turn = self._lanes.next()
         if turn.flight.cell is None and self._lanes.count > 1:
             turn.refresher.prefetch()  # its first token, meanwhile another lane's serves
@@ -118,12 +120,23 @@ class AdapterPort:
             if cell is None or not self._now() < cell.refresh_at:
                 # The manager's get_token, slow path (another lane's token if the turn has none).
                 left = timeout if deadline is None else self._left(deadline)
-                lane, cell = self._lanes.serve(lane, left, join=pacer is not None)
+                within = None
+                if pacer is not None and cell is None:
+                    within = self._join_within(pacer, lane, deadline, joined)
+                began = self._now()
+                lane, cell = self._lanes.serve(
+                    lane, left, join=pacer is not None, join_within=within
+                )
+                if within is not None:
+                    joined += self._now() - began
             slot = None
             if pacer is not None:
-                slot = self._slot(pacer, lane, cell, deadline)
+                slot = self._slot(pacer, lane, cell, self._slot_wait(pacer, deadline, joined))
                 if slot is None:
-                    continue  # the token was replaced while this caller waited for a slot
+                    continue  # replaced or no longer usable while this caller waited: serve again
+                if not cell.usable(self._now()):
+                    slot.cancel()  # it expired as the slot came: nothing was sent
+                    continue
             use = self._gate.begin(cell.access_token, lane.is_current, slot)
             if use is not None:
                 return use
@@ -171,13 +184,41 @@ class AdapterPort:
                     break
         return best
 
+    def _join_within(
+        self, pacer: Pacing, lane: Lane, deadline: float | None, joined: float
+    ) -> float | None:
+        """How long a paced caller may wait for ``lane``'s first token: no longer than until
+        another lane's fresh token has room (as far as this process knows), nor than its
+        pacing wait left (``api_rate_wait`` less what it joined already, the ``timeout``);
+        None when no other lane holds a fresh token (then it is a wait for any token)."""
+        now = self._now()
+        held_in = math.inf
+        for other in self._lanes.all:
+            cell = other.flight.cell
+            if other is not lane and cell is not None and now < cell.refresh_at:
+                held_in = min(held_in, pacer.room_in(cell.token.fingerprint))
+        if held_in == math.inf:
+            return None
+        within = min(held_in, pacer.wait - joined)
+        if deadline is not None:
+            within = min(within, deadline - now)
+        return max(0.0, within)
+
+    def _slot_wait(self, pacer: Pacing, deadline: float | None, joined: float) -> float | None:
+        """Seconds the slot wait may take: the ``timeout`` left, and ``api_rate_wait`` less
+        the time spent joining a fetch; None: the pacer's own wait."""
+        left = None if deadline is None else self._left(deadline)
+        if not joined:
+            return left
+        rest = max(0.0, pacer.wait - joined)
+        return rest if left is None else min(left, rest)
+
     def _left(self, deadline: float) -> float:
         return max(0.0, deadline - self._now())
 
-    def _slot(
-        self, pacer: Pacing, lane: Lane, cell: Cell, deadline: float | None
-    ) -> PaceSlot | None:
-        """A slot of ``cell``'s token; None when that token was replaced meanwhile."""
+    def _slot(self, pacer: Pacing, lane: Lane, cell: Cell, wait: float | None) -> PaceSlot | None:
+        """A slot of ``cell``'s token; None when that token was replaced meanwhile or is no
+        longer usable (a failed refresh: the slot would come after its expiry)."""
         key = cell.token.fingerprint
         if not pacer.remote:  # a shared pacer's try is a round trip: a waiter would make two
             slot = pacer.try_acquire(key)
@@ -189,8 +230,8 @@ class AdapterPort:
         try:
             return pacer.acquire_unless(
                 key,
-                None if deadline is None else self._left(deadline),
-                lambda: lane.flight.cell is not cell,
+                wait,
+                lambda: lane.flight.cell is not cell or not cell.usable(self._now()),
             )
         except ApiRateLimitedError as exc:
             self._gave_up(key, exc)
@@ -218,14 +259,14 @@ class AdapterPort:
 
     def poll_line(self, line: Line) -> InFlight | float | None:
         """The use, once ``line`` got its slot; else seconds to sleep before polling again;
-        None when the token was replaced meanwhile (line up again).
+        None when the token was replaced meanwhile or is no longer usable (line up again).
 
         Raises:
             ApiRateLimitedError: No slot within ``api_rate_wait``; nothing counted.
         """
         assert self.pacer is not None
         cell = line.cell
-        if line.lane.flight.cell is not cell:
+        if line.lane.flight.cell is not cell or not cell.usable(self._now()):
             return None
         key = cell.token.fingerprint
         try:
@@ -294,9 +335,10 @@ class AdapterPort:
 
     def throttled_unseen(self) -> None:
         """The API answered 429 to a call that was then sent again beneath the adapter
-        (``api_session``'s urllib3 retries, not paced), so no adapter saw the answer: it is
-        counted in ``api_429s``. The token it carried is not known there, so no pacer is
-        told and no event is emitted (unpaced, the pacer would ignore it anyway)."""
+        (``api_session``'s urllib3 retries, not paced; a user's ``HTTPAdapter`` retries), so
+        no adapter saw the answer: it is counted in ``api_429s``. No pacer is told and no
+        event is emitted: the retry already waited out its ``Retry-After``, and a 429 that is
+        the final answer reaches :meth:`answered` with its own."""
         self._metrics.incr("api_429s")
 
     def try_begin_use(self) -> InFlight | None:

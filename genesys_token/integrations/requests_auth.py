@@ -541,7 +541,8 @@ class GenesysAuth(requests.auth.AuthBase):
         """The adapter's urllib3 retried statuses inside one send: those attempts reached
         the API under this call's one slot. Each takes a slot now, given back at once (it
         counts a window from now: late, so it only over-counts), while the window has room,
-        so the fleet's count is right afterwards; and the user is told once."""
+        so the fleet's count is right afterwards; and the user is told once. Its 429s are
+        counted in ``api_429s`` without pausing the token: the adapter waited them out."""
         pacer = self._port.pacer
         history = getattr(getattr(response.raw, "retries", None), "history", None)
         if pacer is None or not history:
@@ -549,10 +550,11 @@ class GenesysAuth(requests.auth.AuthBase):
         answered = sum(1 for attempt in history if getattr(attempt, "status", None) is not None)
         if not answered:  # connect errors only: nothing reached the API
             return
-        if any(getattr(attempt, "status", None) == 429 for attempt in history):
-            # The API throttled the token on the way: every caller waits, as for a 429
-            # answered here (its Retry-After is lost with the attempt: a window).
-            self._port.answered(access_token, 429, None)
+        for attempt in history:
+            if getattr(attempt, "status", None) == 429:
+                # A 429 the adapter already waited out and sent again: counted, but no pause
+                # (a final 429 was told to the port with its own Retry-After by the caller).
+                self._port.throttled_unseen()
         key = fingerprint_of(access_token)
         for _ in range(answered):
             slot = pacer.try_acquire(key)
