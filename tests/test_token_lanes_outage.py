@@ -221,3 +221,43 @@ def test_a_failed_probe_is_reported_once_not_once_per_token(
     assert len(failures) == 1
     assert manager.metrics()["errors"] == 1
     assert len([r for r in caplog.records if "token refresh failed" in r.message]) == 1
+
+
+@pytest.mark.genesys_emulator(token_ttl=40)
+@pytest.mark.parametrize("background", [False, True], ids=["on-demand", "background"])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_every_token_is_retried_before_it_lapses_whichever_lane_failed(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    fake_clock: Any,
+    tokens: int,
+    background: bool,
+):
+    # Review 6 D2: the shared backoff was capped by the FAILING lane's token only; a lane
+    # with none set it uncapped (to t=57 for a token usable until t=38), and every lane
+    # waited for it: 79 errors from t=38 although the endpoint came back at t=33.
+    manager = make_manager(
+        tokens=tokens,
+        max_retries=0,
+        refresh_jitter=0.0,
+        background_refresh=background,
+        clock=fake_clock.clock(),
+    )
+    manager.get_token()
+    emulator.inject(Fault.server_error(503), times=None)
+    late_errors = []
+    for step in range(92):  # t = 0 .. 46 s, three calls every 0.5 s
+        now = step * 0.5
+        if now == 33.0:
+            emulator.clear_faults()
+        if background:
+            manager._scheduled_refresh(0)  # what the scheduler runs (it keeps real time)
+        for _ in range(3):
+            try:
+                manager.get_token(timeout=5)
+            except GenesysTokenError:
+                if now >= 34.0:
+                    late_errors.append(now)
+        join_fetch_threads()
+        fake_clock.advance(0.5)
+    assert late_errors == []
