@@ -15,7 +15,9 @@ token makes one. :class:`Outage` keeps them once per manager:
 * the probe: until a token was acquired with the credentials in use, and while acquisitions
   fail, ONE acquisition at a time may go to the network (or the store); the acquisitions of
   the other tokens wait for its outcome and fail with its error, or go on once it succeeded.
-  A wrong secret costs one token request, not N; an outage one per backoff, not N.
+  No probe starts before ``retry_at``: an acquisition that passed the backoff check just
+  before the previous probe failed fails with that error. A wrong secret costs one token
+  request, not N; an outage one per backoff, not N.
 
 With ``tokens=1`` the one acquisition is always the probe: nothing changes.
 """
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import GenesysTokenError, ManagerClosedError
+from ..errors import GenesysTokenError, InvalidClientError, ManagerClosedError
 from ..settings import Credentials
 from .rejections import RejectedTokens
 from .single_flight import Flight, copied_error
@@ -67,13 +69,14 @@ class Outage:
         self._prober = None
 
     def admit(
-        self, lane: object, flight: Flight, now: Callable[[], float]
+        self, lane: object, flight: Flight, now: Callable[[], float], *, held: bool = True
     ) -> GenesysTokenError | None:
         """Before ``lane``'s acquisition ``flight`` goes to the network or the store, on the
         flight's thread: return at once while the client is known good (its credentials
         proven, no failure since), or when this one becomes the probe; otherwise wait for
         the probe in progress (until the flight is abandoned or its deadline). ``now`` is
-        the manager clock ``retry_at`` is on: before it, no probe starts.
+        the manager clock ``retry_at`` is on: before it, no probe starts, unless ``held``
+        is False (a caller's explicit fetch: ``refresh(force=True)``, ``rotate()``).
 
         Returns:
             None: go on. An error: the probe failed, or the backoff after it has not ended
@@ -84,7 +87,7 @@ class Outage:
             if self._healthy(credentials):
                 return None
             if self._prober is None or self._prober is lane:
-                return self._probe(lane, now())
+                return self._probe(lane, now() if held else None)
             while (
                 self._prober is not None
                 and not flight.cancel.is_set()
@@ -98,11 +101,24 @@ class Outage:
             if self.failures and self.last_error is not None:
                 return copied_error(self.last_error)
             if self._prober is None:
-                return self._probe(lane, now())
+                return self._probe(lane, now() if held else None)
             return None  # past its deadline: abandoned already, its result is discarded
 
-    def _probe(self, lane: object, now: float) -> GenesysTokenError | None:
-        """``lane``'s acquisition becomes the probe."""
+    def _probe(self, lane: object, now: float | None) -> GenesysTokenError | None:
+        """``lane``'s acquisition becomes the probe, unless the backoff has not ended (then
+        the last failure's error, a copy). A rejected secret's backoff does not hold it
+        back: the credentials cool-down decides (a secret source may give another secret).
+        ``now`` None: no backoff holds it back."""
+        error, retry_at = self.last_error, self.retry_at
+        if (
+            now is not None
+            and self.failures
+            and error is not None
+            and not isinstance(error, InvalidClientError)
+            and retry_at is not None
+            and now < retry_at
+        ):
+            return copied_error(error)
         self._prober = lane
         return None
 

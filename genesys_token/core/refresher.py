@@ -131,8 +131,10 @@ class Refresher:
         return self._outage.retry_at
 
     def _acquire(self, flight: Flight, held: Cell | None) -> Cell:
-        """The acquisition, once the shared probe lets it go (see ``Outage.admit``)."""
-        error = self._outage.admit(self, flight, self._now)
+        """The acquisition, once the shared probe lets it go (see ``Outage.admit``); the
+        backoff does not hold back a fetch that skips the store (``refresh(force=True)``,
+        ``rotate()``: the caller asked for the network now)."""
+        error = self._outage.admit(self, flight, self._now, held=flight.spec.use_store)
         if error is not None:
             self._deferred = flight
             raise error
