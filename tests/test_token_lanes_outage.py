@@ -8,6 +8,7 @@ probe (genesys_token/core/outage.py), so N tokens do not make N times the reques
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from genesys_token import (
     api_session,
 )
 from genesys_token.api_rate import api_rate_from_env
+from genesys_token.core.clock import Clock
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"
@@ -221,3 +223,89 @@ def test_a_failed_probe_is_reported_once_not_once_per_token(
     assert len(failures) == 1
     assert manager.metrics()["errors"] == 1
     assert len([r for r in caplog.records if "token refresh failed" in r.message]) == 1
+
+
+@pytest.mark.genesys_emulator(token_ttl=40)
+@pytest.mark.parametrize("background", [False, True], ids=["on-demand", "background"])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_every_token_is_retried_before_it_lapses_whichever_lane_failed(
+    emulator: GenesysEmulator,
+    make_manager: MakeManager,
+    fake_clock: Any,
+    tokens: int,
+    background: bool,
+):
+    # Review 6 D2: the shared backoff was capped by the FAILING lane's token only; a lane
+    # with none set it uncapped (to t=57 for a token usable until t=38), and every lane
+    # waited for it: 79 errors from t=38 although the endpoint came back at t=33.
+    manager = make_manager(
+        tokens=tokens,
+        max_retries=0,
+        refresh_jitter=0.0,
+        background_refresh=background,
+        clock=fake_clock.clock(),
+    )
+    manager.get_token()
+    emulator.inject(Fault.server_error(503), times=None)
+    late_errors = []
+    for step in range(92):  # t = 0 .. 46 s, three calls every 0.5 s
+        now = step * 0.5
+        if now == 33.0:
+            emulator.clear_faults()
+        if background:
+            manager._scheduled_refresh(0)  # what the scheduler runs (it keeps real time)
+        for _ in range(3):
+            try:
+                manager.get_token(timeout=5)
+            except GenesysTokenError:
+                if now >= 34.0:
+                    late_errors.append(now)
+        join_fetch_threads()
+        fake_clock.advance(0.5)
+    assert late_errors == []
+
+
+@pytest.mark.genesys_emulator(token_ttl=40)
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_a_fetch_that_passed_the_backoff_check_does_not_probe_before_the_retry_time(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+):
+    # Review 6 D3: a fetch that passed the backoff check just before the probe failed became
+    # the next probe at once, and sent: 5 token requests in 11 s of outage with one token,
+    # 25 with 10, back to back before the retry time. Now it fails with the probe's error.
+    # The hook: the clock read of a due token's refresh check (Refresher._due, after it read
+    # the retry time) of one caller waits until another caller's probe has failed.
+    armed, arrived, release = threading.Event(), threading.Event(), threading.Event()
+
+    def monotonic() -> float:
+        if armed.is_set() and sys._getframe(1).f_code.co_name == "_due":
+            armed.clear()
+            arrived.set()
+            release.wait(5)
+        return fake_clock.monotonic
+
+    clock = Clock(monotonic=monotonic, time=lambda: fake_clock.wall, random=lambda: 0.5)
+    manager = make_manager(
+        tokens=tokens, max_retries=0, refresh_jitter=0.0, background_refresh=False, clock=clock
+    )
+    failures: list[object] = []
+    manager.on("TOKEN_REFRESH_FAILURE", failures.append)
+    assert _together(manager, 3 * tokens) == []
+    fake_clock.advance(34.0)  # every token due (usable until about t=38)
+    emulator.inject(Fault.server_error(503), times=None)
+    emulator.reset_counters()
+    manager.get_token()  # the refresh fails; the token in hand is still valid
+    assert emulator.token_requests == 1
+    fake_clock.advance(0.6)  # past the backoff (0.5 s)
+    armed.set()
+    late = threading.Thread(target=manager.get_token)
+    late.start()
+    assert arrived.wait(5)  # passed the backoff check; its flight not started yet
+    manager.get_token()  # the probe: fails, a new backoff
+    assert emulator.token_requests == 2
+    release.set()
+    late.join(5)
+    assert not late.is_alive()
+    join_fetch_threads()
+    assert emulator.token_requests == 2  # was 3: sent at once
+    assert len(failures) == 2  # the late fetch's failure is the probe's, reported once

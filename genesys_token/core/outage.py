@@ -6,14 +6,18 @@ cool-down kept per token would let each token try on its own, N token requests w
 token makes one. :class:`Outage` keeps them once per manager:
 
 * the failure count, the end of the backoff (``retry_at``) and the error callers get
-  meanwhile (``last_error``);
+  meanwhile (``last_error``); the backoff is capped by what is left of the earliest-expiring
+  token of any lane (:meth:`Outage.earliest_until`), so every token is retried before it
+  lapses, as with one token;
 * the fresh-token 401 rule (:class:`~genesys_token.core.rejections.RejectedTokens`): at most
   one fresh token replaced per cool-down, whichever token the API rejected;
 * when a secret source may next be re-read during a credentials cool-down (``recheck_at``);
 * the probe: until a token was acquired with the credentials in use, and while acquisitions
   fail, ONE acquisition at a time may go to the network (or the store); the acquisitions of
   the other tokens wait for its outcome and fail with its error, or go on once it succeeded.
-  A wrong secret costs one token request, not N; an outage one per backoff, not N.
+  No probe starts before ``retry_at``: an acquisition that passed the backoff check just
+  before the previous probe failed fails with that error. A wrong secret costs one token
+  request, not N; an outage one per backoff, not N.
 
 With ``tokens=1`` the one acquisition is always the probe: nothing changes.
 """
@@ -22,9 +26,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import GenesysTokenError, ManagerClosedError
+from ..errors import GenesysTokenError, InvalidClientError, ManagerClosedError
 from ..settings import Credentials
 from .rejections import RejectedTokens
 from .single_flight import Flight, copied_error
@@ -54,6 +59,8 @@ class Outage:
         self._proven: Credentials | None = None
         #: The lane (any object) whose acquisition is the probe now; None: no probe.
         self._prober: Any = None
+        #: Each lane's last acquired token's usable-until (manager clock).
+        self._until: dict[Any, float] = {}
 
     def after_fork(self) -> None:
         """Fresh lock, no probe (a forked child has none of the parent's threads)."""
@@ -61,23 +68,26 @@ class Outage:
         self._cond = threading.Condition(self.lock)
         self._prober = None
 
-    def admit(self, lane: object, flight: Flight) -> GenesysTokenError | None:
+    def admit(
+        self, lane: object, flight: Flight, now: Callable[[], float], *, held: bool = True
+    ) -> GenesysTokenError | None:
         """Before ``lane``'s acquisition ``flight`` goes to the network or the store, on the
         flight's thread: return at once while the client is known good (its credentials
         proven, no failure since), or when this one becomes the probe; otherwise wait for
-        the probe in progress (until the flight is abandoned or its deadline).
+        the probe in progress (until the flight is abandoned or its deadline). ``now`` is
+        the manager clock ``retry_at`` is on: before it, no probe starts, unless ``held``
+        is False (a caller's explicit fetch: ``refresh(force=True)``, ``rotate()``).
 
         Returns:
-            None: go on. An error: the probe failed (its error, a copy); fail with it
-            without counting another failure (see :meth:`is_own`).
+            None: go on. An error: the probe failed, or the backoff after it has not ended
+            (its error, a copy); fail with it without counting another failure.
         """
         credentials = flight.config.credentials
         with self._cond:
             if self._healthy(credentials):
                 return None
             if self._prober is None or self._prober is lane:
-                self._prober = lane
-                return None
+                return self._probe(lane, now() if held else None)
             while (
                 self._prober is not None
                 and not flight.cancel.is_set()
@@ -91,19 +101,44 @@ class Outage:
             if self.failures and self.last_error is not None:
                 return copied_error(self.last_error)
             if self._prober is None:
-                self._prober = lane
-                return None
+                return self._probe(lane, now() if held else None)
             return None  # past its deadline: abandoned already, its result is discarded
+
+    def _probe(self, lane: object, now: float | None) -> GenesysTokenError | None:
+        """``lane``'s acquisition becomes the probe, unless the backoff has not ended (then
+        the last failure's error, a copy). A rejected secret's backoff does not hold it
+        back: the credentials cool-down decides (a secret source may give another secret).
+        ``now`` None: no backoff holds it back."""
+        error, retry_at = self.last_error, self.retry_at
+        if (
+            now is not None
+            and self.failures
+            and error is not None
+            and not isinstance(error, InvalidClientError)
+            and retry_at is not None
+            and now < retry_at
+        ):
+            return copied_error(error)
+        self._prober = lane
+        return None
+
+    def earliest_until(self, now: float) -> float | None:
+        """The earliest usable-until after ``now`` among the lanes' tokens; None: no lane
+        has a usable token."""
+        with self._cond:
+            return min((until for until in self._until.values() if until > now), default=None)
 
     def _healthy(self, credentials: Credentials) -> bool:
         return self.failures == 0 and self._proven == credentials
 
-    def succeeded(self, lane: object, credentials: Credentials) -> None:
-        """``lane`` got a token with ``credentials``: the backoff ends, the credentials are
-        proven, the probe (if it was ``lane``'s) ends; the waiting acquisitions go on."""
+    def succeeded(self, lane: object, credentials: Credentials, usable_until: float) -> None:
+        """``lane`` got a token with ``credentials``, usable until ``usable_until``: the
+        backoff ends, the credentials are proven, the probe (if it was ``lane``'s) ends; the
+        waiting acquisitions go on."""
         with self._cond:
             self.failures, self.retry_at, self.last_error = 0, None, None
             self._proven = credentials
+            self._until[lane] = usable_until
             if self._prober is lane:
                 self._prober = None
             self._cond.notify_all()

@@ -42,7 +42,8 @@ from .single_flight import (
 log = logging.getLogger(__name__)
 
 #: Backoff after a failed refresh: capped exponential with full jitter, and never longer than
-#: a quarter of what is left of the current token, so retries come before expiry.
+#: a quarter of what is left of the earliest-expiring token of the manager's lanes, so
+#: retries come before expiry.
 FAILURE_BACKOFF_BASE = 1.0
 FAILURE_BACKOFF_MAX = 60.0
 FAILURE_BACKOFF_MIN = 0.05
@@ -130,8 +131,10 @@ class Refresher:
         return self._outage.retry_at
 
     def _acquire(self, flight: Flight, held: Cell | None) -> Cell:
-        """The acquisition, once the shared probe lets it go (see ``Outage.admit``)."""
-        error = self._outage.admit(self, flight)
+        """The acquisition, once the shared probe lets it go (see ``Outage.admit``); the
+        backoff does not hold back a fetch that skips the store (``refresh(force=True)``,
+        ``rotate()``: the caller asked for the network now)."""
+        error = self._outage.admit(self, flight, self._now, held=flight.spec.use_store)
         if error is not None:
             self._deferred = flight
             raise error
@@ -335,7 +338,7 @@ class Refresher:
         deferred = self._deferred is flight
         if cell is not None:
             self._parked = None  # a new cell: nothing is parked any more
-            self._outage.succeeded(self, flight.config.credentials)
+            self._outage.succeeded(self, flight.config.credentials, cell.usable_until)
             self.arm(cell.refresh_at - now)
         elif deferred or not isinstance(error, GenesysTokenError):
             self._outage.ended(self)  # the probe's failure, counted once by its lane
@@ -401,8 +404,12 @@ class Refresher:
     def _back_off(self, error: GenesysTokenError, now: float) -> None:
         failures = self._outage.failures + 1
         cell = self._flight.cell
-        # Retries come before expiry: no wait longer than a quarter of what is left.
-        within = (cell.usable_until - now) / 4 if cell is not None and cell.usable(now) else None
+        # Retries come before expiry: no wait longer than a quarter of what is left of the
+        # earliest-expiring token of ANY lane, since every lane waits for this retry time.
+        until = self._outage.earliest_until(now)
+        if cell is not None and cell.usable(now):
+            until = cell.usable_until if until is None else min(until, cell.usable_until)
+        within = (until - now) / 4 if until is not None else None
         delay = FAILURE_BACKOFF.delay(failures, self._clock.random, within=within)
         if isinstance(error, RateLimitedError) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
