@@ -23,6 +23,7 @@ import requests
 from conftest import MakeManager, join_fetch_threads
 
 from genesys_token import GenesysAuth, TokenManager, TokenRequestError
+from genesys_token.core.refresher import FAILURE_BACKOFF_BASE
 from genesys_token.observability.metrics import (
     COUNTERS,
     LATENCY_BUCKETS,
@@ -135,6 +136,9 @@ def test_manager_metrics_count_what_happened(emulator: GenesysEmulator, make_man
     emulator.inject(Fault.server_error(503), times=2)  # both attempts fail
     with pytest.raises(TokenRequestError):
         manager.refresh(force=True)
+    # After a failed fetch no token request goes out until its backoff ends (at most the
+    # first step's ceiling), a 401's replacement included: wait it out.
+    time.sleep(FAILURE_BACKOFF_BASE + 0.05)
     session = requests.Session()
     session.auth = GenesysAuth(manager)
     emulator.revoke(manager.get_token())
