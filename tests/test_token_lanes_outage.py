@@ -7,6 +7,7 @@ probe (genesys_token/core/outage.py), so N tokens do not make N times the reques
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -331,10 +332,8 @@ def _outage_requests(
     before = emulator.token_requests
     for _ in range(92):  # three calls every 0.5 s, past every token's end
         for _ in range(3):
-            try:
+            with contextlib.suppress(GenesysTokenError):
                 manager.get_token(timeout=5)
-            except GenesysTokenError:
-                pass
         join_fetch_threads()
         fake_clock.advance(0.5)
     manager.close()
