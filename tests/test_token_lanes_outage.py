@@ -7,6 +7,7 @@ probe (genesys_token/core/outage.py), so N tokens do not make N times the reques
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -309,3 +310,45 @@ def test_a_fetch_that_passed_the_backoff_check_does_not_probe_before_the_retry_t
     join_fetch_threads()
     assert emulator.token_requests == 2  # was 3: sent at once
     assert len(failures) == 2  # the late fetch's failure is the probe's, reported once
+
+
+def _outage_requests(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+) -> int:
+    """Token requests in 46 s of a login host answering 503, for ``tokens`` tokens fetched
+    2 s apart (their ends spread, as refresh jitter spreads them)."""
+    manager = make_manager(
+        tokens=tokens,
+        max_retries=0,
+        refresh_jitter=0.0,
+        background_refresh=False,
+        clock=fake_clock.clock(),
+    )
+    for _ in range(tokens):  # each turn's lane fetched in its turn, 2 s apart
+        manager.get_token(timeout=5)
+        join_fetch_threads()
+        fake_clock.advance(2.0)
+    emulator.inject(Fault.server_error(503), times=None)
+    before = emulator.token_requests
+    for _ in range(92):  # three calls every 0.5 s, past every token's end
+        for _ in range(3):
+            with contextlib.suppress(GenesysTokenError):
+                manager.get_token(timeout=5)
+        join_fetch_threads()
+        fake_clock.advance(0.5)
+    manager.close()
+    return emulator.token_requests - before
+
+
+@pytest.mark.genesys_emulator(token_ttl=40)
+def test_a_long_outage_costs_four_tokens_about_what_it_costs_one(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any
+):
+    # Review 7: the shared backoff was capped by the EARLIEST-expiring token, so each token's
+    # end got its own run of shrinking retries (0.05 s at the last): 80 token requests with
+    # tokens=8 where tokens=1 made 25. It is capped by the latest-expiring one now.
+    one = _outage_requests(emulator, make_manager, fake_clock, 1)
+    emulator.clear_faults()
+    four = _outage_requests(emulator, make_manager, fake_clock, 4)
+    assert one > 0
+    assert four <= 1.5 * one + 2, (one, four)  # (13, 25) with the earliest-token cap

@@ -6,9 +6,11 @@ cool-down kept per token would let each token try on its own, N token requests w
 token makes one. :class:`Outage` keeps them once per manager:
 
 * the failure count, the end of the backoff (``retry_at``) and the error callers get
-  meanwhile (``last_error``); the backoff is capped by what is left of the earliest-expiring
-  token of any lane (:meth:`Outage.earliest_until`), so every token is retried before it
-  lapses, as with one token;
+  meanwhile (``last_error``); the backoff is capped by a quarter of what is left of the
+  latest-expiring token of any lane (:meth:`Outage.latest_until`), so the client is retried
+  before its last token lapses, as with one token (callers whose token lapsed are served the
+  others'); capping by the earliest one made each token's end its own run of shrinking
+  retries: N times the requests of one token in a long outage;
 * the fresh-token 401 rule (:class:`~genesys_token.core.rejections.RejectedTokens`): at most
   one fresh token replaced per cool-down, whichever token the API rejected;
 * when a secret source may next be re-read during a credentials cool-down (``recheck_at``);
@@ -122,11 +124,11 @@ class Outage:
         self._prober = lane
         return None
 
-    def earliest_until(self, now: float) -> float | None:
-        """The earliest usable-until after ``now`` among the lanes' tokens; None: no lane
-        has a usable token."""
+    def latest_until(self, now: float) -> float | None:
+        """The latest usable-until after ``now`` among the lanes' tokens; None: no lane has
+        a usable token."""
         with self._cond:
-            return min((until for until in self._until.values() if until > now), default=None)
+            return max((until for until in self._until.values() if until > now), default=None)
 
     def _healthy(self, credentials: Credentials) -> bool:
         return self.failures == 0 and self._proven == credentials

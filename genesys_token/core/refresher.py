@@ -404,11 +404,12 @@ class Refresher:
     def _back_off(self, error: GenesysTokenError, now: float) -> None:
         failures = self._outage.failures + 1
         cell = self._flight.cell
-        # Retries come before expiry: no wait longer than a quarter of what is left of the
-        # earliest-expiring token of ANY lane, since every lane waits for this retry time.
-        until = self._outage.earliest_until(now)
+        # Retries come before the client's last token lapses: no wait longer than a quarter
+        # of what is left of the latest-expiring token of ANY lane (every lane waits for this
+        # retry time; a caller whose lane's token lapsed is served another lane's).
+        until = self._outage.latest_until(now)
         if cell is not None and cell.usable(now):
-            until = cell.usable_until if until is None else min(until, cell.usable_until)
+            until = cell.usable_until if until is None else max(until, cell.usable_until)
         within = (until - now) / 4 if until is not None else None
         delay = FAILURE_BACKOFF.delay(failures, self._clock.random, within=within)
         if isinstance(error, RateLimitedError) and error.retry_after is not None:
