@@ -145,7 +145,10 @@ class FileSlots:
         try:
             return self._acquire(key, slot_id, calls, window, hold, max_wait)
         except StoreError:
-            self._pending.drop(key, slot_id, keep)  # a write cut short may have left it behind
+            # The call goes out all the same, under this process's own count: a write cut
+            # short may have left its slot behind, and either way the call counts a window
+            # from when the release is applied (never dropped: that would under-count).
+            self._pending.release(key, slot_id, window, keep)
             raise
 
     def _acquire(

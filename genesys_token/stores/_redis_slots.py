@@ -17,8 +17,9 @@ answer: it only over-counts.
 A hiccup of Redis loses no slot for ``hold + window`` (see ``_pending_slots``): releases
 carried by a script that failed, or by a flush that failed, wait for the next script or
 flush; so does a cancel that failed; and an acquisition that failed on the client (a
-timeout: the script may still run on the server, leaving its ``h<id>`` behind) has its slot
-removed by the next script that succeeds.
+timeout: the script may still run on the server, leaving its ``h<id>`` behind) is released
+by the next script that succeeds: its call went out under the process's own count, so it
+counts a window from then (removing it would under-count).
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ class RedisSlots:
 
         Raises:
             StoreError: Redis failed (the carried releases stay pending, and the slot, which
-                the script may still have taken on the server, is dropped by the next one).
+                the script may still have taken on the server, is released by the next one:
+                the call goes out under this process's own count).
         """
         window = float(window)
         keep = float(hold) + window + max(0.0, max_wait)
@@ -200,7 +202,10 @@ class RedisSlots:
             return _answer(raw)
         except StoreError:
             self._pending.put_back(key, carried)
-            self._pending.drop(key, slot_id, keep)
+            # The script may still run on the server, and the call goes out all the same
+            # under this process's own count: counted as answered when the release lands
+            # (a window from then), never dropped (that would under-count: 429s).
+            self._pending.release(key, slot_id, window, keep)
             self._keep_flushing()
             raise
 
