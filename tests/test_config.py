@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import MakeManager
+from conftest import MakeManager, join_fetch_threads
 
 from genesys_token import ConfigurationError, InvalidClientError, TokenManager
 from genesys_token import settings as settings_module
@@ -226,6 +226,7 @@ def test_a_given_secret_with_surrounding_whitespace_is_kept_and_said_once(
     assert _warnings(caplog) == [PADDED_SECRET]
     with pytest.raises(InvalidClientError):
         manager.get_token()  # sent as given: the emulator, like Genesys, refuses it
+    join_fetch_threads()  # its failure line is written from the fetch thread, after we woke
     caplog.clear()
     with caplog.at_level("WARNING", logger="genesys_token"):
         manager.set_credentials(emulator.client_secret)
