@@ -1,6 +1,6 @@
 """Shared bits of the async adapter tests (httpx, aiohttp, their off-loop wait): a bounded
 runner, a loop ticker that shows a blocked loop, an executor that counts its jobs, the
-give-up timing, an adapter port that forces the slow path."""
+give-up timing, an adapter port that forces the slow path, a count of the library's threads."""
 
 from __future__ import annotations
 
@@ -112,3 +112,10 @@ class HeldPort:
         use = self._port.begin_use(timeout)
         self.returned.set()
         return use
+
+
+def own_threads() -> int:
+    """Threads of this process but the emulator's. The emulator serves each connection in a
+    thread that ends a moment after the client closes it (or starts when a client opens one),
+    so a count that includes them varies with connection timing, not with the library."""
+    return sum("process_request_thread" not in t.name for t in threading.enumerate())

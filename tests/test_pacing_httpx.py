@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from async_helpers import own_threads
 
 from genesys_token import TokenManager
 from genesys_token.core.pacing import Pacer, Slot
@@ -72,7 +73,7 @@ def test_async_api_client_paced_without_a_thread_per_waiter(limited: GenesysEmul
             # Warm: the connections (and the resolver's worker threads) are made first.
             await asyncio.gather(*(client.get(ORG) for _ in range(8)))
             await asyncio.sleep(1.0)
-            peak = base = threading.active_count()
+            peak = base = own_threads()
             stop = time.monotonic() + 2.0
             statuses: list[int] = []
 
@@ -80,7 +81,7 @@ def test_async_api_client_paced_without_a_thread_per_waiter(limited: GenesysEmul
                 nonlocal peak
                 while time.monotonic() < stop:
                     statuses.append((await client.get(ORG)).status_code)
-                    peak = max(peak, threading.active_count())
+                    peak = max(peak, own_threads())
 
             await asyncio.gather(*(work() for _ in range(8)))
         return statuses, peak - base

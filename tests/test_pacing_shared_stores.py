@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from async_helpers import own_threads
 from redis_server import redis_server_or_skip
 
 from genesys_token import GenesysAuth, TokenManager
@@ -68,12 +69,6 @@ def _stores(kind: str, tmp_path: Path, redis_url: str | None) -> tuple[TokenStor
     assert redis_url is not None
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
     return RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
-
-
-def _own_threads() -> int:
-    """Threads of this process but the emulator's: the emulator serves each connection in a
-    thread that ends a moment after the client closes it, which a count taken at once sees."""
-    return sum("process_request_thread" not in t.name for t in threading.enumerate())
 
 
 def _hammer(sessions: list[requests.Session], url: str, seconds: float) -> list[int]:
@@ -149,14 +144,14 @@ def test_async_callers_of_two_managers_on_one_store_keep_one_limit(
 
     with _manager(limited, first_store) as first, _manager(limited, second_store) as second:
         first.get_token()
-        threads_before = _own_threads()
+        threads_before = own_threads()
         stop = time.monotonic() + 2.0
 
         async def both() -> None:
             await asyncio.gather(run(first, stop), run(second, stop))
 
         asyncio.run(both())
-        assert _own_threads() <= threads_before + 2  # no thread per waiter
+        assert own_threads() <= threads_before + 2  # no thread per waiter
     assert sum(limited.api_429s.values()) == 0
     assert set(statuses) == {200}
     assert len(statuses) >= 15  # two seconds of a 10/s limit, the first window full at once
