@@ -18,6 +18,8 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 
+from .regions import DEFAULT_REGION
+
 log = logging.getLogger("genesys_token")
 
 PREFIX = "GENESYSCLOUD_"
@@ -110,10 +112,18 @@ def warn_near_misses(environ: Mapping[str, str]) -> None:
                 continue
             _reported.add(name)
         log.warning(
-            "environment variable %s is not read by genesys_token; did you mean %s?",
+            "environment variable %s is not read by genesys_token; did you mean %s?%s",
             name,
             meant,
+            "" if meant in environ else _unset(meant),
         )
+
+
+def _unset(meant: str) -> str:
+    """What applies instead when the name meant is not set: the user's next question."""
+    if meant == "GENESYSCLOUD_REGION":
+        return f" It is not set, so region {DEFAULT_REGION} applies unless URLs are given"
+    return f" {meant} is not set"
 
 
 def distance(a: str, b: str) -> int:

@@ -247,11 +247,24 @@ def test_a_misspelt_region_variable_is_pointed_out(caplog: pytest.LogCaptureFixt
         Settings.from_env(env)  # once per name, not once per read
     assert _warnings(caplog) == [
         "environment variable GENESYSCLOUD_API_URI is not read by genesys_token;"
-        " did you mean GENESYSCLOUD_API_URL?",
+        " did you mean GENESYSCLOUD_API_URL? GENESYSCLOUD_API_URL is not set",
         "environment variable GENESYSCLOUD_REGOIN is not read by genesys_token;"
-        " did you mean GENESYSCLOUD_REGION?",
+        " did you mean GENESYSCLOUD_REGION? It is not set, so region us-east-1 applies"
+        " unless URLs are given",
     ]
     assert "eu-west-1" not in caplog.text
+
+
+def test_a_near_miss_beside_the_name_it_meant_does_not_say_a_default_applies(
+    caplog: pytest.LogCaptureFixture,
+):
+    env = {"GENESYSCLOUD_REGIOn": "eu-west-1", "GENESYSCLOUD_REGION": "eu-west-1"}
+    with caplog.at_level("WARNING", logger="genesys_token"):
+        Settings.from_env(env)
+    assert _warnings(caplog) == [
+        "environment variable GENESYSCLOUD_REGIOn is not read by genesys_token;"
+        " did you mean GENESYSCLOUD_REGION?"
+    ]
 
 
 def test_a_misspelt_credential_variable_is_pointed_out(caplog: pytest.LogCaptureFixture):
@@ -264,6 +277,7 @@ def test_a_misspelt_credential_variable_is_pointed_out(caplog: pytest.LogCapture
     assert _warnings(caplog) == [
         "environment variable GENESYSCLOUD_OATHCLIENT_SECRET is not read by genesys_token;"
         " did you mean GENESYSCLOUD_OAUTHCLIENT_SECRET?"
+        " GENESYSCLOUD_OAUTHCLIENT_SECRET is not set"
     ]
     assert "s3cret-value" not in caplog.text
 
