@@ -30,6 +30,7 @@ import genesys_token.testing as testing_package
 from genesys_token.testing import Fault, GenesysEmulator, TokenRequestRecord, _cli
 from genesys_token.testing._cli import RequestPrinter, run
 from genesys_token.testing._wire import url_host
+from genesys_token.testing.emulator import CORRELATION_HEADER
 
 GRANT = {"grant_type": "client_credentials"}
 
@@ -834,19 +835,24 @@ def test_the_emulator_command_logs_each_request_and_sums_up_on_exit(signum: int)
     token_url = env["GENESYSCLOUD_TOKEN_URL"]
     api = env["GENESYSCLOUD_API_URL"]
     auth = (env["GENESYSCLOUD_OAUTHCLIENT_ID"], env["GENESYSCLOUD_OAUTHCLIENT_SECRET"])
-    token = requests.post(token_url, data=GRANT, auth=auth, timeout=5).json()["access_token"]
-    assert requests.post(token_url, data=GRANT, auth=("nobody", "x"), timeout=5).status_code == 401
+    granted = requests.post(token_url, data=GRANT, auth=auth, timeout=5)
+    refused = requests.post(token_url, data=GRANT, auth=("nobody", "x"), timeout=5)
+    assert refused.status_code == 401
     me = requests.get(
-        api + "/api/v2/tokens/me", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        api + "/api/v2/tokens/me",
+        headers={"Authorization": f"Bearer {granted.json()['access_token']}"},
+        timeout=5,
     )
     assert me.status_code == 200
     out, err = _stop(process, signum)
     assert process.returncode == 0, err
     assert err == ""
+    ids = [answer.headers[CORRELATION_HEADER] for answer in (granted, refused, me)]
+    assert len(set(ids)) == 3  # each line names the answer's own id, as a client's error does
     assert out.splitlines() == [
-        "POST /oauth/token 200 client=emulator-client",
-        "POST /oauth/token 401 client=nobody",
-        "GET /api/v2/tokens/me 200 client=emulator-client",
+        f"POST /oauth/token 200 client=emulator-client correlation={ids[0]}",
+        f"POST /oauth/token 401 client=nobody correlation={ids[1]}",
+        f"GET /api/v2/tokens/me 200 client=emulator-client correlation={ids[2]}",
         "summary: 2 token requests, 1 API calls, 1 answered 401, 0 answered 429",
     ]
 
@@ -929,8 +935,9 @@ def test_request_lines_beyond_the_bound_are_dropped_and_counted_never_blocking(
     assert time.monotonic() - started < 1.5
     out.gate.set()
     eventually(lambda: "summary" in out.getvalue())
+    ids = [record.correlation_id for record in emu.token_request_log[:3]]
     assert out.getvalue().splitlines() == [
-        *["POST /oauth/token 200 client=emulator-client"] * 3,
+        *[f"POST /oauth/token 200 client=emulator-client correlation={i}" for i in ids],
         "summary: 10 token requests, 0 API calls, 0 answered 401, 0 answered 429,"
         " 7 request lines not printed (stdout was not read)",
     ]
@@ -944,8 +951,9 @@ def test_request_lines_print_a_hostile_client_id_escaped(emu: GenesysEmulator) -
     printer = RequestPrinter(emu, out)
     printer.poll()
     printer.finish(5.0)
+    correlation_id = emu.token_request_log[0].correlation_id
     assert out.getvalue().splitlines() == [
-        f"POST /oauth/token 401 client={client_id!r}",
+        f"POST /oauth/token 401 client={client_id!r} correlation={correlation_id}",
         "summary: 1 token requests, 0 API calls, 1 answered 401, 0 answered 429",
     ]
 

@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--quiet",
         action="store_true",
         help="no line per request (default: one line per request: method, path, status,"
-        " client id); the summary on exit is printed either way",
+        " client id, correlation id); the summary on exit is printed either way",
     )
     return parser
 
@@ -235,6 +235,12 @@ def _stop_on_sigterm(event: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _correlation(correlation_id: str | None) -> str:
+    """`` correlation=ID`` for a request that was answered: the id a client's error carries
+    (``TokenRequestError.correlation_id``), so the two can be matched."""
+    return f" correlation={_printable(correlation_id)}" if correlation_id else ""
 
 
 def _printable(text: str) -> str:
@@ -365,11 +371,13 @@ class RequestPrinter:
         for record in tokens:
             self._statuses.append(record.status)
             client = _printable(record.client_id) if record.client_id else "-"
-            lines.append(f"POST {TOKEN_PATH} {record.status} client={client}")
+            line = f"POST {TOKEN_PATH} {record.status} client={client}"
+            lines.append(line + _correlation(record.correlation_id))
         for call in calls:
             self._statuses.append(call.status)
             method, path = _printable(call.method), _printable(call.path)
-            lines.append(f"{method} {path} {call.status} client={self._client(call, issued)}")
+            line = f"{method} {path} {call.status} client={self._client(call, issued)}"
+            lines.append(line + _correlation(call.correlation_id))
         if lines and self._writer is not None and not self._quiet:
             self._writer.write(lines)
 
