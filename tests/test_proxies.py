@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import requests
 import trustme
 from conftest import eventually
 from proxy_server import ProxyServer
@@ -82,12 +84,23 @@ def mtls_gateway(ca: trustme.CA) -> Iterator[GenesysEmulator]:
 
 
 @pytest.fixture
-def environment_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The environment names a dead proxy and exempts the gateway: ours must win over both."""
+def other_ca_bundle(tmp_path: Path) -> str:
+    """A CA bundle that trusts none of the servers here."""
+    path = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def environment_elsewhere(monkeypatch: pytest.MonkeyPatch, other_ca_bundle: str) -> None:
+    """The environment names a dead proxy, exempts the gateway and trusts another CA: the
+    manager's proxy and CA bundle must win over all three."""
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.setenv(name, DEAD_PROXY)
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, GATEWAY)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.setenv(name, other_ca_bundle)
 
 
 def _origin(emulator: GenesysEmulator) -> str:
@@ -175,8 +188,7 @@ def test_an_mtls_gateway_gets_the_client_certificate_from_tokens_and_api_calls(
     environment_elsewhere: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # REQUESTS_CA_BUNDLE is how an api_session trusts a private CA (requests reads it).
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    # The API calls trust the manager's bundle, as its token requests do.
     with ProxyServer(mtls_gateway.port) as proxy:
         with _manager(
             mtls_gateway, verify=bundle, proxies={"all": proxy.url()}, cert=client_pem
@@ -250,7 +262,6 @@ def test_api_session_takes_the_managers_proxy_over_the_environments(
     environment_elsewhere: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
     with ProxyServer(gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
         proxies = {"https": proxy.url(PROXY_USER, PROXY_PASSWORD)}
         with (
@@ -481,3 +492,65 @@ def test_a_proxy_password_without_a_user_name_is_pointed_out_never_shown(
         "the proxy is used without credentials"
     ]
     assert PROXY_PASSWORD not in caplog.text
+
+
+# -- the manager's verify for API calls --------------------------------------------------------
+
+
+@pytest.fixture
+def https_emulator(ca: trustme.CA) -> Iterator[GenesysEmulator]:
+    """A TLS emulator on 127.0.0.1: reached without a proxy, so only verify decides trust."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with GenesysEmulator(ssl_context=context) as emulator:
+        yield emulator
+
+
+def _direct_manager(emulator: GenesysEmulator, bundle: str) -> TokenManager:
+    return TokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        token_url=emulator.token_url,
+        api_base_url=emulator.api_base_url,
+        verify=bundle,
+        max_retries=0,
+    )
+
+
+def test_api_clients_trust_the_managers_ca_bundle_as_its_token_requests_do(
+    https_emulator: GenesysEmulator, bundle: str, environment_elsewhere: None
+) -> None:
+    # A gateway's private CA: before, API calls trusted only certifi or REQUESTS_CA_BUNDLE,
+    # so README's gateway recipe got its token and then failed every API call's handshake.
+    with _direct_manager(https_emulator, bundle) as manager:
+        with api_session(manager, max_retries=0) as session:
+            assert session.get("/api/v2/organizations/me").status_code == 200
+        with api_client(manager, max_retries=0) as client:
+            assert client.get("/api/v2/organizations/me").status_code == 200
+
+        async def call() -> int:
+            async with async_api_client(manager, max_retries=0) as client:
+                return (await client.get("/api/v2/organizations/me")).status_code
+
+        assert asyncio.run(call()) == 200
+    assert len(https_emulator.api_request_log) == 3
+
+
+def test_a_verify_of_the_caller_wins_over_the_managers(
+    https_emulator: GenesysEmulator, bundle: str, other_ca_bundle: str
+) -> None:
+    with _direct_manager(https_emulator, bundle) as manager:
+        with (
+            api_client(
+                manager, max_retries=0, verify=ssl.create_default_context(cafile=other_ca_bundle)
+            ) as client,
+            pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+        ):
+            client.get("/api/v2/organizations/me")
+        with api_session(manager, max_retries=0) as session:
+            with pytest.raises(requests.exceptions.SSLError):
+                session.get("/api/v2/organizations/me", verify=other_ca_bundle)
+            session.verify = other_ca_bundle  # the user's own setting, after api_session
+            with pytest.raises(requests.exceptions.SSLError):
+                session.get("/api/v2/organizations/me")
+    assert https_emulator.api_request_log == []

@@ -248,19 +248,22 @@ def _api_host_transport(
     proxy = settings.proxies.for_url(manager.api_base_url) if settings.proxies else None
     if proxy is None and settings.cert is None:
         return None
-    # The manager's verify (a private CA of the gateway) applies as for its token requests.
-    verify = settings.verify
-    if isinstance(verify, str):
-        path = Path(verify)
-        context = ssl.create_default_context(
-            cafile=None if path.is_dir() else verify, capath=verify if path.is_dir() else None
-        )
-        if settings.cert is not None:
-            cert, key = settings.cert if isinstance(settings.cert, tuple) else (settings.cert, None)
-            context.load_cert_chain(cert, key)
-    else:
-        context = httpx.create_ssl_context(verify=verify, cert=settings.cert)
-    return transport_type(verify=context, proxy=proxy)
+    return transport_type(verify=_trust(settings.verify, settings.cert), proxy=proxy)
+
+
+def _trust(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
+    """The TLS context of the manager's ``verify`` (a CA bundle file or directory, or a
+    bool) offering ``cert``, as for its token requests."""
+    if not isinstance(verify, str):
+        return httpx.create_ssl_context(verify=verify, cert=cert)
+    path = Path(verify)
+    context = ssl.create_default_context(
+        cafile=None if path.is_dir() else verify, capath=verify if path.is_dir() else None
+    )
+    if cert is not None:
+        certfile, key = cert if isinstance(cert, tuple) else (cert, None)
+        context.load_cert_chain(certfile, key)
+    return context
 
 
 def _api_auth(
@@ -288,6 +291,10 @@ def _client_options(
         connect, read = timeout
         timeout = httpx.Timeout(read, connect=connect)
     mounts = dict(kwargs.pop("mounts", None) or {})
+    if manager.settings.verify is not True and "verify" not in kwargs:
+        # The manager's CA bundle is trusted for API calls too (as by api_session); a
+        # verify= of the caller wins.
+        kwargs["verify"] = _trust(manager.settings.verify, None)
     base = httpx.URL(manager.api_base_url)
     host = f"[{base.host}]" if ":" in base.host else base.host
     if is_loopback_url(manager.api_base_url):
@@ -341,6 +348,8 @@ def api_client(
       new send through the auth flow (a new token use).
     * A failed call's final answer is logged once at WARNING with its correlation id.
     * A loopback API host is reached without a proxy.
+    * The manager's ``proxies`` and ``cert`` apply to the API host, and its ``verify`` when
+      not ``True`` (a ``verify=`` given here wins).
 
     Args:
         manager: The token manager.

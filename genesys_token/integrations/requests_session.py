@@ -247,11 +247,17 @@ class ApiSession(requests.Session):
         self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
     ) -> Any:
         """``requests``' merge, the manager's proxy for ``url`` put before the environment's
-        (a loopback URL never gets one: the adapter drops it anyway)."""
+        (a loopback URL never gets one: the adapter drops it anyway), and ``self.verify``
+        before the environment's CA bundle when it is not ``True``."""
         text = url.decode("utf-8") if isinstance(url, bytes) else str(url or "")
         ours = proxies_for(text, self._explicit_proxies) if self._explicit_proxies else None
         if ours:
             proxies = {**ours, **(proxies or {})}
+        if verify is None and self.verify is not True:
+            # A CA bundle set on the session (the manager's verify, or the user's) wins over
+            # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, which plain requests lets win over it
+            # (psf/requests#3829); a verify= of the call wins over both.
+            verify = self.verify
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
     def resolve(self, url: str | bytes) -> str:
@@ -318,7 +324,9 @@ def api_session(
       ``allowed_origins``) only: an absolute URL to another origin goes out without the
       token, and a redirect to another host drops it (``requests`` strips the header).
     * Relative paths (``"/api/v2/users"``) are resolved against ``manager.api_base_url``.
-    * The manager's ``proxies`` and ``cert`` settings apply (see :class:`ApiSession`).
+    * The manager's ``proxies`` and ``cert`` settings apply (see :class:`ApiSession`), and
+      its ``verify`` when not ``True`` (a CA bundle path, or ``False``); set
+      ``session.verify`` afterwards to trust something else for API calls.
     * Every request gets ``timeout`` unless it passes its own.
     * Retries (:class:`GenesysRetry`): a 429 is retried for **every** method, since Genesys
       did not process the request; 502, 503 and 504 for idempotent methods only (GET, HEAD,
@@ -368,6 +376,10 @@ def api_session(
         retry = retry.new(on_throttled=adapter_port(manager).throttled_unseen)
     session = ApiSession(manager.api_base_url, timeout, settings.proxies)
     session.cert = settings.cert  # an mTLS gateway asks API calls for it too
+    if settings.verify is not True:
+        # The manager's CA bundle (a gateway's private CA, a TLS-inspecting proxy's) is
+        # trusted for API calls too, as the official SDKs' one ssl_ca_cert is for all calls.
+        session.verify = settings.verify
     # A loopback API host (a local gateway, the emulator) is never reached through a proxy.
     adapter = LoopbackDirectAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)
