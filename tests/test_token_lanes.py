@@ -216,19 +216,15 @@ def test_rotate_swaps_every_token_and_drains_them_within_one_bound(
     assert {h.token for h in held} == old  # one use in flight on each old token
     timeouts: list[dict[str, Any]] = []
     manager.on(TOKEN_DRAIN_TIMEOUT, timeouts.append)
-    try:
-        started = time.monotonic()
-        thread, out = in_background(lambda: manager.rotate(drain_timeout=0.4))
-        for holder in held:
-            assert holder.pending is not None and holder.pending.wait(5)  # swapped: told
-        new = {manager.get_token(), manager.get_token()}  # nobody is held by the drain
-        assert not new & old and len(new) == 2
-        assert thread.is_alive()  # still draining meanwhile
-        thread.join(5)
-        elapsed = time.monotonic() - started
-    finally:
-        for holder in held:
-            holder.release()
+    started = time.monotonic()
+    thread, out = in_background(lambda: manager.rotate(drain_timeout=0.4))
+    for holder in held:  # swapped: the old uses are told
+        assert holder.pending is not None and holder.pending.wait(5)
+    new = {manager.get_token(), manager.get_token()}  # nobody is held by the drain
+    assert not new & old and len(new) == 2
+    assert thread.is_alive()  # still draining meanwhile
+    thread.join(5)
+    elapsed = time.monotonic() - started
     assert out and out[0].access_token in new
     assert out[0].access_token == manager.token.access_token  # type: ignore[union-attr]
     assert 0.35 < elapsed < 0.7  # ONE drain bound of 0.4 s, not one per token
