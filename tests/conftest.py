@@ -120,6 +120,85 @@ def make_manager(emulator: GenesysEmulator) -> Iterator[MakeManager]:
         manager.close()
 
 
+def manager_for(emulator: GenesysEmulator, **options: Any) -> TokenManager:
+    """A manager of ``emulator``'s client against its token and API URLs (``options`` may
+    override them, and ``client_id`` and ``client_secret``); the caller closes it (``with
+    manager_for(...) as manager:``)."""
+    options.setdefault("token_url", emulator.token_url)
+    options.setdefault("api_base_url", emulator.api_base_url)
+    client_id = options.pop("client_id", emulator.client_id)
+    client_secret = options.pop("client_secret", emulator.client_secret)
+    return TokenManager(client_id, client_secret, **options)
+
+
+#: The per-token API limit of the :func:`limited` emulator: 10 calls per 1 s.
+API_LIMIT = (10, 1.0)
+
+
+@pytest.fixture
+def limited() -> Iterator[GenesysEmulator]:
+    """An emulator of this test's own whose API answers 429 past :data:`API_LIMIT`."""
+    with GenesysEmulator(api_rate_limit=API_LIMIT) as emulator:
+        yield emulator
+
+
+class Holder:
+    """A thread inside ``manager.in_flight()`` (a WebSocket, say) until told to leave: a use
+    held across a rotation. It has entered once built; :attr:`token` and :attr:`pending` are
+    its use's token and ``rotation_pending``."""
+
+    def __init__(self, manager: TokenManager) -> None:
+        self.entered = threading.Event()
+        self.leave = threading.Event()
+        self.token: str | None = None
+        self.pending: threading.Event | None = None
+        self._thread = threading.Thread(target=self._run, args=(manager,))
+        self._thread.start()
+        assert self.entered.wait(5)
+
+    def _run(self, manager: TokenManager) -> None:
+        with manager.in_flight() as use:
+            self.token = use.token
+            self.pending = use.rotation_pending
+            self.entered.set()
+            self.leave.wait(10)
+
+    def release(self) -> None:
+        """End the use and wait for the thread."""
+        self.leave.set()
+        self._thread.join(5)
+
+
+#: Starts a :class:`Holder` on a manager.
+MakeHolder = Callable[[TokenManager], Holder]
+
+
+@pytest.fixture
+def holders() -> Iterator[MakeHolder]:
+    """Start :class:`Holder` s; every one still held is released after the test."""
+    made: list[Holder] = []
+
+    def make(manager: TokenManager) -> Holder:
+        holder = Holder(manager)
+        made.append(holder)
+        return holder
+
+    yield make
+    for holder in made:
+        holder.release()
+
+
+def run_threads(target: Callable[[], Any], count: int, timeout: float = 10.0) -> None:
+    """Run ``target`` in ``count`` threads started together; wait for each up to ``timeout``
+    seconds: one still running then fails the test."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not end in time"
+
+
 def read_child(pid: int, read_end: int, timeout: float = 15.0) -> bytes:
     """Collect what a forked child wrote to ``read_end`` and reap it, within ``timeout``.
 

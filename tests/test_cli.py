@@ -647,19 +647,26 @@ def _wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def _run_with_timeout(
+    emulator: GenesysEmulator, name: str, timeout: str
+) -> subprocess.CompletedProcess[str]:
+    """``genesys-token NAME --timeout TIMEOUT`` against ``emulator``, the cache off."""
+    return subprocess.run(
+        [*command(), name, "--timeout", timeout],
+        env=emulator_env(emulator, "off"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+
+
 @pytest.mark.parametrize("name", ["token", "check"])
 def test_timeout_bounds_a_run_against_a_login_host_that_never_answers(
     emulator: GenesysEmulator, tmp_path: Path, name: str
 ) -> None:
     emulator.inject(Fault(delay=20.0), times=None)
     started = time.monotonic()
-    result = subprocess.run(
-        [*command(), name, "--timeout", "0.5"],
-        env=emulator_env(emulator, "off"),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT,
-    )
+    result = _run_with_timeout(emulator, name, "0.5")
     elapsed = time.monotonic() - started
     assert result.returncode == 4, result.stderr
     assert elapsed < 5.0  # without --timeout: the ~55 s retry deadline
@@ -676,13 +683,7 @@ def test_timeout_names_the_last_failure_and_announces_no_retry_past_it(
     # second attempt. The first retry fits in 2 s and is announced; none past it would be.
     emulator.inject(Fault(status=503, headers={"Retry-After": "1"}), times=1)
     emulator.inject(Fault(delay=20.0), times=None)
-    result = subprocess.run(
-        [*command(), "token", "--timeout", "2"],
-        env=emulator_env(emulator, "off"),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT,
-    )
+    result = _run_with_timeout(emulator, "token", "2")
     assert result.returncode == 4, result.stderr
     host = emulator.token_url.split("/")[2]
     lines = result.stderr.splitlines()
@@ -700,13 +701,7 @@ def test_timeout_during_checks_api_call_blames_no_token_failure(
     # The token came after a 503; the API call then hangs: that 503 is not its cause.
     emulator.inject(Fault(status=503, headers={"Retry-After": "0"}), times=1)
     emulator.inject(Fault(delay=20.0), times=None, path="/api/v2/tokens/me")
-    result = subprocess.run(
-        [*command(), "check", "--timeout", "2"],
-        env=emulator_env(emulator, "off"),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT,
-    )
+    result = _run_with_timeout(emulator, "check", "2")
     assert result.returncode == 4, result.stderr
     assert emulator.token_requests == 2
     host = emulator.api_base_url.split("/")[2]
@@ -719,13 +714,7 @@ def test_a_retry_that_would_end_past_the_timeout_is_not_announced(
     emulator: GenesysEmulator,
 ) -> None:
     emulator.inject(Fault(status=503, headers={"Retry-After": "5"}), times=None)
-    result = subprocess.run(
-        [*command(), "token", "--timeout", "3"],
-        env=emulator_env(emulator, "off"),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT,
-    )
+    result = _run_with_timeout(emulator, "token", "3")
     assert result.returncode == 4, result.stderr
     assert "retry" not in result.stderr
     assert emulator.token_requests == 1

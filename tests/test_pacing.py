@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from conftest import run_threads
 
 from genesys_token import (
     ApiRateLimitedError,
@@ -287,11 +288,7 @@ def _race(pacer: Pacer, threads: int) -> int:
         if slot is not None:
             granted.append(slot)
 
-    workers = [threading.Thread(target=ask) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(5.0)
+    run_threads(ask, threads, timeout=5.0)
     for slot in granted:
         slot.release()
     return len(granted)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
 import pytest
 from async_helpers import own_threads
+from conftest import manager_for
 
 from genesys_token import TokenManager
 from genesys_token.core.pacing import Pacer, Slot
@@ -21,21 +21,8 @@ from genesys_token.testing import GenesysEmulator
 ORG = "/api/v2/organizations/me"
 
 
-@pytest.fixture
-def limited() -> Iterator[GenesysEmulator]:
-    with GenesysEmulator(api_rate_limit=(10, 1.0)) as emulator:
-        yield emulator
-
-
 def _manager(emulator: GenesysEmulator, calls: int = 10, wait: float = 30.0) -> TokenManager:
-    return TokenManager(
-        emulator.client_id,
-        emulator.client_secret,
-        token_url=emulator.token_url,
-        api_base_url=emulator.api_base_url,
-        api_rate_limit=(calls, 1.0),
-        api_rate_wait=wait,
-    )
+    return manager_for(emulator, api_rate_limit=(calls, 1.0), api_rate_wait=wait)
 
 
 def _429s(emulator: GenesysEmulator) -> int:

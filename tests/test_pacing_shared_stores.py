@@ -12,13 +12,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from async_helpers import own_threads
+from conftest import API_LIMIT, manager_for
 from redis_server import redis_server_or_skip
 
 from genesys_token import GenesysAuth, TokenManager
@@ -33,13 +33,6 @@ from genesys_token.stores.base import TokenStore
 from genesys_token.testing import GenesysEmulator
 
 ORG = "/api/v2/organizations/me"
-LIMIT = (10, 1.0)
-
-
-@pytest.fixture
-def limited() -> Iterator[GenesysEmulator]:
-    with GenesysEmulator(api_rate_limit=LIMIT) as emulator:
-        yield emulator
 
 
 @pytest.fixture
@@ -52,15 +45,7 @@ def patient_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _manager(emulator: GenesysEmulator, store: TokenStore, **options: Any) -> TokenManager:
-    return TokenManager(
-        emulator.client_id,
-        emulator.client_secret,
-        token_url=emulator.token_url,
-        api_base_url=emulator.api_base_url,
-        store=store,
-        api_rate_limit=LIMIT,
-        **options,
-    )
+    return manager_for(emulator, store=store, api_rate_limit=API_LIMIT, **options)
 
 
 def _stores(kind: str, tmp_path: Path, redis_url: str | None) -> tuple[TokenStore, TokenStore]:
@@ -120,7 +105,7 @@ def test_two_managers_on_one_store_keep_one_limit(
             session.close()
     assert sum(limited.api_429s.values()) == 0
     assert set(statuses) == {200}
-    assert len(statuses) >= 0.85 * LIMIT[0] * (elapsed - 0.5) / LIMIT[1]
+    assert len(statuses) >= 0.85 * API_LIMIT[0] * (elapsed - 0.5) / API_LIMIT[1]
     assert limited.token_requests == 1
     assert [f["shared"] for f in figures] == [True, True]
     assert sum(f["calls_paced"] for f in figures) == len(statuses)
@@ -380,8 +365,8 @@ def test_a_caller_that_must_wait_asks_a_shared_store_once(
     monkeypatch.setattr(store, "slots", lambda: counting)
     with _manager(limited, store, api_rate_wait=3.0) as manager:
         key = manager.refresh().fingerprint
-        other = SharedPacer(*LIMIT, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
-        for _ in range(LIMIT[0]):  # another process fills the window
+        other = SharedPacer(*API_LIMIT, backend=_file_backend(tmp_path))  # type: ignore[arg-type]
+        for _ in range(API_LIMIT[0]):  # another process fills the window
             other.acquire(key).release()
         counting.asked = 0
         use = adapter_port(manager).begin_use()  # reserved when the window ends, then sent

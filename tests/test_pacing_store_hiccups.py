@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,22 @@ def own() -> Any:
         yield started
 
 
+@pytest.fixture
+def store(own: RedisServer, prefix: str) -> Iterator[RedisStore]:
+    """A store on ``own`` under this test's prefix, closed after the test."""
+    store = RedisStore(own.url, prefix=prefix)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client(own: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the test's own on ``own``, to look at (and spoil) the slot keys."""
+    client = redis.Redis.from_url(own.url)
+    yield client
+    client.close()
+
+
 def _held(client: redis.Redis, prefix: str, key: str) -> list[bytes]:
     members = client.zrange(f"{prefix}{{{key}}}:api-slots", 0, -1)
     return [m for m in members if m.startswith(b"h")]
@@ -58,28 +75,23 @@ def _time_out_once(own: RedisServer, call: Any) -> Any:
 
 
 def test_a_release_and_a_cancel_that_fail_come_back_with_the_next_flush(
-    own: RedisServer, prefix: str
+    own: RedisServer, prefix: str, store: RedisStore, client: redis.Redis
 ) -> None:
-    store = RedisStore(own.url, prefix=prefix)
     pacer = SharedPacer(*LIMIT, backend=store.slots())
     answered, unused = pacer.acquire("fp-a"), pacer.acquire("fp-a")
-    client = redis.Redis.from_url(own.url)
     assert len(_held(client, prefix, "fp-a")) == 2
     with pytest.raises(StoreError):
         _time_out_once(own, lambda: store.slots().acquire("fp-b", "x", **OPTIONS))
     answered.release()  # pushed during the store's backoff: fails, kept
     unused.cancel()  # fails at once (backoff), kept
     assert poll(lambda: not _held(client, prefix, "fp-a"), timeout=COMES_BACK_WITHIN)
-    store.close()
 
 
 def test_releases_carried_by_an_acquisition_that_fails_are_pushed_later(
-    own: RedisServer, prefix: str
+    prefix: str, store: RedisStore, client: redis.Redis
 ) -> None:
-    store = RedisStore(own.url, prefix=prefix)
     slots = store.slots()
     assert slots.acquire("fp-c", "a", **OPTIONS).granted
-    client = redis.Redis.from_url(own.url)
     name = f"{prefix}{{fp-c}}:api-slots"
     client.rename(name, name + "-aside")
     client.set(name, "not a sorted set")  # the next script fails on Redis (WRONGTYPE)
@@ -89,23 +101,20 @@ def test_releases_carried_by_an_acquisition_that_fails_are_pushed_later(
     client.delete(name)
     client.rename(name + "-aside", name)
     assert poll(lambda: not _held(client, prefix, "fp-c"), timeout=COMES_BACK_WITHIN)
-    store.close()
 
 
 def test_an_acquisition_that_timed_out_counts_its_call_a_window_not_a_lease(
-    own: RedisServer, prefix: str
+    own: RedisServer, prefix: str, store: RedisStore, client: redis.Redis
 ) -> None:
     # Review 4 D2: a timed-out acquisition's slot counted hold + window. It is released by the
     # next script now: its call went out under this process's own count, so it counts a window
     # from then. Dropping it instead (the first fix) under-counted that call: CI drew a 429.
-    store = RedisStore(own.url, prefix=prefix)
     pacer = SharedPacer(1000, 30.0, backend=store.slots())  # room for every poll below
     pacer.acquire("fp-o").release()  # the scripts are loaded, the connection open
     store.slots().flush()
     local = _time_out_once(own, lambda: pacer.acquire("fp-o"))
     local.release()
     assert pacer.metrics()["shared"] is False  # paced in this process meanwhile
-    client = redis.Redis.from_url(own.url)
     assert poll(lambda: len(_held(client, prefix, "fp-o")) == 1, timeout=1.0)  # it ran
     (held,) = _held(client, prefix, "fp-o")
 
@@ -117,7 +126,6 @@ def test_an_acquisition_that_timed_out_counts_its_call_a_window_not_a_lease(
     assert poll(lambda: not _held(client, prefix, "fp-o"), timeout=0.5)
     answered = client.zrange(f"{prefix}{{fp-o}}:api-slots", 0, -1)
     assert b"e" + held[1:] in answered  # still counted, as answered: the call went out
-    store.close()
 
 
 def test_closing_the_store_ends_the_retries_of_releases_redis_never_took(

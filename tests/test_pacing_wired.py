@@ -7,11 +7,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
+from conftest import API_LIMIT, manager_for, run_threads
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -22,23 +22,6 @@ from genesys_token.manager import adapter_port
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG = "/api/v2/organizations/me"
-LIMIT = (10, 1.0)
-
-
-@pytest.fixture
-def limited() -> Iterator[GenesysEmulator]:
-    with GenesysEmulator(api_rate_limit=LIMIT) as emulator:
-        yield emulator
-
-
-def _manager(emulator: GenesysEmulator, **options: Any) -> TokenManager:
-    return TokenManager(
-        emulator.client_id,
-        emulator.client_secret,
-        token_url=emulator.token_url,
-        api_base_url=emulator.api_base_url,
-        **options,
-    )
 
 
 def _hammer(session: requests.Session, url: str, threads: int, seconds: float) -> list[int]:
@@ -52,16 +35,12 @@ def _hammer(session: requests.Session, url: str, threads: int, seconds: float) -
             with lock:
                 statuses.append(status)
 
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=seconds + 10)
+    run_threads(work, threads, timeout=seconds + 10)
     return statuses
 
 
 def test_eight_threads_paced_draw_no_429_and_keep_the_rate(limited: GenesysEmulator) -> None:
-    with _manager(limited, api_rate_limit=LIMIT) as manager:
+    with manager_for(limited, api_rate_limit=API_LIMIT) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         manager.get_token()
@@ -71,13 +50,13 @@ def test_eight_threads_paced_draw_no_429_and_keep_the_rate(limited: GenesysEmula
         assert sum(limited.api_429s.values()) == 0
         assert statuses.count(200) == len(statuses)
         # Each slot is busy a window plus its call: >= 90% of 10/s over the run.
-        assert len(statuses) >= 0.9 * LIMIT[0] * (elapsed - 0.5) / LIMIT[1]
+        assert len(statuses) >= 0.9 * API_LIMIT[0] * (elapsed - 0.5) / API_LIMIT[1]
         assert manager.metrics()["pacing"]["calls_paced"] == len(statuses)
         session.close()
 
 
 def test_the_same_load_unpaced_draws_429s(limited: GenesysEmulator) -> None:
-    with _manager(limited) as manager:
+    with manager_for(limited) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         statuses = _hammer(session, limited.api_base_url + ORG, 8, 1.0)
@@ -88,7 +67,7 @@ def test_the_same_load_unpaced_draws_429s(limited: GenesysEmulator) -> None:
 
 def test_no_room_within_the_wait_raises_and_sends_nothing(limited: GenesysEmulator) -> None:
     seen: list[dict[str, Any]] = []
-    with _manager(limited, api_rate_limit=(2, 60.0), api_rate_wait=0.5) as manager:
+    with manager_for(limited, api_rate_limit=(2, 60.0), api_rate_wait=0.5) as manager:
         manager.on(API_RATE_LIMITED, seen.append)
         session = requests.Session()
         session.auth = GenesysAuth(manager)
@@ -114,7 +93,7 @@ def test_no_room_within_the_wait_raises_and_sends_nothing(limited: GenesysEmulat
 def test_a_call_that_raises_gives_its_slot_back(limited: GenesysEmulator, closed_port: int) -> None:
     # One call per 0.2 s. A refused call on another thread ends unreported (no response
     # hook): the next caller must reap it before waiting, not wait api_rate_wait for it.
-    with _manager(limited, api_rate_limit=(1, 0.2), api_rate_wait=2.0) as manager:
+    with manager_for(limited, api_rate_limit=(1, 0.2), api_rate_wait=2.0) as manager:
         session = requests.Session()
         refused = f"http://127.0.0.1:{closed_port}"
         session.auth = GenesysAuth(manager, allowed_origins=[refused])
@@ -140,7 +119,7 @@ def test_a_call_that_raises_gives_its_slot_back(limited: GenesysEmulator, closed
 def test_a_429_pauses_every_caller_of_the_token(limited: GenesysEmulator) -> None:
     seen: list[dict[str, Any]] = []
     # The pacer allows more than the emulator: the 11th call draws a 429.
-    with _manager(limited, api_rate_limit=(20, 1.0), api_rate_wait=5.0) as manager:
+    with manager_for(limited, api_rate_limit=(20, 1.0), api_rate_wait=5.0) as manager:
         manager.on(API_THROTTLED, seen.append)
         session = requests.Session()
         session.auth = GenesysAuth(manager)
@@ -168,7 +147,7 @@ def test_a_429_pauses_every_caller_of_the_token(limited: GenesysEmulator) -> Non
 def test_api_session_paced_retries_a_429_with_a_slot_per_attempt(
     limited: GenesysEmulator,
 ) -> None:
-    with _manager(limited, api_rate_limit=(20, 1.0), api_rate_wait=5.0) as manager:
+    with manager_for(limited, api_rate_limit=(20, 1.0), api_rate_wait=5.0) as manager:
         session = api_session(manager, max_retries=2, max_retry_after=2.0)
         statuses = [session.get(ORG).status_code for _ in range(11)]
         # The 11th met the emulator's limit, waited Retry-After, and was sent again.
@@ -184,7 +163,7 @@ def test_status_retries_of_a_users_adapter_are_charged_and_warned_about_once(
     # urllib3 resends a 503 inside one adapter.send, under the call's one slot: the pacer
     # cannot hold those attempts back, but it counts them afterwards and says so, once.
     limited.inject(Fault.server_error(503), times=None, path="/api/v2/organizations")
-    with _manager(limited, api_rate_limit=(50, 60.0)) as manager:
+    with manager_for(limited, api_rate_limit=(50, 60.0)) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         retries = Retry(total=2, status_forcelist=[503], backoff_factor=0, raise_on_status=False)
@@ -203,7 +182,7 @@ def test_a_429_a_users_adapter_waited_out_does_not_pause_the_token(
     # The adapter already honoured the 429 and got a 200: pausing the token for a window
     # (fleet-wide with a shared store) would fail the next calls with nothing sent.
     limited.inject(Fault(status=429), times=1, path="/api/v2/organizations")
-    with _manager(limited, api_rate_limit=(50, 60.0), api_rate_wait=0.5) as manager:
+    with manager_for(limited, api_rate_limit=(50, 60.0), api_rate_wait=0.5) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         retries = Retry(total=2, status_forcelist=[429], backoff_factor=0)
@@ -223,7 +202,7 @@ def test_a_final_429_after_a_users_adapter_retries_pauses_for_its_retry_after(
 ) -> None:
     limited.throttle_api(times=3, retry_after=1)
     seen: list[dict[str, Any]] = []
-    with _manager(limited, api_rate_limit=(50, 60.0), api_rate_wait=5.0) as manager:
+    with manager_for(limited, api_rate_limit=(50, 60.0), api_rate_wait=5.0) as manager:
         manager.on(API_THROTTLED, seen.append)
         session = requests.Session()
         session.auth = GenesysAuth(manager)
@@ -246,7 +225,7 @@ def test_a_final_429_after_a_users_adapter_retries_pauses_for_its_retry_after(
 
 
 def test_token_swapped_while_waiting_for_a_slot_goes_round(limited: GenesysEmulator) -> None:
-    with _manager(limited, api_rate_limit=(1, 60.0), api_rate_wait=5.0) as manager:
+    with manager_for(limited, api_rate_limit=(1, 60.0), api_rate_wait=5.0) as manager:
         port = adapter_port(manager)
         first = port.begin_use()
         old = first.token
@@ -271,7 +250,7 @@ def test_token_swapped_while_waiting_for_a_slot_goes_round(limited: GenesysEmula
 
 
 def test_after_fork_the_pacer_forgets_the_parents_slots(limited: GenesysEmulator) -> None:
-    with _manager(limited, api_rate_limit=(1, 60.0), api_rate_wait=0.0) as manager:
+    with manager_for(limited, api_rate_limit=(1, 60.0), api_rate_wait=0.0) as manager:
         use = adapter_port(manager).begin_use()
         manager._after_fork_in_child()
         again = adapter_port(manager).begin_use()  # the parent's slot is not ours
@@ -339,7 +318,7 @@ def test_a_bad_variable_is_named(name: str, value: str, field: str) -> None:
 
 
 def test_each_followed_redirect_leg_takes_its_own_slot(limited: GenesysEmulator) -> None:
-    with _manager(limited, api_rate_limit=(3, 60.0), api_rate_wait=0.3) as manager:
+    with manager_for(limited, api_rate_limit=(3, 60.0), api_rate_wait=0.3) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         url = limited.api_base_url + "/redirect"
@@ -359,7 +338,7 @@ def test_each_followed_redirect_leg_takes_its_own_slot(limited: GenesysEmulator)
 
 
 def test_a_401_replay_takes_its_own_slot(limited: GenesysEmulator) -> None:
-    with _manager(limited, api_rate_limit=(5, 60.0)) as manager:
+    with manager_for(limited, api_rate_limit=(5, 60.0)) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         first = manager.get_token()
@@ -372,7 +351,7 @@ def test_a_401_replay_takes_its_own_slot(limited: GenesysEmulator) -> None:
 
 
 def test_in_flight_takes_no_slot(limited: GenesysEmulator) -> None:
-    with _manager(limited, api_rate_limit=(1, 60.0), api_rate_wait=0.0) as manager:
+    with manager_for(limited, api_rate_limit=(1, 60.0), api_rate_wait=0.0) as manager:
         with manager.in_flight():
             session = requests.Session()
             session.auth = GenesysAuth(manager)
@@ -382,7 +361,7 @@ def test_in_flight_takes_no_slot(limited: GenesysEmulator) -> None:
 
 
 def test_begin_use_timeout_bounds_the_slot_wait(limited: GenesysEmulator) -> None:
-    with _manager(limited, api_rate_limit=(1, 60.0), api_rate_wait=30.0) as manager:
+    with manager_for(limited, api_rate_limit=(1, 60.0), api_rate_wait=30.0) as manager:
         port = adapter_port(manager)
         port.begin_use().end()
         started = time.monotonic()
@@ -398,7 +377,7 @@ def test_prometheus_exports_the_pacing_figures_and_no_token(limited: GenesysEmul
     prometheus_client = pytest.importorskip("prometheus_client")
     from genesys_token.prometheus import GenesysTokenCollector
 
-    with _manager(limited, api_rate_limit=(20, 1.0), api_rate_wait=5.0) as manager:
+    with manager_for(limited, api_rate_limit=(20, 1.0), api_rate_wait=5.0) as manager:
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         for _ in range(11):  # the 11th draws the emulator's 429
@@ -422,7 +401,7 @@ def test_prometheus_exports_the_pacing_figures_and_no_token(limited: GenesysEmul
 def test_api_session_returns_the_429_when_no_slot_comes_for_its_retry(
     limited: GenesysEmulator,
 ) -> None:
-    with _manager(limited, api_rate_limit=(11, 60.0), api_rate_wait=0.2) as manager:
+    with manager_for(limited, api_rate_limit=(11, 60.0), api_rate_wait=0.2) as manager:
         session = api_session(manager, max_retries=2, max_retry_after=2.0)
         statuses = [session.get(ORG).status_code for _ in range(11)]
         # The 11th met the emulator's limit; its retry found no slot within 0.2 s (all 11
@@ -452,7 +431,7 @@ def test_a_pool_paces_the_managers_it_makes(limited: GenesysEmulator) -> None:
 
 
 def test_a_429_from_another_origin_does_not_pause_the_token(limited: GenesysEmulator) -> None:
-    with GenesysEmulator() as other, _manager(limited, api_rate_limit=(5, 60.0)) as manager:
+    with GenesysEmulator() as other, manager_for(limited, api_rate_limit=(5, 60.0)) as manager:
         other.throttle_api(times=None, retry_after=30)
         session = requests.Session()
         session.auth = GenesysAuth(manager)

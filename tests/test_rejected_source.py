@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import FakeClock, MakeManager, join_fetch_threads
+from conftest import FakeClock, MakeManager, join_fetch_threads, run_threads
 
 from genesys_token import GenesysTokenError, InvalidClientError, SecretSourceError
 from genesys_token.testing import GenesysEmulator
@@ -57,12 +57,7 @@ def _storm(manager: Any, fake_clock: FakeClock) -> list[BaseException]:
                     errors.append(exc)
             rounds.wait(10)
 
-    threads = [threading.Thread(target=caller) for _ in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(caller, THREADS, timeout=20)
     return errors
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import MakeManager, TricklingServer, eventually, in_background, poll
+from conftest import MakeHolder, MakeManager, TricklingServer, eventually, in_background, poll
 
 from genesys_token import (
     ConfigurationError,
@@ -61,44 +61,6 @@ class Events:
 
     def _find(self, event_type: str) -> dict[str, Any] | None:
         return next((r for r in self.records if r["event_type"] == event_type), None)
-
-
-class Holder:
-    """A thread inside ``manager.in_flight()`` (a WebSocket, say) until told to leave."""
-
-    def __init__(self, manager: TokenManager) -> None:
-        self.entered = threading.Event()
-        self.leave = threading.Event()
-        self.token: str | None = None
-        self.pending: threading.Event | None = None
-        self._thread = threading.Thread(target=self._run, args=(manager,))
-        self._thread.start()
-        assert self.entered.wait(5)
-
-    def _run(self, manager: TokenManager) -> None:
-        with manager.in_flight() as use:
-            self.token = use.token
-            self.pending = use.rotation_pending
-            self.entered.set()
-            self.leave.wait(10)
-
-    def release(self) -> None:
-        self.leave.set()
-        self._thread.join(5)
-
-
-@pytest.fixture
-def holders() -> Iterator[Callable[[TokenManager], Holder]]:
-    made: list[Holder] = []
-
-    def make(manager: TokenManager) -> Holder:
-        holder = Holder(manager)
-        made.append(holder)
-        return holder
-
-    yield make
-    for holder in made:
-        holder.release()
 
 
 def _session(manager: TokenManager) -> requests.Session:
@@ -192,7 +154,7 @@ def test_rotation_holds_no_caller_and_revokes_only_after_the_long_call(
 
 
 def test_a_drain_waits_for_the_old_tokens_uses_only(
-    emulator: GenesysEmulator, make_manager: MakeManager, holders: Callable[..., Holder]
+    emulator: GenesysEmulator, make_manager: MakeManager, holders: MakeHolder
 ):
     manager = make_manager()
     events = Events(manager)
@@ -244,7 +206,7 @@ def test_call_that_never_ends_times_the_drain_out(
 
 
 def test_strict_rotation_raises_after_the_swap_and_does_not_revoke(
-    emulator: GenesysEmulator, make_manager: MakeManager, holders: Callable[..., Holder]
+    emulator: GenesysEmulator, make_manager: MakeManager, holders: MakeHolder
 ):
     manager = make_manager()
     events = Events(manager)
@@ -265,7 +227,7 @@ def test_strict_rotation_raises_after_the_swap_and_does_not_revoke(
 
 
 def test_concurrent_rotations_run_one_after_the_other(
-    make_manager: MakeManager, holders: Callable[..., Holder]
+    make_manager: MakeManager, holders: MakeHolder
 ):
     manager = make_manager()
     events = Events(manager)
@@ -417,9 +379,7 @@ def test_listener_of_rotation_started_can_use_the_manager(
 # -- proactive refresh, in_flight() -----------------------------------------------------------
 
 
-def test_proactive_refresh_does_not_drain(
-    make_manager: MakeManager, holders: Callable[..., Holder]
-):
+def test_proactive_refresh_does_not_drain(make_manager: MakeManager, holders: MakeHolder):
     manager = make_manager()
     events = Events(manager)
     old = manager.get_token()

@@ -13,7 +13,18 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, in_background, in_child, poll
+from conftest import (
+    API_LIMIT,
+    FakeClock,
+    MakeHolder,
+    MakeManager,
+    in_background,
+    in_child,
+    manager_for,
+    poll,
+    run_threads,
+)
+from lane_helpers import fetch_every_token, given_up_on
 from redis_server import redis_server_or_skip
 
 from genesys_token import (
@@ -40,12 +51,6 @@ def _lane_jobs(manager: TokenManager) -> list[Any]:
     return [lane.refresher.job for lane in manager._lanes.all]
 
 
-def _fetch_every_token(manager: TokenManager) -> list[str]:
-    """Each lane's token, lane 0 first, fetched now if need be (a turn whose lane has no
-    token yet is served by another lane's while its own is fetched in the background)."""
-    return [lane.refresher.slow(None).access_token for lane in manager._lanes.all]
-
-
 # -- round-robin over N tokens --------------------------------------------------------------
 
 
@@ -53,7 +58,7 @@ def test_three_tokens_take_three_requests_and_get_token_cycles_over_them(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=3)
-    _fetch_every_token(manager)
+    fetch_every_token(manager)
     got = [manager.get_token() for _ in range(9)]
     assert emulator.token_requests == 3
     assert len(set(got)) == 3
@@ -106,8 +111,8 @@ def test_two_managers_with_two_tokens_on_one_store_make_two_requests_in_all(
     emulator: GenesysEmulator, make_manager: MakeManager, shared_stores: list[TokenStore]
 ) -> None:
     first, second = (make_manager(tokens=2, store=store) for store in shared_stores)
-    mine = set(_fetch_every_token(first))
-    theirs = set(_fetch_every_token(second))
+    mine = set(fetch_every_token(first))
+    theirs = set(fetch_every_token(second))
     assert emulator.token_requests == 2  # lane k of each shares lane k's key and lock
     assert mine == theirs and len(mine) == 2
 
@@ -116,21 +121,14 @@ def test_a_process_with_two_tokens_takes_both_from_another_process_file_store(
     emulator: GenesysEmulator, tmp_path: Path
 ) -> None:
     def manager() -> TokenManager:
-        return TokenManager(
-            emulator.client_id,
-            emulator.client_secret,
-            token_url=emulator.token_url,
-            api_base_url=emulator.api_base_url,
-            tokens=2,
-            store=FileStore(tmp_path / "tokens"),
-        )
+        return manager_for(emulator, tokens=2, store=FileStore(tmp_path / "tokens"))
 
     with manager() as first:
-        mine = set(_fetch_every_token(first))
+        mine = set(fetch_every_token(first))
 
         def child() -> dict[str, Any]:
             with manager() as second:
-                return {"tokens": sorted(set(_fetch_every_token(second)))}
+                return {"tokens": sorted(set(fetch_every_token(second)))}
 
         result = in_child(child)
     assert set(result["tokens"]) == mine and len(mine) == 2
@@ -143,7 +141,7 @@ def test_the_first_token_keeps_the_store_key_of_one_token(
     before = make_manager(store=FileStore(tmp_path / "tokens")).get_token()  # tokens=1
     after = make_manager(tokens=2, store=FileStore(tmp_path / "tokens"))
     assert after.get_token() == before  # a fleet moving to tokens=2 keeps its token
-    assert _fetch_every_token(after)[1] != before and emulator.token_requests == 2
+    assert fetch_every_token(after)[1] != before and emulator.token_requests == 2
     # The key of before lanes existed (what stores written by earlier versions hold).
     key = store_key(emulator.client_id, emulator.token_url, ())
     names = {path.name for path in (tmp_path / "tokens").iterdir()}
@@ -158,11 +156,9 @@ def _requests_with_a_wrong_secret(
     emulator: GenesysEmulator, fake_clock: FakeClock, tokens: int
 ) -> int:
     before = emulator.token_requests
-    with TokenManager(
-        emulator.client_id,
-        "not-the-secret",
-        token_url=emulator.token_url,
-        api_base_url=emulator.api_base_url,
+    with manager_for(
+        emulator,
+        client_secret="not-the-secret",
         background_refresh=False,
         max_retries=0,
         tokens=tokens,
@@ -190,7 +186,7 @@ def test_a_401_on_the_second_token_replaces_that_token_only(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2)
-    first, second = _fetch_every_token(manager)
+    first, second = fetch_every_token(manager)
     assert first != second
     emulator.revoke(second)
     session = requests.Session()
@@ -211,49 +207,24 @@ def test_a_401_on_the_second_token_replaces_that_token_only(
 # -- rotation: every lane, one drain bound --------------------------------------------------
 
 
-class Holder:
-    """A thread inside ``manager.in_flight()`` until told to leave."""
-
-    def __init__(self, manager: TokenManager) -> None:
-        self.entered = threading.Event()
-        self.leave = threading.Event()
-        self.token = ""
-        self.pending = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(manager,))
-        self.thread.start()
-        assert self.entered.wait(5)
-
-    def _run(self, manager: TokenManager) -> None:
-        with manager.in_flight() as use:
-            self.token = use.token
-            self.pending = use.rotation_pending
-            self.entered.set()
-            self.leave.wait(10)
-
-
 def test_rotate_swaps_every_token_and_drains_them_within_one_bound(
-    emulator: GenesysEmulator, make_manager: MakeManager
+    emulator: GenesysEmulator, make_manager: MakeManager, holders: MakeHolder
 ) -> None:
     manager = make_manager(tokens=2)
-    old = set(_fetch_every_token(manager))
-    holders = [Holder(manager), Holder(manager)]
-    assert {h.token for h in holders} == old  # one use in flight on each old token
+    old = set(fetch_every_token(manager))
+    held = [holders(manager), holders(manager)]
+    assert {h.token for h in held} == old  # one use in flight on each old token
     timeouts: list[dict[str, Any]] = []
     manager.on(TOKEN_DRAIN_TIMEOUT, timeouts.append)
-    try:
-        started = time.monotonic()
-        thread, out = in_background(lambda: manager.rotate(drain_timeout=0.4))
-        for holder in holders:
-            assert holder.pending.wait(5)  # swapped: the old uses are told
-        new = {manager.get_token(), manager.get_token()}  # nobody is held by the drain
-        assert not new & old and len(new) == 2
-        assert thread.is_alive()  # still draining meanwhile
-        thread.join(5)
-        elapsed = time.monotonic() - started
-    finally:
-        for holder in holders:
-            holder.leave.set()
-            holder.thread.join(5)
+    started = time.monotonic()
+    thread, out = in_background(lambda: manager.rotate(drain_timeout=0.4))
+    for holder in held:  # swapped: the old uses are told
+        assert holder.pending is not None and holder.pending.wait(5)
+    new = {manager.get_token(), manager.get_token()}  # nobody is held by the drain
+    assert not new & old and len(new) == 2
+    assert thread.is_alive()  # still draining meanwhile
+    thread.join(5)
+    elapsed = time.monotonic() - started
     assert out and out[0].access_token in new
     assert out[0].access_token == manager.token.access_token  # type: ignore[union-attr]
     assert 0.35 < elapsed < 0.7  # ONE drain bound of 0.4 s, not one per token
@@ -265,7 +236,7 @@ def test_a_forced_refresh_replaces_every_token_with_the_credentials_set(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2)
-    old = set(_fetch_every_token(manager))
+    old = set(fetch_every_token(manager))
     emulator.set_secret(emulator.client_id, "the-new-secret")
     manager.set_credentials("the-new-secret")
     fresh = manager.refresh(force=True)  # every token, each with the new secret
@@ -279,32 +250,16 @@ def test_a_forced_refresh_replaces_every_token_with_the_credentials_set(
 # -- pacing over three tokens ---------------------------------------------------------------
 
 
-LIMIT = (10, 1.0)
-
-
-@pytest.fixture
-def limited() -> Iterator[GenesysEmulator]:
-    with GenesysEmulator(api_rate_limit=LIMIT) as emulator:
-        yield emulator
-
-
 def _paced(emulator: GenesysEmulator, **options: Any) -> TokenManager:
-    return TokenManager(
-        emulator.client_id,
-        emulator.client_secret,
-        token_url=emulator.token_url,
-        api_base_url=emulator.api_base_url,
-        api_rate_limit=LIMIT,
-        **options,
-    )
+    return manager_for(emulator, api_rate_limit=API_LIMIT, **options)
 
 
 def test_three_paced_tokens_give_three_limits_in_one_window_without_429s(
     limited: GenesysEmulator,
 ) -> None:
-    calls = 3 * LIMIT[0]
+    calls = 3 * API_LIMIT[0]
     with _paced(limited, tokens=3) as manager:
-        _fetch_every_token(manager)
+        fetch_every_token(manager)
         session = requests.Session()
         session.auth = GenesysAuth(manager)
         statuses: list[int] = []
@@ -317,21 +272,17 @@ def test_three_paced_tokens_give_three_limits_in_one_window_without_429s(
                     statuses.append(status)
 
         started = time.monotonic()
-        workers = [threading.Thread(target=work) for _ in range(6)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(10)
+        run_threads(work, 6)
         elapsed = time.monotonic() - started
         assert statuses == [200] * calls
         assert sum(limited.api_429s.values()) == 0
-        assert elapsed < 0.8 * LIMIT[1]  # 3L in one window: nobody waited for a second one
+        assert elapsed < 0.8 * API_LIMIT[1]  # 3L in one window: nobody waited for a second one
         assert limited.token_requests == 3
         session.close()
 
 
 def test_async_api_client_spreads_paced_calls_over_three_tokens(limited: GenesysEmulator) -> None:
-    calls = 3 * LIMIT[0]
+    calls = 3 * API_LIMIT[0]
 
     async def run() -> tuple[list[int], float]:
         async with async_api_client(manager) as client:
@@ -340,23 +291,23 @@ def test_async_api_client_spreads_paced_calls_over_three_tokens(limited: Genesys
             return [a.status_code for a in answers], time.monotonic() - started
 
     with _paced(limited, tokens=3) as manager:
-        _fetch_every_token(manager)
+        fetch_every_token(manager)
         statuses, elapsed = asyncio.run(run())
     assert statuses == [200] * calls and sum(limited.api_429s.values()) == 0
-    assert elapsed < 0.8 * LIMIT[1]  # no waiting for a second window
+    assert elapsed < 0.8 * API_LIMIT[1]  # no waiting for a second window
     used = [record.token_used for record in limited.api_request_log]
-    assert sorted(used.count(token) for token in set(used)) == [LIMIT[0]] * 3
+    assert sorted(used.count(token) for token in set(used)) == [API_LIMIT[0]] * 3
 
 
 def test_a_paced_use_takes_a_token_with_room_rather_than_wait_for_its_turn(
     limited: GenesysEmulator,
 ) -> None:
     with _paced(limited, tokens=3, api_rate_wait=0.0) as manager:
-        held = _fetch_every_token(manager)[0]
+        held = fetch_every_token(manager)[0]
         port = adapter_port(manager)
         port.throttled(held, 30.0)  # that token has no room for 30 s
         uses = []
-        for _ in range(2 * LIMIT[0]):  # what the two others have room for
+        for _ in range(2 * API_LIMIT[0]):  # what the two others have room for
             use = port.begin_use()
             uses.append(use.token)
             use.end()
@@ -388,7 +339,7 @@ def test_try_begin_use_takes_a_token_with_room_rather_than_give_up(
     limited: GenesysEmulator,
 ) -> None:
     with _paced(limited, tokens=3) as manager:
-        held = _fetch_every_token(manager)[0]
+        held = fetch_every_token(manager)[0]
         port = adapter_port(manager)
         port.throttled(held, 30.0)
         uses = [port.try_begin_use() for _ in range(6)]  # what an event loop tries first
@@ -404,13 +355,9 @@ def test_paced_callers_with_no_room_wait_in_turn_on_every_token(
 ) -> None:
     with _paced(limited, tokens=2, api_rate_wait=0.01) as manager:
         port = adapter_port(manager)
-        held = [port.begin_use() for _ in range(2 * LIMIT[0])]  # every slot of both taken
+        held = [port.begin_use() for _ in range(2 * API_LIMIT[0])]  # every slot of both taken
         assert limited.token_requests == 2  # a token not fetched yet is fetched on its turn
-        gave_up_on = []
-        for _ in range(4):
-            with pytest.raises(ApiRateLimitedError) as caught:
-                port.begin_use()
-            gave_up_on.append(caught.value.token_fingerprint)
+        gave_up_on = given_up_on(port, 4)
         for use in held:
             use.end()
         assert len(set(gave_up_on)) == 2  # the waiters' lines alternate between the tokens
@@ -421,7 +368,7 @@ def test_paced_callers_with_no_room_wait_in_turn_on_every_token(
 
 def test_close_cancels_every_tokens_refresh(make_manager: MakeManager) -> None:
     manager = make_manager(tokens=3)
-    _fetch_every_token(manager)
+    fetch_every_token(manager)
     jobs = _lane_jobs(manager)
     assert all(job is not None and job.ticket is not None for job in jobs)
     pending = scheduler().pending
@@ -434,7 +381,7 @@ def test_a_forked_child_gets_fresh_lanes(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2)
-    parent = set(_fetch_every_token(manager))
+    parent = set(fetch_every_token(manager))
     parent_jobs = [id(job) for job in _lane_jobs(manager)]
 
     def child() -> dict[str, Any]:
@@ -494,7 +441,7 @@ def test_tokens_reach_every_way_of_building_a_manager(emulator: GenesysEmulator)
     assert Settings.from_env(env).tokens == 2
     with TokenManager.from_env(env) as manager:
         assert manager.settings.tokens == 2
-        assert len(set(_fetch_every_token(manager))) == 2
+        assert len(set(fetch_every_token(manager))) == 2
     with TokenManager.from_env(env, tokens=3) as manager:  # a keyword wins
         assert manager.settings.tokens == 3
     with TokenManagerPool(tokens=2) as pool:
@@ -504,4 +451,4 @@ def test_tokens_reach_every_way_of_building_a_manager(emulator: GenesysEmulator)
             token_url=emulator.token_url,
             api_base_url=emulator.api_base_url,
         )
-        assert len(set(_fetch_every_token(pooled))) == 2
+        assert len(set(fetch_every_token(pooled))) == 2

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, join_fetch_threads, poll
+from conftest import FakeClock, MakeManager, join_fetch_threads, poll, run_threads
 
 from genesys_token import (
     ConfigurationError,
@@ -47,14 +47,19 @@ def _together(manager: TokenManager, callers: int) -> list[BaseException]:
             with lock:
                 errors.append(exc)
 
-    threads = [threading.Thread(target=call) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(call, callers)
     join_fetch_threads()
     return errors
+
+
+@pytest.fixture
+def clocked(make_manager: MakeManager, fake_clock: FakeClock) -> MakeManager:
+    """Managers on the test's fake clock that never retry: a failure is one token request."""
+
+    def make(**options: Any) -> TokenManager:
+        return make_manager(max_retries=0, clock=fake_clock.clock(), **options)
+
+    return make
 
 
 def _rounds(
@@ -76,12 +81,12 @@ def _rounds(
 
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_a_login_host_down_costs_tokens3_what_it_costs_tokens1(
-    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+    emulator: GenesysEmulator, clocked: MakeManager, fake_clock: Any, tokens: int
 ):
     # D1: each lane kept its own backoff: 9 requests in 6 s with tokens=1, 28 with 3. The
     # answers are slow, so the lanes' first acquisitions overlap (the probe's guard).
     emulator.inject(Fault(status=503, delay=0.2), times=None)
-    manager = make_manager(tokens=tokens, max_retries=0, clock=fake_clock.clock())
+    manager = clocked(tokens=tokens)
     # FakeClock's draw 0.5: backoffs of 0.5, 1, 2, 4 s (from the failure); a round a second.
     assert _rounds(emulator, manager, fake_clock, 1.0) == [1, 2, 3, 3, 4, 4]
 
@@ -90,7 +95,7 @@ def test_a_login_host_down_costs_tokens3_what_it_costs_tokens1(
 @pytest.mark.parametrize("source", [False, True], ids=["string", "callable"])
 def test_a_wrong_secret_costs_tokens3_what_it_costs_tokens1(
     emulator: GenesysEmulator,
-    make_manager: MakeManager,
+    clocked: MakeManager,
     fake_clock: Any,
     tokens: int,
     source: bool,
@@ -105,9 +110,7 @@ def test_a_wrong_secret_costs_tokens3_what_it_costs_tokens1(
 
     secret: str | Callable[[], str] = wrong if source else "a-wrong-secret"
     emulator.inject(Fault(passthrough=True, delay=0.2), times=None)
-    manager = make_manager(
-        tokens=tokens, client_secret=secret, max_retries=0, clock=fake_clock.clock()
-    )
+    manager = clocked(tokens=tokens, client_secret=secret)
     # Cool-downs of about 1, 2, 4 s: each round ends one (the clock moves 5 s).
     seen = _rounds(emulator, manager, fake_clock, 5.0, rounds=4)
     assert seen == [1, 2, 3, 4]
@@ -152,11 +155,9 @@ def test_the_lanes_wait_for_the_probe_and_then_fetch_their_own_tokens(
 
 
 def test_new_credentials_after_a_rejection_are_probed_once(
-    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any
+    emulator: GenesysEmulator, clocked: MakeManager
 ):
-    manager = make_manager(
-        tokens=3, client_secret="a-wrong-secret", max_retries=0, clock=fake_clock.clock()
-    )
+    manager = clocked(tokens=3, client_secret="a-wrong-secret")
     with pytest.raises(InvalidClientError):
         manager.get_token()
     manager.set_credentials(emulator.client_secret)
@@ -183,7 +184,7 @@ def test_fifty_tokens_are_allowed():
 
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_a_secret_source_is_reread_once_a_second_whatever_the_tokens(
-    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+    emulator: GenesysEmulator, clocked: MakeManager, fake_clock: Any, tokens: int
 ):
     # D4: each lane re-read the source once a second during a cool-down (81 reads vs 12).
     reads = [0]
@@ -192,9 +193,7 @@ def test_a_secret_source_is_reread_once_a_second_whatever_the_tokens(
         reads[0] += 1
         return "a-wrong-secret"
 
-    manager = make_manager(
-        tokens=tokens, client_secret=wrong, max_retries=0, clock=fake_clock.clock()
-    )
+    manager = clocked(tokens=tokens, client_secret=wrong)
     for _ in range(2):  # two rejections: a cool-down of about 2 s
         with pytest.raises(InvalidClientError):
             manager.get_token()
@@ -231,7 +230,7 @@ def test_a_failed_probe_is_reported_once_not_once_per_token(
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_every_token_is_retried_before_it_lapses_whichever_lane_failed(
     emulator: GenesysEmulator,
-    make_manager: MakeManager,
+    clocked: MakeManager,
     fake_clock: Any,
     tokens: int,
     background: bool,
@@ -239,13 +238,7 @@ def test_every_token_is_retried_before_it_lapses_whichever_lane_failed(
     # Review 6 D2: the shared backoff was capped by the FAILING lane's token only; a lane
     # with none set it uncapped (to t=57 for a token usable until t=38), and every lane
     # waited for it: 79 errors from t=38 although the endpoint came back at t=33.
-    manager = make_manager(
-        tokens=tokens,
-        max_retries=0,
-        refresh_jitter=0.0,
-        background_refresh=background,
-        clock=fake_clock.clock(),
-    )
+    manager = clocked(tokens=tokens, refresh_jitter=0.0, background_refresh=background)
     manager.get_token()
     emulator.inject(Fault.server_error(503), times=None)
     late_errors = []
@@ -313,17 +306,11 @@ def test_a_fetch_that_passed_the_backoff_check_does_not_probe_before_the_retry_t
 
 
 def _outage_requests(
-    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any, tokens: int
+    emulator: GenesysEmulator, clocked: MakeManager, fake_clock: Any, tokens: int
 ) -> int:
     """Token requests in 46 s of a login host answering 503, for ``tokens`` tokens fetched
     2 s apart (their ends spread, as refresh jitter spreads them)."""
-    manager = make_manager(
-        tokens=tokens,
-        max_retries=0,
-        refresh_jitter=0.0,
-        background_refresh=False,
-        clock=fake_clock.clock(),
-    )
+    manager = clocked(tokens=tokens, refresh_jitter=0.0, background_refresh=False)
     for _ in range(tokens):  # each turn's lane fetched in its turn, 2 s apart
         manager.get_token(timeout=5)
         join_fetch_threads()
@@ -342,13 +329,13 @@ def _outage_requests(
 
 @pytest.mark.genesys_emulator(token_ttl=40)
 def test_a_long_outage_costs_four_tokens_about_what_it_costs_one(
-    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: Any
+    emulator: GenesysEmulator, clocked: MakeManager, fake_clock: Any
 ):
     # Review 7: the shared backoff was capped by the EARLIEST-expiring token, so each token's
     # end got its own run of shrinking retries (0.05 s at the last): 80 token requests with
     # tokens=8 where tokens=1 made 25. It is capped by the latest-expiring one now.
-    one = _outage_requests(emulator, make_manager, fake_clock, 1)
+    one = _outage_requests(emulator, clocked, fake_clock, 1)
     emulator.clear_faults()
-    four = _outage_requests(emulator, make_manager, fake_clock, 4)
+    four = _outage_requests(emulator, clocked, fake_clock, 4)
     assert one > 0
     assert four <= 1.5 * one + 2, (one, four)  # (13, 25) with the earliest-token cap

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import FakeClock, MakeManager, in_background, poll
+from lane_helpers import fetch_every_token, given_up_on
 from redis_server import redis_server_or_skip
 
 from genesys_token import GenesysAuth, TokenManager
@@ -32,11 +33,6 @@ ORG = "/api/v2/organizations/me"
 LIMIT = (5, 0.2)
 WAIT = 1.0
 PAUSE = 20
-
-
-def _fetch_every_token(manager: TokenManager) -> list[str]:
-    """Each lane's token, lane 0 first, fetched now if need be."""
-    return [lane.refresher.slow(None).access_token for lane in manager._lanes.all]
 
 
 # -- D2: a turn without a token is served by another lane's ----------------------------------
@@ -103,7 +99,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TokenStore
 
 def _throttle_lane_zero(emulator: GenesysEmulator, manager: TokenManager) -> str:
     """A real 429 with Retry-After on lane 0's token, told to the manager; that token."""
-    held = _fetch_every_token(manager)[0]
+    held = fetch_every_token(manager)[0]
     emulator.throttle_api(1, retry_after=PAUSE)
     answer = requests.get(
         emulator.api_base_url + ORG, headers={"Authorization": f"Bearer {held}"}, timeout=5
@@ -190,14 +186,10 @@ def test_waiters_with_no_room_anywhere_still_spread_over_the_tokens(
     emulator: GenesysEmulator, make_manager: MakeManager
 ) -> None:
     manager = make_manager(tokens=2, api_rate_limit=LIMIT, api_rate_wait=0.01)
-    _fetch_every_token(manager)
+    fetch_every_token(manager)
     port = adapter_port(manager)
     held = [port.begin_use() for _ in range(2 * LIMIT[0])]
-    gave_up_on = []
-    for _ in range(4):
-        with pytest.raises(ApiRateLimitedError) as caught:
-            port.begin_use()
-        gave_up_on.append(caught.value.token_fingerprint)
+    gave_up_on = given_up_on(port, 4)
     for use in held:
         use.end()
     assert len(set(gave_up_on)) == 2
@@ -239,7 +231,7 @@ def test_a_slot_wait_never_hands_out_a_token_that_stopped_being_usable(
         background_refresh=False,
         clock=fake_clock.clock(),
     )
-    _fetch_every_token(manager)
+    fetch_every_token(manager)
     cells = [lane.flight.cell for lane in manager._lanes.all]
     port = adapter_port(manager)
     for _ in range(tokens):
