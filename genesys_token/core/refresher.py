@@ -142,7 +142,17 @@ class Refresher:
         if error is not None:
             self._deferred = flight
             raise error
+        flight.retry_check = lambda: self._may_retry(flight)
         return self._inner(flight, held)
+
+    def _may_retry(self, flight: Flight) -> bool:
+        """Before a retry of ``flight``'s token request: whether this token retries, or
+        leaves the retries to the token probing the client (``Outage.may_retry``); then its
+        failure is the probe's to count and report, as for an acquisition ``admit`` held."""
+        if self._outage.may_retry(self, flight):
+            return True
+        self._deferred = flight
+        return False
 
     # -- callers -------------------------------------------------------------------------
 
