@@ -399,6 +399,35 @@ def test_a_forked_child_gets_fresh_lanes(
     assert emulator.token_requests == 2
 
 
+def test_the_first_use_in_a_forked_child_brings_back_every_tokens_refresh(
+    make_manager: MakeManager,
+) -> None:
+    # Review 9: only the lane the first use landed on was resumed; an idle child let the
+    # other tokens lapse, to be fetched on demand instead of ahead of expiry.
+    manager = make_manager(tokens=3)
+    fetch_every_token(manager)
+
+    def child() -> dict[str, Any]:
+        parked = [lane.flight.cell.refresh_at == float("-inf") for lane in manager._lanes.all]
+        manager.get_token()  # one use: one lane's turn
+        jobs = _lane_jobs(manager)
+        return {
+            "parked_before": parked,
+            "armed": [job is not None and job.ticket is not None for job in jobs],
+            "parked_after": [
+                lane.flight.cell.refresh_at == float("-inf") for lane in manager._lanes.all
+            ],
+        }
+
+    result = in_child(child)
+    assert "error" not in result, result
+    assert result == {
+        "parked_before": [True, True, True],
+        "armed": [True, True, True],
+        "parked_after": [False, False, False],
+    }
+
+
 # -- configuration --------------------------------------------------------------------------
 
 

@@ -11,12 +11,15 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
 from conftest import FakeClock, MakeManager, join_fetch_threads, poll, run_threads
+from lane_helpers import fetch_every_token
 
 from genesys_token import (
     ConfigurationError,
@@ -28,6 +31,7 @@ from genesys_token import (
 )
 from genesys_token.api_rate import api_rate_from_env
 from genesys_token.core.clock import Clock
+from genesys_token.core.outage import Outage
 from genesys_token.testing import Fault, GenesysEmulator
 
 ORG_PATH = "/api/v2/organizations/me"
@@ -339,3 +343,101 @@ def test_a_long_outage_costs_four_tokens_about_what_it_costs_one(
     four = _outage_requests(emulator, clocked, fake_clock, 4)
     assert one > 0
     assert four <= 1.5 * one + 2, (one, four)  # (13, 25) with the earliest-token cap
+
+
+# -- acquisitions admitted together, then the login host fails (review 9) ----------------------
+
+
+def _refresh_every_token_at_once(
+    manager: TokenManager, then: Callable[[], None] | None = None
+) -> list[BaseException]:
+    """Each token's forced refresh from its own thread, started together: admitted while the
+    client looked good, their first token requests are in flight at once (the last token's
+    starts after ``then()`` returns, if given). Their errors."""
+    lanes = list(manager._lanes.all)
+    together = lanes if then is None else lanes[:-1]
+    start = threading.Barrier(len(together))
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def refresh(index: int) -> None:
+        if index < len(together):
+            start.wait(5)
+        elif then is not None:
+            then()
+        try:
+            lanes[index].refresher.fetch_new("forced")
+        except GenesysTokenError as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=refresh, args=(i,)) for i in range(len(lanes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert not any(thread.is_alive() for thread in threads)
+    join_fetch_threads()
+    return errors
+
+
+def _failing_together(emulator: GenesysEmulator, make_manager: MakeManager, **options: Any):
+    manager = make_manager(tokens=4, max_retries=3, backoff_base=0.01, **options)
+    fetch_every_token(manager)
+    # Slow failures: every token's first request is in flight before any has failed.
+    before = emulator.token_requests
+    return manager, before
+
+
+def test_tokens_admitted_together_leave_the_retries_to_one_probe(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # Review 9: 16 tokens made 79 token requests in an outage where one token made 6; each
+    # acquisition admitted before the first failure ran its whole retry budget.
+    manager, before = _failing_together(emulator, make_manager)
+    emulator.inject(Fault.server_error(503), times=None, delay=0.3)
+    errors = _refresh_every_token_at_once(manager)
+    assert len(errors) == 4  # every token's refresh failed: the login host is down
+    # One request per token, then the probe's 3 retries; without the probe, 4 x 4 = 16.
+    assert emulator.token_requests - before == 4 + 3
+    assert manager.metrics()["errors"] == 1  # counted once, by the probe's token
+
+
+def test_tokens_waiting_for_the_probe_retry_once_it_succeeded(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # A blip: the first requests fail, the probe's retry succeeds; the others then retry too
+    # (no caller gets a failure a retry would have mended).
+    manager, before = _failing_together(emulator, make_manager)
+    emulator.inject(Fault.server_error(503), times=4, delay=0.3)
+    errors = _refresh_every_token_at_once(manager)
+    assert errors == []
+    assert emulator.token_requests - before == 4 + 1 + 3
+    assert manager._lanes.in_use() == 4
+
+
+def test_a_token_whose_fetch_starts_while_the_probe_retries_waits_for_it(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # The client is in trouble from its first failed request, not from the end of the first
+    # failed acquisition: a fetch starting meanwhile waits for the probe and sends nothing.
+    manager, before = _failing_together(emulator, make_manager)
+    emulator.inject(Fault.server_error(503), times=None, delay=0.3)
+
+    def after_the_first_failure() -> None:
+        assert poll(lambda: manager.metrics()["retries"] >= 1, timeout=5)
+
+    errors = _refresh_every_token_at_once(manager, then=after_the_first_failure)
+    assert len(errors) == 4
+    assert emulator.token_requests - before == 3 + 3  # the last token's fetch sent nothing
+
+
+def test_an_abandoned_acquisition_never_becomes_the_probe() -> None:
+    # Its flight was settled when abandoned: a probe set after that would never end, and
+    # every other token's fetch would wait for it.
+    outage = Outage()
+    flight = SimpleNamespace(cancel=threading.Event(), deadline=time.monotonic() + 5)
+    flight.cancel.set()
+    assert outage.may_retry("lane-1", flight) is False  # type: ignore[arg-type]
+    other = SimpleNamespace(cancel=threading.Event(), deadline=time.monotonic() + 5)
+    assert outage.may_retry("lane-2", other) is True  # type: ignore[arg-type]

@@ -221,7 +221,10 @@ class Acquirer:
         with _http.LIMITER.slot(host, flight.cancel, config.retry_deadline):
             try:
                 response = self._transport.fetch(
-                    credentials, cancel=flight.cancel, on_retry=flight.attempt_failed
+                    credentials,
+                    cancel=flight.cancel,
+                    on_retry=flight.attempt_failed,
+                    may_retry=flight.retry_check,
                 )
             except TokenRequestError as exc:
                 flight.requests += exc.attempts

@@ -194,12 +194,17 @@ class Lanes:
         return first
 
     def after_fork(self, job_for: Callable[[int], Job]) -> None:
-        """In a forked child: fresh locks, a new job per lane; each lane's refresh comes
-        back on its first use."""
+        """In a forked child: fresh locks, a new job per lane; every lane's refresh comes
+        back on the first use of any (an idle child must not let the others lapse)."""
         for lane in self.all:
             lane.acquirer.after_fork()
         for lane in self.all:
             lane.refresher.after_fork(job_for(lane.index))
+
+    def resume(self) -> None:
+        """After a fork, on the first use of any lane: every lane's refresh comes back."""
+        for lane in self.all:
+            lane.refresher.resume()
 
     def scheduled(self, index: int) -> None:
         """Run by lane ``index``'s scheduler job at its planned refresh point."""
@@ -251,7 +256,11 @@ def build_lanes(
         )
         refresher.job = job_for(index)
         lanes.append(Lane(index, acquirer, refresher))
-    return Lanes(lanes, clock.monotonic)
+    built = Lanes(lanes, clock.monotonic)
+    if count > 1:
+        for lane in built.all:
+            lane.refresher.on_resume = built.resume
+    return built
 
 
 def _fetch_behind(lane: Lane, cell: Cell | None, now: float) -> None:

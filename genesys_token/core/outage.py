@@ -63,6 +63,9 @@ class Outage:
         self._prober: Any = None
         #: Each lane's last acquired token's usable-until (manager clock).
         self._until: dict[Any, float] = {}
+        #: A token request failed and was to be retried since the last success: the client
+        #: is in trouble before any acquisition has ended (see :meth:`may_retry`).
+        self._troubled = False
 
     def after_fork(self) -> None:
         """Fresh lock, no probe (a forked child has none of the parent's threads)."""
@@ -131,7 +134,33 @@ class Outage:
             return max((until for until in self._until.values() if until > now), default=None)
 
     def _healthy(self, credentials: Credentials) -> bool:
-        return self.failures == 0 and self._proven == credentials
+        return self.failures == 0 and not self._troubled and self._proven == credentials
+
+    def may_retry(self, lane: object, flight: Flight) -> bool:
+        """Before a retry of ``lane``'s token request (``flight``), which failed: from now
+        on the client is in trouble, so later acquisitions wait for the probe (:meth:`admit`).
+        The first lane to ask becomes the probe and retries. Another waits for the probe's
+        outcome (as :meth:`admit` would) and retries only if it succeeded: acquisitions
+        admitted together while the client looked good make one request each, not each
+        its whole retry budget (review 9: 16 tokens made 79 requests where one made 6).
+
+        Returns:
+            True: retry. False: do not; the failure is the probe's to count.
+        """
+        with self._cond:
+            if flight.cancel.is_set():
+                return False  # abandoned (settled already): it must not become the probe
+            self._troubled = True
+            if self._prober is None or self._prober is lane:
+                self._prober = lane
+                return True
+            while (
+                self._prober is not None
+                and not flight.cancel.is_set()
+                and (left := flight.deadline - time.monotonic()) > 0
+            ):
+                self._cond.wait(min(left, PROBE_POLL))
+            return self.failures == 0 and not self._troubled and not flight.cancel.is_set()
 
     def succeeded(self, lane: object, credentials: Credentials, usable_until: float) -> None:
         """``lane`` got a token with ``credentials``, usable until ``usable_until``: the
@@ -139,6 +168,7 @@ class Outage:
         waiting acquisitions go on."""
         with self._cond:
             self.failures, self.retry_at, self.last_error = 0, None, None
+            self._troubled = False
             self._proven = credentials
             self._until[lane] = usable_until
             if self._prober is lane:

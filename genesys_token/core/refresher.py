@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from ..credentials import digest, is_known
 from ..errors import (
@@ -125,6 +126,9 @@ class Refresher:
         self.job: Job | None = None
         self._nudged: Cell | None = None
         self._parked: tuple[Cell, Cell] | None = None
+        #: Called when a forked child's first use of this token resumed its refresh (the
+        #: lanes resume every other token's too); None: nothing else to resume.
+        self.on_resume: Callable[[], None] | None = None
 
     @property
     def _retry_at(self) -> float | None:
@@ -138,7 +142,17 @@ class Refresher:
         if error is not None:
             self._deferred = flight
             raise error
+        flight.retry_check = lambda: self._may_retry(flight)
         return self._inner(flight, held)
+
+    def _may_retry(self, flight: Flight) -> bool:
+        """Before a retry of ``flight``'s token request: whether this token retries, or
+        leaves the retries to the token probing the client (``Outage.may_retry``); then its
+        failure is the probe's to count and report, as for an acquisition ``admit`` held."""
+        if self._outage.may_retry(self, flight):
+            return True
+        self._deferred = flight
+        return False
 
     # -- callers -------------------------------------------------------------------------
 
@@ -439,15 +453,22 @@ class Refresher:
         self._flight.put(shown)
 
     def _unpark(self) -> None:
+        if self.resume() and self.on_resume is not None:
+            self.on_resume()  # the other tokens' refreshes come back with this one's
+
+    def resume(self) -> bool:
+        """In a forked child: put the parked cell back and arm its refresh (the first use
+        does). Returns False when nothing was parked."""
         with self._flight.lock:
             parked = self._parked
             if parked is None:
-                return
+                return False
             self._parked = None
             real, shown = parked
             if self._flight.cell is shown:
                 self._flight.put(real)
         self.arm(real.refresh_at - self._now())
+        return True
 
 
 def _failure_fields(error: GenesysTokenError) -> str:

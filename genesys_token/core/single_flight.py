@@ -157,6 +157,7 @@ class Flight:
         "reason",
         "reported",
         "requests",
+        "retry_check",
         "spec",
         "started",
     )
@@ -195,6 +196,8 @@ class Flight:
         self.cell: Cell | None = None
         #: Set once its events were delivered (its listeners ran).
         self.reported = threading.Event()
+        #: Asked before each retry of its token request (None: the policy alone decides).
+        self.retry_check: Callable[[], bool] | None = None
 
     def attempt_failed(self, notice: RetryNotice) -> None:
         """Keep why an attempt failed before a retry (the transport's ``on_retry``)."""

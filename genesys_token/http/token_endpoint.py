@@ -182,6 +182,7 @@ class TokenEndpoint:
         *,
         cancel: threading.Event | None = None,
         on_retry: Callable[[RetryNotice], None] | None = None,
+        may_retry: Callable[[], bool] | None = None,
     ) -> TokenResponse:
         """Run the client-credentials grant, retrying what is worth retrying.
 
@@ -197,6 +198,9 @@ class TokenEndpoint:
                 go within ``_http.READ_SLICE``.
             on_retry: Called before each retry wait of this call, before the endpoint's own
                 ``on_retry`` (an acquisition keeps the last failure for its waiters).
+            may_retry: Asked before each retry (after the policy allowed it); False: no
+                retry, the failure is raised (another token's acquisition retries for the
+                client: see ``Outage.may_retry``).
 
         Returns:
             The parsed token answer.
@@ -233,6 +237,8 @@ class TokenEndpoint:
                 if delay is None or not policy.allows(
                     attempt, self._clock.monotonic() + delay, give_up_at
                 ):
+                    raise
+                if may_retry is not None and not may_retry():
                     raise
                 if cancel is not None and cancel.is_set():
                     raise ManagerClosedError(
