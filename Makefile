@@ -74,9 +74,11 @@ unit: $(STAMP)
 test: lint typecheck unit soak test-legacy
 
 # Long soak tests (20,000 refreshes under tracemalloc, ten seconds of 4-second tokens, the
-# benchmarks' quick run), without coverage's tracer, which would double their time.
+# benchmarks' quick run), without coverage's tracer, which would double their time. One file
+# per worker: the benchmark smoke tests share one module-scoped quick run, which workers
+# each running some of them made three times over (65 s each beside the 20,000 refreshes).
 soak: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m slow
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) --dist loadfile -m slow
 
 $(LEGACY_STAMP): setup.cfg setup.py pyproject.toml
 	rm -rf $(LEGACY_VENV)
