@@ -122,7 +122,10 @@ def warn_near_misses(environ: Mapping[str, str]) -> None:
 def _unset(meant: str) -> str:
     """What applies instead when the name meant is not set: the user's next question."""
     if meant == "GENESYSCLOUD_REGION":
-        return f" It is not set, so region {DEFAULT_REGION} applies unless URLs are given"
+        return (
+            f" It is not set, so region {DEFAULT_REGION} applies unless a region or URLs are"
+            " given otherwise"
+        )
     return f" {meant} is not set"
 
 

@@ -847,5 +847,5 @@ def test_a_misspelt_region_variable_is_reported_by_the_command(
     assert result.stderr.splitlines() == [
         "genesys-token: WARNING: environment variable GENESYSCLOUD_REGOIN is not read by"
         " genesys_token; did you mean GENESYSCLOUD_REGION? It is not set, so region us-east-1"
-        " applies unless URLs are given"
+        " applies unless a region or URLs are given otherwise"
     ]

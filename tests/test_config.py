@@ -250,7 +250,7 @@ def test_a_misspelt_region_variable_is_pointed_out(caplog: pytest.LogCaptureFixt
         " did you mean GENESYSCLOUD_API_URL? GENESYSCLOUD_API_URL is not set",
         "environment variable GENESYSCLOUD_REGOIN is not read by genesys_token;"
         " did you mean GENESYSCLOUD_REGION? It is not set, so region us-east-1 applies"
-        " unless URLs are given",
+        " unless a region or URLs are given otherwise",
     ]
     assert "eu-west-1" not in caplog.text
 

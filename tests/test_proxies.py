@@ -554,3 +554,72 @@ def test_a_verify_of_the_caller_wins_over_the_managers(
             with pytest.raises(requests.exceptions.SSLError):
                 session.get("/api/v2/organizations/me")
     assert https_emulator.api_request_log == []
+
+
+def test_a_verify_given_to_api_client_wins_through_the_managers_proxy_too(
+    mtls_gateway: GenesysEmulator,
+    bundle: str,
+    client_pem: str,
+    other_ca_bundle: str,
+    environment_elsewhere: None,
+) -> None:
+    # Review 10: the transport mounted for the API host (the manager's proxy and
+    # certificate) trusted the manager's verify whatever the caller gave.
+    with ProxyServer(mtls_gateway.port) as proxy:
+        proxies = {"https": proxy.url()}
+        with _manager(mtls_gateway, verify=bundle, proxies=proxies, cert=client_pem) as manager:
+            other = ssl.create_default_context(cafile=other_ca_bundle)
+            with (
+                api_client(manager, max_retries=0, verify=other) as client,
+                pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+            ):
+                client.get("/api/v2/organizations/me")
+            # A context of the caller's is taken as given (its own certificate here).
+            with api_client(manager, max_retries=0, verify=_context(bundle, client_pem)) as ok:
+                assert ok.get("/api/v2/organizations/me").status_code == 200
+    assert len(mtls_gateway.api_request_log) == 1
+
+
+def _context(bundle: str, client_pem: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=bundle)
+    context.load_cert_chain(client_pem)
+    return context
+
+
+@pytest.fixture
+def mtls_sidecar(ca: trustme.CA) -> Iterator[GenesysEmulator]:
+    """An mTLS gateway on 127.0.0.1 (a local sidecar): reached without a proxy."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    with GenesysEmulator(ssl_context=context) as emulator:
+        yield emulator
+
+
+def test_a_loopback_mtls_gateway_gets_the_client_certificate_from_every_api_client(
+    mtls_sidecar: GenesysEmulator, bundle: str, client_pem: str
+) -> None:
+    # Review 10: the httpx clients sent a loopback API host to their own transport, which
+    # offered no client certificate (TLSV13_ALERT_CERTIFICATE_REQUIRED); api_session did.
+    manager = TokenManager(
+        mtls_sidecar.client_id,
+        mtls_sidecar.client_secret,
+        token_url=mtls_sidecar.token_url,
+        api_base_url=mtls_sidecar.api_base_url,
+        verify=bundle,
+        cert=client_pem,
+        max_retries=0,
+    )
+    with manager:
+        with api_session(manager, max_retries=0) as session:
+            assert session.get("/api/v2/organizations/me").status_code == 200
+        with api_client(manager, max_retries=0) as client:
+            assert client.get("/api/v2/organizations/me").status_code == 200
+
+        async def call() -> int:
+            async with async_api_client(manager, max_retries=0) as client:
+                return (await client.get("/api/v2/organizations/me")).status_code
+
+        assert asyncio.run(call()) == 200
+    assert len(mtls_sidecar.api_request_log) == 3

@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock, MakeManager, join_fetch_threads, poll, run_threads
+from conftest import (
+    FakeClock,
+    MakeManager,
+    in_background,
+    join_fetch_threads,
+    poll,
+    run_threads,
+)
 from lane_helpers import fetch_every_token
 
 from genesys_token import (
@@ -395,11 +402,14 @@ def test_tokens_admitted_together_leave_the_retries_to_one_probe(
     # Review 9: 16 tokens made 79 token requests in an outage where one token made 6; each
     # acquisition admitted before the first failure ran its whole retry budget.
     manager, before = _failing_together(emulator, make_manager)
+    counted = manager.metrics()["token_requests"]
     emulator.inject(Fault.server_error(503), times=None, delay=0.3)
     errors = _refresh_every_token_at_once(manager)
     assert len(errors) == 4  # every token's refresh failed: the login host is down
     # One request per token, then the probe's 3 retries; without the probe, 4 x 4 = 16.
     assert emulator.token_requests - before == 4 + 3
+    # Review 10: the requests of the tokens that left the retries to the probe count too.
+    assert manager.metrics()["token_requests"] - counted == 4 + 3
     assert manager.metrics()["errors"] == 1  # counted once, by the probe's token
 
 
@@ -438,6 +448,59 @@ def test_an_abandoned_acquisition_never_becomes_the_probe() -> None:
     outage = Outage()
     flight = SimpleNamespace(cancel=threading.Event(), deadline=time.monotonic() + 5)
     flight.cancel.set()
-    assert outage.may_retry("lane-1", flight) is False  # type: ignore[arg-type]
+    assert outage.may_retry("lane-1", flight, time.monotonic) is False  # type: ignore[arg-type]
     other = SimpleNamespace(cancel=threading.Event(), deadline=time.monotonic() + 5)
-    assert outage.may_retry("lane-2", other) is True  # type: ignore[arg-type]
+    assert outage.may_retry("lane-2", other, time.monotonic) is True  # type: ignore[arg-type]
+
+
+def test_a_token_whose_request_fails_after_the_probe_failed_does_not_retry(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+) -> None:
+    # Review 10: admitted while the client looked good, its request failed only after the
+    # probe's acquisition had failed: it became a new probe and retried during the backoff
+    # (4 requests, not 1, and the failure counted twice).
+    manager = make_manager(
+        tokens=2, max_retries=3, backoff_base=0.01, timeout=(2.0, 2.0), clock=fake_clock.clock()
+    )
+    first, second = manager._lanes.all
+    fetch_every_token(manager)
+    before = emulator.token_requests
+    emulator.inject(Fault(passthrough=True, delay=4.0), times=1)  # second's: read timeout
+    emulator.inject(Fault.server_error(503), times=None)  # then every request fails
+    slow, slow_error = in_background(lambda: second.refresher.fetch_new("forced"))
+    assert poll(lambda: emulator.token_requests == before + 1)  # in flight, admitted
+    with pytest.raises(GenesysTokenError):
+        first.refresher.fetch_new("forced")  # the probe: 4 requests, failed
+    assert slow.is_alive(), "the second token's request ended before the probe failed"
+    slow.join(10)
+    assert slow_error and isinstance(slow_error[0], GenesysTokenError)
+    join_fetch_threads()
+    assert emulator.token_requests - before == 1 + 4
+    assert manager.metrics()["errors"] == 1
+
+
+def test_a_token_that_waited_for_the_probe_waits_only_what_is_left_of_its_delay(
+    emulator: GenesysEmulator, make_manager: MakeManager
+) -> None:
+    # Review 10: after waiting ~2 s for the probe, it slept its whole Retry-After of 2 s
+    # again (4.2 s, past retry_deadline=3).
+    manager = make_manager(tokens=2, max_retries=3, retry_deadline=3.0, max_retry_after=5.0)
+    fetch_every_token(manager)
+    emulator.inject(Fault.too_many_requests(2), times=2, delay=0.2)  # both first requests
+    took: dict[int, float] = {}
+    start = threading.Barrier(2)
+
+    def refresh(index: int) -> None:
+        start.wait(5)
+        began = time.monotonic()
+        manager._lanes.all[index].refresher.fetch_new("forced")
+        took[index] = time.monotonic() - began
+
+    threads = [threading.Thread(target=refresh, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    join_fetch_threads()
+    assert sorted(took) == [0, 1]  # both refreshed, no error
+    assert max(took.values()) < 3.4  # 2.2 s and a bit; 4.2 s when it slept the delay again

@@ -136,11 +136,12 @@ class Outage:
     def _healthy(self, credentials: Credentials) -> bool:
         return self.failures == 0 and not self._troubled and self._proven == credentials
 
-    def may_retry(self, lane: object, flight: Flight) -> bool:
+    def may_retry(self, lane: object, flight: Flight, now: Callable[[], float]) -> bool:
         """Before a retry of ``lane``'s token request (``flight``), which failed: from now
         on the client is in trouble, so later acquisitions wait for the probe (:meth:`admit`).
-        The first lane to ask becomes the probe and retries. Another waits for the probe's
-        outcome (as :meth:`admit` would) and retries only if it succeeded: acquisitions
+        The first lane to ask becomes the probe and retries, unless a probe failed already
+        and its backoff (``now``, the manager clock) has not ended. Another waits for the
+        probe's outcome (as :meth:`admit` would) and retries only if it succeeded: acquisitions
         admitted together while the client looked good make one request each, not each
         its whole retry budget (review 9: 16 tokens made 79 requests where one made 6).
 
@@ -151,9 +152,10 @@ class Outage:
             if flight.cancel.is_set():
                 return False  # abandoned (settled already): it must not become the probe
             self._troubled = True
-            if self._prober is None or self._prober is lane:
-                self._prober = lane
+            if self._prober is lane:
                 return True
+            if self._prober is None:
+                return self._probe(lane, now()) is None  # not during the backoff
             while (
                 self._prober is not None
                 and not flight.cancel.is_set()

@@ -149,7 +149,7 @@ class Refresher:
         """Before a retry of ``flight``'s token request: whether this token retries, or
         leaves the retries to the token probing the client (``Outage.may_retry``); then its
         failure is the probe's to count and report, as for an acquisition ``admit`` held."""
-        if self._outage.may_retry(self, flight):
+        if self._outage.may_retry(self, flight, self._now):
             return True
         self._deferred = flight
         return False
@@ -397,7 +397,11 @@ class Refresher:
         if cell is not None:
             self._reporter.succeeded(cell, flight.reason, flight.requests, now - flight.started)
         elif self._deferred is flight:
-            return  # the probe's failure: reported once, by the token that probed
+            # The probe's failure: reported once, by the token that probed; the requests
+            # this one sent before it left the retries to the probe still count.
+            if flight.requests:
+                self._reporter.metrics.incr("token_requests", flight.requests)
+            return
         elif isinstance(error, GenesysTokenError) and not isinstance(error, ManagerClosedError):
             self._reporter.failed(
                 error, flight.reason, flight.requests, self._flight.cell, now, now - flight.started

@@ -238,8 +238,16 @@ class TokenEndpoint:
                     attempt, self._clock.monotonic() + delay, give_up_at
                 ):
                     raise
-                if may_retry is not None and not may_retry():
-                    raise
+                if may_retry is not None:
+                    retry_at = self._clock.monotonic() + delay
+                    if not may_retry():
+                        raise
+                    # It may have waited for another acquisition: what is left of the delay,
+                    # and the retry deadline still holds.
+                    now = self._clock.monotonic()
+                    delay = max(0.0, retry_at - now)
+                    if not policy.allows(attempt, now + delay, give_up_at):
+                        raise
                 if cancel is not None and cancel.is_set():
                     raise ManagerClosedError(
                         "token request abandoned: the manager was closed"

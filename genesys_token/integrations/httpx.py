@@ -239,16 +239,23 @@ def _authorize(request: httpx.Request, use: InFlight) -> httpx.Request:
 
 
 def _api_host_transport(
-    manager: TokenManager, transport_type: type[httpx.HTTPTransport | httpx.AsyncHTTPTransport]
+    manager: TokenManager,
+    transport_type: type[httpx.HTTPTransport | httpx.AsyncHTTPTransport],
+    verify: Any,
+    loopback: bool,
 ) -> httpx.HTTPTransport | httpx.AsyncHTTPTransport | None:
     """The transport for the API host when the manager's ``proxies`` or ``cert`` settings
-    apply to it (api_session honours them too), trusting what the manager's ``verify``
-    trusts; None: the client's own."""
+    apply to it (api_session honours them too; a loopback host gets no proxy), trusting
+    ``verify`` (the caller's ``verify=``, else the manager's); None: the client's own."""
     settings = manager.settings
-    proxy = settings.proxies.for_url(manager.api_base_url) if settings.proxies else None
+    proxy = None
+    if settings.proxies is not None and not loopback:
+        proxy = settings.proxies.for_url(manager.api_base_url)
     if proxy is None and settings.cert is None:
         return None
-    return transport_type(verify=_trust(settings.verify, settings.cert), proxy=proxy)
+    # A context of the caller's is taken as given (its own certificate, if any).
+    context = verify if isinstance(verify, ssl.SSLContext) else _trust(verify, settings.cert)
+    return transport_type(verify=context, proxy=proxy)
 
 
 def _trust(verify: bool | str, cert: str | tuple[str, str] | None) -> ssl.SSLContext:
@@ -291,23 +298,26 @@ def _client_options(
         connect, read = timeout
         timeout = httpx.Timeout(read, connect=connect)
     mounts = dict(kwargs.pop("mounts", None) or {})
-    if manager.settings.verify is not True and "verify" not in kwargs:
+    settings = manager.settings
+    theirs = "verify" in kwargs
+    if settings.verify is not True and not theirs:
         # The manager's CA bundle is trusted for API calls too (as by api_session); a
         # verify= of the caller wins.
-        kwargs["verify"] = _trust(manager.settings.verify, None)
+        kwargs["verify"] = _trust(settings.verify, None)
+    verify = kwargs["verify"] if theirs else settings.verify
     base = httpx.URL(manager.api_base_url)
     host = f"[{base.host}]" if ":" in base.host else base.host
-    if is_loopback_url(manager.api_base_url):
+    loopback = is_loopback_url(manager.api_base_url)
+    transport = _api_host_transport(manager, transport_type, verify, loopback)
+    if loopback:
         # A loopback API host (a local gateway, the emulator) is never reached through a
         # proxy, as with api_session: None routes it to the client's own transport.
-        mounts.setdefault(f"all://{host}", None)
-    else:
-        transport = _api_host_transport(manager, transport_type)
-        if transport is not None:
-            # The API origin itself: a key more specific than any the environment's
-            # HTTPS_PROXY / NO_PROXY give (the manager's proxy wins, as in api_session).
-            port = f":{base.port}" if base.port is not None else ""
-            mounts.setdefault(f"{base.scheme}://{host}{port}", transport)
+        mounts.setdefault(f"all://{host}", transport)
+    elif transport is not None:
+        # The API origin itself: a key more specific than any the environment's
+        # HTTPS_PROXY / NO_PROXY give (the manager's proxy wins, as in api_session).
+        port = f":{base.port}" if base.port is not None else ""
+        mounts.setdefault(f"{base.scheme}://{host}{port}", transport)
     return {
         "base_url": manager.api_base_url,
         "auth": auth,
