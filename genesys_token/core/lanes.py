@@ -147,8 +147,7 @@ class Lanes:
                 found = lane.acquirer.stored(lane.flight, access_token)
                 if found is not None:
                     return self._install(lane, found, cell)
-            if self.count > 1:
-                lane.rejected = cell
+            lane.rejected = cell
             raise
         return None
 
@@ -168,7 +167,7 @@ class Lanes:
             if found is not None:
                 self._install(lane, found, cell)
 
-    def _known_rejected(self, lane: Lane, cell: Cell, now: float) -> bool:
+    def known_rejected(self, lane: Lane, cell: Cell, now: float) -> bool:
         """Whether ``cell`` (``lane``'s) is a token known rejected while the fresh-401 rule's
         cool-down runs (the one then, or a later one: once one lane's token was replaced at
         its end, the others wait for the next). Forgotten once no cool-down runs: its next
@@ -218,7 +217,7 @@ class Lanes:
         """
         now = self._now()
         cell = turn.flight.cell
-        if cell is not None and self._known_rejected(turn, cell, now):
+        if cell is not None and self.known_rejected(turn, cell, now):
             pass  # its turn goes to another lane's token (see allow_replacement)
         elif cell is not None and cell.usable(now):
             return turn, turn.refresher.slow(timeout)
@@ -244,7 +243,7 @@ class Lanes:
             cell = lane.flight.cell
             if cell is None or not cell.usable(now):
                 continue
-            if self._known_rejected(lane, cell, now):
+            if self.known_rejected(lane, cell, now):
                 rejected = rejected or lane  # handed out only if every usable token is
                 continue
             if now < cell.refresh_at:

@@ -149,7 +149,9 @@ class AdapterPort:
         now = self._now()
         for lane in self._lanes.starting_at(turn):
             cell = lane.flight.cell
-            if cell is None or not now < cell.refresh_at or cell is lane.rejected:
+            if cell is None or not now < cell.refresh_at:
+                continue
+            if self._lanes.known_rejected(lane, cell, now):
                 continue
             slot = pacer.try_acquire(cell.token.fingerprint)
             if slot is None:
@@ -174,9 +176,9 @@ class AdapterPort:
                 if usable or not lane.flight.running:
                     continue
                 room_in = FETCH_GUESS  # its first token is on its way, its room is whole
-            elif cell is lane.rejected or not (
-                cell.usable(now) if usable else now < cell.refresh_at
-            ):
+            elif not (cell.usable(now) if usable else now < cell.refresh_at):
+                continue
+            elif self._lanes.known_rejected(lane, cell, now):
                 continue
             else:
                 room_in = pacer.room_in(cell.token.fingerprint)
@@ -201,7 +203,7 @@ class AdapterPort:
                 other is not lane
                 and cell is not None
                 and now < cell.refresh_at
-                and cell is not other.rejected
+                and not self._lanes.known_rejected(other, cell, now)
             ):
                 held_in = min(held_in, pacer.room_in(cell.token.fingerprint))
         if held_in == math.inf:
@@ -257,7 +259,9 @@ class AdapterPort:
         if pacer is not None and self._lanes.count > 1:
             lane = self._soonest(pacer, lane, usable=True)
         cell = lane.flight.cell
-        if pacer is None or cell is None or lane.flight.closed or cell is lane.rejected:
+        if pacer is None or cell is None or lane.flight.closed:
+            return None
+        if self._lanes.known_rejected(lane, cell, self._now()):
             return None
         if not cell.usable(self._now()):
             return None
@@ -366,9 +370,11 @@ class AdapterPort:
 
     def _try_lane(self, lane: Lane) -> InFlight | None:
         cell = lane.flight.cell
-        if cell is None or lane.flight.closed or cell is lane.rejected:
-            return None  # a token known rejected: the slow path decides (Lanes.serve)
+        if cell is None or lane.flight.closed:
+            return None
         now = self._now()
+        if self._lanes.known_rejected(lane, cell, now):
+            return None
         if not cell.usable(now) or not lane.refresher.due_nowait(cell, now):
             return None
         if self.pacer is None:
