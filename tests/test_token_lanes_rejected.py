@@ -21,9 +21,11 @@ from conftest import FakeClock, MakeManager
 from lane_helpers import fetch_every_token
 
 from genesys_token import TokenManager, TokenRejectedError, api_session
+from genesys_token.core.uses import InFlight
 from genesys_token.manager import adapter_port
-from genesys_token.stores import FileStore
+from genesys_token.stores import FileStore, MemoryStore
 from genesys_token.testing import GenesysEmulator
+from genesys_token.token import Token
 
 ME = "/api/v2/tokens/me"
 
@@ -100,6 +102,13 @@ def _call_with(how: str, manager: TokenManager, emulator: GenesysEmulator) -> in
     use = None
     if how == "get_token":
         token = manager.get_token()
+    elif how == "line_up":  # an event loop's paced use
+        line = port.line_up()
+        got = None if line is None else port.poll_line(line)
+        if line is not None and not isinstance(got, InFlight):
+            port.leave_line(line)
+        use = got if isinstance(got, InFlight) else port.begin_use()
+        token = use.token
     else:
         use = port.try_begin_use() if how == "try_begin_use" else None
         use = use or port.begin_use()
@@ -117,13 +126,14 @@ def _call_with(how: str, manager: TokenManager, emulator: GenesysEmulator) -> in
     return status
 
 
-@pytest.mark.parametrize("how", ["get_token", "begin_use", "paced", "try_begin_use"])
+@pytest.mark.parametrize("how", ["get_token", "begin_use", "paced", "try_begin_use", "line_up"])
 def test_tokens_revoked_moments_after_issue_end_in_401_only_once_per_lane(
     emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock, how: str
 ):
     # Review 9: 231 of 366 calls ended 401, the last at 58 s: lanes 1 and 2 were refused a
     # replacement and kept serving their rejected tokens until the cool-down ended.
-    options: dict[str, Any] = {"api_rate_limit": (1000, 1.0)} if how == "paced" else {}
+    paced = how in ("paced", "line_up")
+    options: dict[str, Any] = {"api_rate_limit": (1000, 1.0)} if paced else {}
     manager = make_manager(tokens=3, max_retries=0, clock=fake_clock.clock(), **options)
     _ready(manager, 3)
     fake_clock.advance(2.0)
@@ -138,7 +148,6 @@ def test_tokens_revoked_moments_after_issue_end_in_401_only_once_per_lane(
     # is replaced at once, lane 1's and 2's at the end of a cool-down each (at 60 s and
     # 120 s, by the first 401 each makes once its turn comes back: the bound is (N-1)
     # cool-downs plus a round).
-    print(seen, emulator.token_requests)
     assert seen[0].count(401) == 3
     assert [status for round_ in seen[1:] for status in round_ if status != 200] == [401, 401]
     assert emulator.token_requests == 3
@@ -166,3 +175,35 @@ def test_an_api_rejecting_every_token_costs_one_token_request_per_cool_down(
                 fake_clock.advance(2.0)
             per_cool_down.append(emulator.token_requests - before)
     assert per_cool_down == [1, 1, 1]  # N+1 allowed; N=1, 4, 8 all give 1
+
+
+class _CountingStore(MemoryStore):
+    """A MemoryStore that counts its loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def load(self, key: str, **kwargs: Any) -> Token | None:
+        self.loads += 1
+        return super().load(key, **kwargs)
+
+
+def test_a_refused_token_makes_one_store_look_a_second_not_one_per_401(
+    emulator: GenesysEmulator, make_manager: MakeManager, fake_clock: FakeClock
+):
+    store = _CountingStore()
+    manager = make_manager(tokens=4, max_retries=0, clock=fake_clock.clock(), store=store)
+    _ready(manager, 4)
+    emulator.reject_all_tokens = True
+    with api_session(manager, max_retries=0) as session:
+        session.get(ME, timeout=5)  # lane 0's replacement: the rule's one of this cool-down
+        fake_clock.advance(1.0)
+        store.loads = 0
+        for _ in range(10):  # 2 s of 401s: every lane is known rejected, its token served
+            statuses = {session.get(ME, timeout=5).status_code for _ in range(8)}
+            assert statuses == {401}
+            fake_clock.advance(0.2)
+    # A look per lane when it is first refused, then one a second (STORE_LOOK_EVERY): 80
+    # calls end 401 (each one a look without the bound).
+    assert store.loads <= 4 * 3

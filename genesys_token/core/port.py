@@ -178,8 +178,6 @@ class AdapterPort:
                 room_in = FETCH_GUESS  # its first token is on its way, its room is whole
             elif not (cell.usable(now) if usable else now < cell.refresh_at):
                 continue
-            elif self._lanes.known_rejected(lane, cell, now):
-                continue
             else:
                 room_in = pacer.room_in(cell.token.fingerprint)
             if room_in < best_in:
@@ -199,12 +197,7 @@ class AdapterPort:
         held_in = math.inf
         for other in self._lanes.all:
             cell = other.flight.cell
-            if (
-                other is not lane
-                and cell is not None
-                and now < cell.refresh_at
-                and not self._lanes.known_rejected(other, cell, now)
-            ):
+            if other is not lane and cell is not None and now < cell.refresh_at:
                 held_in = min(held_in, pacer.room_in(cell.token.fingerprint))
         if held_in == math.inf:
             return None
