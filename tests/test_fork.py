@@ -218,3 +218,26 @@ def test_child_survives_locks_held_by_parent_threads_at_fork(make_manager: MakeM
     assert os.waitstatus_to_exitcode(done[1]) == 0
     use.end()
     assert manager.in_flight_count == 0
+
+
+def test_a_child_forking_before_its_first_use_makes_no_token_request_in_the_grandchild(
+    emulator: GenesysEmulator, make_manager: MakeManager
+):
+    # Review 10: the grandchild took the parked copy (refresh due at once) for the real
+    # cell, so its first use refreshed every token at once.
+    manager = make_manager(tokens=2)
+    for lane in manager._lanes.all:
+        lane.refresher.slow(None)
+    before = emulator.token_requests
+
+    def child() -> dict[str, Any]:
+        def grandchild() -> dict[str, Any]:
+            manager.get_token()
+            manager.get_token()
+            now = time.monotonic()
+            return {"due_later": [lane.flight.cell.refresh_at > now for lane in manager._lanes.all]}
+
+        return in_child(grandchild)
+
+    assert in_child(child, timeout=20) == {"due_later": [True, True]}
+    assert emulator.token_requests == before

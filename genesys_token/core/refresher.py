@@ -452,6 +452,10 @@ class Refresher:
         cell = self._flight.cell
         if cell is None or self._flight.closed or not self._flight.config.background_refresh:
             return
+        if self._parked is not None and cell is self._parked[1]:
+            # Forked again before its first use: the real cell is the one parked before
+            # (parking the parked copy would refresh every token at once on first use).
+            cell = self._parked[0]
         shown = cell.parked()
         self._parked = (cell, shown)
         self._flight.put(shown)
