@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 from ..credentials import SecretValue, SourceReads, digest, read_secret
 from ..errors import (
-    GenesysTokenError,
     InvalidClientError,
     ManagerClosedError,
     TokenRequestError,
@@ -36,7 +35,7 @@ from ..stores.base import TokenStore, store_key
 from ..token import Token
 from .rejections import RejectedCredentials
 from .schedule import Cell, plan
-from .single_flight import Flight, SingleFlight, Spec
+from .single_flight import Flight, Spec
 from .validation import TokenValidator
 
 log = logging.getLogger(__name__)
@@ -190,32 +189,6 @@ class Acquirer:
                 raise ManagerClosedError("the token acquisition was abandoned")
             self._save(snap, token, credentials)
             return cell
-
-    def stored(self, state: SingleFlight, rejected: str) -> Cell | None:
-        """This token's replacement from the store alone (no lock, no token request): a
-        token other than ``rejected`` that another process put there (a fleet's rotation),
-        fresh and valid, planned as :meth:`acquire` plans one; None when there is none, or
-        the secret source fails (a source that hangs holds this caller, as the token
-        request would).
-
-        Args:
-            state: The token's single flight (its config, generation and current cell).
-            rejected: The token the API rejected.
-        """
-        look = Flight(
-            state.generation,
-            state.credentials,
-            state.config,
-            Spec(reject=frozenset({rejected})),
-            "a token the API rejected",
-            self._clock.monotonic(),
-            time.monotonic() + lock_bound(state.config),
-        )
-        try:
-            snap = self.snapshot(look)
-        except GenesysTokenError:
-            return None
-        return self._load(snap, look.spec, state.cell, look)
 
     # -- the network ---------------------------------------------------------------------
 

@@ -14,12 +14,6 @@ The turn is one ``itertools.count()``: ``next()`` on it is atomic in CPython, so
 lane takes no lock. A turn whose lane holds no usable token is served by another lane's while
 its own is fetched in the background (:meth:`Lanes.serve`): a caller waits for a fetch only
 when no lane holds a usable token.
-
-A token the API rejected (401) whose replacement the fresh-401 rule refuses is replaced from
-the store when another process put a newer one there (a fleet's rotation: no request), else
-its lane is *known rejected* (``Lane.rejected``) until the rule's cool-down ends: its turns
-go to the other lanes' tokens, as a lane without a token's do. When every usable token is
-known rejected, they are handed out as before (the API answers 401, the adapters return it).
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 
-from ..errors import GenesysTokenError, ManagerClosedError, TokenRejectedError
+from ..errors import GenesysTokenError, ManagerClosedError
 from ..http.token_endpoint import TokenEndpoint
 from ..observability.reporter import Reporter
 from ..settings import Config, Credentials
@@ -36,21 +30,18 @@ from .acquisition import Acquirer, flight_bound, lock_bound
 from .clock import Clock
 from .outage import Outage
 from .refresher import Refresher
-from .rejections import RejectedCredentials, RejectedTokens
+from .rejections import RejectedCredentials
 from .schedule import Cell
 from .scheduler import Job, scheduler
 from .single_flight import SingleFlight
 from .validation import TokenValidator
-
-#: A known-rejected lane's store is looked at again for its replacement at most this often.
-STORE_LOOK_EVERY = 1.0
 
 
 class Lane:
     """One token of a manager: its acquirer, its refresher (the owner of its state) and
     that refresher's single flight (see the module docstring)."""
 
-    __slots__ = ("acquirer", "flight", "index", "looked_at", "refresher", "rejected")
+    __slots__ = ("acquirer", "flight", "index", "refresher")
 
     def __init__(self, index: int, acquirer: Acquirer, refresher: Refresher) -> None:
         #: 0 for the first token (the client's own store key), then 1, 2, ...
@@ -59,11 +50,6 @@ class Lane:
         self.refresher = refresher
         #: The lane's token state: current cell, credentials, acquisition, closed.
         self.flight: SingleFlight = refresher.flight
-        #: The cell whose token the API rejected and the fresh-401 rule did not let replace:
-        #: while it is current and the rule's cool-down runs, other lanes serve.
-        self.rejected: Cell | None = None
-        #: When the store was last looked at for the rejected token's replacement.
-        self.looked_at = float("-inf")
 
     def is_current(self, access_token: str) -> bool:
         """Whether this lane still holds ``access_token`` (a use of it is current)."""
@@ -83,14 +69,9 @@ class Lanes:
         now: The manager's monotonic clock.
     """
 
-    __slots__ = ("_fresh_401", "_now", "_turn", "all", "count", "first")
+    __slots__ = ("_now", "_turn", "all", "count", "first")
 
-    def __init__(
-        self,
-        lanes: Sequence[Lane],
-        now: Callable[[], float],
-        fresh_401: RejectedTokens | None = None,
-    ) -> None:
+    def __init__(self, lanes: Sequence[Lane], now: Callable[[], float]) -> None:
         #: Every lane, lane 0 first.
         self.all: tuple[Lane, ...] = tuple(lanes)
         #: How many (``tokens``).
@@ -99,8 +80,6 @@ class Lanes:
         self.first = self.all[0]
         self._now = now
         self._turn = itertools.count()
-        #: The fresh-401 rule the lanes share (its cool-down ends a lane's known rejection).
-        self._fresh_401 = fresh_401 if fresh_401 is not None else RejectedTokens()
 
     def next(self) -> Lane:
         """The lane whose turn it is (round-robin, no lock)."""
@@ -120,72 +99,9 @@ class Lanes:
         the same lock-free path as with one (see there)."""
         lane = self.all[next(self._turn) % self.count]
         cell = lane.flight.cell
-        if cell is not None and self._now() < cell.refresh_at and cell is not lane.rejected:
+        if cell is not None and self._now() < cell.refresh_at:
             return cell.access_token
         return self.serve(lane, timeout)[1].access_token
-
-    def allow_replacement(self, lane: Lane, access_token: str) -> Cell | None:
-        """Before replacing ``lane``'s token ``access_token``, which the API rejected:
-        None when a replacement may be acquired (``Refresher.allow_replacement``); when the
-        fresh-401 rule refuses, a newer token of this lane that another process put in the
-        store, installed (no request); else the lane is known rejected until the rule's
-        cool-down ends (its turns go to the other lanes) and the refusal is raised.
-
-        Raises:
-            TokenRejectedError: The API keeps rejecting fresh tokens; none in the store.
-            InvalidClientError: The credentials are in their cool-down.
-        """
-        try:
-            lane.refresher.allow_replacement(access_token)
-        except TokenRejectedError:
-            cell = lane.flight.cell
-            if cell is None or cell.access_token != access_token:
-                return None  # replaced meanwhile: the replacement takes the current token
-            now = self._now()
-            if cell is not lane.rejected or now - lane.looked_at >= STORE_LOOK_EVERY:
-                lane.looked_at = now
-                found = lane.acquirer.stored(lane.flight, access_token)
-                if found is not None:
-                    return self._install(lane, found, cell)
-            lane.rejected = cell
-            raise
-        return None
-
-    def adopt_stored(self, replaced: Lane) -> None:
-        """``replaced``'s rejected token was replaced from the store: another process put
-        its newer token there, as a fleet's rotation does for every lane (then revokes the
-        old ones). The other lanes take theirs from the store too (no request; a token
-        there that is ours already changes nothing), so the 401's replay, which goes to the
-        next lane, is not sent with a token retired with it."""
-        if self.count == 1:
-            return
-        for lane in self.all:
-            cell = lane.flight.cell
-            if lane is replaced or cell is None or lane.flight.closed:
-                continue
-            found = lane.acquirer.stored(lane.flight, cell.access_token)
-            if found is not None:
-                self._install(lane, found, cell)
-
-    def known_rejected(self, lane: Lane, cell: Cell, now: float) -> bool:
-        """Whether ``cell`` (``lane``'s) is a token known rejected while the fresh-401 rule's
-        cool-down runs (the one then, or a later one: once one lane's token was replaced at
-        its end, the others wait for the next). Forgotten once no cool-down runs: its next
-        401 may replace it."""
-        if cell is not lane.rejected:
-            return False
-        if now < self._fresh_401.until:
-            return True
-        lane.rejected = None
-        return False
-
-    def _install(self, lane: Lane, found: Cell, over: Cell) -> Cell | None:
-        """Install ``found`` (from the store) over ``lane``'s ``over`` if still current,
-        and plan its refresh; the installed cell, or None."""
-        installed = lane.flight.install(found, over)
-        if installed is not None:
-            lane.refresher.arm(installed.refresh_at - self._now())
-        return installed
 
     def serve(
         self,
@@ -203,8 +119,7 @@ class Lanes:
         serves, read without a lock (a caller never fails or waits while another token is
         valid); then one with a usable token, by its slow path. Only when no lane holds a
         usable token does the caller block, on lane 0's slow path: one flight for every
-        caller while the client has no token at all. A token known rejected (see
-        :meth:`allow_replacement`) serves only when no other usable token does.
+        caller while the client has no token at all.
 
         ``join``: wait for ``turn``'s first token if its fetch is under way (a paced caller
         whose other tokens have no room soon), at most ``join_within`` seconds if given (the
@@ -217,11 +132,9 @@ class Lanes:
         """
         now = self._now()
         cell = turn.flight.cell
-        if cell is not None and self.known_rejected(turn, cell, now):
-            pass  # its turn goes to another lane's token (see allow_replacement)
-        elif cell is not None and cell.usable(now):
+        if cell is not None and cell.usable(now):
             return turn, turn.refresher.slow(timeout)
-        elif (
+        if (
             join
             and cell is None
             and turn.flight.running
@@ -238,18 +151,15 @@ class Lanes:
                 now = self._now()  # failed or timed out: another lane's token serves
         elif turn is not self.first and not turn.flight.closed:
             _fetch_behind(turn, cell, now)
-        usable = rejected = None
+        usable = None
         for lane in self.starting_at(turn):
             cell = lane.flight.cell
             if cell is None or not cell.usable(now):
                 continue
-            if self.known_rejected(lane, cell, now):
-                rejected = rejected or lane  # handed out only if every usable token is
-                continue
             if now < cell.refresh_at:
                 return lane, cell
             usable = usable or lane
-        lane = usable or rejected or self.first
+        lane = usable or self.first
         return lane, lane.refresher.slow(timeout)
 
     def holding(self, access_token: str) -> Lane | None:
@@ -346,7 +256,7 @@ def build_lanes(
         )
         refresher.job = job_for(index)
         lanes.append(Lane(index, acquirer, refresher))
-    built = Lanes(lanes, clock.monotonic, outage.fresh_401)
+    built = Lanes(lanes, clock.monotonic)
     if count > 1:
         for lane in built.all:
             lane.refresher.on_resume = built.resume

@@ -117,7 +117,7 @@ class AdapterPort:
                         return use
                 lane = self._soonest(pacer, turn)  # a local estimate: no round trip
             cell = lane.flight.cell
-            if cell is None or not self._now() < cell.refresh_at or cell is lane.rejected:
+            if cell is None or not self._now() < cell.refresh_at:
                 # The manager's get_token, slow path (another lane's token if the turn has none).
                 left = timeout if deadline is None else self._left(deadline)
                 within = None
@@ -150,8 +150,6 @@ class AdapterPort:
         for lane in self._lanes.starting_at(turn):
             cell = lane.flight.cell
             if cell is None or not now < cell.refresh_at:
-                continue
-            if self._lanes.known_rejected(lane, cell, now):
                 continue
             slot = pacer.try_acquire(cell.token.fingerprint)
             if slot is None:
@@ -253,8 +251,6 @@ class AdapterPort:
             lane = self._soonest(pacer, lane, usable=True)
         cell = lane.flight.cell
         if pacer is None or cell is None or lane.flight.closed:
-            return None
-        if self._lanes.known_rejected(lane, cell, self._now()):
             return None
         if not cell.usable(self._now()):
             return None
@@ -366,8 +362,6 @@ class AdapterPort:
         if cell is None or lane.flight.closed:
             return None
         now = self._now()
-        if self._lanes.known_rejected(lane, cell, now):
-            return None
         if not cell.usable(now) or not lane.refresher.due_nowait(cell, now):
             return None
         if self.pacer is None:
@@ -387,9 +381,7 @@ class AdapterPort:
         request; otherwise one replacement of that lane's token runs, shared by every
         caller (the other lanes' tokens stay). A token
         fetched moments ago is replaced at most once per cool-down (an API that rejects
-        every token must not turn each call into a token request), unless the store has
-        the lane's newer token (see ``Lanes.allow_replacement``). A replacement from the
-        store makes the other lanes look there too (``Lanes.adopt_stored``).
+        every token must not turn each call into a token request).
 
         Args:
             access_token: The token the API rejected.
@@ -404,14 +396,10 @@ class AdapterPort:
         flight = lane.flight
         if flight.closed:
             raise ManagerClosedError("the token manager is closed")
-        cell = self._lanes.allow_replacement(lane, access_token)
-        if cell is None:
-            want = Replacing(access_token, flight.credentials)
-            deadline = lane.refresher.deadline(timeout)
-            cell = flight.obtain(want, deadline=deadline, reason="rejected by the API")
-        if not cell.network:
-            self._lanes.adopt_stored(lane)  # another process's: maybe a fleet's rotation
-        return cell.token
+        lane.refresher.allow_replacement(access_token)
+        want = Replacing(access_token, flight.credentials)
+        deadline = lane.refresher.deadline(timeout)
+        return flight.obtain(want, deadline=deadline, reason="rejected by the API").token
 
     def note_replay(self) -> None:
         """Count a call replayed after a 401."""

@@ -15,8 +15,7 @@
 * :class:`RejectedTokens` — after the API answers 401 to a token fetched moments ago,
   at most one such fresh token is replaced per cool-down: an API that rejects every token
   (another region's API host, a client without the role) gets its 401 back, not a new token
-  per call. A token once refused its replacement stays fresh for this rule however old it
-  gets: with ``tokens=N``, each refused token reaching 60 s must not make one more request.
+  per call.
 """
 
 from __future__ import annotations
@@ -40,9 +39,6 @@ CREDENTIALS_COOLDOWN = Backoff(
 #: A token younger than this that the API rejects is "fresh"; at most one fresh token is
 #: replaced per this many seconds.
 FRESH_TOKEN_COOLDOWN = 60.0
-#: How many tokens refused a replacement :class:`RejectedTokens` remembers (the newest):
-#: about one per lane is ever current.
-REFUSED_KEPT = 64
 
 
 class RejectedCredentials:
@@ -168,14 +164,6 @@ class RejectedTokens:
         self._token: str | None = None
         self._at = float("-inf")
         self._reported_at = float("-inf")
-        #: Fresh tokens whose replacement was refused, oldest first (at most REFUSED_KEPT).
-        self._refused: dict[str, None] = {}
-
-    @property
-    def until(self) -> float:
-        """When (manager clock) the cool-down of the last fresh token replaced ends: from
-        then on, another fresh token may be replaced."""
-        return self._at + FRESH_TOKEN_COOLDOWN
 
     def allow(self, rejected: str, age: float, now: float) -> None:
         """Allow replacing ``rejected`` (``age`` seconds old), or raise.
@@ -184,7 +172,7 @@ class RejectedTokens:
             TokenRejectedError: A fresh token other than ``rejected`` was already replaced
                 within the cool-down.
         """
-        if age >= FRESH_TOKEN_COOLDOWN and rejected not in self._refused:
+        if age >= FRESH_TOKEN_COOLDOWN:
             return  # a token that lived a while and is now refused was revoked: replace it
         if self._token == rejected:
             return  # the replacement of this very token: join it
@@ -199,13 +187,9 @@ class RejectedTokens:
                     age,
                     FRESH_TOKEN_COOLDOWN - (now - self._at),
                 )
-            self._refused[rejected] = None
-            if len(self._refused) > REFUSED_KEPT:
-                del self._refused[next(iter(self._refused))]
             raise TokenRejectedError(
                 "the API keeps rejecting freshly fetched tokens (401); not replacing this one"
             )
-        self._refused.pop(rejected, None)
         self._token = rejected
         self._at = now
 

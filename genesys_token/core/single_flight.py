@@ -277,16 +277,6 @@ class SingleFlight:
         """Replace the current cell as is (lock held): parking it, or unparking it."""
         self.cell = cell
 
-    def install(self, cell: Cell, over: Cell) -> Cell | None:
-        """Install ``cell``, found without an acquisition (a rejected token's replacement
-        in the store), if ``over`` is still current and the manager open; returns it as
-        installed (knowing what it replaced), or None."""
-        with self.lock:
-            if self.closed or self.cell is not over:
-                return None
-            self.cell = cell.replacing(over)
-            return self.cell
-
     @property
     def running(self) -> bool:
         """Whether an acquisition is in progress."""
