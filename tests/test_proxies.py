@@ -623,3 +623,29 @@ def test_a_loopback_mtls_gateway_gets_the_client_certificate_from_every_api_clie
 
         assert asyncio.run(call()) == 200
     assert len(mtls_sidecar.api_request_log) == 3
+
+
+def test_the_certificate_transport_of_a_loopback_api_host_serves_its_origin_only(
+    mtls_sidecar: GenesysEmulator, bundle: str, client_pem: str
+) -> None:
+    # Review 12: mounted for every port and scheme of 127.0.0.1, it offered the manager's
+    # certificate to any local service the client reached; and it replaced a transport=
+    # the caller gave (a MockTransport's answer never came).
+    manager = TokenManager(
+        mtls_sidecar.client_id,
+        mtls_sidecar.client_secret,
+        token_url=mtls_sidecar.token_url,
+        api_base_url=mtls_sidecar.api_base_url,
+        verify=bundle,
+        cert=client_pem,
+        background_refresh=False,
+    )
+    mock = httpx.MockTransport(lambda request: httpx.Response(299))
+    with manager:
+        with api_client(manager) as client:
+            ours = client._transport_for_url(httpx.URL(mtls_sidecar.api_base_url))
+            assert ours is not client._transport  # the API origin: the certificate's
+            for elsewhere in ("https://127.0.0.1:9/", "http://127.0.0.1:1/"):
+                assert client._transport_for_url(httpx.URL(elsewhere)) is client._transport
+        with api_client(manager, max_retries=0, transport=mock) as client:
+            assert client.get("/api/v2/organizations/me").status_code == 299

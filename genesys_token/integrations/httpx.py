@@ -308,14 +308,17 @@ def _client_options(
     base = httpx.URL(manager.api_base_url)
     host = f"[{base.host}]" if ":" in base.host else base.host
     loopback = is_loopback_url(manager.api_base_url)
-    transport = _api_host_transport(manager, transport_type, verify, loopback)
+    transport = None
+    if not (loopback and "transport" in kwargs):  # a loopback host: the caller's transport wins
+        transport = _api_host_transport(manager, transport_type, verify, loopback)
     if loopback:
         # A loopback API host (a local gateway, the emulator) is never reached through a
         # proxy, as with api_session: None routes it to the client's own transport.
-        mounts.setdefault(f"all://{host}", transport)
-    elif transport is not None:
-        # The API origin itself: a key more specific than any the environment's
-        # HTTPS_PROXY / NO_PROXY give (the manager's proxy wins, as in api_session).
+        mounts.setdefault(f"all://{host}", None)
+    if transport is not None:
+        # The API origin itself (no other port or scheme of its host): a key more specific
+        # than any the environment's HTTPS_PROXY / NO_PROXY give (the manager's proxy wins,
+        # as in api_session).
         port = f":{base.port}" if base.port is not None else ""
         mounts.setdefault(f"{base.scheme}://{host}{port}", transport)
     return {
