@@ -235,6 +235,22 @@ def read_child(pid: int, read_end: int, timeout: float = 15.0) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.fixture
+def sigint_delivered() -> Iterator[None]:
+    """Children started meanwhile get SIGINT's default action. A test run started as a
+    background job of a shell without job control (``cmd &`` in a script) has SIGINT ignored,
+    children inherit that, and Python then never raises KeyboardInterrupt: a test sending
+    them SIGINT would wait out its timeout. A handler of ours is reset to the default in a
+    child at exec; an ignored signal is not."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def in_child(body: Callable[[], Any], timeout: float = 15.0) -> dict[str, Any]:
     """Run ``body()`` in a forked child; return the JSON-able dict it produced (an
     ``{"error": ...}`` dict when it raised)."""

@@ -760,6 +760,7 @@ def test_a_timer_that_cannot_be_set_still_restores_the_alarm_handler() -> None:
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+@pytest.mark.usefixtures("sigint_delivered")
 @pytest.mark.parametrize(
     ("signum", "code", "line"),
     [

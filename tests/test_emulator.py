@@ -829,6 +829,7 @@ def _stop(process: subprocess.Popen[str], signum: int) -> tuple[str, str]:
     return out, err
 
 
+@pytest.mark.usefixtures("sigint_delivered")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_the_emulator_command_logs_each_request_and_sums_up_on_exit(signum: int) -> None:
     process, env = _start_emulator_process()
