@@ -121,6 +121,20 @@ def _manager(emulator: GenesysEmulator, **settings: Any) -> TokenManager:
     )
 
 
+def _call_through_each_api_client(manager: TokenManager) -> None:
+    """One call through api_session, api_client and async_api_client: each must get 200."""
+    with api_session(manager, max_retries=0) as session:
+        assert session.get("/api/v2/organizations/me").status_code == 200
+    with api_client(manager, max_retries=0) as client:
+        assert client.get("/api/v2/organizations/me").status_code == 200
+
+    async def call() -> int:
+        async with async_api_client(manager, max_retries=0) as client:
+            return (await client.get("/api/v2/organizations/me")).status_code
+
+    assert asyncio.run(call()) == 200
+
+
 def test_the_token_request_and_the_revoke_go_through_the_proxy_with_its_credentials(
     gateway: GenesysEmulator, bundle: str, environment_elsewhere: None
 ) -> None:
@@ -394,16 +408,9 @@ def test_httpx_api_clients_take_the_managers_proxy_and_client_certificate(
     with ProxyServer(mtls_gateway.port, (PROXY_USER, PROXY_PASSWORD)) as proxy:
         proxies = {"https": proxy.url(PROXY_USER, PROXY_PASSWORD)}
         with _manager(mtls_gateway, verify=bundle, proxies=proxies, cert=client_pem) as manager:
-            with api_client(manager, max_retries=0) as client:
-                assert client.get("/api/v2/organizations/me").status_code == 200
-
-            async def call() -> int:
-                async with async_api_client(manager, max_retries=0) as client:
-                    return (await client.get("/api/v2/organizations/me")).status_code
-
-            assert asyncio.run(call()) == 200
+            _call_through_each_api_client(manager)
         lines = [seen.line for seen in proxy.seen]
-    assert len(mtls_gateway.api_request_log) == 2
+    assert len(mtls_gateway.api_request_log) == 3
     assert all(line.startswith(f"CONNECT {GATEWAY}:{mtls_gateway.port} ") for line in lines)
 
 
@@ -506,7 +513,7 @@ def https_emulator(ca: trustme.CA) -> Iterator[GenesysEmulator]:
         yield emulator
 
 
-def _direct_manager(emulator: GenesysEmulator, bundle: str) -> TokenManager:
+def _direct_manager(emulator: GenesysEmulator, bundle: str, **settings: Any) -> TokenManager:
     return TokenManager(
         emulator.client_id,
         emulator.client_secret,
@@ -514,6 +521,7 @@ def _direct_manager(emulator: GenesysEmulator, bundle: str) -> TokenManager:
         api_base_url=emulator.api_base_url,
         verify=bundle,
         max_retries=0,
+        **settings,
     )
 
 
@@ -523,16 +531,7 @@ def test_api_clients_trust_the_managers_ca_bundle_as_its_token_requests_do(
     # A gateway's private CA: before, API calls trusted only certifi or REQUESTS_CA_BUNDLE,
     # so README's gateway recipe got its token and then failed every API call's handshake.
     with _direct_manager(https_emulator, bundle) as manager:
-        with api_session(manager, max_retries=0) as session:
-            assert session.get("/api/v2/organizations/me").status_code == 200
-        with api_client(manager, max_retries=0) as client:
-            assert client.get("/api/v2/organizations/me").status_code == 200
-
-        async def call() -> int:
-            async with async_api_client(manager, max_retries=0) as client:
-                return (await client.get("/api/v2/organizations/me")).status_code
-
-        assert asyncio.run(call()) == 200
+        _call_through_each_api_client(manager)
     assert len(https_emulator.api_request_log) == 3
 
 
@@ -602,26 +601,8 @@ def test_a_loopback_mtls_gateway_gets_the_client_certificate_from_every_api_clie
 ) -> None:
     # Review 10: the httpx clients sent a loopback API host to their own transport, which
     # offered no client certificate (TLSV13_ALERT_CERTIFICATE_REQUIRED); api_session did.
-    manager = TokenManager(
-        mtls_sidecar.client_id,
-        mtls_sidecar.client_secret,
-        token_url=mtls_sidecar.token_url,
-        api_base_url=mtls_sidecar.api_base_url,
-        verify=bundle,
-        cert=client_pem,
-        max_retries=0,
-    )
-    with manager:
-        with api_session(manager, max_retries=0) as session:
-            assert session.get("/api/v2/organizations/me").status_code == 200
-        with api_client(manager, max_retries=0) as client:
-            assert client.get("/api/v2/organizations/me").status_code == 200
-
-        async def call() -> int:
-            async with async_api_client(manager, max_retries=0) as client:
-                return (await client.get("/api/v2/organizations/me")).status_code
-
-        assert asyncio.run(call()) == 200
+    with _direct_manager(mtls_sidecar, bundle, cert=client_pem) as manager:
+        _call_through_each_api_client(manager)
     assert len(mtls_sidecar.api_request_log) == 3
 
 
@@ -631,15 +612,7 @@ def test_the_certificate_transport_of_a_loopback_api_host_serves_its_origin_only
     # Review 12: mounted for every port and scheme of 127.0.0.1, it offered the manager's
     # certificate to any local service the client reached; and it replaced a transport=
     # the caller gave (a MockTransport's answer never came).
-    manager = TokenManager(
-        mtls_sidecar.client_id,
-        mtls_sidecar.client_secret,
-        token_url=mtls_sidecar.token_url,
-        api_base_url=mtls_sidecar.api_base_url,
-        verify=bundle,
-        cert=client_pem,
-        background_refresh=False,
-    )
+    manager = _direct_manager(mtls_sidecar, bundle, cert=client_pem, background_refresh=False)
     mock = httpx.MockTransport(lambda request: httpx.Response(299))
     with manager:
         with api_client(manager) as client:
