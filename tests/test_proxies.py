@@ -622,3 +622,20 @@ def test_the_certificate_transport_of_a_loopback_api_host_serves_its_origin_only
                 assert client._transport_for_url(httpx.URL(elsewhere)) is client._transport
         with api_client(manager, max_retries=0, transport=mock) as client:
             assert client.get("/api/v2/organizations/me").status_code == 299
+        # Review 13: a caller's mounts= for the host won before; they still do.
+        with api_client(manager, max_retries=0, mounts={"all://127.0.0.1": mock}) as client:
+            assert client.get("/api/v2/organizations/me").status_code == 299
+    # Review 13: at the default port the key has no port, and a key without one matches every
+    # port of the host: no certificate transport then (the client's own, as before).
+    default_port = TokenManager(
+        "id",
+        "secret",
+        token_url="https://127.0.0.1/oauth/token",
+        api_base_url="https://127.0.0.1",
+        cert=client_pem,
+        verify=bundle,
+        background_refresh=False,
+    )
+    with default_port, api_client(default_port) as client:
+        for url in ("https://127.0.0.1/", "https://127.0.0.1:9999/"):
+            assert client._transport_for_url(httpx.URL(url)) is client._transport

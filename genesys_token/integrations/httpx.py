@@ -309,7 +309,11 @@ def _client_options(
     host = f"[{base.host}]" if ":" in base.host else base.host
     loopback = is_loopback_url(manager.api_base_url)
     transport = None
-    if not (loopback and "transport" in kwargs):  # a loopback host: the caller's transport wins
+    # A loopback host (a local sidecar) gets the certificate's transport only at an explicit
+    # port (a key without one matches every port of the host) and only when the caller routes
+    # nothing of its own (its transport= or mounts= win there, as before).
+    routed = "transport" in kwargs or bool(mounts) or base.port is None
+    if not (loopback and routed):
         transport = _api_host_transport(manager, transport_type, verify, loopback)
     if loopback:
         # A loopback API host (a local gateway, the emulator) is never reached through a
