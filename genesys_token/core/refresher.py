@@ -43,8 +43,8 @@ from .single_flight import (
 log = logging.getLogger(__name__)
 
 #: Backoff after a failed refresh: capped exponential with full jitter, and never longer than
-#: a quarter of what is left of the earliest-expiring token of the manager's lanes, so
-#: retries come before expiry.
+#: a quarter of what is left of the latest-expiring token of the manager's lanes, so the
+#: client is retried before its last token lapses (see ``_back_off``).
 FAILURE_BACKOFF_BASE = 1.0
 FAILURE_BACKOFF_MAX = 60.0
 FAILURE_BACKOFF_MIN = 0.05
